@@ -1,0 +1,517 @@
+//! TOML config → typed `Config`: `[pipeline]`, `[sources.NAME]`, `[stages.NAME]`.
+//!
+//! Every problem is collected into `Diagnostics` (file, line, column, suggestion) before anything
+//! fails; nothing here reads data. DAG checks live in `plan.rs`, which calls `load` and adds its
+//! own diagnostics to the same list.
+
+pub mod diagnostic;
+pub mod reader;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::NaiveDate;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml_edit::{ImDocument, Item, TableLike};
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+use reader::{backticked, item_span, TableReader};
+
+use crate::stages::{self, Stage};
+
+/// When the analysis is "as of".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Date(NaiveDate),
+    Today,
+    Yesterday,
+    /// The local date of the latest order in the input (the default).
+    LastOrder,
+}
+
+impl FromStr for AsOf {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "today" => Ok(AsOf::Today),
+            "yesterday" => Ok(AsOf::Yesterday),
+            "last_order" => Ok(AsOf::LastOrder),
+            _ => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map(AsOf::Date)
+                .map_err(|_| {
+                    format!("`{text}` is not a date (YYYY-MM-DD), `today`, `yesterday` or `last_order`")
+                }),
+        }
+    }
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub name: String,
+    pub as_of: AsOf,
+    pub timezone: String,
+    pub output_dir: PathBuf,
+    pub max_rejected_fraction: f64,
+}
+
+/// Logical column → column in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMap {
+    #[serde(default = "default_customer_id")]
+    pub customer_id: String,
+    #[serde(default = "default_order_id")]
+    pub order_id: String,
+    #[serde(default = "default_ordered_at")]
+    pub ordered_at: String,
+    #[serde(default = "default_amount")]
+    pub amount: String,
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub line: Option<String>,
+}
+
+fn default_customer_id() -> String {
+    "customer_id".into()
+}
+fn default_order_id() -> String {
+    "order_id".into()
+}
+fn default_ordered_at() -> String {
+    "ordered_at".into()
+}
+fn default_amount() -> String {
+    "amount".into()
+}
+
+impl Default for ColumnMap {
+    fn default() -> Self {
+        ColumnMap {
+            customer_id: default_customer_id(),
+            order_id: default_order_id(),
+            ordered_at: default_ordered_at(),
+            amount: default_amount(),
+            status: None,
+            channel: None,
+            line: None,
+        }
+    }
+}
+
+pub const LOGICAL_COLUMNS: &[&str] = &[
+    "customer_id",
+    "order_id",
+    "ordered_at",
+    "amount",
+    "status",
+    "channel",
+    "line",
+];
+
+impl ColumnMap {
+    /// The file column mapped to a logical name, if any.
+    pub fn physical(&self, logical: &str) -> Option<&str> {
+        match logical {
+            "customer_id" => Some(&self.customer_id),
+            "order_id" => Some(&self.order_id),
+            "ordered_at" => Some(&self.ordered_at),
+            "amount" => Some(&self.amount),
+            "status" => self.status.as_deref(),
+            "channel" => self.channel.as_deref(),
+            "line" => self.line.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// (logical, physical) for every mapped column, required first.
+    pub fn mapped(&self) -> Vec<(&'static str, &str)> {
+        LOGICAL_COLUMNS
+            .iter()
+            .filter_map(|logical| self.physical(logical).map(|physical| (*logical, physical)))
+            .collect()
+    }
+}
+
+/// A value in an `include` filter list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum FilterValue {
+    Int(i64),
+    Text(String),
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    /// File, glob or directory, resolved against the config file's folder.
+    pub path: PathBuf,
+    pub include: BTreeMap<String, Vec<FilterValue>>,
+    pub naive_timestamps_are: String,
+    pub columns: ColumnMap,
+    pub span: Option<Range<usize>>,
+}
+
+/// `[stages.NAME]`: its kind, inputs, output table names and typed options.
+#[derive(Debug)]
+pub struct StageConfig {
+    pub name: String,
+    pub kind: &'static stages::Kind,
+    pub inputs: Vec<String>,
+    /// Output table names, one per entry of `kind.tables`.
+    pub tables: Vec<String>,
+    /// `None` when the options had errors (already reported).
+    pub stage: Option<Box<dyn Stage>>,
+    pub span: Option<Range<usize>>,
+    pub input_span: Option<Range<usize>>,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    /// sha256 of the config text, for the manifest.
+    pub hash: String,
+    pub pipeline: PipelineSettings,
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// In file order.
+    pub stages: Vec<StageConfig>,
+}
+
+const TOP_KEYS: &[&str] = &["pipeline", "sources", "stages"];
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "as_of",
+    "timezone",
+    "output_dir",
+    "max_rejected_fraction",
+];
+const SOURCE_KEYS: &[&str] = &["path", "include", "naive_timestamps_are", "columns"];
+const STAGE_COMMON_KEYS: &[&str] = &["kind", "input", "output", "output_prefix"];
+
+/// Read and parse a config file. Returns the config and the diagnostics found so far (the
+/// caller adds DAG checks and fails if any exist). I/O errors are diagnostics too.
+pub fn load(path: &Path) -> (Option<Config>, Diagnostics) {
+    let source = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            let mut diagnostics = Diagnostics::new(path, "");
+            diagnostics.error(format!("cannot read config file: {error}"), None);
+            return (None, diagnostics);
+        }
+    };
+    let mut diagnostics = Diagnostics::new(path, &source);
+    let document = match ImDocument::parse(source.clone()) {
+        Ok(document) => document,
+        Err(error) => {
+            diagnostics.push(Diagnostic::new(
+                format!("invalid TOML: {}", error.message()),
+                error.span(),
+            ));
+            return (None, diagnostics);
+        }
+    };
+    let config = parse_document(path, &source, &document, &mut diagnostics);
+    (Some(config), diagnostics)
+}
+
+fn parse_document(
+    path: &Path,
+    source: &str,
+    document: &ImDocument<String>,
+    diagnostics: &mut Diagnostics,
+) -> Config {
+    let dir = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let root = TableReader::new(document.as_table(), "the config", None);
+    root.check_keys(TOP_KEYS, diagnostics);
+
+    let pipeline = parse_pipeline(document.get("pipeline"), &dir, diagnostics);
+    let mut sources = BTreeMap::new();
+    for (name, item, span) in sub_tables(document.get("sources"), "sources", diagnostics) {
+        if let Some(source) = parse_source(&name, item, span, &dir, diagnostics) {
+            sources.insert(name, source);
+        }
+    }
+    let mut stage_configs = Vec::new();
+    for (name, item, span) in sub_tables(document.get("stages"), "stages", diagnostics) {
+        if let Some(stage) = parse_stage(&name, item, span, &sources, diagnostics) {
+            stage_configs.push(stage);
+        }
+    }
+    if document.get("stages").is_none() {
+        diagnostics.error("the config has no `[stages.NAME]` table: nothing to run", None);
+    }
+    Config {
+        path: path.to_path_buf(),
+        dir,
+        hash: format!("{:x}", Sha256::digest(source.as_bytes())),
+        pipeline,
+        sources,
+        stages: stage_configs,
+    }
+}
+
+/// The named sub-tables of `[sources]` or `[stages]`, in file order.
+fn sub_tables<'a>(
+    item: Option<&'a Item>,
+    section: &str,
+    diagnostics: &mut Diagnostics,
+) -> Vec<(String, &'a dyn TableLike, Option<Range<usize>>)> {
+    let Some(item) = item else { return Vec::new() };
+    let Some(table) = item.as_table_like() else {
+        diagnostics.error(format!("`{section}` must be a table of named tables"), item_span(item));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, child) in table.iter() {
+        let span = table.get_key_value(name).and_then(|(k, _)| k.span());
+        match child.as_table_like() {
+            Some(child_table) => out.push((name.to_string(), child_table, span)),
+            None => diagnostics.error(
+                format!("`{section}.{name}` must be a table, e.g. `[{section}.{name}]`"),
+                span,
+            ),
+        }
+    }
+    out
+}
+
+fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics) -> PipelineSettings {
+    let mut settings = PipelineSettings {
+        name: "pipeline".into(),
+        as_of: AsOf::LastOrder,
+        timezone: "UTC".into(),
+        output_dir: dir.join("out"),
+        max_rejected_fraction: 0.0,
+    };
+    let Some(item) = item else { return settings };
+    let Some(table) = item.as_table_like() else {
+        diagnostics.error("`pipeline` must be a table", item_span(item));
+        return settings;
+    };
+    let reader = TableReader::new(table, "`[pipeline]`", item_span(item));
+    reader.check_keys(PIPELINE_KEYS, diagnostics);
+    if let Some(name) = reader.get::<String>("name", diagnostics) {
+        settings.name = name;
+    }
+    if let Some(text) = reader.get::<String>("as_of", diagnostics) {
+        match text.parse::<AsOf>() {
+            Ok(as_of) => settings.as_of = as_of,
+            Err(message) => diagnostics.error(
+                format!("key `as_of` of `[pipeline]` is invalid: {message}"),
+                reader.value_span("as_of"),
+            ),
+        }
+    }
+    if let Some(zone) = reader.get::<String>("timezone", diagnostics) {
+        match validate_timezone(&zone) {
+            Ok(()) => settings.timezone = zone,
+            Err(help) => diagnostics.push(
+                Diagnostic::new(
+                    format!("key `timezone` of `[pipeline]`: unknown time zone `{zone}`"),
+                    reader.value_span("timezone"),
+                )
+                .with_help(help),
+            ),
+        }
+    }
+    if let Some(output_dir) = reader.get::<String>("output_dir", diagnostics) {
+        settings.output_dir = dir.join(output_dir);
+    }
+    if let Some(fraction) = reader.get::<f64>("max_rejected_fraction", diagnostics) {
+        if (0.0..=1.0).contains(&fraction) {
+            settings.max_rejected_fraction = fraction;
+        } else {
+            diagnostics.error(
+                format!("key `max_rejected_fraction` of `[pipeline]` must be between 0 and 1, got {fraction}"),
+                reader.value_span("max_rejected_fraction"),
+            );
+        }
+    }
+    settings
+}
+
+/// An IANA zone name chrono-tz knows; the error carries a suggestion.
+pub fn validate_timezone(zone: &str) -> Result<(), Option<String>> {
+    match chrono_tz::Tz::from_str(zone) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(diagnostic::suggest(zone, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()))
+            .or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into()))),
+    }
+}
+
+fn parse_source(
+    name: &str,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+    dir: &Path,
+    diagnostics: &mut Diagnostics,
+) -> Option<SourceConfig> {
+    let reader = TableReader::new(table, format!("source `{name}`"), span.clone());
+    reader.check_keys(SOURCE_KEYS, diagnostics);
+    let path = reader.require::<String>("path", diagnostics);
+    let naive = reader
+        .get::<String>("naive_timestamps_are", diagnostics)
+        .unwrap_or_else(|| "UTC".into());
+    if let Err(help) = validate_timezone(&naive) {
+        diagnostics.push(
+            Diagnostic::new(
+                format!("key `naive_timestamps_are` of source `{name}`: unknown time zone `{naive}`"),
+                reader.value_span("naive_timestamps_are"),
+            )
+            .with_help(help),
+        );
+    }
+    let columns = match table.get("columns") {
+        None => Some(ColumnMap::default()),
+        Some(item) => match item.as_table_like() {
+            Some(columns_table) => {
+                let columns_reader = TableReader::new(
+                    columns_table,
+                    format!("`columns` of source `{name}`"),
+                    item_span(item),
+                );
+                columns_reader.options::<ColumnMap>(&[], diagnostics)
+            }
+            None => {
+                diagnostics.error(
+                    format!("key `columns` of source `{name}` must be a table of logical = file column"),
+                    item_span(item),
+                );
+                None
+            }
+        },
+    };
+    let include = reader
+        .get::<BTreeMap<String, Vec<FilterValue>>>("include", diagnostics)
+        .unwrap_or_default();
+    if let Some(columns) = &columns {
+        for logical in include.keys() {
+            if columns.physical(logical).is_none() {
+                let mapped: Vec<&str> = columns.mapped().iter().map(|(l, _)| *l).collect();
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("`include` of source `{name}` filters on `{logical}`, which is not a mapped column"),
+                        reader.value_span("include"),
+                    )
+                    .with_help(diagnostic::suggest(logical, mapped.iter().copied()).or_else(|| {
+                        Some(format!("map it under `[sources.{name}.columns]`; mapped: {}", backticked(&mapped)))
+                    })),
+                );
+            }
+        }
+    }
+    Some(SourceConfig {
+        name: name.to_string(),
+        path: dir.join(path?),
+        include,
+        naive_timestamps_are: naive,
+        columns: columns?,
+        span,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn parse_stage(
+    name: &str,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+    sources: &BTreeMap<String, SourceConfig>,
+    diagnostics: &mut Diagnostics,
+) -> Option<StageConfig> {
+    let reader = TableReader::new(table, format!("stage `{name}`"), span.clone());
+    let kind_name = reader.require::<String>("kind", diagnostics)?;
+    let Some(kind) = stages::kind(&kind_name) else {
+        let names: Vec<&str> = stages::KINDS.iter().map(|k| k.name).collect();
+        diagnostics.push(
+            Diagnostic::new(
+                format!("stage `{name}` has unknown kind `{kind_name}`"),
+                reader.value_span("kind"),
+            )
+            .with_help(
+                diagnostic::suggest(&kind_name, names.iter().copied())
+                    .or_else(|| Some(format!("known kinds: {}", backticked(&names)))),
+            ),
+        );
+        // Still report unknown common keys; options cannot be checked without a kind.
+        return None;
+    };
+    let inputs = match reader.get::<OneOrMany>("input", diagnostics) {
+        Some(OneOrMany::One(input)) => vec![input],
+        Some(OneOrMany::Many(inputs)) => inputs,
+        None if table.get("input").is_none() => match (kind.input, sources.len()) {
+            (stages::InputKind::Source, 1) => sources.keys().cloned().collect(),
+            _ => {
+                diagnostics.error(
+                    format!("stage `{name}` is missing required key `input` ({})", kind.input.describe()),
+                    span.clone(),
+                );
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    let output = reader.get::<String>("output", diagnostics);
+    let output_prefix = reader.get::<String>("output_prefix", diagnostics);
+    let single = kind.tables.len() == 1;
+    if single && output_prefix.is_some() {
+        diagnostics.error(
+            format!("stage `{name}` writes one table: use `output`, not `output_prefix`"),
+            reader.key_span("output_prefix"),
+        );
+    }
+    if !single && output.is_some() {
+        diagnostics.error(
+            format!(
+                "stage `{name}` writes {} tables ({}): use `output_prefix`, not `output`",
+                kind.tables.len(),
+                backticked(kind.tables)
+            ),
+            reader.key_span("output"),
+        );
+    }
+    let tables = if single {
+        vec![output.unwrap_or_else(|| name.to_string())]
+    } else {
+        let prefix = output_prefix.unwrap_or_else(|| name.to_string());
+        kind.tables.iter().map(|suffix| format!("{prefix}_{suffix}")).collect()
+    };
+    for table_name in &tables {
+        if !is_valid_table_name(table_name) {
+            diagnostics.error(
+                format!("stage `{name}` would write table `{table_name}`: use letters, digits, `_` and `-` only"),
+                span.clone(),
+            );
+        }
+    }
+    let stage = (kind.parse)(&reader, STAGE_COMMON_KEYS, diagnostics);
+    Some(StageConfig {
+        name: name.to_string(),
+        kind,
+        inputs,
+        tables,
+        stage,
+        span,
+        input_span: reader.value_span("input"),
+    })
+}
+
+fn is_valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}

@@ -1,0 +1,221 @@
+//! `pipeline generate-sample`: synthetic order lines with BG/NBD-like repeat behaviour.
+//!
+//! Each customer draws a purchase rate λ ~ Gamma(0.75, 1/30 per day), a dropout probability
+//! p ~ Beta(0.7, 2.4) applied after every purchase, and a spend scale ν ~ Gamma(4, 1/40) with
+//! order values ~ Gamma(6, 1/ν) (Gamma-Gamma). Acquisition skews towards later dates (growth).
+//! Orders split into 1–6 lines; a few carry a return line (negative amount), a few are later
+//! refund orders, and statuses include cancelled/returned lines that an `include` filter drops.
+//! Customers are generated in chunks seeded by (seed, chunk), in parallel, and written in chunk
+//! order, so the file is the same for the same seed whatever the thread count.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use polars::prelude::*;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Beta, Distribution, Exp, Gamma};
+use rayon::prelude::*;
+
+use crate::cli::GenerateArgs;
+use crate::period::to_days;
+
+const CUSTOMERS_PER_CHUNK: usize = 20_000;
+const CHANNELS: &[(&str, f64)] = &[("web", 0.5), ("app", 0.3), ("store", 0.15), ("marketplace", 0.05)];
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+#[derive(Default)]
+struct Lines {
+    order_id: Vec<i64>,
+    line: Vec<i32>,
+    customer_id: Vec<i64>,
+    created_at: Vec<i64>,
+    sku: Vec<String>,
+    quantity: Vec<i32>,
+    unit_price: Vec<f64>,
+    line_amount: Vec<f64>,
+    status: Vec<&'static str>,
+    channel: Vec<&'static str>,
+}
+
+impl Lines {
+    fn len(&self) -> usize {
+        self.order_id.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(&mut self, order: i64, line: i32, customer: i64, at: i64, sku: u32, quantity: i32, unit_price: f64, status: &'static str, channel: &'static str) {
+        self.order_id.push(order);
+        self.line.push(line);
+        self.customer_id.push(customer);
+        self.created_at.push(at);
+        self.sku.push(format!("SKU-{sku:05}"));
+        self.quantity.push(quantity);
+        self.unit_price.push(unit_price);
+        self.line_amount.push(round_cents(unit_price * quantity as f64));
+        self.status.push(status);
+        self.channel.push(channel);
+    }
+
+    fn into_frame(self) -> Result<DataFrame> {
+        let created_at = Column::new("created_at".into(), self.created_at)
+            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC)))?;
+        let frame = DataFrame::new_infer_height(vec![
+            Column::new("order_id".into(), self.order_id),
+            Column::new("line".into(), self.line),
+            Column::new("customer_id".into(), self.customer_id),
+            created_at,
+            Column::new("sku".into(), self.sku),
+            Column::new("quantity".into(), self.quantity),
+            Column::new("unit_price".into(), self.unit_price),
+            Column::new("line_amount".into(), self.line_amount),
+            Column::new("status".into(), self.status.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            Column::new("channel".into(), self.channel.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        ])?;
+        Ok(frame)
+    }
+}
+
+fn round_cents(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn pick_channel(rng: &mut Xoshiro256PlusPlus) -> &'static str {
+    let mut u: f64 = rng.random();
+    for (name, weight) in CHANNELS {
+        if u < *weight {
+            return name;
+        }
+        u -= weight;
+    }
+    CHANNELS[0].0
+}
+
+/// Lines of the customers of one chunk; order ids are made unique by the chunk number.
+fn chunk_lines(seed: u64, chunk: usize, start: NaiveDate, days: u32) -> Result<Lines> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let rate = Gamma::new(0.75, 1.0 / 30.0)?;
+    let dropout = Beta::new(0.7, 2.4)?;
+    let spend_scale = Gamma::new(4.0, 1.0 / 40.0)?;
+    let start_micros = to_days(start) as i64 * MICROS_PER_DAY;
+    let horizon = days as f64;
+    let mut lines = Lines::default();
+    let mut order_seq: i64 = 0;
+    for index in 0..CUSTOMERS_PER_CHUNK {
+        let customer = 100_000 + (chunk * CUSTOMERS_PER_CHUNK + index) as i64;
+        let lambda: f64 = Distribution::<f64>::sample(&rate, &mut rng).max(1e-4);
+        let p: f64 = dropout.sample(&mut rng);
+        let nu: f64 = Distribution::<f64>::sample(&spend_scale, &mut rng).max(1e-3);
+        let order_value = Gamma::new(6.0, 1.0 / nu)?;
+        let gap = Exp::new(lambda)?;
+        let preferred = pick_channel(&mut rng);
+        let mut t = horizon * rng.random::<f64>().powf(0.8);
+        loop {
+            order_seq += 1;
+            let order_id = (chunk as i64) * 100_000_000 + order_seq;
+            let at = start_micros + (t * MICROS_PER_DAY as f64) as i64;
+            let channel = if rng.random::<f64>() < 0.85 { preferred } else { pick_channel(&mut rng) };
+            let status: &'static str = match rng.random::<f64>() {
+                u if u < 0.93 => "completed",
+                u if u < 0.96 => "shipped",
+                u if u < 0.985 => "cancelled",
+                _ => "returned",
+            };
+            let value: f64 = Distribution::<f64>::sample(&order_value, &mut rng).clamp(1.0, 5_000.0);
+            let n_lines = 1 + (rng.random::<f64>() * rng.random::<f64>() * 6.0) as i32;
+            let mut weights: Vec<f64> = (0..n_lines).map(|_| 0.2 + rng.random::<f64>()).collect();
+            let total: f64 = weights.iter().sum();
+            weights.iter_mut().for_each(|w| *w /= total);
+            for (number, weight) in weights.iter().enumerate() {
+                let quantity = 1 + (rng.random::<f64>() * rng.random::<f64>() * 3.0) as i32;
+                let unit_price = round_cents((value * weight / quantity as f64).max(0.5));
+                let sku = rng.random_range(0..20_000u32);
+                // Lines of one order are seconds apart.
+                lines.push(order_id, number as i32 + 1, customer, at + number as i64 * 1_000_000, sku, quantity, unit_price, status, channel);
+            }
+            if rng.random::<f64>() < 0.03 {
+                // A returned item inside the order nets against its revenue.
+                let unit_price = round_cents(-value * 0.3);
+                lines.push(order_id, n_lines + 1, customer, at + 60_000_000, 0, 1, unit_price, status, channel);
+            }
+            if rng.random::<f64>() < 0.005 {
+                // A later refund order: negative revenue, not a purchase.
+                order_seq += 1;
+                let refund_id = (chunk as i64) * 100_000_000 + order_seq;
+                let refund_at = at + (rng.random::<f64>() * 20.0 * MICROS_PER_DAY as f64) as i64;
+                lines.push(refund_id, 1, customer, refund_at, 0, 1, round_cents(-value * 0.5), "completed", channel);
+            }
+            if rng.random::<f64>() < p {
+                break;
+            }
+            t += gap.sample(&mut rng);
+            if t >= horizon {
+                break;
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// Write about `args.lines` lines to `args.out`; returns a one-line summary.
+pub fn generate(args: &GenerateArgs) -> Result<String> {
+    generate_to(&args.out, args.lines, args.seed, args.start, args.days)
+}
+
+pub fn generate_to(out: &Path, target_lines: u64, seed: u64, start: NaiveDate, days: u32) -> Result<String> {
+    if let Some(parent) = out.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+    }
+    let temp = out.with_extension("parquet.partial");
+    let file = std::fs::File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
+    let mut writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>> = None;
+    let mut written: u64 = 0;
+    let mut customers: u64 = 0;
+    let mut next_chunk = 0usize;
+    let parallel = rayon::current_num_threads().max(1);
+    let mut file = Some(file);
+    'outer: while written < target_lines {
+        let batch: Vec<Result<Lines>> = (next_chunk..next_chunk + parallel)
+            .into_par_iter()
+            .map(|chunk| chunk_lines(seed, chunk, start, days))
+            .collect();
+        next_chunk += parallel;
+        for lines in batch {
+            let lines = lines?;
+            let mut keep = lines.len();
+            let mut frame_customers = CUSTOMERS_PER_CHUNK as u64;
+            if written + keep as u64 > target_lines {
+                // Cut at a customer boundary at or after the target.
+                let need = (target_lines - written) as usize;
+                let cut_customer = lines.customer_id[need - 1];
+                keep = lines.customer_id.iter().position(|c| *c > cut_customer).unwrap_or(lines.len());
+                frame_customers = (cut_customer - lines.customer_id[0] + 1) as u64;
+            }
+            let mut frame = lines.into_frame()?.slice(0, keep);
+            frame = frame.sort(["created_at"], SortMultipleOptions::default())?;
+            if writer.is_none() {
+                let target = file.take().expect("the file is taken once");
+                writer = Some(
+                    ParquetWriter::new(target)
+                        .with_compression(ParquetCompression::Zstd(None))
+                        .with_row_group_size(Some(1 << 20))
+                        .batched(frame.schema())?,
+                );
+            }
+            writer.as_mut().expect("writer was just created").write_batch(&frame)?;
+            written += keep as u64;
+            customers += frame_customers;
+            if written >= target_lines {
+                break 'outer;
+            }
+        }
+    }
+    if let Some(writer) = writer {
+        writer.finish()?;
+    }
+    std::fs::rename(&temp, out).with_context(|| format!("cannot move `{}` to `{}`", temp.display(), out.display()))?;
+    Ok(format!("wrote {written} lines of {customers} customers to {}", out.display()))
+}

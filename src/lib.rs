@@ -1,0 +1,58 @@
+//! `pipeline`: customer-retention tables from Parquet order histories.
+//!
+//! Data flows one way: config → plan → source scan → shared tables → stages → sink.
+
+pub mod cli;
+pub mod config;
+pub mod generate;
+pub mod period;
+pub mod plan;
+pub mod prepare;
+pub mod runner;
+pub mod sink;
+pub mod source;
+pub mod stages;
+
+use anyhow::Result;
+
+/// Errors that exit with code 2: the command or config is wrong, no data was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("{0}")]
+    Config(config::Diagnostics),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Exit code for an error chain: 2 for usage/config errors, 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.chain().any(|cause| cause.downcast_ref::<UsageError>().is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Load and validate a config into a plan (exit code 2 on failure).
+pub fn load_plan(path: &std::path::Path) -> Result<plan::Plan> {
+    plan::load_plan(path).map_err(|diagnostics| UsageError::Config(diagnostics).into())
+}
+
+/// `pipeline validate`: config, DAG, and for each source that its files exist and have the
+/// mapped columns with usable types.
+pub fn validate(path: &std::path::Path) -> Result<String> {
+    let plan = load_plan(path)?;
+    let mut report = Vec::new();
+    for source in plan.config.sources.values() {
+        let files = source::resolve_files(source)?;
+        source::check_schema(source)?;
+        report.push(format!("source `{}`: {} file(s), mapped columns ok", source.name, files.len()));
+    }
+    report.push(format!(
+        "{} stage(s) in {} level(s), {} table(s): ok",
+        plan.config.stages.len(),
+        plan.levels.len(),
+        plan.config.stages.iter().map(|s| s.tables.len()).sum::<usize>()
+    ));
+    Ok(report.join("\n"))
+}

@@ -1,0 +1,70 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use pipeline::cli::{Cli, Command, PlanFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command {
+        if let Some(threads) = args.threads {
+            // polars reads this once, at its first use: set it before anything touches polars.
+            std::env::set_var("POLARS_MAX_THREADS", threads.to_string());
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pipeline={}", cli.log)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(pipeline::exit_code(&error) as u8)
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => {
+            let plan = pipeline::load_plan(&args.config)?;
+            let options = pipeline::runner::RunOptions {
+                select: args.select,
+                as_of: args.as_of,
+                output_dir: args.output_dir,
+                threads: args.threads.map(usize::from),
+                sequential: args.sequential,
+            };
+            let manifest = pipeline::runner::run(&plan, &options)?;
+            let tables: usize = manifest.stages.iter().map(|s| s.tables.len()).sum();
+            eprintln!(
+                "published {tables} table(s) as of {} in {:.2} s",
+                manifest.as_of.as_deref().unwrap_or("-"),
+                manifest.duration_seconds
+            );
+            Ok(())
+        }
+        Command::Validate { config } => {
+            println!("{}", pipeline::validate(&config)?);
+            Ok(())
+        }
+        Command::Plan { config, format } => {
+            let plan = pipeline::load_plan(&config)?;
+            let text = match format {
+                PlanFormat::Text => plan.render_text(),
+                PlanFormat::Mermaid => plan.render_graph(true),
+                PlanFormat::Dot => plan.render_graph(false),
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::GenerateSample(args) => {
+            let summary = pipeline::generate::generate(&args)?;
+            eprintln!("{summary}");
+            Ok(())
+        }
+    }
+}

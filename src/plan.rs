@@ -1,0 +1,315 @@
+//! Validated config → `Plan`: inputs resolved to indices, duplicate outputs and cycles rejected,
+//! stages grouped into topological levels (a level's stages are independent of each other).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::config::{self, diagnostic::suggest, Config, Diagnostic, Diagnostics};
+use crate::stages::InputKind;
+
+/// What one stage reads, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Source(String),
+    Stage(usize),
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Config,
+    /// Per stage (index into `config.stages`), its resolved inputs.
+    pub inputs: Vec<Vec<Input>>,
+    /// Stages in dependency levels; within a level, in file order.
+    pub levels: Vec<Vec<usize>>,
+}
+
+/// Parse, validate and plan a config file; every problem found is in the error.
+pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
+    let (config, mut diagnostics) = config::load(path);
+    let Some(config) = config else { return Err(diagnostics) };
+    let inputs = resolve_inputs(&config, &mut diagnostics);
+    check_outputs(&config, &mut diagnostics);
+    let levels = match levels(&config, &inputs) {
+        Ok(levels) => levels,
+        Err(cycle) => {
+            let chain: Vec<String> = cycle.iter().map(|&i| format!("`{}`", config.stages[i].name)).collect();
+            let first = &config.stages[cycle[0]];
+            diagnostics.error(
+                format!("stages form a cycle: {}", chain.join(" → ")),
+                first.input_span.clone().or(first.span.clone()),
+            );
+            Vec::new()
+        }
+    };
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    Ok(Plan {
+        config,
+        inputs,
+        levels,
+    })
+}
+
+fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Input>> {
+    let stage_index: BTreeMap<&str, usize> = config
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut candidates: Vec<&str> = config.sources.keys().map(|s| s.as_str()).collect();
+    candidates.extend(stage_index.keys());
+    let mut resolved = Vec::new();
+    for stage in &config.stages {
+        let mut inputs = Vec::new();
+        for name in &stage.inputs {
+            let input = if config.sources.contains_key(name) {
+                Input::Source(name.clone())
+            } else if let Some(&index) = stage_index.get(name.as_str()) {
+                Input::Stage(index)
+            } else {
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("input `{name}` of stage `{}` matches no source or stage", stage.name),
+                        stage.input_span.clone(),
+                    )
+                    .with_help(suggest(name, candidates.iter().copied())),
+                );
+                continue;
+            };
+            let expected = stage.kind.input;
+            match (&input, expected) {
+                (Input::Stage(_), InputKind::Source) => diagnostics.error(
+                    format!(
+                        "input `{name}` of stage `{}` is a stage, but kind `{}` reads a source",
+                        stage.name, stage.kind.name
+                    ),
+                    stage.input_span.clone(),
+                ),
+                (Input::Source(_), InputKind::Stages) => diagnostics.error(
+                    format!(
+                        "input `{name}` of stage `{}` is a source, but kind `{}` reads other stages",
+                        stage.name, stage.kind.name
+                    ),
+                    stage.input_span.clone(),
+                ),
+                _ => inputs.push(input),
+            }
+        }
+        if stage.kind.input == InputKind::Source && stage.inputs.len() > 1 {
+            diagnostics.error(
+                format!("stage `{}` of kind `{}` reads exactly one source", stage.name, stage.kind.name),
+                stage.input_span.clone(),
+            );
+        }
+        resolved.push(inputs);
+    }
+    resolved
+}
+
+fn check_outputs(config: &Config, diagnostics: &mut Diagnostics) {
+    let mut writers: BTreeMap<&str, &str> = BTreeMap::new();
+    for stage in &config.stages {
+        for table in &stage.tables {
+            if let Some(previous) = writers.insert(table.as_str(), stage.name.as_str()) {
+                diagnostics.error(
+                    format!(
+                        "stages `{previous}` and `{}` both write table `{table}`",
+                        stage.name
+                    ),
+                    stage.span.clone(),
+                );
+            }
+        }
+    }
+}
+
+/// Kahn's algorithm; on a cycle, the cycle as a chain of stage indices (first repeated last).
+fn levels(config: &Config, inputs: &[Vec<Input>]) -> Result<Vec<Vec<usize>>, Vec<usize>> {
+    let n = config.stages.len();
+    let deps: Vec<BTreeSet<usize>> = inputs
+        .iter()
+        .map(|stage_inputs| {
+            stage_inputs
+                .iter()
+                .filter_map(|i| match i {
+                    Input::Stage(index) => Some(*index),
+                    Input::Source(_) => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut level_of: Vec<Option<usize>> = vec![None; n];
+    let mut levels: Vec<Vec<usize>> = Vec::new();
+    let mut done = 0;
+    while done < n {
+        let ready: Vec<usize> = (0..n)
+            .filter(|&i| level_of[i].is_none() && deps[i].iter().all(|d| level_of[*d].is_some()))
+            .collect();
+        if ready.is_empty() {
+            return Err(find_cycle(&deps, &level_of));
+        }
+        for &i in &ready {
+            level_of[i] = Some(levels.len());
+        }
+        done += ready.len();
+        levels.push(ready);
+    }
+    Ok(levels)
+}
+
+fn find_cycle(deps: &[BTreeSet<usize>], placed: &[Option<usize>]) -> Vec<usize> {
+    let start = (0..deps.len()).find(|&i| placed[i].is_none()).expect("a cycle leaves a stage unplaced");
+    let mut path = vec![start];
+    let mut current = start;
+    loop {
+        let next = *deps[current]
+            .iter()
+            .find(|d| placed[**d].is_none())
+            .expect("an unplaced stage has an unplaced dependency");
+        if let Some(position) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<usize> = path[position..].to_vec();
+            cycle.reverse();
+            cycle.push(*cycle.first().expect("cycle is not empty"));
+            // Read as "a needs b needs … needs a" reversed into data-flow order.
+            return cycle;
+        }
+        path.push(next);
+        current = next;
+    }
+}
+
+impl Plan {
+    /// Indices of the stages to run for `--select`: the named stages and all they need.
+    pub fn select(&self, names: &[String]) -> Result<BTreeSet<usize>, String> {
+        let mut selected = BTreeSet::new();
+        if names.is_empty() {
+            selected.extend(0..self.config.stages.len());
+            return Ok(selected);
+        }
+        let mut todo = Vec::new();
+        for name in names {
+            match self.config.stages.iter().position(|s| &s.name == name) {
+                Some(index) => todo.push(index),
+                None => {
+                    let known: Vec<&str> = self.config.stages.iter().map(|s| s.name.as_str()).collect();
+                    let help = suggest(name, known.iter().copied())
+                        .unwrap_or_else(|| format!("stages: {}", config::reader::backticked(&known)));
+                    return Err(format!("--select: no stage named `{name}` in the config\n  = help: {help}"));
+                }
+            }
+        }
+        while let Some(index) = todo.pop() {
+            if selected.insert(index) {
+                for input in &self.inputs[index] {
+                    if let Input::Stage(dep) = input {
+                        todo.push(*dep);
+                    }
+                }
+            }
+        }
+        Ok(selected)
+    }
+
+    /// Sources whose shared tables the selected stages need.
+    pub fn sources_needed(&self, selected: &BTreeSet<usize>) -> BTreeSet<String> {
+        selected
+            .iter()
+            .flat_map(|&i| self.inputs[i].iter())
+            .filter_map(|input| match input {
+                Input::Source(name) => Some(name.clone()),
+                Input::Stage(_) => None,
+            })
+            .collect()
+    }
+
+    fn input_names(&self, stage: usize) -> Vec<String> {
+        self.inputs[stage]
+            .iter()
+            .map(|input| match input {
+                Input::Source(name) => format!("source `{name}`"),
+                Input::Stage(index) => format!("stage `{}`", self.config.stages[*index].name),
+            })
+            .collect()
+    }
+
+    /// Human-readable plan: sources scanned once, then stages level by level.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let all: BTreeSet<usize> = (0..self.config.stages.len()).collect();
+        let _ = writeln!(out, "pipeline `{}` ({})", self.config.pipeline.name, self.config.path.display());
+        let _ = writeln!(out, "output dir: {}", self.config.pipeline.output_dir.display());
+        for source in self.sources_needed(&all) {
+            let users: Vec<String> = (0..self.config.stages.len())
+                .filter(|&i| self.inputs[i].contains(&Input::Source(source.clone())))
+                .map(|i| format!("`{}`", self.config.stages[i].name))
+                .collect();
+            let path = self.config.sources.get(&source).map(|s| s.path.display().to_string()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "source `{source}` ({path}): scanned once → customer_facts, customer_periods (shared by {})",
+                users.join(", ")
+            );
+        }
+        for (level, stages) in self.levels.iter().enumerate() {
+            let _ = writeln!(out, "level {}:", level + 1);
+            for &index in stages {
+                let stage = &self.config.stages[index];
+                let _ = writeln!(
+                    out,
+                    "  {} ({}) ← {} → {}",
+                    stage.name,
+                    stage.kind.name,
+                    self.input_names(index).join(", "),
+                    stage.tables.join(", ")
+                );
+            }
+        }
+        out
+    }
+
+    /// The DAG as a Mermaid flowchart (`--format mermaid`) or Graphviz (`--format dot`).
+    pub fn render_graph(&self, mermaid: bool) -> String {
+        let mut out = String::new();
+        let node = |name: &str| name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        if mermaid {
+            out.push_str("flowchart LR\n");
+        } else {
+            out.push_str("digraph pipeline {\n  rankdir=LR;\n");
+        }
+        let mut sources: Vec<&String> = self.config.sources.keys().collect();
+        sources.sort();
+        for source in sources {
+            if mermaid {
+                let _ = writeln!(out, "  src_{}[(\"{source}\")]", node(source));
+            } else {
+                let _ = writeln!(out, "  src_{} [label=\"{source}\", shape=cylinder];", node(source));
+            }
+        }
+        for (index, stage) in self.config.stages.iter().enumerate() {
+            let label = format!("{} ({})", stage.name, stage.kind.name);
+            if mermaid {
+                let _ = writeln!(out, "  st_{}[\"{label}\"]", node(&stage.name));
+            } else {
+                let _ = writeln!(out, "  st_{} [label=\"{label}\", shape=box];", node(&stage.name));
+            }
+            for input in &self.inputs[index] {
+                let from = match input {
+                    Input::Source(name) => format!("src_{}", node(name)),
+                    Input::Stage(dep) => format!("st_{}", node(&self.config.stages[*dep].name)),
+                };
+                if mermaid {
+                    let _ = writeln!(out, "  {from} --> st_{}", node(&stage.name));
+                } else {
+                    let _ = writeln!(out, "  {from} -> st_{};", node(&stage.name));
+                }
+            }
+        }
+        if !mermaid {
+            out.push_str("}\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,257 @@
+//! Running a plan: scan each needed source once, build its shared tables, run stages level by
+//! level on our own rayon pool (independent stages concurrently), stage every table, publish all
+//! of them only when every stage succeeded, and write the manifest last.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use polars::prelude::DataFrame;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::config::AsOf;
+use crate::plan::{Input, Plan};
+use crate::prepare::{shared_tables, SharedTables};
+use crate::sink::{self, StagedTable};
+use crate::source::{self, InputStats};
+use crate::stages::StageInputs;
+use crate::UsageError;
+
+/// Command-line overrides of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub select: Vec<String>,
+    pub as_of: Option<AsOf>,
+    pub output_dir: Option<PathBuf>,
+    pub threads: Option<usize>,
+    /// Run independent stages one after another instead of concurrently (benchmarks).
+    pub sequential: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub kind: String,
+    pub level: usize,
+    pub duration_seconds: f64,
+    pub tables: Vec<TableReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub path: String,
+    pub rows: usize,
+}
+
+/// `OUT/_manifest.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub status: String,
+    pub tool: String,
+    pub version: String,
+    pub pipeline: String,
+    pub config_path: String,
+    pub config_hash: String,
+    pub as_of: Option<String>,
+    pub timezone: String,
+    pub selected_stages: Vec<String>,
+    pub inputs: Vec<InputStats>,
+    pub prepare_seconds: f64,
+    pub stages: Vec<StageReport>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_seconds: f64,
+    pub error: Option<String>,
+}
+
+/// Run the plan; on failure the previous outputs stay as they were and the manifest says why.
+pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let config = &plan.config;
+    let output_dir = options
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| config.pipeline.output_dir.clone());
+    let selected = plan.select(&options.select).map_err(UsageError::Usage)?;
+    let _lock = sink::RunLock::acquire(&output_dir)?;
+    sink::clean_stale_temps(&output_dir);
+
+    let mut manifest = Manifest {
+        status: "running".into(),
+        tool: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pipeline: config.pipeline.name.clone(),
+        config_path: config.path.display().to_string(),
+        config_hash: config.hash.clone(),
+        as_of: None,
+        timezone: config.pipeline.timezone.clone(),
+        selected_stages: selected.iter().map(|&i| config.stages[i].name.clone()).collect(),
+        inputs: Vec::new(),
+        prepare_seconds: 0.0,
+        stages: Vec::new(),
+        started_at: started_at.to_rfc3339(),
+        finished_at: String::new(),
+        duration_seconds: 0.0,
+        error: None,
+    };
+    let staged = Mutex::new(Vec::<StagedTable>::new());
+    let result = execute(plan, options, &selected, &output_dir, &mut manifest, &staged);
+    let staged = staged.into_inner().expect("no stage panicked while holding the staging list");
+    let result = result.and_then(|()| sink::publish(&output_dir, &staged));
+    manifest.finished_at = chrono::Utc::now().to_rfc3339();
+    manifest.duration_seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            manifest.status = "succeeded".into();
+            sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest)?;
+            Ok(manifest)
+        }
+        Err(error) => {
+            sink::discard(&staged);
+            manifest.status = "failed".into();
+            manifest.error = Some(format!("{error:#}"));
+            if let Err(manifest_error) = sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest) {
+                tracing::error!("could not write the failure manifest: {manifest_error:#}");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn execute(
+    plan: &Plan,
+    options: &RunOptions,
+    selected: &BTreeSet<usize>,
+    output_dir: &std::path::Path,
+    manifest: &mut Manifest,
+    staged: &Mutex<Vec<StagedTable>>,
+) -> Result<()> {
+    let config = &plan.config;
+    let as_of = options.as_of.unwrap_or(config.pipeline.as_of);
+    let prepare_start = Instant::now();
+    let mut shared: BTreeMap<String, SharedTables> = BTreeMap::new();
+    for name in plan.sources_needed(selected) {
+        let source_config = config
+            .sources
+            .get(&name)
+            .expect("plan inputs name only configured sources");
+        tracing::info!("scanning source `{name}` ({})", source_config.path.display());
+        let orders = source::scan_orders(source_config, &config.pipeline, as_of)?;
+        tracing::info!(
+            "source `{name}`: {} rows read, {} orders, as of {}",
+            orders.stats.rows_read,
+            orders.stats.orders,
+            orders.as_of
+        );
+        manifest.inputs.push(orders.stats.clone());
+        let tables = shared_tables(&orders).with_context(|| format!("source `{name}`"))?;
+        tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
+        shared.insert(name, tables);
+    }
+    manifest.as_of = shared.values().map(|t| t.as_of).max().map(|d| d.to_string());
+    manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
+
+    let threads = options.threads.unwrap_or(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("pipeline-stage-{i}"))
+        .build()
+        .context("cannot start the stage thread pool")?;
+    let total = selected.len();
+    let progress = progress_bar(total as u64);
+    let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
+    for (level_number, level) in plan.levels.iter().enumerate() {
+        let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
+        let run_one = |index: usize| -> Result<(usize, Vec<DataFrame>, StageReport)> {
+            let stage_config = &config.stages[index];
+            let start = Instant::now();
+            let stage = stage_config
+                .stage
+                .as_ref()
+                .expect("a validated plan has options for every stage");
+            let mut inputs = StageInputs {
+                shared: None,
+                upstream: Vec::new(),
+            };
+            for input in &plan.inputs[index] {
+                match input {
+                    Input::Source(name) => inputs.shared = shared.get(name),
+                    Input::Stage(dep) => inputs.upstream.push((
+                        config.stages[*dep].name.as_str(),
+                        outputs.get(dep).map(|v| v.as_slice()).unwrap_or(&[]),
+                    )),
+                }
+            }
+            let mut frames = stage
+                .run(&inputs)
+                .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
+            let mut tables = Vec::new();
+            for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
+                let written = sink::stage_table(output_dir, table, frame)
+                    .with_context(|| format!("stage `{}`", stage_config.name))?;
+                tables.push(TableReport {
+                    table: table.clone(),
+                    path: written.target.display().to_string(),
+                    rows: written.rows,
+                });
+                staged.lock().expect("staging list lock").push(written);
+            }
+            let report = StageReport {
+                stage: stage_config.name.clone(),
+                kind: stage_config.kind.name.to_string(),
+                level: level_number + 1,
+                duration_seconds: start.elapsed().as_secs_f64(),
+                tables,
+            };
+            progress.inc(1);
+            tracing::info!(
+                "stage `{}` done in {:.3} s ({} rows)",
+                report.stage,
+                report.duration_seconds,
+                report.tables.iter().map(|t| t.rows).sum::<usize>()
+            );
+            Ok((index, frames, report))
+        };
+        let results: Vec<Result<(usize, Vec<DataFrame>, StageReport)>> = if options.sequential {
+            stages.iter().map(|&i| run_one(i)).collect()
+        } else {
+            pool.install(|| stages.par_iter().map(|&i| run_one(i)).collect())
+        };
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok((index, frames, report)) => {
+                    outputs.insert(index, frames);
+                    manifest.stages.push(report);
+                }
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = failure {
+            progress.abandon();
+            return Err(error);
+        }
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} stages {pos}/{len} [{elapsed_precise}] {wide_bar}")
+            .expect("the progress template is valid"),
+    );
+    bar
+}

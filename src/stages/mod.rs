@@ -1,0 +1,88 @@
+//! Stage kinds: the `Stage` trait and the one `KINDS` list.
+//!
+//! A stage is a pure function from its inputs (the shared per-customer tables of a source, or
+//! other stages' output tables) and its typed options to its output tables. Adding a kind is one
+//! file here plus one line in `KINDS`.
+
+pub mod cohort_retention;
+pub mod customer_facts;
+
+use std::fmt::Debug;
+
+use polars::prelude::DataFrame;
+
+use crate::config::{Diagnostics, reader::TableReader};
+use crate::prepare::SharedTables;
+
+/// What a kind reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// The shared tables (customer_facts, customer_periods) of one source.
+    Source,
+    /// Output tables of other stages.
+    Stages,
+}
+
+impl InputKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            InputKind::Source => "the name of one source",
+            InputKind::Stages => "names of stages",
+        }
+    }
+}
+
+/// A registered stage kind.
+pub struct Kind {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub input: InputKind,
+    /// Table suffixes; a kind with one table writes it under the stage's name.
+    pub tables: &'static [&'static str],
+    /// Turn the stage's TOML table into a runnable stage; `common` are keys handled by the config.
+    pub parse: fn(&TableReader, &[&str], &mut Diagnostics) -> Option<Box<dyn Stage>>,
+}
+
+impl Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The data a stage runs on.
+pub struct StageInputs<'a> {
+    pub shared: Option<&'a SharedTables>,
+    /// (stage name, its output tables in `Kind::tables` order), in the order of `input`.
+    pub upstream: Vec<(&'a str, &'a [DataFrame])>,
+}
+
+impl StageInputs<'_> {
+    pub fn shared(&self) -> anyhow::Result<&SharedTables> {
+        self.shared
+            .ok_or_else(|| anyhow::anyhow!("this stage needs the shared tables of a source"))
+    }
+}
+
+/// A configured stage: typed options plus the function that computes its tables.
+pub trait Stage: Send + Sync + Debug {
+    /// Output tables in `Kind::tables` order.
+    fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
+}
+
+pub static KINDS: &[&Kind] = &[&customer_facts::KIND, &cohort_retention::KIND];
+
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().copied().find(|kind| kind.name == name)
+}
+
+/// Parse a kind's options struct from the stage table: the common parse function of most kinds.
+pub fn parse_options<T>(
+    reader: &TableReader,
+    common: &[&str],
+    diagnostics: &mut Diagnostics,
+) -> Option<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    reader.options::<T>(common, diagnostics)
+}
