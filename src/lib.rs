@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod money;
 pub mod period;
 pub mod plan;
 pub mod prepare;

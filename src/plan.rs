@@ -79,24 +79,23 @@ fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Inp
                 );
                 continue;
             };
-            let expected = stage.kind.input;
-            match (&input, expected) {
-                (Input::Stage(_), InputKind::Source) => diagnostics.error(
+            let mismatch = match (&input, stage.kind.input) {
+                (Input::Stage(_), InputKind::Source) => Some("is a stage, but kind `{}` reads a source"),
+                (Input::Source(_), InputKind::Stages) => Some("is a source, but kind `{}` reads other stages"),
+                _ => None,
+            };
+            if let Some(mismatch) = mismatch {
+                diagnostics.error(
                     format!(
-                        "input `{name}` of stage `{}` is a stage, but kind `{}` reads a source",
-                        stage.name, stage.kind.name
+                        "input `{name}` of stage `{}` {}",
+                        stage.name,
+                        mismatch.replace("{}", stage.kind.name)
                     ),
                     stage.input_span.clone(),
-                ),
-                (Input::Source(_), InputKind::Stages) => diagnostics.error(
-                    format!(
-                        "input `{name}` of stage `{}` is a source, but kind `{}` reads other stages",
-                        stage.name, stage.kind.name
-                    ),
-                    stage.input_span.clone(),
-                ),
-                _ => inputs.push(input),
+                );
             }
+            // Kept even when mismatched, so that cycles are reported too.
+            inputs.push(input);
         }
         if stage.kind.input == InputKind::Source && stage.inputs.len() > 1 {
             diagnostics.error(

@@ -8,15 +8,17 @@ use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use polars::prelude::*;
 
+use crate::money::from_micros;
 use crate::source::SourceOrders;
 
 /// The shared tables of one source for one run.
 #[derive(Debug, Clone)]
 pub struct SharedTables {
     /// customer_key, customer_id, first_purchase_date, last_purchase_date, orders, revenue, aov,
-    /// acquisition_channel, frequency, t_x, T, monetary_value — sorted by customer_key.
+    /// acquisition_channel, frequency, t_x, T, monetary_value, revenue_micros — sorted by
+    /// customer_key. Money in currency (Float64) and, for exact sums, `revenue_micros` (Int64).
     pub customer_facts: DataFrame,
-    /// customer_key, date, purchases, revenue — sorted by customer_key, date.
+    /// customer_key, date, purchases, revenue_micros — sorted by customer_key, date.
     pub customer_periods: DataFrame,
     pub as_of: NaiveDate,
 }
@@ -25,7 +27,7 @@ pub struct SharedTables {
 pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     let as_of = source.as_of;
     let orders = source.orders.clone().lazy();
-    let purchases = orders.clone().filter(col("revenue").gt(lit(0.0)));
+    let purchases = orders.clone().filter(col("revenue").gt(lit(0i64)));
 
     let channel = if source.has_channel {
         col("channel")
@@ -44,7 +46,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     let net_revenue = orders
         .clone()
         .group_by([col("customer_id")])
-        .agg([col("revenue").sum().alias("revenue")]);
+        .agg([col("revenue").sum().alias("revenue_micros")]);
     // BTYD: same-day purchases merged; the first purchase day is excluded from monetary_value.
     let purchase_days = purchases
         .clone()
@@ -68,11 +70,12 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             (col("purchase_days") - lit(1i64)).alias("frequency"),
             (days(col("last_purchase_date")) - days(col("first_purchase_date"))).alias("t_x"),
             (lit(crate::period::to_days(as_of) as i64) - days(col("first_purchase_date"))).alias("T"),
-            (col("purchase_revenue") / col("orders").cast(DataType::Float64)).alias("aov"),
+            (from_micros(col("purchase_revenue")) / col("orders").cast(DataType::Float64)).alias("aov"),
+            from_micros(col("revenue_micros")).alias("revenue"),
         ])
         .with_column(
             when(col("frequency").gt(lit(0i64)))
-                .then((col("days_revenue") - col("first_day_revenue")) / col("frequency").cast(DataType::Float64))
+                .then(from_micros(col("days_revenue") - col("first_day_revenue")) / col("frequency").cast(DataType::Float64))
                 .otherwise(lit(0.0))
                 .alias("monetary_value"),
         )
@@ -89,6 +92,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             col("t_x"),
             col("T"),
             col("monetary_value"),
+            col("revenue_micros"),
         ])
         .collect()
         .map_err(anyhow::Error::from)
@@ -98,11 +102,11 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     let customer_periods = orders
         .group_by([col("customer_id"), col("date")])
         .agg([
-            col("revenue").gt(lit(0.0)).cast(DataType::Int64).sum().alias("purchases"),
-            col("revenue").sum().alias("revenue"),
+            col("revenue").gt(lit(0i64)).cast(DataType::Int64).sum().alias("purchases"),
+            col("revenue").sum().alias("revenue_micros"),
         ])
         .join(keys, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Inner))
-        .select([col("customer_key"), col("date"), col("purchases"), col("revenue")])
+        .select([col("customer_key"), col("date"), col("purchases"), col("revenue_micros")])
         .sort(["customer_key", "date"], SortMultipleOptions::default())
         .collect()
         .map_err(anyhow::Error::from)

@@ -55,7 +55,8 @@ pub struct InputStats {
 }
 
 /// Orders of one source: one row per valid order with columns
-/// `customer_id, date, ordered_ts, revenue[, channel]`, plus the accounting.
+/// `customer_id, date, ordered_ts, revenue[, channel]` (revenue in exact integer micro-units, see
+/// `money`), plus the accounting.
 pub struct SourceOrders {
     pub orders: DataFrame,
     pub stats: InputStats,
@@ -329,7 +330,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     let lines = lines
         .with_column(local_date.alias("date"))
         .with_column(reason)
-        .with_column(col("amount").cast(DataType::Float64));
+        .with_column(crate::money::to_micros(col("amount")).alias("amount"));
     let ok = || col("reason").eq(lit(OK));
     let when_ok = |expr: Expr| when(ok()).then(expr).otherwise(lit(NULL));
 

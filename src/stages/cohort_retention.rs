@@ -106,12 +106,12 @@ pub fn cohort_retention(
         .with_column((granularity.index_expr(col("date")) - col("cohort_index")).alias("period_index"))
         .filter(col("period_index").gt_eq(lit(0)))
         .group_by(per_customer_keys)
-        .agg([col("purchases").sum(), col("revenue").sum()])
+        .agg([col("purchases").sum(), col("revenue_micros").sum()])
         .group_by(cell_keys.clone())
         .agg([
             col("purchases").gt(lit(0)).cast(DataType::Int64).sum().alias("active_customers"),
             col("purchases").sum().cast(DataType::Int64).alias("orders"),
-            col("revenue").sum().alias("revenue"),
+            col("revenue_micros").sum().alias("revenue_micros"),
         ]);
     // Customers whose last purchase falls in each period since acquisition.
     let last_active = customers
@@ -148,7 +148,7 @@ pub fn cohort_retention(
         .with_columns([
             col("active_customers").fill_null(lit(0i64)),
             col("orders").fill_null(lit(0i64)),
-            col("revenue").fill_null(lit(0.0)),
+            crate::money::from_micros(col("revenue_micros").fill_null(lit(0i64))).alias("revenue"),
             col("last_active").fill_null(lit(0i64)),
         ])
         .sort_by_exprs(sort_keys.clone(), SortMultipleOptions::default().with_nulls_last(true))

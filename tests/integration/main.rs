@@ -1,0 +1,9 @@
+//! Integration tests: the real `pipeline` binary on fixtures, outputs read back with arrow-rs.
+
+mod bad_data;
+mod cohorts;
+mod common;
+mod config_errors;
+mod customer_facts;
+mod end_to_end;
+mod reference;
