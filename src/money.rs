@@ -14,7 +14,8 @@ pub fn to_micros(amount: Expr) -> Expr {
         .cast(DataType::Int64)
 }
 
-/// Int64 micro-units back to currency as Float64.
+/// Int64 micro-units back to currency as Float64: the nearest double to the exact decimal
+/// (polars divides by a scalar through its reciprocal, so the quotient is rounded once more).
 pub fn from_micros(micros: Expr) -> Expr {
-    micros.cast(DataType::Float64) / lit(MICROS_PER_UNIT)
+    (micros.cast(DataType::Float64) / lit(MICROS_PER_UNIT)).round(6, RoundMode::HalfAwayFromZero)
 }

@@ -224,6 +224,15 @@ impl Plan {
             .collect()
     }
 
+    /// The source a stage's data comes from: its own, or (for stages over stages) the first
+    /// source found upstream.
+    pub fn source_of(&self, stage: usize) -> Option<String> {
+        self.inputs[stage].iter().find_map(|input| match input {
+            Input::Source(name) => Some(name.clone()),
+            Input::Stage(dep) => self.source_of(*dep),
+        })
+    }
+
     fn input_names(&self, stage: usize) -> Vec<String> {
         self.inputs[stage]
             .iter()

@@ -183,9 +183,14 @@ fn execute(
                     Input::Source(name) => inputs.shared = shared.get(name),
                     Input::Stage(dep) => inputs.upstream.push((
                         config.stages[*dep].name.as_str(),
+                        config.stages[*dep].kind,
                         outputs.get(dep).map(|v| v.as_slice()).unwrap_or(&[]),
                     )),
                 }
+            }
+            if inputs.shared.is_none() {
+                // A stage over other stages sees the customers of the source they came from.
+                inputs.shared = plan.source_of(index).and_then(|name| shared.get(&name));
             }
             let mut frames = stage
                 .run(&inputs)
@@ -240,6 +245,11 @@ fn execute(
         }
     }
     progress.finish_and_clear();
+    for stats in &mut manifest.inputs {
+        if let Some(source_config) = config.sources.get(&stats.source) {
+            stats.scans = source::scans_started(source_config);
+        }
+    }
     Ok(())
 }
 

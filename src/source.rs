@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
@@ -43,7 +43,7 @@ pub struct InputStats {
     pub source: String,
     pub path: String,
     pub files: Vec<String>,
-    /// How many times this run scanned the source's lines (always 1).
+    /// How many times this run scanned the source's lines (1: stages never rescan).
     pub scans: u32,
     pub rows_read: u64,
     pub rows_excluded_by_include: u64,
@@ -71,11 +71,12 @@ pub struct SourceSchema {
     pub has_channel: bool,
 }
 
-static SCANS: AtomicU32 = AtomicU32::new(0);
+/// Order-line scans started by this process, per source path: the manifest reports them, so a
+/// second scan of the same lines would show.
+static SCANS: Mutex<BTreeMap<PathBuf, u32>> = Mutex::new(BTreeMap::new());
 
-/// Number of order-line scans started by this process (tests and the manifest read it).
-pub fn scans_started() -> u32 {
-    SCANS.load(Ordering::SeqCst)
+pub fn scans_started(source: &SourceConfig) -> u32 {
+    SCANS.lock().map(|scans| scans.get(&source.path).copied().unwrap_or(0)).unwrap_or(0)
 }
 
 /// Files a source path names: one file, a glob, or every `.parquet` file below a directory.
@@ -280,7 +281,9 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     let schema = check_schema(source)?;
     let files = resolve_files(source)?;
     let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
-    SCANS.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut scans) = SCANS.lock() {
+        *scans.entry(source.path.clone()).or_insert(0) += 1;
+    }
 
     let projection: Vec<Expr> = source
         .columns
@@ -366,7 +369,6 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         source: source.name.clone(),
         path: source.path.display().to_string(),
         files: files.iter().map(|f| f.display().to_string()).collect(),
-        scans: 1,
         ..Default::default()
     };
     let sum = |name: &str| -> Result<u64> {

@@ -182,6 +182,29 @@ pub struct Config {
     pub stages: Vec<StageConfig>,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_the_config_folder() {
+        assert_eq!(resolve_path(Path::new("pipelines"), "../out"), PathBuf::from("out"));
+        assert_eq!(resolve_path(Path::new("."), "../data/x.parquet"), PathBuf::from("../data/x.parquet"));
+        assert_eq!(resolve_path(Path::new("/etc/p"), "/abs/x"), PathBuf::from("/abs/x"));
+        assert_eq!(resolve_path(Path::new("a/b"), "./c/*.parquet"), PathBuf::from("a/b/c/*.parquet"));
+    }
+
+    #[test]
+    fn as_of_accepts_dates_and_keywords() {
+        assert_eq!("last_order".parse::<AsOf>(), Ok(AsOf::LastOrder));
+        assert_eq!(
+            "2024-02-29".parse::<AsOf>(),
+            Ok(AsOf::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()))
+        );
+        assert!("2023-02-29".parse::<AsOf>().unwrap_err().contains("is not a date"));
+    }
+}
+
 const TOP_KEYS: &[&str] = &["pipeline", "sources", "stages"];
 const PIPELINE_KEYS: &[&str] = &[
     "name",
@@ -289,7 +312,7 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
         name: "pipeline".into(),
         as_of: AsOf::LastOrder,
         timezone: "UTC".into(),
-        output_dir: dir.join("out"),
+        output_dir: resolve_path(dir, "out"),
         max_rejected_fraction: 0.0,
     };
     let Some(item) = item else { return settings };
@@ -324,7 +347,7 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
         }
     }
     if let Some(output_dir) = reader.get::<String>("output_dir", diagnostics) {
-        settings.output_dir = dir.join(output_dir);
+        settings.output_dir = resolve_path(dir, &output_dir);
     }
     if let Some(fraction) = reader.get::<f64>("max_rejected_fraction", diagnostics) {
         if (0.0..=1.0).contains(&fraction) {
@@ -411,7 +434,7 @@ fn parse_source(
     }
     Some(SourceConfig {
         name: name.to_string(),
-        path: dir.join(path?),
+        path: resolve_path(dir, &path?),
         include,
         naive_timestamps_are: naive,
         columns: columns?,
@@ -508,6 +531,29 @@ fn parse_stage(
         span,
         input_span: reader.value_span("input"),
     })
+}
+
+/// `path` relative to the config's folder, with `.` and `..` removed lexically (for messages).
+pub fn resolve_path(dir: &Path, path: &str) -> PathBuf {
+    use std::path::Component;
+    let joined = dir.join(path);
+    let mut out = PathBuf::new();
+    for component in joined.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let popped = matches!(out.components().next_back(), Some(Component::Normal(_))) && out.pop();
+                if !popped {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn is_valid_table_name(name: &str) -> bool {

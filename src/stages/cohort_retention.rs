@@ -29,6 +29,7 @@ pub static KIND: Kind = Kind {
     summary: "dense cohort × period retention triangle with bracketed/unbounded retention and revenue",
     input: InputKind::Source,
     tables: &[""],
+    customer_table: None,
     parse: |reader, common, diagnostics| {
         let options = super::parse_options::<CohortRetentionOptions>(reader, common, diagnostics)?;
         let mut ok = true;

@@ -15,6 +15,7 @@ pub static KIND: Kind = Kind {
     summary: "one row per customer: purchase dates, orders, revenue, AOV, acquisition channel, BTYD fields",
     input: InputKind::Source,
     tables: &[""],
+    customer_table: Some(0),
     parse: |reader, common, diagnostics| {
         super::parse_options::<CustomerFactsOptions>(reader, common, diagnostics)
             .map(|options| Box::new(options) as Box<dyn Stage>)

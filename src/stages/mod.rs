@@ -5,7 +5,12 @@
 //! file here plus one line in `KINDS`.
 
 pub mod cohort_retention;
+pub mod clv_simple;
 pub mod customer_facts;
+pub mod lifecycle;
+pub mod repeat;
+pub mod rfm;
+pub mod segment_summary;
 
 use std::fmt::Debug;
 
@@ -39,6 +44,8 @@ pub struct Kind {
     pub input: InputKind,
     /// Table suffixes; a kind with one table writes it under the stage's name.
     pub tables: &'static [&'static str],
+    /// Which of `tables` has one row per customer (with `customer_id`), for segment summaries.
+    pub customer_table: Option<usize>,
     /// Turn the stage's TOML table into a runnable stage; `common` are keys handled by the config.
     pub parse: fn(&TableReader, &[&str], &mut Diagnostics) -> Option<Box<dyn Stage>>,
 }
@@ -52,8 +59,8 @@ impl Debug for Kind {
 /// The data a stage runs on.
 pub struct StageInputs<'a> {
     pub shared: Option<&'a SharedTables>,
-    /// (stage name, its output tables in `Kind::tables` order), in the order of `input`.
-    pub upstream: Vec<(&'a str, &'a [DataFrame])>,
+    /// (stage name, its kind, its output tables in `Kind::tables` order), in `input` order.
+    pub upstream: Vec<(&'a str, &'static Kind, &'a [DataFrame])>,
 }
 
 impl StageInputs<'_> {
@@ -69,7 +76,15 @@ pub trait Stage: Send + Sync + Debug {
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
 }
 
-pub static KINDS: &[&Kind] = &[&customer_facts::KIND, &cohort_retention::KIND];
+pub static KINDS: &[&Kind] = &[
+    &customer_facts::KIND,
+    &cohort_retention::KIND,
+    &rfm::KIND,
+    &repeat::KIND,
+    &lifecycle::KIND,
+    &clv_simple::KIND,
+    &segment_summary::KIND,
+];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().copied().find(|kind| kind.name == name)

@@ -6,4 +6,5 @@ mod common;
 mod config_errors;
 mod customer_facts;
 mod end_to_end;
+mod inputs;
 mod reference;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Benchmark `pipeline run` on generated order lines.
+#   bash bench/run.sh [LINES]      (default 10000000)
+# Generates bench/data/lines_LINES.parquet once (git-ignored), then measures with /usr/bin/time -v:
+#   full      customer_facts + monthly cohorts + weekly cohorts by channel, all cores
+#   threads1  the same with --threads 1
+#   seq       the same with independent stages run one after another (--sequential)
+#   x3        the same file read three times through a glob: 3× the lines, the same orders and
+#             customers (duplicate order ids merge) — peak RSS must not grow with lines
+# Prints a markdown table: wall s, CPU s (user+sys), peak RSS MB, lines/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES="${1:-10000000}"
+DATA="bench/data"
+mkdir -p "$DATA"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
+cargo build --release --quiet
+BIN="$CARGO_TARGET_DIR/release/pipeline"
+
+FILE="$DATA/lines_$LINES.parquet"
+declare -A WALL CPU RSS
+
+measure() { # name, command...
+  local name="$1"; shift
+  local log="$DATA/time_$name.log"
+  /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
+  local wall user sys
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  user=$(awk -F': ' '/User time/ {print $2}' "$log")
+  sys=$(awk -F': ' '/System time/ {print $2}' "$log")
+  WALL[$name]=$wall
+  CPU[$name]=$(echo "$user + $sys" | bc -l)
+  RSS[$name]=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+}
+
+if [ ! -f "$FILE" ]; then
+  measure generate "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+fi
+mkdir -p "$DATA/x3"
+for i in 1 2 3; do ln -sf "$(realpath "$FILE")" "$DATA/x3/part$i.parquet"; done
+
+config() { # path pattern → config file
+  cat > "$DATA/bench_$2.toml" <<TOML
+[pipeline]
+name = "bench"
+timezone = "Europe/Berlin"
+output_dir = "out_$2"
+
+[sources.orders]
+path = "$1"
+include = { status = ["completed", "shipped"] }
+
+[sources.orders.columns]
+ordered_at = "created_at"
+amount = "line_amount"
+status = "status"
+channel = "channel"
+
+[stages.customer_facts]
+kind = "customer_facts"
+
+[stages.cohorts]
+kind = "cohort_retention"
+granularity = "month"
+
+[stages.cohorts_by_channel]
+kind = "cohort_retention"
+granularity = "week"
+dimensions = ["acquisition_channel"]
+TOML
+  echo "$DATA/bench_$2.toml"
+}
+ONE=$(config "$(realpath "$FILE")" one)
+THREE=$(config "$(realpath "$DATA")/x3/*.parquet" three)
+
+measure full "$BIN" run "$ONE" --log warn
+measure threads1 "$BIN" run "$ONE" --log warn --threads 1
+measure seq "$BIN" run "$ONE" --log warn --sequential
+measure x3 "$BIN" run "$THREE" --log warn
+
+printf '\n%s lines (%s)\n\n' "$LINES" "$(nproc) cores"
+printf '| run | lines | wall s | CPU s | peak RSS MB | lines/s |\n|---|---|---|---|---|---|\n'
+for name in generate full threads1 seq x3; do
+  [ -n "${WALL[$name]:-}" ] || continue
+  n=$LINES; [ "$name" = x3 ] && n=$((LINES * 3))
+  printf '| %s | %s | %.2f | %.2f | %s | %.0f |\n' "$name" "$n" "${WALL[$name]}" "${CPU[$name]}" "${RSS[$name]}" "$(echo "$n / ${WALL[$name]}" | bc -l)"
+done
+printf '\nratios: threads1/full wall %.2f, seq/full wall %.2f, x3/full RSS %.2f\n' \
+  "$(echo "${WALL[threads1]} / ${WALL[full]}" | bc -l)" \
+  "$(echo "${WALL[seq]} / ${WALL[full]}" | bc -l)" \
+  "$(echo "${RSS[x3]} / ${RSS[full]}" | bc -l)"

@@ -1,0 +1,149 @@
+//! `clv_simple`: historic CLV (net revenue to date) and the textbook formula
+//! CLV = AOV × purchases per year × lifespan in years × margin.
+//!
+//! Lifespan is `lifespan_years` when set, otherwise 1 / annual churn, where annual churn comes from
+//! the last 12 monthly lifecycle snapshots compounded (1 − Π crr; with fewer than 12 snapshots the
+//! product is annualised by the power 12 / n), capped at `max_lifespan_years`.
+
+use anyhow::Result;
+use polars::prelude::*;
+use serde::Deserialize;
+
+use super::lifecycle::{lifecycle, LifecycleOptions};
+use super::{InputKind, Kind, Stage, StageInputs};
+use crate::config::{reader::TableReader, Diagnostics};
+use crate::period::Granularity;
+
+/// Options of `kind = "clv_simple"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClvSimpleOptions {
+    /// Gross margin applied to revenue. Default 1.0.
+    pub margin: f64,
+    /// Expected customer lifespan; default: derived from observed annual churn.
+    pub lifespan_years: Option<f64>,
+    /// Cap on the derived lifespan. Default 10.
+    pub max_lifespan_years: f64,
+    /// Tenure below this counts as this, so new customers are not extrapolated wildly. Default 1.
+    pub min_tenure_years: f64,
+    /// Lifecycle thresholds used for the churn rate. Defaults 90 and 180.
+    pub active_days: u32,
+    pub churn_days: u32,
+}
+
+impl Default for ClvSimpleOptions {
+    fn default() -> Self {
+        ClvSimpleOptions {
+            margin: 1.0,
+            lifespan_years: None,
+            max_lifespan_years: 10.0,
+            min_tenure_years: 1.0,
+            active_days: 90,
+            churn_days: 180,
+        }
+    }
+}
+
+impl ClvSimpleOptions {
+    fn lifecycle_options(&self) -> LifecycleOptions {
+        LifecycleOptions {
+            granularity: Granularity::Month,
+            active_days: self.active_days,
+            churn_days: self.churn_days,
+        }
+    }
+
+    fn check(&self) -> Vec<(&'static str, String)> {
+        let mut errors = self.lifecycle_options().check();
+        if !(self.margin > 0.0 && self.margin <= 10.0) {
+            errors.push(("margin", format!("`margin` must be in (0, 10], got {}", self.margin)));
+        }
+        if let Some(years) = self.lifespan_years {
+            if !(years > 0.0 && years.is_finite()) {
+                errors.push(("lifespan_years", format!("`lifespan_years` must be positive, got {years}")));
+            }
+        }
+        if !(self.max_lifespan_years > 0.0 && self.max_lifespan_years.is_finite()) {
+            errors.push(("max_lifespan_years", format!("`max_lifespan_years` must be positive, got {}", self.max_lifespan_years)));
+        }
+        if !(self.min_tenure_years > 0.0 && self.min_tenure_years.is_finite()) {
+            errors.push(("min_tenure_years", format!("`min_tenure_years` must be positive, got {}", self.min_tenure_years)));
+        }
+        errors
+    }
+}
+
+pub static KIND: Kind = Kind {
+    name: "clv_simple",
+    summary: "historic CLV and AOV × purchases per year × lifespan × margin",
+    input: InputKind::Source,
+    tables: &[""],
+    customer_table: Some(0),
+    parse,
+};
+
+fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>> {
+    let options = super::parse_options::<ClvSimpleOptions>(reader, common, diagnostics)?;
+    super::lifecycle::report(reader, options.check(), diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
+}
+
+/// Annual churn from monthly CRRs (the last 12 defined ones), compounded.
+pub fn annual_churn(monthly_crr: &[f64]) -> Option<f64> {
+    let last: Vec<f64> = monthly_crr.iter().rev().take(12).copied().collect();
+    if last.is_empty() {
+        return None;
+    }
+    let retention: f64 = last.iter().product();
+    Some(1.0 - retention.powf(12.0 / last.len() as f64))
+}
+
+impl Stage for ClvSimpleOptions {
+    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        let shared = inputs.shared()?;
+        let lifespan = match self.lifespan_years {
+            Some(years) => years,
+            None => {
+                let states = lifecycle(&shared.customer_facts, &shared.customer_periods, shared.as_of, &self.lifecycle_options())?;
+                let crr: Vec<f64> = states.crr.iter().filter_map(|(_, crr)| *crr).collect();
+                match annual_churn(&crr) {
+                    Some(churn) if churn > 0.0 => (1.0 / churn).min(self.max_lifespan_years),
+                    _ => self.max_lifespan_years,
+                }
+            }
+        };
+        let tenure_years = (col("T").cast(DataType::Float64) / lit(365.25)).clip_min(lit(self.min_tenure_years));
+        let table = shared
+            .customer_facts
+            .clone()
+            .lazy()
+            .select([
+                col("customer_id"),
+                col("revenue").alias("historic_clv"),
+                col("aov"),
+                (col("orders").cast(DataType::Float64) / tenure_years).alias("purchases_per_year"),
+                lit(lifespan).alias("lifespan_years"),
+                lit(self.margin).alias("margin"),
+            ])
+            .with_column(
+                (col("aov") * col("purchases_per_year") * col("lifespan_years") * col("margin")).alias("simple_clv"),
+            )
+            .collect()?;
+        Ok(vec![table])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annual_churn_compounds_monthly_retention() {
+        let churn = annual_churn(&[0.9; 12]).unwrap();
+        assert!((churn - (1.0 - 0.9f64.powi(12))).abs() < 1e-12);
+        // Only the last 12 count.
+        assert_eq!(annual_churn(&[[0.1].as_slice(), &[0.9; 12]].concat()), Some(churn));
+        // Six months of 0.95 annualise to twelve.
+        assert!((annual_churn(&[0.95; 6]).unwrap() - (1.0 - 0.95f64.powi(12))).abs() < 1e-12);
+        assert_eq!(annual_churn(&[]), None);
+    }
+}

@@ -1,0 +1,293 @@
+//! `lifecycle`: every customer's stage at the end of each snapshot period, with customer
+//! retention (CRR) and churn rates per period, and each customer's stage at as_of.
+//!
+//! Stages in precedence order: `new` (first purchase in the period), `reactivated` (a purchase in
+//! the period more than `churn_days` after the previous one), `active` (last purchase ≤
+//! `active_days` ago), `at_risk` (≤ `churn_days` ago), `churned`. The state walk is plain Rust
+//! over each customer's sorted purchase days (one pass per customer, customers in parallel):
+//! O(purchase days + snapshots) per customer.
+
+use anyhow::Result;
+use chrono::NaiveDate;
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::{InputKind, Kind, Stage, StageInputs};
+use crate::config::{reader::TableReader, Diagnostic, Diagnostics};
+use crate::period::{from_days, to_days, Granularity};
+
+/// Options of `kind = "lifecycle"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleOptions {
+    /// Snapshot period: day | week | month (default) | quarter | year.
+    pub granularity: Granularity,
+    /// A customer is `active` when the last purchase is at most this many days old. Default 90.
+    pub active_days: u32,
+    /// … `at_risk` up to this many days, `churned` after. Default 180.
+    pub churn_days: u32,
+}
+
+impl Default for LifecycleOptions {
+    fn default() -> Self {
+        LifecycleOptions {
+            granularity: Granularity::Month,
+            active_days: 90,
+            churn_days: 180,
+        }
+    }
+}
+
+impl LifecycleOptions {
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut errors = Vec::new();
+        if self.active_days == 0 {
+            errors.push(("active_days", "`active_days` must be at least 1".to_string()));
+        }
+        if self.churn_days <= self.active_days {
+            errors.push((
+                "churn_days",
+                format!("`churn_days` ({}) must be greater than `active_days` ({})", self.churn_days, self.active_days),
+            ));
+        }
+        errors
+    }
+}
+
+pub const STAGES: [&str; 5] = ["new", "reactivated", "active", "at_risk", "churned"];
+const NEW: usize = 0;
+const REACTIVATED: usize = 1;
+const ACTIVE: usize = 2;
+const AT_RISK: usize = 3;
+const CHURNED: usize = 4;
+
+pub static KIND: Kind = Kind {
+    name: "lifecycle",
+    summary: "new/active/at_risk/churned/reactivated per snapshot with CRR and churn; stage per customer",
+    input: InputKind::Source,
+    tables: &["snapshots", "customers"],
+    customer_table: Some(1),
+    parse,
+};
+
+fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>> {
+    let options = super::parse_options::<LifecycleOptions>(reader, common, diagnostics)?;
+    report(reader, options.check(), diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
+}
+
+/// Push option errors as diagnostics at their keys; true when there were none.
+pub fn report(reader: &TableReader, errors: Vec<(&'static str, String)>, diagnostics: &mut Diagnostics) -> bool {
+    let ok = errors.is_empty();
+    for (key, message) in errors {
+        diagnostics.push(Diagnostic::new(
+            format!("{}: {message}", reader.context),
+            reader.value_span(key).or_else(|| reader.span.clone()),
+        ));
+    }
+    ok
+}
+
+impl Stage for LifecycleOptions {
+    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        let shared = inputs.shared()?;
+        let result = lifecycle(&shared.customer_facts, &shared.customer_periods, shared.as_of, self)?;
+        Ok(vec![result.snapshots, result.customers])
+    }
+}
+
+/// Per-snapshot tallies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub stages: [u64; 5],
+    pub start: u64,
+    pub end: u64,
+    pub retained: u64,
+}
+
+pub struct Lifecycle {
+    pub snapshots: DataFrame,
+    pub customers: DataFrame,
+    /// (snapshot date, crr) in order, crr `None` when nobody was un-churned at the start.
+    pub crr: Vec<(NaiveDate, Option<f64>)>,
+}
+
+/// Snapshot windows: (period start, snapshot date) from the first acquisition to as_of.
+pub fn windows(first: NaiveDate, as_of: NaiveDate, granularity: Granularity) -> Vec<(i32, i32)> {
+    let first_index = granularity.index_of(first);
+    let last_index = granularity.index_of(as_of);
+    (first_index..=last_index)
+        .map(|index| {
+            let end = if index == last_index { as_of } else { granularity.end_of(index) };
+            (to_days(granularity.start_of(index)), to_days(end))
+        })
+        .collect()
+}
+
+/// The state walk for one customer; `days` are its sorted purchase days. Adds to `tallies` and
+/// returns the stage at the last snapshot.
+pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOptions, tallies: &mut [Tally]) -> usize {
+    let churn = options.churn_days as i32;
+    let active = options.active_days as i32;
+    let first = days[0];
+    let mut seen = 0usize; // purchase days on or before the previous snapshot
+    let mut alive_before = false; // not churned at the end of the previous snapshot
+    let mut stage = CHURNED;
+    for (window, tally) in windows.iter().zip(tallies.iter_mut()) {
+        let (start, end) = *window;
+        if first > end {
+            continue;
+        }
+        let mut upto = seen;
+        while upto < days.len() && days[upto] <= end {
+            upto += 1;
+        }
+        let last = days[upto - 1];
+        stage = if first >= start {
+            NEW
+        } else if (seen.max(1)..upto).any(|i| days[i] - days[i - 1] > churn) {
+            REACTIVATED
+        } else if end - last <= active {
+            ACTIVE
+        } else if end - last <= churn {
+            AT_RISK
+        } else {
+            CHURNED
+        };
+        let alive = stage != CHURNED;
+        tally.stages[stage] += 1;
+        tally.start += alive_before as u64;
+        tally.end += alive as u64;
+        tally.retained += (alive_before && alive) as u64;
+        alive_before = alive;
+        seen = upto;
+    }
+    stage
+}
+
+/// Snapshots and per-customer stages from the shared tables.
+pub fn lifecycle(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options: &LifecycleOptions) -> Result<Lifecycle> {
+    let purchase_days = periods
+        .clone()
+        .lazy()
+        .filter(col("purchases").gt(lit(0)))
+        .select([col("customer_key"), col("date").cast(DataType::Int32)])
+        .collect()?;
+    let keys: Vec<u32> = purchase_days.column("customer_key")?.u32()?.into_no_null_iter().collect();
+    let dates: Vec<i32> = purchase_days.column("date")?.i32()?.into_no_null_iter().collect();
+    let customers = facts.height();
+    // offsets[k]..offsets[k + 1] are customer k's purchase days (keys are dense and sorted).
+    let mut offsets = vec![0usize; customers + 1];
+    for &key in &keys {
+        offsets[key as usize + 1] += 1;
+    }
+    for k in 0..customers {
+        offsets[k + 1] += offsets[k];
+    }
+    let earliest = dates.iter().min().copied().map(from_days).unwrap_or(as_of);
+    let windows = windows(earliest.min(as_of), as_of, options.granularity);
+
+    let chunk = (customers / (rayon::current_num_threads() * 8)).max(1024);
+    let results: Vec<(Vec<Tally>, Vec<u8>)> = (0..customers)
+        .collect::<Vec<_>>()
+        .par_chunks(chunk)
+        .map(|chunk_keys| {
+            let mut tallies = vec![Tally::default(); windows.len()];
+            let mut stages = Vec::with_capacity(chunk_keys.len());
+            for &key in chunk_keys {
+                let days = &dates[offsets[key]..offsets[key + 1]];
+                let stage = if days.is_empty() { CHURNED } else { walk_customer(days, &windows, options, &mut tallies) };
+                stages.push(stage as u8);
+            }
+            (tallies, stages)
+        })
+        .collect();
+    let mut tallies = vec![Tally::default(); windows.len()];
+    let mut customer_stage: Vec<&str> = Vec::with_capacity(customers);
+    for (chunk_tallies, stages) in &results {
+        for (total, part) in tallies.iter_mut().zip(chunk_tallies) {
+            for s in 0..5 {
+                total.stages[s] += part.stages[s];
+            }
+            total.start += part.start;
+            total.end += part.end;
+            total.retained += part.retained;
+        }
+        customer_stage.extend(stages.iter().map(|&s| STAGES[s as usize]));
+    }
+
+    let crr: Vec<Option<f64>> = tallies
+        .iter()
+        .map(|t| (t.start > 0).then(|| t.retained as f64 / t.start as f64))
+        .collect();
+    let count = |f: &dyn Fn(&Tally) -> u64| tallies.iter().map(|t| f(t) as i64).collect::<Vec<i64>>();
+    let mut columns = vec![
+        Column::new("snapshot_date".into(), windows.iter().map(|w| w.1).collect::<Vec<_>>()).cast(&DataType::Date)?,
+        Column::new("period_start".into(), windows.iter().map(|w| w.0).collect::<Vec<_>>()).cast(&DataType::Date)?,
+    ];
+    for (s, name) in STAGES.iter().enumerate() {
+        columns.push(Column::new((*name).into(), count(&|t| t.stages[s])));
+    }
+    columns.extend([
+        Column::new("start_customers".into(), count(&|t| t.start)),
+        Column::new("end_customers".into(), count(&|t| t.end)),
+        Column::new("new_customers".into(), count(&|t| t.stages[NEW])),
+        Column::new("retained_customers".into(), count(&|t| t.retained)),
+        Column::new("crr".into(), crr.clone()),
+        Column::new("churn_rate".into(), crr.iter().map(|c| c.map(|v| 1.0 - v)).collect::<Vec<_>>()),
+    ]);
+    let snapshots = DataFrame::new_infer_height(columns)?;
+
+    let as_of_days = to_days(as_of) as i64;
+    let customers_table = facts
+        .clone()
+        .lazy()
+        .select([
+            col("customer_id"),
+            lit(Series::new("stage".into(), customer_stage)).alias("stage"),
+            (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64)).alias("days_since_last_purchase"),
+        ])
+        .collect()?;
+    Ok(Lifecycle {
+        snapshots,
+        customers: customers_table,
+        crr: windows.iter().map(|w| from_days(w.1)).zip(crr).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(y: i32, m: u32, d: u32) -> i32 {
+        to_days(NaiveDate::from_ymd_opt(y, m, d).unwrap())
+    }
+
+    #[test]
+    fn a_customer_churns_and_is_reactivated() {
+        let options = LifecycleOptions::default();
+        let as_of = NaiveDate::from_ymd_opt(2024, 12, 15).unwrap();
+        let windows = windows(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(), as_of, Granularity::Month);
+        assert_eq!(windows.len(), 12);
+        assert_eq!(windows[11], (day(2024, 12, 1), day(2024, 12, 15)));
+        // Purchases 01-10 and 10-20 (284 days later > 180: reactivated in October).
+        let days = [day(2024, 1, 10), day(2024, 10, 20)];
+        let mut tallies = vec![Tally::default(); windows.len()];
+        let stage = walk_customer(&days, &windows, &options, &mut tallies);
+        let stage_in = |month: usize| STAGES[(0..5).find(|&s| tallies[month].stages[s] == 1).unwrap()];
+        assert_eq!(stage_in(0), "new");
+        assert_eq!(stage_in(1), "active"); // 02-29: 50 days
+        assert_eq!(stage_in(3), "at_risk"); // 04-30: 111 days
+        assert_eq!(stage_in(5), "at_risk"); // 06-30: 172 days
+        assert_eq!(stage_in(6), "churned"); // 07-31: 203 days
+        assert_eq!(stage_in(9), "reactivated");
+        assert_eq!(stage_in(10), "active");
+        assert_eq!(STAGES[stage], "active");
+        // Not churned at the start of July, churned at its end: counts in S, not retained.
+        assert_eq!((tallies[6].start, tallies[6].end, tallies[6].retained), (1, 0, 0));
+        // Reactivated in October: not in S, in E.
+        assert_eq!((tallies[9].start, tallies[9].end, tallies[9].retained), (0, 1, 0));
+        // January: acquired, so not in S.
+        assert_eq!((tallies[0].start, tallies[0].end), (0, 1));
+    }
+}

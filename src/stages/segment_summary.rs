@@ -1,0 +1,134 @@
+//! `segment_summary`: per-customer outputs of other stages summarised by any per-customer
+//! dimension (rfm segment, lifecycle stage, acquisition channel, cohort).
+//!
+//! The base table is the source's customers (customer_id, revenue, orders, acquisition_channel,
+//! cohort = month of first purchase); each input stage's per-customer table is joined on
+//! customer_id (a column already present is kept from the earlier table).
+
+use anyhow::{bail, Result};
+use polars::prelude::*;
+use serde::Deserialize;
+
+use super::{InputKind, Kind, Stage, StageInputs};
+use crate::config::{reader::TableReader, Diagnostics};
+use crate::money::from_micros;
+
+/// Options of `kind = "segment_summary"`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentSummaryOptions {
+    /// Per-customer columns to group by, e.g. ["segment"] or ["acquisition_channel", "stage"].
+    pub by: Vec<String>,
+    /// Numeric per-customer columns reported as mean_<column> and median_<column>; default: the
+    /// CLV columns present (historic_clv, simple_clv, clv).
+    pub metrics: Vec<String>,
+}
+
+pub static KIND: Kind = Kind {
+    name: "segment_summary",
+    summary: "customers, revenue, mean/median CLV and repeat rate by any per-customer dimension",
+    input: InputKind::Stages,
+    tables: &[""],
+    customer_table: None,
+    parse,
+};
+
+fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>> {
+    let options = super::parse_options::<SegmentSummaryOptions>(reader, common, diagnostics)?;
+    let errors = if options.by.is_empty() {
+        vec![("by", "`by` needs at least one per-customer column, e.g. `by = [\"segment\"]`".to_string())]
+    } else {
+        Vec::new()
+    };
+    super::lifecycle::report(reader, errors, diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
+}
+
+const DEFAULT_METRICS: &[&str] = &["historic_clv", "simple_clv", "clv"];
+
+impl Stage for SegmentSummaryOptions {
+    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        let shared = inputs.shared()?;
+        let mut table = shared
+            .customer_facts
+            .clone()
+            .lazy()
+            .select([
+                col("customer_id"),
+                col("revenue_micros"),
+                col("orders"),
+                col("acquisition_channel"),
+                col("first_purchase_date").dt().truncate(lit("1mo")).alias("cohort"),
+            ])
+            .collect()?;
+        for (stage, kind, frames) in &inputs.upstream {
+            let Some(index) = kind.customer_table else {
+                bail!("input stage `{stage}` (kind `{}`) has no per-customer table to summarise", kind.name);
+            };
+            let upstream = &frames[index];
+            let present: Vec<String> = table.get_column_names().iter().map(|n| n.to_string()).collect();
+            let mut columns = vec![col("customer_id")];
+            columns.extend(
+                upstream
+                    .get_column_names()
+                    .iter()
+                    .filter(|name| !present.contains(&name.to_string()))
+                    .map(|name| col(name.as_str())),
+            );
+            table = table
+                .lazy()
+                .join(upstream.clone().lazy().select(columns), [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Left))
+                .collect()?;
+        }
+        let available: Vec<String> = table
+            .get_column_names()
+            .iter()
+            .filter(|n| n.as_str() != "revenue_micros")
+            .map(|n| n.to_string())
+            .collect();
+        for column in self.by.iter().chain(&self.metrics) {
+            if !available.contains(column) {
+                bail!(
+                    "column `{column}` is not in the per-customer tables of the inputs; available: {}",
+                    available.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let metrics: Vec<String> = if self.metrics.is_empty() {
+            DEFAULT_METRICS.iter().filter(|m| available.contains(&m.to_string())).map(|m| m.to_string()).collect()
+        } else {
+            self.metrics.clone()
+        };
+        let total_customers = table.height().max(1) as f64;
+        let mut aggs = vec![
+            len().cast(DataType::Int64).alias("customers"),
+            col("revenue_micros").sum().alias("revenue_micros"),
+        ];
+        for metric in &metrics {
+            let value = || col(metric.as_str()).cast(DataType::Float64);
+            aggs.push(value().mean().alias(format!("mean_{metric}")));
+            aggs.push(value().median().alias(format!("median_{metric}")));
+        }
+        aggs.push(col("orders").gt_eq(lit(2i64)).cast(DataType::Float64).mean().alias("repeat_rate"));
+        let by: Vec<Expr> = self.by.iter().map(|c| col(c.as_str())).collect();
+        let mut output: Vec<Expr> = by.clone();
+        output.extend([col("customers"), col("share"), col("revenue"), col("revenue_share")]);
+        for metric in &metrics {
+            output.push(col(format!("mean_{metric}").as_str()));
+            output.push(col(format!("median_{metric}").as_str()));
+        }
+        output.push(col("repeat_rate"));
+        let summary = table
+            .lazy()
+            .group_by(by.clone())
+            .agg(aggs)
+            .with_columns([
+                (col("customers").cast(DataType::Float64) / lit(total_customers)).alias("share"),
+                from_micros(col("revenue_micros")).alias("revenue"),
+                (col("revenue_micros").cast(DataType::Float64) / col("revenue_micros").sum().cast(DataType::Float64)).alias("revenue_share"),
+            ])
+            .sort_by_exprs(by, SortMultipleOptions::default().with_nulls_last(true))
+            .select(output)
+            .collect()?;
+        Ok(vec![summary])
+    }
+}
