@@ -1,6 +1,10 @@
 //! Integration tests: the real `pipeline` binary on fixtures, outputs read back with arrow-rs.
 
 mod bad_data;
+mod clv_simple;
+mod lifecycle;
+mod repeat;
+mod rfm;
 mod cohorts;
 mod common;
 mod config_errors;
