@@ -3,6 +3,7 @@
 mod bad_data;
 mod clv_simple;
 mod lifecycle;
+mod properties;
 mod repeat;
 mod rfm;
 mod cohorts;

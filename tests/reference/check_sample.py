@@ -10,54 +10,12 @@ usage: check_sample.py ORDER_LINES.parquet OUTPUT_DIR
 import json
 import sys
 
-import duckdb
+import base
 
 LINES, OUT = sys.argv[1], sys.argv[2]
 TZ = "Europe/Berlin"
 
-con = duckdb.connect()
-con.execute("SET TimeZone = 'UTC'")
-con.execute(
-    f"""
-CREATE TABLE lines AS
-SELECT order_id, customer_id, created_at, channel,
-       CAST(timezone('{TZ}', created_at) AS DATE) AS d,
-       CAST(round(line_amount * 1e6) AS BIGINT) AS micros
-FROM read_parquet('{LINES}')
-WHERE status IN ('completed', 'shipped')
-  AND customer_id IS NOT NULL AND order_id IS NOT NULL
-  AND created_at IS NOT NULL AND line_amount IS NOT NULL;
-
-CREATE TABLE orders AS
-SELECT order_id, min(customer_id) AS c, min(d) AS d, sum(micros) AS rev,
-       arg_min(channel, created_at) AS ch, min(created_at) AS ts
-FROM lines GROUP BY order_id
-HAVING min(customer_id) = max(customer_id);
-
-CREATE TABLE as_of AS SELECT max(d) AS as_of FROM orders;
-
-CREATE TABLE purchase_days AS
-SELECT c, d, sum(rev) AS day_rev FROM orders WHERE rev > 0 GROUP BY c, d;
-
-CREATE TABLE facts AS
-WITH p AS (
-  SELECT c, min(d) AS first, max(d) AS last, count(*) AS orders, sum(rev) AS prev,
-         arg_min(ch, ts) AS channel
-  FROM orders WHERE rev > 0 GROUP BY c
-), net AS (SELECT c, sum(rev) AS rev FROM orders GROUP BY c),
-btyd AS (
-  SELECT c, count(*) - 1 AS frequency, sum(day_rev) AS days_rev,
-         arg_min(day_rev, d) AS first_day_rev
-  FROM purchase_days GROUP BY c
-)
-SELECT p.c AS customer_id, first AS first_purchase_date, last AS last_purchase_date, orders,
-       net.rev / 1e6 AS revenue, prev / 1e6 / orders AS aov, channel AS acquisition_channel,
-       frequency, (last - first) AS t_x, ((SELECT as_of FROM as_of) - first) AS "T",
-       CASE WHEN frequency > 0 THEN (days_rev - first_day_rev) / 1e6 / frequency ELSE 0 END
-         AS monetary_value
-FROM p JOIN net USING (c) JOIN btyd USING (c);
-"""
-)
+con = base.connect(LINES, TZ)
 
 
 def cohorts_sql(unit: str, dims: bool) -> str:
@@ -117,35 +75,9 @@ FROM grid g LEFT JOIN cells c
 """
 
 
-def compare(name: str, reference_sql: str, keys: list[str], columns: list[str]) -> dict:
-    con.execute(f"CREATE OR REPLACE TABLE ref AS {reference_sql}")
-    con.execute(f"CREATE OR REPLACE TABLE ours AS SELECT * FROM read_parquet('{OUT}/{name}.parquet')")
-    join = " AND ".join(f"r.{k} IS NOT DISTINCT FROM o.{k}" for k in keys)
-    checks = []
-    for column in columns:
-        r, o = f'r."{column}"', f'o."{column}"'
-        checks.append(
-            f"(CASE WHEN typeof({r}) IN ('DOUBLE', 'DECIMAL', 'FLOAT') OR typeof({o}) = 'DOUBLE' "
-            f"THEN abs(CAST({r} AS DOUBLE) - CAST({o} AS DOUBLE)) > 1e-9 * greatest(1, abs(CAST({r} AS DOUBLE))) "
-            f"ELSE CAST({r} AS VARCHAR) IS DISTINCT FROM CAST({o} AS VARCHAR) END)"
-        )
-    mismatch = " OR ".join(checks)
-    rows = con.execute("SELECT count(*) FROM ref").fetchone()[0]
-    ours = con.execute("SELECT count(*) FROM ours").fetchone()[0]
-    bad = con.execute(
-        f"SELECT count(*) FROM ref r FULL OUTER JOIN ours o ON {join} "
-        f"WHERE r.{keys[0]} IS NULL AND o.{keys[0]} IS NOT NULL "
-        f"   OR o.{keys[0]} IS NULL AND r.{keys[0]} IS NOT NULL OR ({mismatch})"
-    ).fetchone()[0]
-    examples = con.execute(
-        f"SELECT r.*, o.* FROM ref r FULL OUTER JOIN ours o ON {join} WHERE {mismatch} LIMIT 3"
-    ).fetchall()
-    return {"rows": rows, "pipeline_rows": ours, "mismatches": bad, "examples": [str(e) for e in examples]}
-
-
 report = {
-    "customer_facts": compare(
-        "customer_facts",
+    "customer_facts": base.compare(
+        con, OUT, "customer_facts",
         "SELECT * FROM facts",
         ["customer_id"],
         ["first_purchase_date", "last_purchase_date", "orders", "revenue", "aov",
@@ -155,11 +87,11 @@ report = {
 metric_columns = ["period_start", "cohort_customers", "active_customers", "retention",
                   "unbounded_retention", "orders", "revenue", "revenue_per_customer",
                   "cumulative_revenue_per_customer", "period_complete"]
-report["cohorts"] = compare(
-    "cohorts", cohorts_sql("month", False), ["cohort", "period_index"], metric_columns
+report["cohorts"] = base.compare(
+    con, OUT, "cohorts", cohorts_sql("month", False), ["cohort", "period_index"], metric_columns
 )
-report["cohorts_weekly_by_channel"] = compare(
-    "cohorts_weekly_by_channel",
+report["cohorts_weekly_by_channel"] = base.compare(
+    con, OUT, "cohorts_weekly_by_channel",
     f"SELECT dim AS acquisition_channel, * EXCLUDE (dim) FROM ({cohorts_sql('week', True)})",
     ["acquisition_channel", "cohort", "period_index"],
     metric_columns,

@@ -1,0 +1,209 @@
+"""Independent reference for pipelines/retail.toml's rfm, repeat and lifecycle tables, in DuckDB.
+
+Follows DESIGN.md: RFM rank_min with 5 bins and the default R×F map; repeat with
+within_days = [30, 90, 365], max_purchases = 5, min_observation_days = 90, monthly cohorts;
+monthly lifecycle snapshots with active_days = 90, churn_days = 180. Prints a JSON report.
+
+usage: check_retail.py ORDER_LINES.parquet OUTPUT_DIR
+"""
+
+import json
+import sys
+
+import base
+
+LINES, OUT = sys.argv[1], sys.argv[2]
+con = base.connect(LINES, "Europe/Berlin")
+report = {}
+
+# ---------------------------------------------------------------- rfm
+con.execute(
+    """
+CREATE TABLE rfm AS
+WITH v AS (
+  SELECT customer_id, ((SELECT as_of FROM as_of) - last_purchase_date) AS recency_days,
+         orders AS frequency, revenue AS monetary, count(*) OVER () AS n
+  FROM facts
+), r AS (
+  SELECT *,
+    1 + floor(5 * (rank() OVER (ORDER BY recency_days DESC) - 1) / n) AS r_score,
+    1 + floor(5 * (rank() OVER (ORDER BY frequency) - 1) / n) AS f_score,
+    1 + floor(5 * (rank() OVER (ORDER BY round(monetary, 6)) - 1) / n) AS m_score
+  FROM v
+)
+SELECT customer_id, recency_days, frequency, monetary,
+       CAST(r_score AS INT) AS r_score, CAST(f_score AS INT) AS f_score,
+       CAST(m_score AS INT) AS m_score,
+       CAST(r_score AS INT)::VARCHAR || CAST(f_score AS INT)::VARCHAR || CAST(m_score AS INT)::VARCHAR AS rfm_score,
+       CASE
+         WHEN r_score = 5 AND f_score >= 4 THEN 'champions'
+         WHEN r_score = 5 AND f_score = 1 THEN 'new_customers'
+         WHEN r_score = 5 THEN 'potential_loyalists'
+         WHEN r_score IN (3, 4) AND f_score >= 4 THEN 'loyal_customers'
+         WHEN r_score = 4 AND f_score = 1 THEN 'promising'
+         WHEN r_score = 4 THEN 'potential_loyalists'
+         WHEN r_score = 3 AND f_score = 3 THEN 'need_attention'
+         WHEN r_score = 3 THEN 'about_to_sleep'
+         WHEN f_score = 5 THEN 'cannot_lose_them'
+         WHEN f_score >= 3 THEN 'at_risk'
+         ELSE 'hibernating'
+       END AS segment
+FROM r
+"""
+)
+report["rfm_customers"] = base.compare(
+    con, OUT, "rfm_customers", "SELECT * FROM rfm", ["customer_id"],
+    ["recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "rfm_score", "segment"],
+)
+report["rfm_segments"] = base.compare(
+    con, OUT, "rfm_segments",
+    """
+    WITH names(segment) AS (VALUES ('champions'), ('new_customers'), ('potential_loyalists'),
+      ('loyal_customers'), ('promising'), ('need_attention'), ('about_to_sleep'),
+      ('cannot_lose_them'), ('at_risk'), ('hibernating')),
+    s AS (SELECT segment, count(*) AS customers, sum(monetary) AS revenue,
+                 avg(recency_days) AS mean_recency_days, avg(frequency) AS mean_frequency,
+                 avg(monetary) AS mean_monetary FROM rfm GROUP BY segment)
+    SELECT names.segment, coalesce(customers, 0) AS customers,
+           coalesce(customers, 0) / (SELECT count(*) FROM rfm) AS share,
+           coalesce(revenue, 0) AS revenue,
+           coalesce(revenue, 0) / (SELECT sum(monetary) FROM rfm) AS revenue_share,
+           mean_recency_days, mean_frequency, mean_monetary
+    FROM names LEFT JOIN s USING (segment)
+    """,
+    ["segment"],
+    ["customers", "share", "revenue", "revenue_share", "mean_recency_days", "mean_frequency", "mean_monetary"],
+)
+
+# ---------------------------------------------------------------- repeat
+con.execute(
+    """
+CREATE TABLE nth AS
+SELECT c AS customer_id, d, row_number() OVER (PARTITION BY c ORDER BY d, order_id) AS k
+FROM orders WHERE rev > 0;
+
+CREATE TABLE rep AS
+SELECT f.customer_id, CAST(date_trunc('month', f.first_purchase_date) AS DATE) AS cohort, f.orders,
+       (SELECT as_of FROM as_of) - f.first_purchase_date AS observed_days,
+       n2.d - f.first_purchase_date AS days_to_second,
+       CASE WHEN f.orders >= 2 THEN (f.last_purchase_date - f.first_purchase_date) / (f.orders - 1) END
+         AS days_between
+FROM facts f LEFT JOIN nth n2 ON n2.customer_id = f.customer_id AND n2.k = 2;
+"""
+)
+windows = [30, 90, 365]
+window_columns = ",\n".join(
+    f"""count(*) FILTER (WHERE observed_days >= {n}) AS customers_observed_{n}d,
+        count(*) FILTER (WHERE observed_days >= {n} AND days_to_second <= {n}) AS repeat_customers_{n}d,
+        count(*) FILTER (WHERE observed_days >= {n} AND days_to_second <= {n})
+          / nullif(count(*) FILTER (WHERE observed_days >= {n}), 0) AS repeat_rate_{n}d"""
+    for n in windows
+)
+summary_columns = f"""count(*) AS customers, count(*) FILTER (WHERE orders >= 2) AS repeat_customers,
+        count(*) FILTER (WHERE orders >= 2) / count(*) AS repeat_customer_rate,
+        {window_columns},
+        quantile_cont(days_to_second, 0.5) AS days_to_second_median,
+        quantile_cont(days_to_second, 0.25) AS days_to_second_p25,
+        quantile_cont(days_to_second, 0.75) AS days_to_second_p75,
+        avg(days_to_second) AS days_to_second_mean,
+        avg(days_between) AS mean_days_between_purchases"""
+metric_names = ["customers", "repeat_customers", "repeat_customer_rate"]
+for n in windows:
+    metric_names += [f"customers_observed_{n}d", f"repeat_customers_{n}d", f"repeat_rate_{n}d"]
+metric_names += ["days_to_second_median", "days_to_second_p25", "days_to_second_p75",
+                 "days_to_second_mean", "mean_days_between_purchases"]
+report["repeat_summary"] = base.compare(
+    con, OUT, "repeat_summary",
+    f"""SELECT NULL::DATE AS cohort, {summary_columns} FROM rep
+        UNION ALL SELECT cohort, {summary_columns} FROM rep GROUP BY cohort""",
+    ["cohort"], metric_names,
+)
+report["repeat_transitions"] = base.compare(
+    con, OUT, "repeat_transitions",
+    """
+    WITH steps AS (
+      SELECT r.customer_id, r.cohort, ks.k, r.orders, nk.d AS kth
+      FROM rep r CROSS JOIN range(1, 6) ks(k)
+      LEFT JOIN nth nk ON nk.customer_id = r.customer_id AND nk.k = ks.k
+    ), counted AS (
+      SELECT cohort, k,
+        count(*) FILTER (WHERE kth <= (SELECT as_of FROM as_of) - 90) AS at_k,
+        count(*) FILTER (WHERE kth <= (SELECT as_of FROM as_of) - 90 AND orders >= k + 1) AS at_k1
+      FROM steps GROUP BY GROUPING SETS ((cohort, k), (k))
+    )
+    SELECT cohort, CAST(k AS INT) AS k, at_k AS customers_at_k, at_k1 AS customers_at_k_plus_1,
+           at_k1 / nullif(at_k, 0) AS probability FROM counted
+    """,
+    ["cohort", "k"],
+    ["customers_at_k", "customers_at_k_plus_1", "probability"],
+)
+
+# ---------------------------------------------------------------- lifecycle
+con.execute(
+    """
+CREATE TABLE pdays AS
+SELECT c AS customer_id, d, d - lag(d) OVER (PARTITION BY c ORDER BY d) AS gap
+FROM (SELECT DISTINCT c, d FROM orders WHERE rev > 0);
+
+CREATE TABLE snaps AS
+WITH months AS (
+  SELECT CAST(m AS DATE) AS period_start
+  FROM range(date_trunc('month', (SELECT min(first_purchase_date) FROM facts)),
+             date_trunc('month', (SELECT as_of FROM as_of)) + INTERVAL 1 MONTH,
+             INTERVAL 1 MONTH) t(m)
+)
+SELECT period_start,
+       least(CAST(period_start + INTERVAL 1 MONTH AS DATE) - 1, (SELECT as_of FROM as_of)) AS snapshot_date
+FROM months;
+
+CREATE TABLE states AS
+SELECT f.customer_id, s.period_start, s.snapshot_date,
+  f.first_purchase_date AS first,
+  (SELECT max(p.d) FROM pdays p WHERE p.customer_id = f.customer_id AND p.d <= s.snapshot_date) AS last_end,
+  (SELECT max(p.d) FROM pdays p WHERE p.customer_id = f.customer_id AND p.d < s.period_start) AS last_start,
+  EXISTS (SELECT 1 FROM pdays p WHERE p.customer_id = f.customer_id AND p.d BETWEEN s.period_start
+          AND s.snapshot_date AND p.gap > 180) AS came_back
+FROM facts f, snaps s
+WHERE f.first_purchase_date <= s.snapshot_date;
+
+CREATE TABLE staged AS
+SELECT *,
+  CASE WHEN first >= period_start THEN 'new'
+       WHEN came_back THEN 'reactivated'
+       WHEN snapshot_date - last_end <= 90 THEN 'active'
+       WHEN snapshot_date - last_end <= 180 THEN 'at_risk'
+       ELSE 'churned' END AS stage,
+  coalesce((period_start - 1) - last_start <= 180, false) AS alive_start
+FROM states;
+"""
+)
+report["lifecycle_snapshots"] = base.compare(
+    con, OUT, "lifecycle_snapshots",
+    """
+    SELECT snapshot_date, period_start,
+      count(*) FILTER (WHERE stage = 'new') AS new,
+      count(*) FILTER (WHERE stage = 'reactivated') AS reactivated,
+      count(*) FILTER (WHERE stage = 'active') AS active,
+      count(*) FILTER (WHERE stage = 'at_risk') AS at_risk,
+      count(*) FILTER (WHERE stage = 'churned') AS churned,
+      count(*) FILTER (WHERE alive_start) AS start_customers,
+      count(*) FILTER (WHERE stage <> 'churned') AS end_customers,
+      count(*) FILTER (WHERE stage = 'new') AS new_customers,
+      count(*) FILTER (WHERE alive_start AND stage <> 'churned') AS retained_customers,
+      count(*) FILTER (WHERE alive_start AND stage <> 'churned')
+        / nullif(count(*) FILTER (WHERE alive_start), 0) AS crr,
+      1 - count(*) FILTER (WHERE alive_start AND stage <> 'churned')
+        / nullif(count(*) FILTER (WHERE alive_start), 0) AS churn_rate
+    FROM staged GROUP BY snapshot_date, period_start
+    """,
+    ["snapshot_date"],
+    ["period_start", "new", "reactivated", "active", "at_risk", "churned", "start_customers",
+     "end_customers", "new_customers", "retained_customers", "crr", "churn_rate"],
+)
+report["lifecycle_customers"] = base.compare(
+    con, OUT, "lifecycle_customers",
+    """SELECT customer_id, stage, snapshot_date - last_end AS days_since_last_purchase
+       FROM staged WHERE snapshot_date = (SELECT as_of FROM as_of)""",
+    ["customer_id"], ["stage", "days_since_last_purchase"],
+)
+print(json.dumps(report, indent=2))
