@@ -3,6 +3,7 @@
 //! Data flows one way: config → plan → source scan → shared tables → stages → sink.
 
 pub mod cli;
+pub mod clv;
 pub mod config;
 pub mod generate;
 pub mod money;

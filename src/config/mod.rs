@@ -490,7 +490,13 @@ fn parse_stage(
     };
     let output = reader.get::<String>("output", diagnostics);
     let output_prefix = reader.get::<String>("output_prefix", diagnostics);
-    let single = kind.tables.len() == 1;
+    let stage = (kind.parse)(&reader, STAGE_COMMON_KEYS, diagnostics);
+    let suffixes = stage
+        .as_ref()
+        .map(|stage| stage.tables())
+        .filter(|tables| !tables.is_empty())
+        .unwrap_or_else(|| kind.tables.to_vec());
+    let single = suffixes.len() == 1;
     if single && output_prefix.is_some() {
         diagnostics.error(
             format!("stage `{name}` writes one table: use `output`, not `output_prefix`"),
@@ -501,8 +507,8 @@ fn parse_stage(
         diagnostics.error(
             format!(
                 "stage `{name}` writes {} tables ({}): use `output_prefix`, not `output`",
-                kind.tables.len(),
-                backticked(kind.tables)
+                suffixes.len(),
+                backticked(&suffixes)
             ),
             reader.key_span("output"),
         );
@@ -511,7 +517,7 @@ fn parse_stage(
         vec![output.unwrap_or_else(|| name.to_string())]
     } else {
         let prefix = output_prefix.unwrap_or_else(|| name.to_string());
-        kind.tables.iter().map(|suffix| format!("{prefix}_{suffix}")).collect()
+        suffixes.iter().map(|suffix| format!("{prefix}_{suffix}")).collect()
     };
     for table_name in &tables {
         if !is_valid_table_name(table_name) {
@@ -521,7 +527,6 @@ fn parse_stage(
             );
         }
     }
-    let stage = (kind.parse)(&reader, STAGE_COMMON_KEYS, diagnostics);
     Some(StageConfig {
         name: name.to_string(),
         kind,

@@ -5,6 +5,7 @@
 //! file here plus one line in `KINDS`.
 
 pub mod cohort_retention;
+pub mod clv;
 pub mod clv_simple;
 pub mod customer_facts;
 pub mod lifecycle;
@@ -72,7 +73,12 @@ impl StageInputs<'_> {
 
 /// A configured stage: typed options plus the function that computes its tables.
 pub trait Stage: Send + Sync + Debug {
-    /// Output tables in `Kind::tables` order.
+    /// The table suffixes this configured stage writes, when options change them.
+    fn tables(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// Output tables in the order of `tables()` (by default `Kind::tables`).
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
 }
 
@@ -83,6 +89,7 @@ pub static KINDS: &[&Kind] = &[
     &repeat::KIND,
     &lifecycle::KIND,
     &clv_simple::KIND,
+    &clv::KIND,
     &segment_summary::KIND,
 ];
 

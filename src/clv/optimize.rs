@@ -1,0 +1,178 @@
+//! Minimising a smooth objective with analytic gradient: argmin's L-BFGS with a More–Thuente
+//! line search, from several starting points, keeping the best converged result. Also the
+//! numerical Hessian (central differences of the analytic gradient) for standard errors.
+
+use argmin::core::{CostFunction, Executor, Gradient, State, TerminationReason, TerminationStatus};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::quasinewton::LBFGS;
+
+/// An objective: value and gradient at a point.
+pub trait Objective: Sync {
+    fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>);
+}
+
+struct Problem<'a, O: Objective>(&'a O);
+
+impl<O: Objective> CostFunction for Problem<'_, O> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, x: &Self::Param) -> Result<f64, argmin::core::Error> {
+        let value = self.0.value_and_gradient(x).0;
+        Ok(if value.is_finite() { value } else { f64::INFINITY })
+    }
+}
+
+impl<O: Objective> Gradient for Problem<'_, O> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, x: &Self::Param) -> Result<Vec<f64>, argmin::core::Error> {
+        Ok(self.0.value_and_gradient(x).1)
+    }
+}
+
+/// The result of a minimisation.
+#[derive(Debug, Clone)]
+pub struct Minimum {
+    pub x: Vec<f64>,
+    pub value: f64,
+    pub iterations: u64,
+    pub converged: bool,
+    pub gradient_norm: f64,
+}
+
+fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -> Option<Minimum> {
+    let line_search = MoreThuenteLineSearch::new();
+    let solver = LBFGS::new(line_search, 10)
+        .with_tolerance_grad(1e-9)
+        .ok()?
+        .with_tolerance_cost(1e-14)
+        .ok()?;
+    let result = Executor::new(Problem(objective), solver)
+        .configure(|state| state.param(start).max_iters(max_iterations))
+        .run()
+        .ok()?;
+    let state = result.state();
+    let x = state.get_best_param()?.clone();
+    let (value, gradient) = objective.value_and_gradient(&x);
+    let gradient_norm = gradient.iter().map(|g| g * g).sum::<f64>().sqrt();
+    let converged = matches!(
+        state.get_termination_status(),
+        TerminationStatus::Terminated(TerminationReason::SolverConverged)
+    ) || gradient_norm < 1e-5;
+    value.is_finite().then_some(Minimum {
+        x,
+        value,
+        iterations: state.get_iter(),
+        converged,
+        gradient_norm,
+    })
+}
+
+/// Minimise from each start; the lowest converged minimum (or the lowest at all when none
+/// converged, with `converged = false`).
+pub fn minimize<O: Objective>(objective: &O, starts: &[Vec<f64>], max_iterations: u64) -> Option<Minimum> {
+    let mut best: Option<Minimum> = None;
+    for start in starts {
+        let Some(candidate) = run_from(objective, start.clone(), max_iterations) else { continue };
+        let better = match &best {
+            None => true,
+            Some(current) => {
+                (candidate.converged && !current.converged)
+                    || (candidate.converged == current.converged && candidate.value < current.value - 1e-12)
+            }
+        };
+        if better {
+            best = Some(candidate);
+        }
+    }
+    best
+}
+
+/// Hessian by central differences of the gradient, symmetrised.
+pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
+    let n = x.len();
+    let mut h = vec![vec![0.0; n]; n];
+    for i in 0..n {
+        let step = 1e-5 * x[i].abs().max(1.0);
+        let mut plus = x.to_vec();
+        let mut minus = x.to_vec();
+        plus[i] += step;
+        minus[i] -= step;
+        let (_, g_plus) = objective.value_and_gradient(&plus);
+        let (_, g_minus) = objective.value_and_gradient(&minus);
+        for j in 0..n {
+            h[i][j] = (g_plus[j] - g_minus[j]) / (2.0 * step);
+        }
+    }
+    for i in 0..n {
+        for j in 0..i {
+            let mean = 0.5 * (h[i][j] + h[j][i]);
+            h[i][j] = mean;
+            h[j][i] = mean;
+        }
+    }
+    h
+}
+
+/// Inverse of a small symmetric matrix by Gauss–Jordan elimination; `None` when singular.
+pub fn invert(matrix: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let n = matrix.len();
+    let mut a: Vec<Vec<f64>> = matrix
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut extended = row.clone();
+            extended.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
+            extended
+        })
+        .collect();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))?;
+        if a[pivot][col].abs() < 1e-300 {
+            return None;
+        }
+        a.swap(col, pivot);
+        let divisor = a[col][col];
+        for value in a[col].iter_mut() {
+            *value /= divisor;
+        }
+        for row in 0..n {
+            if row != col {
+                let factor = a[row][col];
+                if factor != 0.0 {
+                    for k in 0..2 * n {
+                        a[row][k] -= factor * a[col][k];
+                    }
+                }
+            }
+        }
+    }
+    let inverse: Vec<Vec<f64>> = a.into_iter().map(|row| row[n..].to_vec()).collect();
+    inverse.iter().flatten().all(|v| v.is_finite()).then_some(inverse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rosenbrock;
+    impl Objective for Rosenbrock {
+        fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>) {
+            let (a, b) = (x[0], x[1]);
+            let value = (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2);
+            let gradient = vec![-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)];
+            (value, gradient)
+        }
+    }
+
+    #[test]
+    fn finds_the_rosenbrock_minimum_and_its_curvature() {
+        let minimum = minimize(&Rosenbrock, &[vec![-1.2, 1.0], vec![0.0, 0.0]], 1000).unwrap();
+        assert!(minimum.converged);
+        assert!((minimum.x[0] - 1.0).abs() < 1e-6 && (minimum.x[1] - 1.0).abs() < 1e-6, "{:?}", minimum.x);
+        let h = hessian(&Rosenbrock, &minimum.x);
+        assert!((h[0][0] - 802.0).abs() < 1e-3 && (h[0][1] + 400.0).abs() < 1e-3 && (h[1][1] - 200.0).abs() < 1e-3);
+        let inverse = invert(&h).unwrap();
+        assert!((inverse[0][0] - 0.5).abs() < 1e-6 && (inverse[1][1] - 2.005).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,462 @@
+//! `clv`: BG/NBD + Gamma-Gamma customer lifetime value, with p_alive, expected purchases, expected
+//! order value, discounted CLV, the fitted model, and optional holdout validation.
+//!
+//! Units: customer_facts holds frequency, t_x and T in days; they are converted to `time_unit`
+//! (day = 1, week = 7, month = 365.25 / 12 days) before fitting, so α is per time unit. The
+//! horizon is `horizon_months` months, month m ending at t_m = m · (365.25 / 12) / unit days.
+//! The monthly discount rate is d = (1 + annual_discount_rate)^(1/12) − 1, and
+//! clv = margin · Σ_{m=1..H} E[order value] · (E[X(t_m)] − E[X(t_{m−1})]) / (1 + d)^m.
+
+use anyhow::{bail, Context, Result};
+use chrono::NaiveDate;
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::{InputKind, Kind, Stage, StageInputs};
+use crate::clv::{bgnbd, gamma_gamma};
+use crate::config::{reader::TableReader, Diagnostics};
+use crate::period::to_days;
+
+const DAYS_PER_MONTH: f64 = 365.25 / 12.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    #[default]
+    BgnbdGammaGamma,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    Day,
+    #[default]
+    Week,
+    Month,
+}
+
+impl TimeUnit {
+    pub fn days(self) -> f64 {
+        match self {
+            TimeUnit::Day => 1.0,
+            TimeUnit::Week => 7.0,
+            TimeUnit::Month => DAYS_PER_MONTH,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TimeUnit::Day => "day",
+            TimeUnit::Week => "week",
+            TimeUnit::Month => "month",
+        }
+    }
+}
+
+/// What to do when the spend model cannot give order values (no repeat customers with spend,
+/// or q ≤ 1, where the expected order value is infinite or negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidSpendModel {
+    /// Publish null expected_order_value and clv, with a warning and `converged = false`.
+    #[default]
+    Null,
+    /// Fail the run.
+    Error,
+}
+
+/// Options of `kind = "clv"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClvOptions {
+    pub model: Model,
+    /// day | week (default) | month.
+    pub time_unit: TimeUnit,
+    /// CLV horizon in months. Default 12.
+    pub horizon_months: u32,
+    /// Default 0.1 (10 % a year), applied monthly.
+    pub annual_discount_rate: f64,
+    /// Default 1.0.
+    pub margin: f64,
+    /// L2 penalty on the parameters (as `lifetimes`' penalizer_coef). Default 0.
+    pub penalizer: f64,
+    /// Fit on purchases up to this date and validate on the rest (YYYY-MM-DD).
+    pub calibration_end: Option<NaiveDate>,
+    pub invalid_spend_model: InvalidSpendModel,
+}
+
+impl Default for ClvOptions {
+    fn default() -> Self {
+        ClvOptions {
+            model: Model::BgnbdGammaGamma,
+            time_unit: TimeUnit::Week,
+            horizon_months: 12,
+            annual_discount_rate: 0.1,
+            margin: 1.0,
+            penalizer: 0.0,
+            calibration_end: None,
+            invalid_spend_model: InvalidSpendModel::Null,
+        }
+    }
+}
+
+impl ClvOptions {
+    fn check(&self) -> Vec<(&'static str, String)> {
+        let mut errors = Vec::new();
+        if !(1..=600).contains(&self.horizon_months) {
+            errors.push(("horizon_months", format!("`horizon_months` must be between 1 and 600, got {}", self.horizon_months)));
+        }
+        if !(0.0..=10.0).contains(&self.annual_discount_rate) {
+            errors.push(("annual_discount_rate", format!("`annual_discount_rate` must be between 0 and 10, got {}", self.annual_discount_rate)));
+        }
+        if !(self.margin > 0.0 && self.margin <= 10.0) {
+            errors.push(("margin", format!("`margin` must be in (0, 10], got {}", self.margin)));
+        }
+        if !(self.penalizer >= 0.0 && self.penalizer.is_finite()) {
+            errors.push(("penalizer", format!("`penalizer` must be ≥ 0, got {}", self.penalizer)));
+        }
+        errors
+    }
+}
+
+pub static KIND: Kind = Kind {
+    name: "clv",
+    summary: "BG/NBD + Gamma-Gamma: p_alive, expected purchases and order value, discounted CLV",
+    input: InputKind::Source,
+    tables: &["customers", "model", "validation"],
+    customer_table: Some(0),
+    parse,
+};
+
+fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>> {
+    let options = super::parse_options::<ClvOptions>(reader, common, diagnostics)?;
+    super::lifecycle::report(reader, options.check(), diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
+}
+
+/// One fitted model's rows of the model table.
+struct ModelRows {
+    model: Vec<&'static str>,
+    parameter: Vec<String>,
+    value: Vec<f64>,
+    std_error: Vec<Option<f64>>,
+    log_likelihood: Vec<Option<f64>>,
+    customers: Vec<i64>,
+    iterations: Vec<i64>,
+    converged: Vec<bool>,
+}
+
+impl ModelRows {
+    fn new() -> Self {
+        ModelRows {
+            model: Vec::new(),
+            parameter: Vec::new(),
+            value: Vec::new(),
+            std_error: Vec::new(),
+            log_likelihood: Vec::new(),
+            customers: Vec::new(),
+            iterations: Vec::new(),
+            converged: Vec::new(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(&mut self, model: &'static str, parameter: &str, value: f64, std_error: Option<f64>, log_likelihood: Option<f64>, customers: f64, iterations: u64, converged: bool) {
+        self.model.push(model);
+        self.parameter.push(parameter.to_string());
+        self.value.push(value);
+        self.std_error.push(std_error);
+        self.log_likelihood.push(log_likelihood);
+        self.customers.push(customers as i64);
+        self.iterations.push(iterations as i64);
+        self.converged.push(converged);
+    }
+
+    fn into_frame(self, unit: TimeUnit) -> Result<DataFrame> {
+        let n = self.model.len();
+        Ok(DataFrame::new_infer_height(vec![
+            Column::new("model".into(), self.model.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            Column::new("parameter".into(), self.parameter),
+            Column::new("value".into(), self.value),
+            Column::new("std_error".into(), self.std_error),
+            Column::new("log_likelihood".into(), self.log_likelihood),
+            Column::new("customers".into(), self.customers),
+            Column::new("iterations".into(), self.iterations),
+            Column::new("converged".into(), self.converged),
+            Column::new("time_unit".into(), vec![unit.name().to_string(); n]),
+        ])?)
+    }
+}
+
+/// BTYD inputs of every customer, in the model's time unit.
+struct Summary {
+    x: Vec<u32>,
+    t_x: Vec<f64>,
+    t: Vec<f64>,
+    monetary: Vec<f64>,
+}
+
+fn summary(facts: &DataFrame, unit: TimeUnit) -> Result<Summary> {
+    let int = |name: &str| -> Result<Vec<i64>> {
+        Ok(facts.column(name)?.cast(&DataType::Int64)?.i64()?.into_no_null_iter().collect())
+    };
+    let days = unit.days();
+    Ok(Summary {
+        x: int("frequency")?.iter().map(|&x| x as u32).collect(),
+        t_x: int("t_x")?.iter().map(|&d| d as f64 / days).collect(),
+        t: int("T")?.iter().map(|&d| d as f64 / days).collect(),
+        monetary: facts.column("monetary_value")?.f64()?.iter().map(|v| v.unwrap_or(0.0)).collect(),
+    })
+}
+
+fn bgnbd_rows(rows: &mut ModelRows, fit: &bgnbd::Fit, customers: f64) {
+    let names = ["r", "alpha", "a", "b"];
+    for (k, value) in fit.params.as_array().iter().enumerate() {
+        rows.push("bgnbd", names[k], *value, fit.std_errors.map(|e| e[k]), Some(fit.log_likelihood), customers, fit.iterations, fit.converged);
+    }
+}
+
+impl Stage for ClvOptions {
+    fn tables(&self) -> Vec<&'static str> {
+        match self.calibration_end {
+            Some(_) => KIND.tables.to_vec(),
+            None => KIND.tables[..2].to_vec(),
+        }
+    }
+
+    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        let shared = inputs.shared()?;
+        let facts = &shared.customer_facts;
+        if facts.height() == 0 {
+            bail!("no customers to fit");
+        }
+        let data = summary(facts, self.time_unit)?;
+        let patterns = bgnbd::Patterns::compress(&data.x, &data.t_x, &data.t);
+        tracing::info!("clv: fitting BG/NBD on {} customers in {} patterns", data.x.len(), patterns.len());
+        let fit = bgnbd::fit(&patterns, self.penalizer).context("BG/NBD: no finite maximum of the likelihood")?;
+        if !fit.converged {
+            tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
+        }
+        let mut rows = ModelRows::new();
+        bgnbd_rows(&mut rows, &fit, patterns.customers());
+
+        // Gamma-Gamma on repeat customers with positive spend.
+        let mut spend = gamma_gamma::Spend::default();
+        for i in 0..data.x.len() {
+            if data.x[i] > 0 && data.monetary[i] > 0.0 {
+                spend.x.push(data.x[i] as f64);
+                spend.m.push(data.monetary[i]);
+                spend.weight.push(1.0);
+            }
+        }
+        let spend_fit = gamma_gamma::fit(&spend, self.penalizer);
+        let spend_params = match &spend_fit {
+            Some(spend_fit) if spend_fit.params.q > 1.0 && spend_fit.converged => Some(spend_fit.params),
+            _ => {
+                let why = match &spend_fit {
+                    None => format!("no repeat customer has a positive monetary value ({} repeat customers)", spend.x.len()),
+                    Some(f) if f.params.q <= 1.0 => format!("q = {:.4} ≤ 1: expected order values are unbounded", f.params.q),
+                    Some(_) => "the Gamma-Gamma fit did not converge".to_string(),
+                };
+                if self.invalid_spend_model == InvalidSpendModel::Error {
+                    bail!("Gamma-Gamma: {why} (set `invalid_spend_model = \"null\"` to publish null CLV instead)");
+                }
+                tracing::warn!("clv: Gamma-Gamma: {why}; expected_order_value and clv are null");
+                None
+            }
+        };
+        if let Some(spend_fit) = &spend_fit {
+            let names = ["p", "q", "v"];
+            for (k, value) in spend_fit.params.as_array().iter().enumerate() {
+                rows.push("gamma_gamma", names[k], *value, spend_fit.std_errors.map(|e| e[k]), Some(spend_fit.log_likelihood), spend.x.len() as f64, spend_fit.iterations, spend_fit.converged && spend_params.is_some());
+            }
+            // The model assumes spend independent of frequency: report how far that holds.
+            rows.push("gamma_gamma", "corr_frequency_monetary", correlation(&spend.x, &spend.m), None, None, spend.x.len() as f64, 0, true);
+        }
+
+        // Scores per pattern, in parallel, then per customer.
+        let unit_months = DAYS_PER_MONTH / self.time_unit.days();
+        let monthly_discount = (1.0 + self.annual_discount_rate).powf(1.0 / 12.0) - 1.0;
+        let horizon = self.horizon_months as usize;
+        let params = fit.params;
+        let scored: Vec<(f64, Option<f64>, Option<Vec<f64>>)> = (0..patterns.len())
+            .into_par_iter()
+            .map(|i| {
+                let (x, t_x, t) = (patterns.x[i], patterns.t_x[i], patterns.t[i]);
+                let cumulative: Option<Vec<f64>> = (0..=horizon)
+                    .map(|m| bgnbd::expected_purchases(&params, m as f64 * unit_months, x, t_x, t))
+                    .collect();
+                let total = cumulative.as_ref().map(|c| c[horizon]);
+                (bgnbd::p_alive(&params, x, t_x, t), total, cumulative)
+            })
+            .collect();
+        let index_of = pattern_index(&patterns);
+        let n = data.x.len();
+        let mut p_alive = Vec::with_capacity(n);
+        let mut expected = Vec::with_capacity(n);
+        let mut order_value = Vec::with_capacity(n);
+        let mut clv = Vec::with_capacity(n);
+        for i in 0..n {
+            let pattern = index_of[&(data.x[i], data.t_x[i].to_bits(), data.t[i].to_bits())];
+            let (alive, total, cumulative) = &scored[pattern];
+            p_alive.push(finite(*alive));
+            expected.push(total.and_then(finite));
+            let value = spend_params.and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0))).and_then(finite);
+            order_value.push(value);
+            let customer_clv = match (value, cumulative) {
+                (Some(value), Some(cumulative)) => finite(
+                    self.margin
+                        * (1..=horizon)
+                            .map(|m| value * (cumulative[m] - cumulative[m - 1]) / (1.0 + monthly_discount).powi(m as i32))
+                            .sum::<f64>(),
+                ),
+                _ => None,
+            };
+            clv.push(customer_clv);
+        }
+        let nulls = clv.iter().filter(|v| v.is_none()).count();
+        rows.push("clv", "customers_with_null_clv", nulls as f64, None, None, n as f64, 0, nulls == 0);
+        let customers = DataFrame::new_infer_height(vec![
+            facts.column("customer_id")?.clone(),
+            Column::new("frequency".into(), data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+            Column::new("t_x".into(), data.t_x.clone()),
+            Column::new("T".into(), data.t.clone()),
+            Column::new("monetary_value".into(), data.monetary.clone()),
+            Column::new("p_alive".into(), p_alive),
+            Column::new("expected_purchases".into(), expected),
+            Column::new("expected_order_value".into(), order_value),
+            Column::new("clv".into(), clv),
+            facts.column("revenue")?.clone().with_name("historic_clv".into()),
+        ])?;
+        let validation = match self.calibration_end {
+            Some(end) => Some(validate(shared, end, self, &mut rows)?),
+            None => None,
+        };
+        let mut tables = vec![customers, rows.into_frame(self.time_unit)?];
+        tables.extend(validation);
+        Ok(tables)
+    }
+}
+
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+fn pattern_index(patterns: &bgnbd::Patterns) -> std::collections::HashMap<(u32, u64, u64), usize> {
+    (0..patterns.len())
+        .map(|i| ((patterns.x[i], patterns.t_x[i].to_bits(), patterns.t[i].to_bits()), i))
+        .collect()
+}
+
+/// Pearson correlation; NaN with fewer than two points or no variance.
+pub fn correlation(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    if xs.len() < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in xs.iter().zip(ys) {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Fit on purchase days up to `end`, predict repeat purchases in (end, as_of], compare.
+fn validate(shared: &crate::prepare::SharedTables, end: NaiveDate, options: &ClvOptions, rows: &mut ModelRows) -> Result<DataFrame> {
+    if end >= shared.as_of {
+        bail!("calibration_end {end} must be before as_of {}", shared.as_of);
+    }
+    let (end_days, as_of_days) = (to_days(end), to_days(shared.as_of));
+    let unit = options.time_unit.days();
+    let periods = shared
+        .customer_periods
+        .clone()
+        .lazy()
+        .filter(col("purchases").gt(lit(0)))
+        .select([col("customer_key"), col("date").cast(DataType::Int32)])
+        .collect()?;
+    let keys = periods.column("customer_key")?.u32()?;
+    let dates = periods.column("date")?.i32()?;
+    // Per customer: first day, last day ≤ end, days ≤ end, days in the holdout.
+    let mut calibration: Vec<(i32, i32, u32, u32)> = Vec::new();
+    let mut current = u32::MAX;
+    for (key, day) in keys.into_no_null_iter().zip(dates.into_no_null_iter()) {
+        if key != current {
+            current = key;
+            if day > end_days {
+                // Acquired after the calibration period: not part of the validation.
+                calibration.push((i32::MIN, 0, 0, 0));
+                continue;
+            }
+            calibration.push((day, day, 1, 0));
+            continue;
+        }
+        let entry = calibration.last_mut().expect("an entry per customer");
+        if entry.0 == i32::MIN {
+            continue;
+        }
+        if day <= end_days {
+            entry.1 = day;
+            entry.2 += 1;
+        } else {
+            entry.3 += 1;
+        }
+    }
+    let kept: Vec<&(i32, i32, u32, u32)> = calibration.iter().filter(|c| c.0 != i32::MIN).collect();
+    if kept.is_empty() {
+        bail!("no customer was acquired by calibration_end {end}");
+    }
+    let x: Vec<u32> = kept.iter().map(|c| c.2 - 1).collect();
+    let t_x: Vec<f64> = kept.iter().map(|c| (c.1 - c.0) as f64 / unit).collect();
+    let t: Vec<f64> = kept.iter().map(|c| (end_days - c.0) as f64 / unit).collect();
+    let actual: Vec<f64> = kept.iter().map(|c| c.3 as f64).collect();
+    let patterns = bgnbd::Patterns::compress(&x, &t_x, &t);
+    let fit = bgnbd::fit(&patterns, options.penalizer).context("calibration BG/NBD: no finite maximum")?;
+    let mut calibration_rows = ModelRows::new();
+    bgnbd_rows(&mut calibration_rows, &fit, patterns.customers());
+    for k in 0..calibration_rows.model.len() {
+        rows.push("bgnbd_calibration", &calibration_rows.parameter[k], calibration_rows.value[k], calibration_rows.std_error[k], calibration_rows.log_likelihood[k], calibration_rows.customers[k] as f64, calibration_rows.iterations[k] as u64, calibration_rows.converged[k]);
+    }
+    let holdout = (as_of_days - end_days) as f64 / unit;
+    let predicted: Vec<f64> = (0..x.len())
+        .into_par_iter()
+        .map(|i| bgnbd::expected_purchases(&fit.params, holdout, x[i], t_x[i], t[i]).unwrap_or(f64::NAN))
+        .collect();
+    let buckets: Vec<String> = x.iter().map(|&x| if x >= 7 { "7+".to_string() } else { x.to_string() }).collect();
+    let mut names: Vec<String> = (0..7).map(|b| b.to_string()).collect();
+    names.push("7+".into());
+    names.push("all".into());
+    let mut columns: (Vec<String>, Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<Option<f64>>) = Default::default();
+    for name in &names {
+        let members: Vec<usize> = (0..x.len()).filter(|&i| name == "all" || &buckets[i] == name).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let count = members.len() as f64;
+        let predicted_sum: f64 = members.iter().map(|&i| predicted[i]).sum();
+        let actual_sum: f64 = members.iter().map(|&i| actual[i]).sum();
+        let mae = members.iter().map(|&i| (predicted[i] - actual[i]).abs()).sum::<f64>() / count;
+        let rmse = (members.iter().map(|&i| (predicted[i] - actual[i]).powi(2)).sum::<f64>() / count).sqrt();
+        columns.0.push(name.clone());
+        columns.1.push(members.len() as i64);
+        columns.2.push(predicted_sum);
+        columns.3.push(actual_sum);
+        columns.4.push(mae);
+        columns.5.push(rmse);
+        columns.6.push((actual_sum > 0.0).then(|| predicted_sum / actual_sum));
+    }
+    let rows = columns.0.len();
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("frequency_bucket".into(), columns.0),
+        Column::new("customers".into(), columns.1),
+        Column::new("predicted_purchases".into(), columns.2),
+        Column::new("actual_purchases".into(), columns.3),
+        Column::new("mae".into(), columns.4),
+        Column::new("rmse".into(), columns.5),
+        Column::new("ratio".into(), columns.6),
+        Column::new("holdout_length".into(), vec![holdout; rows]),
+    ])?)
+}
