@@ -3,12 +3,19 @@
 //!
 //! Customer ids are mapped here, once, to a dense `customer_key` (0..n in customer_id order);
 //! stages join and group on the key and carry `customer_id` only into outputs.
+//!
+//! Orders are aggregated once per (customer, day); every per-customer figure is then a plain
+//! aggregate of those days (no per-group sorting): first/last purchase day, purchases, revenue,
+//! purchase days and the first purchase day's revenue for the BTYD summary. Only the acquisition
+//! channel goes back to the orders: the channel of the purchases at the customer's earliest
+//! purchase time (the smallest channel name when several share that instant).
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use polars::prelude::*;
 
 use crate::money::from_micros;
+use crate::period::to_days;
 use crate::source::SourceOrders;
 
 /// The shared tables of one source for one run.
@@ -23,59 +30,111 @@ pub struct SharedTables {
     pub as_of: NaiveDate,
 }
 
+fn collect(frame: LazyFrame, what: &str) -> Result<DataFrame> {
+    frame
+        .collect_with_engine(Engine::Streaming)
+        .map(|result| result.unwrap_single())
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("building {what}"))
+}
+
 /// Build both shared tables from the orders of one source.
 pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     let as_of = source.as_of;
     let orders = source.orders.clone().lazy();
-    let purchases = orders.clone().filter(col("revenue").gt(lit(0i64)));
+    let is_purchase = || col("revenue").gt(lit(0i64));
+    let clock = std::time::Instant::now();
+    let lap = |what: &str| tracing::debug!("prepare: {what} at {:.3} s", clock.elapsed().as_secs_f64());
 
-    let channel = if source.has_channel {
-        col("channel")
-            .sort_by([col("ordered_ts"), col("channel")], SortMultipleOptions::default())
-            .first()
+    // One row per customer and day with any order.
+    let days = collect(
+        orders.clone().group_by([col("customer_id"), col("date")]).agg([
+            is_purchase().cast(DataType::Int64).sum().alias("purchases"),
+            col("revenue").sum().alias("revenue_micros"),
+            when(is_purchase()).then(col("revenue")).otherwise(lit(0i64)).sum().alias("purchase_revenue"),
+        ]),
+        "customer days",
+    )?;
+    lap("customer days");
+
+    let purchase_day = || col("purchases").gt(lit(0i64));
+    let day_number = |expr: Expr| expr.cast(DataType::Int32).cast(DataType::Int64);
+    let per_customer = collect(
+        days.clone()
+            .lazy()
+            .group_by([col("customer_id")])
+            .agg([
+                when(purchase_day()).then(col("date")).otherwise(lit(NULL)).min().alias("first_purchase_date"),
+                when(purchase_day()).then(col("date")).otherwise(lit(NULL)).max().alias("last_purchase_date"),
+                col("purchases").sum().alias("orders"),
+                col("revenue_micros").sum(),
+                col("purchase_revenue").sum(),
+                purchase_day().cast(DataType::Int64).sum().alias("purchase_days"),
+            ])
+            .filter(col("orders").gt(lit(0i64))),
+        "customers",
+    )?
+    .sort(["customer_id"], SortMultipleOptions::default())?
+    .with_row_index("customer_key".into(), None)?;
+    lap("customers");
+
+    // customer_periods: days of customers only, keyed; plus the first purchase day's revenue.
+    let keys = per_customer.select(["customer_id", "customer_key", "first_purchase_date"])?;
+    let keyed_days = days
+        .lazy()
+        .join(keys.clone().lazy(), [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Inner))
+        .sort(["customer_key", "date"], SortMultipleOptions::default())
+        .collect()
+        .map_err(anyhow::Error::from)
+        .context("building customer_periods")?;
+    lap("keyed days");
+    let customer_periods = keyed_days.select(["customer_key", "date", "purchases", "revenue_micros"])?;
+    let first_day = keyed_days
+        .lazy()
+        .filter(col("date").eq(col("first_purchase_date")))
+        .select([col("customer_key"), col("purchase_revenue").alias("first_day_revenue")]);
+
+    let acquisition = if source.has_channel {
+        // The channel of the purchases at the earliest purchase instant.
+        let purchases = orders.filter(is_purchase());
+        let first_instant = purchases
+            .clone()
+            .group_by([col("customer_id")])
+            .agg([col("ordered_ts").min().alias("first_ts")]);
+        purchases
+            .join(
+                first_instant,
+                [col("customer_id"), col("ordered_ts")],
+                [col("customer_id"), col("first_ts")],
+                JoinArgs::new(JoinType::Inner),
+            )
+            .group_by([col("customer_id")])
+            .agg([col("channel").min().alias("acquisition_channel")])
     } else {
-        lit(NULL).cast(DataType::String)
+        keys.clone()
+            .lazy()
+            .select([col("customer_id"), lit(NULL).cast(DataType::String).alias("acquisition_channel")])
     };
-    let per_customer = purchases.clone().group_by([col("customer_id")]).agg([
-        col("date").min().alias("first_purchase_date"),
-        col("date").max().alias("last_purchase_date"),
-        len().cast(DataType::Int64).alias("orders"),
-        col("revenue").sum().alias("purchase_revenue"),
-        channel.alias("acquisition_channel"),
-    ]);
-    let net_revenue = orders
-        .clone()
-        .group_by([col("customer_id")])
-        .agg([col("revenue").sum().alias("revenue_micros")]);
-    // BTYD: same-day purchases merged; the first purchase day is excluded from monetary_value.
-    let purchase_days = purchases
-        .clone()
-        .group_by([col("customer_id"), col("date")])
-        .agg([col("revenue").sum().alias("day_revenue")]);
-    let btyd = purchase_days.group_by([col("customer_id")]).agg([
-        len().cast(DataType::Int64).alias("purchase_days"),
-        col("day_revenue").sum().alias("days_revenue"),
-        col("day_revenue")
-            .sort_by([col("date")], SortMultipleOptions::default())
-            .first()
-            .alias("first_day_revenue"),
-    ]);
-    let days = |expr: Expr| expr.cast(DataType::Int32).cast(DataType::Int64);
+
     let customer_facts = per_customer
-        .join(net_revenue, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Left))
-        .join(btyd, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Left))
-        .sort(["customer_id"], SortMultipleOptions::default())
-        .with_row_index("customer_key", None)
+        .lazy()
+        .join(first_day, [col("customer_key")], [col("customer_key")], JoinArgs::new(JoinType::Left))
+        .join(acquisition, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Left))
+        .sort(["customer_key"], SortMultipleOptions::default())
         .with_columns([
             (col("purchase_days") - lit(1i64)).alias("frequency"),
-            (days(col("last_purchase_date")) - days(col("first_purchase_date"))).alias("t_x"),
-            (lit(crate::period::to_days(as_of) as i64) - days(col("first_purchase_date"))).alias("T"),
+            (day_number(col("last_purchase_date")) - day_number(col("first_purchase_date"))).alias("t_x"),
+            (lit(to_days(as_of) as i64) - day_number(col("first_purchase_date"))).alias("T"),
             (from_micros(col("purchase_revenue")) / col("orders").cast(DataType::Float64)).alias("aov"),
             from_micros(col("revenue_micros")).alias("revenue"),
         ])
         .with_column(
+            // BTYD: same-day purchases merged; the first purchase day is not a repeat purchase.
             when(col("frequency").gt(lit(0i64)))
-                .then(from_micros(col("days_revenue") - col("first_day_revenue")) / col("frequency").cast(DataType::Float64))
+                .then(
+                    from_micros(col("purchase_revenue") - col("first_day_revenue"))
+                        / col("frequency").cast(DataType::Float64),
+                )
                 .otherwise(lit(0.0))
                 .alias("monetary_value"),
         )
@@ -97,20 +156,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         .collect()
         .map_err(anyhow::Error::from)
         .context("building customer_facts")?;
-
-    let keys = customer_facts.select(["customer_key", "customer_id"])?.lazy();
-    let customer_periods = orders
-        .group_by([col("customer_id"), col("date")])
-        .agg([
-            col("revenue").gt(lit(0i64)).cast(DataType::Int64).sum().alias("purchases"),
-            col("revenue").sum().alias("revenue_micros"),
-        ])
-        .join(keys, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Inner))
-        .select([col("customer_key"), col("date"), col("purchases"), col("revenue_micros")])
-        .sort(["customer_key", "date"], SortMultipleOptions::default())
-        .collect()
-        .map_err(anyhow::Error::from)
-        .context("building customer_periods")?;
+    lap("customer facts");
 
     Ok(SharedTables {
         customer_facts,
