@@ -48,14 +48,17 @@ pub struct Patterns {
 impl Patterns {
     /// Compress per-customer values into unique (x, t_x, T) patterns.
     pub fn compress(x: &[u32], t_x: &[f64], t: &[f64]) -> Patterns {
-        let mut keyed: Vec<(u32, u64, u64)> = x
-            .iter()
-            .zip(t_x)
-            .zip(t)
-            .map(|((x, t_x), t)| (*x, t_x.to_bits(), t.to_bits()))
+        Patterns::compress_indexed(x, t_x, t).0
+    }
+
+    /// Compress, and say which pattern each customer has.
+    pub fn compress_indexed(x: &[u32], t_x: &[f64], t: &[f64]) -> (Patterns, Vec<u32>) {
+        let mut keyed: Vec<(u32, u64, u64, u32)> = (0..x.len())
+            .map(|i| (x[i], t_x[i].to_bits(), t[i].to_bits(), i as u32))
             .collect();
         keyed.sort_unstable();
         let mut patterns = Patterns::default();
+        let mut pattern_of = vec![0u32; x.len()];
         for key in keyed {
             let same = patterns.x.last() == Some(&key.0)
                 && patterns.t_x.last().map(|v| v.to_bits()) == Some(key.1)
@@ -68,8 +71,9 @@ impl Patterns {
                 patterns.t.push(f64::from_bits(key.2));
                 patterns.weight.push(1.0);
             }
+            pattern_of[key.3 as usize] = (patterns.len() - 1) as u32;
         }
-        patterns
+        (patterns, pattern_of)
     }
 
     pub fn len(&self) -> usize {
@@ -102,6 +106,31 @@ pub fn log_likelihood(params: &Params, x: u32, t_x: f64, t: f64) -> f64 {
     } else {
         a1 + a2 + a3
     }
+}
+
+/// Σ over patterns of (value, gradient), in parallel chunks (summed in a fixed order, so the
+/// result does not depend on the thread count).
+fn sum_patterns(n: usize, term: impl Fn(usize) -> (f64, [f64; 4]) + Sync) -> (f64, [f64; 4]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 4096;
+    let chunks: Vec<(f64, [f64; 4])> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let mut total = 0.0;
+            let mut grad = [0.0; 4];
+            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                let (value, g) = term(i);
+                total += value;
+                for k in 0..4 {
+                    grad[k] += g[k];
+                }
+            }
+            (total, grad)
+        })
+        .collect();
+    chunks.iter().fold((0.0, [0.0; 4]), |(total, grad), (value, g)| {
+        (total + value, [0, 1, 2, 3].map(|k| grad[k] + g[k]))
+    })
 }
 
 fn log_add_exp(u: f64, v: f64) -> f64 {
@@ -140,9 +169,7 @@ impl Objective for NegativeLogLikelihood<'_> {
                 dg_ab + digamma(b + xf) - dg_b - dg_abx,
             ];
         }
-        let mut total = 0.0;
-        let mut grad = [0.0f64; 4];
-        for i in 0..data.len() {
+        let per_pattern = |i: usize| -> (f64, [f64; 4]) {
             let x = data.x[i] as usize;
             let xf = x as f64;
             let w = data.weight[i];
@@ -159,11 +186,9 @@ impl Objective for NegativeLogLikelihood<'_> {
             } else {
                 (a3, d3)
             };
-            total += w * (base[x] + ll_tail);
-            for k in 0..4 {
-                grad[k] += w * (d_base[x][k] + d_tail[k]);
-            }
-        }
+            (w * (base[x] + ll_tail), [0, 1, 2, 3].map(|k| w * (d_base[x][k] + d_tail[k])))
+        };
+        let (total, grad) = sum_patterns(data.len(), per_pattern);
         let n = data.customers();
         let theta = p.as_array();
         let penalty: f64 = theta.iter().map(|t| t * t).sum::<f64>() * self.penalizer;
@@ -251,14 +276,29 @@ pub fn expected_purchases(params: &Params, horizon: f64, x: u32, t_x: f64, t: f6
     if horizon <= 0.0 {
         return Some(0.0);
     }
+    let ln_hyp = ln_hyp_term(params, horizon, x, t)?;
+    expected_from_hyp(params, horizon, x, t_x, t, ln_hyp)
+}
+
+/// The 2F1 factor of the expectation: it depends on x and T but not on t_x, so callers scoring
+/// many customers compute it once per (x, T).
+pub fn ln_hyp_term(params: &Params, horizon: f64, x: u32, t: f64) -> Option<f64> {
+    let Params { r, alpha, a, b } = *params;
+    let xf = x as f64;
+    let z = horizon / (alpha + t + horizon);
+    ln_hyp2f1(r + xf, b + xf, a + b + xf - 1.0, z)
+}
+
+/// E[X(t) | x, t_x, T] given `ln_hyp_term` for the same horizon, x and T.
+pub fn expected_from_hyp(params: &Params, horizon: f64, x: u32, t_x: f64, t: f64, ln_hyp: f64) -> Option<f64> {
+    if horizon <= 0.0 {
+        return Some(0.0);
+    }
     let Params { r, alpha, a, b } = *params;
     if (a - 1.0).abs() < 1e-9 {
         return None;
     }
     let xf = x as f64;
-    let (ha, hb, hc) = (r + xf, b + xf, a + b + xf - 1.0);
-    let z = horizon / (alpha + t + horizon);
-    let ln_hyp = ln_hyp2f1(ha, hb, hc, z)?;
     let first = (a + b + xf - 1.0) / (a - 1.0);
     let second = -(ln_hyp + (r + xf) * ((alpha + t) / (alpha + horizon + t)).ln()).exp_m1();
     let denominator = if x > 0 {

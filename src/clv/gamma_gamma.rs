@@ -34,13 +34,42 @@ pub fn log_likelihood(params: &Params, x: f64, m: f64) -> f64 {
         - (px + q) * (x * m + v).ln()
 }
 
+/// Mean negative log-likelihood plus penalty over log-parameters. Log-gammas and digammas
+/// depend on the customer only through x, so they are computed once per distinct x.
 pub struct NegativeLogLikelihood<'a> {
-    pub spend: &'a Spend,
-    pub penalizer: f64,
+    spend: &'a Spend,
+    penalizer: f64,
+    /// Per customer: index into `distinct_x`, ln m, ln x.
+    x_index: Vec<usize>,
+    distinct_x: Vec<f64>,
+    ln_m: Vec<f64>,
+    ln_x: Vec<f64>,
+}
+
+impl<'a> NegativeLogLikelihood<'a> {
+    pub fn new(spend: &'a Spend, penalizer: f64) -> Self {
+        let mut distinct_x: Vec<f64> = spend.x.clone();
+        distinct_x.sort_by(f64::total_cmp);
+        distinct_x.dedup();
+        let x_index = spend
+            .x
+            .iter()
+            .map(|x| distinct_x.binary_search_by(|d| d.total_cmp(x)).expect("every x is in the list"))
+            .collect();
+        NegativeLogLikelihood {
+            spend,
+            penalizer,
+            x_index,
+            distinct_x,
+            ln_m: spend.m.iter().map(|m| m.ln()).collect(),
+            ln_x: spend.x.iter().map(|x| x.ln()).collect(),
+        }
+    }
 }
 
 impl Objective for NegativeLogLikelihood<'_> {
     fn value_and_gradient(&self, log_params: &[f64]) -> (f64, Vec<f64>) {
+        use rayon::prelude::*;
         let params = Params {
             p: log_params[0].exp(),
             q: log_params[1].exp(),
@@ -48,22 +77,40 @@ impl Objective for NegativeLogLikelihood<'_> {
         };
         let Params { p, q, v } = params;
         let (lg_q, dg_q, ln_v) = (ln_gamma(q), digamma(q), v.ln());
-        let mut total = 0.0;
-        let mut grad = [0.0f64; 3];
+        // (lnΓ(px + q) − lnΓ(px), ψ(px + q), ψ(px)) per distinct x.
+        let by_x: Vec<(f64, f64, f64)> = self
+            .distinct_x
+            .iter()
+            .map(|x| {
+                let px = p * x;
+                (ln_gamma(px + q) - ln_gamma(px), digamma(px + q), digamma(px))
+            })
+            .collect();
         let data = self.spend;
-        for i in 0..data.x.len() {
-            let (x, m, w) = (data.x[i], data.m[i], data.weight[i]);
-            let px = p * x;
-            let ln_xmv = (x * m + v).ln();
-            let (ln_x, ln_m) = (x.ln(), m.ln());
-            let dg_pxq = digamma(px + q);
-            total += w
-                * (ln_gamma(px + q) - ln_gamma(px) - lg_q + q * ln_v + (px - 1.0) * ln_m + px * ln_x
-                    - (px + q) * ln_xmv);
-            grad[0] += w * x * (dg_pxq - digamma(px) + ln_m + ln_x - ln_xmv);
-            grad[1] += w * (dg_pxq - dg_q + ln_v - ln_xmv);
-            grad[2] += w * (q / v - (px + q) / (x * m + v));
-        }
+        const CHUNK: usize = 8192;
+        let n_items = data.x.len();
+        let parts: Vec<(f64, [f64; 3])> = (0..n_items.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let mut total = 0.0;
+                let mut grad = [0.0f64; 3];
+                for i in c * CHUNK..((c + 1) * CHUNK).min(n_items) {
+                    let (x, m, w) = (data.x[i], data.m[i], data.weight[i]);
+                    let (lg_diff, dg_pxq, dg_px) = by_x[self.x_index[i]];
+                    let px = p * x;
+                    let ln_xmv = (x * m + v).ln();
+                    let (ln_x, ln_m) = (self.ln_x[i], self.ln_m[i]);
+                    total += w * (lg_diff - lg_q + q * ln_v + (px - 1.0) * ln_m + px * ln_x - (px + q) * ln_xmv);
+                    grad[0] += w * x * (dg_pxq - dg_px + ln_m + ln_x - ln_xmv);
+                    grad[1] += w * (dg_pxq - dg_q + ln_v - ln_xmv);
+                    grad[2] += w * (q / v - (px + q) / (x * m + v));
+                }
+                (total, grad)
+            })
+            .collect();
+        let (total, grad) = parts
+            .iter()
+            .fold((0.0, [0.0; 3]), |(t, g), (pt, pg)| (t + pt, [g[0] + pg[0], g[1] + pg[1], g[2] + pg[2]]));
         let n: f64 = data.weight.iter().sum();
         let theta = params.as_array();
         let penalty = self.penalizer * theta.iter().map(|t| t * t).sum::<f64>();
@@ -87,7 +134,7 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     if spend.x.is_empty() {
         return None;
     }
-    let objective = NegativeLogLikelihood { spend, penalizer };
+    let objective = NegativeLogLikelihood::new(spend, penalizer);
     let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.weight.iter().sum::<f64>();
     let starts = [
         vec![0.0f64; 3],
@@ -140,7 +187,7 @@ mod tests {
             m: vec![20.0, 35.5, 12.0],
             weight: vec![3.0, 1.0, 2.0],
         };
-        let objective = NegativeLogLikelihood { spend: &spend, penalizer: 0.0 };
+        let objective = NegativeLogLikelihood::new(&spend, 0.0);
         let at = [(6.0f64).ln(), (4.0f64).ln(), (15.0f64).ln()];
         let (_, gradient) = objective.value_and_gradient(&at);
         for k in 0..3 {

@@ -21,3 +21,6 @@ pub fn digamma(x: f64) -> f64 {
 
 #[cfg(test)]
 mod lifetimes_agreement;
+
+#[cfg(test)]
+mod recovery;

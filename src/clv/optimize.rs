@@ -11,13 +11,32 @@ pub trait Objective: Sync {
     fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>);
 }
 
-struct Problem<'a, O: Objective>(&'a O);
+/// The objective as argmin sees it. argmin asks for the cost and the gradient at the same point
+/// separately; both come from one evaluation, so the last one is remembered.
+struct Problem<'a, O: Objective> {
+    objective: &'a O,
+    last: std::sync::Mutex<Option<(Vec<f64>, f64, Vec<f64>)>>,
+}
+
+impl<O: Objective> Problem<'_, O> {
+    fn evaluate(&self, x: &[f64]) -> (f64, Vec<f64>) {
+        let mut last = self.last.lock().expect("no evaluation panicked");
+        if let Some((at, value, gradient)) = last.as_ref() {
+            if at.as_slice() == x {
+                return (*value, gradient.clone());
+            }
+        }
+        let (value, gradient) = self.objective.value_and_gradient(x);
+        *last = Some((x.to_vec(), value, gradient.clone()));
+        (value, gradient)
+    }
+}
 
 impl<O: Objective> CostFunction for Problem<'_, O> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, x: &Self::Param) -> Result<f64, argmin::core::Error> {
-        let value = self.0.value_and_gradient(x).0;
+        let value = self.evaluate(x).0;
         Ok(if value.is_finite() { value } else { f64::INFINITY })
     }
 }
@@ -26,7 +45,7 @@ impl<O: Objective> Gradient for Problem<'_, O> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, x: &Self::Param) -> Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.0.value_and_gradient(x).1)
+        Ok(self.evaluate(x).1)
     }
 }
 
@@ -47,7 +66,11 @@ fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -
         .ok()?
         .with_tolerance_cost(1e-14)
         .ok()?;
-    let result = Executor::new(Problem(objective), solver)
+    let problem = Problem {
+        objective,
+        last: std::sync::Mutex::new(None),
+    };
+    let result = Executor::new(problem, solver)
         .configure(|state| state.param(start).max_iters(max_iterations))
         .run()
         .ok()?;
@@ -68,11 +91,14 @@ fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -
     })
 }
 
-/// Minimise from each start; the lowest converged minimum (or the lowest at all when none
-/// converged, with `converged = false`).
+/// Minimise from the starts in turn until one converges; otherwise the lowest minimum found,
+/// with `converged = false`.
 pub fn minimize<O: Objective>(objective: &O, starts: &[Vec<f64>], max_iterations: u64) -> Option<Minimum> {
     let mut best: Option<Minimum> = None;
     for start in starts {
+        if best.as_ref().is_some_and(|b| b.converged) {
+            break;
+        }
         let Some(candidate) = run_from(objective, start.clone(), max_iterations) else { continue };
         let better = match &best {
             None => true,

@@ -231,9 +231,12 @@ impl Stage for ClvOptions {
             bail!("no customers to fit");
         }
         let data = summary(facts, self.time_unit)?;
-        let patterns = bgnbd::Patterns::compress(&data.x, &data.t_x, &data.t);
+        let (patterns, pattern_of) = bgnbd::Patterns::compress_indexed(&data.x, &data.t_x, &data.t);
         tracing::info!("clv: fitting BG/NBD on {} customers in {} patterns", data.x.len(), patterns.len());
+        let clock = std::time::Instant::now();
+        let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
         let fit = bgnbd::fit(&patterns, self.penalizer).context("BG/NBD: no finite maximum of the likelihood")?;
+        lap(&format!("BG/NBD fit ({} iterations)", fit.iterations));
         if !fit.converged {
             tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
         }
@@ -250,6 +253,7 @@ impl Stage for ClvOptions {
             }
         }
         let spend_fit = gamma_gamma::fit(&spend, self.penalizer);
+        lap("Gamma-Gamma fit");
         let spend_params = match &spend_fit {
             Some(spend_fit) if spend_fit.params.q > 1.0 && spend_fit.converged => Some(spend_fit.params),
             _ => {
@@ -279,26 +283,44 @@ impl Stage for ClvOptions {
         let monthly_discount = (1.0 + self.annual_discount_rate).powf(1.0 / 12.0) - 1.0;
         let horizon = self.horizon_months as usize;
         let params = fit.params;
+        // The 2F1 factor depends on (x, T) only: compute it once per distinct pair and month.
+        let mut pairs: Vec<(u32, u64)> = (0..patterns.len()).map(|i| (patterns.x[i], patterns.t[i].to_bits())).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let hyp_terms: Vec<Vec<Option<f64>>> = pairs
+            .par_iter()
+            .map(|&(x, t)| {
+                (1..=horizon)
+                    .map(|m| bgnbd::ln_hyp_term(&params, m as f64 * unit_months, x, f64::from_bits(t)))
+                    .collect()
+            })
+            .collect();
+        lap(&format!("2F1 terms for {} (x, T) pairs", pairs.len()));
+        let pair_index: std::collections::HashMap<(u32, u64), usize> =
+            pairs.iter().enumerate().map(|(i, pair)| (*pair, i)).collect();
         let scored: Vec<(f64, Option<f64>, Option<Vec<f64>>)> = (0..patterns.len())
             .into_par_iter()
             .map(|i| {
                 let (x, t_x, t) = (patterns.x[i], patterns.t_x[i], patterns.t[i]);
+                let hyp = &hyp_terms[pair_index[&(x, t.to_bits())]];
                 let cumulative: Option<Vec<f64>> = (0..=horizon)
-                    .map(|m| bgnbd::expected_purchases(&params, m as f64 * unit_months, x, t_x, t))
+                    .map(|m| match m {
+                        0 => Some(0.0),
+                        _ => hyp[m - 1].and_then(|ln_hyp| bgnbd::expected_from_hyp(&params, m as f64 * unit_months, x, t_x, t, ln_hyp)),
+                    })
                     .collect();
                 let total = cumulative.as_ref().map(|c| c[horizon]);
                 (bgnbd::p_alive(&params, x, t_x, t), total, cumulative)
             })
             .collect();
-        let index_of = pattern_index(&patterns);
+        lap("scores per pattern");
         let n = data.x.len();
         let mut p_alive = Vec::with_capacity(n);
         let mut expected = Vec::with_capacity(n);
         let mut order_value = Vec::with_capacity(n);
         let mut clv = Vec::with_capacity(n);
         for i in 0..n {
-            let pattern = index_of[&(data.x[i], data.t_x[i].to_bits(), data.t[i].to_bits())];
-            let (alive, total, cumulative) = &scored[pattern];
+            let (alive, total, cumulative) = &scored[pattern_of[i] as usize];
             p_alive.push(finite(*alive));
             expected.push(total.and_then(finite));
             let value = spend_params.and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0))).and_then(finite);
@@ -340,12 +362,6 @@ impl Stage for ClvOptions {
 
 fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
-}
-
-fn pattern_index(patterns: &bgnbd::Patterns) -> std::collections::HashMap<(u32, u64, u64), usize> {
-    (0..patterns.len())
-        .map(|i| ((patterns.x[i], patterns.t_x[i].to_bits(), patterns.t[i].to_bits()), i))
-        .collect()
 }
 
 /// Pearson correlation; NaN with fewer than two points or no variance.
