@@ -235,13 +235,22 @@ impl Stage for ClvOptions {
         tracing::info!("clv: fitting BG/NBD on {} customers in {} patterns", data.x.len(), patterns.len());
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
-        let fit = bgnbd::fit(&patterns, self.penalizer).context("BG/NBD: no finite maximum of the likelihood")?;
-        lap(&format!("BG/NBD fit ({} iterations)", fit.iterations));
-        if !fit.converged {
-            tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
-        }
         let mut rows = ModelRows::new();
-        bgnbd_rows(&mut rows, &fit, patterns.customers());
+        // Without a single repeat purchase BG/NBD has no interior maximum: nobody is expected
+        // to buy again, and the model table says it was not fitted.
+        let fit = if patterns.x.iter().any(|&x| x > 0) {
+            let fit = bgnbd::fit(&patterns, self.penalizer).context("BG/NBD: no finite maximum of the likelihood")?;
+            lap(&format!("BG/NBD fit ({} iterations)", fit.iterations));
+            if !fit.converged {
+                tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
+            }
+            bgnbd_rows(&mut rows, &fit, patterns.customers());
+            Some(fit)
+        } else {
+            tracing::warn!("clv: no customer has a repeat purchase; BG/NBD is not identifiable, expected purchases are 0");
+            rows.push("bgnbd", "repeat_customers", 0.0, None, None, patterns.customers(), 0, false);
+            None
+        };
 
         // Gamma-Gamma on repeat customers with positive spend.
         let mut spend = gamma_gamma::Spend::default();
@@ -280,9 +289,10 @@ impl Stage for ClvOptions {
 
         // Scores per pattern, in parallel, then per customer.
         let unit_months = DAYS_PER_MONTH / self.time_unit.days();
-        let monthly_discount = (1.0 + self.annual_discount_rate).powf(1.0 / 12.0) - 1.0;
         let horizon = self.horizon_months as usize;
-        let params = fit.params;
+        let Some(params) = fit.as_ref().map(|fit| fit.params) else {
+            return self.finish(facts, &data, vec![(1.0, Some(0.0), Some(vec![0.0; horizon + 1]))], &vec![0; data.x.len()], spend_params, rows, shared);
+        };
         // The 2F1 factor depends on (x, T) only: compute it once per distinct pair and month.
         let mut pairs: Vec<(u32, u64)> = (0..patterns.len()).map(|i| (patterns.x[i], patterns.t[i].to_bits())).collect();
         pairs.sort_unstable();
@@ -314,6 +324,25 @@ impl Stage for ClvOptions {
             })
             .collect();
         lap("scores per pattern");
+        self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared)
+    }
+}
+
+impl ClvOptions {
+    /// Per-customer table from per-pattern scores, the model table, and the validation.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        facts: &DataFrame,
+        data: &Summary,
+        scored: Vec<(f64, Option<f64>, Option<Vec<f64>>)>,
+        pattern_of: &[u32],
+        spend_params: Option<gamma_gamma::Params>,
+        mut rows: ModelRows,
+        shared: &crate::prepare::SharedTables,
+    ) -> Result<Vec<DataFrame>> {
+        let horizon = self.horizon_months as usize;
+        let monthly_discount = (1.0 + self.annual_discount_rate).powf(1.0 / 12.0) - 1.0;
         let n = data.x.len();
         let mut p_alive = Vec::with_capacity(n);
         let mut expected = Vec::with_capacity(n);
@@ -430,6 +459,9 @@ fn validate(shared: &crate::prepare::SharedTables, end: NaiveDate, options: &Clv
     let t: Vec<f64> = kept.iter().map(|c| (end_days - c.0) as f64 / unit).collect();
     let actual: Vec<f64> = kept.iter().map(|c| c.3 as f64).collect();
     let patterns = bgnbd::Patterns::compress(&x, &t_x, &t);
+    if !x.iter().any(|&x| x > 0) {
+        bail!("no repeat purchase before calibration_end {end}: the calibration model cannot be fitted");
+    }
     let fit = bgnbd::fit(&patterns, options.penalizer).context("calibration BG/NBD: no finite maximum")?;
     let mut calibration_rows = ModelRows::new();
     bgnbd_rows(&mut calibration_rows, &fit, patterns.customers());
@@ -447,7 +479,9 @@ fn validate(shared: &crate::prepare::SharedTables, end: NaiveDate, options: &Clv
     names.push("all".into());
     let mut columns: (Vec<String>, Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<Option<f64>>) = Default::default();
     for name in &names {
-        let members: Vec<usize> = (0..x.len()).filter(|&i| name == "all" || &buckets[i] == name).collect();
+        let members: Vec<usize> = (0..x.len())
+            .filter(|&i| (name == "all" || &buckets[i] == name) && predicted[i].is_finite())
+            .collect();
         if members.is_empty() {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Integration tests: the real `pipeline` binary on fixtures, outputs read back with arrow-rs.
 
 mod bad_data;
+mod clv;
 mod clv_simple;
 mod lifecycle;
 mod properties;

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CLV benchmark: the `clv` stage (BG/NBD + Gamma-Gamma fit and scoring) against Python's
+# `lifetimes` doing the same fit and predictions on the same customer summary.
+#   bash bench/clv.sh [LINES]     (default 10000000 lines ≈ 950k customers)
+# Needs .venv with lifetimes (`.venv/bin/pip install lifetimes`); generates data like run.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES="${1:-10000000}"
+DATA="bench/data"
+mkdir -p "$DATA"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
+cargo build --release --quiet
+BIN="$CARGO_TARGET_DIR/release/pipeline"
+FILE="$DATA/lines_$LINES.parquet"
+[ -f "$FILE" ] || "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import lifetimes" 2>/dev/null || .venv/bin/pip install --quiet lifetimes pyarrow
+
+cat > "$DATA/bench_clv.toml" <<TOML
+[pipeline]
+timezone = "Europe/Berlin"
+output_dir = "out_clv"
+[sources.orders]
+path = "$(realpath "$FILE")"
+include = { status = ["completed", "shipped"] }
+[sources.orders.columns]
+ordered_at = "created_at"
+amount = "line_amount"
+status = "status"
+channel = "channel"
+[stages.customer_facts]
+kind = "customer_facts"
+[stages.clv]
+kind = "clv"
+margin = 0.3
+TOML
+/usr/bin/time -v "$BIN" run "$DATA/bench_clv.toml" --log warn 2> "$DATA/time_clv.log" >/dev/null
+OURS=$(.venv/bin/python -c "
+import json; m = json.load(open('$DATA/out_clv/_manifest.json'))
+print(next(s['duration_seconds'] for s in m['stages'] if s['stage'] == 'clv'))")
+RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$DATA/time_clv.log")
+/usr/bin/time -v .venv/bin/python bench/lifetimes_clv.py "$DATA/out_clv/customer_facts.parquet" "$DATA/out_clv/clv_model.parquet" \
+  > "$DATA/lifetimes.json" 2> "$DATA/time_lifetimes.log"
+THEIRS=$(.venv/bin/python -c "import json; print(json.load(open('$DATA/lifetimes.json'))['total_seconds'])")
+THEIR_RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$DATA/time_lifetimes.log")
+cat "$DATA/lifetimes.json"
+printf '\n| implementation | customers | fit + score s | peak RSS MB (whole process) |\n|---|---|---|---|\n'
+CUSTOMERS=$(.venv/bin/python -c "import json; print(json.load(open('$DATA/lifetimes.json'))['customers'])")
+printf '| pipeline clv stage (incl. writing its tables) | %s | %.2f | %s (whole run) |\n' "$CUSTOMERS" "$OURS" "$RSS"
+printf '| lifetimes 0.11 | %s | %.2f | %s |\n' "$CUSTOMERS" "$THEIRS" "$THEIR_RSS"
+printf '\nspeed-up: %.0f×\n' "$(echo "$THEIRS / $OURS" | bc -l)"
