@@ -34,8 +34,10 @@ kind = "customer_facts"
 kind = "clv"
 margin = 0.3
 TOML
-/usr/bin/time -v "$BIN" run "$DATA/bench_clv.toml" --log warn 2> "$DATA/time_clv.log" >/dev/null
-OURS=$(.venv/bin/python -c "
+/usr/bin/time -v "$BIN" run "$DATA/bench_clv.toml" --log info 2> "$DATA/time_clv.log" >/dev/null
+# "clv: fit and scored N customers in S s": fit + scoring, without building and writing tables.
+OURS=$(sed -n 's/.*clv: fit and scored [0-9]* customers in \([0-9.]*\) s.*/\1/p' "$DATA/time_clv.log")
+STAGE=$(.venv/bin/python -c "
 import json; m = json.load(open('$DATA/out_clv/_manifest.json'))
 print(next(s['duration_seconds'] for s in m['stages'] if s['stage'] == 'clv'))")
 RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$DATA/time_clv.log")
@@ -46,6 +48,7 @@ THEIR_RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$
 cat "$DATA/lifetimes.json"
 printf '\n| implementation | customers | fit + score s | peak RSS MB (whole process) |\n|---|---|---|---|\n'
 CUSTOMERS=$(.venv/bin/python -c "import json; print(json.load(open('$DATA/lifetimes.json'))['customers'])")
-printf '| pipeline clv stage (incl. writing its tables) | %s | %.2f | %s (whole run) |\n' "$CUSTOMERS" "$OURS" "$RSS"
+printf '| pipeline clv: fit + score | %s | %.2f | %s (whole run) |\n' "$CUSTOMERS" "$OURS" "$RSS"
+printf '| pipeline clv stage incl. building and writing its tables | %s | %.2f | |\n' "$CUSTOMERS" "$STAGE"
 printf '| lifetimes 0.11 | %s | %.2f | %s |\n' "$CUSTOMERS" "$THEIRS" "$THEIR_RSS"
-printf '\nspeed-up: %.0f×\n' "$(echo "$THEIRS / $OURS" | bc -l)"
+printf '\nspeed-up: fit + score %.0f×, whole stage %.0f×\n' "$(echo "$THEIRS / $OURS" | bc -l)" "$(echo "$THEIRS / $STAGE" | bc -l)"

@@ -139,9 +139,42 @@ fn log_add_exp(u: f64, v: f64) -> f64 {
 }
 
 /// Mean negative log-likelihood plus penalty, over log-parameters (scaled time).
+///
+/// Real summaries have few distinct ages T and recencies t_x (whole days), so ln(α + T) and
+/// ln(α + t_x) are computed once per distinct value per evaluation, and terms of x once per x.
 pub struct NegativeLogLikelihood<'a> {
-    pub patterns: &'a Patterns,
-    pub penalizer: f64,
+    patterns: &'a Patterns,
+    penalizer: f64,
+    t_index: Vec<u32>,
+    tx_index: Vec<u32>,
+    distinct_t: Vec<f64>,
+    distinct_tx: Vec<f64>,
+}
+
+fn distinct_index(values: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    let mut distinct = values.to_vec();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    let index = values
+        .iter()
+        .map(|v| distinct.binary_search_by(|d| d.total_cmp(v)).expect("every value is listed") as u32)
+        .collect();
+    (distinct, index)
+}
+
+impl<'a> NegativeLogLikelihood<'a> {
+    pub fn new(patterns: &'a Patterns, penalizer: f64) -> Self {
+        let (distinct_t, t_index) = distinct_index(&patterns.t);
+        let (distinct_tx, tx_index) = distinct_index(&patterns.t_x);
+        NegativeLogLikelihood {
+            patterns,
+            penalizer,
+            t_index,
+            tx_index,
+            distinct_t,
+            distinct_tx,
+        }
+    }
 }
 
 impl Objective for NegativeLogLikelihood<'_> {
@@ -153,14 +186,13 @@ impl Objective for NegativeLogLikelihood<'_> {
         // Terms depending on x only.
         let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
         let (dg_r, dg_b, dg_ab) = (digamma(r), digamma(b), digamma(a + b));
-        let ln_alpha = alpha.ln();
+        let (ln_alpha, ln_a) = (alpha.ln(), a.ln());
         let mut base = vec![0.0; max_x + 1]; // a1 + a2
         let mut d_base = vec![[0.0; 4]; max_x + 1]; // d/dr, dα, da, db
+        let mut a4_const = vec![0.0; max_x + 1]; // ln a − ln(b + x − 1)
         for x in 0..=max_x {
             let xf = x as f64;
-            base[x] = ln_gamma(r + xf) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + xf)
-                - lg_b
-                - ln_gamma(a + b + xf);
+            base[x] = ln_gamma(r + xf) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + xf) - lg_b - ln_gamma(a + b + xf);
             let dg_abx = digamma(a + b + xf);
             d_base[x] = [
                 digamma(r + xf) - dg_r + ln_alpha,
@@ -168,25 +200,40 @@ impl Objective for NegativeLogLikelihood<'_> {
                 dg_ab - dg_abx,
                 dg_ab + digamma(b + xf) - dg_b - dg_abx,
             ];
+            if x > 0 {
+                a4_const[x] = ln_a - (b + xf - 1.0).ln();
+            }
         }
+        // ln(α + T), 1 / (α + T) per distinct T; the same for t_x.
+        let logs = |values: &[f64]| -> Vec<(f64, f64)> { values.iter().map(|v| ((alpha + v).ln(), 1.0 / (alpha + v))).collect() };
+        let (by_t, by_tx) = (logs(&self.distinct_t), logs(&self.distinct_tx));
         let per_pattern = |i: usize| -> (f64, [f64; 4]) {
             let x = data.x[i] as usize;
             let xf = x as f64;
             let w = data.weight[i];
-            let ln_t = (alpha + data.t[i]).ln();
+            let (ln_t, inv_t) = by_t[self.t_index[i] as usize];
             let a3 = -(r + xf) * ln_t;
-            let d3 = [-ln_t, -(r + xf) / (alpha + data.t[i]), 0.0, 0.0];
-            let (ll_tail, d_tail) = if x > 0 {
-                let ln_tx = (alpha + data.t_x[i]).ln();
-                let a4 = a.ln() - (b + xf - 1.0).ln() - (r + xf) * ln_tx;
-                let d4 = [-ln_tx, -(r + xf) / (alpha + data.t_x[i]), 1.0 / a, -1.0 / (b + xf - 1.0)];
-                let l = log_add_exp(a3, a4);
-                let (w3, w4) = ((a3 - l).exp(), (a4 - l).exp());
-                (l, [0, 1, 2, 3].map(|k| w3 * d3[k] + w4 * d4[k]))
-            } else {
-                (a3, d3)
-            };
-            (w * (base[x] + ll_tail), [0, 1, 2, 3].map(|k| w * (d_base[x][k] + d_tail[k])))
+            let d3 = [-ln_t, -(r + xf) * inv_t];
+            if x == 0 {
+                let d = &d_base[0];
+                return (w * (base[0] + a3), [w * (d[0] + d3[0]), w * (d[1] + d3[1]), w * d[2], w * d[3]]);
+            }
+            let (ln_tx, inv_tx) = by_tx[self.tx_index[i] as usize];
+            let a4 = a4_const[x] - (r + xf) * ln_tx;
+            // log-sum-exp with one exp and one ln_1p; w3 + w4 = 1.
+            let (high, low) = if a3 > a4 { (a3, a4) } else { (a4, a3) };
+            let e = (low - high).exp();
+            let l = high + e.ln_1p();
+            let w_high = 1.0 / (1.0 + e);
+            let (w3, w4) = if a3 > a4 { (w_high, 1.0 - w_high) } else { (1.0 - w_high, w_high) };
+            let d = &d_base[x];
+            let tail = [
+                w3 * d3[0] - w4 * ln_tx,
+                w3 * d3[1] - w4 * (r + xf) * inv_tx,
+                w4 / a,
+                -w4 / (b + xf - 1.0),
+            ];
+            (w * (base[x] + l), [0, 1, 2, 3].map(|k| w * (d[k] + tail[k])))
         };
         let (total, grad) = sum_patterns(data.len(), per_pattern);
         let n = data.customers();
@@ -226,7 +273,7 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         t: patterns.t.iter().map(|v| v * scale).collect(),
         weight: patterns.weight.clone(),
     };
-    let objective = NegativeLogLikelihood { patterns: &scaled, penalizer };
+    let objective = NegativeLogLikelihood::new(&scaled, penalizer);
     let starts = [
         vec![0.0f64; 4],
         vec![(0.1f64).ln(); 4],
@@ -322,17 +369,9 @@ mod tests {
             t: vec![0.5, 0.9, 1.0, 1.0],
             weight: vec![10.0, 3.0, 2.0, 1.0],
         };
-        let objective = NegativeLogLikelihood { patterns: &patterns, penalizer: 0.01 };
+        let objective = NegativeLogLikelihood::new(&patterns, 0.01);
         let at = [(0.3f64).ln(), (0.2f64).ln(), (0.9f64).ln(), (2.0f64).ln()];
-        let (_, gradient) = objective.value_and_gradient(&at);
-        for k in 0..4 {
-            let mut plus = at.to_vec();
-            let mut minus = at.to_vec();
-            plus[k] += 1e-6;
-            minus[k] -= 1e-6;
-            let numeric = (objective.value_and_gradient(&plus).0 - objective.value_and_gradient(&minus).0) / 2e-6;
-            assert!((numeric - gradient[k]).abs() < 1e-6, "k {k}: {numeric} vs {}", gradient[k]);
-        }
+        optimize::assert_gradient_matches(&objective, &at, 1e-6);
     }
 
     #[test]

@@ -189,14 +189,6 @@ mod tests {
         };
         let objective = NegativeLogLikelihood::new(&spend, 0.0);
         let at = [(6.0f64).ln(), (4.0f64).ln(), (15.0f64).ln()];
-        let (_, gradient) = objective.value_and_gradient(&at);
-        for k in 0..3 {
-            let mut plus = at.to_vec();
-            let mut minus = at.to_vec();
-            plus[k] += 1e-6;
-            minus[k] -= 1e-6;
-            let numeric = (objective.value_and_gradient(&plus).0 - objective.value_and_gradient(&minus).0) / 2e-6;
-            assert!((numeric - gradient[k]).abs() < 1e-6, "k {k}: {numeric} vs {}", gradient[k]);
-        }
+        optimize::assert_gradient_matches(&objective, &at, 1e-6);
     }
 }

@@ -177,6 +177,20 @@ pub fn invert(matrix: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
     inverse.iter().flatten().all(|v| v.is_finite()).then_some(inverse)
 }
 
+/// Test helper: the analytic gradient agrees with central differences of the value.
+#[cfg(test)]
+pub fn assert_gradient_matches<O: Objective>(objective: &O, at: &[f64], tolerance: f64) {
+    let (_, gradient) = objective.value_and_gradient(at);
+    for k in 0..at.len() {
+        let mut plus = at.to_vec();
+        let mut minus = at.to_vec();
+        plus[k] += 1e-6;
+        minus[k] -= 1e-6;
+        let numeric = (objective.value_and_gradient(&plus).0 - objective.value_and_gradient(&minus).0) / 2e-6;
+        assert!((numeric - gradient[k]).abs() < tolerance, "parameter {k}: numeric {numeric} vs analytic {}", gradient[k]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,17 +73,21 @@ impl<'a> TableReader<'a> {
         match T::deserialize(value_deserializer(value)) {
             Ok(parsed) => Some(parsed),
             Err(error) => {
-                diagnostics.error(
-                    format!(
-                        "key `{key}` of {} is invalid: {}",
-                        self.context,
-                        clean_serde_message(&error.to_string())
-                    ),
-                    self.value_span(key),
-                );
+                self.invalid(key, &error, diagnostics);
                 None
             }
         }
+    }
+
+    fn invalid(&self, key: &str, error: &toml_edit::de::Error, diagnostics: &mut Diagnostics) {
+        diagnostics.error(
+            format!(
+                "key `{key}` of {} is invalid: {}",
+                self.context,
+                clean_serde_message(&error.to_string())
+            ),
+            self.value_span(key),
+        );
     }
 
     /// A required key: records "missing key" when absent.
@@ -119,14 +123,7 @@ impl<'a> TableReader<'a> {
             single.insert(key, value.clone());
             if let Err(error) = T::deserialize(value_deserializer(Value::InlineTable(single))) {
                 ok = false;
-                diagnostics.error(
-                    format!(
-                        "key `{key}` of {} is invalid: {}",
-                        self.context,
-                        clean_serde_message(&error.to_string())
-                    ),
-                    self.value_span(key),
-                );
+                self.invalid(key, &error, diagnostics);
                 continue;
             }
             all.insert(key, value);

@@ -324,6 +324,11 @@ impl Stage for ClvOptions {
             })
             .collect();
         lap("scores per pattern");
+        tracing::info!(
+            "clv: fit and scored {} customers in {:.3} s",
+            data.x.len(),
+            clock.elapsed().as_secs_f64()
+        );
         self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared)
     }
 }
