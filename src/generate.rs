@@ -45,7 +45,18 @@ impl Lines {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, order: i64, line: i32, customer: i64, at: i64, sku: u32, quantity: i32, unit_price: f64, status: &'static str, channel: &'static str) {
+    fn push(
+        &mut self,
+        order: i64,
+        line: i32,
+        customer: i64,
+        at: i64,
+        sku: u32,
+        quantity: i32,
+        unit_price: f64,
+        status: &'static str,
+        channel: &'static str,
+    ) {
         self.order_id.push(order);
         self.line.push(line);
         self.customer_id.push(customer);
@@ -59,8 +70,10 @@ impl Lines {
     }
 
     fn into_frame(self) -> Result<DataFrame> {
-        let created_at = Column::new("created_at".into(), self.created_at)
-            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC)))?;
+        let created_at = Column::new("created_at".into(), self.created_at).cast(&DataType::Datetime(
+            TimeUnit::Microseconds,
+            Some(polars::prelude::TimeZone::UTC),
+        ))?;
         let frame = DataFrame::new_infer_height(vec![
             Column::new("order_id".into(), self.order_id),
             Column::new("line".into(), self.line),
@@ -70,8 +83,14 @@ impl Lines {
             Column::new("quantity".into(), self.quantity),
             Column::new("unit_price".into(), self.unit_price),
             Column::new("line_amount".into(), self.line_amount),
-            Column::new("status".into(), self.status.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-            Column::new("channel".into(), self.channel.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            Column::new(
+                "status".into(),
+                self.status.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "channel".into(),
+                self.channel.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ),
         ])?;
         Ok(frame)
     }
@@ -115,7 +134,11 @@ fn chunk_lines(seed: u64, chunk: usize, start: NaiveDate, days: u32) -> Result<L
             order_seq += 1;
             let order_id = (chunk as i64) * 100_000_000 + order_seq;
             let at = start_micros + (t * MICROS_PER_DAY as f64) as i64;
-            let channel = if rng.random::<f64>() < 0.85 { preferred } else { pick_channel(&mut rng) };
+            let channel = if rng.random::<f64>() < 0.85 {
+                preferred
+            } else {
+                pick_channel(&mut rng)
+            };
             let status: &'static str = match rng.random::<f64>() {
                 u if u < 0.93 => "completed",
                 u if u < 0.96 => "shipped",
@@ -132,19 +155,49 @@ fn chunk_lines(seed: u64, chunk: usize, start: NaiveDate, days: u32) -> Result<L
                 let unit_price = round_cents((value * weight / quantity as f64).max(0.5));
                 let sku = rng.random_range(0..20_000u32);
                 // Lines of one order are seconds apart.
-                lines.push(order_id, number as i32 + 1, customer, at + number as i64 * 1_000_000, sku, quantity, unit_price, status, channel);
+                lines.push(
+                    order_id,
+                    number as i32 + 1,
+                    customer,
+                    at + number as i64 * 1_000_000,
+                    sku,
+                    quantity,
+                    unit_price,
+                    status,
+                    channel,
+                );
             }
             if rng.random::<f64>() < 0.03 {
                 // A returned item inside the order nets against its revenue.
                 let unit_price = round_cents(-value * 0.3);
-                lines.push(order_id, n_lines + 1, customer, at + 60_000_000, 0, 1, unit_price, status, channel);
+                lines.push(
+                    order_id,
+                    n_lines + 1,
+                    customer,
+                    at + 60_000_000,
+                    0,
+                    1,
+                    unit_price,
+                    status,
+                    channel,
+                );
             }
             if rng.random::<f64>() < 0.005 {
                 // A later refund order: negative revenue, not a purchase.
                 order_seq += 1;
                 let refund_id = (chunk as i64) * 100_000_000 + order_seq;
                 let refund_at = at + (rng.random::<f64>() * 20.0 * MICROS_PER_DAY as f64) as i64;
-                lines.push(refund_id, 1, customer, refund_at, 0, 1, round_cents(-value * 0.5), "completed", channel);
+                lines.push(
+                    refund_id,
+                    1,
+                    customer,
+                    refund_at,
+                    0,
+                    1,
+                    round_cents(-value * 0.5),
+                    "completed",
+                    channel,
+                );
             }
             if rng.random::<f64>() < p {
                 break;
@@ -191,7 +244,11 @@ pub fn generate_to(out: &Path, target_lines: u64, seed: u64, start: NaiveDate, d
                 // Cut at a customer boundary at or after the target.
                 let need = (target_lines - written) as usize;
                 let cut_customer = lines.customer_id[need - 1];
-                keep = lines.customer_id.iter().position(|c| *c > cut_customer).unwrap_or(lines.len());
+                keep = lines
+                    .customer_id
+                    .iter()
+                    .position(|c| *c > cut_customer)
+                    .unwrap_or(lines.len());
                 frame_customers = (cut_customer - lines.customer_id[0] + 1) as u64;
             }
             let mut frame = lines.into_frame()?.slice(0, keep);
@@ -217,5 +274,8 @@ pub fn generate_to(out: &Path, target_lines: u64, seed: u64, start: NaiveDate, d
         writer.finish()?;
     }
     std::fs::rename(&temp, out).with_context(|| format!("cannot move `{}` to `{}`", temp.display(), out.display()))?;
-    Ok(format!("wrote {written} lines of {customers} customers to {}", out.display()))
+    Ok(format!(
+        "wrote {written} lines of {customers} customers to {}",
+        out.display()
+    ))
 }

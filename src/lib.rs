@@ -48,7 +48,11 @@ pub fn validate(path: &std::path::Path) -> Result<String> {
     for source in plan.config.sources.values() {
         let files = source::resolve_files(source)?;
         source::check_schema(source)?;
-        report.push(format!("source `{}`: {} file(s), mapped columns ok", source.name, files.len()));
+        report.push(format!(
+            "source `{}`: {} file(s), mapped columns ok",
+            source.name,
+            files.len()
+        ));
     }
     report.push(format!(
         "{} stage(s) in {} level(s), {} table(s): ok",

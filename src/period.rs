@@ -48,8 +48,7 @@ impl Granularity {
     pub fn index_expr(self, date: Expr) -> Expr {
         let days = || date.clone().cast(DataType::Int32);
         let month_index = || {
-            date.clone().dt().year().cast(DataType::Int32) * lit(12)
-                + date.clone().dt().month().cast(DataType::Int32)
+            date.clone().dt().year().cast(DataType::Int32) * lit(12) + date.clone().dt().month().cast(DataType::Int32)
                 - lit(1)
         };
         match self {
@@ -118,9 +117,24 @@ mod tests {
     #[test]
     fn month_quarter_year_round_trip() {
         for (granularity, day, start, end) in [
-            (Granularity::Month, date(2024, 2, 15), date(2024, 2, 1), date(2024, 2, 29)),
-            (Granularity::Quarter, date(2024, 5, 15), date(2024, 4, 1), date(2024, 6, 30)),
-            (Granularity::Year, date(2023, 7, 4), date(2023, 1, 1), date(2023, 12, 31)),
+            (
+                Granularity::Month,
+                date(2024, 2, 15),
+                date(2024, 2, 1),
+                date(2024, 2, 29),
+            ),
+            (
+                Granularity::Quarter,
+                date(2024, 5, 15),
+                date(2024, 4, 1),
+                date(2024, 6, 30),
+            ),
+            (
+                Granularity::Year,
+                date(2023, 7, 4),
+                date(2023, 1, 1),
+                date(2023, 12, 31),
+            ),
             (Granularity::Day, date(1965, 7, 4), date(1965, 7, 4), date(1965, 7, 4)),
         ] {
             let index = granularity.index_of(day);
@@ -150,7 +164,13 @@ mod tests {
                 .select([granularity.index_expr(col("date")).alias("index")])
                 .collect()
                 .unwrap();
-            let index: Vec<i32> = out.column("index").unwrap().i32().unwrap().into_no_null_iter().collect();
+            let index: Vec<i32> = out
+                .column("index")
+                .unwrap()
+                .i32()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
             let expected: Vec<i32> = days.iter().map(|d| granularity.index_of(*d)).collect();
             assert_eq!(index, expected, "{granularity:?}");
         }

@@ -45,11 +45,7 @@ pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
     if !diagnostics.is_empty() {
         return Err(diagnostics);
     }
-    Ok(Plan {
-        config,
-        inputs,
-        levels,
-    })
+    Ok(Plan { config, inputs, levels })
 }
 
 fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Input>> {
@@ -99,7 +95,10 @@ fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Inp
         }
         if stage.kind.input == InputKind::Source && stage.inputs.len() > 1 {
             diagnostics.error(
-                format!("stage `{}` of kind `{}` reads exactly one source", stage.name, stage.kind.name),
+                format!(
+                    "stage `{}` of kind `{}` reads exactly one source",
+                    stage.name, stage.kind.name
+                ),
                 stage.input_span.clone(),
             );
         }
@@ -114,10 +113,7 @@ fn check_outputs(config: &Config, diagnostics: &mut Diagnostics) {
         for table in &stage.tables {
             if let Some(previous) = writers.insert(table.as_str(), stage.name.as_str()) {
                 diagnostics.error(
-                    format!(
-                        "stages `{previous}` and `{}` both write table `{table}`",
-                        stage.name
-                    ),
+                    format!("stages `{previous}` and `{}` both write table `{table}`", stage.name),
                     stage.span.clone(),
                 );
             }
@@ -160,7 +156,9 @@ fn levels(config: &Config, inputs: &[Vec<Input>]) -> Result<Vec<Vec<usize>>, Vec
 }
 
 fn find_cycle(deps: &[BTreeSet<usize>], placed: &[Option<usize>]) -> Vec<usize> {
-    let start = (0..deps.len()).find(|&i| placed[i].is_none()).expect("a cycle leaves a stage unplaced");
+    let start = (0..deps.len())
+        .find(|&i| placed[i].is_none())
+        .expect("a cycle leaves a stage unplaced");
     let mut path = vec![start];
     let mut current = start;
     loop {
@@ -196,7 +194,9 @@ impl Plan {
                     let known: Vec<&str> = self.config.stages.iter().map(|s| s.name.as_str()).collect();
                     let help = suggest(name, known.iter().copied())
                         .unwrap_or_else(|| format!("stages: {}", config::reader::backticked(&known)));
-                    return Err(format!("--select: no stage named `{name}` in the config\n  = help: {help}"));
+                    return Err(format!(
+                        "--select: no stage named `{name}` in the config\n  = help: {help}"
+                    ));
                 }
             }
         }
@@ -247,14 +247,24 @@ impl Plan {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         let all: BTreeSet<usize> = (0..self.config.stages.len()).collect();
-        let _ = writeln!(out, "pipeline `{}` ({})", self.config.pipeline.name, self.config.path.display());
+        let _ = writeln!(
+            out,
+            "pipeline `{}` ({})",
+            self.config.pipeline.name,
+            self.config.path.display()
+        );
         let _ = writeln!(out, "output dir: {}", self.config.pipeline.output_dir.display());
         for source in self.sources_needed(&all) {
             let users: Vec<String> = (0..self.config.stages.len())
                 .filter(|&i| self.inputs[i].contains(&Input::Source(source.clone())))
                 .map(|i| format!("`{}`", self.config.stages[i].name))
                 .collect();
-            let path = self.config.sources.get(&source).map(|s| s.path.display().to_string()).unwrap_or_default();
+            let path = self
+                .config
+                .sources
+                .get(&source)
+                .map(|s| s.path.display().to_string())
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "source `{source}` ({path}): scanned once → customer_facts, customer_periods (shared by {})",

@@ -51,7 +51,11 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         orders.clone().group_by([col("customer_id"), col("date")]).agg([
             is_purchase().cast(DataType::Int64).sum().alias("purchases"),
             col("revenue").sum().alias("revenue_micros"),
-            when(is_purchase()).then(col("revenue")).otherwise(lit(0i64)).sum().alias("purchase_revenue"),
+            when(is_purchase())
+                .then(col("revenue"))
+                .otherwise(lit(0i64))
+                .sum()
+                .alias("purchase_revenue"),
         ]),
         "customer days",
     )?;
@@ -64,8 +68,16 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             .lazy()
             .group_by([col("customer_id")])
             .agg([
-                when(purchase_day()).then(col("date")).otherwise(lit(NULL)).min().alias("first_purchase_date"),
-                when(purchase_day()).then(col("date")).otherwise(lit(NULL)).max().alias("last_purchase_date"),
+                when(purchase_day())
+                    .then(col("date"))
+                    .otherwise(lit(NULL))
+                    .min()
+                    .alias("first_purchase_date"),
+                when(purchase_day())
+                    .then(col("date"))
+                    .otherwise(lit(NULL))
+                    .max()
+                    .alias("last_purchase_date"),
                 col("purchases").sum().alias("orders"),
                 col("revenue_micros").sum(),
                 col("purchase_revenue").sum(),
@@ -82,7 +94,12 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     let keys = per_customer.select(["customer_id", "customer_key", "first_purchase_date"])?;
     let keyed_days = days
         .lazy()
-        .join(keys.clone().lazy(), [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Inner))
+        .join(
+            keys.clone().lazy(),
+            [col("customer_id")],
+            [col("customer_id")],
+            JoinArgs::new(JoinType::Inner),
+        )
         .sort(["customer_key", "date"], SortMultipleOptions::default())
         .collect()
         .map_err(anyhow::Error::from)
@@ -111,15 +128,26 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             .group_by([col("customer_id")])
             .agg([col("channel").min().alias("acquisition_channel")])
     } else {
-        keys.clone()
-            .lazy()
-            .select([col("customer_id"), lit(NULL).cast(DataType::String).alias("acquisition_channel")])
+        keys.clone().lazy().select([
+            col("customer_id"),
+            lit(NULL).cast(DataType::String).alias("acquisition_channel"),
+        ])
     };
 
     let customer_facts = per_customer
         .lazy()
-        .join(first_day, [col("customer_key")], [col("customer_key")], JoinArgs::new(JoinType::Left))
-        .join(acquisition, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Left))
+        .join(
+            first_day,
+            [col("customer_key")],
+            [col("customer_key")],
+            JoinArgs::new(JoinType::Left),
+        )
+        .join(
+            acquisition,
+            [col("customer_id")],
+            [col("customer_id")],
+            JoinArgs::new(JoinType::Left),
+        )
         .sort(["customer_key"], SortMultipleOptions::default())
         .with_columns([
             (col("purchase_days") - lit(1i64)).alias("frequency"),

@@ -101,7 +101,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
     };
     let staged = Mutex::new(Vec::<StagedTable>::new());
     let result = execute(plan, options, &selected, &output_dir, &mut manifest, &staged);
-    let staged = staged.into_inner().expect("no stage panicked while holding the staging list");
+    let staged = staged
+        .into_inner()
+        .expect("no stage panicked while holding the staging list");
     let result = result.and_then(|()| sink::publish(&output_dir, &staged));
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     manifest.duration_seconds = started.elapsed().as_secs_f64();

@@ -27,8 +27,7 @@ impl RunLock {
     /// Take the lock or fail naming the process that holds it. A lock whose process is gone
     /// (a killed run) is stale and taken over.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output directory `{}`", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create output directory `{}`", dir.display()))?;
         let path = dir.join(LOCK);
         for _ in 0..2 {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -55,7 +54,10 @@ impl RunLock {
                 }
                 Err(error) => {
                     return Err(error).with_context(|| {
-                        format!("cannot create lock file `{}` (is the output directory writable?)", path.display())
+                        format!(
+                            "cannot create lock file `{}` (is the output directory writable?)",
+                            path.display()
+                        )
                     })
                 }
             }
@@ -98,7 +100,8 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
             .finish(frame)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
-        file.sync_all().with_context(|| format!("cannot fsync `{}`", temp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
         Ok(())
     })();
     if let Err(error) = result {
@@ -117,13 +120,16 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
 pub fn publish(dir: &Path, staged: &[StagedTable]) -> Result<()> {
     for table in staged {
         if table.target.is_dir() {
-            bail!("cannot publish table `{}`: `{}` is a directory", table.name, table.target.display());
+            bail!(
+                "cannot publish table `{}`: `{}` is a directory",
+                table.name,
+                table.target.display()
+            );
         }
     }
     for table in staged {
-        fs::rename(&table.temp, &table.target).with_context(|| {
-            format!("cannot move `{}` to `{}`", table.temp.display(), table.target.display())
-        })?;
+        fs::rename(&table.temp, &table.target)
+            .with_context(|| format!("cannot move `{}` to `{}`", table.temp.display(), table.target.display()))?;
     }
     sync_dir(dir);
     Ok(())

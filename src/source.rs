@@ -76,7 +76,10 @@ pub struct SourceSchema {
 static SCANS: Mutex<BTreeMap<PathBuf, u32>> = Mutex::new(BTreeMap::new());
 
 pub fn scans_started(source: &SourceConfig) -> u32 {
-    SCANS.lock().map(|scans| scans.get(&source.path).copied().unwrap_or(0)).unwrap_or(0)
+    SCANS
+        .lock()
+        .map(|scans| scans.get(&source.path).copied().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// Files a source path names: one file, a glob, or every `.parquet` file below a directory.
@@ -85,8 +88,7 @@ pub fn resolve_files(source: &SourceConfig) -> Result<Vec<PathBuf>> {
     let text = path.to_string_lossy();
     let mut files = Vec::new();
     if text.contains(['*', '?', '[']) {
-        let matches = glob::glob(&text)
-            .with_context(|| format!("source `{}`: invalid glob `{text}`", source.name))?;
+        let matches = glob::glob(&text).with_context(|| format!("source `{}`: invalid glob `{text}`", source.name))?;
         for entry in matches {
             let file = entry.with_context(|| format!("source `{}`: reading glob `{text}`", source.name))?;
             if file.is_file() {
@@ -114,7 +116,10 @@ pub fn resolve_files(source: &SourceConfig) -> Result<Vec<PathBuf>> {
 fn collect_parquet_files(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if name.starts_with('.') || name.starts_with('_') {
             continue;
         }
@@ -141,14 +146,24 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
     let schema = scan(source)?
         .collect_schema()
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("source `{}`: cannot read the Parquet schema of `{}`", source.name, source.path.display()))?;
+        .with_context(|| {
+            format!(
+                "source `{}`: cannot read the Parquet schema of `{}`",
+                source.name,
+                source.path.display()
+            )
+        })?;
     let mut problems = Vec::new();
     let mut ordered_at = DataType::Date;
     for (logical, physical) in source.columns.mapped() {
         let Some(dtype) = schema.get(physical) else {
             let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
-            let hint = crate::config::diagnostic::suggest(physical, names.iter().copied())
-                .unwrap_or_else(|| format!("the file has: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
+            let hint = crate::config::diagnostic::suggest(physical, names.iter().copied()).unwrap_or_else(|| {
+                format!(
+                    "the file has: {}",
+                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                )
+            });
             problems.push(format!(
                 "column `{physical}` (mapped as `{logical}`) is not in the input; {hint}"
             ));
@@ -180,7 +195,10 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
         if let Some(values) = source.include.get(logical) {
             let is_text = dtype == &DataType::String;
             for value in values {
-                let fits = matches!((value, is_text), (FilterValue::Text(_), true) | (FilterValue::Int(_), false));
+                let fits = matches!(
+                    (value, is_text),
+                    (FilterValue::Text(_), true) | (FilterValue::Int(_), false)
+                );
                 if !fits {
                     problems.push(format!(
                         "`include.{logical}` value {value:?} does not match column `{physical}` of type {dtype}"
@@ -204,8 +222,7 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
 }
 
 fn time_zone(name: &str) -> Result<TimeZone> {
-    TimeZone::opt_try_new(Some(name))?
-        .with_context(|| format!("time zone `{name}` is not known to polars"))
+    TimeZone::opt_try_new(Some(name))?.with_context(|| format!("time zone `{name}` is not known to polars"))
 }
 
 /// The local calendar date of `ordered_at` in the pipeline's zone.
@@ -339,7 +356,9 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
 
     let mut aggs = vec![
         len().alias("lines"),
-        (col("copies").cast(DataType::UInt64) - lit(1u64)).sum().alias("duplicate_lines"),
+        (col("copies").cast(DataType::UInt64) - lit(1u64))
+            .sum()
+            .alias("duplicate_lines"),
         ok().cast(DataType::UInt32).sum().alias("ok_lines"),
         when_ok(col("customer_id")).min().alias("customer_id"),
         when_ok(col("customer_id")).max().alias("customer_id_max"),
@@ -363,7 +382,13 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .collect_with_engine(Engine::Streaming)
         .map(|result| result.unwrap_single())
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("source `{}`: reading order lines from `{}`", source.name, source.path.display()))?;
+        .with_context(|| {
+            format!(
+                "source `{}`: reading order lines from `{}`",
+                source.name,
+                source.path.display()
+            )
+        })?;
 
     let mut stats = InputStats {
         source: source.name.clone(),
@@ -397,8 +422,13 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .select([col("ok_lines").cast(DataType::UInt64).sum()])
         .collect()?;
     let conflicting_lines = conflicting.column("ok_lines")?.u64()?.get(0).unwrap_or(0);
-    stats.rows_rejected.insert("order_with_several_customers".into(), conflicting_lines);
-    stats.rows_rejected_total = REJECTED.iter().map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0)).sum();
+    stats
+        .rows_rejected
+        .insert("order_with_several_customers".into(), conflicting_lines);
+    stats.rows_rejected_total = REJECTED
+        .iter()
+        .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
+        .sum();
 
     let mut keep = vec![col("customer_id"), col("date"), col("ordered_ts"), col("revenue")];
     if has_channel {

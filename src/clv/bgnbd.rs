@@ -157,7 +157,11 @@ fn distinct_index(values: &[f64]) -> (Vec<f64>, Vec<u32>) {
     distinct.dedup();
     let index = values
         .iter()
-        .map(|v| distinct.binary_search_by(|d| d.total_cmp(v)).expect("every value is listed") as u32)
+        .map(|v| {
+            distinct
+                .binary_search_by(|d| d.total_cmp(v))
+                .expect("every value is listed") as u32
+        })
         .collect();
     (distinct, index)
 }
@@ -205,7 +209,9 @@ impl Objective for NegativeLogLikelihood<'_> {
             }
         }
         // ln(α + T), 1 / (α + T) per distinct T; the same for t_x.
-        let logs = |values: &[f64]| -> Vec<(f64, f64)> { values.iter().map(|v| ((alpha + v).ln(), 1.0 / (alpha + v))).collect() };
+        let logs = |values: &[f64]| -> Vec<(f64, f64)> {
+            values.iter().map(|v| ((alpha + v).ln(), 1.0 / (alpha + v))).collect()
+        };
         let (by_t, by_tx) = (logs(&self.distinct_t), logs(&self.distinct_tx));
         let per_pattern = |i: usize| -> (f64, [f64; 4]) {
             let x = data.x[i] as usize;
@@ -216,7 +222,10 @@ impl Objective for NegativeLogLikelihood<'_> {
             let d3 = [-ln_t, -(r + xf) * inv_t];
             if x == 0 {
                 let d = &d_base[0];
-                return (w * (base[0] + a3), [w * (d[0] + d3[0]), w * (d[1] + d3[1]), w * d[2], w * d[3]]);
+                return (
+                    w * (base[0] + a3),
+                    [w * (d[0] + d3[0]), w * (d[1] + d3[1]), w * d[2], w * d[3]],
+                );
             }
             let (ln_tx, inv_tx) = by_tx[self.tx_index[i] as usize];
             let a4 = a4_const[x] - (r + xf) * ln_tx;
@@ -225,7 +234,11 @@ impl Objective for NegativeLogLikelihood<'_> {
             let e = (low - high).exp();
             let l = high + e.ln_1p();
             let w_high = 1.0 / (1.0 + e);
-            let (w3, w4) = if a3 > a4 { (w_high, 1.0 - w_high) } else { (1.0 - w_high, w_high) };
+            let (w3, w4) = if a3 > a4 {
+                (w_high, 1.0 - w_high)
+            } else {
+                (1.0 - w_high, w_high)
+            };
             let d = &d_base[x];
             let tail = [
                 w3 * d3[0] - w4 * ln_tx,

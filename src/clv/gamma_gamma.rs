@@ -54,7 +54,11 @@ impl<'a> NegativeLogLikelihood<'a> {
         let x_index = spend
             .x
             .iter()
-            .map(|x| distinct_x.binary_search_by(|d| d.total_cmp(x)).expect("every x is in the list"))
+            .map(|x| {
+                distinct_x
+                    .binary_search_by(|d| d.total_cmp(x))
+                    .expect("every x is in the list")
+            })
             .collect();
         NegativeLogLikelihood {
             spend,
@@ -108,9 +112,9 @@ impl Objective for NegativeLogLikelihood<'_> {
                 (total, grad)
             })
             .collect();
-        let (total, grad) = parts
-            .iter()
-            .fold((0.0, [0.0; 3]), |(t, g), (pt, pg)| (t + pt, [g[0] + pg[0], g[1] + pg[1], g[2] + pg[2]]));
+        let (total, grad) = parts.iter().fold((0.0, [0.0; 3]), |(t, g), (pt, pg)| {
+            (t + pt, [g[0] + pg[0], g[1] + pg[1], g[2] + pg[2]])
+        });
         let n: f64 = data.weight.iter().sum();
         let theta = params.as_array();
         let penalty = self.penalizer * theta.iter().map(|t| t * t).sum::<f64>();

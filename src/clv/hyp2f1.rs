@@ -65,7 +65,10 @@ mod tests {
         for z in [0.001, 0.3, 0.9, 0.999] {
             let expected = (-(1.0 - z as f64).ln() / z).ln();
             let got = ln_hyp2f1(1.0, 1.0, 2.0, z).unwrap();
-            assert!((got - expected).abs() < 1e-12 * expected.abs().max(1.0), "z {z}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-12 * expected.abs().max(1.0),
+                "z {z}: {got} vs {expected}"
+            );
         }
         // 2F1(a, b; b; z) = (1 − z)^−a
         let got = ln_hyp2f1(2.5, 3.0, 3.0, 0.4).unwrap();

@@ -35,10 +35,24 @@ fn bgnbd_likelihood_p_alive_and_expectation_match_lifetimes() {
         b: number(&p["b"]),
     };
     for case in expected["bgnbd"]["cases"].as_array().unwrap() {
-        let (x, t_x, t) = (case["x"].as_u64().unwrap() as u32, number(&case["t_x"]), number(&case["T"]));
+        let (x, t_x, t) = (
+            case["x"].as_u64().unwrap() as u32,
+            number(&case["t_x"]),
+            number(&case["T"]),
+        );
         let what = format!("x={x} t_x={t_x} T={t}");
-        close(bgnbd::log_likelihood(&params, x, t_x, t), number(&case["log_likelihood"]), 1e-9, &format!("ll {what}"));
-        close(bgnbd::p_alive(&params, x, t_x, t), number(&case["p_alive"]), 1e-6, &format!("p_alive {what}"));
+        close(
+            bgnbd::log_likelihood(&params, x, t_x, t),
+            number(&case["log_likelihood"]),
+            1e-9,
+            &format!("ll {what}"),
+        );
+        close(
+            bgnbd::p_alive(&params, x, t_x, t),
+            number(&case["p_alive"]),
+            1e-6,
+            &format!("p_alive {what}"),
+        );
         for (horizon, key) in [(10.0, "expected_10"), (52.0, "expected_52")] {
             let value = bgnbd::expected_purchases(&params, horizon, x, t_x, t).unwrap();
             close(value, number(&case[key]), 1e-6, &format!("{key} {what}"));
@@ -49,7 +63,12 @@ fn bgnbd_likelihood_p_alive_and_expectation_match_lifetimes() {
 #[test]
 fn hyp2f1_matches_scipy() {
     for case in expected()["hyp2f1"].as_array().unwrap() {
-        let (a, b, c, z) = (number(&case["a"]), number(&case["b"]), number(&case["c"]), number(&case["z"]));
+        let (a, b, c, z) = (
+            number(&case["a"]),
+            number(&case["b"]),
+            number(&case["c"]),
+            number(&case["z"]),
+        );
         let value = hyp2f1::ln_hyp2f1(a, b, c, z).unwrap().exp();
         close(value, number(&case["value"]), 1e-9, &format!("2F1({a}, {b}; {c}; {z})"));
     }
@@ -59,17 +78,32 @@ fn hyp2f1_matches_scipy() {
 fn gamma_gamma_likelihood_and_order_value_match_lifetimes() {
     let expected = expected();
     let p = &expected["gamma_gamma"]["params"];
-    let params = gamma_gamma::Params { p: number(&p["p"]), q: number(&p["q"]), v: number(&p["v"]) };
+    let params = gamma_gamma::Params {
+        p: number(&p["p"]),
+        q: number(&p["q"]),
+        v: number(&p["v"]),
+    };
     for case in expected["gamma_gamma"]["cases"].as_array().unwrap() {
         let (x, m) = (number(&case["x"]), number(&case["m"]));
-        close(gamma_gamma::log_likelihood(&params, x, m), number(&case["log_likelihood"]), 1e-9, "gg ll");
-        close(gamma_gamma::expected_order_value(&params, x, m).unwrap(), number(&case["expected_order_value"]), 1e-9, "gg value");
+        close(
+            gamma_gamma::log_likelihood(&params, x, m),
+            number(&case["log_likelihood"]),
+            1e-9,
+            "gg ll",
+        );
+        close(
+            gamma_gamma::expected_order_value(&params, x, m).unwrap(),
+            number(&case["expected_order_value"]),
+            1e-9,
+            "gg value",
+        );
     }
 }
 
 /// The CDNOW summary shipped with `lifetimes`: (x, t_x, T, zbar) per customer.
 fn cdnow() -> Vec<(u32, f64, f64, f64)> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cdnow_summary.csv")).unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cdnow_summary.csv"))
+        .unwrap();
     text.lines()
         .skip(1)
         .map(|line| {
@@ -94,12 +128,21 @@ fn cdnow_fits_agree_with_lifetimes_to_three_significant_digits() {
     for (name, value) in [("r", got.r), ("alpha", got.alpha), ("a", got.a), ("b", got.b)] {
         close(value, number(&want[name]), 5e-4, &format!("CDNOW BG/NBD {name}"));
     }
-    close(fit.log_likelihood, number(&expected["cdnow"]["bgnbd_log_likelihood"]), 1e-6, "CDNOW log-likelihood");
+    close(
+        fit.log_likelihood,
+        number(&expected["cdnow"]["bgnbd_log_likelihood"]),
+        1e-6,
+        "CDNOW log-likelihood",
+    );
     let errors = fit.std_errors.expect("the Hessian is invertible at the CDNOW optimum");
     assert!(errors.iter().all(|e| *e > 0.0 && e.is_finite()), "{errors:?}");
 
     let spend = gamma_gamma::Spend {
-        x: rows.iter().filter(|r| r.0 > 0 && r.3 > 0.0).map(|r| r.0 as f64).collect(),
+        x: rows
+            .iter()
+            .filter(|r| r.0 > 0 && r.3 > 0.0)
+            .map(|r| r.0 as f64)
+            .collect(),
         m: rows.iter().filter(|r| r.0 > 0 && r.3 > 0.0).map(|r| r.3).collect(),
         weight: vec![1.0; rows.iter().filter(|r| r.0 > 0 && r.3 > 0.0).count()],
     };

@@ -99,7 +99,9 @@ pub fn minimize<O: Objective>(objective: &O, starts: &[Vec<f64>], max_iterations
         if best.as_ref().is_some_and(|b| b.converged) {
             break;
         }
-        let Some(candidate) = run_from(objective, start.clone(), max_iterations) else { continue };
+        let Some(candidate) = run_from(objective, start.clone(), max_iterations) else {
+            continue;
+        };
         let better = match &best {
             None => true,
             Some(current) => {
@@ -187,7 +189,11 @@ pub fn assert_gradient_matches<O: Objective>(objective: &O, at: &[f64], toleranc
         plus[k] += 1e-6;
         minus[k] -= 1e-6;
         let numeric = (objective.value_and_gradient(&plus).0 - objective.value_and_gradient(&minus).0) / 2e-6;
-        assert!((numeric - gradient[k]).abs() < tolerance, "parameter {k}: numeric {numeric} vs analytic {}", gradient[k]);
+        assert!(
+            (numeric - gradient[k]).abs() < tolerance,
+            "parameter {k}: numeric {numeric} vs analytic {}",
+            gradient[k]
+        );
     }
 }
 
@@ -209,7 +215,11 @@ mod tests {
     fn finds_the_rosenbrock_minimum_and_its_curvature() {
         let minimum = minimize(&Rosenbrock, &[vec![-1.2, 1.0], vec![0.0, 0.0]], 1000).unwrap();
         assert!(minimum.converged);
-        assert!((minimum.x[0] - 1.0).abs() < 1e-6 && (minimum.x[1] - 1.0).abs() < 1e-6, "{:?}", minimum.x);
+        assert!(
+            (minimum.x[0] - 1.0).abs() < 1e-6 && (minimum.x[1] - 1.0).abs() < 1e-6,
+            "{:?}",
+            minimum.x
+        );
         let h = hessian(&Rosenbrock, &minimum.x);
         assert!((h[0][0] - 802.0).abs() < 1e-3 && (h[0][1] + 400.0).abs() < 1e-3 && (h[1][1] - 200.0).abs() < 1e-3);
         let inverse = invert(&h).unwrap();

@@ -24,7 +24,12 @@ fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params
     let rate = Gamma::new(truth.r, 1.0 / truth.alpha).unwrap();
     let dropout = Beta::new(truth.a, truth.b).unwrap();
     let scale = Gamma::new(spend.q, 1.0 / spend.v).unwrap();
-    let mut out = Simulated { x: vec![], t_x: vec![], t: vec![], monetary: vec![] };
+    let mut out = Simulated {
+        x: vec![],
+        t_x: vec![],
+        t: vec![],
+        monetary: vec![],
+    };
     for _ in 0..customers {
         let lambda: f64 = Distribution::<f64>::sample(&rate, &mut rng);
         let p: f64 = Distribution::<f64>::sample(&dropout, &mut rng);
@@ -56,15 +61,28 @@ fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params
 
 #[test]
 fn recovers_known_bgnbd_and_gamma_gamma_parameters() {
-    let truth = bgnbd::Params { r: 0.25, alpha: 4.0, a: 0.8, b: 2.5 };
-    let spend_truth = gamma_gamma::Params { p: 6.0, q: 4.0, v: 15.0 };
+    let truth = bgnbd::Params {
+        r: 0.25,
+        alpha: 4.0,
+        a: 0.8,
+        b: 2.5,
+    };
+    let spend_truth = gamma_gamma::Params {
+        p: 6.0,
+        q: 4.0,
+        v: 15.0,
+    };
     let data = simulate(300_000, &truth, &spend_truth, 7);
     let patterns = bgnbd::Patterns::compress(&data.x, &data.t_x, &data.t);
     let fit = bgnbd::fit(&patterns, 0.0).unwrap();
     assert!(fit.converged);
     let errors = fit.std_errors.unwrap();
     for (k, (got, want)) in fit.params.as_array().iter().zip(truth.as_array()).enumerate() {
-        assert!((got - want).abs() < 4.0 * errors[k], "BG/NBD parameter {k}: {got} vs {want} (se {})", errors[k]);
+        assert!(
+            (got - want).abs() < 4.0 * errors[k],
+            "BG/NBD parameter {k}: {got} vs {want} (se {})",
+            errors[k]
+        );
         assert!((got - want).abs() < 0.1 * want, "BG/NBD parameter {k}: {got} vs {want}");
     }
     let mut spend = gamma_gamma::Spend::default();
@@ -78,9 +96,22 @@ fn recovers_known_bgnbd_and_gamma_gamma_parameters() {
     let spend_fit = gamma_gamma::fit(&spend, 0.0).unwrap();
     assert!(spend_fit.converged);
     let errors = spend_fit.std_errors.unwrap();
-    for (k, (got, want)) in spend_fit.params.as_array().iter().zip(spend_truth.as_array()).enumerate() {
-        assert!((got - want).abs() < 4.0 * errors[k], "Gamma-Gamma parameter {k}: {got} vs {want} (se {})", errors[k]);
-        assert!((got - want).abs() < 0.1 * want, "Gamma-Gamma parameter {k}: {got} vs {want}");
+    for (k, (got, want)) in spend_fit
+        .params
+        .as_array()
+        .iter()
+        .zip(spend_truth.as_array())
+        .enumerate()
+    {
+        assert!(
+            (got - want).abs() < 4.0 * errors[k],
+            "Gamma-Gamma parameter {k}: {got} vs {want} (se {})",
+            errors[k]
+        );
+        assert!(
+            (got - want).abs() < 0.1 * want,
+            "Gamma-Gamma parameter {k}: {got} vs {want}"
+        );
     }
 }
 
@@ -92,13 +123,21 @@ fn degenerate_populations_give_finite_results() {
     let t_x = vec![0.0; 500];
     let t: Vec<f64> = (0..500).map(|i| 1.0 + (i % 50) as f64).collect();
     let fit = bgnbd::fit(&bgnbd::Patterns::compress(&x, &t_x, &t), 0.0).unwrap();
-    assert!(fit.params.as_array().iter().all(|v| v.is_finite() && *v > 0.0), "{:?}", fit.params);
+    assert!(
+        fit.params.as_array().iter().all(|v| v.is_finite() && *v > 0.0),
+        "{:?}",
+        fit.params
+    );
     let expected = bgnbd::expected_purchases(&fit.params, 52.0, 0, 0.0, 10.0).unwrap_or(0.0);
     assert!(expected.is_finite() && expected >= 0.0);
 
     // A single customer.
     let fit = bgnbd::fit(&bgnbd::Patterns::compress(&[3], &[20.0], &[30.0]), 0.0).unwrap();
-    assert!(fit.params.as_array().iter().all(|v| v.is_finite() && *v > 0.0), "{:?}", fit.params);
+    assert!(
+        fit.params.as_array().iter().all(|v| v.is_finite() && *v > 0.0),
+        "{:?}",
+        fit.params
+    );
     assert!(fit.log_likelihood.is_finite());
 
     // Heavy buyers and T = t_x next to ordinary customers.
@@ -110,13 +149,21 @@ fn degenerate_populations_give_finite_results() {
         let alive = bgnbd::p_alive(&fit.params, x[i], t_x[i], t[i]);
         assert!((0.0..=1.0).contains(&alive), "p_alive {alive} for x {}", x[i]);
         if let Some(expected) = bgnbd::expected_purchases(&fit.params, 52.0, x[i], t_x[i], t[i]) {
-            assert!(expected.is_finite() && expected >= 0.0, "expected {expected} for x {}", x[i]);
+            assert!(
+                expected.is_finite() && expected >= 0.0,
+                "expected {expected} for x {}",
+                x[i]
+            );
         }
     }
 }
 
 #[test]
 fn spend_model_with_q_at_most_one_has_no_order_value() {
-    let params = gamma_gamma::Params { p: 2.0, q: 0.9, v: 10.0 };
+    let params = gamma_gamma::Params {
+        p: 2.0,
+        q: 0.9,
+        v: 10.0,
+    };
     assert_eq!(gamma_gamma::expected_order_value(&params, 3.0, 20.0), None);
 }

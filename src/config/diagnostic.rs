@@ -145,10 +145,7 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         let keys = ["bins", "monetary", "granularity"];
-        assert_eq!(
-            suggest("bns", keys).as_deref(),
-            Some("did you mean `bins`?")
-        );
+        assert_eq!(suggest("bns", keys).as_deref(), Some("did you mean `bins`?"));
         assert_eq!(
             suggest("granularty", keys).as_deref(),
             Some("did you mean `granularity`?")

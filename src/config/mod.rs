@@ -41,9 +41,7 @@ impl FromStr for AsOf {
             "last_order" => Ok(AsOf::LastOrder),
             _ => NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .map(AsOf::Date)
-                .map_err(|_| {
-                    format!("`{text}` is not a date (YYYY-MM-DD), `today`, `yesterday` or `last_order`")
-                }),
+                .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD), `today`, `yesterday` or `last_order`")),
         }
     }
 }
@@ -189,9 +187,15 @@ mod tests {
     #[test]
     fn paths_resolve_against_the_config_folder() {
         assert_eq!(resolve_path(Path::new("pipelines"), "../out"), PathBuf::from("out"));
-        assert_eq!(resolve_path(Path::new("."), "../data/x.parquet"), PathBuf::from("../data/x.parquet"));
+        assert_eq!(
+            resolve_path(Path::new("."), "../data/x.parquet"),
+            PathBuf::from("../data/x.parquet")
+        );
         assert_eq!(resolve_path(Path::new("/etc/p"), "/abs/x"), PathBuf::from("/abs/x"));
-        assert_eq!(resolve_path(Path::new("a/b"), "./c/*.parquet"), PathBuf::from("a/b/c/*.parquet"));
+        assert_eq!(
+            resolve_path(Path::new("a/b"), "./c/*.parquet"),
+            PathBuf::from("a/b/c/*.parquet")
+        );
     }
 
     #[test]
@@ -206,13 +210,7 @@ mod tests {
 }
 
 const TOP_KEYS: &[&str] = &["pipeline", "sources", "stages"];
-const PIPELINE_KEYS: &[&str] = &[
-    "name",
-    "as_of",
-    "timezone",
-    "output_dir",
-    "max_rejected_fraction",
-];
+const PIPELINE_KEYS: &[&str] = &["name", "as_of", "timezone", "output_dir", "max_rejected_fraction"];
 const SOURCE_KEYS: &[&str] = &["path", "include", "naive_timestamps_are", "columns"];
 const STAGE_COMMON_KEYS: &[&str] = &["kind", "input", "output", "output_prefix"];
 
@@ -242,12 +240,7 @@ pub fn load(path: &Path) -> (Option<Config>, Diagnostics) {
     (Some(config), diagnostics)
 }
 
-fn parse_document(
-    path: &Path,
-    source: &str,
-    document: &ImDocument<String>,
-    diagnostics: &mut Diagnostics,
-) -> Config {
+fn parse_document(path: &Path, source: &str, document: &ImDocument<String>, diagnostics: &mut Diagnostics) -> Config {
     let dir = path
         .parent()
         .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
@@ -366,8 +359,10 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
 pub fn validate_timezone(zone: &str) -> Result<(), Option<String>> {
     match chrono_tz::Tz::from_str(zone) {
         Ok(_) => Ok(()),
-        Err(_) => Err(diagnostic::suggest(zone, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()))
-            .or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into()))),
+        Err(_) => Err(
+            diagnostic::suggest(zone, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()))
+                .or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into())),
+        ),
     }
 }
 
@@ -397,11 +392,8 @@ fn parse_source(
         None => Some(ColumnMap::default()),
         Some(item) => match item.as_table_like() {
             Some(columns_table) => {
-                let columns_reader = TableReader::new(
-                    columns_table,
-                    format!("`columns` of source `{name}`"),
-                    item_span(item),
-                );
+                let columns_reader =
+                    TableReader::new(columns_table, format!("`columns` of source `{name}`"), item_span(item));
                 columns_reader.options::<ColumnMap>(&[], diagnostics)
             }
             None => {
@@ -425,9 +417,14 @@ fn parse_source(
                         format!("`include` of source `{name}` filters on `{logical}`, which is not a mapped column"),
                         reader.value_span("include"),
                     )
-                    .with_help(diagnostic::suggest(logical, mapped.iter().copied()).or_else(|| {
-                        Some(format!("map it under `[sources.{name}.columns]`; mapped: {}", backticked(&mapped)))
-                    })),
+                    .with_help(diagnostic::suggest(logical, mapped.iter().copied()).or_else(
+                        || {
+                            Some(format!(
+                                "map it under `[sources.{name}.columns]`; mapped: {}",
+                                backticked(&mapped)
+                            ))
+                        },
+                    )),
                 );
             }
         }
@@ -480,7 +477,10 @@ fn parse_stage(
             (stages::InputKind::Source, 1) => sources.keys().cloned().collect(),
             _ => {
                 diagnostics.error(
-                    format!("stage `{name}` is missing required key `input` ({})", kind.input.describe()),
+                    format!(
+                        "stage `{name}` is missing required key `input` ({})",
+                        kind.input.describe()
+                    ),
                     span.clone(),
                 );
                 Vec::new()

@@ -36,10 +36,7 @@ impl<'a> TableReader<'a> {
     }
 
     pub fn value_span(&self, key: &str) -> Option<Range<usize>> {
-        self.table
-            .get(key)
-            .and_then(item_span)
-            .or_else(|| self.key_span(key))
+        self.table.get(key).and_then(item_span).or_else(|| self.key_span(key))
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -53,13 +50,10 @@ impl<'a> TableReader<'a> {
             if !known.contains(&key.as_str()) {
                 ok = false;
                 diagnostics.push(
-                    Diagnostic::new(
-                        format!("{} has no key `{key}`", self.context),
-                        self.key_span(&key),
-                    )
-                    .with_help(suggest(&key, known.iter().copied()).or_else(|| {
-                        Some(format!("valid keys: {}", backticked(known)))
-                    })),
+                    Diagnostic::new(format!("{} has no key `{key}`", self.context), self.key_span(&key)).with_help(
+                        suggest(&key, known.iter().copied())
+                            .or_else(|| Some(format!("valid keys: {}", backticked(known)))),
+                    ),
                 );
             }
         }
@@ -93,7 +87,10 @@ impl<'a> TableReader<'a> {
     /// A required key: records "missing key" when absent.
     pub fn require<T: DeserializeOwned>(&self, key: &str, diagnostics: &mut Diagnostics) -> Option<T> {
         if self.table.get(key).is_none() {
-            diagnostics.error(format!("{} is missing required key `{key}`", self.context), self.span.clone());
+            diagnostics.error(
+                format!("{} is missing required key `{key}`", self.context),
+                self.span.clone(),
+            );
             return None;
         }
         self.get(key, diagnostics)
@@ -101,11 +98,7 @@ impl<'a> TableReader<'a> {
 
     /// The table's keys except `skip` deserialized as an options struct. Unknown keys and each bad
     /// value are reported separately, at their own place, with suggestions.
-    pub fn options<T: DeserializeOwned + Default>(
-        &self,
-        skip: &[&str],
-        diagnostics: &mut Diagnostics,
-    ) -> Option<T> {
+    pub fn options<T: DeserializeOwned + Default>(&self, skip: &[&str], diagnostics: &mut Diagnostics) -> Option<T> {
         let fields = serde_aux::serde_introspection::serde_introspect::<T>();
         let mut known: Vec<&str> = skip.to_vec();
         known.extend(fields.iter().copied());
@@ -135,7 +128,11 @@ impl<'a> TableReader<'a> {
             Ok(options) => Some(options),
             Err(error) => {
                 diagnostics.error(
-                    format!("{} is invalid: {}", self.context, clean_serde_message(&error.to_string())),
+                    format!(
+                        "{} is invalid: {}",
+                        self.context,
+                        clean_serde_message(&error.to_string())
+                    ),
                     self.span.clone(),
                 );
                 None
@@ -221,9 +218,7 @@ fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `${{` in \"{text}\""))?;
+        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in \"{text}\""))?;
         let reference = &after[..end];
         let (name, default) = match reference.split_once(":-") {
             Some((name, default)) => (name, Some(default)),

@@ -105,10 +105,22 @@ impl ClvOptions {
     fn check(&self) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();
         if !(1..=600).contains(&self.horizon_months) {
-            errors.push(("horizon_months", format!("`horizon_months` must be between 1 and 600, got {}", self.horizon_months)));
+            errors.push((
+                "horizon_months",
+                format!(
+                    "`horizon_months` must be between 1 and 600, got {}",
+                    self.horizon_months
+                ),
+            ));
         }
         if !(0.0..=10.0).contains(&self.annual_discount_rate) {
-            errors.push(("annual_discount_rate", format!("`annual_discount_rate` must be between 0 and 10, got {}", self.annual_discount_rate)));
+            errors.push((
+                "annual_discount_rate",
+                format!(
+                    "`annual_discount_rate` must be between 0 and 10, got {}",
+                    self.annual_discount_rate
+                ),
+            ));
         }
         if !(self.margin > 0.0 && self.margin <= 10.0) {
             errors.push(("margin", format!("`margin` must be in (0, 10], got {}", self.margin)));
@@ -161,7 +173,17 @@ impl ModelRows {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, model: &'static str, parameter: &str, value: f64, std_error: Option<f64>, log_likelihood: Option<f64>, customers: f64, iterations: u64, converged: bool) {
+    fn push(
+        &mut self,
+        model: &'static str,
+        parameter: &str,
+        value: f64,
+        std_error: Option<f64>,
+        log_likelihood: Option<f64>,
+        customers: f64,
+        iterations: u64,
+        converged: bool,
+    ) {
         self.model.push(model);
         self.parameter.push(parameter.to_string());
         self.value.push(value);
@@ -175,7 +197,10 @@ impl ModelRows {
     fn into_frame(self, unit: TimeUnit) -> Result<DataFrame> {
         let n = self.model.len();
         Ok(DataFrame::new_infer_height(vec![
-            Column::new("model".into(), self.model.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            Column::new(
+                "model".into(),
+                self.model.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ),
             Column::new("parameter".into(), self.parameter),
             Column::new("value".into(), self.value),
             Column::new("std_error".into(), self.std_error),
@@ -198,21 +223,40 @@ struct Summary {
 
 fn summary(facts: &DataFrame, unit: TimeUnit) -> Result<Summary> {
     let int = |name: &str| -> Result<Vec<i64>> {
-        Ok(facts.column(name)?.cast(&DataType::Int64)?.i64()?.into_no_null_iter().collect())
+        Ok(facts
+            .column(name)?
+            .cast(&DataType::Int64)?
+            .i64()?
+            .into_no_null_iter()
+            .collect())
     };
     let days = unit.days();
     Ok(Summary {
         x: int("frequency")?.iter().map(|&x| x as u32).collect(),
         t_x: int("t_x")?.iter().map(|&d| d as f64 / days).collect(),
         t: int("T")?.iter().map(|&d| d as f64 / days).collect(),
-        monetary: facts.column("monetary_value")?.f64()?.iter().map(|v| v.unwrap_or(0.0)).collect(),
+        monetary: facts
+            .column("monetary_value")?
+            .f64()?
+            .iter()
+            .map(|v| v.unwrap_or(0.0))
+            .collect(),
     })
 }
 
 fn bgnbd_rows(rows: &mut ModelRows, fit: &bgnbd::Fit, customers: f64) {
     let names = ["r", "alpha", "a", "b"];
     for (k, value) in fit.params.as_array().iter().enumerate() {
-        rows.push("bgnbd", names[k], *value, fit.std_errors.map(|e| e[k]), Some(fit.log_likelihood), customers, fit.iterations, fit.converged);
+        rows.push(
+            "bgnbd",
+            names[k],
+            *value,
+            fit.std_errors.map(|e| e[k]),
+            Some(fit.log_likelihood),
+            customers,
+            fit.iterations,
+            fit.converged,
+        );
     }
 }
 
@@ -232,7 +276,11 @@ impl Stage for ClvOptions {
         }
         let data = summary(facts, self.time_unit)?;
         let (patterns, pattern_of) = bgnbd::Patterns::compress_indexed(&data.x, &data.t_x, &data.t);
-        tracing::info!("clv: fitting BG/NBD on {} customers in {} patterns", data.x.len(), patterns.len());
+        tracing::info!(
+            "clv: fitting BG/NBD on {} customers in {} patterns",
+            data.x.len(),
+            patterns.len()
+        );
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
         let mut rows = ModelRows::new();
@@ -247,8 +295,19 @@ impl Stage for ClvOptions {
             bgnbd_rows(&mut rows, &fit, patterns.customers());
             Some(fit)
         } else {
-            tracing::warn!("clv: no customer has a repeat purchase; BG/NBD is not identifiable, expected purchases are 0");
-            rows.push("bgnbd", "repeat_customers", 0.0, None, None, patterns.customers(), 0, false);
+            tracing::warn!(
+                "clv: no customer has a repeat purchase; BG/NBD is not identifiable, expected purchases are 0"
+            );
+            rows.push(
+                "bgnbd",
+                "repeat_customers",
+                0.0,
+                None,
+                None,
+                patterns.customers(),
+                0,
+                false,
+            );
             None
         };
 
@@ -267,8 +326,13 @@ impl Stage for ClvOptions {
             Some(spend_fit) if spend_fit.params.q > 1.0 && spend_fit.converged => Some(spend_fit.params),
             _ => {
                 let why = match &spend_fit {
-                    None => format!("no repeat customer has a positive monetary value ({} repeat customers)", spend.x.len()),
-                    Some(f) if f.params.q <= 1.0 => format!("q = {:.4} ≤ 1: expected order values are unbounded", f.params.q),
+                    None => format!(
+                        "no repeat customer has a positive monetary value ({} repeat customers)",
+                        spend.x.len()
+                    ),
+                    Some(f) if f.params.q <= 1.0 => {
+                        format!("q = {:.4} ≤ 1: expected order values are unbounded", f.params.q)
+                    }
                     Some(_) => "the Gamma-Gamma fit did not converge".to_string(),
                 };
                 if self.invalid_spend_model == InvalidSpendModel::Error {
@@ -281,20 +345,48 @@ impl Stage for ClvOptions {
         if let Some(spend_fit) = &spend_fit {
             let names = ["p", "q", "v"];
             for (k, value) in spend_fit.params.as_array().iter().enumerate() {
-                rows.push("gamma_gamma", names[k], *value, spend_fit.std_errors.map(|e| e[k]), Some(spend_fit.log_likelihood), spend.x.len() as f64, spend_fit.iterations, spend_fit.converged && spend_params.is_some());
+                rows.push(
+                    "gamma_gamma",
+                    names[k],
+                    *value,
+                    spend_fit.std_errors.map(|e| e[k]),
+                    Some(spend_fit.log_likelihood),
+                    spend.x.len() as f64,
+                    spend_fit.iterations,
+                    spend_fit.converged && spend_params.is_some(),
+                );
             }
             // The model assumes spend independent of frequency: report how far that holds.
-            rows.push("gamma_gamma", "corr_frequency_monetary", correlation(&spend.x, &spend.m), None, None, spend.x.len() as f64, 0, true);
+            rows.push(
+                "gamma_gamma",
+                "corr_frequency_monetary",
+                correlation(&spend.x, &spend.m),
+                None,
+                None,
+                spend.x.len() as f64,
+                0,
+                true,
+            );
         }
 
         // Scores per pattern, in parallel, then per customer.
         let unit_months = DAYS_PER_MONTH / self.time_unit.days();
         let horizon = self.horizon_months as usize;
         let Some(params) = fit.as_ref().map(|fit| fit.params) else {
-            return self.finish(facts, &data, vec![(1.0, Some(0.0), Some(vec![0.0; horizon + 1]))], &vec![0; data.x.len()], spend_params, rows, shared);
+            return self.finish(
+                facts,
+                &data,
+                vec![(1.0, Some(0.0), Some(vec![0.0; horizon + 1]))],
+                &vec![0; data.x.len()],
+                spend_params,
+                rows,
+                shared,
+            );
         };
         // The 2F1 factor depends on (x, T) only: compute it once per distinct pair and month.
-        let mut pairs: Vec<(u32, u64)> = (0..patterns.len()).map(|i| (patterns.x[i], patterns.t[i].to_bits())).collect();
+        let mut pairs: Vec<(u32, u64)> = (0..patterns.len())
+            .map(|i| (patterns.x[i], patterns.t[i].to_bits()))
+            .collect();
         pairs.sort_unstable();
         pairs.dedup();
         let hyp_terms: Vec<Vec<Option<f64>>> = pairs
@@ -316,7 +408,9 @@ impl Stage for ClvOptions {
                 let cumulative: Option<Vec<f64>> = (0..=horizon)
                     .map(|m| match m {
                         0 => Some(0.0),
-                        _ => hyp[m - 1].and_then(|ln_hyp| bgnbd::expected_from_hyp(&params, m as f64 * unit_months, x, t_x, t, ln_hyp)),
+                        _ => hyp[m - 1].and_then(|ln_hyp| {
+                            bgnbd::expected_from_hyp(&params, m as f64 * unit_months, x, t_x, t, ln_hyp)
+                        }),
                     })
                     .collect();
                 let total = cumulative.as_ref().map(|c| c[horizon]);
@@ -357,13 +451,17 @@ impl ClvOptions {
             let (alive, total, cumulative) = &scored[pattern_of[i] as usize];
             p_alive.push(finite(*alive));
             expected.push(total.and_then(finite));
-            let value = spend_params.and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0))).and_then(finite);
+            let value = spend_params
+                .and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0)))
+                .and_then(finite);
             order_value.push(value);
             let customer_clv = match (value, cumulative) {
                 (Some(value), Some(cumulative)) => finite(
                     self.margin
                         * (1..=horizon)
-                            .map(|m| value * (cumulative[m] - cumulative[m - 1]) / (1.0 + monthly_discount).powi(m as i32))
+                            .map(|m| {
+                                value * (cumulative[m] - cumulative[m - 1]) / (1.0 + monthly_discount).powi(m as i32)
+                            })
                             .sum::<f64>(),
                 ),
                 _ => None,
@@ -371,7 +469,16 @@ impl ClvOptions {
             clv.push(customer_clv);
         }
         let nulls = clv.iter().filter(|v| v.is_none()).count();
-        rows.push("clv", "customers_with_null_clv", nulls as f64, None, None, n as f64, 0, nulls == 0);
+        rows.push(
+            "clv",
+            "customers_with_null_clv",
+            nulls as f64,
+            None,
+            None,
+            n as f64,
+            0,
+            nulls == 0,
+        );
         let customers = DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
             Column::new("frequency".into(), data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
@@ -415,7 +522,12 @@ pub fn correlation(xs: &[f64], ys: &[f64]) -> f64 {
 }
 
 /// Fit on purchase days up to `end`, predict repeat purchases in (end, as_of], compare.
-fn validate(shared: &crate::prepare::SharedTables, end: NaiveDate, options: &ClvOptions, rows: &mut ModelRows) -> Result<DataFrame> {
+fn validate(
+    shared: &crate::prepare::SharedTables,
+    end: NaiveDate,
+    options: &ClvOptions,
+    rows: &mut ModelRows,
+) -> Result<DataFrame> {
     if end >= shared.as_of {
         bail!("calibration_end {end} must be before as_of {}", shared.as_of);
     }
@@ -471,18 +583,38 @@ fn validate(shared: &crate::prepare::SharedTables, end: NaiveDate, options: &Clv
     let mut calibration_rows = ModelRows::new();
     bgnbd_rows(&mut calibration_rows, &fit, patterns.customers());
     for k in 0..calibration_rows.model.len() {
-        rows.push("bgnbd_calibration", &calibration_rows.parameter[k], calibration_rows.value[k], calibration_rows.std_error[k], calibration_rows.log_likelihood[k], calibration_rows.customers[k] as f64, calibration_rows.iterations[k] as u64, calibration_rows.converged[k]);
+        rows.push(
+            "bgnbd_calibration",
+            &calibration_rows.parameter[k],
+            calibration_rows.value[k],
+            calibration_rows.std_error[k],
+            calibration_rows.log_likelihood[k],
+            calibration_rows.customers[k] as f64,
+            calibration_rows.iterations[k] as u64,
+            calibration_rows.converged[k],
+        );
     }
     let holdout = (as_of_days - end_days) as f64 / unit;
     let predicted: Vec<f64> = (0..x.len())
         .into_par_iter()
         .map(|i| bgnbd::expected_purchases(&fit.params, holdout, x[i], t_x[i], t[i]).unwrap_or(f64::NAN))
         .collect();
-    let buckets: Vec<String> = x.iter().map(|&x| if x >= 7 { "7+".to_string() } else { x.to_string() }).collect();
+    let buckets: Vec<String> = x
+        .iter()
+        .map(|&x| if x >= 7 { "7+".to_string() } else { x.to_string() })
+        .collect();
     let mut names: Vec<String> = (0..7).map(|b| b.to_string()).collect();
     names.push("7+".into());
     names.push("all".into());
-    let mut columns: (Vec<String>, Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<Option<f64>>) = Default::default();
+    let mut columns: (
+        Vec<String>,
+        Vec<i64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<Option<f64>>,
+    ) = Default::default();
     for name in &names {
         let members: Vec<usize> = (0..x.len())
             .filter(|&i| (name == "all" || &buckets[i] == name) && predicted[i].is_finite())

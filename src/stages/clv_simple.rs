@@ -60,14 +60,23 @@ impl ClvSimpleOptions {
         }
         if let Some(years) = self.lifespan_years {
             if !(years > 0.0 && years.is_finite()) {
-                errors.push(("lifespan_years", format!("`lifespan_years` must be positive, got {years}")));
+                errors.push((
+                    "lifespan_years",
+                    format!("`lifespan_years` must be positive, got {years}"),
+                ));
             }
         }
         if !(self.max_lifespan_years > 0.0 && self.max_lifespan_years.is_finite()) {
-            errors.push(("max_lifespan_years", format!("`max_lifespan_years` must be positive, got {}", self.max_lifespan_years)));
+            errors.push((
+                "max_lifespan_years",
+                format!("`max_lifespan_years` must be positive, got {}", self.max_lifespan_years),
+            ));
         }
         if !(self.min_tenure_years > 0.0 && self.min_tenure_years.is_finite()) {
-            errors.push(("min_tenure_years", format!("`min_tenure_years` must be positive, got {}", self.min_tenure_years)));
+            errors.push((
+                "min_tenure_years",
+                format!("`min_tenure_years` must be positive, got {}", self.min_tenure_years),
+            ));
         }
         errors
     }
@@ -103,7 +112,12 @@ impl Stage for ClvSimpleOptions {
         let lifespan = match self.lifespan_years {
             Some(years) => years,
             None => {
-                let states = lifecycle(&shared.customer_facts, &shared.customer_periods, shared.as_of, &self.lifecycle_options())?;
+                let states = lifecycle(
+                    &shared.customer_facts,
+                    &shared.customer_periods,
+                    shared.as_of,
+                    &self.lifecycle_options(),
+                )?;
                 let crr: Vec<f64> = states.crr.iter().filter_map(|(_, crr)| *crr).collect();
                 match annual_churn(&crr) {
                     Some(churn) if churn > 0.0 => (1.0 / churn).min(self.max_lifespan_years),

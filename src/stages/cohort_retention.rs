@@ -94,7 +94,10 @@ pub fn cohort_retention(
         .clone()
         .group_by(cohort_keys.clone())
         .agg([len().cast(DataType::Int64).alias("cohort_customers")])
-        .sort_by_exprs(cohort_keys.clone(), SortMultipleOptions::default().with_nulls_last(true))
+        .sort_by_exprs(
+            cohort_keys.clone(),
+            SortMultipleOptions::default().with_nulls_last(true),
+        )
         .collect()?;
 
     // Activity per customer and period, then per cell.
@@ -103,14 +106,23 @@ pub fn cohort_retention(
     let activity = periods
         .clone()
         .lazy()
-        .join(customers.clone(), [col("customer_key")], [col("customer_key")], JoinArgs::new(JoinType::Inner))
+        .join(
+            customers.clone(),
+            [col("customer_key")],
+            [col("customer_key")],
+            JoinArgs::new(JoinType::Inner),
+        )
         .with_column((granularity.index_expr(col("date")) - col("cohort_index")).alias("period_index"))
         .filter(col("period_index").gt_eq(lit(0)))
         .group_by(per_customer_keys)
         .agg([col("purchases").sum(), col("revenue_micros").sum()])
         .group_by(cell_keys.clone())
         .agg([
-            col("purchases").gt(lit(0)).cast(DataType::Int64).sum().alias("active_customers"),
+            col("purchases")
+                .gt(lit(0))
+                .cast(DataType::Int64)
+                .sum()
+                .alias("active_customers"),
             col("purchases").sum().cast(DataType::Int64).alias("orders"),
             col("revenue_micros").sum().alias("revenue_micros"),
         ]);
@@ -155,13 +167,10 @@ pub fn cohort_retention(
         .sort_by_exprs(sort_keys.clone(), SortMultipleOptions::default().with_nulls_last(true))
         .with_columns([
             (col("active_customers").cast(DataType::Float64) / customers_f()).alias("retention"),
-            (unbounded_active.cast(DataType::Float64) / customers_f())
-                .alias("unbounded_retention"),
+            (unbounded_active.cast(DataType::Float64) / customers_f()).alias("unbounded_retention"),
             (col("revenue") / customers_f()).alias("revenue_per_customer"),
         ])
-        .with_column(
-            cumulative_revenue.alias("cumulative_revenue_per_customer"),
-        )
+        .with_column(cumulative_revenue.alias("cumulative_revenue_per_customer"))
         .select(output)
         .sort_by_exprs(sort_keys, SortMultipleOptions::default().with_nulls_last(true))
         .collect()?;
@@ -178,7 +187,9 @@ fn dense_grid(sizes: &DataFrame, as_of: chrono::NaiveDate, granularity: Granular
     let mut period_start: Vec<i32> = Vec::new();
     let mut complete: Vec<bool> = Vec::new();
     for (row, index) in cohort_index.iter().enumerate() {
-        let Some(index) = index else { bail!("a customer has no first purchase date") };
+        let Some(index) = index else {
+            bail!("a customer has no first purchase date")
+        };
         for offset in 0..=(as_of_index - index).max(0) {
             take.push(row as IdxSize);
             period_index.push(offset);

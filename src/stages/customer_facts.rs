@@ -24,7 +24,10 @@ pub static KIND: Kind = Kind {
 
 impl Stage for CustomerFactsOptions {
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>> {
-        let facts = inputs.shared()?.customer_facts.drop_many(["customer_key", "revenue_micros"]);
+        let facts = inputs
+            .shared()?
+            .customer_facts
+            .drop_many(["customer_key", "revenue_micros"]);
         Ok(vec![facts])
     }
 }

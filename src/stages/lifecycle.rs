@@ -48,7 +48,10 @@ impl LifecycleOptions {
         if self.churn_days <= self.active_days {
             errors.push((
                 "churn_days",
-                format!("`churn_days` ({}) must be greater than `active_days` ({})", self.churn_days, self.active_days),
+                format!(
+                    "`churn_days` ({}) must be greater than `active_days` ({})",
+                    self.churn_days, self.active_days
+                ),
             ));
         }
         errors
@@ -118,7 +121,11 @@ pub fn windows(first: NaiveDate, as_of: NaiveDate, granularity: Granularity) -> 
     let last_index = granularity.index_of(as_of);
     (first_index..=last_index)
         .map(|index| {
-            let end = if index == last_index { as_of } else { granularity.end_of(index) };
+            let end = if index == last_index {
+                as_of
+            } else {
+                granularity.end_of(index)
+            };
             (to_days(granularity.start_of(index)), to_days(end))
         })
         .collect()
@@ -166,14 +173,23 @@ pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOp
 }
 
 /// Snapshots and per-customer stages from the shared tables.
-pub fn lifecycle(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options: &LifecycleOptions) -> Result<Lifecycle> {
+pub fn lifecycle(
+    facts: &DataFrame,
+    periods: &DataFrame,
+    as_of: NaiveDate,
+    options: &LifecycleOptions,
+) -> Result<Lifecycle> {
     let purchase_days = periods
         .clone()
         .lazy()
         .filter(col("purchases").gt(lit(0)))
         .select([col("customer_key"), col("date").cast(DataType::Int32)])
         .collect()?;
-    let keys: Vec<u32> = purchase_days.column("customer_key")?.u32()?.into_no_null_iter().collect();
+    let keys: Vec<u32> = purchase_days
+        .column("customer_key")?
+        .u32()?
+        .into_no_null_iter()
+        .collect();
     let dates: Vec<i32> = purchase_days.column("date")?.i32()?.into_no_null_iter().collect();
     let customers = facts.height();
     // offsets[k]..offsets[k + 1] are customer k's purchase days (keys are dense and sorted).
@@ -196,7 +212,11 @@ pub fn lifecycle(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, optio
             let mut stages = Vec::with_capacity(chunk_keys.len());
             for &key in chunk_keys {
                 let days = &dates[offsets[key]..offsets[key + 1]];
-                let stage = if days.is_empty() { CHURNED } else { walk_customer(days, &windows, options, &mut tallies) };
+                let stage = if days.is_empty() {
+                    CHURNED
+                } else {
+                    walk_customer(days, &windows, options, &mut tallies)
+                };
                 stages.push(stage as u8);
             }
             (tallies, stages)
@@ -234,7 +254,10 @@ pub fn lifecycle(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, optio
         Column::new("new_customers".into(), count(&|t| t.stages[NEW])),
         Column::new("retained_customers".into(), count(&|t| t.retained)),
         Column::new("crr".into(), crr.clone()),
-        Column::new("churn_rate".into(), crr.iter().map(|c| c.map(|v| 1.0 - v)).collect::<Vec<_>>()),
+        Column::new(
+            "churn_rate".into(),
+            crr.iter().map(|c| c.map(|v| 1.0 - v)).collect::<Vec<_>>(),
+        ),
     ]);
     let snapshots = DataFrame::new_infer_height(columns)?;
 
@@ -245,7 +268,8 @@ pub fn lifecycle(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, optio
         .select([
             col("customer_id"),
             lit(Series::new("stage".into(), customer_stage)).alias("stage"),
-            (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64)).alias("days_since_last_purchase"),
+            (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64))
+                .alias("days_since_last_purchase"),
         ])
         .collect()?;
     Ok(Lifecycle {

@@ -4,9 +4,9 @@
 //! other stages' output tables) and its typed options to its output tables. Adding a kind is one
 //! file here plus one line in `KINDS`.
 
-pub mod cohort_retention;
 pub mod clv;
 pub mod clv_simple;
+pub mod cohort_retention;
 pub mod customer_facts;
 pub mod lifecycle;
 pub mod repeat;
@@ -17,7 +17,7 @@ use std::fmt::Debug;
 
 use polars::prelude::DataFrame;
 
-use crate::config::{Diagnostics, reader::TableReader};
+use crate::config::{reader::TableReader, Diagnostics};
 use crate::prepare::SharedTables;
 
 /// What a kind reads.
@@ -98,11 +98,7 @@ pub fn kind(name: &str) -> Option<&'static Kind> {
 }
 
 /// Parse a kind's options struct from the stage table: the common parse function of most kinds.
-pub fn parse_options<T>(
-    reader: &TableReader,
-    common: &[&str],
-    diagnostics: &mut Diagnostics,
-) -> Option<T>
+pub fn parse_options<T>(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<T>
 where
     T: serde::de::DeserializeOwned + Default,
 {

@@ -44,16 +44,25 @@ impl RepeatOptions {
     fn check(&self) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();
         if self.within_days.is_empty() || self.within_days.contains(&0) {
-            errors.push(("within_days", format!("`within_days` needs positive day counts, got {:?}", self.within_days)));
+            errors.push((
+                "within_days",
+                format!("`within_days` needs positive day counts, got {:?}", self.within_days),
+            ));
         }
         let mut sorted = self.within_days.clone();
         sorted.sort();
         sorted.dedup();
         if sorted.len() != self.within_days.len() {
-            errors.push(("within_days", format!("`within_days` has duplicates: {:?}", self.within_days)));
+            errors.push((
+                "within_days",
+                format!("`within_days` has duplicates: {:?}", self.within_days),
+            ));
         }
         if !(1..=100).contains(&self.max_purchases) {
-            errors.push(("max_purchases", format!("`max_purchases` must be between 1 and 100, got {}", self.max_purchases)));
+            errors.push((
+                "max_purchases",
+                format!("`max_purchases` must be between 1 and 100, got {}", self.max_purchases),
+            ));
         }
         errors
     }
@@ -94,7 +103,11 @@ fn purchase_dates(facts: &DataFrame, periods: &DataFrame, k_max: u32) -> Result<
     let mut kth_dates: Vec<Vec<Option<i32>>> = vec![vec![None; customers]; k_max as usize];
     let mut current = u32::MAX;
     let mut running = 0i64;
-    for ((key, date), count) in keys.into_no_null_iter().zip(dates.into_no_null_iter()).zip(purchases.into_no_null_iter()) {
+    for ((key, date), count) in keys
+        .into_no_null_iter()
+        .zip(dates.into_no_null_iter())
+        .zip(purchases.into_no_null_iter())
+    {
         if key != current {
             current = key;
             running = 0;
@@ -116,7 +129,12 @@ fn purchase_dates(facts: &DataFrame, periods: &DataFrame, k_max: u32) -> Result<
 }
 
 /// The summary and transitions tables.
-pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options: &RepeatOptions) -> Result<Vec<DataFrame>> {
+pub fn repeat(
+    facts: &DataFrame,
+    periods: &DataFrame,
+    as_of: NaiveDate,
+    options: &RepeatOptions,
+) -> Result<Vec<DataFrame>> {
     let k_max = options.max_purchases.max(1) + 1;
     let as_of_days = to_days(as_of);
     let days = |expr: Expr| expr.cast(DataType::Int32);
@@ -127,7 +145,10 @@ pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options:
     let per_customer = base
         .lazy()
         .with_columns([
-            options.cohort_granularity.index_expr(col("first_purchase_date")).alias("cohort_index"),
+            options
+                .cohort_granularity
+                .index_expr(col("first_purchase_date"))
+                .alias("cohort_index"),
             (days(col(kth(2).as_str())) - days(col("first_purchase_date"))).alias("days_to_second"),
             when(col("orders").gt_eq(lit(2i64)))
                 .then(
@@ -144,15 +165,27 @@ pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options:
     let customers_f = || len().cast(DataType::Float64);
     let mut aggs = vec![
         len().cast(DataType::Int64).alias("customers"),
-        col("orders").gt_eq(lit(2i64)).cast(DataType::Int64).sum().alias("repeat_customers"),
+        col("orders")
+            .gt_eq(lit(2i64))
+            .cast(DataType::Int64)
+            .sum()
+            .alias("repeat_customers"),
         (col("orders").gt_eq(lit(2i64)).cast(DataType::Float64).sum() / customers_f()).alias("repeat_customer_rate"),
     ];
     for &n in &options.within_days {
         let observed = col("observed_days").gt_eq(lit(n as i32));
-        let repeated = observed.clone().and(col("days_to_second").lt_eq(lit(n as i32)).fill_null(lit(false)));
+        let repeated = observed
+            .clone()
+            .and(col("days_to_second").lt_eq(lit(n as i32)).fill_null(lit(false)));
         let observed_count = observed.cast(DataType::Int64).sum();
         aggs.push(observed_count.clone().alias(format!("customers_observed_{n}d")));
-        aggs.push(repeated.clone().cast(DataType::Int64).sum().alias(format!("repeat_customers_{n}d")));
+        aggs.push(
+            repeated
+                .clone()
+                .cast(DataType::Int64)
+                .sum()
+                .alias(format!("repeat_customers_{n}d")),
+        );
         aggs.push(
             when(observed_count.clone().gt(lit(0i64)))
                 .then(repeated.cast(DataType::Float64).sum() / observed_count.cast(DataType::Float64))
@@ -163,10 +196,16 @@ pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options:
     let gap = || col("days_to_second").cast(DataType::Float64);
     aggs.extend([
         gap().median().alias("days_to_second_median"),
-        gap().quantile(lit(0.25), QuantileMethod::Linear).alias("days_to_second_p25"),
-        gap().quantile(lit(0.75), QuantileMethod::Linear).alias("days_to_second_p75"),
+        gap()
+            .quantile(lit(0.25), QuantileMethod::Linear)
+            .alias("days_to_second_p25"),
+        gap()
+            .quantile(lit(0.75), QuantileMethod::Linear)
+            .alias("days_to_second_p75"),
         gap().mean().alias("days_to_second_mean"),
-        col("days_between_purchases").mean().alias("mean_days_between_purchases"),
+        col("days_between_purchases")
+            .mean()
+            .alias("mean_days_between_purchases"),
     ]);
     // Overall = one group with a null cohort, so both parts have the same columns.
     let overall_key = || lit(NULL).cast(DataType::Int32).alias("cohort_index");
@@ -177,7 +216,14 @@ pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options:
         .group_by([col("cohort_index")])
         .agg(aggs)
         .sort(["cohort_index"], SortMultipleOptions::default());
-    let summary = concat([overall, by_cohort], UnionArgs { to_supertypes: true, ..Default::default() })?.collect()?;
+    let summary = concat(
+        [overall, by_cohort],
+        UnionArgs {
+            to_supertypes: true,
+            ..Default::default()
+        },
+    )?
+    .collect()?;
     let summary = with_cohort_dates(summary, options.cohort_granularity)?;
 
     // Transitions P(k+1 | k) with censoring.
@@ -191,21 +237,39 @@ pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options:
             at_k.cast(DataType::Int64).sum().alias("customers_at_k"),
             next.cast(DataType::Int64).sum().alias("customers_at_k_plus_1"),
         ];
-        frames.push(per_customer.clone().lazy().group_by([overall_key()]).agg(transition_aggs.clone()));
-        frames.push(per_customer.clone().lazy().group_by([col("cohort_index")]).agg(transition_aggs));
+        frames.push(
+            per_customer
+                .clone()
+                .lazy()
+                .group_by([overall_key()])
+                .agg(transition_aggs.clone()),
+        );
+        frames.push(
+            per_customer
+                .clone()
+                .lazy()
+                .group_by([col("cohort_index")])
+                .agg(transition_aggs),
+        );
     }
-    let transitions = concat(frames, UnionArgs { to_supertypes: true, ..Default::default() })?
-        .with_column(
-            when(col("customers_at_k").gt(lit(0i64)))
-                .then(col("customers_at_k_plus_1").cast(DataType::Float64) / col("customers_at_k").cast(DataType::Float64))
-                .otherwise(lit(NULL).cast(DataType::Float64))
-                .alias("probability"),
-        )
-        .sort_by_exprs(
-            [col("cohort_index"), col("k")],
-            SortMultipleOptions::default().with_nulls_last(false),
-        )
-        .collect()?;
+    let transitions = concat(
+        frames,
+        UnionArgs {
+            to_supertypes: true,
+            ..Default::default()
+        },
+    )?
+    .with_column(
+        when(col("customers_at_k").gt(lit(0i64)))
+            .then(col("customers_at_k_plus_1").cast(DataType::Float64) / col("customers_at_k").cast(DataType::Float64))
+            .otherwise(lit(NULL).cast(DataType::Float64))
+            .alias("probability"),
+    )
+    .sort_by_exprs(
+        [col("cohort_index"), col("k")],
+        SortMultipleOptions::default().with_nulls_last(false),
+    )
+    .collect()?;
     let transitions = with_cohort_dates(transitions, options.cohort_granularity)?;
     Ok(vec![summary, transitions])
 }
@@ -213,7 +277,10 @@ pub fn repeat(facts: &DataFrame, periods: &DataFrame, as_of: NaiveDate, options:
 /// Replace `cohort_index` with `cohort` (the period's start date), first column.
 fn with_cohort_dates(frame: DataFrame, granularity: Granularity) -> Result<DataFrame> {
     let index = frame.column("cohort_index")?.i32()?;
-    let dates: Vec<Option<i32>> = index.iter().map(|i| i.map(|i| to_days(granularity.start_of(i)))).collect();
+    let dates: Vec<Option<i32>> = index
+        .iter()
+        .map(|i| i.map(|i| to_days(granularity.start_of(i))))
+        .collect();
     let mut frame = frame.drop("cohort_index")?;
     frame.insert_column(0, Column::new("cohort".into(), dates).cast(&DataType::Date)?)?;
     Ok(frame)

@@ -196,7 +196,13 @@ impl RfmOptions {
             for (name, range, bins) in [("r", rule.r, rb), ("f", rule.f, fb), ("m", rule.m, mb)] {
                 if let Some([lo, hi]) = range {
                     if lo < 1 || hi > bins || lo > hi {
-                        errors.push(("segments", format!("rule `{}`: `{name} = [{lo}, {hi}]` must be within 1..={bins}, low ≤ high", rule.segment)));
+                        errors.push((
+                            "segments",
+                            format!(
+                                "rule `{}`: `{name} = [{lo}, {hi}]` must be within 1..={bins}, low ≤ high",
+                                rule.segment
+                            ),
+                        ));
                     }
                 }
             }
@@ -217,7 +223,13 @@ impl RfmOptions {
                 }
             }
             if new_cells == 0 {
-                errors.push(("segments", format!("rule `{}` is fully shadowed by earlier rules: it can never match", rule.segment)));
+                errors.push((
+                    "segments",
+                    format!(
+                        "rule `{}` is fully shadowed by earlier rules: it can never match",
+                        rule.segment
+                    ),
+                ));
             }
         }
         let total = (rb * fb * mb) as usize;
@@ -230,7 +242,11 @@ impl RfmOptions {
                 .collect();
             errors.push((
                 "segments",
-                format!("segment rules leave {} of {total} score cells uncovered (e.g. R F M = {})", total - covered.len(), missing.join(", ")),
+                format!(
+                    "segment rules leave {} of {total} score cells uncovered (e.g. R F M = {})",
+                    total - covered.len(),
+                    missing.join(", ")
+                ),
             ));
         }
         errors
@@ -254,7 +270,9 @@ impl Stage for Rfm {
 fn score_expr(value: &str, options: &RfmOptions, cuts: Option<&[f64]>, higher_is_better: bool) -> Expr {
     let bins = options.bins as f64;
     let n = len().cast(DataType::Float64);
-    let formula = |rank: Expr| (lit(1.0) + (lit(bins) * (rank.cast(DataType::Float64) - lit(1.0)) / n.clone()).floor()).cast(DataType::Int32);
+    let formula = |rank: Expr| {
+        (lit(1.0) + (lit(bins) * (rank.cast(DataType::Float64) - lit(1.0)) / n.clone()).floor()).cast(DataType::Int32)
+    };
     match options.method {
         Method::RankMin => formula(col(value).rank(
             RankOptions {
@@ -281,7 +299,12 @@ fn score_expr(value: &str, options: &RfmOptions, cuts: Option<&[f64]>, higher_is
 }
 
 /// The three RFM tables from customer_facts.
-pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, rules: &[SegmentRule]) -> Result<Vec<DataFrame>> {
+pub fn rfm(
+    facts: &DataFrame,
+    as_of: chrono::NaiveDate,
+    options: &RfmOptions,
+    rules: &[SegmentRule],
+) -> Result<Vec<DataFrame>> {
     let as_of_days = crate::period::to_days(as_of) as i64;
     let monetary = match options.monetary {
         Monetary::Total => col("revenue"),
@@ -299,7 +322,11 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
     let scored = if options.method == Method::Ntile {
         // Equal-size bins: rank by a strict order (value, then customer_key) for each dimension.
         let mut frame = base.collect()?;
-        for (value, score, higher) in [("recency_days", "r_score", false), ("frequency", "f_score", true), ("monetary", "m_score", true)] {
+        for (value, score, higher) in [
+            ("recency_days", "r_score", false),
+            ("frequency", "f_score", true),
+            ("monetary", "m_score", true),
+        ] {
             let ordered = frame
                 .clone()
                 .lazy()
@@ -310,13 +337,21 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
                 .with_row_index("position", Some(1))
                 .select([
                     col("customer_key"),
-                    (lit(1.0) + (lit(options.bins as f64) * (col("position").cast(DataType::Float64) - lit(1.0)) / len().cast(DataType::Float64)).floor())
-                        .cast(DataType::Int32)
-                        .alias(score),
+                    (lit(1.0)
+                        + (lit(options.bins as f64) * (col("position").cast(DataType::Float64) - lit(1.0))
+                            / len().cast(DataType::Float64))
+                        .floor())
+                    .cast(DataType::Int32)
+                    .alias(score),
                 ]);
             frame = frame
                 .lazy()
-                .join(ordered, [col("customer_key")], [col("customer_key")], JoinArgs::new(JoinType::Left))
+                .join(
+                    ordered,
+                    [col("customer_key")],
+                    [col("customer_key")],
+                    JoinArgs::new(JoinType::Left),
+                )
                 .collect()?;
         }
         frame.lazy()
@@ -332,7 +367,9 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
         let mut condition = lit(true);
         for (score, range) in [("r_score", rule.r), ("f_score", rule.f), ("m_score", rule.m)] {
             if let Some([lo, hi]) = range {
-                condition = condition.and(col(score).gt_eq(lit(lo as i32))).and(col(score).lt_eq(lit(hi as i32)));
+                condition = condition
+                    .and(col(score).gt_eq(lit(lo as i32)))
+                    .and(col(score).lt_eq(lit(hi as i32)));
             }
         }
         segment = when(condition).then(lit(rule.segment.clone())).otherwise(segment);
@@ -346,11 +383,23 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
         .collect()?;
 
     let customers = scored.select([
-        "customer_id", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "rfm_score", "segment",
+        "customer_id",
+        "recency_days",
+        "frequency",
+        "monetary",
+        "r_score",
+        "f_score",
+        "m_score",
+        "rfm_score",
+        "segment",
     ])?;
 
     let mut threshold_frames = Vec::new();
-    for (dimension, value, score) in [("recency", "recency_days", "r_score"), ("frequency", "frequency", "f_score"), ("monetary", "monetary", "m_score")] {
+    for (dimension, value, score) in [
+        ("recency", "recency_days", "r_score"),
+        ("frequency", "frequency", "f_score"),
+        ("monetary", "monetary", "m_score"),
+    ] {
         threshold_frames.push(
             scored
                 .clone()
@@ -362,7 +411,13 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
                     len().cast(DataType::Int64).alias("customers"),
                 ])
                 .with_column(lit(dimension).alias("dimension"))
-                .select([col("dimension"), col("score"), col("min_value"), col("max_value"), col("customers")])
+                .select([
+                    col("dimension"),
+                    col("score"),
+                    col("min_value"),
+                    col("max_value"),
+                    col("customers"),
+                ])
                 .sort(["score"], SortMultipleOptions::default()),
         );
     }
@@ -380,7 +435,10 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
     let stats = scored.clone().lazy().group_by([col("segment")]).agg([
         len().cast(DataType::Int64).alias("customers"),
         col("revenue_micros").sum().alias("revenue_micros"),
-        col("recency_days").cast(DataType::Float64).mean().alias("mean_recency_days"),
+        col("recency_days")
+            .cast(DataType::Float64)
+            .mean()
+            .alias("mean_recency_days"),
         col("frequency").cast(DataType::Float64).mean().alias("mean_frequency"),
         col("monetary").mean().alias("mean_monetary"),
     ]);
@@ -395,7 +453,8 @@ pub fn rfm(facts: &DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions, ru
         .with_columns([
             (col("customers").cast(DataType::Float64) / lit(total_customers.max(1.0))).alias("share"),
             from_micros(col("revenue_micros")).alias("revenue"),
-            (col("revenue_micros").cast(DataType::Float64) / total_revenue.cast(DataType::Float64)).alias("revenue_share"),
+            (col("revenue_micros").cast(DataType::Float64) / total_revenue.cast(DataType::Float64))
+                .alias("revenue_share"),
         ])
         .sort(["segment_order"], SortMultipleOptions::default())
         .select([
@@ -421,7 +480,14 @@ mod tests {
         let options = RfmOptions::default();
         assert!(options.check().is_empty(), "{:?}", options.check());
         let rules = default_rules();
-        let pick = |r, f| rules.iter().find(|rule| rule.matches(r, f, 1)).unwrap().segment.as_str();
+        let pick = |r, f| {
+            rules
+                .iter()
+                .find(|rule| rule.matches(r, f, 1))
+                .unwrap()
+                .segment
+                .as_str()
+        };
         assert_eq!(pick(5, 1), "new_customers");
         assert_eq!(pick(5, 5), "champions");
         assert_eq!(pick(4, 1), "promising");
@@ -436,16 +502,32 @@ mod tests {
 
     #[test]
     fn shadowed_rules_and_uncovered_cells_are_errors() {
-        let rule = |segment: &str, r: Option<[u32; 2]>| SegmentRule { segment: segment.into(), r, f: None, m: None };
+        let rule = |segment: &str, r: Option<[u32; 2]>| SegmentRule {
+            segment: segment.into(),
+            r,
+            f: None,
+            m: None,
+        };
         let options = RfmOptions {
             bins: 3,
             segments: Some(vec![rule("top", Some([2, 3])), rule("also_top", Some([3, 3]))]),
             ..RfmOptions::default()
         };
         let errors: Vec<String> = options.check().into_iter().map(|(_, m)| m).collect();
-        assert!(errors.iter().any(|e| e.contains("rule `also_top` is fully shadowed")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("leave 9 of 27 score cells uncovered (e.g. R F M = 111")), "{errors:?}");
-        let no_rules = RfmOptions { bins: 4, ..RfmOptions::default() };
+        assert!(
+            errors.iter().any(|e| e.contains("rule `also_top` is fully shadowed")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("leave 9 of 27 score cells uncovered (e.g. R F M = 111")),
+            "{errors:?}"
+        );
+        let no_rules = RfmOptions {
+            bins: 4,
+            ..RfmOptions::default()
+        };
         assert!(no_rules.check()[0].1.contains("give `segments` rules"));
     }
 }

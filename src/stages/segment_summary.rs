@@ -36,7 +36,10 @@ pub static KIND: Kind = Kind {
 fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>> {
     let options = super::parse_options::<SegmentSummaryOptions>(reader, common, diagnostics)?;
     let errors = if options.by.is_empty() {
-        vec![("by", "`by` needs at least one per-customer column, e.g. `by = [\"segment\"]`".to_string())]
+        vec![(
+            "by",
+            "`by` needs at least one per-customer column, e.g. `by = [\"segment\"]`".to_string(),
+        )]
     } else {
         Vec::new()
     };
@@ -62,7 +65,10 @@ impl Stage for SegmentSummaryOptions {
             .collect()?;
         for (stage, kind, frames) in &inputs.upstream {
             let Some(index) = kind.customer_table else {
-                bail!("input stage `{stage}` (kind `{}`) has no per-customer table to summarise", kind.name);
+                bail!(
+                    "input stage `{stage}` (kind `{}`) has no per-customer table to summarise",
+                    kind.name
+                );
             };
             let upstream = &frames[index];
             let present: Vec<String> = table.get_column_names().iter().map(|n| n.to_string()).collect();
@@ -76,7 +82,12 @@ impl Stage for SegmentSummaryOptions {
             );
             table = table
                 .lazy()
-                .join(upstream.clone().lazy().select(columns), [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Left))
+                .join(
+                    upstream.clone().lazy().select(columns),
+                    [col("customer_id")],
+                    [col("customer_id")],
+                    JoinArgs::new(JoinType::Left),
+                )
                 .collect()?;
         }
         let available: Vec<String> = table
@@ -89,12 +100,20 @@ impl Stage for SegmentSummaryOptions {
             if !available.contains(column) {
                 bail!(
                     "column `{column}` is not in the per-customer tables of the inputs; available: {}",
-                    available.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                    available
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }
         let metrics: Vec<String> = if self.metrics.is_empty() {
-            DEFAULT_METRICS.iter().filter(|m| available.contains(&m.to_string())).map(|m| m.to_string()).collect()
+            DEFAULT_METRICS
+                .iter()
+                .filter(|m| available.contains(&m.to_string()))
+                .map(|m| m.to_string())
+                .collect()
         } else {
             self.metrics.clone()
         };
@@ -108,7 +127,13 @@ impl Stage for SegmentSummaryOptions {
             aggs.push(value().mean().alias(format!("mean_{metric}")));
             aggs.push(value().median().alias(format!("median_{metric}")));
         }
-        aggs.push(col("orders").gt_eq(lit(2i64)).cast(DataType::Float64).mean().alias("repeat_rate"));
+        aggs.push(
+            col("orders")
+                .gt_eq(lit(2i64))
+                .cast(DataType::Float64)
+                .mean()
+                .alias("repeat_rate"),
+        );
         let by: Vec<Expr> = self.by.iter().map(|c| col(c.as_str())).collect();
         let mut output: Vec<Expr> = by.clone();
         output.extend([col("customers"), col("share"), col("revenue"), col("revenue_share")]);
@@ -124,7 +149,8 @@ impl Stage for SegmentSummaryOptions {
             .with_columns([
                 (col("customers").cast(DataType::Float64) / lit(total_customers)).alias("share"),
                 from_micros(col("revenue_micros")).alias("revenue"),
-                (col("revenue_micros").cast(DataType::Float64) / col("revenue_micros").sum().cast(DataType::Float64)).alias("revenue_share"),
+                (col("revenue_micros").cast(DataType::Float64) / col("revenue_micros").sum().cast(DataType::Float64))
+                    .alias("revenue_share"),
             ])
             .sort_by_exprs(by, SortMultipleOptions::default().with_nulls_last(true))
             .select(output)

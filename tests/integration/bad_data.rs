@@ -23,8 +23,14 @@ fn fails_after_good_run(workspace: &Workspace, break_input: impl FnOnce(&Path)) 
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
-    assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "temporary files left: {names:?}");
-    assert!(!names.contains(&".pipeline.lock".to_string()), "lock left behind: {names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with(".tmp-")),
+        "temporary files left: {names:?}"
+    );
+    assert!(
+        !names.contains(&".pipeline.lock".to_string()),
+        "lock left behind: {names:?}"
+    );
     let manifest = manifest(&workspace.out());
     assert_eq!(manifest["status"], "failed");
     assert!(manifest["error"].as_str().unwrap().contains("source `orders`"));
@@ -40,18 +46,35 @@ fn rewrite(path: &Path, change: impl FnOnce(DataFrame) -> DataFrame) {
 fn missing_mapped_column() {
     let workspace = Workspace::with_tiny();
     let text = fails_after_good_run(&workspace, |path| {
-        rewrite(path, |frame| frame.drop("line_amount").unwrap().lazy().with_column(lit(1.0).alias("amount_eur")).collect().unwrap())
+        rewrite(path, |frame| {
+            frame
+                .drop("line_amount")
+                .unwrap()
+                .lazy()
+                .with_column(lit(1.0).alias("amount_eur"))
+                .collect()
+                .unwrap()
+        })
     });
     assert!(text.contains("source `orders`"), "{text}");
     assert!(text.contains("lines.parquet"), "{text}");
-    assert!(text.contains("column `line_amount` (mapped as `amount`) is not in the input"), "{text}");
+    assert!(
+        text.contains("column `line_amount` (mapped as `amount`) is not in the input"),
+        "{text}"
+    );
 }
 
 #[test]
 fn amount_stored_as_text() {
     let workspace = Workspace::with_tiny();
     let text = fails_after_good_run(&workspace, |path| {
-        rewrite(path, |frame| frame.lazy().with_column(col("line_amount").cast(DataType::String)).collect().unwrap())
+        rewrite(path, |frame| {
+            frame
+                .lazy()
+                .with_column(col("line_amount").cast(DataType::String))
+                .collect()
+                .unwrap()
+        })
     });
     assert!(
         text.contains("column `line_amount` (mapped as `amount`) has type str: expected a number"),
@@ -63,9 +86,18 @@ fn amount_stored_as_text() {
 fn ordered_at_stored_as_integer() {
     let workspace = Workspace::with_tiny();
     let text = fails_after_good_run(&workspace, |path| {
-        rewrite(path, |frame| frame.lazy().with_column(col("created_at").cast(DataType::Int64)).collect().unwrap())
+        rewrite(path, |frame| {
+            frame
+                .lazy()
+                .with_column(col("created_at").cast(DataType::Int64))
+                .collect()
+                .unwrap()
+        })
     });
-    assert!(text.contains("column `created_at` (mapped as `ordered_at`) has type i64: expected a date or timestamp"), "{text}");
+    assert!(
+        text.contains("column `created_at` (mapped as `ordered_at`) has type i64: expected a date or timestamp"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -75,7 +107,12 @@ fn nulls_over_the_limit_fail_with_counts_by_reason() {
         rewrite(path, |frame| {
             frame
                 .lazy()
-                .with_column(when(col("order_id").lt(lit(300))).then(lit(NULL).cast(DataType::Int64)).otherwise(col("customer_id")).alias("customer_id"))
+                .with_column(
+                    when(col("order_id").lt(lit(300)))
+                        .then(lit(NULL).cast(DataType::Int64))
+                        .otherwise(col("customer_id"))
+                        .alias("customer_id"),
+                )
                 .collect()
                 .unwrap()
         })
@@ -98,11 +135,20 @@ fn missing_input_file_is_named() {
 #[test]
 fn validate_reports_data_problems_without_running() {
     let workspace = Workspace::with_tiny();
-    rewrite(&workspace.path("lines.parquet"), |frame| frame.lazy().with_column(col("customer_id").cast(DataType::Float64)).collect().unwrap());
+    rewrite(&workspace.path("lines.parquet"), |frame| {
+        frame
+            .lazy()
+            .with_column(col("customer_id").cast(DataType::Float64))
+            .collect()
+            .unwrap()
+    });
     let config = workspace.config("", STAGES);
     let output = pipeline(&["validate", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
-    assert!(text.contains("column `customer_id` (mapped as `customer_id`) has type f64: expected an integer or text"), "{text}");
+    assert!(
+        text.contains("column `customer_id` (mapped as `customer_id`) has type f64: expected an integer or text"),
+        "{text}"
+    );
     assert!(!workspace.out().exists());
 }

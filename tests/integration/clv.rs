@@ -11,7 +11,9 @@ fn sample_run(stages: &str) -> (tempfile::TempDir, Workspace) {
     std::fs::copy(sample, workspace.path("lines.parquet")).unwrap();
     let config = workspace.config("", stages);
     // The sample runs to 2024-12-31; drop the tiny fixture's as_of.
-    let text = std::fs::read_to_string(&config).unwrap().replace("as_of = \"2024-03-15\"", "as_of = \"last_order\"");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("as_of = \"2024-03-15\"", "as_of = \"last_order\"");
     std::fs::write(&config, text).unwrap();
     run_ok(&["run", config.to_str().unwrap()]);
     (tempfile::tempdir().unwrap(), workspace)
@@ -25,7 +27,18 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
     let customers = read_table(&workspace.out().join("clv_customers.parquet"));
     assert_eq!(
         customers.columns,
-        ["customer_id", "frequency", "t_x", "T", "monetary_value", "p_alive", "expected_purchases", "expected_order_value", "clv", "historic_clv"]
+        [
+            "customer_id",
+            "frequency",
+            "t_x",
+            "T",
+            "monetary_value",
+            "p_alive",
+            "expected_purchases",
+            "expected_order_value",
+            "clv",
+            "historic_clv"
+        ]
     );
     assert!(customers.rows > 5000);
     for row in 0..customers.rows {
@@ -39,20 +52,51 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
         assert!(customers.float("T")[row] <= 157.0);
     }
     let model = read_table(&workspace.out().join("clv_model.parquet"));
-    let parameters: Vec<String> = (0..model.rows).map(|r| format!("{}.{}", model.text("model")[r], model.text("parameter")[r])).collect();
-    for expected in ["bgnbd.r", "bgnbd.alpha", "bgnbd.a", "bgnbd.b", "gamma_gamma.p", "gamma_gamma.q", "gamma_gamma.v", "gamma_gamma.corr_frequency_monetary", "bgnbd_calibration.r"] {
-        assert!(parameters.contains(&expected.to_string()), "{expected} missing from {parameters:?}");
+    let parameters: Vec<String> = (0..model.rows)
+        .map(|r| format!("{}.{}", model.text("model")[r], model.text("parameter")[r]))
+        .collect();
+    for expected in [
+        "bgnbd.r",
+        "bgnbd.alpha",
+        "bgnbd.a",
+        "bgnbd.b",
+        "gamma_gamma.p",
+        "gamma_gamma.q",
+        "gamma_gamma.v",
+        "gamma_gamma.corr_frequency_monetary",
+        "bgnbd_calibration.r",
+    ] {
+        assert!(
+            parameters.contains(&expected.to_string()),
+            "{expected} missing from {parameters:?}"
+        );
     }
-    assert!(model.text("converged").iter().all(|c| c == "true"), "{:?}", model.text("converged"));
+    assert!(
+        model.text("converged").iter().all(|c| c == "true"),
+        "{:?}",
+        model.text("converged")
+    );
     assert!(model.text("time_unit").iter().all(|u| u == "week"));
-    let corr = model.float("value")[parameters.iter().position(|p| p == "gamma_gamma.corr_frequency_monetary").unwrap()];
-    assert!(corr.abs() < 0.2, "the generator draws spend independently of frequency: corr {corr}");
+    let corr = model.float("value")[parameters
+        .iter()
+        .position(|p| p == "gamma_gamma.corr_frequency_monetary")
+        .unwrap()];
+    assert!(
+        corr.abs() < 0.2,
+        "the generator draws spend independently of frequency: corr {corr}"
+    );
 
     let validation = read_table(&workspace.out().join("clv_validation.parquet"));
     let all = validation.find(&[("frequency_bucket", "all")]);
     let ratio = validation.float("ratio")[all];
-    assert!((0.85..=1.15).contains(&ratio), "predicted / actual holdout purchases = {ratio}");
-    let buckets: i64 = (0..validation.rows).filter(|&r| r != all).map(|r| validation.int("customers")[r]).sum();
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "predicted / actual holdout purchases = {ratio}"
+    );
+    let buckets: i64 = (0..validation.rows)
+        .filter(|&r| r != all)
+        .map(|r| validation.int("customers")[r])
+        .sum();
     assert_eq!(buckets, validation.int("customers")[all]);
 }
 
@@ -70,44 +114,88 @@ fn the_time_unit_does_not_change_predictions() {
         }
     }
     let days = read_table(&workspace.out().join("days_customers.parquet"));
-    assert_close(days.float("T")[0], weeks.float("T")[0] * 7.0, "T in days = 7 × T in weeks");
+    assert_close(
+        days.float("T")[0],
+        weeks.float("T")[0] * 7.0,
+        "T in days = 7 × T in weeks",
+    );
 }
 
 #[test]
 fn no_repeat_spend_gives_null_clv_or_a_clear_error() {
     // Only first purchases: Gamma-Gamma has nothing to fit.
-    let lines: Vec<Line> = TINY.iter().copied().filter(|l| [101, 201, 301, 401].contains(&l.order_id)).collect();
-    let tables = Workspace::run_stages(&lines, "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\n", &["clv_customers", "clv_model"]);
+    let lines: Vec<Line> = TINY
+        .iter()
+        .copied()
+        .filter(|l| [101, 201, 301, 401].contains(&l.order_id))
+        .collect();
+    let tables = Workspace::run_stages(
+        &lines,
+        "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\n",
+        &["clv_customers", "clv_model"],
+    );
     let customers = &tables[0];
     assert_eq!(customers.rows, 4);
-    assert!(customers.text("clv").iter().all(|v| v.is_empty()), "clv is null: {:?}", customers.text("clv"));
-    assert!(customers.float("p_alive").iter().all(|p| *p == 1.0), "nobody repeated: p_alive = 1");
-    assert!(customers.float("expected_purchases").iter().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(
+        customers.text("clv").iter().all(|v| v.is_empty()),
+        "clv is null: {:?}",
+        customers.text("clv")
+    );
+    assert!(
+        customers.float("p_alive").iter().all(|p| *p == 1.0),
+        "nobody repeated: p_alive = 1"
+    );
+    assert!(customers
+        .float("expected_purchases")
+        .iter()
+        .all(|v| v.is_finite() && *v >= 0.0));
     let model = &tables[1];
     let null_row = model.find(&[("parameter", "customers_with_null_clv")]);
     assert_eq!(model.int("value")[null_row], 4);
     assert_eq!(model.text("converged")[null_row], "false");
 
     let workspace = Workspace::with_lines(&lines);
-    let config = workspace.config("", "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\ninvalid_spend_model = \"error\"\n");
+    let config = workspace.config(
+        "",
+        "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\ninvalid_spend_model = \"error\"\n",
+    );
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("Gamma-Gamma: no repeat customer has a positive monetary value"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("Gamma-Gamma: no repeat customer has a positive monetary value"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn bad_options_are_config_errors() {
     let check = |options: &str| {
         let workspace = Workspace::with_tiny();
-        let config = workspace.config("", &format!("[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\n{options}\n"));
+        let config = workspace.config(
+            "",
+            &format!("[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\n{options}\n"),
+        );
         let output = pipeline(&["validate", config.to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(2));
         stderr(&output)
     };
     let text = check("horizon_months = 0\nmargin = -1.0");
-    assert!(text.contains("stage `clv`: `horizon_months` must be between 1 and 600, got 0"), "{text}");
-    assert!(text.contains("stage `clv`: `margin` must be in (0, 10], got -1"), "{text}");
+    assert!(
+        text.contains("stage `clv`: `horizon_months` must be between 1 and 600, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stage `clv`: `margin` must be in (0, 10], got -1"),
+        "{text}"
+    );
     let text = check("time_unit = \"fortnight\"\ncalibration_end = \"June\"");
-    assert!(text.contains("key `time_unit` of stage `clv` is invalid: unknown variant `fortnight`"), "{text}");
-    assert!(text.contains("key `calibration_end` of stage `clv` is invalid"), "{text}");
+    assert!(
+        text.contains("key `time_unit` of stage `clv` is invalid: unknown variant `fortnight`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("key `calibration_end` of stage `clv` is invalid"),
+        "{text}"
+    );
 }

@@ -10,7 +10,18 @@ fn simple_clv_with_configured_and_derived_lifespan() {
         &["fixed", "derived"],
     );
     let fixed = &tables[0];
-    assert_eq!(fixed.columns, ["customer_id", "historic_clv", "aov", "purchases_per_year", "lifespan_years", "margin", "simple_clv"]);
+    assert_eq!(
+        fixed.columns,
+        [
+            "customer_id",
+            "historic_clv",
+            "aov",
+            "purchases_per_year",
+            "lifespan_years",
+            "margin",
+            "simple_clv"
+        ]
+    );
     assert_eq!(fixed.float("historic_clv"), [150.0, 90.0, 90.0, 20.0, 35.0, 20.0, 80.0]);
     // Customer 1: tenure 70 days < 1 year → 3 purchases per year; 50 × 3 × 2 × 0.5.
     assert_close(fixed.float("purchases_per_year")[0], 3.0, "ppy 1");
@@ -35,9 +46,30 @@ fn segment_summary_joins_rfm_and_clv() {
     let summary = &tables[0];
     assert_eq!(
         summary.columns,
-        ["segment", "customers", "share", "revenue", "revenue_share", "mean_historic_clv", "median_historic_clv", "mean_simple_clv", "median_simple_clv", "repeat_rate"]
+        [
+            "segment",
+            "customers",
+            "share",
+            "revenue",
+            "revenue_share",
+            "mean_historic_clv",
+            "median_historic_clv",
+            "mean_simple_clv",
+            "median_simple_clv",
+            "repeat_rate"
+        ]
     );
-    assert_eq!(summary.text("segment"), ["about_to_sleep", "at_risk", "hibernating", "loyal_customers", "new_customers", "potential_loyalists"]);
+    assert_eq!(
+        summary.text("segment"),
+        [
+            "about_to_sleep",
+            "at_risk",
+            "hibernating",
+            "loyal_customers",
+            "new_customers",
+            "potential_loyalists"
+        ]
+    );
     assert_eq!(summary.int("customers"), [1, 2, 1, 1, 1, 1]);
     let at_risk = 1;
     assert_close(summary.float("revenue")[at_risk], 170.0, "revenue");
@@ -45,8 +77,16 @@ fn segment_summary_joins_rfm_and_clv() {
     assert_close(summary.float("mean_historic_clv")[at_risk], 85.0, "mean historic");
     // Customer 2: 60 × 2 × 1 × 0.5 = 60; customer 13: 40 × 2/(380/365.25) × 0.5.
     let clv_13 = 40.0 * 2.0 / (380.0 / 365.25) * 0.5;
-    assert_close(summary.float("mean_simple_clv")[at_risk], (60.0 + clv_13) / 2.0, "mean simple");
-    assert_close(summary.float("median_simple_clv")[at_risk], (60.0 + clv_13) / 2.0, "median simple");
+    assert_close(
+        summary.float("mean_simple_clv")[at_risk],
+        (60.0 + clv_13) / 2.0,
+        "mean simple",
+    );
+    assert_close(
+        summary.float("median_simple_clv")[at_risk],
+        (60.0 + clv_13) / 2.0,
+        "median simple",
+    );
     assert_eq!(summary.float("repeat_rate"), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
 }
 
@@ -57,6 +97,9 @@ fn segment_summary_names_a_missing_column() {
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
-    assert!(text.contains("stage `by` (segment_summary): column `segmnt` is not in the per-customer tables of the inputs"), "{text}");
+    assert!(
+        text.contains("stage `by` (segment_summary): column `segmnt` is not in the per-customer tables of the inputs"),
+        "{text}"
+    );
     assert!(text.contains("`segment`"), "{text}");
 }

@@ -18,15 +18,30 @@ fn monthly_triangle_is_dense_with_bracketed_and_unbounded_retention() {
     assert_eq!(
         table.columns,
         [
-            "cohort", "period_index", "period_start", "cohort_customers", "active_customers", "retention",
-            "unbounded_retention", "orders", "revenue", "revenue_per_customer",
-            "cumulative_revenue_per_customer", "period_complete"
+            "cohort",
+            "period_index",
+            "period_start",
+            "cohort_customers",
+            "active_customers",
+            "retention",
+            "unbounded_retention",
+            "orders",
+            "revenue",
+            "revenue_per_customer",
+            "cumulative_revenue_per_customer",
+            "period_complete"
         ]
     );
     // January cohort: customers 1, 2, 4 — three periods up to March; February cohort: customer 3.
-    assert_eq!(table.text("cohort"), ["2024-01-01", "2024-01-01", "2024-01-01", "2024-02-01", "2024-02-01"]);
+    assert_eq!(
+        table.text("cohort"),
+        ["2024-01-01", "2024-01-01", "2024-01-01", "2024-02-01", "2024-02-01"]
+    );
     assert_eq!(table.int("period_index"), [0, 1, 2, 0, 1]);
-    assert_eq!(table.text("period_start"), ["2024-01-01", "2024-02-01", "2024-03-01", "2024-02-01", "2024-03-01"]);
+    assert_eq!(
+        table.text("period_start"),
+        ["2024-01-01", "2024-02-01", "2024-03-01", "2024-02-01", "2024-03-01"]
+    );
     assert_eq!(table.int("cohort_customers"), [3, 3, 3, 1, 1]);
     // February for the January cohort: nobody purchased (a dense zero row), but customer 2's
     // refund of −30 still nets into revenue.
@@ -50,18 +65,27 @@ fn monthly_triangle_is_dense_with_bracketed_and_unbounded_retention() {
         assert_close(*actual, expected, "revenue_per_customer");
     }
     let cumulative = table.float("cumulative_revenue_per_customer");
-    for (actual, expected) in cumulative.iter().zip([230.0 / 3.0, 200.0 / 3.0, 260.0 / 3.0, 80.0, 90.0]) {
+    for (actual, expected) in cumulative
+        .iter()
+        .zip([230.0 / 3.0, 200.0 / 3.0, 260.0 / 3.0, 80.0, 90.0])
+    {
         assert_close(*actual, expected, "cumulative_revenue_per_customer");
     }
     // March ends after as_of (2024-03-15): incomplete.
-    assert_eq!(table.text("period_complete"), ["true", "true", "false", "true", "false"]);
+    assert_eq!(
+        table.text("period_complete"),
+        ["true", "true", "false", "true", "false"]
+    );
 }
 
 #[test]
 fn berlin_time_moves_an_order_across_the_month_boundary() {
     // 2024-02-29 23:30 UTC is 2024-03-01 00:30 in Berlin: customer 3 joins the March cohort.
     let table = cohorts("month", "", "timezone = \"Europe/Berlin\"");
-    assert_eq!(table.text("cohort"), ["2024-01-01", "2024-01-01", "2024-01-01", "2024-03-01"]);
+    assert_eq!(
+        table.text("cohort"),
+        ["2024-01-01", "2024-01-01", "2024-01-01", "2024-03-01"]
+    );
     let march = table.find(&[("cohort", "2024-03-01"), ("period_index", "0")]);
     assert_eq!(table.int("cohort_customers")[march], 1);
     assert_eq!(table.int("active_customers")[march], 1);
@@ -74,7 +98,9 @@ fn berlin_time_moves_an_order_across_the_month_boundary() {
 fn weeks_start_on_monday_and_run_to_the_as_of_week() {
     let table = cohorts("week", "", "");
     // Customer 1's first order is Friday 2024-01-05: week of Monday 2024-01-01.
-    let rows: Vec<usize> = (0..table.rows).filter(|&r| table.text("cohort")[r] == "2024-01-01").collect();
+    let rows: Vec<usize> = (0..table.rows)
+        .filter(|&r| table.text("cohort")[r] == "2024-01-01")
+        .collect();
     // Weeks of 01-01 … 03-11 (as_of, a Friday, is in the week of Monday 03-11): 11 rows.
     assert_eq!(rows.len(), 11);
     let period = |index: &str| table.find(&[("cohort", "2024-01-01"), ("period_index", index)]);

@@ -24,8 +24,24 @@ pub struct Line {
     pub channel: &'static str,
 }
 
-const fn line(order_id: i64, line: i32, customer_id: i64, at: &'static str, amount: Option<f64>, status: &'static str, channel: &'static str) -> Line {
-    Line { order_id, line, customer_id, at, amount, status, channel }
+const fn line(
+    order_id: i64,
+    line: i32,
+    customer_id: i64,
+    at: &'static str,
+    amount: Option<f64>,
+    status: &'static str,
+    channel: &'static str,
+) -> Line {
+    Line {
+        order_id,
+        line,
+        customer_id,
+        at,
+        amount,
+        status,
+        channel,
+    }
 }
 
 /// The tiny hand-checkable fixture. With as_of 2024-03-15 (UTC):
@@ -93,7 +109,10 @@ pub fn lines_frame(lines: &[Line]) -> DataFrame {
     let created_at = frame
         .column("created_at")
         .unwrap()
-        .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC)))
+        .cast(&DataType::Datetime(
+            TimeUnit::Microseconds,
+            Some(polars::prelude::TimeZone::UTC),
+        ))
         .unwrap();
     frame.with_column(created_at).unwrap();
     frame
@@ -133,7 +152,10 @@ impl Workspace {
         let workspace = Workspace::with_lines(lines);
         let config = workspace.config("", stages);
         run_ok(&["run", config.to_str().unwrap()]);
-        tables.iter().map(|t| read_table(&workspace.out().join(format!("{t}.parquet")))).collect()
+        tables
+            .iter()
+            .map(|t| read_table(&workspace.out().join(format!("{t}.parquet"))))
+            .collect()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -231,7 +253,15 @@ pub fn read_table(path: &Path) -> Table {
             let text = text.as_string::<i32>();
             let values = table.data.entry(field.name().clone()).or_default();
             values.extend((0..text.len()).map(|i| (!text.is_null(i)).then(|| text.value(i).to_string())));
-            if matches!(field.data_type(), ArrowType::Float64 | ArrowType::Float32 | ArrowType::Int64 | ArrowType::Int32 | ArrowType::UInt32 | ArrowType::UInt64) {
+            if matches!(
+                field.data_type(),
+                ArrowType::Float64
+                    | ArrowType::Float32
+                    | ArrowType::Int64
+                    | ArrowType::Int32
+                    | ArrowType::UInt32
+                    | ArrowType::UInt64
+            ) {
                 let floats = arrow::compute::cast(array, &ArrowType::Float64).unwrap();
                 let floats = floats.as_primitive::<Float64Type>();
                 table
@@ -277,7 +307,11 @@ impl Table {
         let matches: Vec<usize> = (0..self.rows)
             .filter(|&row| keys.iter().all(|(c, v)| self.text(c)[row] == *v))
             .collect();
-        assert_eq!(matches.len(), 1, "expected exactly one row with {keys:?}, got {matches:?}");
+        assert_eq!(
+            matches.len(),
+            1,
+            "expected exactly one row with {keys:?}, got {matches:?}"
+        );
         matches[0]
     }
 }

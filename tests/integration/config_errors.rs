@@ -8,7 +8,10 @@ fn check(config_text: &str) -> String {
     let config = workspace.write("pipeline.toml", config_text);
     let output = pipeline(&["validate", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
-    assert!(!workspace.out().exists(), "a config error must not touch the output directory");
+    assert!(
+        !workspace.out().exists(),
+        "a config error must not touch the output directory"
+    );
     stderr(&output)
 }
 
@@ -26,15 +29,23 @@ fn unknown_key_names_file_line_stage_and_suggests() {
     let text = check(&format!(
         "{SOURCE}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\ngranularty = \"week\"\n"
     ));
-    assert!(text.contains("error: stage `cohorts` has no key `granularty`"), "{text}");
+    assert!(
+        text.contains("error: stage `cohorts` has no key `granularty`"),
+        "{text}"
+    );
     assert!(text.contains("pipeline.toml:12:1"), "{text}");
     assert!(text.contains("help: did you mean `granularity`?"), "{text}");
 }
 
 #[test]
 fn missing_input_suggests_the_nearest_source() {
-    let text = check(&format!("{SOURCE}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"ordes\"\n"));
-    assert!(text.contains("input `ordes` of stage `cohorts` matches no source or stage"), "{text}");
+    let text = check(&format!(
+        "{SOURCE}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"ordes\"\n"
+    ));
+    assert!(
+        text.contains("input `ordes` of stage `cohorts` matches no source or stage"),
+        "{text}"
+    );
     assert!(text.contains("pipeline.toml:11:9"), "{text}");
     assert!(text.contains("did you mean `orders`?"), "{text}");
 }
@@ -44,8 +55,14 @@ fn cycle_is_printed_as_the_chain() {
     let text = check(&format!(
         "{SOURCE}\n[stages.a]\nkind = \"cohort_retention\"\ninput = \"b\"\n\n[stages.b]\nkind = \"cohort_retention\"\ninput = \"a\"\n"
     ));
-    assert!(text.contains("stages form a cycle: `a` → `b` → `a`") || text.contains("stages form a cycle: `b` → `a` → `b`"), "{text}");
-    assert!(text.contains("input `b` of stage `a` is a stage, but kind `cohort_retention` reads a source"), "{text}");
+    assert!(
+        text.contains("stages form a cycle: `a` → `b` → `a`") || text.contains("stages form a cycle: `b` → `a` → `b`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("input `b` of stage `a` is a stage, but kind `cohort_retention` reads a source"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -53,13 +70,25 @@ fn bad_type_and_bad_value_name_the_key() {
     let text = check(&format!(
         "[pipeline]\nmax_rejected_fraction = \"lots\"\nas_of = \"2024-13-01\"\ntimezone = \"Europe/Berln\"\n{SOURCE}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\ngranularity = \"fortnight\"\ndimensions = \"acquisition_channel\"\n"
     ));
-    assert!(text.contains("key `max_rejected_fraction` of `[pipeline]` is invalid"), "{text}");
+    assert!(
+        text.contains("key `max_rejected_fraction` of `[pipeline]` is invalid"),
+        "{text}"
+    );
     assert!(text.contains("pipeline.toml:2:25"), "{text}");
-    assert!(text.contains("key `as_of` of `[pipeline]` is invalid: `2024-13-01` is not a date"), "{text}");
+    assert!(
+        text.contains("key `as_of` of `[pipeline]` is invalid: `2024-13-01` is not a date"),
+        "{text}"
+    );
     assert!(text.contains("unknown time zone `Europe/Berln`"), "{text}");
     assert!(text.contains("did you mean `Europe/Berlin`?"), "{text}");
-    assert!(text.contains("key `granularity` of stage `cohorts` is invalid: unknown variant `fortnight`"), "{text}");
-    assert!(text.contains("key `dimensions` of stage `cohorts` is invalid"), "{text}");
+    assert!(
+        text.contains("key `granularity` of stage `cohorts` is invalid: unknown variant `fortnight`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("key `dimensions` of stage `cohorts` is invalid"),
+        "{text}"
+    );
     assert!(text.contains("5 errors in"), "{text}");
 }
 
@@ -69,7 +98,10 @@ fn missing_environment_variable_is_an_error_with_a_default_hint() {
     let text = check(&format!(
         "[pipeline]\noutput_dir = \"${{PIPELINE_TEST_SURELY_UNSET}}/out\"\n{SOURCE}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\n"
     ));
-    assert!(text.contains("key `output_dir` of `[pipeline]`: environment variable `PIPELINE_TEST_SURELY_UNSET` is not set"), "{text}");
+    assert!(
+        text.contains("key `output_dir` of `[pipeline]`: environment variable `PIPELINE_TEST_SURELY_UNSET` is not set"),
+        "{text}"
+    );
     assert!(text.contains("pipeline.toml:2:14"), "{text}");
 }
 
@@ -85,7 +117,10 @@ fn all_errors_are_reported_together_in_file_order() {
         "stages `cohorts` and `again` both write table `cohorts`",
     ]
     .iter()
-    .map(|needle| text.find(needle).unwrap_or_else(|| panic!("missing {needle:?} in\n{text}")))
+    .map(|needle| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("missing {needle:?} in\n{text}"))
+    })
     .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "not in file order:\n{text}");
     assert!(text.contains("did you mean `name`?"), "{text}");
@@ -96,7 +131,10 @@ fn all_errors_are_reported_together_in_file_order() {
 #[test]
 fn unknown_select_is_a_usage_error() {
     let workspace = Workspace::with_tiny();
-    let config = workspace.config("", "[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\n");
+    let config = workspace.config(
+        "",
+        "[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\n",
+    );
     let output = pipeline(&["run", config.to_str().unwrap(), "--select", "cohort"]);
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);

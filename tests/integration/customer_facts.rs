@@ -17,15 +17,30 @@ fn customer_facts_match_hand_computed_rows() {
     assert_eq!(
         facts.columns,
         [
-            "customer_id", "first_purchase_date", "last_purchase_date", "orders", "revenue", "aov",
-            "acquisition_channel", "frequency", "t_x", "T", "monetary_value"
+            "customer_id",
+            "first_purchase_date",
+            "last_purchase_date",
+            "orders",
+            "revenue",
+            "aov",
+            "acquisition_channel",
+            "frequency",
+            "t_x",
+            "T",
+            "monetary_value"
         ]
     );
     // Customers 5 (after as_of), 6 (cancelled), 7 (zero revenue), 8 (null amount), 9/10 (shared
     // order) are not customers.
     assert_eq!(facts.text("customer_id"), ["1", "2", "3", "4"]);
-    assert_eq!(facts.text("first_purchase_date"), ["2024-01-05", "2024-01-10", "2024-02-29", "2024-01-31"]);
-    assert_eq!(facts.text("last_purchase_date"), ["2024-03-02", "2024-01-10", "2024-03-10", "2024-01-31"]);
+    assert_eq!(
+        facts.text("first_purchase_date"),
+        ["2024-01-05", "2024-01-10", "2024-02-29", "2024-01-31"]
+    );
+    assert_eq!(
+        facts.text("last_purchase_date"),
+        ["2024-03-02", "2024-01-10", "2024-03-10", "2024-01-31"]
+    );
     assert_eq!(facts.int("orders"), [3, 2, 2, 1]);
     // Customer 2's refund order (−30) nets against revenue but is not a purchase.
     assert_eq!(facts.float("revenue"), [150.0, 90.0, 90.0, 20.0]);
@@ -42,7 +57,10 @@ fn customer_facts_match_hand_computed_rows() {
 #[test]
 fn manifest_counts_every_line_by_reason_and_one_scan() {
     let workspace = Workspace::with_tiny();
-    let config = workspace.config("", &format!("{FACTS}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\n"));
+    let config = workspace.config(
+        "",
+        &format!("{FACTS}\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\n"),
+    );
     run_ok(&["run", config.to_str().unwrap()]);
     let manifest = manifest(&workspace.out());
     assert_eq!(manifest["status"], "succeeded");
@@ -60,10 +78,20 @@ fn manifest_counts_every_line_by_reason_and_one_scan() {
     assert_eq!(input["rows_rejected_total"], 3);
     // 101 102 103 201 202 203 301 302 401 701
     assert_eq!(input["orders"], 10);
-    let stages: Vec<&str> = manifest["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
     assert_eq!(stages.len(), 2);
     assert!(stages.contains(&"facts") && stages.contains(&"cohorts"));
-    let rows: Vec<u64> = manifest["stages"].as_array().unwrap().iter().map(|s| s["tables"][0]["rows"].as_u64().unwrap()).collect();
+    let rows: Vec<u64> = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tables"][0]["rows"].as_u64().unwrap())
+        .collect();
     assert!(rows.contains(&4), "customer_facts has 4 rows: {rows:?}");
 }
 
@@ -78,7 +106,9 @@ fn duplicate_lines_count_once_when_line_is_mapped() {
     lines.push(Line { ..TINY[0] });
     write_parquet(&mut lines_frame(&lines), &workspace.path("lines.parquet"));
     let config = workspace.config("", FACTS);
-    let text = std::fs::read_to_string(&config).unwrap().replace("channel = \"channel\"", "channel = \"channel\"\nline = \"line\"");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("channel = \"channel\"", "channel = \"channel\"\nline = \"line\"");
     std::fs::write(&config, text).unwrap();
     run_ok(&["run", config.to_str().unwrap()]);
     let facts = read_table(&workspace.out().join("facts.parquet"));

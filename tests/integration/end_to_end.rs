@@ -12,7 +12,12 @@ fn repo() -> &'static Path {
 fn sample_pipeline_publishes_consistent_tables() {
     let out = tempfile::tempdir().unwrap();
     let config = repo().join("pipelines/cohorts.toml");
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", out.path().to_str().unwrap()]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        out.path().to_str().unwrap(),
+    ]);
 
     let facts = read_table(&out.path().join("customer_facts.parquet"));
     let customers = facts.rows;
@@ -27,7 +32,10 @@ fn sample_pipeline_publishes_consistent_tables() {
         }
         assert!(cohorts.float("unbounded_retention")[row] >= cohorts.float("retention")[row]);
     }
-    assert_eq!(cohort_total as usize, customers, "cohort sizes sum to the customer count");
+    assert_eq!(
+        cohort_total as usize, customers,
+        "cohort sizes sum to the customer count"
+    );
     // 36 monthly cohorts (2022-01 … 2024-12) → 36·37/2 rows in the dense triangle.
     assert_eq!(cohorts.rows, 666);
     let by_channel = read_table(&out.path().join("cohorts_weekly_by_channel.parquet"));
@@ -52,7 +60,16 @@ fn sample_pipeline_publishes_consistent_tables() {
 fn select_runs_only_the_named_stage() {
     let out = tempfile::tempdir().unwrap();
     let config = repo().join("pipelines/cohorts.toml");
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", out.path().to_str().unwrap(), "--select", "cohorts", "--threads", "1"]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        out.path().to_str().unwrap(),
+        "--select",
+        "cohorts",
+        "--threads",
+        "1",
+    ]);
     assert!(out.path().join("cohorts.parquet").exists());
     assert!(!out.path().join("customer_facts.parquet").exists());
     let manifest = manifest(out.path());
@@ -66,7 +83,10 @@ fn plan_lists_stages_with_inputs_and_tables() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("source `orders`"), "{text}");
     assert!(text.contains("scanned once → customer_facts, customer_periods (shared by `customer_facts`, `cohorts`, `cohorts_by_channel`)"), "{text}");
-    assert!(text.contains("cohorts_by_channel (cohort_retention) ← source `orders` → cohorts_weekly_by_channel"), "{text}");
+    assert!(
+        text.contains("cohorts_by_channel (cohort_retention) ← source `orders` → cohorts_weekly_by_channel"),
+        "{text}"
+    );
     let mermaid = run_ok(&["plan", config.to_str().unwrap(), "--format", "mermaid"]);
     let text = String::from_utf8_lossy(&mermaid.stdout);
     assert!(text.starts_with("flowchart LR"), "{text}");
@@ -80,8 +100,20 @@ fn same_input_gives_identical_tables() {
     let config = repo().join("pipelines/cohorts.toml");
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", first.path().to_str().unwrap()]);
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", second.path().to_str().unwrap(), "--threads", "1"]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        first.path().to_str().unwrap(),
+    ]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        second.path().to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
     for table in ["customer_facts", "cohorts", "cohorts_weekly_by_channel"] {
         let a = std::fs::read(first.path().join(format!("{table}.parquet"))).unwrap();
         let b = std::fs::read(second.path().join(format!("{table}.parquet"))).unwrap();

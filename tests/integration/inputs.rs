@@ -7,11 +7,17 @@ const FACTS: &str = "[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders
 
 fn facts_revenue(workspace: &Workspace, path: &str) -> (Vec<String>, Vec<f64>, serde_json::Value) {
     let config = workspace.config("", FACTS);
-    let text = std::fs::read_to_string(&config).unwrap().replace("path = \"lines.parquet\"", &format!("path = \"{path}\""));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("path = \"lines.parquet\"", &format!("path = \"{path}\""));
     std::fs::write(&config, text).unwrap();
     run_ok(&["run", config.to_str().unwrap()]);
     let facts = read_table(&workspace.out().join("facts.parquet"));
-    (facts.text("customer_id"), facts.float("revenue"), manifest(&workspace.out()))
+    (
+        facts.text("customer_id"),
+        facts.float("revenue"),
+        manifest(&workspace.out()),
+    )
 }
 
 #[test]
@@ -29,8 +35,14 @@ fn glob_and_hive_directory_read_the_same_lines() {
 
     // Hive layout: partition folders by customer parity.
     let workspace = Workspace::new();
-    write_parquet(&mut frame.slice(0, 9), &workspace.path("hive/region=north/part-0.parquet"));
-    write_parquet(&mut frame.slice(9, 100), &workspace.path("hive/region=south/part-0.parquet"));
+    write_parquet(
+        &mut frame.slice(0, 9),
+        &workspace.path("hive/region=north/part-0.parquet"),
+    );
+    write_parquet(
+        &mut frame.slice(9, 100),
+        &workspace.path("hive/region=south/part-0.parquet"),
+    );
     let (ids, revenue, manifest) = facts_revenue(&workspace, "hive");
     assert_eq!(ids, ["1", "2", "3", "4"]);
     assert_eq!(revenue, [150.0, 90.0, 90.0, 20.0]);
@@ -41,18 +53,28 @@ fn glob_and_hive_directory_read_the_same_lines() {
 fn glob_matching_nothing_is_a_data_error_naming_the_pattern() {
     let workspace = Workspace::with_tiny();
     let config = workspace.config("", FACTS);
-    let text = std::fs::read_to_string(&config).unwrap().replace("path = \"lines.parquet\"", "path = \"nothing/*.parquet\"");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("path = \"lines.parquet\"", "path = \"nothing/*.parquet\"");
     std::fs::write(&config, text).unwrap();
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("nothing/*.parquet` matches no file"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("nothing/*.parquet` matches no file"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn text_customer_ids_work_like_integers() {
     let workspace = Workspace::new();
     let mut frame = lines_frame(TINY);
-    let text_ids = frame.column("customer_id").unwrap().cast(&polars::prelude::DataType::String).unwrap();
+    let text_ids = frame
+        .column("customer_id")
+        .unwrap()
+        .cast(&polars::prelude::DataType::String)
+        .unwrap();
     frame.with_column(text_ids).unwrap();
     write_parquet(&mut frame, &workspace.path("lines.parquet"));
     let (ids, revenue, _) = facts_revenue(&workspace, "lines.parquet");

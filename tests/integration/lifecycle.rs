@@ -21,7 +21,13 @@ fn snapshots_with_reactivation_and_crr() {
     // Customer 13 alone in 2023: new in March, at risk from May, churned in August (183 days).
     let august = snapshots.find(&[("snapshot_date", "2023-08-31")]);
     assert_eq!(snapshots.int("churned")[august], 1);
-    assert_eq!((snapshots.int("start_customers")[august], snapshots.int("end_customers")[august]), (1, 0));
+    assert_eq!(
+        (
+            snapshots.int("start_customers")[august],
+            snapshots.int("end_customers")[august]
+        ),
+        (1, 0)
+    );
     assert_close(snapshots.float("churn_rate")[august], 1.0, "August churn");
     let may = snapshots.find(&[("snapshot_date", "2023-05-31")]);
     assert_eq!(snapshots.int("at_risk")[may], 1);
@@ -42,7 +48,10 @@ fn snapshots_with_reactivation_and_crr() {
     assert_eq!(snapshots.int("new_customers")[march], 1);
 
     let customers = &tables[1];
-    assert_eq!(customers.text("stage"), ["active", "active", "active", "active", "new", "active", "active"]);
+    assert_eq!(
+        customers.text("stage"),
+        ["active", "active", "active", "active", "new", "active", "active"]
+    );
     assert_eq!(customers.int("days_since_last_purchase"), [13, 65, 5, 44, 1, 24, 34]);
 }
 
@@ -50,7 +59,10 @@ fn snapshots_with_reactivation_and_crr() {
 fn shorter_thresholds_put_customers_at_risk_and_churned() {
     let tables = lifecycle("active_days = 30\nchurn_days = 60");
     let customers = &tables[1];
-    assert_eq!(customers.text("stage"), ["active", "churned", "active", "at_risk", "new", "active", "at_risk"]);
+    assert_eq!(
+        customers.text("stage"),
+        ["active", "churned", "active", "at_risk", "new", "active", "at_risk"]
+    );
     let snapshots = &tables[0];
     let march = 12;
     assert_eq!(snapshots.int("start_customers")[march], 6);
@@ -63,8 +75,15 @@ fn shorter_thresholds_put_customers_at_risk_and_churned() {
 #[test]
 fn churn_days_must_exceed_active_days() {
     let workspace = Workspace::with_tiny();
-    let config = workspace.config("", "[stages.lifecycle]\nkind = \"lifecycle\"\ninput = \"orders\"\nactive_days = 90\nchurn_days = 60\n");
+    let config = workspace.config(
+        "",
+        "[stages.lifecycle]\nkind = \"lifecycle\"\ninput = \"orders\"\nactive_days = 90\nchurn_days = 60\n",
+    );
     let output = pipeline(&["validate", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("stage `lifecycle`: `churn_days` (60) must be greater than `active_days` (90)"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("stage `lifecycle`: `churn_days` (60) must be greater than `active_days` (90)"),
+        "{}",
+        stderr(&output)
+    );
 }

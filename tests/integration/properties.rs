@@ -11,7 +11,12 @@ use crate::common::*;
 fn retail_tables_are_consistent_on_sample_data() {
     let out = tempfile::tempdir().unwrap();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", out.path().to_str().unwrap()]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        out.path().to_str().unwrap(),
+    ]);
     let table = |name: &str| read_table(&out.path().join(format!("{name}.parquet")));
     let facts = table("customer_facts");
     let customers = facts.rows;
@@ -19,15 +24,25 @@ fn retail_tables_are_consistent_on_sample_data() {
     let rfm = table("rfm_customers");
     assert_eq!(rfm.rows, customers);
     for score in ["r_score", "f_score", "m_score"] {
-        assert!(rfm.int(score).iter().all(|s| (1..=5).contains(s)), "{score} outside 1..5");
+        assert!(
+            rfm.int(score).iter().all(|s| (1..=5).contains(s)),
+            "{score} outside 1..5"
+        );
         // rank_min: the best score exists.
         assert!(rfm.int(score).contains(&5), "{score} never reaches 5");
     }
-    assert!(rfm.text("segment").iter().all(|s| !s.is_empty()), "every customer has a segment");
+    assert!(
+        rfm.text("segment").iter().all(|s| !s.is_empty()),
+        "every customer has a segment"
+    );
     let segments = table("rfm_segments");
     assert_eq!(segments.int("customers").iter().sum::<i64>() as usize, customers);
     assert_close(segments.float("share").iter().sum(), 1.0, "segment shares");
-    assert_close(segments.float("revenue_share").iter().sum(), 1.0, "segment revenue shares");
+    assert_close(
+        segments.float("revenue_share").iter().sum(),
+        1.0,
+        "segment revenue shares",
+    );
     let by_segment = table("segments");
     assert_eq!(by_segment.int("customers").iter().sum::<i64>() as usize, customers);
 
@@ -38,7 +53,10 @@ fn retail_tables_are_consistent_on_sample_data() {
     let snapshots = table("lifecycle_snapshots");
     let last = snapshots.rows - 1;
     let in_stages: i64 = stages.iter().map(|s| snapshots.int(s)[last]).sum();
-    assert_eq!(in_stages as usize, customers, "the last snapshot places every customer once");
+    assert_eq!(
+        in_stages as usize, customers,
+        "the last snapshot places every customer once"
+    );
     for (row, crr) in snapshots.float("crr").iter().enumerate() {
         if !crr.is_nan() {
             assert!((0.0..=1.0).contains(crr), "crr {crr} at row {row}");
@@ -59,7 +77,10 @@ fn retail_tables_are_consistent_on_sample_data() {
             let k = transitions.int("k")[row];
             let at_k = transitions.int("customers_at_k")[row];
             let next = transitions.int("customers_at_k_plus_1")[row];
-            assert!(at_k <= at_least[&k] && next <= at_least[&(k + 1)] && next <= at_k, "k = {k}");
+            assert!(
+                at_k <= at_least[&k] && next <= at_least[&(k + 1)] && next <= at_k,
+                "k = {k}"
+            );
         }
     }
     let summary = table("repeat_summary");

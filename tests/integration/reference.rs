@@ -35,7 +35,12 @@ fn reference_report(config: &str, script: &str) -> Option<serde_json::Value> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().unwrap();
     let config = repo.join(config);
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", out.path().to_str().unwrap()]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        out.path().to_str().unwrap(),
+    ]);
     let output = Command::new(python)
         .arg(repo.join(script))
         .arg(repo.join("sample_data/order_lines.parquet"))
@@ -43,7 +48,11 @@ fn reference_report(config: &str, script: &str) -> Option<serde_json::Value> {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "reference failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "reference failed:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     Some(serde_json::from_str(&report).expect("the reference prints JSON"))
 }
 
@@ -68,7 +77,14 @@ fn duckdb_reference_agrees_on_rfm_repeat_and_lifecycle() {
     if let Some(report) = reference_report("pipelines/retail.toml", "tests/reference/check_retail.py") {
         assert_all_rows_agree(
             &report,
-            &["rfm_customers", "rfm_segments", "repeat_summary", "repeat_transitions", "lifecycle_snapshots", "lifecycle_customers"],
+            &[
+                "rfm_customers",
+                "rfm_segments",
+                "repeat_summary",
+                "repeat_transitions",
+                "lifecycle_snapshots",
+                "lifecycle_customers",
+            ],
         );
     }
 }

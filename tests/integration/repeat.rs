@@ -15,7 +15,10 @@ const STAGE: &str = "[stages.repeat]\nkind = \"repeat\"\ninput = \"orders\"\nwit
 fn summary_overall_and_per_cohort() {
     let tables = Workspace::run_stages(&extended(), STAGE, &["repeat_summary", "repeat_transitions"]);
     let summary = &tables[0];
-    assert_eq!(summary.text("cohort"), ["", "2023-03-01", "2024-01-01", "2024-02-01", "2024-03-01"]);
+    assert_eq!(
+        summary.text("cohort"),
+        ["", "2023-03-01", "2024-01-01", "2024-02-01", "2024-03-01"]
+    );
     assert_eq!(summary.int("customers"), [7, 1, 3, 2, 1]);
     assert_eq!(summary.int("repeat_customers"), [4, 1, 2, 1, 0]);
     let overall = 0;
@@ -38,7 +41,11 @@ fn summary_overall_and_per_cohort() {
     let january = 2;
     assert_close(summary.float("repeat_rate_30d")[january], 2.0 / 3.0, "January 30d");
     assert_close(summary.float("days_to_second_median")[january], 7.5, "January median");
-    assert_close(summary.float("mean_days_between_purchases")[january], 14.25, "January between");
+    assert_close(
+        summary.float("mean_days_between_purchases")[january],
+        14.25,
+        "January between",
+    );
     // The January cohort cannot be observed for 90 days yet, nor March's for 30: no rate.
     assert_eq!(summary.int("customers_observed_90d")[january], 0);
     assert_eq!(summary.text("repeat_rate_90d")[january], "");
@@ -59,7 +66,13 @@ fn transitions_count_only_customers_observed_long_enough() {
     assert_eq!(transitions.int("customers_at_k")[row], 3);
     assert_eq!(transitions.int("customers_at_k_plus_1")[row], 1);
     let row = transitions.find(&[("cohort", "2024-01-01"), ("k", "2")]);
-    assert_eq!((transitions.int("customers_at_k")[row], transitions.int("customers_at_k_plus_1")[row]), (2, 1));
+    assert_eq!(
+        (
+            transitions.int("customers_at_k")[row],
+            transitions.int("customers_at_k_plus_1")[row]
+        ),
+        (2, 1)
+    );
     // February's customers (3, 12) bought after the cutoff: no one at k = 1, probability null.
     let row = transitions.find(&[("cohort", "2024-02-01"), ("k", "1")]);
     assert_eq!(transitions.int("customers_at_k")[row], 0);

@@ -28,25 +28,57 @@ fn rank_min_scores_ties_and_default_segments() {
     // F: three customers tie at frequency 1 (rank 1 → 1), three at 2 (rank 4 → 3), one at 3.
     assert_eq!(customers.int("f_score"), [5, 3, 3, 1, 1, 1, 3]);
     assert_eq!(customers.int("m_score"), [5, 3, 3, 1, 2, 1, 3]);
-    assert_eq!(customers.text("rfm_score"), ["355", "133", "433", "111", "512", "311", "233"]);
+    assert_eq!(
+        customers.text("rfm_score"),
+        ["355", "133", "433", "111", "512", "311", "233"]
+    );
     // Customer 11 bought only on as_of − 1: R 5, F 1 → new_customers.
     assert_eq!(
         customers.text("segment"),
-        ["loyal_customers", "at_risk", "potential_loyalists", "hibernating", "new_customers", "about_to_sleep", "at_risk"]
+        [
+            "loyal_customers",
+            "at_risk",
+            "potential_loyalists",
+            "hibernating",
+            "new_customers",
+            "about_to_sleep",
+            "at_risk"
+        ]
     );
 
     let thresholds = &tables[1];
     let row = thresholds.find(&[("dimension", "frequency"), ("score", "3")]);
-    assert_eq!((thresholds.float("min_value")[row], thresholds.float("max_value")[row]), (2.0, 2.0));
+    assert_eq!(
+        (thresholds.float("min_value")[row], thresholds.float("max_value")[row]),
+        (2.0, 2.0)
+    );
     assert_eq!(thresholds.int("customers")[row], 3);
     let row = thresholds.find(&[("dimension", "recency"), ("score", "1")]);
-    assert_eq!((thresholds.float("min_value")[row], thresholds.float("max_value")[row]), (44.0, 65.0));
-    assert_eq!(thresholds.int("customers").iter().sum::<i64>(), 21, "7 customers in each dimension");
+    assert_eq!(
+        (thresholds.float("min_value")[row], thresholds.float("max_value")[row]),
+        (44.0, 65.0)
+    );
+    assert_eq!(
+        thresholds.int("customers").iter().sum::<i64>(),
+        21,
+        "7 customers in each dimension"
+    );
 
     let segments = &tables[2];
     assert_eq!(
         segments.text("segment"),
-        ["champions", "new_customers", "potential_loyalists", "loyal_customers", "promising", "need_attention", "about_to_sleep", "cannot_lose_them", "at_risk", "hibernating"]
+        [
+            "champions",
+            "new_customers",
+            "potential_loyalists",
+            "loyal_customers",
+            "promising",
+            "need_attention",
+            "about_to_sleep",
+            "cannot_lose_them",
+            "at_risk",
+            "hibernating"
+        ]
     );
     assert_eq!(segments.int("customers"), [0, 1, 1, 1, 0, 0, 1, 0, 2, 1]);
     let at_risk = segments.find(&[("segment", "at_risk")]);
@@ -74,7 +106,10 @@ fn explicit_thresholds_with_custom_rules() {
     assert_eq!(customers.int("r_score"), [3, 1, 3, 2, 3, 3, 2]);
     assert_eq!(customers.int("f_score"), [3, 2, 2, 1, 1, 1, 2]);
     assert_eq!(customers.int("m_score"), [3, 2, 2, 1, 1, 1, 2]);
-    assert_eq!(customers.text("segment"), ["best", "rest", "best", "rest", "rest", "rest", "rest"]);
+    assert_eq!(
+        customers.text("segment"),
+        ["best", "rest", "best", "rest", "rest", "rest", "rest"]
+    );
 }
 
 #[test]
@@ -87,7 +122,13 @@ fn shadowed_rule_and_uncovered_cells_are_config_errors() {
     let output = pipeline(&["validate", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
-    assert!(text.contains("stage `rfm`: rule `also_top` is fully shadowed by earlier rules"), "{text}");
-    assert!(text.contains("segment rules leave 9 of 27 score cells uncovered (e.g. R F M = 111, 112, 113"), "{text}");
+    assert!(
+        text.contains("stage `rfm`: rule `also_top` is fully shadowed by earlier rules"),
+        "{text}"
+    );
+    assert!(
+        text.contains("segment rules leave 9 of 27 score cells uncovered (e.g. R F M = 111, 112, 113"),
+        "{text}"
+    );
     assert!(text.contains("pipeline.toml:22:12"), "{text}");
 }
