@@ -50,7 +50,11 @@ pub struct TableReport {
 /// `OUT/_manifest.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
+    /// `running` from the moment a run holds the lock, then `succeeded` or `failed`. A run that
+    /// was killed leaves `running`: never `succeeded`.
     pub status: String,
+    /// Process id of the run that wrote this manifest.
+    pub pid: u32,
     pub tool: String,
     pub version: String,
     pub pipeline: String,
@@ -83,6 +87,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
 
     let mut manifest = Manifest {
         status: "running".into(),
+        pid: std::process::id(),
         tool: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),
         pipeline: config.pipeline.name.clone(),
@@ -99,6 +104,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
         duration_seconds: 0.0,
         error: None,
     };
+    sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest)?;
     let staged = Mutex::new(Vec::<StagedTable>::new());
     let result = execute(plan, options, &selected, &output_dir, &mut manifest, &staged);
     let staged = staged
