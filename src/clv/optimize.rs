@@ -11,11 +11,14 @@ pub trait Objective: Sync {
     fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>);
 }
 
+/// A point with its value and gradient.
+type Evaluation = (Vec<f64>, f64, Vec<f64>);
+
 /// The objective as argmin sees it. argmin asks for the cost and the gradient at the same point
 /// separately; both come from one evaluation, so the last one is remembered.
 struct Problem<'a, O: Objective> {
     objective: &'a O,
-    last: std::sync::Mutex<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: std::sync::Mutex<Option<Evaluation>>,
 }
 
 impl<O: Objective> Problem<'_, O> {
@@ -117,6 +120,7 @@ pub fn minimize<O: Objective>(objective: &O, starts: &[Vec<f64>], max_iterations
 }
 
 /// Hessian by central differences of the gradient, symmetrised.
+#[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
     let n = x.len();
     let mut h = vec![vec![0.0; n]; n];
@@ -143,6 +147,7 @@ pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
 }
 
 /// Inverse of a small symmetric matrix by Gauss–Jordan elimination; `None` when singular.
+#[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn invert(matrix: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
     let n = matrix.len();
     let mut a: Vec<Vec<f64>> = matrix

@@ -599,51 +599,48 @@ fn validate(
         .into_par_iter()
         .map(|i| bgnbd::expected_purchases(&fit.params, holdout, x[i], t_x[i], t[i]).unwrap_or(f64::NAN))
         .collect();
-    let buckets: Vec<String> = x
-        .iter()
-        .map(|&x| if x >= 7 { "7+".to_string() } else { x.to_string() })
-        .collect();
-    let mut names: Vec<String> = (0..7).map(|b| b.to_string()).collect();
-    names.push("7+".into());
-    names.push("all".into());
-    let mut columns: (
-        Vec<String>,
-        Vec<i64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<Option<f64>>,
-    ) = Default::default();
-    for name in &names {
-        let members: Vec<usize> = (0..x.len())
-            .filter(|&i| (name == "all" || &buckets[i] == name) && predicted[i].is_finite())
-            .collect();
-        if members.is_empty() {
-            continue;
-        }
-        let count = members.len() as f64;
-        let predicted_sum: f64 = members.iter().map(|&i| predicted[i]).sum();
-        let actual_sum: f64 = members.iter().map(|&i| actual[i]).sum();
-        let mae = members.iter().map(|&i| (predicted[i] - actual[i]).abs()).sum::<f64>() / count;
-        let rmse = (members.iter().map(|&i| (predicted[i] - actual[i]).powi(2)).sum::<f64>() / count).sqrt();
-        columns.0.push(name.clone());
-        columns.1.push(members.len() as i64);
-        columns.2.push(predicted_sum);
-        columns.3.push(actual_sum);
-        columns.4.push(mae);
-        columns.5.push(rmse);
-        columns.6.push((actual_sum > 0.0).then(|| predicted_sum / actual_sum));
-    }
-    let rows = columns.0.len();
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("frequency_bucket".into(), columns.0),
-        Column::new("customers".into(), columns.1),
-        Column::new("predicted_purchases".into(), columns.2),
-        Column::new("actual_purchases".into(), columns.3),
-        Column::new("mae".into(), columns.4),
-        Column::new("rmse".into(), columns.5),
-        Column::new("ratio".into(), columns.6),
-        Column::new("holdout_length".into(), vec![holdout; rows]),
-    ])?)
+    let customers = df!(
+        "bucket" => x.iter().map(|&x| x.min(7) as i32).collect::<Vec<_>>(),
+        "predicted" => predicted,
+        "actual" => actual,
+    )?
+    .lazy()
+    .filter(col("predicted").is_finite());
+    let error = || col("predicted") - col("actual");
+    let aggs = [
+        len().cast(DataType::Int64).alias("customers"),
+        col("predicted").sum().alias("predicted_purchases"),
+        col("actual").sum().alias("actual_purchases"),
+        (error() * error()).sqrt().mean().alias("mae"),
+        (error() * error()).mean().sqrt().alias("rmse"),
+    ];
+    // Buckets 0…6 and 7+ (bucket 7), then `all` (bucket 8).
+    let per_bucket = customers.clone().group_by([col("bucket")]).agg(aggs.clone());
+    let overall = customers.group_by([lit(8i32).alias("bucket")]).agg(aggs);
+    Ok(concat([per_bucket, overall], UnionArgs::default())?
+        .sort(["bucket"], SortMultipleOptions::default())
+        .with_columns([
+            when(col("bucket").eq(lit(8)))
+                .then(lit("all"))
+                .when(col("bucket").eq(lit(7)))
+                .then(lit("7+"))
+                .otherwise(col("bucket").cast(DataType::String))
+                .alias("frequency_bucket"),
+            when(col("actual_purchases").gt(lit(0.0)))
+                .then(col("predicted_purchases") / col("actual_purchases"))
+                .otherwise(lit(NULL).cast(DataType::Float64))
+                .alias("ratio"),
+            lit(holdout).alias("holdout_length"),
+        ])
+        .select([
+            col("frequency_bucket"),
+            col("customers"),
+            col("predicted_purchases"),
+            col("actual_purchases"),
+            col("mae"),
+            col("rmse"),
+            col("ratio"),
+            col("holdout_length"),
+        ])
+        .collect()?)
 }

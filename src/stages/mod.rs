@@ -38,6 +38,9 @@ impl InputKind {
     }
 }
 
+/// Turns a stage's TOML table (minus the `common` keys) into a runnable stage, reporting problems.
+pub type ParseFn = fn(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>>;
+
 /// A registered stage kind.
 pub struct Kind {
     pub name: &'static str,
@@ -48,7 +51,7 @@ pub struct Kind {
     /// Which of `tables` has one row per customer (with `customer_id`), for segment summaries.
     pub customer_table: Option<usize>,
     /// Turn the stage's TOML table into a runnable stage; `common` are keys handled by the config.
-    pub parse: fn(&TableReader, &[&str], &mut Diagnostics) -> Option<Box<dyn Stage>>,
+    pub parse: ParseFn,
 }
 
 impl Debug for Kind {

@@ -8,6 +8,7 @@ mod common;
 mod config_errors;
 mod customer_facts;
 mod end_to_end;
+mod faults;
 mod inputs;
 mod lifecycle;
 mod properties;
