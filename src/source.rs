@@ -329,7 +329,9 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
 
     let local_date = local_date_expr(&schema.ordered_at, source, settings)?;
     let after_as_of = match fixed_as_of {
-        Some(date) => col("date").gt(lit(date)),
+        // A Date literal as days: polars turns a chrono date literal into nanoseconds, which
+        // overflow after 2262 and would let far-future lines through.
+        Some(date) => col("date").gt(lit(crate::period::to_days(date)).cast(DataType::Date)),
         None => lit(false),
     };
     let reason = when(include_expr(source).not())
@@ -440,6 +442,16 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .select(keep)
         .collect()?;
     stats.orders = orders.height() as u64;
+    if orders.height() == 0 {
+        bail!(
+            "source `{}`: no orders left after filters ({} rows read, {} excluded by include, {} rejected, {} after as_of)",
+            source.name,
+            stats.rows_read,
+            stats.rows_excluded_by_include,
+            stats.rows_rejected_total,
+            stats.rows_ignored_after_as_of
+        );
+    }
 
     if stats.rows_read > 0 {
         let fraction = stats.rows_rejected_total as f64 / stats.rows_read as f64;
@@ -465,16 +477,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         Some(date) => date,
         None => {
             let latest = orders.column("date")?.cast(&DataType::Int32)?.i32()?.max();
-            match latest {
-                Some(days) => from_days(days),
-                None => bail!(
-                    "source `{}`: no orders left after filters ({} rows read, {} excluded by include, {} rejected)",
-                    source.name,
-                    stats.rows_read,
-                    stats.rows_excluded_by_include,
-                    stats.rows_rejected_total
-                ),
-            }
+            from_days(latest.expect("orders are not empty"))
         }
     };
     Ok(SourceOrders {

@@ -11,6 +11,7 @@ mod end_to_end;
 mod faults;
 mod inputs;
 mod lifecycle;
+mod matrix;
 mod properties;
 mod reference;
 mod repeat;
