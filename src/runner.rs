@@ -82,7 +82,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
         .clone()
         .unwrap_or_else(|| config.pipeline.output_dir.clone());
     let selected = plan.select(&options.select).map_err(UsageError::Usage)?;
-    let _lock = sink::RunLock::acquire(&output_dir)?;
+    let wait = std::time::Duration::from_secs_f64(config.pipeline.lock_wait_seconds);
+    let _lock = sink::RunLock::acquire(&output_dir, wait)?;
     sink::clean_stale_temps(&output_dir);
 
     let mut manifest = Manifest {

@@ -5,7 +5,7 @@
 //! run publishes nothing. Each rename is atomic, so a reader (or a kill) sees for every table
 //! either the complete previous file or the complete new one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -24,45 +24,60 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Take the lock or fail naming the process that holds it. A lock whose process is gone
-    /// (a killed run) is stale and taken over.
-    pub fn acquire(dir: &Path) -> Result<RunLock> {
+    /// Take the lock, waiting up to `wait` for another run to finish, or fail naming the process
+    /// that holds it. A lock whose process is gone (a killed run) is stale and taken over.
+    ///
+    /// The lock file is created complete (pid written to a private file, then hard-linked to the
+    /// lock name, which fails if the lock exists), so nobody ever reads a half-written lock.
+    pub fn acquire(dir: &Path, wait: std::time::Duration) -> Result<RunLock> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create output directory `{}`", dir.display()))?;
         let path = dir.join(LOCK);
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id())
-                        .with_context(|| format!("cannot write lock file `{}`", path.display()))?;
-                    file.sync_all().ok();
-                    return Ok(RunLock { path });
-                }
+        let mine = dir.join(format!("{LOCK}.{}", std::process::id()));
+        fs::write(&mine, format!("{}\n", std::process::id())).with_context(|| {
+            format!(
+                "cannot write lock file `{}` (is the output directory writable?)",
+                mine.display()
+            )
+        })?;
+        let deadline = std::time::Instant::now() + wait;
+        let result = loop {
+            match fs::hard_link(&mine, &path) {
+                Ok(()) => break Ok(RunLock { path }),
                 Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                     let holder = fs::read_to_string(&path).unwrap_or_default();
-                    let pid: Option<u32> = holder.trim().parse().ok();
-                    match pid {
-                        Some(pid) if process_alive(pid) => bail!(
-                            "output directory `{}` is locked by another run (pid {pid}); lock file `{}`",
-                            dir.display(),
-                            path.display()
-                        ),
-                        _ => {
-                            tracing::warn!("removing stale lock `{}` (pid {:?} is gone)", path.display(), pid);
+                    match holder.trim().parse::<u32>() {
+                        Ok(pid) if process_alive(pid) => {
+                            if std::time::Instant::now() >= deadline {
+                                break Err(anyhow::anyhow!(
+                                    "output directory `{}` is locked by another run (pid {pid}); lock file `{}`{}",
+                                    dir.display(),
+                                    path.display(),
+                                    if wait.is_zero() {
+                                        String::new()
+                                    } else {
+                                        format!(" (waited {} s)", wait.as_secs())
+                                    }
+                                ));
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        holder_pid => {
+                            tracing::warn!(
+                                "removing stale lock `{}` (process {:?} is gone)",
+                                path.display(),
+                                holder_pid.ok()
+                            );
                             fs::remove_file(&path).ok();
                         }
                     }
                 }
                 Err(error) => {
-                    return Err(error).with_context(|| {
-                        format!(
-                            "cannot create lock file `{}` (is the output directory writable?)",
-                            path.display()
-                        )
-                    })
+                    break Err(error).with_context(|| format!("cannot create lock file `{}`", path.display()));
                 }
             }
-        }
-        bail!("cannot take the lock `{}`", path.display())
+        };
+        fs::remove_file(&mine).ok();
+        result
     }
 }
 
@@ -142,12 +157,17 @@ pub fn discard(staged: &[StagedTable]) {
     }
 }
 
-/// Remove temporary files a killed run left behind (only with the lock held).
+/// Remove temporary files a killed run left behind (only with the lock held): staged tables, and
+/// the private lock files of processes that are gone.
 pub fn clean_stale_temps(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(STAGING_PREFIX) {
+            let dead_lock_file = name
+                .strip_prefix(&format!("{LOCK}."))
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !process_alive(pid));
+            if name.starts_with(STAGING_PREFIX) || dead_lock_file {
                 fs::remove_file(entry.path()).ok();
             }
         }

@@ -54,6 +54,8 @@ pub struct PipelineSettings {
     pub timezone: String,
     pub output_dir: PathBuf,
     pub max_rejected_fraction: f64,
+    /// How long a run waits for another run on the same output directory. Default 0: fail fast.
+    pub lock_wait_seconds: f64,
 }
 
 /// Logical column → column in the file.
@@ -198,6 +200,86 @@ mod tests {
         );
     }
 
+    /// Every key of every section and stage kind, misspelt, is reported with the right suggestion.
+    #[test]
+    fn every_misspelt_key_is_reported_with_its_correct_name() {
+        let misspell = |key: &str| -> String {
+            // Swap two letters in the middle: distance 2 at most, never another valid key here.
+            let mut chars: Vec<char> = key.chars().collect();
+            let i = chars.len() / 2;
+            chars.swap(i - 1, i);
+            let swapped: String = chars.into_iter().collect();
+            if swapped == key {
+                format!("{key}x")
+            } else {
+                swapped
+            }
+        };
+        let dir = tempfile_dir();
+        let mut checked = 0;
+        let base = "[sources.orders]\npath = \"x.parquet\"\n";
+        let mut cases: Vec<(String, String)> = Vec::new();
+        for key in PIPELINE_KEYS {
+            cases.push((
+                key.to_string(),
+                format!(
+                    "[pipeline]\n{} = 1\n{base}[stages.f]\nkind = \"customer_facts\"\n",
+                    misspell(key)
+                ),
+            ));
+        }
+        for key in SOURCE_KEYS {
+            cases.push((
+                key.to_string(),
+                format!(
+                    "[sources.orders]\npath = \"x.parquet\"\n{} = 1\n[stages.f]\nkind = \"customer_facts\"\n",
+                    misspell(key)
+                ),
+            ));
+        }
+        for key in LOGICAL_COLUMNS {
+            cases.push((
+                key.to_string(),
+                format!(
+                    "{base}[sources.orders.columns]\n{} = \"c\"\n[stages.f]\nkind = \"customer_facts\"\n",
+                    misspell(key)
+                ),
+            ));
+        }
+        for kind in crate::stages::KINDS {
+            let input = if kind.input == crate::stages::InputKind::Source {
+                "\"orders\""
+            } else {
+                "[\"f\"]"
+            };
+            for key in (kind.options)().iter().chain(&["input", "output", "output_prefix"]) {
+                cases.push((
+                    key.to_string(),
+                    format!("{base}[stages.f]\nkind = \"customer_facts\"\n[stages.s]\nkind = \"{}\"\ninput = {input}\n{} = 1\n", kind.name, misspell(key)),
+                ));
+            }
+        }
+        for (key, text) in cases {
+            let path = dir.join("c.toml");
+            std::fs::write(&path, &text).unwrap();
+            let diagnostics = crate::plan::load_plan(&path).expect_err(&text);
+            let rendered = diagnostics.to_string();
+            assert!(
+                rendered.contains(&format!("has no key `{}`", misspell(&key)))
+                    && rendered.contains(&format!("did you mean `{key}`?")),
+                "{key}:\n{text}\n{rendered}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 50, "{checked} keys checked");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pipeline-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn as_of_accepts_dates_and_keywords() {
         assert_eq!("last_order".parse::<AsOf>(), Ok(AsOf::LastOrder));
@@ -210,7 +292,14 @@ mod tests {
 }
 
 const TOP_KEYS: &[&str] = &["pipeline", "sources", "stages"];
-const PIPELINE_KEYS: &[&str] = &["name", "as_of", "timezone", "output_dir", "max_rejected_fraction"];
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "as_of",
+    "timezone",
+    "output_dir",
+    "max_rejected_fraction",
+    "lock_wait_seconds",
+];
 const SOURCE_KEYS: &[&str] = &["path", "include", "naive_timestamps_are", "columns"];
 const STAGE_COMMON_KEYS: &[&str] = &["kind", "input", "output", "output_prefix"];
 
@@ -307,6 +396,7 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
         timezone: "UTC".into(),
         output_dir: resolve_path(dir, "out"),
         max_rejected_fraction: 0.0,
+        lock_wait_seconds: 0.0,
     };
     let Some(item) = item else { return settings };
     let Some(table) = item.as_table_like() else {
@@ -349,6 +439,16 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
             diagnostics.error(
                 format!("key `max_rejected_fraction` of `[pipeline]` must be between 0 and 1, got {fraction}"),
                 reader.value_span("max_rejected_fraction"),
+            );
+        }
+    }
+    if let Some(seconds) = reader.get::<f64>("lock_wait_seconds", diagnostics) {
+        if (0.0..=86_400.0).contains(&seconds) {
+            settings.lock_wait_seconds = seconds;
+        } else {
+            diagnostics.error(
+                format!("key `lock_wait_seconds` of `[pipeline]` must be between 0 and 86400, got {seconds}"),
+                reader.value_span("lock_wait_seconds"),
             );
         }
     }

@@ -138,6 +138,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &["customers", "model", "validation"],
     customer_table: Some(0),
+    options: serde_aux::serde_introspection::serde_introspect::<ClvOptions>,
     parse,
 };
 

@@ -88,6 +88,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &[""],
     customer_table: Some(0),
+    options: serde_aux::serde_introspection::serde_introspect::<ClvSimpleOptions>,
     parse,
 };
 

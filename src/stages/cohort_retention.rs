@@ -30,6 +30,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &[""],
     customer_table: None,
+    options: serde_aux::serde_introspection::serde_introspect::<CohortRetentionOptions>,
     parse: |reader, common, diagnostics| {
         let options = super::parse_options::<CohortRetentionOptions>(reader, common, diagnostics)?;
         let mut ok = true;

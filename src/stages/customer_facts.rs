@@ -16,6 +16,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &[""],
     customer_table: Some(0),
+    options: serde_aux::serde_introspection::serde_introspect::<CustomerFactsOptions>,
     parse: |reader, common, diagnostics| {
         super::parse_options::<CustomerFactsOptions>(reader, common, diagnostics)
             .map(|options| Box::new(options) as Box<dyn Stage>)

@@ -71,6 +71,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &["snapshots", "customers"],
     customer_table: Some(1),
+    options: serde_aux::serde_introspection::serde_introspect::<LifecycleOptions>,
     parse,
 };
 

@@ -52,6 +52,8 @@ pub struct Kind {
     pub customer_table: Option<usize>,
     /// Turn the stage's TOML table into a runnable stage; `common` are keys handled by the config.
     pub parse: ParseFn,
+    /// The option keys the kind accepts (besides kind, input, output, output_prefix).
+    pub options: fn() -> &'static [&'static str],
 }
 
 impl Debug for Kind {

@@ -74,6 +74,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &["summary", "transitions"],
     customer_table: None,
+    options: serde_aux::serde_introspection::serde_introspect::<RepeatOptions>,
     parse,
 };
 

@@ -94,6 +94,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Source,
     tables: &["customers", "thresholds", "segments"],
     customer_table: Some(0),
+    options: serde_aux::serde_introspection::serde_introspect::<RfmOptions>,
     parse,
 };
 

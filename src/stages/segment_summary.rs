@@ -30,6 +30,7 @@ pub static KIND: Kind = Kind {
     input: InputKind::Stages,
     tables: &[""],
     customer_table: None,
+    options: serde_aux::serde_introspection::serde_introspect::<SegmentSummaryOptions>,
     parse,
 };
 

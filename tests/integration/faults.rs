@@ -148,6 +148,28 @@ fn a_second_run_on_the_same_output_fails_fast_while_the_first_succeeds() {
 }
 
 #[test]
+fn with_lock_wait_seconds_the_second_run_waits_and_then_succeeds() {
+    let (workspace, config) = sizeable(100_000);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[pipeline]\n", "[pipeline]\nlock_wait_seconds = 120\n");
+    std::fs::write(&config, text).unwrap();
+    let mut first = spawn_run(&config);
+    let lock = workspace.out().join(".pipeline.lock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lock.exists() {
+        assert!(Instant::now() < deadline, "the first run never took the lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = run_ok(&["run", config.to_str().unwrap()]);
+    assert!(first.wait().unwrap().success());
+    let _ = second;
+    let manifest = manifest(&workspace.out());
+    assert_eq!(manifest["status"], "succeeded");
+    assert_ne!(manifest["pid"], first.id(), "the waiting run finished last");
+}
+
+#[test]
 fn a_stale_lock_from_a_dead_process_is_taken_over() {
     let workspace = Workspace::with_tiny();
     let config = workspace.config("", "[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders\"\n");
