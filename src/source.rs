@@ -225,19 +225,61 @@ fn time_zone(name: &str) -> Result<TimeZone> {
     TimeZone::opt_try_new(Some(name))?.with_context(|| format!("time zone `{name}` is not known to polars"))
 }
 
-/// The local calendar date of `ordered_at` in the pipeline's zone.
-fn local_date_expr(ordered_at: &DataType, source: &SourceConfig, settings: &PipelineSettings) -> Result<Expr> {
+/// `ordered_at` as Int64 microseconds in the column's own frame: UTC instants for zoned
+/// timestamps, wall-clock time for naive ones, midnight for dates. Comparable with
+/// `as_of_boundary` without converting every line to a local date.
+fn ts_micros_expr(ordered_at: &DataType) -> Result<Expr> {
+    Ok(match ordered_at {
+        DataType::Date => col("ordered_at").cast(DataType::Datetime(TimeUnit::Microseconds, None)),
+        DataType::Datetime(_, zone) => col("ordered_at").cast(DataType::Datetime(TimeUnit::Microseconds, zone.clone())),
+        other => bail!("ordered_at has type {other}: expected a date or timestamp"),
+    }
+    .cast(DataType::Int64))
+}
+
+/// The first microsecond after `as_of` (local midnight starting the next day in the pipeline's
+/// zone), in the same frame as `ts_micros_expr`.
+fn as_of_boundary(as_of: NaiveDate, ordered_at: &DataType, source: &SourceConfig, settings: &PipelineSettings) -> Result<i64> {
+    use chrono::TimeZone as _;
+    let next_midnight = (as_of + chrono::Duration::days(1)).and_hms_opt(0, 0, 0).expect("midnight exists");
+    let zone = |name: &str| -> Result<chrono_tz::Tz> { name.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{name}`")) };
+    let instant = |naive: chrono::NaiveDateTime, tz: chrono_tz::Tz| -> Result<chrono::DateTime<chrono::Utc>> {
+        // Midnight can fall in a DST gap in a few zones: take the first instant after it.
+        let local = tz
+            .from_local_datetime(&naive)
+            .earliest()
+            .or_else(|| tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest())
+            .with_context(|| format!("local time {naive} does not exist in `{tz}`"))?;
+        Ok(local.with_timezone(&chrono::Utc))
+    };
+    Ok(match ordered_at {
+        DataType::Date => next_midnight.and_utc().timestamp_micros(),
+        DataType::Datetime(_, Some(_)) => instant(next_midnight, zone(&settings.timezone)?)?.timestamp_micros(),
+        DataType::Datetime(_, None) => {
+            // Naive values are wall-clock time in `naive_timestamps_are`.
+            let utc = instant(next_midnight, zone(&settings.timezone)?)?;
+            let wall = utc.with_timezone(&zone(&source.naive_timestamps_are)?).naive_local();
+            wall.and_utc().timestamp_micros()
+        }
+        other => bail!("ordered_at has type {other}: expected a date or timestamp"),
+    })
+}
+
+/// The local calendar date in the pipeline's zone of Int64 microseconds from `ts_micros_expr`.
+fn local_date_of_micros(micros: Expr, ordered_at: &DataType, source: &SourceConfig, settings: &PipelineSettings) -> Result<Expr> {
     let target = time_zone(&settings.timezone)?;
     Ok(match ordered_at {
-        DataType::Date => col("ordered_at"),
-        DataType::Datetime(_, Some(_)) => col("ordered_at").dt().convert_time_zone(target).dt().date(),
-        DataType::Datetime(_, None) => col("ordered_at")
+        DataType::Date => micros.cast(DataType::Datetime(TimeUnit::Microseconds, None)).dt().date(),
+        DataType::Datetime(_, Some(_)) => micros
+            .cast(DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC)))
             .dt()
-            .replace_time_zone(
-                Some(time_zone(&source.naive_timestamps_are)?),
-                lit("earliest"),
-                NonExistent::Null,
-            )
+            .convert_time_zone(target)
+            .dt()
+            .date(),
+        DataType::Datetime(_, None) => micros
+            .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+            .dt()
+            .replace_time_zone(Some(time_zone(&source.naive_timestamps_are)?), lit("earliest"), NonExistent::Null)
             .dt()
             .convert_time_zone(target)
             .dt()
@@ -323,15 +365,14 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         let mut aggs: Vec<Expr> = value_columns.iter().map(|c| col(*c).first()).collect();
         aggs.push(len().alias("copies"));
         lines = lines.group_by([col("order_id"), col("line")]).agg(aggs);
-    } else {
-        lines = lines.with_column(lit(1u32).alias("copies"));
     }
 
-    let local_date = local_date_expr(&schema.ordered_at, source, settings)?;
+    // Each line gets a reason code (0 = usable); grouping by (order_id, reason) keeps every
+    // aggregate a plain one (min, max, sum, count) and yields the accounting from the few groups
+    // with a non-zero reason. Local dates are computed per order afterwards, not per line.
+    let ts = ts_micros_expr(&schema.ordered_at)?;
     let after_as_of = match fixed_as_of {
-        // A Date literal as days: polars turns a chrono date literal into nanoseconds, which
-        // overflow after 2262 and would let far-future lines through.
-        Some(date) => col("date").gt(lit(crate::period::to_days(date)).cast(DataType::Date)),
+        Some(date) => col("ts").gt_eq(lit(as_of_boundary(date, &schema.ordered_at, source, settings)?)),
         None => lit(false),
     };
     let reason = when(include_expr(source).not())
@@ -340,7 +381,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .then(lit(2i32))
         .when(col("order_id").is_null())
         .then(lit(3i32))
-        .when(col("date").is_null())
+        .when(col("ts").is_null())
         .then(lit(4i32))
         .when(col("amount").is_null())
         .then(lit(5i32))
@@ -348,38 +389,25 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .then(lit(6i32))
         .otherwise(lit(OK))
         .alias("reason");
-    let ts_key = col("ordered_at").cast(DataType::Int64);
     let lines = lines
-        .with_column(local_date.alias("date"))
+        .with_column(ts.alias("ts"))
         .with_column(reason)
         .with_column(crate::money::to_micros(col("amount")).alias("amount"));
-    let ok = || col("reason").eq(lit(OK));
-    let when_ok = |expr: Expr| when(ok()).then(expr).otherwise(lit(NULL));
-
     let mut aggs = vec![
         len().alias("lines"),
-        (col("copies").cast(DataType::UInt64) - lit(1u64))
-            .sum()
-            .alias("duplicate_lines"),
-        ok().cast(DataType::UInt32).sum().alias("ok_lines"),
-        when_ok(col("customer_id")).min().alias("customer_id"),
-        when_ok(col("customer_id")).max().alias("customer_id_max"),
-        when_ok(col("date")).min().alias("date"),
-        when_ok(ts_key.clone()).min().alias("ordered_ts"),
-        when_ok(col("amount")).sum().alias("revenue"),
+        col("customer_id").min().alias("customer_id"),
+        col("customer_id").max().alias("customer_id_max"),
+        col("ts").min().alias("ordered_ts"),
+        col("amount").sum().alias("revenue"),
     ];
-    for (code, name) in LINE_REASONS {
-        aggs.push(col("reason").eq(lit(*code)).cast(DataType::UInt32).sum().alias(*name));
+    if has_line {
+        aggs.push((col("copies").cast(DataType::UInt64) - lit(1u64)).sum().alias("duplicate_lines"));
     }
     if has_channel {
-        aggs.push(
-            when_ok(col("channel").cast(DataType::String))
-                .min_by(when_ok(ts_key))
-                .alias("channel"),
-        );
+        aggs.push(col("channel").cast(DataType::String).min_by(col("ts")).alias("channel"));
     }
-    let per_order = lines
-        .group_by([col("order_id")])
+    let groups = lines
+        .group_by([col("order_id"), col("reason")])
         .agg(aggs)
         .collect_with_engine(Engine::Streaming)
         .map(|result| result.unwrap_single())
@@ -398,14 +426,26 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         files: files.iter().map(|f| f.display().to_string()).collect(),
         ..Default::default()
     };
-    let sum = |name: &str| -> Result<u64> {
-        let column = per_order.column(name)?.cast(&DataType::UInt64)?;
-        Ok(column.u64()?.sum().unwrap_or(0))
+    let lines_by_reason = groups
+        .clone()
+        .lazy()
+        .group_by([col("reason")])
+        .agg([col("lines").cast(DataType::UInt64).sum()])
+        .collect()?;
+    let reasons = lines_by_reason.column("reason")?.i32()?;
+    let counts = lines_by_reason.column("lines")?.u64()?;
+    let mut by_reason: BTreeMap<i32, u64> = BTreeMap::new();
+    for (reason, count) in reasons.iter().zip(counts.iter()) {
+        by_reason.insert(reason.unwrap_or(OK), count.unwrap_or(0));
+    }
+    stats.duplicate_lines = if has_line {
+        groups.column("duplicate_lines")?.u64()?.sum().unwrap_or(0)
+    } else {
+        0
     };
-    stats.duplicate_lines = sum("duplicate_lines")?;
-    stats.rows_read = sum("lines")? + stats.duplicate_lines;
-    for (_, name) in LINE_REASONS {
-        let count = sum(name)?;
+    stats.rows_read = by_reason.values().sum::<u64>() + stats.duplicate_lines;
+    for (code, name) in LINE_REASONS {
+        let count = by_reason.get(code).copied().unwrap_or(0);
         match *name {
             "excluded_by_include" => stats.rows_excluded_by_include = count,
             "after_as_of" => stats.rows_ignored_after_as_of = count,
@@ -415,30 +455,33 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         }
     }
 
-    // An order_id whose valid lines name two customers is rejected whole.
-    let several_customers = col("customer_id").neq(col("customer_id_max"));
-    let conflicting = per_order
-        .clone()
-        .lazy()
-        .filter(col("ok_lines").gt(lit(0u32)).and(several_customers.clone()))
-        .select([col("ok_lines").cast(DataType::UInt64).sum()])
-        .collect()?;
-    let conflicting_lines = conflicting.column("ok_lines")?.u64()?.get(0).unwrap_or(0);
-    stats
-        .rows_rejected
-        .insert("order_with_several_customers".into(), conflicting_lines);
-    stats.rows_rejected_total = REJECTED
-        .iter()
-        .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
-        .sum();
-
+    // Orders from the usable lines; an order_id whose lines name two customers is rejected
+    // whole, and so is one whose first local time does not exist (a DST gap for naive times).
+    let local_date = local_date_of_micros(col("ordered_ts"), &schema.ordered_at, source, settings)?;
     let mut keep = vec![col("customer_id"), col("date"), col("ordered_ts"), col("revenue")];
     if has_channel {
         keep.push(col("channel"));
     }
-    let orders = per_order
+    let usable = groups
         .lazy()
-        .filter(col("ok_lines").gt(lit(0u32)).and(several_customers.not()))
+        .filter(col("reason").eq(lit(OK)))
+        .with_column(local_date.alias("date"))
+        .with_column(col("customer_id").neq(col("customer_id_max")).alias("several_customers"))
+        .collect()?;
+    let rejected_lines = |condition: Expr| -> Result<u64> {
+        let frame = usable.clone().lazy().filter(condition).select([col("lines").cast(DataType::UInt64).sum()]).collect()?;
+        Ok(frame.column("lines")?.u64()?.get(0).unwrap_or(0))
+    };
+    stats.rows_rejected.insert("order_with_several_customers".into(), rejected_lines(col("several_customers"))?);
+    let no_local_time = rejected_lines(col("date").is_null().and(col("several_customers").not()))?;
+    *stats.rows_rejected.entry("null_ordered_at".into()).or_insert(0) += no_local_time;
+    stats.rows_rejected_total = REJECTED
+        .iter()
+        .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
+        .sum();
+    let orders = usable
+        .lazy()
+        .filter(col("several_customers").not().and(col("date").is_not_null()))
         .select(keep)
         .collect()?;
     stats.orders = orders.height() as u64;
