@@ -239,10 +239,19 @@ fn ts_micros_expr(ordered_at: &DataType) -> Result<Expr> {
 
 /// The first microsecond after `as_of` (local midnight starting the next day in the pipeline's
 /// zone), in the same frame as `ts_micros_expr`.
-fn as_of_boundary(as_of: NaiveDate, ordered_at: &DataType, source: &SourceConfig, settings: &PipelineSettings) -> Result<i64> {
+fn as_of_boundary(
+    as_of: NaiveDate,
+    ordered_at: &DataType,
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+) -> Result<i64> {
     use chrono::TimeZone as _;
-    let next_midnight = (as_of + chrono::Duration::days(1)).and_hms_opt(0, 0, 0).expect("midnight exists");
-    let zone = |name: &str| -> Result<chrono_tz::Tz> { name.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{name}`")) };
+    let next_midnight = (as_of + chrono::Duration::days(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists");
+    let zone = |name: &str| -> Result<chrono_tz::Tz> {
+        name.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{name}`"))
+    };
     let instant = |naive: chrono::NaiveDateTime, tz: chrono_tz::Tz| -> Result<chrono::DateTime<chrono::Utc>> {
         // Midnight can fall in a DST gap in a few zones: take the first instant after it.
         let local = tz
@@ -266,12 +275,23 @@ fn as_of_boundary(as_of: NaiveDate, ordered_at: &DataType, source: &SourceConfig
 }
 
 /// The local calendar date in the pipeline's zone of Int64 microseconds from `ts_micros_expr`.
-fn local_date_of_micros(micros: Expr, ordered_at: &DataType, source: &SourceConfig, settings: &PipelineSettings) -> Result<Expr> {
+fn local_date_of_micros(
+    micros: Expr,
+    ordered_at: &DataType,
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+) -> Result<Expr> {
     let target = time_zone(&settings.timezone)?;
     Ok(match ordered_at {
-        DataType::Date => micros.cast(DataType::Datetime(TimeUnit::Microseconds, None)).dt().date(),
+        DataType::Date => micros
+            .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+            .dt()
+            .date(),
         DataType::Datetime(_, Some(_)) => micros
-            .cast(DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC)))
+            .cast(DataType::Datetime(
+                TimeUnit::Microseconds,
+                Some(polars::prelude::TimeZone::UTC),
+            ))
             .dt()
             .convert_time_zone(target)
             .dt()
@@ -279,7 +299,11 @@ fn local_date_of_micros(micros: Expr, ordered_at: &DataType, source: &SourceConf
         DataType::Datetime(_, None) => micros
             .cast(DataType::Datetime(TimeUnit::Microseconds, None))
             .dt()
-            .replace_time_zone(Some(time_zone(&source.naive_timestamps_are)?), lit("earliest"), NonExistent::Null)
+            .replace_time_zone(
+                Some(time_zone(&source.naive_timestamps_are)?),
+                lit("earliest"),
+                NonExistent::Null,
+            )
             .dt()
             .convert_time_zone(target)
             .dt()
@@ -401,7 +425,11 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         col("amount").sum().alias("revenue"),
     ];
     if has_line {
-        aggs.push((col("copies").cast(DataType::UInt64) - lit(1u64)).sum().alias("duplicate_lines"));
+        aggs.push(
+            (col("copies").cast(DataType::UInt64) - lit(1u64))
+                .sum()
+                .alias("duplicate_lines"),
+        );
     }
     if has_channel {
         aggs.push(col("channel").cast(DataType::String).min_by(col("ts")).alias("channel"));
@@ -466,13 +494,25 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .lazy()
         .filter(col("reason").eq(lit(OK)))
         .with_column(local_date.alias("date"))
-        .with_column(col("customer_id").neq(col("customer_id_max")).alias("several_customers"))
+        .with_column(
+            col("customer_id")
+                .neq(col("customer_id_max"))
+                .alias("several_customers"),
+        )
         .collect()?;
     let rejected_lines = |condition: Expr| -> Result<u64> {
-        let frame = usable.clone().lazy().filter(condition).select([col("lines").cast(DataType::UInt64).sum()]).collect()?;
+        let frame = usable
+            .clone()
+            .lazy()
+            .filter(condition)
+            .select([col("lines").cast(DataType::UInt64).sum()])
+            .collect()?;
         Ok(frame.column("lines")?.u64()?.get(0).unwrap_or(0))
     };
-    stats.rows_rejected.insert("order_with_several_customers".into(), rejected_lines(col("several_customers"))?);
+    stats.rows_rejected.insert(
+        "order_with_several_customers".into(),
+        rejected_lines(col("several_customers"))?,
+    );
     let no_local_time = rejected_lines(col("date").is_null().and(col("several_customers").not()))?;
     *stats.rows_rejected.entry("null_ordered_at".into()).or_insert(0) += no_local_time;
     stats.rows_rejected_total = REJECTED
