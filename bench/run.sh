@@ -8,7 +8,8 @@
 #   seq       all with independent stages run one after another (--sequential)
 #   x3        base over the same file read three times through a glob: 3× the lines, the same
 #             orders and customers (duplicate order ids merge) — peak RSS must not grow with lines
-# Prints a markdown table: wall s, CPU s (user+sys), peak RSS MB, lines/s.
+# Prints a markdown table: wall s, CPU s (user+sys), peak RSS MB, lines/s — each the median run
+# of REPEATS (default 3) by wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES="${1:-10000000}"
@@ -21,21 +22,30 @@ BIN="$CARGO_TARGET_DIR/release/pipeline"
 FILE="$DATA/lines_$LINES.parquet"
 declare -A WALL CPU RSS
 
-measure() { # name, command...
-  local name="$1"; shift
-  local log="$DATA/time_$name.log"
+REPEATS="${REPEATS:-3}"
+
+measure_once() { # log, command... → "wall cpu rss_mb"
+  local log="$1"; shift
   /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
-  local wall user sys
+  local wall user sys rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   user=$(awk -F': ' '/User time/ {print $2}' "$log")
   sys=$(awk -F': ' '/System time/ {print $2}' "$log")
-  WALL[$name]=$wall
-  CPU[$name]=$(echo "$user + $sys" | bc -l)
-  RSS[$name]=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+  echo "$wall $(echo "$user + $sys" | bc -l) $rss"
+}
+
+measure() { # name, command... ; the median of REPEATS runs by wall time (this machine is noisy)
+  local name="$1"; shift
+  local runs=()
+  for _ in $(seq "$REPEATS"); do runs+=("$(measure_once "$DATA/time_$name.log" "$@")"); done
+  local median
+  median=$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')
+  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$median"
 }
 
 if [ ! -f "$FILE" ]; then
-  measure generate "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+  REPEATS=1 measure generate "$BIN" generate-sample --lines "$LINES" --out "$FILE"
 fi
 mkdir -p "$DATA/x3"
 for i in 1 2 3; do ln -sf "$(realpath "$FILE")" "$DATA/x3/part$i.parquet"; done
