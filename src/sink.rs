@@ -111,7 +111,9 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
         let file = File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
         ParquetWriter::new(&file)
             // zstd level 1: nearly level 3's size at a fraction of the time on wide tables.
-            .with_compression(ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(1)?)))
+            .with_compression(ParquetCompression::Zstd(Some(
+                polars_utils::compression::ZstdLevel::try_new(1)?,
+            )))
             .with_statistics(StatisticsOptions::default())
             .finish(frame)
             .map_err(anyhow::Error::from)

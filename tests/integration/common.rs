@@ -327,3 +327,44 @@ pub fn manifest(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("_manifest.json")).expect("manifest exists");
     serde_json::from_str(&text).expect("manifest is JSON")
 }
+
+/// A Python with DuckDB for reference checks: `PIPELINE_PYTHON`, or the repo's `.venv`.
+pub fn python_with_duckdb() -> Option<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var_os("PIPELINE_PYTHON").map(PathBuf::from),
+        Some(repo.join(".venv/bin/python")),
+    ];
+    candidates.into_iter().flatten().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import duckdb"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// Row counts of Parquet files as DuckDB reads them (a second, non-Rust reader), when available.
+pub fn duckdb_row_counts(files: &[PathBuf]) -> Option<Vec<u64>> {
+    let python = python_with_duckdb()?;
+    let list: Vec<String> = files.iter().map(|f| format!("{:?}", f.to_str().unwrap())).collect();
+    let script = format!(
+        "import duckdb\nfor f in [{}]:\n    print(duckdb.execute(f\"select count(*) from read_parquet('{{f}}')\").fetchone()[0])",
+        list.join(", ")
+    );
+    let output = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "DuckDB could not read the tables: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect(),
+    )
+}

@@ -96,8 +96,14 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
         // Every table is complete, readable by an independent reader, and the same as before
         // (runs are deterministic, so the new version equals the previous one byte for byte).
         assert_eq!(snapshot(&workspace.out()), reference, "kill {k} after {delay:?}");
-        for table in TABLES {
-            assert!(read_table(&workspace.out().join(format!("{table}.parquet"))).rows > 0);
+        let files: Vec<PathBuf> = TABLES
+            .iter()
+            .map(|t| workspace.out().join(format!("{t}.parquet")))
+            .collect();
+        let rows: Vec<u64> = files.iter().map(|f| read_table(f).rows as u64).collect();
+        assert!(rows.iter().all(|r| *r > 0));
+        if let Some(duckdb_rows) = duckdb_row_counts(&files) {
+            assert_eq!(duckdb_rows, rows, "DuckDB and arrow-rs read the same tables");
         }
         let manifest = manifest(&workspace.out());
         if manifest["pid"] == child.id() && !finished_before_kill {

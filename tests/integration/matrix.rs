@@ -254,6 +254,12 @@ fn cases() -> Vec<Case> {
             setup: |w| edit_config(w, "output_dir = \"out\"", "output_dir = \"${PIPELINE_MATRIX_UNSET}\""),
         },
         Case {
+            name: "output directory cannot be created",
+            exit: 1,
+            message: "cannot create output directory `<dir>/lines.parquet/out`",
+            setup: |w| edit_config(w, "output_dir = \"out\"", "output_dir = \"lines.parquet/out\""),
+        },
+        Case {
             name: "output path is a directory",
             exit: 1,
             message: "`<dir>/out/facts.parquet` is a directory",
@@ -310,18 +316,22 @@ fn every_bad_input_fails_cleanly_and_the_reliability_table_is_current() {
                 );
             }
         }
+        // Config errors touch nothing; a run that cannot create its output directory cannot
+        // write a manifest there either (the previous one, elsewhere, stays as it was).
+        let unreachable_output = case.message.starts_with("cannot create output directory");
+        let manifest_written = case.exit == 1 && !unreachable_output;
         let status = manifest(&workspace.out())["status"].as_str().unwrap().to_string();
-        let expected_status = if case.exit == 2 { "succeeded" } else { "failed" };
+        let expected_status = if manifest_written { "failed" } else { "succeeded" };
         assert_eq!(status, expected_status, "{}: manifest", case.name);
         rows.push(format!(
             "| {} | {} | {} | {} |",
             case.name,
             case.exit,
             first_error_line(&stderr(&output), workspace.dir.path()).replace('|', "\\\\|"),
-            if case.exit == 2 {
-                "untouched (config errors touch nothing)"
-            } else {
-                "`failed`, with the error"
+            match (case.exit, manifest_written) {
+                (2, _) => "untouched (config errors touch nothing)",
+                (_, false) => "cannot be written (no output directory)",
+                _ => "`failed`, with the error",
             }
         ));
     }

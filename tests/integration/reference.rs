@@ -2,25 +2,10 @@
 //! retention, rfm, repeat and lifecycle from the sample order lines and compares them with the
 //! pipeline's tables row for row.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
-
-fn python_with_duckdb() -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("PIPELINE_PYTHON").map(PathBuf::from),
-        Some(repo.join(".venv/bin/python")),
-    ];
-    candidates.into_iter().flatten().find(|python| {
-        Command::new(python)
-            .args(["-c", "import duckdb"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
 
 /// Run `config` on the sample data, then `script` over its outputs; the script's JSON report.
 fn reference_report(config: &str, script: &str) -> Option<serde_json::Value> {
