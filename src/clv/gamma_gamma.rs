@@ -140,11 +140,24 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     }
     let objective = NegativeLogLikelihood::new(spend, penalizer);
     let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.weight.iter().sum::<f64>();
-    let starts = [
+    let mut starts = vec![
         vec![0.0f64; 3],
         vec![(0.1f64).ln(); 3],
         vec![(2.0f64).ln(), (3.0f64).ln(), (mean_m.max(1e-6) * 2.0).ln()],
     ];
+    // Many customers: start from the optimum of a systematic subsample.
+    const SUBSAMPLE: usize = 20_000;
+    if spend.x.len() > 4 * SUBSAMPLE {
+        let step = spend.x.len() / SUBSAMPLE;
+        let sample = Spend {
+            x: spend.x.iter().step_by(step).copied().collect(),
+            m: spend.m.iter().step_by(step).copied().collect(),
+            weight: spend.weight.iter().step_by(step).copied().collect(),
+        };
+        if let Some(warm) = optimize::minimize(&NegativeLogLikelihood::new(&sample, penalizer), &starts, 2000) {
+            starts.insert(0, warm.x);
+        }
+    }
     let minimum = optimize::minimize(&objective, &starts, 2000)?;
     let params = Params {
         p: minimum.x[0].exp(),

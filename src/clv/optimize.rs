@@ -65,9 +65,9 @@ pub struct Minimum {
 fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -> Option<Minimum> {
     let line_search = MoreThuenteLineSearch::new();
     let solver = LBFGS::new(line_search, 10)
-        .with_tolerance_grad(1e-9)
+        .with_tolerance_grad(1e-7)
         .ok()?
-        .with_tolerance_cost(1e-14)
+        .with_tolerance_cost(1e-12)
         .ok()?;
     let problem = Problem {
         objective,
