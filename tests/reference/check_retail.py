@@ -17,40 +17,7 @@ con = base.connect(LINES, "Europe/Berlin")
 report = {}
 
 # ---------------------------------------------------------------- rfm
-con.execute(
-    """
-CREATE TABLE rfm AS
-WITH v AS (
-  SELECT customer_id, ((SELECT as_of FROM as_of) - last_purchase_date) AS recency_days,
-         orders AS frequency, revenue AS monetary, count(*) OVER () AS n
-  FROM facts
-), r AS (
-  SELECT *,
-    1 + floor(5 * (rank() OVER (ORDER BY recency_days DESC) - 1) / n) AS r_score,
-    1 + floor(5 * (rank() OVER (ORDER BY frequency) - 1) / n) AS f_score,
-    1 + floor(5 * (rank() OVER (ORDER BY round(monetary, 6)) - 1) / n) AS m_score
-  FROM v
-)
-SELECT customer_id, recency_days, frequency, monetary,
-       CAST(r_score AS INT) AS r_score, CAST(f_score AS INT) AS f_score,
-       CAST(m_score AS INT) AS m_score,
-       CAST(r_score AS INT)::VARCHAR || CAST(f_score AS INT)::VARCHAR || CAST(m_score AS INT)::VARCHAR AS rfm_score,
-       CASE
-         WHEN r_score = 5 AND f_score >= 4 THEN 'champions'
-         WHEN r_score = 5 AND f_score = 1 THEN 'new_customers'
-         WHEN r_score = 5 THEN 'potential_loyalists'
-         WHEN r_score IN (3, 4) AND f_score >= 4 THEN 'loyal_customers'
-         WHEN r_score = 4 AND f_score = 1 THEN 'promising'
-         WHEN r_score = 4 THEN 'potential_loyalists'
-         WHEN r_score = 3 AND f_score = 3 THEN 'need_attention'
-         WHEN r_score = 3 THEN 'about_to_sleep'
-         WHEN f_score = 5 THEN 'cannot_lose_them'
-         WHEN f_score >= 3 THEN 'at_risk'
-         ELSE 'hibernating'
-       END AS segment
-FROM r
-"""
-)
+base.create_rfm(con)
 report["rfm_customers"] = base.compare(
     con, OUT, "rfm_customers", "SELECT * FROM rfm", ["customer_id"],
     ["recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "rfm_score", "segment"],
@@ -76,21 +43,7 @@ report["rfm_segments"] = base.compare(
 )
 
 # ---------------------------------------------------------------- repeat
-con.execute(
-    """
-CREATE TABLE nth AS
-SELECT c AS customer_id, d, row_number() OVER (PARTITION BY c ORDER BY d, order_id) AS k
-FROM orders WHERE rev > 0;
-
-CREATE TABLE rep AS
-SELECT f.customer_id, CAST(date_trunc('month', f.first_purchase_date) AS DATE) AS cohort, f.orders,
-       (SELECT as_of FROM as_of) - f.first_purchase_date AS observed_days,
-       n2.d - f.first_purchase_date AS days_to_second,
-       CASE WHEN f.orders >= 2 THEN (f.last_purchase_date - f.first_purchase_date) / (f.orders - 1) END
-         AS days_between
-FROM facts f LEFT JOIN nth n2 ON n2.customer_id = f.customer_id AND n2.k = 2;
-"""
-)
+base.create_repeat_inputs(con)
 windows = [30, 90, 365]
 window_columns = ",\n".join(
     f"""count(*) FILTER (WHERE observed_days >= {n}) AS customers_observed_{n}d,

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The pipeline against the alternatives a data engineer has, on the same file in the same run:
+#   floor_polars / floor_duckdb  one scan + GROUP BY customer (count, sum, min, max) → Parquet
+#   duckdb_metrics               the table metrics in DuckDB SQL (bench/duckdb_metrics.py)
+#   pipeline                     `pipeline run` with customer_facts, monthly cohorts, rfm,
+#                                repeat, clv_simple (historic CLV) and a segment summary
+#   bash bench/compare.sh [LINES]   (default 10000000; installs polars and duckdb into .venv)
+# Prints wall s, CPU s and peak RSS (median of REPEATS=3 by wall time) and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES="${1:-10000000}"
+DATA="bench/data"
+REPEATS="${REPEATS:-3}"
+mkdir -p "$DATA"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
+cargo build --release --quiet
+BIN="$CARGO_TARGET_DIR/release/pipeline"
+FILE="$(realpath -m "$DATA/lines_$LINES.parquet")"
+[ -f "$FILE" ] || "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import polars, duckdb" 2>/dev/null || .venv/bin/pip install --quiet polars duckdb
+PY=.venv/bin/python
+
+cat > "$DATA/bench_compare.toml" <<TOML
+[pipeline]
+timezone = "Europe/Berlin"
+output_dir = "out_compare"
+[sources.orders]
+path = "$FILE"
+include = { status = ["completed", "shipped"] }
+[sources.orders.columns]
+ordered_at = "created_at"
+amount = "line_amount"
+status = "status"
+channel = "channel"
+[stages.customer_facts]
+kind = "customer_facts"
+[stages.cohorts]
+kind = "cohort_retention"
+granularity = "month"
+[stages.rfm]
+kind = "rfm"
+[stages.repeat]
+kind = "repeat"
+[stages.clv_simple]
+kind = "clv_simple"
+[stages.segments]
+kind = "segment_summary"
+input = ["rfm", "clv_simple"]
+by = ["segment"]
+TOML
+
+declare -A WALL CPU RSS
+measure() { # name, command...
+  local name="$1"; shift
+  local runs=() log="$DATA/time_$name.log"
+  for _ in $(seq "$REPEATS"); do
+    /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
+    local wall user sys rss
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+    user=$(awk -F': ' '/User time/ {print $2}' "$log")
+    sys=$(awk -F': ' '/System time/ {print $2}' "$log")
+    rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+    runs+=("$wall $(echo "$user + $sys" | bc -l) $rss")
+  done
+  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')"
+}
+
+measure floor_polars "$PY" bench/floor.py polars "$FILE" "$DATA/floor_polars.parquet"
+measure floor_duckdb "$PY" bench/floor.py duckdb "$FILE" "$DATA/floor_duckdb.parquet"
+measure duckdb_metrics "$PY" bench/duckdb_metrics.py "$FILE" "$DATA/out_duckdb"
+measure pipeline "$BIN" run "$DATA/bench_compare.toml" --log warn
+
+printf '\n%s lines, %s cores, median of %s\n\n| run | wall s | CPU s | peak RSS MB |\n|---|---|---|---|\n' "$LINES" "$(nproc)" "$REPEATS"
+for name in floor_polars floor_duckdb duckdb_metrics pipeline; do
+  printf '| %s | %.2f | %.2f | %s |\n' "$name" "${WALL[$name]}" "${CPU[$name]}" "${RSS[$name]}"
+done
+floor=$(printf '%s\n' "${WALL[floor_polars]}" "${WALL[floor_duckdb]}" | sort -n | head -1)
+printf '\nratios: pipeline / fastest floor %.2f (target ≤ 2), duckdb_metrics / pipeline %.2f (target ≥ 2.5), pipeline RSS / duckdb_metrics RSS %.2f (target < 1)\n' \
+  "$(echo "${WALL[pipeline]} / $floor" | bc -l)" \
+  "$(echo "${WALL[duckdb_metrics]} / ${WALL[pipeline]}" | bc -l)" \
+  "$(echo "${RSS[pipeline]} / ${RSS[duckdb_metrics]}" | bc -l)"
