@@ -5,14 +5,7 @@
 # Needs .venv with lifetimes (`.venv/bin/pip install lifetimes`); generates data like run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINES="${1:-10000000}"
-DATA="bench/data"
-mkdir -p "$DATA"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/pipeline"
-FILE="$DATA/lines_$LINES.parquet"
-[ -f "$FILE" ] || "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+source bench/lib.sh "${1:-10000000}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -c "import lifetimes" 2>/dev/null || .venv/bin/pip install --quiet lifetimes pyarrow
 
@@ -20,14 +13,7 @@ cat > "$DATA/bench_clv.toml" <<TOML
 [pipeline]
 timezone = "Europe/Berlin"
 output_dir = "out_clv"
-[sources.orders]
-path = "$(realpath "$FILE")"
-include = { status = ["completed", "shipped"] }
-[sources.orders.columns]
-ordered_at = "created_at"
-amount = "line_amount"
-status = "status"
-channel = "channel"
+$(source_toml "$FILE")
 [stages.customer_facts]
 kind = "customer_facts"
 [stages.clv]

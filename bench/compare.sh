@@ -8,15 +8,7 @@
 # Prints wall s, CPU s and peak RSS (median of REPEATS=3 by wall time) and the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINES="${1:-10000000}"
-DATA="bench/data"
-REPEATS="${REPEATS:-3}"
-mkdir -p "$DATA"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/pipeline"
-FILE="$(realpath -m "$DATA/lines_$LINES.parquet")"
-[ -f "$FILE" ] || "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+source bench/lib.sh "${1:-10000000}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -c "import polars, duckdb" 2>/dev/null || .venv/bin/pip install --quiet polars duckdb
 PY=.venv/bin/python
@@ -25,14 +17,7 @@ cat > "$DATA/bench_compare.toml" <<TOML
 [pipeline]
 timezone = "Europe/Berlin"
 output_dir = "out_compare"
-[sources.orders]
-path = "$FILE"
-include = { status = ["completed", "shipped"] }
-[sources.orders.columns]
-ordered_at = "created_at"
-amount = "line_amount"
-status = "status"
-channel = "channel"
+$(source_toml "$FILE")
 [stages.customer_facts]
 kind = "customer_facts"
 [stages.cohorts]
@@ -49,22 +34,6 @@ kind = "segment_summary"
 input = ["rfm", "clv_simple"]
 by = ["segment"]
 TOML
-
-declare -A WALL CPU RSS
-measure() { # name, command...
-  local name="$1"; shift
-  local runs=() log="$DATA/time_$name.log"
-  for _ in $(seq "$REPEATS"); do
-    /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
-    local wall user sys rss
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-    user=$(awk -F': ' '/User time/ {print $2}' "$log")
-    sys=$(awk -F': ' '/System time/ {print $2}' "$log")
-    rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
-    runs+=("$wall $(echo "$user + $sys" | bc -l) $rss")
-  done
-  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')"
-}
 
 measure floor_polars "$PY" bench/floor.py polars "$FILE" "$DATA/floor_polars.parquet"
 measure floor_duckdb "$PY" bench/floor.py duckdb "$FILE" "$DATA/floor_duckdb.parquet"

@@ -12,43 +12,10 @@
 # of REPEATS (default 3) by wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINES="${1:-10000000}"
-DATA="bench/data"
-mkdir -p "$DATA"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/pipeline"
+source bench/lib.sh "${1:-10000000}"
 
-FILE="$DATA/lines_$LINES.parquet"
-declare -A WALL CPU RSS
-
-REPEATS="${REPEATS:-3}"
-
-measure_once() { # log, command... → "wall cpu rss_mb"
-  local log="$1"; shift
-  /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
-  local wall user sys rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  user=$(awk -F': ' '/User time/ {print $2}' "$log")
-  sys=$(awk -F': ' '/System time/ {print $2}' "$log")
-  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
-  echo "$wall $(echo "$user + $sys" | bc -l) $rss"
-}
-
-measure() { # name, command... ; the median of REPEATS runs by wall time (this machine is noisy)
-  local name="$1"; shift
-  local runs=()
-  for _ in $(seq "$REPEATS"); do runs+=("$(measure_once "$DATA/time_$name.log" "$@")"); done
-  local median
-  median=$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')
-  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$median"
-}
-
-if [ ! -f "$FILE" ]; then
-  REPEATS=1 measure generate "$BIN" generate-sample --lines "$LINES" --out "$FILE"
-fi
 mkdir -p "$DATA/x3"
-for i in 1 2 3; do ln -sf "$(realpath "$FILE")" "$DATA/x3/part$i.parquet"; done
+for i in 1 2 3; do ln -sf "$FILE" "$DATA/x3/part$i.parquet"; done
 
 config() { # path pattern, name, extra stages → config file
   cat > "$DATA/bench_$2.toml" <<TOML
@@ -57,15 +24,7 @@ name = "bench"
 timezone = "Europe/Berlin"
 output_dir = "out_$2"
 
-[sources.orders]
-path = "$1"
-include = { status = ["completed", "shipped"] }
-
-[sources.orders.columns]
-ordered_at = "created_at"
-amount = "line_amount"
-status = "status"
-channel = "channel"
+$(source_toml "$1")
 
 [stages.customer_facts]
 kind = "customer_facts"
@@ -102,8 +61,8 @@ kind = "segment_summary"
 input = ["lifecycle", "clv_simple"]
 by = ["acquisition_channel", "stage"]
 '
-BASE=$(config "$(realpath "$FILE")" base)
-ALL=$(config "$(realpath "$FILE")" all "$MORE")
+BASE=$(config "$FILE" base)
+ALL=$(config "$FILE" all "$MORE")
 THREE=$(config "$(realpath "$DATA")/x3/*.parquet" three)
 
 measure base "$BIN" run "$BASE" --log warn

@@ -317,11 +317,7 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         ..scaled_params
     };
     let n = patterns.customers();
-    let std_errors = optimize::invert(&optimize::hessian(&objective, &minimum.x)).and_then(|inverse| {
-        let theta = params.as_array();
-        let errors = [0, 1, 2, 3].map(|k| theta[k] * (inverse[k][k] / n).sqrt());
-        errors.iter().all(|e| e.is_finite()).then_some(errors)
-    });
+    let std_errors = optimize::standard_errors(&objective, &minimum.x, params.as_array(), n);
     let log_likelihood: f64 = (0..patterns.len())
         .map(|i| patterns.weight[i] * log_likelihood(&params, patterns.x[i], patterns.t_x[i], patterns.t[i]))
         .sum();

@@ -165,11 +165,7 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
         v: minimum.x[2].exp(),
     };
     let n: f64 = spend.weight.iter().sum();
-    let std_errors = optimize::invert(&optimize::hessian(&objective, &minimum.x)).and_then(|inverse| {
-        let theta = params.as_array();
-        let errors = [0, 1, 2].map(|k| theta[k] * (inverse[k][k] / n).sqrt());
-        errors.iter().all(|e| e.is_finite()).then_some(errors)
-    });
+    let std_errors = optimize::standard_errors(&objective, &minimum.x, params.as_array(), n);
     let log_likelihood = (0..spend.x.len())
         .map(|i| spend.weight[i] * log_likelihood(&params, spend.x[i], spend.m[i]))
         .sum::<f64>();

@@ -146,6 +146,19 @@ pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
     h
 }
 
+/// Standard errors of θ = exp(x) at a minimum x of a mean negative log-likelihood over n
+/// customers: delta method on the inverse Hessian in log space. `None` when it is singular.
+pub fn standard_errors<O: Objective, const K: usize>(
+    objective: &O,
+    x: &[f64],
+    theta: [f64; K],
+    n: f64,
+) -> Option<[f64; K]> {
+    let inverse = invert(&hessian(objective, x))?;
+    let errors: [f64; K] = std::array::from_fn(|k| theta[k] * (inverse[k][k] / n).sqrt());
+    errors.iter().all(|e| e.is_finite()).then_some(errors)
+}
+
 /// Inverse of a small symmetric matrix by Gauss–Jordan elimination; `None` when singular.
 #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn invert(matrix: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {

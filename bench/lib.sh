@@ -1,0 +1,49 @@
+# Shared by the benchmark scripts: `source bench/lib.sh LINES` from the repository root.
+# Builds the release binary ($BIN), generates $FILE (LINES order lines, git-ignored) once, and
+# defines `measure NAME COMMAND...`, which fills WALL/CPU/RSS[NAME] with the median of REPEATS
+# (default 3) runs by wall time, as /usr/bin/time -v reports them (this machine is noisy).
+LINES="${1:-10000000}"
+DATA="bench/data"
+REPEATS="${REPEATS:-3}"
+mkdir -p "$DATA"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
+cargo build --release --quiet
+BIN="$CARGO_TARGET_DIR/release/pipeline"
+FILE="$(realpath -m "$DATA/lines_$LINES.parquet")"
+declare -A WALL CPU RSS
+
+measure_once() { # log, command... → "wall cpu rss_mb"
+  local log="$1"; shift
+  /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
+  local wall user sys rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  user=$(awk -F': ' '/User time/ {print $2}' "$log")
+  sys=$(awk -F': ' '/System time/ {print $2}' "$log")
+  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+  echo "$wall $(echo "$user + $sys" | bc -l) $rss"
+}
+
+measure() { # name, command...
+  local name="$1"; shift
+  local runs=()
+  for _ in $(seq "$REPEATS"); do runs+=("$(measure_once "$DATA/time_$name.log" "$@")"); done
+  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')"
+}
+
+if [ ! -f "$FILE" ]; then
+  REPEATS=1 measure generate "$BIN" generate-sample --lines "$LINES" --out "$FILE"
+fi
+
+# The source section every benchmark config uses.
+source_toml() {
+  cat <<TOML
+[sources.orders]
+path = "$1"
+include = { status = ["completed", "shipped"] }
+[sources.orders.columns]
+ordered_at = "created_at"
+amount = "line_amount"
+status = "status"
+channel = "channel"
+TOML
+}
