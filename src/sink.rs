@@ -6,7 +6,7 @@
 //! either the complete previous file or the complete new one.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -17,81 +17,68 @@ pub const MANIFEST: &str = "_manifest.json";
 pub const LOCK: &str = ".pipeline.lock";
 const STAGING_PREFIX: &str = ".tmp-";
 
-/// Holds the output directory's lock for the life of a run.
+/// Holds the output directory's lock for the life of a run: an OS file lock (flock) on
+/// `OUT/.pipeline.lock`, so a run that dies releases it with its process — no stale locks. The
+/// file holds the pid of the run holding it and is emptied when a run ends normally; a pid found
+/// there on start-up names a run that did not finish.
 #[derive(Debug)]
 pub struct RunLock {
-    path: PathBuf,
+    file: File,
 }
 
 impl RunLock {
     /// Take the lock, waiting up to `wait` for another run to finish, or fail naming the process
-    /// that holds it. A lock whose process is gone (a killed run) is stale and taken over.
-    ///
-    /// The lock file is created complete (pid written to a private file, then hard-linked to the
-    /// lock name, which fails if the lock exists), so nobody ever reads a half-written lock.
+    /// that holds it.
     pub fn acquire(dir: &Path, wait: std::time::Duration) -> Result<RunLock> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create output directory `{}`", dir.display()))?;
         let path = dir.join(LOCK);
-        let mine = dir.join(format!("{LOCK}.{}", std::process::id()));
-        fs::write(&mine, format!("{}\n", std::process::id())).with_context(|| {
-            format!(
-                "cannot write lock file `{}` (is the output directory writable?)",
-                mine.display()
-            )
-        })?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file `{}` (is the output directory writable?)", path.display()))?;
         let deadline = std::time::Instant::now() + wait;
-        let result = loop {
-            match fs::hard_link(&mine, &path) {
-                Ok(()) => break Ok(RunLock { path }),
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(&path).unwrap_or_default();
-                    match holder.trim().parse::<u32>() {
-                        Ok(pid) if process_alive(pid) => {
-                            if std::time::Instant::now() >= deadline {
-                                break Err(anyhow::anyhow!(
-                                    "output directory `{}` is locked by another run (pid {pid}); lock file `{}`{}",
-                                    dir.display(),
-                                    path.display(),
-                                    if wait.is_zero() {
-                                        String::new()
-                                    } else {
-                                        format!(" (waited {} s)", wait.as_secs())
-                                    }
-                                ));
-                            }
-                            std::thread::sleep(std::time::Duration::from_millis(100));
-                        }
-                        holder_pid => {
-                            tracing::warn!(
-                                "removing stale lock `{}` (process {:?} is gone)",
-                                path.display(),
-                                holder_pid.ok()
-                            );
-                            fs::remove_file(&path).ok();
-                        }
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        let holder = fs::read_to_string(&path).unwrap_or_default();
+                        bail!(
+                            "output directory `{}` is locked by another run (pid {}); lock file `{}`{}",
+                            dir.display(),
+                            holder.trim(),
+                            path.display(),
+                            if wait.is_zero() { String::new() } else { format!(" (waited {} s)", wait.as_secs()) }
+                        );
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                 }
-                Err(error) => {
-                    break Err(error).with_context(|| format!("cannot create lock file `{}`", path.display()));
+                Err(fs::TryLockError::Error(error)) => {
+                    return Err(error).with_context(|| format!("cannot lock `{}`", path.display()));
                 }
             }
-        };
-        fs::remove_file(&mine).ok();
-        result
+        }
+        let previous = fs::read_to_string(&path).unwrap_or_default();
+        if !previous.trim().is_empty() {
+            tracing::warn!("the previous run (pid {}) did not finish; its leftovers are cleaned up", previous.trim());
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id()).with_context(|| format!("cannot write lock file `{}`", path.display()))?;
+        file.sync_all().ok();
+        Ok(RunLock { file })
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        fs::remove_file(&self.path).ok();
+        // A normal end: no pid in the file. The OS lock goes with the file handle.
+        self.file.set_len(0).ok();
+        self.file.sync_all().ok();
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// A table written to a temporary file, ready to be renamed into place.
@@ -160,17 +147,12 @@ pub fn discard(staged: &[StagedTable]) {
     }
 }
 
-/// Remove temporary files a killed run left behind (only with the lock held): staged tables, and
-/// the private lock files of processes that are gone.
+/// Remove temporary files a killed run left behind (only with the lock held).
 pub fn clean_stale_temps(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let dead_lock_file = name
-                .strip_prefix(&format!("{LOCK}."))
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !process_alive(pid));
-            if name.starts_with(STAGING_PREFIX) || dead_lock_file {
+            if name.starts_with(STAGING_PREFIX) || name.starts_with(&format!("{LOCK}.")) {
                 fs::remove_file(entry.path()).ok();
             }
         }
