@@ -201,9 +201,20 @@ fn execute(
                 // A stage over other stages sees the customers of the source they came from.
                 inputs.shared = plan.source_of(index).and_then(|name| shared.get(&name));
             }
-            let mut frames = stage
-                .run(&inputs)
-                .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
+            // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&inputs)));
+            let mut frames = match outcome {
+                Ok(result) => result,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(anyhow::anyhow!("internal error: {message}"))
+                }
+            }
+            .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
             let mut tables = Vec::new();
             for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
                 let written = sink::stage_table(output_dir, table, frame)

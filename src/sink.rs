@@ -38,7 +38,12 @@ impl RunLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("cannot open lock file `{}` (is the output directory writable?)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot open lock file `{}` (is the output directory writable?)",
+                    path.display()
+                )
+            })?;
         let deadline = std::time::Instant::now() + wait;
         loop {
             match file.try_lock() {
@@ -51,7 +56,11 @@ impl RunLock {
                             dir.display(),
                             holder.trim(),
                             path.display(),
-                            if wait.is_zero() { String::new() } else { format!(" (waited {} s)", wait.as_secs()) }
+                            if wait.is_zero() {
+                                String::new()
+                            } else {
+                                format!(" (waited {} s)", wait.as_secs())
+                            }
                         );
                     }
                     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -63,11 +72,15 @@ impl RunLock {
         }
         let previous = fs::read_to_string(&path).unwrap_or_default();
         if !previous.trim().is_empty() {
-            tracing::warn!("the previous run (pid {}) did not finish; its leftovers are cleaned up", previous.trim());
+            tracing::warn!(
+                "the previous run (pid {}) did not finish; its leftovers are cleaned up",
+                previous.trim()
+            );
         }
         file.set_len(0)?;
         file.rewind()?;
-        writeln!(file, "{}", std::process::id()).with_context(|| format!("cannot write lock file `{}`", path.display()))?;
+        writeln!(file, "{}", std::process::id())
+            .with_context(|| format!("cannot write lock file `{}`", path.display()))?;
         file.sync_all().ok();
         Ok(RunLock { file })
     }

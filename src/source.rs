@@ -26,6 +26,7 @@ const LINE_REASONS: &[(i32, &str)] = &[
     (3, "null_order_id"),
     (4, "null_ordered_at"),
     (5, "null_amount"),
+    (7, "invalid_amount"),
     (6, "after_as_of"),
 ];
 /// Reasons that count as rejected (against `max_rejected_fraction`).
@@ -34,6 +35,7 @@ const REJECTED: &[&str] = &[
     "null_order_id",
     "null_ordered_at",
     "null_amount",
+    "invalid_amount",
     "order_with_several_customers",
 ];
 
@@ -388,7 +390,17 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     if has_line {
         let mut aggs: Vec<Expr> = value_columns.iter().map(|c| col(*c).first()).collect();
         aggs.push(len().alias("copies"));
-        lines = lines.group_by([col("order_id"), col("line")]).agg(aggs);
+        // Lines without a line number are never duplicates of each other.
+        let mut columns = vec![col("order_id"), col("line")];
+        columns.extend(value_columns.iter().map(|c| col(*c)));
+        columns.push(lit(1u32).cast(DataType::UInt32).alias("copies"));
+        let numbered = lines
+            .clone()
+            .filter(col("line").is_not_null())
+            .group_by([col("order_id"), col("line")])
+            .agg(aggs);
+        let unnumbered = lines.filter(col("line").is_null()).select(columns);
+        lines = concat([numbered, unnumbered], UnionArgs::default())?;
     }
 
     // Each line gets a reason code (0 = usable); grouping by (order_id, reason) keeps every
@@ -399,6 +411,12 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         Some(date) => col("ts").gt_eq(lit(as_of_boundary(date, &schema.ordered_at, source, settings)?)),
         None => lit(false),
     };
+    // NaN, ±inf, or beyond what micro-units hold in an i64 (±9.2e12).
+    let amount = || col("amount").cast(DataType::Float64);
+    let invalid_amount = amount()
+        .is_nan()
+        .or(amount().gt(lit(9.0e12)))
+        .or(amount().lt(lit(-9.0e12)));
     let reason = when(include_expr(source).not())
         .then(lit(1i32))
         .when(col("customer_id").is_null())
@@ -409,6 +427,8 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .then(lit(4i32))
         .when(col("amount").is_null())
         .then(lit(5i32))
+        .when(invalid_amount)
+        .then(lit(7i32))
         .when(after_as_of)
         .then(lit(6i32))
         .otherwise(lit(OK))

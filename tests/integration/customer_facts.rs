@@ -117,3 +117,32 @@ fn duplicate_lines_count_once_when_line_is_mapped() {
     assert_eq!(manifest["inputs"][0]["duplicate_lines"], 1);
     assert_eq!(manifest["inputs"][0]["rows_read"], 5);
 }
+
+#[test]
+fn lines_without_a_line_number_are_not_merged() {
+    use polars::prelude::*;
+    let workspace = Workspace::new();
+    // Order 101's two lines (30 + 20) lose their line numbers.
+    let mut frame = lines_frame(&TINY[..4])
+        .lazy()
+        .with_column(
+            when(col("order_id").eq(lit(101)))
+                .then(lit(NULL).cast(DataType::Int32))
+                .otherwise(col("line"))
+                .alias("line"),
+        )
+        .collect()
+        .unwrap();
+    write_parquet(&mut frame, &workspace.path("lines.parquet"));
+    let config = workspace.config("", FACTS);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("channel = \"channel\"", "channel = \"channel\"\nline = \"line\"");
+    std::fs::write(&config, text).unwrap();
+    run_ok(&["run", config.to_str().unwrap()]);
+    assert_eq!(
+        read_table(&workspace.out().join("facts.parquet")).float("revenue"),
+        [150.0]
+    );
+    assert_eq!(manifest(&workspace.out())["inputs"][0]["duplicate_lines"], 0);
+}

@@ -127,7 +127,10 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert_eq!(std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(),
+        ""
+    );
 }
 
 #[test]
@@ -136,7 +139,10 @@ fn a_second_run_on_the_same_output_fails_fast_while_the_first_succeeds() {
     let mut first = spawn_run(&config);
     let lock = workspace.out().join(".pipeline.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&lock).map(|pid| pid.trim().is_empty()).unwrap_or(true) {
+    while std::fs::read_to_string(&lock)
+        .map(|pid| pid.trim().is_empty())
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "the first run never took the lock");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -165,7 +171,10 @@ fn with_lock_wait_seconds_the_second_run_waits_and_then_succeeds() {
     let mut first = spawn_run(&config);
     let lock = workspace.out().join(".pipeline.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&lock).map(|pid| pid.trim().is_empty()).unwrap_or(true) {
+    while std::fs::read_to_string(&lock)
+        .map(|pid| pid.trim().is_empty())
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "the first run never took the lock");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -187,8 +196,14 @@ fn a_lock_left_by_a_dead_process_does_not_block() {
     std::fs::write(workspace.out().join(".pipeline.lock"), format!("{}\n", dead.id())).unwrap();
     let output = run_ok(&["run", config.to_str().unwrap()]);
     let text = stderr(&output);
-    assert!(text.contains(&format!("the previous run (pid {}) did not finish", dead.id())), "{text}");
-    assert_eq!(std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(), "");
+    assert!(
+        text.contains(&format!("the previous run (pid {}) did not finish", dead.id())),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(),
+        ""
+    );
 }
 
 #[test]

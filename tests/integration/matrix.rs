@@ -182,6 +182,30 @@ fn cases() -> Vec<Case> {
             setup: |w| null_in(w, "line_amount", 4),
         },
         Case {
+            name: "NaN and infinite amounts above max_rejected_fraction",
+            exit: 1,
+            message: "invalid_amount: 4",
+            setup: |w| {
+                rewrite(w, |frame| {
+                    let height = frame.height();
+                    let bad: Vec<bool> = (0..height).map(|i| i < 4).collect();
+                    let values: Vec<f64> = (0..height)
+                        .map(|i| if i % 2 == 0 { f64::NAN } else { f64::INFINITY })
+                        .collect();
+                    frame
+                        .lazy()
+                        .with_column(
+                            when(lit(Series::new("bad".into(), bad)))
+                                .then(lit(Series::new("values".into(), values)))
+                                .otherwise(col("line_amount"))
+                                .alias("line_amount"),
+                        )
+                        .collect()
+                        .unwrap()
+                })
+            },
+        },
+        Case {
             name: "no line left after filters",
             exit: 1,
             message: "no orders left after filters (18 rows read, 18 excluded by include",
