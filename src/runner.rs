@@ -150,7 +150,16 @@ fn execute(
             .get(&name)
             .expect("plan inputs name only configured sources");
         tracing::info!("scanning source `{name}` ({})", source_config.path.display());
-        let orders = source::scan_orders(source_config, &config.pipeline, as_of)?;
+        let orders = match source::scan_orders(source_config, &config.pipeline, as_of) {
+            Ok(orders) => orders,
+            Err(error) => {
+                // Rejected data still has counts by reason: the failure manifest records them.
+                if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
+                    manifest.inputs.push(rejected.stats.clone());
+                }
+                return Err(error);
+            }
+        };
         tracing::info!(
             "source `{name}`: {} rows read, {} orders, as of {}",
             orders.stats.rows_read,

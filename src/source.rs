@@ -56,6 +56,14 @@ pub struct InputStats {
     pub orders: u64,
 }
 
+/// The input was read but is not usable; carries the accounting so the failure manifest has it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DataRejected {
+    pub message: String,
+    pub stats: InputStats,
+}
+
 /// Orders of one source: one row per valid order with columns
 /// `customer_id, date, ordered_ts, revenue[, channel]` (revenue in exact integer micro-units, see
 /// `money`), plus the accounting.
@@ -546,7 +554,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .collect()?;
     stats.orders = orders.height() as u64;
     if orders.height() == 0 {
-        bail!(
+        let message = format!(
             "source `{}`: no orders left after filters ({} rows read, {} excluded by include, {} rejected, {} after as_of)",
             source.name,
             stats.rows_read,
@@ -554,6 +562,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             stats.rows_rejected_total,
             stats.rows_ignored_after_as_of
         );
+        return Err(DataRejected { message, stats }.into());
     }
 
     if stats.rows_read > 0 {
@@ -565,7 +574,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
                 .filter(|(_, n)| **n > 0)
                 .map(|(reason, n)| format!("{reason}: {n}"))
                 .collect();
-            bail!(
+            let message = format!(
                 "source `{}`: {} of {} rows rejected ({:.4}%), more than max_rejected_fraction = {} ({})",
                 source.name,
                 stats.rows_rejected_total,
@@ -574,6 +583,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
                 settings.max_rejected_fraction,
                 reasons.join(", ")
             );
+            return Err(DataRejected { message, stats }.into());
         }
     }
     let as_of = match fixed_as_of {

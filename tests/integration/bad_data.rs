@@ -123,6 +123,10 @@ fn nulls_over_the_limit_fail_with_counts_by_reason() {
     assert!(text.contains("null_customer_id: 7"), "{text}");
     assert!(text.contains("null_amount: 1"), "{text}");
     assert!(text.contains("max_rejected_fraction = 0.2"), "{text}");
+    // The failure manifest carries the accounting too.
+    let manifest = manifest(&workspace.out());
+    assert_eq!(manifest["inputs"][0]["rows_rejected"]["null_customer_id"], 7);
+    assert_eq!(manifest["inputs"][0]["rows_read"], 18);
 }
 
 #[test]
