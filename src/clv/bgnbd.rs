@@ -260,9 +260,6 @@ impl Objective for NegativeLogLikelihood<'_> {
     }
 }
 
-/// Patterns in the subsample that proposes a starting point for large fits.
-const SUBSAMPLE: usize = 20_000;
-
 /// A fitted BG/NBD model.
 #[derive(Debug, Clone)]
 pub struct Fit {
@@ -296,19 +293,14 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         vec![0.0, (0.1f64).ln(), 0.0, (3.0f64).ln()],
         vec![(0.5f64).ln(), (0.05f64).ln(), (0.8f64).ln(), (2.5f64).ln()],
     ];
-    // Many patterns: start from the optimum of a systematic subsample (cheap), so the full fit
-    // needs only a few iterations. The full fit decides; the subsample only proposes a start.
-    if scaled.len() > 4 * SUBSAMPLE {
-        let step = scaled.len() / SUBSAMPLE;
+    if let Some(step) = optimize::subsample_step(scaled.len()) {
         let sample = Patterns {
-            x: scaled.x.iter().step_by(step).copied().collect(),
-            t_x: scaled.t_x.iter().step_by(step).copied().collect(),
-            t: scaled.t.iter().step_by(step).copied().collect(),
-            weight: scaled.weight.iter().step_by(step).copied().collect(),
+            x: optimize::every(&scaled.x, step),
+            t_x: optimize::every(&scaled.t_x, step),
+            t: optimize::every(&scaled.t, step),
+            weight: optimize::every(&scaled.weight, step),
         };
-        if let Some(warm) = optimize::minimize(&NegativeLogLikelihood::new(&sample, penalizer), &starts, 2000) {
-            starts.insert(0, warm.x);
-        }
+        optimize::prepend_warm_start(&NegativeLogLikelihood::new(&sample, penalizer), &mut starts, 2000);
     }
     let minimum = optimize::minimize(&objective, &starts, 2000)?;
     let scaled_params = Params::from_log(&minimum.x);

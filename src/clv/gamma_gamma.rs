@@ -145,18 +145,13 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
         vec![(0.1f64).ln(); 3],
         vec![(2.0f64).ln(), (3.0f64).ln(), (mean_m.max(1e-6) * 2.0).ln()],
     ];
-    // Many customers: start from the optimum of a systematic subsample.
-    const SUBSAMPLE: usize = 20_000;
-    if spend.x.len() > 4 * SUBSAMPLE {
-        let step = spend.x.len() / SUBSAMPLE;
+    if let Some(step) = optimize::subsample_step(spend.x.len()) {
         let sample = Spend {
-            x: spend.x.iter().step_by(step).copied().collect(),
-            m: spend.m.iter().step_by(step).copied().collect(),
-            weight: spend.weight.iter().step_by(step).copied().collect(),
+            x: optimize::every(&spend.x, step),
+            m: optimize::every(&spend.m, step),
+            weight: optimize::every(&spend.weight, step),
         };
-        if let Some(warm) = optimize::minimize(&NegativeLogLikelihood::new(&sample, penalizer), &starts, 2000) {
-            starts.insert(0, warm.x);
-        }
+        optimize::prepend_warm_start(&NegativeLogLikelihood::new(&sample, penalizer), &mut starts, 2000);
     }
     let minimum = optimize::minimize(&objective, &starts, 2000)?;
     let params = Params {

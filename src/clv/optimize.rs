@@ -119,6 +119,27 @@ pub fn minimize<O: Objective>(objective: &O, starts: &[Vec<f64>], max_iterations
     best
 }
 
+/// Above this many data items, fits first minimise on a systematic subsample of about this size
+/// and start the full fit from there (the full fit decides; the subsample only proposes a start).
+const SUBSAMPLE: usize = 20_000;
+
+/// The step of the systematic subsample for `len` items, when a warm start is worth it.
+pub fn subsample_step(len: usize) -> Option<usize> {
+    (len > 4 * SUBSAMPLE).then_some(len / SUBSAMPLE)
+}
+
+/// Every `step`-th value.
+pub fn every<T: Copy>(values: &[T], step: usize) -> Vec<T> {
+    values.iter().step_by(step).copied().collect()
+}
+
+/// Put the subsample optimum first among `starts` (nothing when that fit fails).
+pub fn prepend_warm_start<O: Objective>(sample: &O, starts: &mut Vec<Vec<f64>>, max_iterations: u64) {
+    if let Some(warm) = minimize(sample, starts, max_iterations) {
+        starts.insert(0, warm.x);
+    }
+}
+
 /// Hessian by central differences of the gradient, symmetrised.
 #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {

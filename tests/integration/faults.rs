@@ -69,6 +69,19 @@ fn spawn_run(config: &Path) -> Child {
         .unwrap()
 }
 
+/// Wait until a run holds the output directory's lock (its pid is in the lock file).
+fn wait_until_locked(workspace: &Workspace) {
+    let lock = workspace.out().join(".pipeline.lock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&lock)
+        .map(|pid| pid.trim().is_empty())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the first run never took the lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn snapshot(out: &Path) -> Vec<Vec<u8>> {
     TABLES
         .iter()
@@ -137,15 +150,7 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
 fn a_second_run_on_the_same_output_fails_fast_while_the_first_succeeds() {
     let (workspace, config) = sizeable(150_000);
     let mut first = spawn_run(&config);
-    let lock = workspace.out().join(".pipeline.lock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&lock)
-        .map(|pid| pid.trim().is_empty())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "the first run never took the lock");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_locked(&workspace);
     let started = Instant::now();
     let second = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(second.status.code(), Some(1));
@@ -169,15 +174,7 @@ fn with_lock_wait_seconds_the_second_run_waits_and_then_succeeds() {
         .replace("[pipeline]\n", "[pipeline]\nlock_wait_seconds = 120\n");
     std::fs::write(&config, text).unwrap();
     let mut first = spawn_run(&config);
-    let lock = workspace.out().join(".pipeline.lock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&lock)
-        .map(|pid| pid.trim().is_empty())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "the first run never took the lock");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_locked(&workspace);
     let second = run_ok(&["run", config.to_str().unwrap()]);
     assert!(first.wait().unwrap().success());
     let _ = second;
