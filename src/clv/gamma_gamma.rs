@@ -2,9 +2,9 @@
 //! analytic gradient, maximum-likelihood fit on repeat customers with positive monetary value,
 //! and the conditional expected average order value. Penalty as in `lifetimes`.
 
-use super::{digamma, ln_gamma};
+use super::{digamma, ln_gamma, trigamma};
 
-use super::optimize::{self, Objective};
+use super::optimize::{self, Evaluation, Objective};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
@@ -39,40 +39,30 @@ pub fn log_likelihood(params: &Params, x: f64, m: f64) -> f64 {
 pub struct NegativeLogLikelihood<'a> {
     spend: &'a Spend,
     penalizer: f64,
-    /// Per customer: index into `distinct_x`, ln m, ln x.
-    x_index: Vec<usize>,
+    /// Per customer: index into `distinct_x`, and ln m.
+    x_index: Vec<u32>,
     distinct_x: Vec<f64>,
     ln_m: Vec<f64>,
-    ln_x: Vec<f64>,
+    customers: f64,
 }
 
 impl<'a> NegativeLogLikelihood<'a> {
     pub fn new(spend: &'a Spend, penalizer: f64) -> Self {
-        let mut distinct_x: Vec<f64> = spend.x.clone();
-        distinct_x.sort_by(f64::total_cmp);
-        distinct_x.dedup();
-        let x_index = spend
-            .x
-            .iter()
-            .map(|x| {
-                distinct_x
-                    .binary_search_by(|d| d.total_cmp(x))
-                    .expect("every x is in the list")
-            })
-            .collect();
+        use rayon::prelude::*;
+        let (distinct_x, x_index) = optimize::distinct_index(&spend.x);
         NegativeLogLikelihood {
             spend,
             penalizer,
             x_index,
             distinct_x,
-            ln_m: spend.m.iter().map(|m| m.ln()).collect(),
-            ln_x: spend.x.iter().map(|x| x.ln()).collect(),
+            ln_m: spend.m.par_iter().map(|m| m.ln()).collect(),
+            customers: spend.weight.iter().sum(),
         }
     }
 }
 
 impl Objective for NegativeLogLikelihood<'_> {
-    fn value_and_gradient(&self, log_params: &[f64]) -> (f64, Vec<f64>) {
+    fn evaluate(&self, log_params: &[f64], hessian: bool) -> Evaluation {
         use rayon::prelude::*;
         let params = Params {
             p: log_params[0].exp(),
@@ -80,48 +70,70 @@ impl Objective for NegativeLogLikelihood<'_> {
             v: log_params[2].exp(),
         };
         let Params { p, q, v } = params;
-        let (lg_q, dg_q, ln_v) = (ln_gamma(q), digamma(q), v.ln());
-        // (lnΓ(px + q) − lnΓ(px), ψ(px + q), ψ(px)) per distinct x.
-        let by_x: Vec<(f64, f64, f64)> = self
+        let (lg_q, dg_q, tg_q, ln_v) = (ln_gamma(q), digamma(q), trigamma(q), v.ln());
+        // (lnΓ(px + q) − lnΓ(px), ψ(px + q), ψ(px), ψ₁(px + q), ψ₁(px), ln x) per distinct x.
+        let by_x: Vec<[f64; 6]> = self
             .distinct_x
             .iter()
             .map(|x| {
                 let px = p * x;
-                (ln_gamma(px + q) - ln_gamma(px), digamma(px + q), digamma(px))
+                let (tg_pxq, tg_px) = if hessian {
+                    (trigamma(px + q), trigamma(px))
+                } else {
+                    (0.0, 0.0)
+                };
+                [
+                    ln_gamma(px + q) - ln_gamma(px),
+                    digamma(px + q),
+                    digamma(px),
+                    tg_pxq,
+                    tg_px,
+                    x.ln(),
+                ]
             })
             .collect();
         let data = self.spend;
         const CHUNK: usize = 8192;
         let n_items = data.x.len();
-        let parts: Vec<(f64, [f64; 3])> = (0..n_items.div_ceil(CHUNK))
+        // Value, ∂p, ∂q, ∂v, then the upper triangle pp, pq, pv, qq, qv, vv.
+        let parts: Vec<[f64; 10]> = (0..n_items.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
-                let mut total = 0.0;
-                let mut grad = [0.0f64; 3];
+                let mut sum = [0.0f64; 10];
                 for i in c * CHUNK..((c + 1) * CHUNK).min(n_items) {
                     let (x, m, w) = (data.x[i], data.m[i], data.weight[i]);
-                    let (lg_diff, dg_pxq, dg_px) = by_x[self.x_index[i]];
+                    let [lg_diff, dg_pxq, dg_px, tg_pxq, tg_px, ln_x] = by_x[self.x_index[i] as usize];
                     let px = p * x;
                     let ln_xmv = (x * m + v).ln();
-                    let (ln_x, ln_m) = (self.ln_x[i], self.ln_m[i]);
-                    total += w * (lg_diff - lg_q + q * ln_v + (px - 1.0) * ln_m + px * ln_x - (px + q) * ln_xmv);
-                    grad[0] += w * x * (dg_pxq - dg_px + ln_m + ln_x - ln_xmv);
-                    grad[1] += w * (dg_pxq - dg_q + ln_v - ln_xmv);
-                    grad[2] += w * (q / v - (px + q) / (x * m + v));
+                    let inv_xmv = 1.0 / (x * m + v);
+                    let ln_m = self.ln_m[i];
+                    sum[0] += w * (lg_diff - lg_q + q * ln_v + (px - 1.0) * ln_m + px * ln_x - (px + q) * ln_xmv);
+                    sum[1] += w * x * (dg_pxq - dg_px + ln_m + ln_x - ln_xmv);
+                    sum[2] += w * (dg_pxq - dg_q + ln_v - ln_xmv);
+                    sum[3] += w * (q / v - (px + q) * inv_xmv);
+                    if hessian {
+                        sum[4] += w * x * x * (tg_pxq - tg_px);
+                        sum[5] += w * x * tg_pxq;
+                        sum[6] -= w * x * inv_xmv;
+                        sum[7] += w * (tg_pxq - tg_q);
+                        sum[8] += w * (1.0 / v - inv_xmv);
+                        sum[9] += w * (-q / (v * v) + (px + q) * inv_xmv * inv_xmv);
+                    }
                 }
-                (total, grad)
+                sum
             })
             .collect();
-        let (total, grad) = parts.iter().fold((0.0, [0.0; 3]), |(t, g), (pt, pg)| {
-            (t + pt, [g[0] + pg[0], g[1] + pg[1], g[2] + pg[2]])
-        });
-        let n: f64 = data.weight.iter().sum();
-        let theta = params.as_array();
-        let penalty = self.penalizer * theta.iter().map(|t| t * t).sum::<f64>();
-        let gradient = (0..3)
-            .map(|k| theta[k] * (-grad[k] / n + 2.0 * self.penalizer * theta[k]))
-            .collect();
-        (-total / n + penalty, gradient)
+        let sum = parts
+            .iter()
+            .fold([0.0; 10], |total, part| std::array::from_fn(|k| total[k] + part[k]));
+        optimize::log_space(
+            &params.as_array(),
+            self.customers,
+            self.penalizer,
+            sum[0],
+            &sum[1..4],
+            hessian.then_some(&sum[4..]),
+        )
     }
 }
 
@@ -140,30 +152,29 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     }
     let objective = NegativeLogLikelihood::new(spend, penalizer);
     let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.weight.iter().sum::<f64>();
-    let mut starts = vec![
+    let starts = vec![
         vec![0.0f64; 3],
         vec![(0.1f64).ln(); 3],
         vec![(2.0f64).ln(), (3.0f64).ln(), (mean_m.max(1e-6) * 2.0).ln()],
     ];
-    if let Some(step) = optimize::subsample_step(spend.x.len()) {
-        let sample = Spend {
-            x: optimize::every(&spend.x, step),
-            m: optimize::every(&spend.m, step),
-            weight: optimize::every(&spend.weight, step),
-        };
-        optimize::prepend_warm_start(&NegativeLogLikelihood::new(&sample, penalizer), &mut starts, 2000);
-    }
-    let minimum = optimize::minimize(&objective, &starts, 2000)?;
+    let sample = optimize::subsample_step(spend.x.len()).map(|step| Spend {
+        x: optimize::every(&spend.x, step),
+        m: optimize::every(&spend.m, step),
+        weight: optimize::every(&spend.weight, step),
+    });
+    let sample_objective = sample
+        .as_ref()
+        .map(|sample| NegativeLogLikelihood::new(sample, penalizer));
+    let minimum = optimize::minimize_warm(&objective, sample_objective.as_ref(), starts, 2000)?;
     let params = Params {
         p: minimum.x[0].exp(),
         q: minimum.x[1].exp(),
         v: minimum.x[2].exp(),
     };
-    let n: f64 = spend.weight.iter().sum();
-    let std_errors = optimize::standard_errors(&objective, &minimum.x, params.as_array(), n);
-    let log_likelihood = (0..spend.x.len())
-        .map(|i| spend.weight[i] * log_likelihood(&params, spend.x[i], spend.m[i]))
-        .sum::<f64>();
+    let n = objective.customers;
+    let std_errors = optimize::standard_errors(&minimum, params.as_array(), n);
+    let penalty = penalizer * params.as_array().iter().map(|t| t * t).sum::<f64>();
+    let log_likelihood = -(minimum.value - penalty) * n;
     Some(Fit {
         params,
         std_errors,
@@ -189,14 +200,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gradient_matches_finite_differences() {
+    fn derivatives_match_finite_differences() {
         let spend = Spend {
             x: vec![1.0, 2.0, 7.0],
             m: vec![20.0, 35.5, 12.0],
             weight: vec![3.0, 1.0, 2.0],
         };
-        let objective = NegativeLogLikelihood::new(&spend, 0.0);
+        let objective = NegativeLogLikelihood::new(&spend, 0.05);
         let at = [(6.0f64).ln(), (4.0f64).ln(), (15.0f64).ln()];
-        optimize::assert_gradient_matches(&objective, &at, 1e-6);
+        optimize::assert_derivatives_match(&objective, &at, 1e-6);
+        let params = Params {
+            p: 6.0,
+            q: 4.0,
+            v: 15.0,
+        };
+        let total: f64 = (0..3)
+            .map(|i| spend.weight[i] * log_likelihood(&params, spend.x[i], spend.m[i]))
+            .sum();
+        let value = objective.evaluate(&at, false).value;
+        let expected = -total / 6.0 + 0.05 * (36.0 + 16.0 + 225.0);
+        assert!((value - expected).abs() < 1e-12, "{value} vs {expected}");
     }
 }

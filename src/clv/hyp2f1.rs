@@ -2,7 +2,7 @@
 //!
 //! The BG/NBD conditional expectation needs 2F1(r + x, b + x; a + b + x − 1; z); for heavy buyers
 //! (x in the thousands) the plain series has terms far beyond f64's range before it converges.
-//! We sum the series with a moving scale (terms kept relative to the largest seen) and, when it
+//! We sum the series with a moving scale (term and sum rescaled when they grow large) and, when it
 //! needs fewer terms, use Euler's transformation
 //! 2F1(a, b; c; z) = (1 − z)^(c − a − b) · 2F1(c − a, c − b; c; z).
 
@@ -26,10 +26,12 @@ pub fn ln_hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
 }
 
 fn ln_series(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
-    let mut log_scale = 0.0f64; // ln of the magnitude the running sum is expressed in
-    let mut sum = 1.0f64; // term 0 is 1
-    let mut log_term = 0.0f64;
-    let mut sign = 1.0f64;
+    // The term and the running sum are kept divided by e^log_scale; when either grows past
+    // 1e250 both are rescaled, so heavy buyers' series never overflow and ordinary ones cost
+    // one multiply-add per term.
+    let mut log_scale = 0.0f64;
+    let mut term = 1.0f64;
+    let mut sum = 1.0f64;
     for k in 0..5_000_000u32 {
         let k = k as f64;
         let ratio = (a + k) * (b + k) / ((c + k) * (k + 1.0)) * z;
@@ -37,18 +39,18 @@ fn ln_series(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
             // A non-positive integer parameter: the series is a polynomial and has ended.
             return (sum > 0.0).then(|| log_scale + sum.ln());
         }
-        sign *= ratio.signum();
-        log_term += ratio.abs().ln();
-        if log_term > log_scale + 300.0 {
-            sum *= (log_scale - log_term).exp();
-            log_scale = log_term;
-        }
-        let contribution = sign * (log_term - log_scale).exp();
-        sum += contribution;
-        if ratio.abs() < 1.0 && contribution.abs() <= 1e-17 * sum.abs() {
+        term *= ratio;
+        sum += term;
+        if ratio.abs() < 1.0 && term.abs() <= 1e-17 * sum.abs() {
             return (sum > 0.0).then(|| log_scale + sum.ln());
         }
-        if !sum.is_finite() {
+        let size = term.abs().max(sum.abs());
+        if size > 1e250 {
+            term /= size;
+            sum /= size;
+            log_scale += size.ln();
+        }
+        if !sum.is_finite() || !term.is_finite() {
             return None;
         }
     }

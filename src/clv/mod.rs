@@ -19,6 +19,11 @@ pub fn digamma(x: f64) -> f64 {
     special::Gamma::digamma(x)
 }
 
+/// ψ₁(x) = d² ln Γ(x) / dx².
+pub fn trigamma(x: f64) -> f64 {
+    special::Gamma::trigamma(&x)
+}
+
 #[cfg(test)]
 mod lifetimes_agreement;
 

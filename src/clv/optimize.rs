@@ -1,37 +1,87 @@
-//! Minimising a smooth objective with analytic gradient: argmin's L-BFGS with a More–Thuente
-//! line search, from several starting points, keeping the best converged result. Also the
-//! numerical Hessian (central differences of the analytic gradient) for standard errors.
+//! Minimising a smooth objective with analytic derivatives, with argmin: L-BFGS with a
+//! More–Thuente line search from several starting points (robust far from the optimum), and
+//! BFGS started with the exact inverse Hessian to finish from a warm start (Newton-like: a
+//! handful of evaluations where L-BFGS needs dozens). Also standard errors from the analytic
+//! Hessian.
 
 use argmin::core::{CostFunction, Executor, Gradient, State, TerminationReason, TerminationStatus};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
-use argmin::solver::quasinewton::LBFGS;
+use argmin::solver::quasinewton::{BFGS, LBFGS};
 
-/// An objective: value and gradient at a point.
-pub trait Objective: Sync {
-    fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>);
+/// Value, gradient and (when asked for) Hessian of an objective at a point.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub value: f64,
+    pub gradient: Vec<f64>,
+    pub hessian: Option<Vec<Vec<f64>>>,
 }
 
-/// A point with its value and gradient.
-type Evaluation = (Vec<f64>, f64, Vec<f64>);
+/// An objective with analytic derivatives.
+pub trait Objective: Sync {
+    /// Value and gradient at x, and the Hessian when `hessian` is set.
+    fn evaluate(&self, x: &[f64], hessian: bool) -> Evaluation;
+}
 
-/// The objective as argmin sees it. argmin asks for the cost and the gradient at the same point
-/// separately; both come from one evaluation, so the last one is remembered.
+/// Mean negative log-likelihood plus `penalizer · Σ θ²` over u = ln θ, from the total
+/// log-likelihood of n customers and its derivatives with respect to θ (`hessian` is the upper
+/// triangle, row by row). Both models are fitted this way, as `lifetimes` does.
+pub fn log_space(
+    theta: &[f64],
+    n: f64,
+    penalizer: f64,
+    total: f64,
+    gradient: &[f64],
+    hessian: Option<&[f64]>,
+) -> Evaluation {
+    let k = theta.len();
+    let value = -total / n + penalizer * theta.iter().map(|t| t * t).sum::<f64>();
+    let d_u: Vec<f64> = (0..k).map(|i| theta[i] * (-gradient[i] / n)).collect();
+    let hessian = hessian.map(|upper| {
+        let mut h = vec![vec![0.0; k]; k];
+        let mut at = 0;
+        for i in 0..k {
+            for j in i..k {
+                let value = theta[i] * theta[j] * (-upper[at] / n);
+                h[i][j] = value;
+                h[j][i] = value;
+                at += 1;
+            }
+            h[i][i] += d_u[i] + 4.0 * penalizer * theta[i] * theta[i];
+        }
+        h
+    });
+    Evaluation {
+        value,
+        gradient: (0..k).map(|i| d_u[i] + 2.0 * penalizer * theta[i] * theta[i]).collect(),
+        hessian,
+    }
+}
+
+/// The objective as argmin sees it. argmin asks for the cost, gradient and Hessian at the same
+/// point separately; both come from one evaluation, so the last one is remembered.
 struct Problem<'a, O: Objective> {
     objective: &'a O,
-    last: std::sync::Mutex<Option<Evaluation>>,
+    last: std::sync::Mutex<Option<(Vec<f64>, Evaluation)>>,
 }
 
-impl<O: Objective> Problem<'_, O> {
-    fn evaluate(&self, x: &[f64]) -> (f64, Vec<f64>) {
+impl<'a, O: Objective> Problem<'a, O> {
+    fn new(objective: &'a O) -> Self {
+        Problem {
+            objective,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn evaluate(&self, x: &[f64]) -> Evaluation {
         let mut last = self.last.lock().expect("no evaluation panicked");
-        if let Some((at, value, gradient)) = last.as_ref() {
+        if let Some((at, evaluation)) = last.as_ref() {
             if at.as_slice() == x {
-                return (*value, gradient.clone());
+                return evaluation.clone();
             }
         }
-        let (value, gradient) = self.objective.value_and_gradient(x);
-        *last = Some((x.to_vec(), value, gradient.clone()));
-        (value, gradient)
+        let evaluation = self.objective.evaluate(x, false);
+        *last = Some((x.to_vec(), evaluation.clone()));
+        evaluation
     }
 }
 
@@ -39,7 +89,7 @@ impl<O: Objective> CostFunction for Problem<'_, O> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, x: &Self::Param) -> Result<f64, argmin::core::Error> {
-        let value = self.evaluate(x).0;
+        let value = self.evaluate(x).value;
         Ok(if value.is_finite() { value } else { f64::INFINITY })
     }
 }
@@ -48,50 +98,94 @@ impl<O: Objective> Gradient for Problem<'_, O> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, x: &Self::Param) -> Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.evaluate(x).1)
+        Ok(self.evaluate(x).gradient)
     }
 }
 
-/// The result of a minimisation.
+/// The result of a minimisation, with the Hessian at the minimum.
 #[derive(Debug, Clone)]
 pub struct Minimum {
     pub x: Vec<f64>,
     pub value: f64,
+    pub hessian: Vec<Vec<f64>>,
     pub iterations: u64,
     pub converged: bool,
     pub gradient_norm: f64,
 }
 
+/// Gradient norm below which a minimum counts as converged whatever the solver said.
+const GRADIENT_TOLERANCE: f64 = 1e-7;
+
+fn minimum_at<O: Objective>(
+    problem: &Problem<'_, O>,
+    x: Vec<f64>,
+    iterations: u64,
+    solver_converged: bool,
+) -> Option<Minimum> {
+    let cached = problem.last.lock().ok().and_then(|last| {
+        last.as_ref()
+            .filter(|(at, evaluation)| *at == x && evaluation.hessian.is_some())
+            .map(|(_, evaluation)| evaluation.clone())
+    });
+    let evaluation = cached.unwrap_or_else(|| problem.objective.evaluate(&x, true));
+    let gradient_norm = evaluation.gradient.iter().map(|g| g * g).sum::<f64>().sqrt();
+    evaluation.value.is_finite().then(|| Minimum {
+        x,
+        value: evaluation.value,
+        hessian: evaluation.hessian.expect("evaluated with the Hessian"),
+        iterations,
+        converged: solver_converged || gradient_norm < GRADIENT_TOLERANCE,
+        gradient_norm,
+    })
+}
+
 fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -> Option<Minimum> {
     let line_search = MoreThuenteLineSearch::new();
     let solver = LBFGS::new(line_search, 10)
-        .with_tolerance_grad(1e-7)
+        .with_tolerance_grad(GRADIENT_TOLERANCE)
         .ok()?
         .with_tolerance_cost(1e-12)
         .ok()?;
-    let problem = Problem {
-        objective,
-        last: std::sync::Mutex::new(None),
-    };
-    let result = Executor::new(problem, solver)
+    let result = Executor::new(Problem::new(objective), solver)
         .configure(|state| state.param(start).max_iters(max_iterations))
         .run()
         .ok()?;
     let state = result.state();
-    let x = state.get_best_param()?.clone();
-    let (value, gradient) = objective.value_and_gradient(&x);
-    let gradient_norm = gradient.iter().map(|g| g * g).sum::<f64>().sqrt();
     let converged = matches!(
         state.get_termination_status(),
         TerminationStatus::Terminated(TerminationReason::SolverConverged)
-    ) || gradient_norm < 1e-5;
-    value.is_finite().then_some(Minimum {
-        x,
-        value,
-        iterations: state.get_iter(),
-        converged,
-        gradient_norm,
+    );
+    // L-BFGS also stops when the cost no longer changes; only a small gradient is convergence.
+    let (x, iterations) = (state.get_best_param()?.clone(), state.get_iter());
+    let minimum = minimum_at(result.problem.problem.as_ref()?, x, iterations, false)?;
+    Some(Minimum {
+        converged: minimum.converged || (converged && minimum.gradient_norm < 1e-5),
+        ..minimum
     })
+}
+
+/// From a start near the optimum (a warm start): BFGS whose initial inverse Hessian is the
+/// exact one at the start, so its first steps are Newton steps (with a More–Thuente line search)
+/// and it converges in a handful of evaluations. `None` when the Hessian at the start is not
+/// positive definite or the solver fails.
+pub fn refine<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -> Option<Minimum> {
+    let at_start = objective.evaluate(&start, true);
+    let hessian = at_start.hessian.as_ref()?;
+    let inverse = invert(hessian).filter(|inverse| (0..inverse.len()).all(|k| inverse[k][k] > 0.0))?;
+    let solver = BFGS::new(MoreThuenteLineSearch::new())
+        .with_tolerance_grad(GRADIENT_TOLERANCE)
+        .ok()?
+        .with_tolerance_cost(1e-14)
+        .ok()?;
+    let problem = Problem::new(objective);
+    *problem.last.lock().expect("not shared yet") = Some((start.clone(), at_start));
+    let result = Executor::new(problem, solver)
+        .configure(|state| state.param(start).inv_hessian(inverse).max_iters(max_iterations))
+        .run()
+        .ok()?;
+    let state = result.state();
+    let (x, iterations) = (state.get_best_param()?.clone(), state.get_iter());
+    minimum_at(result.problem.problem.as_ref()?, x, iterations, false)
 }
 
 /// Minimise from the starts in turn until one converges; otherwise the lowest minimum found,
@@ -128,21 +222,52 @@ pub fn subsample_step(len: usize) -> Option<usize> {
     (len > 4 * SUBSAMPLE).then_some(len / SUBSAMPLE)
 }
 
+/// The distinct values (sorted), and the index of each value among them.
+pub fn distinct_index(values: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    use rayon::prelude::*;
+    let mut distinct = values.to_vec();
+    distinct.par_sort_unstable_by(f64::total_cmp);
+    distinct.dedup_by(|a, b| a.total_cmp(b).is_eq());
+    let index = values
+        .par_iter()
+        .map(|v| {
+            distinct
+                .binary_search_by(|d| d.total_cmp(v))
+                .expect("every value is listed") as u32
+        })
+        .collect();
+    (distinct, index)
+}
+
 /// Every `step`-th value.
 pub fn every<T: Copy>(values: &[T], step: usize) -> Vec<T> {
     values.iter().step_by(step).copied().collect()
 }
 
-/// Put the subsample optimum first among `starts` (nothing when that fit fails).
-pub fn prepend_warm_start<O: Objective>(sample: &O, starts: &mut Vec<Vec<f64>>, max_iterations: u64) {
-    if let Some(warm) = minimize(sample, starts, max_iterations) {
+/// Minimise `objective`. With the objective of a subsample, fit that first (L-BFGS from the
+/// starts) and finish on the full data with Newton from its optimum; when that does not
+/// converge, or without a subsample, L-BFGS on the full data from the starts (the subsample's
+/// optimum first).
+pub fn minimize_warm<O: Objective>(
+    objective: &O,
+    sample: Option<&O>,
+    mut starts: Vec<Vec<f64>>,
+    max_iterations: u64,
+) -> Option<Minimum> {
+    if let Some(warm) = sample.and_then(|sample| minimize(sample, &starts, max_iterations)) {
+        if let Some(minimum) = refine(objective, warm.x.clone(), 50).filter(|m| m.converged) {
+            return Some(minimum);
+        }
+        tracing::debug!("Newton from the subsample's optimum did not converge; L-BFGS on all data");
         starts.insert(0, warm.x);
     }
+    minimize(objective, &starts, max_iterations)
 }
 
-/// Hessian by central differences of the gradient, symmetrised.
+/// Hessian by central differences of the gradient, symmetrised (to check analytic ones).
+#[cfg(test)]
 #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
-pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
+pub fn numeric_hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
     let n = x.len();
     let mut h = vec![vec![0.0; n]; n];
     for i in 0..n {
@@ -151,8 +276,8 @@ pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
         let mut minus = x.to_vec();
         plus[i] += step;
         minus[i] -= step;
-        let (_, g_plus) = objective.value_and_gradient(&plus);
-        let (_, g_minus) = objective.value_and_gradient(&minus);
+        let g_plus = objective.evaluate(&plus, false).gradient;
+        let g_minus = objective.evaluate(&minus, false).gradient;
         for j in 0..n {
             h[i][j] = (g_plus[j] - g_minus[j]) / (2.0 * step);
         }
@@ -167,15 +292,10 @@ pub fn hessian<O: Objective>(objective: &O, x: &[f64]) -> Vec<Vec<f64>> {
     h
 }
 
-/// Standard errors of θ = exp(x) at a minimum x of a mean negative log-likelihood over n
+/// Standard errors of θ = exp(x) at a minimum of a mean negative log-likelihood over n
 /// customers: delta method on the inverse Hessian in log space. `None` when it is singular.
-pub fn standard_errors<O: Objective, const K: usize>(
-    objective: &O,
-    x: &[f64],
-    theta: [f64; K],
-    n: f64,
-) -> Option<[f64; K]> {
-    let inverse = invert(&hessian(objective, x))?;
+pub fn standard_errors<const K: usize>(minimum: &Minimum, theta: [f64; K], n: f64) -> Option<[f64; K]> {
+    let inverse = invert(&minimum.hessian)?;
     let errors: [f64; K] = std::array::from_fn(|k| theta[k] * (inverse[k][k] / n).sqrt());
     errors.iter().all(|e| e.is_finite()).then_some(errors)
 }
@@ -218,21 +338,34 @@ pub fn invert(matrix: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
     inverse.iter().flatten().all(|v| v.is_finite()).then_some(inverse)
 }
 
-/// Test helper: the analytic gradient agrees with central differences of the value.
+/// Test helper: the analytic gradient agrees with central differences of the value, and the
+/// analytic Hessian with central differences of the gradient.
 #[cfg(test)]
-pub fn assert_gradient_matches<O: Objective>(objective: &O, at: &[f64], tolerance: f64) {
-    let (_, gradient) = objective.value_and_gradient(at);
+pub fn assert_derivatives_match<O: Objective>(objective: &O, at: &[f64], tolerance: f64) {
+    let evaluation = objective.evaluate(at, true);
     for k in 0..at.len() {
         let mut plus = at.to_vec();
         let mut minus = at.to_vec();
         plus[k] += 1e-6;
         minus[k] -= 1e-6;
-        let numeric = (objective.value_and_gradient(&plus).0 - objective.value_and_gradient(&minus).0) / 2e-6;
+        let numeric = (objective.evaluate(&plus, false).value - objective.evaluate(&minus, false).value) / 2e-6;
+        let analytic = evaluation.gradient[k];
         assert!(
-            (numeric - gradient[k]).abs() < tolerance,
-            "parameter {k}: numeric {numeric} vs analytic {}",
-            gradient[k]
+            (numeric - analytic).abs() < tolerance,
+            "parameter {k}: numeric {numeric} vs analytic {analytic}"
         );
+    }
+    let hessian = evaluation.hessian.expect("asked for the Hessian");
+    let numeric = numeric_hessian(objective, at);
+    for i in 0..at.len() {
+        for j in 0..at.len() {
+            assert!(
+                (numeric[i][j] - hessian[i][j]).abs() < tolerance * numeric[i][j].abs().max(1.0),
+                "Hessian ({i}, {j}): numeric {} vs analytic {}",
+                numeric[i][j],
+                hessian[i][j]
+            );
+        }
     }
 }
 
@@ -242,11 +375,18 @@ mod tests {
 
     struct Rosenbrock;
     impl Objective for Rosenbrock {
-        fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>) {
+        fn evaluate(&self, x: &[f64], hessian: bool) -> Evaluation {
             let (a, b) = (x[0], x[1]);
-            let value = (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2);
-            let gradient = vec![-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)];
-            (value, gradient)
+            Evaluation {
+                value: (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2),
+                gradient: vec![-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)],
+                hessian: hessian.then(|| {
+                    vec![
+                        vec![2.0 - 400.0 * b + 1200.0 * a * a, -400.0 * a],
+                        vec![-400.0 * a, 200.0],
+                    ]
+                }),
+            }
         }
     }
 
@@ -259,9 +399,38 @@ mod tests {
             "{:?}",
             minimum.x
         );
-        let h = hessian(&Rosenbrock, &minimum.x);
+        let h = &minimum.hessian;
         assert!((h[0][0] - 802.0).abs() < 1e-3 && (h[0][1] + 400.0).abs() < 1e-3 && (h[1][1] - 200.0).abs() < 1e-3);
-        let inverse = invert(&h).unwrap();
+        let inverse = invert(h).unwrap();
         assert!((inverse[0][0] - 0.5).abs() < 1e-6 && (inverse[1][1] - 2.005).abs() < 1e-6);
+        assert_derivatives_match(&Rosenbrock, &[-0.7, 0.4], 1e-4);
+    }
+
+    #[test]
+    fn refining_finishes_from_a_warm_start_in_few_iterations() {
+        let minimum = refine(&Rosenbrock, vec![0.9, 0.8], 50).unwrap();
+        assert!(minimum.converged, "{minimum:?}");
+        assert!(
+            (minimum.x[0] - 1.0).abs() < 1e-8 && (minimum.x[1] - 1.0).abs() < 1e-8,
+            "{:?}",
+            minimum.x
+        );
+        assert!(minimum.iterations <= 10, "{} iterations", minimum.iterations);
+    }
+
+    #[test]
+    fn log_space_applies_the_chain_rule_and_the_penalty() {
+        // f(θ) = −(θ0² θ1) as a "log-likelihood total" of n = 2 customers, penalizer 0.1.
+        let theta = [1.5, 0.5];
+        let total = theta[0] * theta[0] * theta[1];
+        let gradient = [2.0 * theta[0] * theta[1], theta[0] * theta[0]];
+        let upper = [2.0 * theta[1], 2.0 * theta[0], 0.0];
+        let e = log_space(&theta, 2.0, 0.1, total, &gradient, Some(&upper));
+        assert!((e.value - (-total / 2.0 + 0.1 * 2.5)).abs() < 1e-12);
+        // d/du0 = θ0 · (−2 θ0 θ1 / 2) + 0.2 θ0² ; d²/du0² = θ0² (−2 θ1 / 2) + θ0 (−2 θ0 θ1 / 2) + 0.4 θ0²
+        assert!((e.gradient[0] - (-1.5 * 0.75 + 0.2 * 2.25)).abs() < 1e-12);
+        let h = e.hessian.unwrap();
+        assert!((h[0][0] - (-2.25 * 0.5 - 1.5 * 0.75 + 0.4 * 2.25)).abs() < 1e-12);
+        assert!((h[0][1] - (1.5 * 0.5 * (-3.0 / 2.0))).abs() < 1e-12 && h[0][1] == h[1][0]);
     }
 }

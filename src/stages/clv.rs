@@ -219,6 +219,9 @@ struct Summary {
     x: Vec<u32>,
     t_x: Vec<f64>,
     t: Vec<f64>,
+    /// Recency and age in whole days.
+    t_x_days: Vec<u32>,
+    t_days: Vec<u32>,
     monetary: Vec<f64>,
 }
 
@@ -232,10 +235,16 @@ fn summary(facts: &DataFrame, unit: TimeUnit) -> Result<Summary> {
             .collect())
     };
     let days = unit.days();
+    let (t_x_days, t_days): (Vec<u32>, Vec<u32>) = (
+        int("t_x")?.iter().map(|&d| d as u32).collect(),
+        int("T")?.iter().map(|&d| d as u32).collect(),
+    );
     Ok(Summary {
         x: int("frequency")?.iter().map(|&x| x as u32).collect(),
-        t_x: int("t_x")?.iter().map(|&d| d as f64 / days).collect(),
-        t: int("T")?.iter().map(|&d| d as f64 / days).collect(),
+        t_x: t_x_days.iter().map(|&d| d as f64 / days).collect(),
+        t: t_days.iter().map(|&d| d as f64 / days).collect(),
+        t_x_days,
+        t_days,
         monetary: facts
             .column("monetary_value")?
             .f64()?
@@ -276,53 +285,71 @@ impl Stage for ClvOptions {
             bail!("no customers to fit");
         }
         let data = summary(facts, self.time_unit)?;
-        let (patterns, pattern_of) = bgnbd::Patterns::compress_indexed(&data.x, &data.t_x, &data.t);
-        tracing::info!(
-            "clv: fitting BG/NBD on {} customers in {} patterns",
-            data.x.len(),
-            patterns.len()
-        );
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
+        // The two models are independent: fit them side by side (each is parallel inside too,
+        // but both have sequential stretches).
+        let ((patterns, pattern_of, bgnbd_fit), (spend, spend_fit)) = rayon::join(
+            || {
+                let (patterns, pattern_of) =
+                    bgnbd::Patterns::compress_days(&data.x, &data.t_x_days, &data.t_days, self.time_unit.days());
+                let fit = patterns
+                    .x
+                    .iter()
+                    .any(|&x| x > 0)
+                    .then(|| bgnbd::fit(&patterns, self.penalizer));
+                (patterns, pattern_of, fit)
+            },
+            || {
+                // Gamma-Gamma on repeat customers with positive spend.
+                let mut spend = gamma_gamma::Spend::default();
+                for i in 0..data.x.len() {
+                    if data.x[i] > 0 && data.monetary[i] > 0.0 {
+                        spend.x.push(data.x[i] as f64);
+                        spend.m.push(data.monetary[i]);
+                        spend.weight.push(1.0);
+                    }
+                }
+                let fit = gamma_gamma::fit(&spend, self.penalizer);
+                (spend, fit)
+            },
+        );
+        lap("BG/NBD and Gamma-Gamma fits");
+        tracing::info!(
+            "clv: fitted BG/NBD on {} customers in {} patterns, Gamma-Gamma on {} repeat customers",
+            data.x.len(),
+            patterns.len(),
+            spend.x.len()
+        );
         let mut rows = ModelRows::new();
         // Without a single repeat purchase BG/NBD has no interior maximum: nobody is expected
         // to buy again, and the model table says it was not fitted.
-        let fit = if patterns.x.iter().any(|&x| x > 0) {
-            let fit = bgnbd::fit(&patterns, self.penalizer).context("BG/NBD: no finite maximum of the likelihood")?;
-            lap(&format!("BG/NBD fit ({} iterations)", fit.iterations));
-            if !fit.converged {
-                tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
+        let fit = match bgnbd_fit {
+            Some(fit) => {
+                let fit = fit.context("BG/NBD: no finite maximum of the likelihood")?;
+                if !fit.converged {
+                    tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
+                }
+                bgnbd_rows(&mut rows, &fit, patterns.customers());
+                Some(fit)
             }
-            bgnbd_rows(&mut rows, &fit, patterns.customers());
-            Some(fit)
-        } else {
-            tracing::warn!(
-                "clv: no customer has a repeat purchase; BG/NBD is not identifiable, expected purchases are 0"
-            );
-            rows.push(
-                "bgnbd",
-                "repeat_customers",
-                0.0,
-                None,
-                None,
-                patterns.customers(),
-                0,
-                false,
-            );
-            None
+            None => {
+                tracing::warn!(
+                    "clv: no customer has a repeat purchase; BG/NBD is not identifiable, expected purchases are 0"
+                );
+                rows.push(
+                    "bgnbd",
+                    "repeat_customers",
+                    0.0,
+                    None,
+                    None,
+                    patterns.customers(),
+                    0,
+                    false,
+                );
+                None
+            }
         };
-
-        // Gamma-Gamma on repeat customers with positive spend.
-        let mut spend = gamma_gamma::Spend::default();
-        for i in 0..data.x.len() {
-            if data.x[i] > 0 && data.monetary[i] > 0.0 {
-                spend.x.push(data.x[i] as f64);
-                spend.m.push(data.monetary[i]);
-                spend.weight.push(1.0);
-            }
-        }
-        let spend_fit = gamma_gamma::fit(&spend, self.penalizer);
-        lap("Gamma-Gamma fit");
         let spend_params = match &spend_fit {
             Some(spend_fit) if spend_fit.params.q > 1.0 && spend_fit.converged => Some(spend_fit.params),
             _ => {
@@ -377,45 +404,59 @@ impl Stage for ClvOptions {
             return self.finish(
                 facts,
                 &data,
-                vec![(1.0, Some(0.0), Some(vec![0.0; horizon + 1]))],
+                vec![Score {
+                    p_alive: 1.0,
+                    expected_if_alive: Some(0.0),
+                    discounted_if_alive: Some(0.0),
+                }],
                 &vec![0; data.x.len()],
                 spend_params,
                 rows,
                 shared,
             );
         };
-        // The 2F1 factor depends on (x, T) only: compute it once per distinct pair and month.
-        let mut pairs: Vec<(u32, u64)> = (0..patterns.len())
-            .map(|i| (patterns.x[i], patterns.t[i].to_bits()))
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
-        let hyp_terms: Vec<Vec<Option<f64>>> = pairs
+        // E[X(t)] = P(alive) · E[X(t) | alive], and the second factor depends on (x, T) only:
+        // compute it once per distinct pair and month, reduced to the horizon's total and the
+        // discounted sum of its monthly increments (CLV per unit of order value and P(alive)).
+        let monthly_factor = 1.0 / (1.0 + monthly_discount(self.annual_discount_rate));
+        // Patterns come sorted by (x, T, t_x): the pairs are runs.
+        let mut pairs: Vec<(u32, u64)> = Vec::new();
+        let mut pair_of = Vec::with_capacity(patterns.len());
+        for i in 0..patterns.len() {
+            let pair = (patterns.x[i], patterns.t[i].to_bits());
+            if pairs.last() != Some(&pair) {
+                pairs.push(pair);
+            }
+            pair_of.push(pairs.len() - 1);
+        }
+        let if_alive: Vec<(Option<f64>, Option<f64>)> = pairs
             .par_iter()
             .map(|&(x, t)| {
-                (1..=horizon)
-                    .map(|m| bgnbd::ln_hyp_term(&params, m as f64 * unit_months, x, f64::from_bits(t)))
-                    .collect()
+                let (mut previous, mut discounted, mut factor) = (0.0, 0.0, 1.0);
+                for m in 1..=horizon {
+                    let Some(cumulative) =
+                        bgnbd::expected_if_alive(&params, m as f64 * unit_months, x, f64::from_bits(t))
+                    else {
+                        return (None, None);
+                    };
+                    factor *= monthly_factor;
+                    discounted += (cumulative - previous) * factor;
+                    previous = cumulative;
+                }
+                (Some(previous), Some(discounted))
             })
             .collect();
-        lap(&format!("2F1 terms for {} (x, T) pairs", pairs.len()));
-        let pair_index: std::collections::HashMap<(u32, u64), usize> =
-            pairs.iter().enumerate().map(|(i, pair)| (*pair, i)).collect();
-        let scored: Vec<(f64, Option<f64>, Option<Vec<f64>>)> = (0..patterns.len())
+        lap(&format!("expectations for {} (x, T) pairs", pairs.len()));
+        let scored: Vec<Score> = (0..patterns.len())
             .into_par_iter()
             .map(|i| {
-                let (x, t_x, t) = (patterns.x[i], patterns.t_x[i], patterns.t[i]);
-                let hyp = &hyp_terms[pair_index[&(x, t.to_bits())]];
-                let cumulative: Option<Vec<f64>> = (0..=horizon)
-                    .map(|m| match m {
-                        0 => Some(0.0),
-                        _ => hyp[m - 1].and_then(|ln_hyp| {
-                            bgnbd::expected_from_hyp(&params, m as f64 * unit_months, x, t_x, t, ln_hyp)
-                        }),
-                    })
-                    .collect();
-                let total = cumulative.as_ref().map(|c| c[horizon]);
-                (bgnbd::p_alive(&params, x, t_x, t), total, cumulative)
+                let (x, t) = (patterns.x[i], patterns.t[i]);
+                let (expected, discounted) = if_alive[pair_of[i]];
+                Score {
+                    p_alive: bgnbd::p_alive(&params, x, patterns.t_x[i], t),
+                    expected_if_alive: expected,
+                    discounted_if_alive: discounted,
+                }
             })
             .collect();
         lap("scores per pattern");
@@ -428,6 +469,20 @@ impl Stage for ClvOptions {
     }
 }
 
+/// Scores shared by every customer of a pattern: E[X(horizon)] = p_alive · expected_if_alive,
+/// CLV = margin · E[order value] · p_alive · discounted_if_alive.
+struct Score {
+    p_alive: f64,
+    expected_if_alive: Option<f64>,
+    /// Σ over months m of (E[X(m) | alive] − E[X(m − 1) | alive]) / (1 + monthly rate)^m.
+    discounted_if_alive: Option<f64>,
+}
+
+/// The monthly rate equivalent to an annual one: (1 + annual)^(1/12) − 1.
+fn monthly_discount(annual: f64) -> f64 {
+    (1.0 + annual).powf(1.0 / 12.0) - 1.0
+}
+
 impl ClvOptions {
     /// Per-customer table from per-pattern scores, the model table, and the validation.
     #[allow(clippy::too_many_arguments)]
@@ -435,36 +490,27 @@ impl ClvOptions {
         &self,
         facts: &DataFrame,
         data: &Summary,
-        scored: Vec<(f64, Option<f64>, Option<Vec<f64>>)>,
+        scored: Vec<Score>,
         pattern_of: &[u32],
         spend_params: Option<gamma_gamma::Params>,
         mut rows: ModelRows,
         shared: &crate::prepare::SharedTables,
     ) -> Result<Vec<DataFrame>> {
-        let horizon = self.horizon_months as usize;
-        let monthly_discount = (1.0 + self.annual_discount_rate).powf(1.0 / 12.0) - 1.0;
         let n = data.x.len();
         let mut p_alive = Vec::with_capacity(n);
         let mut expected = Vec::with_capacity(n);
         let mut order_value = Vec::with_capacity(n);
         let mut clv = Vec::with_capacity(n);
         for i in 0..n {
-            let (alive, total, cumulative) = &scored[pattern_of[i] as usize];
-            p_alive.push(finite(*alive));
-            expected.push(total.and_then(finite));
+            let score = &scored[pattern_of[i] as usize];
+            p_alive.push(finite(score.p_alive));
+            expected.push(score.expected_if_alive.map(|e| score.p_alive * e).and_then(finite));
             let value = spend_params
                 .and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0)))
                 .and_then(finite);
             order_value.push(value);
-            let customer_clv = match (value, cumulative) {
-                (Some(value), Some(cumulative)) => finite(
-                    self.margin
-                        * (1..=horizon)
-                            .map(|m| {
-                                value * (cumulative[m] - cumulative[m - 1]) / (1.0 + monthly_discount).powi(m as i32)
-                            })
-                            .sum::<f64>(),
-                ),
+            let customer_clv = match (value, score.discounted_if_alive) {
+                (Some(value), Some(discounted)) => finite(self.margin * value * score.p_alive * discounted),
                 _ => None,
             };
             clv.push(customer_clv);
