@@ -165,21 +165,22 @@ fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -
 }
 
 /// From a start near the optimum (a warm start): BFGS whose initial inverse Hessian is the
-/// exact one at the start, so its first steps are Newton steps (with a More–Thuente line search)
-/// and it converges in a handful of evaluations. `None` when the Hessian at the start is not
-/// positive definite or the solver fails.
-pub fn refine<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -> Option<Minimum> {
-    let at_start = objective.evaluate(&start, true);
-    let hessian = at_start.hessian.as_ref()?;
+/// inverse of `hessian` (the exact one at, or near, the start), so its first steps are Newton
+/// steps (with a More–Thuente line search) and it converges in a handful of evaluations. `None`
+/// when that Hessian is not positive definite or the solver fails.
+pub fn refine<O: Objective>(
+    objective: &O,
+    start: Vec<f64>,
+    hessian: &[Vec<f64>],
+    max_iterations: u64,
+) -> Option<Minimum> {
     let inverse = invert(hessian).filter(|inverse| (0..inverse.len()).all(|k| inverse[k][k] > 0.0))?;
     let solver = BFGS::new(MoreThuenteLineSearch::new())
         .with_tolerance_grad(GRADIENT_TOLERANCE)
         .ok()?
         .with_tolerance_cost(1e-14)
         .ok()?;
-    let problem = Problem::new(objective);
-    *problem.last.lock().expect("not shared yet") = Some((start.clone(), at_start));
-    let result = Executor::new(problem, solver)
+    let result = Executor::new(Problem::new(objective), solver)
         .configure(|state| state.param(start).inv_hessian(inverse).max_iters(max_iterations))
         .run()
         .ok()?;
@@ -255,7 +256,9 @@ pub fn minimize_warm<O: Objective>(
     max_iterations: u64,
 ) -> Option<Minimum> {
     if let Some(warm) = sample.and_then(|sample| minimize(sample, &starts, max_iterations)) {
-        if let Some(minimum) = refine(objective, warm.x.clone(), 50).filter(|m| m.converged) {
+        // Both objectives are means over customers: the subsample's Hessian at its optimum
+        // is close to the full data's there.
+        if let Some(minimum) = refine(objective, warm.x.clone(), &warm.hessian, 50).filter(|m| m.converged) {
             return Some(minimum);
         }
         tracing::debug!("Newton from the subsample's optimum did not converge; L-BFGS on all data");
@@ -408,7 +411,9 @@ mod tests {
 
     #[test]
     fn refining_finishes_from_a_warm_start_in_few_iterations() {
-        let minimum = refine(&Rosenbrock, vec![0.9, 0.8], 50).unwrap();
+        let start = vec![0.9, 0.8];
+        let hessian = Rosenbrock.evaluate(&start, true).hessian.unwrap();
+        let minimum = refine(&Rosenbrock, start, &hessian, 50).unwrap();
         assert!(minimum.converged, "{minimum:?}");
         assert!(
             (minimum.x[0] - 1.0).abs() < 1e-8 && (minimum.x[1] - 1.0).abs() < 1e-8,

@@ -284,7 +284,9 @@ impl Stage for ClvOptions {
         if facts.height() == 0 {
             bail!("no customers to fit");
         }
+        let started = std::time::Instant::now();
         let data = summary(facts, self.time_unit)?;
+        tracing::debug!("clv: summary in {:.3} s", started.elapsed().as_secs_f64());
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
         // The two models are independent: fit them side by side (each is parallel inside too,
@@ -465,7 +467,9 @@ impl Stage for ClvOptions {
             data.x.len(),
             clock.elapsed().as_secs_f64()
         );
-        self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared)
+        let tables = self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared);
+        tracing::debug!("clv: tables built at {:.3} s", clock.elapsed().as_secs_f64());
+        tables
     }
 }
 
