@@ -61,6 +61,20 @@ impl Granularity {
         }
     }
 
+    /// `index_expr` for dates known to lie in `first..=last`: calendar periods (month, quarter,
+    /// year) by lookup in a table with one entry per day of that range, which is several times
+    /// faster than taking dates apart per row; day and week are arithmetic anyway.
+    pub fn index_in_range(self, date: Expr, first: NaiveDate, last: NaiveDate) -> Expr {
+        match self {
+            Granularity::Day | Granularity::Week => self.index_expr(date),
+            _ => {
+                let (first, last) = (to_days(first), to_days(last).max(to_days(first)));
+                let table: Vec<i32> = (first..=last).map(|day| self.index_of(from_days(day))).collect();
+                lit(Series::new("period_index".into(), table)).gather(date.cast(DataType::Int32) - lit(first), false)
+            }
+        }
+    }
+
     /// The period index of one date (same mapping as `index_expr`).
     pub fn index_of(self, date: NaiveDate) -> i32 {
         let month_index = date.year() * 12 + date.month0() as i32;
@@ -100,6 +114,48 @@ mod tests {
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn lookup_index_equals_the_calendar_index() {
+        let (first, last) = (date(1999, 11, 3), date(2001, 3, 2));
+        let days: Vec<i32> = (to_days(first)..=to_days(last)).rev().collect();
+        let frame = df!("date" => days.clone())
+            .unwrap()
+            .lazy()
+            .with_column(col("date").cast(DataType::Date));
+        for granularity in [
+            Granularity::Day,
+            Granularity::Week,
+            Granularity::Month,
+            Granularity::Quarter,
+            Granularity::Year,
+        ] {
+            let out = frame
+                .clone()
+                .select([
+                    granularity.index_expr(col("date")).alias("calendar"),
+                    granularity.index_in_range(col("date"), first, last).alias("lookup"),
+                ])
+                .collect()
+                .unwrap();
+            let calendar: Vec<i32> = out
+                .column("calendar")
+                .unwrap()
+                .i32()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
+            let lookup: Vec<i32> = out
+                .column("lookup")
+                .unwrap()
+                .i32()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
+            assert_eq!(calendar, lookup, "{granularity:?}");
+            assert_eq!(lookup[0], granularity.index_of(last), "{granularity:?}");
+        }
     }
 
     #[test]

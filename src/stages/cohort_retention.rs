@@ -89,6 +89,19 @@ pub fn cohort_retention(
     customer_columns.extend(dims.iter().cloned());
     customer_columns.push(granularity.index_expr(col("first_purchase_date")).alias("cohort_index"));
     customer_columns.push(granularity.index_expr(col("last_purchase_date")).alias("last_index"));
+    for dimension in dimensions {
+        customer_columns.push(
+            col(dimension.as_str())
+                .rank(
+                    RankOptions {
+                        method: RankMethod::Dense,
+                        descending: false,
+                    },
+                    None,
+                )
+                .alias(format!("{dimension}__code")),
+        );
+    }
     let customers = facts.clone().lazy().select(customer_columns);
 
     let sizes = customers
@@ -101,32 +114,69 @@ pub fn cohort_retention(
         )
         .collect()?;
 
-    // Activity per customer and period, then per cell.
-    let mut per_customer_keys = vec![col("customer_key")];
-    per_customer_keys.extend(cell_keys.iter().cloned());
-    let activity = periods
+    // Activity per cell. customer_facts is sorted by customer_key = 0..n, so a customer's
+    // cohort and dimensions are gathered by key (no join). customer_periods is sorted by
+    // (customer_key, date): a customer's periods come in runs, and a customer is active in a
+    // period when a run of purchase days starts there, so no per-customer group-by is needed.
+    let by_key = customers.clone().collect()?;
+    let of_customer = |name: &str| -> Result<Expr> {
+        Ok(lit(by_key.column(name)?.as_materialized_series().clone()).gather(col("customer_key"), false))
+    };
+    // Dimensions are grouped on as dense integer codes (string keys cost several times more
+    // per row) and decoded once per cell.
+    let mut cell_columns = vec![of_customer("cohort_index")?.alias("cohort_index")];
+    let mut code_keys = vec![col("cohort_index"), col("period_index")];
+    let mut decode = Vec::new();
+    for dimension in dimensions {
+        let code = format!("{dimension}__code");
+        cell_columns.push(of_customer(&code)?.alias(code.as_str()));
+        code_keys.push(col(code.as_str()));
+        decode.push(
+            by_key
+                .clone()
+                .lazy()
+                .select([col(code.as_str()), col(dimension.as_str())])
+                .unique(None, UniqueKeepStrategy::Any),
+        );
+    }
+    let first_date = periods
+        .column("date")?
+        .as_materialized_series()
+        .min::<i32>()?
+        .map_or(as_of, crate::period::from_days);
+    let rows = periods
         .clone()
         .lazy()
-        .join(
-            customers.clone(),
-            [col("customer_key")],
-            [col("customer_key")],
-            JoinArgs::new(JoinType::Inner),
-        )
-        .with_column((granularity.index_expr(col("date")) - col("cohort_index")).alias("period_index"))
+        .select([
+            col("customer_key"),
+            (granularity.index_in_range(col("date"), first_date, as_of) - of_customer("cohort_index")?)
+                .alias("period_index"),
+            col("purchases"),
+            col("revenue_micros"),
+        ])
         .filter(col("period_index").gt_eq(lit(0)))
-        .group_by(per_customer_keys)
-        .agg([col("purchases").sum(), col("revenue_micros").sum()])
-        .group_by(cell_keys.clone())
+        .with_columns(cell_columns)
+        // Read by two aggregations: computed once.
+        .collect()?
+        .lazy();
+    let changed = |name: &str| col(name).neq(col(name).shift(lit(1))).fill_null(lit(true));
+    let active = rows
+        .clone()
+        .filter(col("purchases").gt(lit(0)))
+        .filter(changed("customer_key").or(changed("period_index")))
+        .group_by(code_keys.clone())
+        .agg([len().cast(DataType::Int64).alias("active_customers")]);
+    let mut activity = rows
+        .group_by(code_keys.clone())
         .agg([
-            col("purchases")
-                .gt(lit(0))
-                .cast(DataType::Int64)
-                .sum()
-                .alias("active_customers"),
             col("purchases").sum().cast(DataType::Int64).alias("orders"),
             col("revenue_micros").sum().alias("revenue_micros"),
-        ]);
+        ])
+        .join(active, code_keys.clone(), code_keys, join_args());
+    for (dimension, values) in dimensions.iter().zip(decode) {
+        let code = format!("{dimension}__code");
+        activity = activity.join(values, [col(code.as_str())], [col(code.as_str())], join_args());
+    }
     // Customers whose last purchase falls in each period since acquisition.
     let last_active = customers
         .with_column((col("last_index") - col("cohort_index")).alias("period_index"))
