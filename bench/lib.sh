@@ -47,3 +47,16 @@ status = "status"
 channel = "channel"
 TOML
 }
+
+# The every-stage config (bench/all_stages.toml) for a source path or glob → its path.
+all_config() { # path pattern, name
+  sed -e "s#__FILE__#$1#" -e "s#__OUT__#out_$2#" bench/all_stages.toml > "$DATA/bench_$2.toml"
+  echo "$DATA/bench_$2.toml"
+}
+
+# Rows of the customer_facts table a run wrote (= customers), from its manifest.
+customers_of() { # output folder name
+  python3 -c "
+import json; m = json.load(open('$DATA/out_$1/_manifest.json'))
+print(next(t['rows'] for s in m['stages'] for t in s['tables'] if t['table'] == 'customer_facts'))"
+}

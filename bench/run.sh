@@ -1,85 +1,63 @@
 #!/usr/bin/env bash
-# Benchmark `pipeline run` on generated order lines.
-#   bash bench/run.sh [LINES]      (default 10000000)
-# Generates bench/data/lines_LINES.parquet once (git-ignored), then measures with /usr/bin/time -v:
-#   base      customer_facts + monthly cohorts + weekly cohorts by channel (the foundation)
-#   all       base + rfm, repeat, lifecycle, clv_simple, two segment summaries (every table stage)
-#   threads1  all with --threads 1
-#   seq       all with independent stages run one after another (--sequential)
-#   x3        base over the same file read three times through a glob: 3× the lines, the same
-#             orders and customers (duplicate order ids merge) — peak RSS must not grow with lines
-# Prints a markdown table: wall s, CPU s (user+sys), peak RSS MB, lines/s — each the median run
-# of REPEATS (default 3) by wall time.
+# The performance harness: the whole nightly pipeline against the alternatives a data engineer
+# has, on the same generated file, in the same run.
+#   bash bench/run.sh [LINES]      (default 10000000; REPEATS=3 runs each, the median by wall time)
+# Generates bench/data/lines_LINES.parquet once (git-ignored; the project's generator), installs
+# polars and duckdb into .venv, then measures with /usr/bin/time -v:
+#   floor_polars / floor_duckdb  one scan of the needed columns, status filter, GROUP BY customer
+#                                with count/sum/min/max, written to Parquet (bench/floor.py)
+#   duckdb_metrics               the table metrics in hand-written DuckDB SQL: customer facts,
+#                                monthly cohort retention, RFM + segment summary, repeat, historic
+#                                CLV (bench/duckdb_metrics.py, the SQL the reference tests use)
+#   all                          `pipeline run` with every stage: customer_facts, monthly cohorts,
+#                                weekly cohorts by channel, rfm, repeat, lifecycle, clv_simple,
+#                                clv (BG/NBD + Gamma-Gamma), two segment summaries
+#                                (bench/all_stages.toml)
+#   seq                          all, independent stages one after another (--sequential)
+#   threads1                     all on one thread (--threads 1)
+#   x3                           all over the same file read three times through a glob: 3× the
+#                                lines, the same orders and customers (set X3=0 to skip)
+# Prints wall s, CPU s (user + sys), peak RSS MB and lines/s per run, and the ratios the
+# performance issue sets targets for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh "${1:-10000000}"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import polars, duckdb" 2>/dev/null || .venv/bin/pip install --quiet polars duckdb
+PY=.venv/bin/python
 
-mkdir -p "$DATA/x3"
-for i in 1 2 3; do ln -sf "$FILE" "$DATA/x3/part$i.parquet"; done
+ALL=$(all_config "$FILE" "all_$LINES")
 
-config() { # path pattern, name, extra stages → config file
-  cat > "$DATA/bench_$2.toml" <<TOML
-[pipeline]
-name = "bench"
-timezone = "Europe/Berlin"
-output_dir = "out_$2"
-
-$(source_toml "$1")
-
-[stages.customer_facts]
-kind = "customer_facts"
-
-[stages.cohorts]
-kind = "cohort_retention"
-granularity = "month"
-
-[stages.cohorts_by_channel]
-kind = "cohort_retention"
-granularity = "week"
-dimensions = ["acquisition_channel"]
-${3:-}
-TOML
-  echo "$DATA/bench_$2.toml"
-}
-MORE='
-[stages.rfm]
-kind = "rfm"
-[stages.repeat]
-kind = "repeat"
-within_days = [30, 90, 365]
-[stages.lifecycle]
-kind = "lifecycle"
-[stages.clv_simple]
-kind = "clv_simple"
-margin = 0.3
-[stages.segments]
-kind = "segment_summary"
-input = ["rfm", "clv_simple"]
-by = ["segment"]
-[stages.lifecycle_by_channel]
-kind = "segment_summary"
-input = ["lifecycle", "clv_simple"]
-by = ["acquisition_channel", "stage"]
-'
-BASE=$(config "$FILE" base)
-ALL=$(config "$FILE" all "$MORE")
-THREE=$(config "$(realpath "$DATA")/x3/*.parquet" three)
-
-measure base "$BIN" run "$BASE" --log warn
+measure floor_polars "$PY" bench/floor.py polars "$FILE" "$DATA/floor_polars.parquet"
+measure floor_duckdb "$PY" bench/floor.py duckdb "$FILE" "$DATA/floor_duckdb.parquet"
+measure duckdb_metrics "$PY" bench/duckdb_metrics.py "$FILE" "$DATA/out_duckdb"
 measure all "$BIN" run "$ALL" --log warn
-measure threads1 "$BIN" run "$ALL" --log warn --threads 1
 measure seq "$BIN" run "$ALL" --log warn --sequential
-measure x3 "$BIN" run "$THREE" --log warn
+measure threads1 "$BIN" run "$ALL" --log warn --threads 1
+if [ "${X3:-1}" != 0 ]; then
+  mkdir -p "$DATA/x3_$LINES"
+  for i in 1 2 3; do ln -sf "$FILE" "$DATA/x3_$LINES/part$i.parquet"; done
+  THREE=$(all_config "$(realpath "$DATA")/x3_$LINES/*.parquet" "x3_$LINES")
+  measure x3 "$BIN" run "$THREE" --log warn
+fi
 
-printf '\n%s lines (%s)\n\n' "$LINES" "$(nproc) cores"
+CUSTOMERS=$(customers_of "all_$LINES")
+printf '\n%s lines, %s customers, %s cores, median of %s\n\n' "$LINES" "$CUSTOMERS" "$(nproc)" "$REPEATS"
 printf '| run | lines | wall s | CPU s | peak RSS MB | lines/s |\n|---|---|---|---|---|---|\n'
-for name in generate base all threads1 seq x3; do
+for name in generate floor_polars floor_duckdb duckdb_metrics all seq threads1 x3; do
   [ -n "${WALL[$name]:-}" ] || continue
   n=$LINES; [ "$name" = x3 ] && n=$((LINES * 3))
-  printf '| %s | %s | %.2f | %.2f | %s | %.0f |\n' "$name" "$n" "${WALL[$name]}" "${CPU[$name]}" "${RSS[$name]}" "$(echo "$n / ${WALL[$name]}" | bc -l)"
+  printf '| %s | %s | %.2f | %.2f | %s | %.0f |\n' "$name" "$n" "${WALL[$name]}" "${CPU[$name]}" "${RSS[$name]}" \
+    "$(echo "$n / ${WALL[$name]}" | bc -l)"
 done
-printf '\nratios: all/base wall %.2f, threads1/all wall %.2f, seq/all wall %.2f, x3/base RSS %.2f\n' \
-  "$(echo "${WALL[all]} / ${WALL[base]}" | bc -l)" \
-  "$(echo "${WALL[threads1]} / ${WALL[all]}" | bc -l)" \
-  "$(echo "${WALL[seq]} / ${WALL[all]}" | bc -l)" \
-  "$(echo "${RSS[x3]} / ${RSS[base]}" | bc -l)"
+ratio() { echo "$1 / $2" | bc -l; }
+floor=$(printf '%s\n' "${WALL[floor_polars]}" "${WALL[floor_duckdb]}" | sort -n | head -1)
+printf '\nratios (targets from the performance issue):\n'
+printf '* all / fastest floor, wall: %.2f (target ≤ 2)\n' "$(ratio "${WALL[all]}" "$floor")"
+printf '* duckdb_metrics / all, wall: %.2f (target ≥ 2.5)\n' "$(ratio "${WALL[duckdb_metrics]}" "${WALL[all]}")"
+printf '* all / duckdb_metrics, peak RSS: %.2f (target < 1)\n' "$(ratio "${RSS[all]}" "${RSS[duckdb_metrics]}")"
+printf '* seq / all, wall: %.2f (independent stages in parallel vs one after another)\n' "$(ratio "${WALL[seq]}" "${WALL[all]}")"
+printf '* threads1 / all, wall: %.2f (one thread vs %s)\n' "$(ratio "${WALL[threads1]}" "${WALL[all]}")" "$(nproc)"
+if [ -n "${WALL[x3]:-}" ]; then
+  printf '* x3 / all, peak RSS: %.2f (3× the lines, the same customers)\n' "$(ratio "${RSS[x3]}" "${RSS[all]}")"
+fi
