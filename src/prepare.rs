@@ -44,7 +44,13 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     let orders = source.orders.clone().lazy();
     let is_purchase = || col("revenue").gt(lit(0i64));
     let clock = std::time::Instant::now();
-    let lap = |what: &str| tracing::debug!("prepare: {what} at {:.3} s", clock.elapsed().as_secs_f64());
+    let lap = |what: &str| {
+        tracing::debug!(
+            "prepare: {what} at {:.3} s ({})",
+            clock.elapsed().as_secs_f64(),
+            crate::runner::memory()
+        )
+    };
 
     // One row per customer and day with any order.
     let days = collect(

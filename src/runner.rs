@@ -167,7 +167,10 @@ fn execute(
             orders.as_of
         );
         manifest.inputs.push(orders.stats.clone());
+        tracing::debug!("source `{name}` scanned: {}", memory());
         let tables = shared_tables(&orders).with_context(|| format!("source `{name}`"))?;
+        drop(orders);
+        tracing::debug!("source `{name}` shared tables built: {}", memory());
         tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
         shared.insert(name, tables);
     }
@@ -249,6 +252,7 @@ fn execute(
                 report.duration_seconds,
                 report.tables.iter().map(|t| t.rows).sum::<usize>()
             );
+            tracing::debug!("stage `{}`: {}", report.stage, memory());
             Ok((index, frames, report))
         };
         let results: Vec<Result<(usize, Vec<DataFrame>, StageReport)>> = if options.sequential {
@@ -280,6 +284,22 @@ fn execute(
         }
     }
     Ok(())
+}
+
+/// "RSS 1234 MB, peak 2345 MB" from /proc/self/status, for debug logs at phase boundaries
+/// (empty where that file does not exist).
+pub fn memory() -> String {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return String::new();
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or("?".to_string(), |kb| (kb / 1024).to_string())
+    };
+    format!("RSS {} MB, peak {} MB", field("VmRSS:"), field("VmHWM:"))
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

@@ -442,6 +442,22 @@ pub fn expected_purchases(params: &Params, horizon: f64, x: u32, t_x: f64, t: f6
     Some(p_alive(params, x, t_x, t) * expected_if_alive(params, horizon, x, t)?)
 }
 
+/// P(no purchase in the next `horizon` time units | x, t_x, T) (`lifetimes`'
+/// conditional_probability_of_n_purchases_up_to_time with n = 0): a customer who has dropped
+/// out buys nothing; one still alive has a purchase rate distributed Gamma(r + x, α + T), so
+/// P(none | alive) = ((α + T)/(α + T + t))^(r + x). Hence
+/// 1 − p_alive + p_alive · `no_purchase_if_alive(x, T)`.
+pub fn p_no_purchases(params: &Params, horizon: f64, x: u32, t_x: f64, t: f64) -> f64 {
+    let alive = p_alive(params, x, t_x, t);
+    1.0 - alive + alive * no_purchase_if_alive(params, horizon, x, t)
+}
+
+/// ((α + T)/(α + T + t))^(r + x): P(no purchase in the next t | alive, x, T).
+pub fn no_purchase_if_alive(params: &Params, horizon: f64, x: u32, t: f64) -> f64 {
+    let Params { r, alpha, .. } = *params;
+    ((r + x as f64) * ((alpha + t) / (alpha + t + horizon.max(0.0))).ln()).exp()
+}
+
 /// The t_x-independent factor of E[X(t) | x, t_x, T]: (a + b + x − 1)/(a − 1) ·
 /// (1 − ((α + T)/(α + T + t))^(r + x) · 2F1(r + x, b + x; a + b + x − 1; t/(α + T + t))).
 /// For a < 1 both factors are negative and the product is still the expectation; a = 1 is a

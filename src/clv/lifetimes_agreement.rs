@@ -57,6 +57,14 @@ fn bgnbd_likelihood_p_alive_and_expectation_match_lifetimes() {
             let value = bgnbd::expected_purchases(&params, horizon, x, t_x, t).unwrap();
             close(value, number(&case[key]), 1e-6, &format!("{key} {what}"));
         }
+        for (horizon, key) in [(10.0, "p_zero_10"), (52.0, "p_zero_52")] {
+            let value = bgnbd::p_no_purchases(&params, horizon, x, t_x, t);
+            assert!((0.0..=1.0).contains(&value), "{key} {what}: {value}");
+            // lifetimes overflows for heavy buyers (null in the fixture): the closed form only.
+            if let Some(reference) = case[key].as_f64() {
+                close(value, reference, 1e-6, &format!("{key} {what}"));
+            }
+        }
     }
 }
 

@@ -17,10 +17,16 @@ struct Simulated {
     t_x: Vec<f64>,
     t: Vec<f64>,
     monetary: Vec<f64>,
+    /// Purchases in the HOLDOUT weeks after T (drawn from a second generator, so the history
+    /// draws do not depend on it).
+    holdout: Vec<u32>,
 }
+
+const HOLDOUT: f64 = 26.0;
 
 fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params, seed: u64) -> Simulated {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut future = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
     let rate = Gamma::new(truth.r, 1.0 / truth.alpha).unwrap();
     let dropout = Beta::new(truth.a, truth.b).unwrap();
     let scale = Gamma::new(spend.q, 1.0 / spend.v).unwrap();
@@ -29,6 +35,7 @@ fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params
         t_x: vec![],
         t: vec![],
         monetary: vec![],
+        holdout: vec![],
     };
     for _ in 0..customers {
         let lambda: f64 = Distribution::<f64>::sample(&rate, &mut rng);
@@ -39,9 +46,11 @@ fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params
         let age = age_days / 7.0;
         let gap = Exp::new(lambda.max(1e-12)).unwrap();
         let (mut t, mut x, mut t_x, mut total) = (0.0f64, 0u32, 0.0f64, 0.0f64);
+        let mut alive_at_age = false;
         loop {
             t += Distribution::<f64>::sample(&gap, &mut rng);
             if t > age {
+                alive_at_age = true;
                 break;
             }
             x += 1;
@@ -51,12 +60,65 @@ fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params
                 break;
             }
         }
+        // Alive at T: the process goes on (memoryless, so from T itself).
+        let mut holdout = 0u32;
+        if alive_at_age {
+            let mut s = 0.0;
+            loop {
+                s += Distribution::<f64>::sample(&gap, &mut future);
+                if s > HOLDOUT {
+                    break;
+                }
+                holdout += 1;
+                if future.random::<f64>() < p {
+                    break;
+                }
+            }
+        }
+        out.holdout.push(holdout);
         out.x.push(x);
         out.t_x.push(t_x);
         out.t.push(age);
         out.monetary.push(if x > 0 { total / x as f64 } else { 0.0 });
     }
     out
+}
+
+#[test]
+fn predictions_at_the_true_parameters_match_a_simulated_holdout() {
+    // P(no purchase) and E[purchases] over the next 26 weeks, averaged over 200 000 simulated
+    // customers, against what those customers then did (seed 11: 0.79163 vs 0.79167 and 0.49399
+    // vs 0.49408). Standard error of the zero share ≈ 0.001, of the mean count ≈ 0.4 %; t_x
+    // rounded down to whole days biases P(alive) very slightly; hence 0.004 and 1 %.
+    let truth = bgnbd::Params {
+        r: 0.25,
+        alpha: 4.0,
+        a: 0.8,
+        b: 2.5,
+    };
+    let spend = gamma_gamma::Params {
+        p: 6.0,
+        q: 4.0,
+        v: 15.0,
+    };
+    let data = simulate(200_000, &truth, &spend, 11);
+    let n = data.x.len() as f64;
+    let (mut predicted_zero, mut predicted_count) = (0.0, 0.0);
+    for i in 0..data.x.len() {
+        predicted_zero += bgnbd::p_no_purchases(&truth, HOLDOUT, data.x[i], data.t_x[i], data.t[i]);
+        predicted_count += bgnbd::expected_purchases(&truth, HOLDOUT, data.x[i], data.t_x[i], data.t[i]).unwrap();
+    }
+    let observed_zero = data.holdout.iter().filter(|&&h| h == 0).count() as f64 / n;
+    let observed_count = data.holdout.iter().map(|&h| h as f64).sum::<f64>() / n;
+    let (predicted_zero, predicted_count) = (predicted_zero / n, predicted_count / n);
+    assert!(
+        (predicted_zero - observed_zero).abs() < 0.004,
+        "P(no purchase): predicted {predicted_zero}, observed {observed_zero}"
+    );
+    assert!(
+        (predicted_count - observed_count).abs() < 0.01 * observed_count,
+        "purchases per customer: predicted {predicted_count}, observed {observed_count}"
+    );
 }
 
 #[test]

@@ -410,6 +410,7 @@ impl Stage for ClvOptions {
                     p_alive: 1.0,
                     expected_if_alive: Some(0.0),
                     discounted_if_alive: Some(0.0),
+                    no_purchase_if_alive: 1.0,
                 }],
                 &vec![0; data.x.len()],
                 spend_params,
@@ -431,6 +432,7 @@ impl Stage for ClvOptions {
             }
             pair_of.push(pairs.len() - 1);
         }
+        let horizon_units = horizon as f64 * unit_months;
         let if_alive: Vec<(Option<f64>, Option<f64>)> = pairs
             .par_iter()
             .map(|&(x, t)| {
@@ -458,6 +460,7 @@ impl Stage for ClvOptions {
                     p_alive: bgnbd::p_alive(&params, x, patterns.t_x[i], t),
                     expected_if_alive: expected,
                     discounted_if_alive: discounted,
+                    no_purchase_if_alive: bgnbd::no_purchase_if_alive(&params, horizon_units, x, t),
                 }
             })
             .collect();
@@ -480,6 +483,8 @@ struct Score {
     expected_if_alive: Option<f64>,
     /// Σ over months m of (E[X(m) | alive] − E[X(m − 1) | alive]) / (1 + monthly rate)^m.
     discounted_if_alive: Option<f64>,
+    /// P(no purchase over the horizon | alive): P(none) = 1 − p_alive + p_alive · this.
+    no_purchase_if_alive: f64,
 }
 
 /// The monthly rate equivalent to an annual one: (1 + annual)^(1/12) − 1.
@@ -503,12 +508,14 @@ impl ClvOptions {
         let n = data.x.len();
         let mut p_alive = Vec::with_capacity(n);
         let mut expected = Vec::with_capacity(n);
+        let mut no_purchases = Vec::with_capacity(n);
         let mut order_value = Vec::with_capacity(n);
         let mut clv = Vec::with_capacity(n);
         for i in 0..n {
             let score = &scored[pattern_of[i] as usize];
             p_alive.push(finite(score.p_alive));
             expected.push(score.expected_if_alive.map(|e| score.p_alive * e).and_then(finite));
+            no_purchases.push(finite(1.0 - score.p_alive + score.p_alive * score.no_purchase_if_alive));
             let value = spend_params
                 .and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0)))
                 .and_then(finite);
@@ -538,6 +545,7 @@ impl ClvOptions {
             Column::new("monetary_value".into(), data.monetary.clone()),
             Column::new("p_alive".into(), p_alive),
             Column::new("expected_purchases".into(), expected),
+            Column::new("p_no_purchases".into(), no_purchases),
             Column::new("expected_order_value".into(), order_value),
             Column::new("clv".into(), clv),
             facts.column("revenue")?.clone().with_name("historic_clv".into()),

@@ -35,6 +35,7 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
             "monetary_value",
             "p_alive",
             "expected_purchases",
+            "p_no_purchases",
             "expected_order_value",
             "clv",
             "historic_clv"
@@ -44,6 +45,14 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
     for row in 0..customers.rows {
         let alive = customers.float("p_alive")[row];
         assert!((0.0..=1.0).contains(&alive), "p_alive {alive}");
+        // P(none) = 1 − p_alive + p_alive · P(none | alive): between 1 − p_alive and 1, and
+        // below 1 for anyone alive (a horizon of 12 months leaves a chance to buy).
+        let none = customers.float("p_no_purchases")[row];
+        assert!(
+            none >= 1.0 - alive - 1e-12 && none <= 1.0,
+            "p_no_purchases {none}, p_alive {alive}"
+        );
+        assert!(alive < 1e-9 || none < 1.0, "p_no_purchases {none}, p_alive {alive}");
         for column in ["expected_purchases", "expected_order_value", "clv"] {
             let value = customers.float(column)[row];
             assert!(value.is_finite() && value >= 0.0, "{column} = {value} at row {row}");
