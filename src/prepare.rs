@@ -52,9 +52,37 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         )
     };
 
+    // Customer ids → dense integer ids in customer_id order, once: every later group-by and
+    // join works on integers (string hashing was the largest single cost here).
+    let ids = orders
+        .clone()
+        .select([col("customer_id")])
+        .unique(None, UniqueKeepStrategy::Any)
+        .sort(["customer_id"], SortMultipleOptions::default())
+        .collect()
+        .map_err(anyhow::Error::from)
+        .context("building customer ids")?
+        .with_row_index("id".into(), None)?;
+    let orders = orders
+        .join(
+            ids.clone().lazy(),
+            [col("customer_id")],
+            [col("customer_id")],
+            JoinArgs::new(JoinType::Inner),
+        )
+        .drop(Selector::ByName {
+            names: ["customer_id".into()].into(),
+            strict: true,
+        })
+        .collect()
+        .map_err(anyhow::Error::from)
+        .context("keying orders")?
+        .lazy();
+    lap("customer ids");
+
     // One row per customer and day with any order.
     let days = collect(
-        orders.clone().group_by([col("customer_id"), col("date")]).agg([
+        orders.clone().group_by([col("id"), col("date")]).agg([
             is_purchase().cast(DataType::Int64).sum().alias("purchases"),
             col("revenue").sum().alias("revenue_micros"),
             when(is_purchase())
@@ -69,10 +97,12 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
 
     let purchase_day = || col("purchases").gt(lit(0i64));
     let day_number = |expr: Expr| expr.cast(DataType::Int32).cast(DataType::Int64);
+    // Customers with a purchase; ids are in customer_id order, so customer_key (the row index
+    // after sorting by id) is too.
     let per_customer = collect(
         days.clone()
             .lazy()
-            .group_by([col("customer_id")])
+            .group_by([col("id")])
             .agg([
                 when(purchase_day())
                     .then(col("date"))
@@ -92,24 +122,38 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             .filter(col("orders").gt(lit(0i64))),
         "customers",
     )?
-    .sort(["customer_id"], SortMultipleOptions::default())?
+    .sort(["id"], SortMultipleOptions::default())?
     .with_row_index("customer_key".into(), None)?;
+    let id_column = per_customer.column("id")?.as_materialized_series().clone();
+    let customer_ids = ids
+        .column("customer_id")?
+        .as_materialized_series()
+        .take(id_column.idx()?)?;
+    let mut per_customer = per_customer;
+    per_customer.with_column(customer_ids.into_column())?;
     lap("customers");
 
     // customer_periods: days of customers only, keyed; plus the first purchase day's revenue.
-    let keys = per_customer.select(["customer_id", "customer_key", "first_purchase_date"])?;
-    let keyed_days = days
-        .lazy()
-        .join(
-            keys.clone().lazy(),
-            [col("customer_id")],
-            [col("customer_id")],
-            JoinArgs::new(JoinType::Inner),
-        )
-        .sort(["customer_key", "date"], SortMultipleOptions::default())
-        .collect()
-        .map_err(anyhow::Error::from)
-        .context("building customer_periods")?;
+    // Keys and first purchase dates are gathered by id (a lookup, not a join).
+    let keys = per_customer.select(["id", "customer_key", "first_purchase_date"])?;
+    let by_id = |name: &str| -> Result<Expr> {
+        let ids_of = per_customer.column("id")?.as_materialized_series().idx()?.clone();
+        let values = per_customer.column(name)?.cast(&DataType::Int64)?;
+        let mut lookup: Vec<Option<i64>> = vec![None; ids.height()];
+        for (id, value) in ids_of.into_no_null_iter().zip(values.i64()?.iter()) {
+            lookup[id as usize] = value;
+        }
+        let dtype = per_customer.column(name)?.dtype().clone();
+        let lookup = Series::new(name.into(), lookup).cast(&dtype)?;
+        Ok(lit(lookup).gather(col("id"), false).alias(name))
+    };
+    let keyed_days = collect(
+        days.lazy()
+            .with_columns([by_id("customer_key")?, by_id("first_purchase_date")?])
+            .filter(col("customer_key").is_not_null())
+            .sort(["customer_key", "date"], SortMultipleOptions::default()),
+        "customer_periods",
+    )?;
     lap("keyed days");
     let customer_periods = keyed_days.select(["customer_key", "date", "purchases", "revenue_micros"])?;
     let first_day = keyed_days
@@ -122,22 +166,21 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         let purchases = orders.filter(is_purchase());
         let first_instant = purchases
             .clone()
-            .group_by([col("customer_id")])
+            .group_by([col("id")])
             .agg([col("ordered_ts").min().alias("first_ts")]);
         purchases
             .join(
                 first_instant,
-                [col("customer_id"), col("ordered_ts")],
-                [col("customer_id"), col("first_ts")],
+                [col("id"), col("ordered_ts")],
+                [col("id"), col("first_ts")],
                 JoinArgs::new(JoinType::Inner),
             )
-            .group_by([col("customer_id")])
+            .group_by([col("id")])
             .agg([col("channel").min().alias("acquisition_channel")])
     } else {
-        keys.clone().lazy().select([
-            col("customer_id"),
-            lit(NULL).cast(DataType::String).alias("acquisition_channel"),
-        ])
+        keys.clone()
+            .lazy()
+            .select([col("id"), lit(NULL).cast(DataType::String).alias("acquisition_channel")])
     };
 
     let customer_facts = per_customer
@@ -148,12 +191,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             [col("customer_key")],
             JoinArgs::new(JoinType::Left),
         )
-        .join(
-            acquisition,
-            [col("customer_id")],
-            [col("customer_id")],
-            JoinArgs::new(JoinType::Left),
-        )
+        .join(acquisition, [col("id")], [col("id")], JoinArgs::new(JoinType::Left))
         .sort(["customer_key"], SortMultipleOptions::default())
         .with_columns([
             (col("purchase_days") - lit(1i64)).alias("frequency"),
@@ -186,10 +224,8 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             col("T"),
             col("monetary_value"),
             col("revenue_micros"),
-        ])
-        .collect()
-        .map_err(anyhow::Error::from)
-        .context("building customer_facts")?;
+        ]);
+    let customer_facts = collect(customer_facts, "customer_facts")?;
     lap("customer facts");
 
     Ok(SharedTables {
