@@ -112,6 +112,14 @@ impl Granularity {
 mod tests {
     use super::*;
 
+    const ALL: [Granularity; 5] = [
+        Granularity::Day,
+        Granularity::Week,
+        Granularity::Month,
+        Granularity::Quarter,
+        Granularity::Year,
+    ];
+
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
     }
@@ -124,13 +132,7 @@ mod tests {
             .unwrap()
             .lazy()
             .with_column(col("date").cast(DataType::Date));
-        for granularity in [
-            Granularity::Day,
-            Granularity::Week,
-            Granularity::Month,
-            Granularity::Quarter,
-            Granularity::Year,
-        ] {
+        for granularity in ALL {
             let out = frame
                 .clone()
                 .select([
@@ -207,13 +209,7 @@ mod tests {
     fn expression_matches_rust_mapping() {
         let days: Vec<NaiveDate> = (-800..800).map(|i| date(2000, 1, 1) + Duration::days(i * 5)).collect();
         let df = df!("date" => days.clone()).unwrap();
-        for granularity in [
-            Granularity::Day,
-            Granularity::Week,
-            Granularity::Month,
-            Granularity::Quarter,
-            Granularity::Year,
-        ] {
+        for granularity in ALL {
             let out = df
                 .clone()
                 .lazy()

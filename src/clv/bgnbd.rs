@@ -219,8 +219,10 @@ pub struct NegativeLogLikelihood<'a> {
 
 impl<'a> NegativeLogLikelihood<'a> {
     pub fn new(patterns: &'a Patterns, penalizer: f64) -> Self {
-        let (distinct_t, t_index) = optimize::distinct_index(&patterns.t);
-        let (distinct_tx, tx_index) = optimize::distinct_index(&patterns.t_x);
+        let ((distinct_t, t_index), (distinct_tx, tx_index)) = rayon::join(
+            || optimize::distinct_index(&patterns.t),
+            || optimize::distinct_index(&patterns.t_x),
+        );
         let mut weight_by_x = vec![0.0; patterns.max_x() + 1];
         for (x, w) in patterns.x.iter().zip(&patterns.weight) {
             weight_by_x[*x as usize] += w;
@@ -383,7 +385,6 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         t: patterns.t.iter().map(|v| v * scale).collect(),
         weight: patterns.weight.clone(),
     };
-    let objective = NegativeLogLikelihood::new(&scaled, penalizer);
     let starts = vec![
         vec![0.0f64; 4],
         vec![(0.1f64).ln(); 4],
@@ -396,10 +397,15 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         t: optimize::every(&scaled.t, step),
         weight: optimize::every(&scaled.weight, step),
     });
-    let sample_objective = sample
-        .as_ref()
-        .map(|sample| NegativeLogLikelihood::new(sample, penalizer));
-    let minimum = optimize::minimize_warm(&objective, sample_objective.as_ref(), starts, 2000)?;
+    // The subsample's fit and the full objective's set-up are independent.
+    let (objective, warm) = rayon::join(
+        || NegativeLogLikelihood::new(&scaled, penalizer),
+        || {
+            let sample = NegativeLogLikelihood::new(sample.as_ref()?, penalizer);
+            optimize::minimize(&sample, &starts, 2000)
+        },
+    );
+    let minimum = optimize::minimize_warm(&objective, warm, starts, 2000)?;
     let scaled_params = Params::from_log(&minimum.x);
     let params = Params {
         alpha: scaled_params.alpha / scale,

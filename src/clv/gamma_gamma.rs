@@ -150,7 +150,6 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     if spend.x.is_empty() {
         return None;
     }
-    let objective = NegativeLogLikelihood::new(spend, penalizer);
     let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.weight.iter().sum::<f64>();
     let starts = vec![
         vec![0.0f64; 3],
@@ -162,10 +161,15 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
         m: optimize::every(&spend.m, step),
         weight: optimize::every(&spend.weight, step),
     });
-    let sample_objective = sample
-        .as_ref()
-        .map(|sample| NegativeLogLikelihood::new(sample, penalizer));
-    let minimum = optimize::minimize_warm(&objective, sample_objective.as_ref(), starts, 2000)?;
+    // The subsample's fit and the full objective's set-up are independent.
+    let (objective, warm) = rayon::join(
+        || NegativeLogLikelihood::new(spend, penalizer),
+        || {
+            let sample = NegativeLogLikelihood::new(sample.as_ref()?, penalizer);
+            optimize::minimize(&sample, &starts, 2000)
+        },
+    );
+    let minimum = optimize::minimize_warm(&objective, warm, starts, 2000)?;
     let params = Params {
         p: minimum.x[0].exp(),
         q: minimum.x[1].exp(),

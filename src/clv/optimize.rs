@@ -245,17 +245,17 @@ pub fn every<T: Copy>(values: &[T], step: usize) -> Vec<T> {
     values.iter().step_by(step).copied().collect()
 }
 
-/// Minimise `objective`. With the objective of a subsample, fit that first (L-BFGS from the
-/// starts) and finish on the full data with Newton from its optimum; when that does not
-/// converge, or without a subsample, L-BFGS on the full data from the starts (the subsample's
-/// optimum first).
+/// Minimise `objective`. With `warm`, the minimum of a subsample's objective (callers fit it with
+/// `minimize`, possibly while they build the full objective), finish on the full data with
+/// `refine` from there; when that does not converge, or without a warm start, L-BFGS on the
+/// full data from the starts (the subsample's optimum first).
 pub fn minimize_warm<O: Objective>(
     objective: &O,
-    sample: Option<&O>,
+    warm: Option<Minimum>,
     mut starts: Vec<Vec<f64>>,
     max_iterations: u64,
 ) -> Option<Minimum> {
-    if let Some(warm) = sample.and_then(|sample| minimize(sample, &starts, max_iterations)) {
+    if let Some(warm) = warm {
         // Both objectives are means over customers: the subsample's Hessian at its optimum
         // is close to the full data's there.
         if let Some(minimum) = refine(objective, warm.x.clone(), &warm.hessian, 50).filter(|m| m.converged) {

@@ -24,6 +24,19 @@ struct Simulated {
 
 const HOLDOUT: f64 = 26.0;
 
+/// The parameters customers are simulated from.
+const TRUTH: bgnbd::Params = bgnbd::Params {
+    r: 0.25,
+    alpha: 4.0,
+    a: 0.8,
+    b: 2.5,
+};
+const SPEND_TRUTH: gamma_gamma::Params = gamma_gamma::Params {
+    p: 6.0,
+    q: 4.0,
+    v: 15.0,
+};
+
 fn simulate(customers: usize, truth: &bgnbd::Params, spend: &gamma_gamma::Params, seed: u64) -> Simulated {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let mut future = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
@@ -90,18 +103,8 @@ fn predictions_at_the_true_parameters_match_a_simulated_holdout() {
     // customers, against what those customers then did (seed 11: 0.79163 vs 0.79167 and 0.49399
     // vs 0.49408). Standard error of the zero share ≈ 0.001, of the mean count ≈ 0.4 %; t_x
     // rounded down to whole days biases P(alive) very slightly; hence 0.004 and 1 %.
-    let truth = bgnbd::Params {
-        r: 0.25,
-        alpha: 4.0,
-        a: 0.8,
-        b: 2.5,
-    };
-    let spend = gamma_gamma::Params {
-        p: 6.0,
-        q: 4.0,
-        v: 15.0,
-    };
-    let data = simulate(200_000, &truth, &spend, 11);
+    let truth = TRUTH;
+    let data = simulate(200_000, &truth, &SPEND_TRUTH, 11);
     let n = data.x.len() as f64;
     let (mut predicted_zero, mut predicted_count) = (0.0, 0.0);
     for i in 0..data.x.len() {
@@ -123,17 +126,7 @@ fn predictions_at_the_true_parameters_match_a_simulated_holdout() {
 
 #[test]
 fn recovers_known_bgnbd_and_gamma_gamma_parameters() {
-    let truth = bgnbd::Params {
-        r: 0.25,
-        alpha: 4.0,
-        a: 0.8,
-        b: 2.5,
-    };
-    let spend_truth = gamma_gamma::Params {
-        p: 6.0,
-        q: 4.0,
-        v: 15.0,
-    };
+    let (truth, spend_truth) = (TRUTH, SPEND_TRUTH);
     let data = simulate(300_000, &truth, &spend_truth, 7);
     let patterns = bgnbd::Patterns::compress(&data.x, &data.t_x, &data.t);
     let fit = bgnbd::fit(&patterns, 0.0).unwrap();
