@@ -14,9 +14,15 @@ fn main() -> ExitCode {
     // With 4 KiB pages system time halves at the same peak RSS (measured in bench/).
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
+    let thp_disabled = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     let cli = Cli::parse();
     if let Command::Run(args) = &cli.command {
         if let Some(threads) = args.threads {
@@ -31,6 +37,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    #[cfg(target_os = "linux")]
+    if thp_disabled != 0 {
+        tracing::debug!(
+            "could not disable transparent huge pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
