@@ -134,23 +134,30 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     lap("customers");
 
     // customer_periods: days of customers only, keyed; plus the first purchase day's revenue.
-    // Keys and first purchase dates are gathered by id (a lookup, not a join).
+    // customer_key is per_customer's row: look it up by id (null for customers without a
+    // purchase), then the first purchase date by key — lookups, not joins.
     let keys = per_customer.select(["id", "customer_key", "first_purchase_date"])?;
-    let by_id = |name: &str| -> Result<Expr> {
-        let ids_of = per_customer.column("id")?.as_materialized_series().idx()?.clone();
-        let values = per_customer.column(name)?.cast(&DataType::Int64)?;
-        let mut lookup: Vec<Option<i64>> = vec![None; ids.height()];
-        for (id, value) in ids_of.into_no_null_iter().zip(values.i64()?.iter()) {
-            lookup[id as usize] = value;
-        }
-        let dtype = per_customer.column(name)?.dtype().clone();
-        let lookup = Series::new(name.into(), lookup).cast(&dtype)?;
-        Ok(lit(lookup).gather(col("id"), false).alias(name))
-    };
+    let mut key_of_id: Vec<Option<IdxSize>> = vec![None; ids.height()];
+    for (key, id) in id_column.idx()?.into_no_null_iter().enumerate() {
+        key_of_id[id as usize] = Some(key as IdxSize);
+    }
+    let first_purchase = per_customer
+        .column("first_purchase_date")?
+        .as_materialized_series()
+        .clone();
     let keyed_days = collect(
         days.lazy()
-            .with_columns([by_id("customer_key")?, by_id("first_purchase_date")?])
+            .with_column(
+                lit(Series::new("customer_key".into(), key_of_id))
+                    .gather(col("id"), false)
+                    .alias("customer_key"),
+            )
             .filter(col("customer_key").is_not_null())
+            .with_column(
+                lit(first_purchase)
+                    .gather(col("customer_key"), false)
+                    .alias("first_purchase_date"),
+            )
             .sort(["customer_key", "date"], SortMultipleOptions::default()),
         "customer_periods",
     )?;

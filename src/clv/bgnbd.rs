@@ -397,15 +397,12 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         t: optimize::every(&scaled.t, step),
         weight: optimize::every(&scaled.weight, step),
     });
-    // The subsample's fit and the full objective's set-up are independent.
-    let (objective, warm) = rayon::join(
+    let (_, minimum) = optimize::minimize_warm(
         || NegativeLogLikelihood::new(&scaled, penalizer),
-        || {
-            let sample = NegativeLogLikelihood::new(sample.as_ref()?, penalizer);
-            optimize::minimize(&sample, &starts, 2000)
-        },
-    );
-    let minimum = optimize::minimize_warm(&objective, warm, starts, 2000)?;
+        |starts| optimize::minimize(&NegativeLogLikelihood::new(sample.as_ref()?, penalizer), starts, 2000),
+        starts,
+        2000,
+    )?;
     let scaled_params = Params::from_log(&minimum.x);
     let params = Params {
         alpha: scaled_params.alpha / scale,
@@ -415,11 +412,11 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
     let std_errors = optimize::standard_errors(&minimum, params.as_array(), n);
     // The objective's likelihood is in scaled time: rescaling t and α by s shifts each
     // customer's log-likelihood by −x ln s.
-    let penalty = penalizer * scaled_params.as_array().iter().map(|t| t * t).sum::<f64>();
     let purchases: f64 = (0..patterns.len())
         .map(|i| patterns.weight[i] * patterns.x[i] as f64)
         .sum();
-    let log_likelihood = -(minimum.value - penalty) * n + scale.ln() * purchases;
+    let log_likelihood =
+        optimize::total_log_likelihood(&minimum, &scaled_params.as_array(), penalizer, n) + scale.ln() * purchases;
     Some(Fit {
         params,
         std_errors,
@@ -505,7 +502,7 @@ mod tests {
         let total: f64 = (0..4)
             .map(|i| patterns.weight[i] * log_likelihood(&params, patterns.x[i], patterns.t_x[i], patterns.t[i]))
             .sum();
-        let penalty = 0.01 * params.as_array().iter().map(|t| t * t).sum::<f64>();
+        let penalty = optimize::penalty(&params.as_array(), 0.01);
         let value = objective.evaluate(&at, false).value;
         assert!(
             (value - (-total / 16.0 + penalty)).abs() < 1e-12,

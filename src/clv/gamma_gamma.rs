@@ -161,15 +161,12 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
         m: optimize::every(&spend.m, step),
         weight: optimize::every(&spend.weight, step),
     });
-    // The subsample's fit and the full objective's set-up are independent.
-    let (objective, warm) = rayon::join(
+    let (objective, minimum) = optimize::minimize_warm(
         || NegativeLogLikelihood::new(spend, penalizer),
-        || {
-            let sample = NegativeLogLikelihood::new(sample.as_ref()?, penalizer);
-            optimize::minimize(&sample, &starts, 2000)
-        },
-    );
-    let minimum = optimize::minimize_warm(&objective, warm, starts, 2000)?;
+        |starts| optimize::minimize(&NegativeLogLikelihood::new(sample.as_ref()?, penalizer), starts, 2000),
+        starts,
+        2000,
+    )?;
     let params = Params {
         p: minimum.x[0].exp(),
         q: minimum.x[1].exp(),
@@ -177,8 +174,7 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     };
     let n = objective.customers;
     let std_errors = optimize::standard_errors(&minimum, params.as_array(), n);
-    let penalty = penalizer * params.as_array().iter().map(|t| t * t).sum::<f64>();
-    let log_likelihood = -(minimum.value - penalty) * n;
+    let log_likelihood = optimize::total_log_likelihood(&minimum, &params.as_array(), penalizer, n);
     Some(Fit {
         params,
         std_errors,

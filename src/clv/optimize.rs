@@ -34,7 +34,7 @@ pub fn log_space(
     hessian: Option<&[f64]>,
 ) -> Evaluation {
     let k = theta.len();
-    let value = -total / n + penalizer * theta.iter().map(|t| t * t).sum::<f64>();
+    let value = -total / n + penalty(theta, penalizer);
     let d_u: Vec<f64> = (0..k).map(|i| theta[i] * (-gradient[i] / n)).collect();
     let hessian = hessian.map(|upper| {
         let mut h = vec![vec![0.0; k]; k];
@@ -55,6 +55,17 @@ pub fn log_space(
         gradient: (0..k).map(|i| d_u[i] + 2.0 * penalizer * theta[i] * theta[i]).collect(),
         hessian,
     }
+}
+
+/// `lifetimes`' L2 penalty: penalizer · Σ θ².
+pub fn penalty(theta: &[f64], penalizer: f64) -> f64 {
+    penalizer * theta.iter().map(|t| t * t).sum::<f64>()
+}
+
+/// The total log-likelihood of n customers at a minimum of `log_space`'s objective (θ the
+/// parameters the objective saw).
+pub fn total_log_likelihood(minimum: &Minimum, theta: &[f64], penalizer: f64, n: f64) -> f64 {
+    -(minimum.value - penalty(theta, penalizer)) * n
 }
 
 /// The objective as argmin sees it. argmin asks for the cost, gradient and Hessian at the same
@@ -247,26 +258,29 @@ pub fn every<T: Copy>(values: &[T], step: usize) -> Vec<T> {
     values.iter().step_by(step).copied().collect()
 }
 
-/// Minimise `objective`. With `warm`, the minimum of a subsample's objective (callers fit it with
-/// `minimize`, possibly while they build the full objective), finish on the full data with
-/// `refine` from there; when that does not converge, or without a warm start, L-BFGS on the
-/// full data from the starts (the subsample's optimum first).
-pub fn minimize_warm<O: Objective>(
-    objective: &O,
-    warm: Option<Minimum>,
+/// Minimise the objective `build` makes. With `warm`, which fits a subsample's objective from
+/// the starts it is given (callers use `minimize`), both run side by side, and the full data
+/// are finished with `refine` from the subsample's optimum; when that does not converge, or
+/// without a warm start, L-BFGS on the full data from the starts (the subsample's optimum
+/// first). Returns the objective with its minimum.
+pub fn minimize_warm<O: Objective + Send>(
+    build: impl FnOnce() -> O + Send,
+    warm: impl FnOnce(&[Vec<f64>]) -> Option<Minimum> + Send,
     mut starts: Vec<Vec<f64>>,
     max_iterations: u64,
-) -> Option<Minimum> {
+) -> Option<(O, Minimum)> {
+    let (objective, warm) = rayon::join(build, || warm(&starts));
     if let Some(warm) = warm {
         // Both objectives are means over customers: the subsample's Hessian at its optimum
         // is close to the full data's there.
-        if let Some(minimum) = refine(objective, warm.x.clone(), &warm.hessian, 50).filter(|m| m.converged) {
-            return Some(minimum);
+        if let Some(minimum) = refine(&objective, warm.x.clone(), &warm.hessian, 50).filter(|m| m.converged) {
+            return Some((objective, minimum));
         }
         tracing::debug!("Newton from the subsample's optimum did not converge; L-BFGS on all data");
         starts.insert(0, warm.x);
     }
-    minimize(objective, &starts, max_iterations)
+    let minimum = minimize(&objective, &starts, max_iterations)?;
+    Some((objective, minimum))
 }
 
 /// Hessian by central differences of the gradient, symmetrised (to check analytic ones).
