@@ -359,18 +359,8 @@ impl Objective for NegativeLogLikelihood<'_> {
     }
 }
 
-/// A fitted BG/NBD model.
-#[derive(Debug, Clone)]
-pub struct Fit {
-    pub params: Params,
-    /// Standard errors of r, α, a, b (delta method from the Hessian in log space), when the
-    /// Hessian is invertible.
-    pub std_errors: Option<[f64; 4]>,
-    /// Total log-likelihood at the optimum (not penalised).
-    pub log_likelihood: f64,
-    pub iterations: u64,
-    pub converged: bool,
-}
+/// A fitted BG/NBD model (standard errors of r, α, a, b).
+pub type Fit = optimize::Fit<Params, 4>;
 
 /// Maximum-likelihood fit; `None` when no start gives a finite optimum.
 pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
@@ -409,7 +399,6 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         ..scaled_params
     };
     let n = patterns.customers();
-    let std_errors = optimize::standard_errors(&minimum, params.as_array(), n);
     // The objective's likelihood is in scaled time: rescaling t and α by s shifts each
     // customer's log-likelihood by −x ln s.
     let purchases: f64 = (0..patterns.len())
@@ -417,13 +406,7 @@ pub fn fit(patterns: &Patterns, penalizer: f64) -> Option<Fit> {
         .sum();
     let log_likelihood =
         optimize::total_log_likelihood(&minimum, &scaled_params.as_array(), penalizer, n) + scale.ln() * purchases;
-    Some(Fit {
-        params,
-        std_errors,
-        log_likelihood,
-        iterations: minimum.iterations,
-        converged: minimum.converged && log_likelihood.is_finite(),
-    })
+    Some(Fit::at(&minimum, params, params.as_array(), n, log_likelihood))
 }
 
 /// P(customer still alive | x, t_x, T) (`lifetimes`' conditional_probability_alive).

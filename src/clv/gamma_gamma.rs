@@ -137,14 +137,8 @@ impl Objective for NegativeLogLikelihood<'_> {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Fit {
-    pub params: Params,
-    pub std_errors: Option<[f64; 3]>,
-    pub log_likelihood: f64,
-    pub iterations: u64,
-    pub converged: bool,
-}
+/// A fitted Gamma-Gamma model (standard errors of p, q, v).
+pub type Fit = optimize::Fit<Params, 3>;
 
 pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     if spend.x.is_empty() {
@@ -173,15 +167,8 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
         v: minimum.x[2].exp(),
     };
     let n = objective.customers;
-    let std_errors = optimize::standard_errors(&minimum, params.as_array(), n);
     let log_likelihood = optimize::total_log_likelihood(&minimum, &params.as_array(), penalizer, n);
-    Some(Fit {
-        params,
-        std_errors,
-        log_likelihood,
-        iterations: minimum.iterations,
-        converged: minimum.converged && log_likelihood.is_finite(),
-    })
+    Some(Fit::at(&minimum, params, params.as_array(), n, log_likelihood))
 }
 
 /// E[order value | x, m] (`lifetimes`' conditional_expected_average_profit); needs q > 1.

@@ -124,6 +124,31 @@ pub struct Minimum {
     pub gradient_norm: f64,
 }
 
+/// A fitted model: parameters, their standard errors (delta method from the Hessian in log
+/// space, when it is invertible), the total log-likelihood at the optimum (not penalised).
+#[derive(Debug, Clone)]
+pub struct Fit<P, const K: usize> {
+    pub params: P,
+    pub std_errors: Option<[f64; K]>,
+    pub log_likelihood: f64,
+    pub iterations: u64,
+    pub converged: bool,
+}
+
+impl<P, const K: usize> Fit<P, K> {
+    /// The fit at `minimum` of a mean negative log-likelihood over n customers; θ the model's
+    /// parameters (for standard errors), converged only with a finite log-likelihood.
+    pub fn at(minimum: &Minimum, params: P, theta: [f64; K], n: f64, log_likelihood: f64) -> Self {
+        Fit {
+            params,
+            std_errors: standard_errors(minimum, theta, n),
+            log_likelihood,
+            iterations: minimum.iterations,
+            converged: minimum.converged && log_likelihood.is_finite(),
+        }
+    }
+}
+
 /// Gradient norm below which a minimum counts as converged whatever the solver said.
 const GRADIENT_TOLERANCE: f64 = 1e-7;
 

@@ -19,14 +19,8 @@ fn fails_after_good_run(workspace: &Workspace, break_input: impl FnOnce(&Path)) 
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
     assert_eq!(std::fs::read(&table).unwrap(), before, "previous output changed");
-    let names: Vec<String> = std::fs::read_dir(workspace.out())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    assert!(
-        names.iter().all(|n| !n.starts_with(".tmp-")),
-        "temporary files left: {names:?}"
-    );
+    let left = temporary_files(&workspace.out());
+    assert!(left.is_empty(), "temporary files left: {left:?}");
     assert_eq!(
         std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap_or_default(),
         "",

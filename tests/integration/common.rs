@@ -323,6 +323,15 @@ pub fn assert_close(actual: f64, expected: f64, what: &str) {
     );
 }
 
+/// Names of the temporary files (`.tmp-…`) an output folder holds.
+pub fn temporary_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect()
+}
+
 pub fn manifest(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("_manifest.json")).expect("manifest exists");
     serde_json::from_str(&text).expect("manifest is JSON")

@@ -105,11 +105,7 @@ fn duplicate_lines_count_once_when_line_is_mapped() {
     // Line 1 of order 101 delivered twice.
     lines.push(Line { ..TINY[0] });
     write_parquet(&mut lines_frame(&lines), &workspace.path("lines.parquet"));
-    let config = workspace.config("", FACTS);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("channel = \"channel\"", "channel = \"channel\"\nline = \"line\"");
-    std::fs::write(&config, text).unwrap();
+    let config = config_with_line_column(&workspace);
     run_ok(&["run", config.to_str().unwrap()]);
     let facts = read_table(&workspace.out().join("facts.parquet"));
     assert_eq!(facts.float("revenue"), [150.0]);
@@ -134,15 +130,21 @@ fn lines_without_a_line_number_are_not_merged() {
         .collect()
         .unwrap();
     write_parquet(&mut frame, &workspace.path("lines.parquet"));
-    let config = workspace.config("", FACTS);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("channel = \"channel\"", "channel = \"channel\"\nline = \"line\"");
-    std::fs::write(&config, text).unwrap();
+    let config = config_with_line_column(&workspace);
     run_ok(&["run", config.to_str().unwrap()]);
     assert_eq!(
         read_table(&workspace.out().join("facts.parquet")).float("revenue"),
         [150.0]
     );
     assert_eq!(manifest(&workspace.out())["inputs"][0]["duplicate_lines"], 0);
+}
+
+/// The customer_facts config with the `line` column mapped too.
+fn config_with_line_column(workspace: &Workspace) -> std::path::PathBuf {
+    let config = workspace.config("", FACTS);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("channel = \"channel\"", "channel = \"channel\"\nline = \"line\"");
+    std::fs::write(&config, text).unwrap();
+    config
 }

@@ -8,16 +8,18 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Run the bundled sample job into `out` with extra arguments.
+fn run_sample(out: &Path, extra: &[&str]) {
+    let config = repo().join("pipelines/cohorts.toml");
+    let mut args = vec!["run", config.to_str().unwrap(), "--output-dir", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+}
+
 #[test]
 fn sample_pipeline_publishes_consistent_tables() {
     let out = tempfile::tempdir().unwrap();
-    let config = repo().join("pipelines/cohorts.toml");
-    run_ok(&[
-        "run",
-        config.to_str().unwrap(),
-        "--output-dir",
-        out.path().to_str().unwrap(),
-    ]);
+    run_sample(out.path(), &[]);
 
     let facts = read_table(&out.path().join("customer_facts.parquet"));
     let customers = facts.rows;
@@ -59,17 +61,7 @@ fn sample_pipeline_publishes_consistent_tables() {
 #[test]
 fn select_runs_only_the_named_stage() {
     let out = tempfile::tempdir().unwrap();
-    let config = repo().join("pipelines/cohorts.toml");
-    run_ok(&[
-        "run",
-        config.to_str().unwrap(),
-        "--output-dir",
-        out.path().to_str().unwrap(),
-        "--select",
-        "cohorts",
-        "--threads",
-        "1",
-    ]);
+    run_sample(out.path(), &["--select", "cohorts", "--threads", "1"]);
     assert!(out.path().join("cohorts.parquet").exists());
     assert!(!out.path().join("customer_facts.parquet").exists());
     let manifest = manifest(out.path());
@@ -97,23 +89,10 @@ fn plan_lists_stages_with_inputs_and_tables() {
 
 #[test]
 fn same_input_gives_identical_tables() {
-    let config = repo().join("pipelines/cohorts.toml");
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
-    run_ok(&[
-        "run",
-        config.to_str().unwrap(),
-        "--output-dir",
-        first.path().to_str().unwrap(),
-    ]);
-    run_ok(&[
-        "run",
-        config.to_str().unwrap(),
-        "--output-dir",
-        second.path().to_str().unwrap(),
-        "--threads",
-        "1",
-    ]);
+    run_sample(first.path(), &[]);
+    run_sample(second.path(), &["--threads", "1"]);
     for table in ["customer_facts", "cohorts", "cohorts_weekly_by_channel"] {
         let a = std::fs::read(first.path().join(format!("{table}.parquet"))).unwrap();
         let b = std::fs::read(second.path().join(format!("{table}.parquet"))).unwrap();

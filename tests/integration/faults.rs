@@ -134,11 +134,7 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
     run_ok(&["run", config.to_str().unwrap()]);
     assert_eq!(manifest(&workspace.out())["status"], "succeeded");
     assert_eq!(snapshot(&workspace.out()), reference);
-    let leftovers: Vec<String> = std::fs::read_dir(workspace.out())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with(".tmp-"))
-        .collect();
+    let leftovers = temporary_files(&workspace.out());
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(
         std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(),
@@ -219,14 +215,8 @@ fn an_unwritable_output_fails_cleanly_and_keeps_previous_tables() {
         "{}",
         stderr(&output)
     );
-    let names: Vec<String> = std::fs::read_dir(workspace.out())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    assert!(
-        names.iter().all(|n| !n.starts_with(".tmp-")),
-        "half-written files left: {names:?}"
-    );
+    let left = temporary_files(&workspace.out());
+    assert!(left.is_empty(), "half-written files left: {left:?}");
     assert_eq!(manifest(&workspace.out())["status"], "failed");
     std::fs::remove_dir(workspace.out().join("facts.parquet")).unwrap();
     run_ok(&["run", config.to_str().unwrap()]);
