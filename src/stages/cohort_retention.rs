@@ -102,7 +102,9 @@ pub fn cohort_retention(
                 .alias(format!("{dimension}__code")),
         );
     }
-    let customers = facts.clone().lazy().select(customer_columns);
+    // Per customer, computed once: sizes, activity and last activity all read it.
+    let by_key = facts.clone().lazy().select(customer_columns).collect()?;
+    let customers = by_key.clone().lazy();
 
     let sizes = customers
         .clone()
@@ -118,13 +120,12 @@ pub fn cohort_retention(
     // cohort and dimensions are gathered by key (no join). customer_periods is sorted by
     // (customer_key, date): a customer's periods come in runs, and a customer is active in a
     // period when a run of purchase days starts there, so no per-customer group-by is needed.
-    let by_key = customers.clone().collect()?;
     let of_customer = |name: &str| -> Result<Expr> {
         Ok(lit(by_key.column(name)?.as_materialized_series().clone()).gather(col("customer_key"), false))
     };
     // Dimensions are grouped on as dense integer codes (string keys cost several times more
     // per row) and decoded once per cell.
-    let mut cell_columns = vec![of_customer("cohort_index")?.alias("cohort_index")];
+    let mut cell_columns = Vec::new();
     let mut code_keys = vec![col("cohort_index"), col("period_index")];
     let mut decode = Vec::new();
     for dimension in dimensions {
@@ -149,11 +150,14 @@ pub fn cohort_retention(
         .lazy()
         .select([
             col("customer_key"),
-            (granularity.index_in_range(col("date"), first_date, as_of) - of_customer("cohort_index")?)
-                .alias("period_index"),
+            of_customer("cohort_index")?.alias("cohort_index"),
+            granularity
+                .index_in_range(col("date"), first_date, as_of)
+                .alias("date_index"),
             col("purchases"),
             col("revenue_micros"),
         ])
+        .with_column((col("date_index") - col("cohort_index")).alias("period_index"))
         .filter(col("period_index").gt_eq(lit(0)))
         .with_columns(cell_columns)
         // Read by two aggregations: computed once.
