@@ -7,6 +7,7 @@ pub mod clv;
 pub mod config;
 pub mod generate;
 pub mod money;
+pub mod orders;
 pub mod period;
 pub mod plan;
 pub mod prepare;

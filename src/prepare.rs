@@ -1,8 +1,9 @@
 //! Orders → the shared per-customer tables every stage reads: `customer_facts` (one row per
 //! customer) and `customer_periods` (one row per customer and local day with an order).
 //!
-//! Customer ids are mapped here, once, to a dense `customer_key` (0..n in customer_id order);
-//! stages join and group on the key and carry `customer_id` only into outputs.
+//! Orders arrive with dense integer customer ids in customer_id order (`orders`); customers with
+//! a purchase are numbered again here, densely, as `customer_key` (still in customer_id order).
+//! Stages join and group on the key and carry `customer_id` only into outputs.
 //!
 //! Orders are aggregated once per (customer, day); every per-customer figure is then a plain
 //! aggregate of those days (no per-group sorting): first/last purchase day, purchases, revenue,
@@ -52,34 +53,6 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         )
     };
 
-    // Customer ids → dense integer ids in customer_id order, once: every later group-by and
-    // join works on integers (string hashing was the largest single cost here).
-    let ids = orders
-        .clone()
-        .select([col("customer_id")])
-        .unique(None, UniqueKeepStrategy::Any)
-        .sort(["customer_id"], SortMultipleOptions::default())
-        .collect()
-        .map_err(anyhow::Error::from)
-        .context("building customer ids")?
-        .with_row_index("id".into(), None)?;
-    let orders = orders
-        .join(
-            ids.clone().lazy(),
-            [col("customer_id")],
-            [col("customer_id")],
-            JoinArgs::new(JoinType::Inner),
-        )
-        .drop(Selector::ByName {
-            names: ["customer_id".into()].into(),
-            strict: true,
-        })
-        .collect()
-        .map_err(anyhow::Error::from)
-        .context("keying orders")?
-        .lazy();
-    lap("customer ids");
-
     // One row per customer and day with any order.
     let days = collect(
         orders.clone().group_by([col("id"), col("date")]).agg([
@@ -125,10 +98,10 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     .sort(["id"], SortMultipleOptions::default())?
     .with_row_index("customer_key".into(), None)?;
     let id_column = per_customer.column("id")?.as_materialized_series().clone();
-    let customer_ids = ids
-        .column("customer_id")?
-        .as_materialized_series()
-        .take(id_column.idx()?)?;
+    let customer_ids = source
+        .customer_ids
+        .take(id_column.idx()?)?
+        .with_name("customer_id".into());
     let mut per_customer = per_customer;
     per_customer.with_column(customer_ids.into_column())?;
     lap("customers");
@@ -137,7 +110,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     // customer_key is per_customer's row: look it up by id (null for customers without a
     // purchase), then the first purchase date by key — lookups, not joins.
     let keys = per_customer.select(["id", "customer_key", "first_purchase_date"])?;
-    let mut key_of_id: Vec<Option<IdxSize>> = vec![None; ids.height()];
+    let mut key_of_id: Vec<Option<IdxSize>> = vec![None; source.customer_ids.len()];
     for (key, id) in id_column.idx()?.into_no_null_iter().enumerate() {
         key_of_id[id as usize] = Some(key as IdxSize);
     }
@@ -168,8 +141,9 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         .filter(col("date").eq(col("first_purchase_date")))
         .select([col("customer_key"), col("purchase_revenue").alias("first_day_revenue")]);
 
-    let acquisition = if source.has_channel {
-        // The channel of the purchases at the earliest purchase instant.
+    let acquisition = if let Some(channels) = &source.channels {
+        // The channel of the purchases at the earliest purchase instant; codes are numbered in
+        // name order, so the smallest code is the smallest name.
         let purchases = orders.filter(is_purchase());
         let first_instant = purchases
             .clone()
@@ -183,7 +157,13 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
                 JoinArgs::new(JoinType::Inner),
             )
             .group_by([col("id")])
-            .agg([col("channel").min().alias("acquisition_channel")])
+            .agg([col("channel").min()])
+            .select([
+                col("id"),
+                lit(channels.clone())
+                    .gather(col("channel"), false)
+                    .alias("acquisition_channel"),
+            ])
     } else {
         keys.clone()
             .lazy()

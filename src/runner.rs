@@ -184,7 +184,7 @@ fn execute(
         .build()
         .context("cannot start the stage thread pool")?;
     let total = selected.len();
-    let progress = progress_bar(total as u64);
+    let progress = progress_bar(total as u64, "stages");
     let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
@@ -302,15 +302,18 @@ pub fn memory() -> String {
     format!("RSS {} MB, peak {} MB", field("VmRSS:"), field("VmHWM:"))
 }
 
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
+/// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} stages {pos}/{len} [{elapsed_precise}] {wide_bar}")
-            .expect("the progress template is valid"),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{human_pos}}/{{human_len}} [{{elapsed_precise}}] {{wide_bar}}"
+        ))
+        .expect("the progress template is valid"),
     );
     bar
 }

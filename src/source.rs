@@ -1,14 +1,14 @@
 //! Order-line sources: resolving files, checking mapped columns and types, and the one streaming
 //! pass that reduces lines to orders while counting every rejected or ignored line by reason.
 //!
-//! The pass groups lines by `order_id` on polars' streaming engine, so memory follows the number
-//! of orders, never the number of lines. Rejections are not filtered out before the group-by:
-//! each line carries a reason code and the per-order aggregates count them, so one scan yields
-//! both the orders and the accounting.
+//! Polars' streaming engine reads the lines and gives each a reason code (0 = usable); the
+//! batches are folded into orders by `orders::OrderFold`, which also counts lines per reason, so
+//! one scan yields both the orders and the accounting, and memory follows the number of orders,
+//! never the number of lines.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
@@ -16,6 +16,7 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use crate::config::{AsOf, FilterValue, PipelineSettings, SourceConfig};
+use crate::orders::OrderFold;
 use crate::period::from_days;
 
 /// Why a line is not part of an order. Codes are what the scan computes per line.
@@ -65,10 +66,14 @@ pub struct DataRejected {
 }
 
 /// Orders of one source: one row per valid order with columns
-/// `customer_id, date, ordered_ts, revenue[, channel]` (revenue in exact integer micro-units, see
-/// `money`), plus the accounting.
+/// `id, date, ordered_ts, revenue[, channel]` (revenue in exact integer micro-units, see `money`;
+/// `id` indexes `customer_ids`, `channel` indexes `channels`), plus the accounting.
 pub struct SourceOrders {
     pub orders: DataFrame,
+    /// customer_id of each `id`, ascending.
+    pub customer_ids: Series,
+    /// Channel name of each `channel` code, ascending (`None` without a channel column).
+    pub channels: Option<Series>,
     pub stats: InputStats,
     pub as_of: NaiveDate,
     pub has_channel: bool,
@@ -78,6 +83,8 @@ pub struct SourceOrders {
 #[derive(Debug, Clone)]
 pub struct SourceSchema {
     pub ordered_at: DataType,
+    pub order_id: DataType,
+    pub customer_id: DataType,
     pub has_channel: bool,
 }
 
@@ -150,6 +157,21 @@ fn scan(source: &SourceConfig) -> Result<LazyFrame> {
         .with_context(|| format!("source `{}`: cannot scan `{path}` as Parquet", source.name))
 }
 
+/// Lines in the source's files from Parquet metadata, for the progress bar; `None` when stderr
+/// shows no bar or the count fails (the scan then reports the problem).
+fn total_rows(source: &SourceConfig) -> Option<u64> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let counted = scan(source)
+        .ok()?
+        .select([len().cast(DataType::UInt64)])
+        .collect()
+        .ok()?;
+    counted.column("len").ok()?.u64().ok()?.get(0)
+}
+
 /// Check that every mapped column exists with a usable type; reads only file metadata.
 pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
     resolve_files(source)?;
@@ -165,6 +187,7 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
         })?;
     let mut problems = Vec::new();
     let mut ordered_at = DataType::Date;
+    let mut key_types = [DataType::String, DataType::String];
     for (logical, physical) in source.columns.mapped() {
         let Some(dtype) = schema.get(physical) else {
             let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
@@ -199,8 +222,11 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
                 "column `{physical}` (mapped as `{logical}`) has type {dtype}: expected {expected}"
             ));
         }
-        if logical == "ordered_at" {
-            ordered_at = dtype.clone();
+        match logical {
+            "ordered_at" => ordered_at = dtype.clone(),
+            "order_id" => key_types[0] = dtype.clone(),
+            "customer_id" => key_types[1] = dtype.clone(),
+            _ => {}
         }
         if let Some(values) = source.include.get(logical) {
             let is_text = dtype == &DataType::String;
@@ -225,8 +251,11 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
             problems.join("\n  - ")
         );
     }
+    let [order_id, customer_id] = key_types;
     Ok(SourceSchema {
         ordered_at,
+        order_id,
+        customer_id,
         has_channel: source.columns.channel.is_some(),
     })
 }
@@ -397,7 +426,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     // Exact repeats of (order_id, line) count once: keep the first copy, count the others.
     if has_line {
         let mut aggs: Vec<Expr> = value_columns.iter().map(|c| col(*c).first()).collect();
-        aggs.push(len().alias("copies"));
+        aggs.push(len().cast(DataType::UInt32).alias("copies"));
         // Lines without a line number are never duplicates of each other.
         let mut columns = vec![col("order_id"), col("line")];
         columns.extend(value_columns.iter().map(|c| col(*c)));
@@ -441,32 +470,46 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .then(lit(6i32))
         .otherwise(lit(OK))
         .alias("reason");
+    // Keys as text or Int64, so the fold reads two physical types only.
+    let key = |name: &str, dtype: &DataType| match dtype {
+        DataType::String => col(name),
+        _ => col(name).cast(DataType::Int64),
+    };
+    let mut columns = vec![
+        col("reason"),
+        key("order_id", &schema.order_id),
+        key("customer_id", &schema.customer_id),
+        col("ts"),
+        col("amount"),
+    ];
+    if has_channel {
+        columns.push(col("channel").cast(DataType::String));
+    }
+    if has_line {
+        columns.push(col("copies"));
+    }
     let lines = lines
         .with_column(ts.alias("ts"))
         .with_column(reason)
-        .with_column(crate::money::to_micros(col("amount")).alias("amount"));
-    let mut aggs = vec![
-        len().alias("lines"),
-        col("customer_id").min().alias("customer_id"),
-        col("customer_id").max().alias("customer_id_max"),
-        col("ts").min().alias("ordered_ts"),
-        col("amount").sum().alias("revenue"),
-    ];
-    if has_line {
-        aggs.push(
-            (col("copies").cast(DataType::UInt64) - lit(1u64))
-                .sum()
-                .alias("duplicate_lines"),
-        );
-    }
-    if has_channel {
-        aggs.push(col("channel").cast(DataType::String).min_by(col("ts")).alias("channel"));
-    }
-    let groups = lines
-        .group_by([col("order_id"), col("reason")])
-        .agg(aggs)
-        .collect_with_engine(Engine::Streaming)
-        .map(|result| result.unwrap_single())
+        .with_column(crate::money::to_micros(col("amount")).alias("amount"))
+        .select(columns);
+    let fold = Arc::new(Mutex::new(OrderFold::new(&schema.order_id, &schema.customer_id)));
+    let progress = crate::runner::progress_bar(total_rows(source).unwrap_or(0), "lines");
+    let sink = {
+        let fold = Arc::clone(&fold);
+        let progress = progress.clone();
+        PlanCallback::new(move |batch: DataFrame| {
+            let mut fold = fold
+                .lock()
+                .map_err(|_| polars_err!(ComputeError: "order fold poisoned"))?;
+            fold.add(&batch)?;
+            progress.inc(batch.height() as u64);
+            Ok(false)
+        })
+    };
+    lines
+        .sink_batches(sink, false, None)
+        .and_then(|plan| plan.collect_with_engine(Engine::Streaming))
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
@@ -475,6 +518,17 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
                 source.path.display()
             )
         })?;
+    progress.finish_and_clear();
+    let fold = std::mem::take(&mut *fold.lock().expect("the scan has finished with the fold"));
+    tracing::debug!(
+        "order fold: {} batches, {:.3} s busy",
+        fold.batches,
+        fold.busy.as_secs_f64()
+    );
+    let folded = fold
+        .finish(&schema.customer_id, has_channel)
+        .map_err(anyhow::Error::from)
+        .context("building orders")?;
 
     let mut stats = InputStats {
         source: source.name.clone(),
@@ -482,26 +536,10 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         files: files.iter().map(|f| f.display().to_string()).collect(),
         ..Default::default()
     };
-    let lines_by_reason = groups
-        .clone()
-        .lazy()
-        .group_by([col("reason")])
-        .agg([col("lines").cast(DataType::UInt64).sum()])
-        .collect()?;
-    let reasons = lines_by_reason.column("reason")?.i32()?;
-    let counts = lines_by_reason.column("lines")?.u64()?;
-    let mut by_reason: BTreeMap<i32, u64> = BTreeMap::new();
-    for (reason, count) in reasons.iter().zip(counts.iter()) {
-        by_reason.insert(reason.unwrap_or(OK), count.unwrap_or(0));
-    }
-    stats.duplicate_lines = if has_line {
-        groups.column("duplicate_lines")?.u64()?.sum().unwrap_or(0)
-    } else {
-        0
-    };
-    stats.rows_read = by_reason.values().sum::<u64>() + stats.duplicate_lines;
+    stats.duplicate_lines = folded.duplicate_lines;
+    stats.rows_read = folded.lines_by_reason.iter().sum::<u64>() + stats.duplicate_lines;
     for (code, name) in LINE_REASONS {
-        let count = by_reason.get(code).copied().unwrap_or(0);
+        let count = folded.lines_by_reason[*code as usize];
         match *name {
             "excluded_by_include" => stats.rows_excluded_by_include = count,
             "after_as_of" => stats.rows_ignored_after_as_of = count,
@@ -511,23 +549,14 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         }
     }
 
-    // Orders from the usable lines; an order_id whose lines name two customers is rejected
-    // whole, and so is one whose first local time does not exist (a DST gap for naive times).
+    // An order_id whose lines name two customers is rejected whole, and so is one whose first
+    // local time does not exist (a DST gap for naive times).
     let local_date = local_date_of_micros(col("ordered_ts"), &schema.ordered_at, source, settings)?;
-    let mut keep = vec![col("customer_id"), col("date"), col("ordered_ts"), col("revenue")];
+    let mut keep = vec![col("id"), col("date"), col("ordered_ts"), col("revenue")];
     if has_channel {
         keep.push(col("channel"));
     }
-    let usable = groups
-        .lazy()
-        .filter(col("reason").eq(lit(OK)))
-        .with_column(local_date.alias("date"))
-        .with_column(
-            col("customer_id")
-                .neq(col("customer_id_max"))
-                .alias("several_customers"),
-        )
-        .collect()?;
+    let usable = folded.orders.lazy().with_column(local_date.alias("date")).collect()?;
     let rejected_lines = |condition: Expr| -> Result<u64> {
         let frame = usable
             .clone()
@@ -595,6 +624,8 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     };
     Ok(SourceOrders {
         orders,
+        customer_ids: folded.customer_ids,
+        channels: folded.channels,
         stats,
         as_of,
         has_channel,

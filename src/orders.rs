@@ -1,0 +1,494 @@
+//! Order lines → orders: the one hot row loop of a run.
+//!
+//! Polars' streaming engine reads the lines and computes everything per line (reason code,
+//! timestamp and amount in integer micro-units); the batches it yields are folded here into one
+//! record per order. A polars group-by on string `order_id` kept ~330 bytes of state per order
+//! (string min/max/min_by states, row-encoded keys), so a 200M-line file did not fit in 24 GiB;
+//! this fold keeps ~50: the order key bytes in one arena, a `u32` slot in a hash table, and
+//! columns of plain integers. Customer ids and channels are interned once, so orders carry dense
+//! integer ids from the start.
+//!
+//! Rules (DESIGN.md, "An order"): only usable lines (reason 0) form orders; an order's revenue is
+//! the sum of its lines, its time the earliest line time, its channel the channel of the lines at
+//! that time (the smallest name when they differ, null only when all are null); an order whose
+//! lines name different customers is flagged so the caller rejects it whole.
+
+use std::cmp::Ordering;
+
+use hashbrown::HashTable;
+use polars::prelude::*;
+
+/// Reason codes the scan computes per line are `0..REASONS`.
+pub const REASONS: usize = 8;
+/// Channel code of "no channel".
+const NO_CHANNEL: u32 = u32::MAX;
+
+/// Distinct byte strings with dense ids in first-seen order: one arena, and per key one table
+/// entry holding its id and 32 bits of its hash, so growing the table and skipping a colliding
+/// entry never touch the arena.
+#[derive(Default)]
+struct Interner {
+    table: HashTable<(u32, u32)>,
+    bytes: Vec<u8>,
+    ends: Vec<u64>,
+}
+
+fn hash_of(key: &[u8]) -> u32 {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key) >> 32) as u32
+}
+
+/// The table's 64-bit hash from the stored 32 bits: a multiply spreads them into the top bits,
+/// which hashbrown uses as its 7-bit tag.
+fn spread(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl Interner {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn key(&self, id: u32) -> &[u8] {
+        let end = self.ends[id as usize] as usize;
+        let start = if id == 0 {
+            0
+        } else {
+            self.ends[id as usize - 1] as usize
+        };
+        &self.bytes[start..end]
+    }
+
+    /// The id of `key` and whether it was new.
+    fn intern(&mut self, key: &[u8]) -> (u32, bool) {
+        let hash = hash_of(key);
+        let Self { table, bytes, ends } = self;
+        let key_of = |id: u32| {
+            let end = ends[id as usize] as usize;
+            let start = if id == 0 { 0 } else { ends[id as usize - 1] as usize };
+            &bytes[start..end]
+        };
+        if let Some(&(id, _)) = table.find(spread(hash), |&(id, tag)| tag == hash && key_of(id) == key) {
+            return (id, false);
+        }
+        let id = u32::try_from(ends.len()).expect("fewer than 2^32 distinct keys");
+        table.insert_unique(spread(hash), (id, hash), |&(_, tag)| spread(tag));
+        bytes.extend_from_slice(key);
+        ends.push(bytes.len() as u64);
+        (id, true)
+    }
+
+    /// Release the hash table; ids and keys stay.
+    fn freeze(&mut self) {
+        self.table = HashTable::new();
+    }
+}
+
+/// Distinct integer keys (ids cast to Int64) with dense ids in first-seen order; the table holds
+/// the key itself, so a lookup never leaves it.
+#[derive(Default)]
+struct IntInterner {
+    table: HashTable<(i64, u32)>,
+    /// Key of each id, when asked for (`keep_values`).
+    values: Vec<i64>,
+    keep_values: bool,
+    len: u32,
+}
+
+fn hash_int(key: i64) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key)
+}
+
+impl IntInterner {
+    fn intern(&mut self, key: i64) -> (u32, bool) {
+        let hash = hash_int(key);
+        if let Some(&(_, id)) = self.table.find(hash, |&(other, _)| other == key) {
+            return (id, false);
+        }
+        let id = self.len;
+        self.len = id.checked_add(1).expect("fewer than 2^32 distinct keys");
+        self.table.insert_unique(hash, (key, id), |&(other, _)| hash_int(other));
+        if self.keep_values {
+            self.values.push(key);
+        }
+        (id, true)
+    }
+}
+
+/// The distinct keys of one key column.
+enum Keys {
+    Text(Interner),
+    Int(IntInterner),
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::Text(Interner::default())
+    }
+}
+
+impl Keys {
+    /// Keys of a column of `dtype` (integers are read as Int64); `keep_values` when ids must
+    /// map back to keys.
+    fn new(dtype: &DataType, keep_values: bool) -> Self {
+        match dtype {
+            DataType::String => Keys::Text(Interner::default()),
+            _ => Keys::Int(IntInterner {
+                keep_values,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Release the hash table; ids and keys stay.
+    fn freeze(&mut self) {
+        match self {
+            Keys::Text(keys) => keys.freeze(),
+            Keys::Int(keys) => keys.table = HashTable::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Keys::Text(keys) => keys.len(),
+            Keys::Int(keys) => keys.len as usize,
+        }
+    }
+
+    /// The id of a row's key (non-null: usable lines never have null keys) and whether it is new.
+    fn intern(&mut self, column: &KeyColumn, row: usize) -> PolarsResult<(u32, bool)> {
+        Ok(match (self, column) {
+            (Keys::Text(keys), KeyColumn::Text(values)) => {
+                keys.intern(values.downcast_as_array().value(row).as_bytes())
+            }
+            (Keys::Int(keys), KeyColumn::Int(values)) => keys.intern(values.downcast_as_array().values()[row]),
+            _ => polars_bail!(SchemaMismatch: "a key column changed type between batches"),
+        })
+    }
+
+    /// Whether a row holds the key of `id` (needs `keep_values` for integers).
+    fn is_row(&self, id: u32, column: &KeyColumn, row: usize) -> bool {
+        match (self, column) {
+            (Keys::Text(keys), KeyColumn::Text(values)) => {
+                keys.key(id) == values.downcast_as_array().value(row).as_bytes()
+            }
+            (Keys::Int(keys), KeyColumn::Int(values)) => {
+                keys.values[id as usize] == values.downcast_as_array().values()[row]
+            }
+            _ => false,
+        }
+    }
+
+    /// The keys as a sorted Series of `dtype`, and each id's position in it.
+    fn sorted_values(&self, dtype: &DataType) -> PolarsResult<(Series, Vec<u32>)> {
+        let values = match self {
+            Keys::Text(keys) => {
+                let texts: StringChunked = (0..keys.len() as u32)
+                    .map(|id| Some(std::str::from_utf8(keys.key(id)).expect("keys come from text columns")))
+                    .collect();
+                texts.into_series()
+            }
+            Keys::Int(keys) => Series::new("".into(), keys.values.clone()).cast(dtype)?,
+        };
+        let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
+        let mut rank = vec![0u32; self.len()];
+        for (position, id) in order.into_no_null_iter().enumerate() {
+            rank[id as usize] = position as u32;
+        }
+        let sorted = values.take(&order)?;
+        Ok((sorted, rank))
+    }
+}
+
+/// A key column of one batch: text, or integers (cast to Int64 by the scan).
+enum KeyColumn<'a> {
+    Text(std::borrow::Cow<'a, StringChunked>),
+    Int(std::borrow::Cow<'a, Int64Chunked>),
+}
+
+impl<'a> KeyColumn<'a> {
+    fn of(column: &'a Column) -> PolarsResult<Self> {
+        Ok(match column.dtype() {
+            DataType::String => KeyColumn::Text(column.str()?.rechunk()),
+            _ => KeyColumn::Int(column.i64()?.rechunk()),
+        })
+    }
+
+    /// Whether two non-null rows hold the same key.
+    fn same(&self, a: usize, b: usize) -> bool {
+        match self {
+            KeyColumn::Text(values) => {
+                let values = values.downcast_as_array();
+                values.value(a) == values.value(b)
+            }
+            KeyColumn::Int(values) => {
+                let values = values.downcast_as_array().values();
+                values[a] == values[b]
+            }
+        }
+    }
+}
+
+/// The fold's state; `add` takes batches in any order.
+#[derive(Default)]
+pub struct OrderFold {
+    orders: Keys,
+    customers: Keys,
+    channels: Interner,
+    customer: Vec<u32>,
+    ordered_ts: Vec<i64>,
+    revenue: Vec<i64>,
+    lines: Vec<u32>,
+    channel: Vec<u32>,
+    several_customers: Vec<bool>,
+    /// Lines per reason code, usable ones included.
+    pub lines_by_reason: [u64; REASONS],
+    /// Extra copies of an (order_id, line) pair, when the scan deduplicated them.
+    pub duplicate_lines: u64,
+    pub busy: std::time::Duration,
+    pub batches: u64,
+}
+
+/// Orders with dense integer customer ids and channel codes, both numbered in sort order of the
+/// values, so `min` over codes is `min` over names.
+pub struct FoldedOrders {
+    /// `id` (u32), `ordered_ts` (i64 µs), `revenue` (i64 micro-units), `lines` (u32),
+    /// `several_customers` (bool)[, `channel` (u32 code, null for none)].
+    pub orders: DataFrame,
+    /// Customer id of each `id`, ascending.
+    pub customer_ids: Series,
+    /// Channel name of each code, ascending; `None` when the source maps no channel.
+    pub channels: Option<Series>,
+    pub lines_by_reason: [u64; REASONS],
+    pub duplicate_lines: u64,
+}
+
+impl OrderFold {
+    /// A fold for a source whose key columns have these types.
+    pub fn new(order_id: &DataType, customer_id: &DataType) -> Self {
+        OrderFold {
+            orders: Keys::new(order_id, false),
+            customers: Keys::new(customer_id, true),
+            ..Default::default()
+        }
+    }
+
+    /// Fold one batch with columns `reason` (i32), `order_id`, `customer_id` (text or Int64),
+    /// `ts` (i64), `amount` (i64)[, `channel` (text)][, `copies` (u32)].
+    pub fn add(&mut self, batch: &DataFrame) -> PolarsResult<()> {
+        let started = std::time::Instant::now();
+        let result = self.add_inner(batch);
+        self.busy += started.elapsed();
+        self.batches += 1;
+        result
+    }
+
+    fn add_inner(&mut self, batch: &DataFrame) -> PolarsResult<()> {
+        let reasons = batch.column("reason")?.i32()?.rechunk();
+        let reasons = reasons.downcast_as_array();
+        let order_ids = KeyColumn::of(batch.column("order_id")?)?;
+        let customer_ids = KeyColumn::of(batch.column("customer_id")?)?;
+        let ts = batch.column("ts")?.i64()?.rechunk();
+        let ts = ts.downcast_as_array().values();
+        let amounts = batch.column("amount")?.i64()?.rechunk();
+        let amounts = amounts.downcast_as_array().values();
+        let channels = match batch.column("channel") {
+            Ok(column) => Some(column.str()?.rechunk()),
+            Err(_) => None,
+        };
+        if let Ok(copies) = batch.column("copies") {
+            let extra: u64 = copies
+                .u32()?
+                .iter()
+                .map(|c| u64::from(c.unwrap_or(1).saturating_sub(1)))
+                .sum();
+            self.duplicate_lines += extra;
+        }
+
+        // Lines of one order usually come together: a line with the previous usable line's
+        // order_id (and customer) reuses its order without a lookup.
+        let mut previous: Option<(usize, u32)> = None;
+        for (row, reason) in reasons.iter().enumerate() {
+            let reason = reason.copied().unwrap_or(0);
+            let code = usize::try_from(reason).ok().filter(|&r| r < REASONS).unwrap_or(0);
+            self.lines_by_reason[code] += 1;
+            if reason != 0 {
+                continue;
+            }
+            let channel = match &channels {
+                Some(values) => match values.downcast_as_array().get(row) {
+                    Some(name) => self.channels.intern(name.as_bytes()).0,
+                    None => NO_CHANNEL,
+                },
+                None => NO_CHANNEL,
+            };
+            let (order, new) = match previous {
+                Some((last, order)) if order_ids.same(row, last) => (order, false),
+                _ => self.orders.intern(&order_ids, row)?,
+            };
+            let before = previous.replace((row, order));
+            let (ts, amount) = (ts[row], amounts[row]);
+            if new {
+                let customer = self.customers.intern(&customer_ids, row)?.0;
+                self.customer.push(customer);
+                self.ordered_ts.push(ts);
+                self.revenue.push(amount);
+                self.lines.push(1);
+                self.channel.push(channel);
+                self.several_customers.push(false);
+                continue;
+            }
+            let o = order as usize;
+            let same_customer = match before {
+                Some((last, same_order)) if same_order == order && customer_ids.same(row, last) => true,
+                _ => self.customers.is_row(self.customer[o], &customer_ids, row),
+            };
+            if !same_customer {
+                self.several_customers[o] = true;
+            }
+            self.lines[o] += 1;
+            self.revenue[o] = self.revenue[o].wrapping_add(amount);
+            match ts.cmp(&self.ordered_ts[o]) {
+                Ordering::Less => {
+                    self.ordered_ts[o] = ts;
+                    self.channel[o] = channel;
+                }
+                Ordering::Equal if self.channel_before(channel, self.channel[o]) => self.channel[o] = channel,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether channel code `a` wins over `b` at the same instant: a name before no name, the
+    /// smaller name before the larger.
+    fn channel_before(&self, a: u32, b: u32) -> bool {
+        match (a, b) {
+            _ if a == b => false,
+            (NO_CHANNEL, _) => false,
+            (_, NO_CHANNEL) => true,
+            _ => self.channels.key(a) < self.channels.key(b),
+        }
+    }
+
+    /// The orders as columns; `customer_dtype` is the source's customer_id type.
+    pub fn finish(mut self, customer_dtype: &DataType, has_channel: bool) -> PolarsResult<FoldedOrders> {
+        self.orders = Keys::default();
+        self.customers.freeze();
+        let (customer_ids, customer_rank) = self.customers.sorted_values(customer_dtype)?;
+        self.customers = Keys::default();
+        let ids: Vec<u32> = self.customer.iter().map(|&c| customer_rank[c as usize]).collect();
+        self.customer = Vec::new();
+
+        let mut columns = vec![
+            Column::new("id".into(), ids),
+            Column::new("ordered_ts".into(), std::mem::take(&mut self.ordered_ts)),
+            Column::new("revenue".into(), std::mem::take(&mut self.revenue)),
+            Column::new("lines".into(), std::mem::take(&mut self.lines)),
+            Column::new("several_customers".into(), std::mem::take(&mut self.several_customers)),
+        ];
+        let channels = if has_channel {
+            let (names, rank) = Keys::Text(std::mem::take(&mut self.channels)).sorted_values(&DataType::String)?;
+            let codes: UInt32Chunked = self
+                .channel
+                .iter()
+                .map(|&c| (c != NO_CHANNEL).then(|| rank[c as usize]))
+                .collect();
+            columns.push(codes.with_name("channel".into()).into_column());
+            Some(names)
+        } else {
+            None
+        };
+        Ok(FoldedOrders {
+            orders: DataFrame::new_infer_height(columns)?,
+            customer_ids,
+            channels,
+            lines_by_reason: self.lines_by_reason,
+            duplicate_lines: self.duplicate_lines,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// reason, order_id, customer_id, ts, amount, channel.
+    type Line<'a> = (i32, &'a str, &'a str, i64, i64, Option<&'a str>);
+
+    fn batch(rows: &[Line]) -> DataFrame {
+        df! {
+            "reason" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "order_id" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            "customer_id" => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            "ts" => rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            "amount" => rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+            "channel" => rows.iter().map(|r| r.5).collect::<Vec<_>>(),
+        }
+        .expect("valid frame")
+    }
+
+    #[test]
+    fn lines_fold_into_orders_across_batches() {
+        let mut fold = OrderFold::new(&DataType::String, &DataType::String);
+        fold.add(&batch(&[
+            (0, "o2", "zed", 50, 7, Some("web")),
+            (0, "o1", "amy", 20, 3, Some("web")),
+            (5, "o1", "amy", 10, 0, Some("shop")),
+            (0, "o3", "amy", 30, 1, None),
+        ]))
+        .unwrap();
+        fold.add(&batch(&[
+            (0, "o1", "amy", 10, 4, Some("shop")),
+            (0, "o1", "amy", 10, 5, Some("app")),
+            (0, "o2", "bob", 60, 1, Some("app")),
+            (0, "o3", "amy", 30, 2, Some("web")),
+        ]))
+        .unwrap();
+        let folded = fold.finish(&DataType::String, true).unwrap();
+        let ids: Vec<Option<&str>> = folded.customer_ids.str().unwrap().iter().collect();
+        assert_eq!(ids, [Some("amy"), Some("zed")]);
+        let channels = folded.channels.unwrap();
+        let names: Vec<Option<&str>> = channels.str().unwrap().iter().collect();
+        assert_eq!(names, [Some("app"), Some("shop"), Some("web")]);
+        let orders = &folded.orders;
+        let column = |name: &str| orders.column(name).unwrap().as_materialized_series().clone();
+        // First-seen order: o2, o1, o3.
+        assert_eq!(column("id").u32().unwrap().to_vec(), [Some(1), Some(0), Some(0)]);
+        assert_eq!(
+            column("ordered_ts").i64().unwrap().to_vec(),
+            [Some(50), Some(10), Some(30)]
+        );
+        assert_eq!(column("revenue").i64().unwrap().to_vec(), [Some(8), Some(12), Some(3)]);
+        assert_eq!(column("lines").u32().unwrap().to_vec(), [Some(2), Some(3), Some(2)]);
+        assert_eq!(
+            column("several_customers").bool().unwrap().iter().collect::<Vec<_>>(),
+            [Some(true), Some(false), Some(false)]
+        );
+        // o1: "shop" and "app" share the earliest instant → "app" (code 0); o3: a name beats none.
+        assert_eq!(column("channel").u32().unwrap().to_vec(), [Some(2), Some(0), Some(2)]);
+        assert_eq!(folded.lines_by_reason[0], 7);
+        assert_eq!(folded.lines_by_reason[5], 1);
+    }
+
+    #[test]
+    fn integer_customer_ids_keep_their_type_and_numeric_order() {
+        let mut fold = OrderFold::new(&DataType::Int64, &DataType::Int32);
+        let frame = df! {
+            "reason" => [0i32, 0, 0],
+            "order_id" => [7i64, 8, 9],
+            "customer_id" => [10i64, 9, 10],
+            "ts" => [1i64, 2, 3],
+            "amount" => [1i64, 1, 1],
+        }
+        .unwrap();
+        fold.add(&frame).unwrap();
+        let folded = fold.finish(&DataType::Int32, false).unwrap();
+        assert_eq!(folded.customer_ids.dtype(), &DataType::Int32);
+        assert_eq!(folded.customer_ids.i32().unwrap().to_vec(), [Some(9), Some(10)]);
+        let ids = folded.orders.column("id").unwrap().u32().unwrap().to_vec();
+        assert_eq!(ids, [Some(1), Some(0), Some(1)]);
+        assert!(folded.channels.is_none());
+    }
+}
