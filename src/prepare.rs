@@ -31,6 +31,10 @@ pub struct SharedTables {
     pub as_of: NaiveDate,
 }
 
+/// Packing (id, date) into a UInt64: id × 2^32 + (day number + 2^31).
+const DAY_SPAN: u64 = 1 << 32;
+const DATE_OFFSET: i64 = 1 << 31;
+
 fn collect(frame: LazyFrame, what: &str) -> Result<DataFrame> {
     frame
         .collect_with_engine(Engine::Streaming)
@@ -53,17 +57,33 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         )
     };
 
-    // One row per customer and day with any order.
+    // One row per customer and day with any order. (id, date) is packed into one UInt64 key:
+    // one integer key groups and sorts several times faster than two columns.
+    let day_key = col("id").cast(DataType::UInt64) * lit(DAY_SPAN)
+        + (col("date").cast(DataType::Int32).cast(DataType::Int64) + lit(DATE_OFFSET)).cast(DataType::UInt64);
     let days = collect(
-        orders.clone().group_by([col("id"), col("date")]).agg([
-            is_purchase().cast(DataType::Int64).sum().alias("purchases"),
-            col("revenue").sum().alias("revenue_micros"),
-            when(is_purchase())
-                .then(col("revenue"))
-                .otherwise(lit(0i64))
-                .sum()
-                .alias("purchase_revenue"),
-        ]),
+        orders
+            .clone()
+            .group_by([day_key.alias("day_key")])
+            .agg([
+                is_purchase().cast(DataType::Int64).sum().alias("purchases"),
+                col("revenue").sum().alias("revenue_micros"),
+                when(is_purchase())
+                    .then(col("revenue"))
+                    .otherwise(lit(0i64))
+                    .sum()
+                    .alias("purchase_revenue"),
+            ])
+            .with_columns([
+                col("day_key")
+                    .floor_div(lit(DAY_SPAN))
+                    .cast(DataType::UInt32)
+                    .alias("id"),
+                ((col("day_key") % lit(DAY_SPAN)).cast(DataType::Int64) - lit(DATE_OFFSET))
+                    .cast(DataType::Int32)
+                    .cast(DataType::Date)
+                    .alias("date"),
+            ]),
         "customer days",
     )?;
     lap("customer days");
@@ -109,7 +129,6 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     // customer_periods: days of customers only, keyed; plus the first purchase day's revenue.
     // customer_key is per_customer's row: look it up by id (null for customers without a
     // purchase), then the first purchase date by key — lookups, not joins.
-    let keys = per_customer.select(["id", "customer_key", "first_purchase_date"])?;
     let mut key_of_id: Vec<Option<IdxSize>> = vec![None; source.customer_ids.len()];
     for (key, id) in id_column.idx()?.into_no_null_iter().enumerate() {
         key_of_id[id as usize] = Some(key as IdxSize);
@@ -131,7 +150,8 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
                     .gather(col("customer_key"), false)
                     .alias("first_purchase_date"),
             )
-            .sort(["customer_key", "date"], SortMultipleOptions::default()),
+            // customer_key follows id, so the packed key sorts by (customer_key, date).
+            .sort(["day_key"], SortMultipleOptions::default()),
         "customer_periods",
     )?;
     lap("keyed days");
@@ -141,34 +161,21 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         .filter(col("date").eq(col("first_purchase_date")))
         .select([col("customer_key"), col("purchase_revenue").alias("first_day_revenue")]);
 
-    let acquisition = if let Some(channels) = &source.channels {
-        // The channel of the purchases at the earliest purchase instant; codes are numbered in
-        // name order, so the smallest code is the smallest name.
-        let purchases = orders.filter(is_purchase());
-        let first_instant = purchases
-            .clone()
-            .group_by([col("id")])
-            .agg([col("ordered_ts").min().alias("first_ts")]);
-        purchases
-            .join(
-                first_instant,
-                [col("id"), col("ordered_ts")],
-                [col("id"), col("first_ts")],
-                JoinArgs::new(JoinType::Inner),
-            )
-            .group_by([col("id")])
-            .agg([col("channel").min()])
-            .select([
-                col("id"),
-                lit(channels.clone())
-                    .gather(col("channel"), false)
-                    .alias("acquisition_channel"),
-            ])
-    } else {
-        keys.clone()
-            .lazy()
-            .select([col("id"), lit(NULL).cast(DataType::String).alias("acquisition_channel")])
+    let acquisition_channel = match &source.channels {
+        Some(channels) => {
+            let codes: IdxCa = acquisition_codes(&source.orders, source.customer_ids.len())?
+                .into_iter()
+                .collect();
+            let by_id = channels.take(&codes)?;
+            by_id.take(id_column.idx()?)?
+        }
+        None => Series::full_null("".into(), per_customer.height(), &DataType::String),
     };
+    per_customer.with_column(
+        acquisition_channel
+            .with_name("acquisition_channel".into())
+            .into_column(),
+    )?;
 
     let customer_facts = per_customer
         .lazy()
@@ -178,7 +185,6 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
             [col("customer_key")],
             JoinArgs::new(JoinType::Left),
         )
-        .join(acquisition, [col("id")], [col("id")], JoinArgs::new(JoinType::Left))
         .sort(["customer_key"], SortMultipleOptions::default())
         .with_columns([
             (col("purchase_days") - lit(1i64)).alias("frequency"),
@@ -220,4 +226,55 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         customer_periods,
         as_of,
     })
+}
+
+/// The acquisition channel code of each customer id: among its purchases at the earliest
+/// purchase instant, the smallest code (codes follow name order, so the smallest name), ignoring
+/// orders without a channel; `None` when there is no such purchase. One pass over the orders.
+fn acquisition_codes(orders: &DataFrame, customers: usize) -> Result<Vec<Option<IdxSize>>> {
+    const NONE: u32 = u32::MAX;
+    let ids = orders.column("id")?.u32()?;
+    let instants = orders.column("ordered_ts")?.i64()?;
+    let revenues = orders.column("revenue")?.i64()?;
+    let channels = orders.column("channel")?.u32()?;
+    let mut earliest: Vec<(i64, u32)> = vec![(i64::MAX, NONE); customers];
+    let rows = ids
+        .iter()
+        .zip(instants.iter())
+        .zip(revenues.iter())
+        .zip(channels.iter());
+    for (((id, instant), revenue), channel) in rows {
+        let (Some(id), Some(instant), Some(revenue)) = (id, instant, revenue) else {
+            continue;
+        };
+        if revenue > 0 {
+            let slot = &mut earliest[id as usize];
+            *slot = (*slot).min((instant, channel.unwrap_or(NONE)));
+        }
+    }
+    Ok(earliest
+        .into_iter()
+        .map(|(_, code)| (code != NONE).then_some(code as IdxSize))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acquisition_is_the_smallest_channel_at_the_earliest_purchase() {
+        // Customer 0: two purchases at the first instant (codes 2 and 1) and an earlier refund.
+        // Customer 1: no channel at its first purchase instant except one null, a later code 0.
+        // Customer 2: a null and code 3 at the same first instant. Customer 3: no purchase.
+        let orders = df! {
+            "id" => [0u32, 0, 0, 1, 1, 2, 2, 3],
+            "ordered_ts" => [10i64, 10, 5, 7, 9, 4, 4, 1],
+            "revenue" => [5i64, 6, -3, 2, 2, 1, 1, 0],
+            "channel" => [Some(2u32), Some(1), Some(0), None, Some(0), None, Some(3), Some(0)],
+        }
+        .expect("valid frame");
+        let codes = acquisition_codes(&orders, 4).expect("columns present");
+        assert_eq!(codes, [Some(1), None, Some(3), None]);
+    }
 }
