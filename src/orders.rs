@@ -4,9 +4,12 @@
 //! timestamp and amount in integer micro-units); the batches it yields are folded here into one
 //! record per order. A polars group-by on string `order_id` kept ~330 bytes of state per order
 //! (string min/max/min_by states, row-encoded keys), so a 200M-line file did not fit in 24 GiB;
-//! this fold keeps ~50: the order key bytes in one arena, a `u32` slot in a hash table, and
-//! columns of plain integers. Customer ids and channels are interned once, so orders carry dense
-//! integer ids from the start.
+//! this fold keeps ~40: a hash-table entry per order and columns of plain integers.
+//!
+//! Cache misses in the tables are the cost per line, so the loop avoids lookups: a line with the
+//! previous usable line's order_id (lines of an order usually come together) reuses its order;
+//! integer customer ids are stored per order and numbered by one parallel sort at the end
+//! (text ids are interned); a channel equal to the previous line's reuses its code.
 //!
 //! Rules (DESIGN.md, "An order"): only usable lines (reason 0) form orders; an order's revenue is
 //! the sum of its lines, its time the earliest line time, its channel the channel of the lines at
@@ -23,6 +26,8 @@ pub const REASONS: usize = 8;
 /// Channel code of "no channel".
 const NO_CHANNEL: u32 = u32::MAX;
 
+type TextArray = <StringType as PolarsDataType>::Array;
+
 /// Distinct byte strings with dense ids in first-seen order: one arena, and per key one table
 /// entry holding its id and 32 bits of its hash, so growing the table and skipping a colliding
 /// entry never touch the arena.
@@ -33,7 +38,7 @@ struct Interner {
     ends: Vec<u64>,
 }
 
-fn hash_of(key: &[u8]) -> u32 {
+fn hash_bytes(key: &[u8]) -> u32 {
     use std::hash::BuildHasher;
     (foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key) >> 32) as u32
 }
@@ -61,7 +66,7 @@ impl Interner {
 
     /// The id of `key` and whether it was new.
     fn intern(&mut self, key: &[u8]) -> (u32, bool) {
-        let hash = hash_of(key);
+        let hash = hash_bytes(key);
         let Self { table, bytes, ends } = self;
         let key_of = |id: u32| {
             let end = ends[id as usize] as usize;
@@ -78,9 +83,18 @@ impl Interner {
         (id, true)
     }
 
-    /// Release the hash table; ids and keys stay.
-    fn freeze(&mut self) {
-        self.table = HashTable::new();
+    /// The keys as a sorted text Series, and each id's position in it.
+    fn sorted(&self) -> PolarsResult<(Series, Vec<u32>)> {
+        let texts: StringChunked = (0..self.len() as u32)
+            .map(|id| Some(std::str::from_utf8(self.key(id)).expect("keys come from text columns")))
+            .collect();
+        let values = texts.into_series();
+        let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
+        let mut rank = vec![0u32; self.len()];
+        for (position, id) in order.into_no_null_iter().enumerate() {
+            rank[id as usize] = position as u32;
+        }
+        Ok((values.take(&order)?, rank))
     }
 }
 
@@ -89,9 +103,6 @@ impl Interner {
 #[derive(Default)]
 struct IntInterner {
     table: HashTable<(i64, u32)>,
-    /// Key of each id, when asked for (`keep_values`).
-    values: Vec<i64>,
-    keep_values: bool,
     len: u32,
 }
 
@@ -109,134 +120,113 @@ impl IntInterner {
         let id = self.len;
         self.len = id.checked_add(1).expect("fewer than 2^32 distinct keys");
         self.table.insert_unique(hash, (key, id), |&(other, _)| hash_int(other));
-        if self.keep_values {
-            self.values.push(key);
-        }
         (id, true)
     }
 }
 
-/// The distinct keys of one key column.
-enum Keys {
-    Text(Interner),
-    Int(IntInterner),
-}
-
-impl Default for Keys {
-    fn default() -> Self {
-        Keys::Text(Interner::default())
-    }
-}
-
-impl Keys {
-    /// Keys of a column of `dtype` (integers are read as Int64); `keep_values` when ids must
-    /// map back to keys.
-    fn new(dtype: &DataType, keep_values: bool) -> Self {
-        match dtype {
-            DataType::String => Keys::Text(Interner::default()),
-            _ => Keys::Int(IntInterner {
-                keep_values,
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// Release the hash table; ids and keys stay.
-    fn freeze(&mut self) {
-        match self {
-            Keys::Text(keys) => keys.freeze(),
-            Keys::Int(keys) => keys.table = HashTable::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Keys::Text(keys) => keys.len(),
-            Keys::Int(keys) => keys.len as usize,
-        }
-    }
-
-    /// The id of a row's key (non-null: usable lines never have null keys) and whether it is new.
-    fn intern(&mut self, column: &KeyColumn, row: usize) -> PolarsResult<(u32, bool)> {
-        Ok(match (self, column) {
-            (Keys::Text(keys), KeyColumn::Text(values)) => {
-                keys.intern(values.downcast_as_array().value(row).as_bytes())
-            }
-            (Keys::Int(keys), KeyColumn::Int(values)) => keys.intern(values.downcast_as_array().values()[row]),
-            _ => polars_bail!(SchemaMismatch: "a key column changed type between batches"),
-        })
-    }
-
-    /// Whether a row holds the key of `id` (needs `keep_values` for integers).
-    fn is_row(&self, id: u32, column: &KeyColumn, row: usize) -> bool {
-        match (self, column) {
-            (Keys::Text(keys), KeyColumn::Text(values)) => {
-                keys.key(id) == values.downcast_as_array().value(row).as_bytes()
-            }
-            (Keys::Int(keys), KeyColumn::Int(values)) => {
-                keys.values[id as usize] == values.downcast_as_array().values()[row]
-            }
-            _ => false,
-        }
-    }
-
-    /// The keys as a sorted Series of `dtype`, and each id's position in it.
-    fn sorted_values(&self, dtype: &DataType) -> PolarsResult<(Series, Vec<u32>)> {
-        let values = match self {
-            Keys::Text(keys) => {
-                let texts: StringChunked = (0..keys.len() as u32)
-                    .map(|id| Some(std::str::from_utf8(keys.key(id)).expect("keys come from text columns")))
-                    .collect();
-                texts.into_series()
-            }
-            Keys::Int(keys) => Series::new("".into(), keys.values.clone()).cast(dtype)?,
-        };
-        let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
-        let mut rank = vec![0u32; self.len()];
-        for (position, id) in order.into_no_null_iter().enumerate() {
-            rank[id as usize] = position as u32;
-        }
-        let sorted = values.take(&order)?;
-        Ok((sorted, rank))
-    }
-}
-
-/// A key column of one batch: text, or integers (cast to Int64 by the scan).
+/// A key column of one (rechunked) batch: text, or integers (cast to Int64 by the scan).
+#[derive(Clone, Copy)]
 enum KeyColumn<'a> {
-    Text(std::borrow::Cow<'a, StringChunked>),
-    Int(std::borrow::Cow<'a, Int64Chunked>),
+    Text(&'a TextArray),
+    Int(&'a [i64]),
 }
 
 impl<'a> KeyColumn<'a> {
     fn of(column: &'a Column) -> PolarsResult<Self> {
         Ok(match column.dtype() {
-            DataType::String => KeyColumn::Text(column.str()?.rechunk()),
-            _ => KeyColumn::Int(column.i64()?.rechunk()),
+            DataType::String => KeyColumn::Text(column.str()?.downcast_as_array()),
+            _ => KeyColumn::Int(column.i64()?.downcast_as_array().values().as_slice()),
         })
     }
 
-    /// Whether two non-null rows hold the same key.
-    fn same(&self, a: usize, b: usize) -> bool {
+    /// Whether two non-null rows (usable lines never have null keys) hold the same key.
+    fn same(self, a: usize, b: usize) -> bool {
         match self {
-            KeyColumn::Text(values) => {
-                let values = values.downcast_as_array();
-                values.value(a) == values.value(b)
+            KeyColumn::Text(values) => values.value(a) == values.value(b),
+            KeyColumn::Int(values) => values[a] == values[b],
+        }
+    }
+}
+
+/// Distinct order ids.
+enum OrderKeys {
+    Text(Interner),
+    Int(IntInterner),
+}
+
+impl OrderKeys {
+    /// The order of a row's key and whether it is new.
+    fn intern(&mut self, column: KeyColumn, row: usize) -> PolarsResult<(u32, bool)> {
+        Ok(match (self, column) {
+            (OrderKeys::Text(keys), KeyColumn::Text(values)) => keys.intern(values.value(row).as_bytes()),
+            (OrderKeys::Int(keys), KeyColumn::Int(values)) => keys.intern(values[row]),
+            _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
+        })
+    }
+}
+
+/// The customer of each order: text ids interned as they come, integer ids stored as they are.
+enum OrderCustomers {
+    Text { keys: Interner, ids: Vec<u32> },
+    Int(Vec<i64>),
+}
+
+impl OrderCustomers {
+    /// Append the customer of a new order.
+    fn push(&mut self, column: KeyColumn, row: usize) -> PolarsResult<()> {
+        match (self, column) {
+            (OrderCustomers::Text { keys, ids }, KeyColumn::Text(values)) => {
+                ids.push(keys.intern(values.value(row).as_bytes()).0)
             }
-            KeyColumn::Int(values) => {
-                let values = values.downcast_as_array().values();
-                values[a] == values[b]
+            (OrderCustomers::Int(values), KeyColumn::Int(column)) => values.push(column[row]),
+            _ => polars_bail!(SchemaMismatch: "customer_id changed type between batches"),
+        }
+        Ok(())
+    }
+
+    /// Whether a row names the customer of `order`.
+    fn is_row(&self, order: usize, column: KeyColumn, row: usize) -> bool {
+        match (self, column) {
+            (OrderCustomers::Text { keys, ids }, KeyColumn::Text(values)) => {
+                keys.key(ids[order]) == values.value(row).as_bytes()
+            }
+            (OrderCustomers::Int(values), KeyColumn::Int(column)) => values[order] == column[row],
+            _ => false,
+        }
+    }
+
+    /// The distinct customer ids ascending, as `dtype`, and each order's position among them.
+    fn finish(self, dtype: &DataType) -> PolarsResult<(Series, Vec<u32>)> {
+        match self {
+            OrderCustomers::Text { keys, ids } => {
+                let (sorted, rank) = keys.sorted()?;
+                drop(keys);
+                Ok((sorted, ids.into_iter().map(|id| rank[id as usize]).collect()))
+            }
+            OrderCustomers::Int(values) => {
+                let values = Int64Chunked::from_vec("".into(), values);
+                let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
+                let values = values.cont_slice().expect("stored keys have no nulls");
+                let mut ids = vec![0u32; values.len()];
+                let mut distinct: Vec<i64> = Vec::new();
+                for position in order.into_no_null_iter() {
+                    let value = values[position as usize];
+                    if distinct.last() != Some(&value) {
+                        distinct.push(value);
+                    }
+                    ids[position as usize] = (distinct.len() - 1) as u32;
+                }
+                Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
             }
         }
     }
 }
 
 /// The fold's state; `add` takes batches in any order.
-#[derive(Default)]
 pub struct OrderFold {
-    orders: Keys,
-    customers: Keys,
+    orders: OrderKeys,
+    customers: OrderCustomers,
     channels: Interner,
-    customer: Vec<u32>,
     ordered_ts: Vec<i64>,
     revenue: Vec<i64>,
     lines: Vec<u32>,
@@ -246,6 +236,7 @@ pub struct OrderFold {
     pub lines_by_reason: [u64; REASONS],
     /// Extra copies of an (order_id, line) pair, when the scan deduplicated them.
     pub duplicate_lines: u64,
+    /// Time spent in `add` and batches folded, for the debug log.
     pub busy: std::time::Duration,
     pub batches: u64,
 }
@@ -268,33 +259,49 @@ impl OrderFold {
     /// A fold for a source whose key columns have these types.
     pub fn new(order_id: &DataType, customer_id: &DataType) -> Self {
         OrderFold {
-            orders: Keys::new(order_id, false),
-            customers: Keys::new(customer_id, true),
-            ..Default::default()
+            orders: match order_id {
+                DataType::String => OrderKeys::Text(Interner::default()),
+                _ => OrderKeys::Int(IntInterner::default()),
+            },
+            customers: match customer_id {
+                DataType::String => OrderCustomers::Text {
+                    keys: Interner::default(),
+                    ids: Vec::new(),
+                },
+                _ => OrderCustomers::Int(Vec::new()),
+            },
+            channels: Interner::default(),
+            ordered_ts: Vec::new(),
+            revenue: Vec::new(),
+            lines: Vec::new(),
+            channel: Vec::new(),
+            several_customers: Vec::new(),
+            lines_by_reason: [0; REASONS],
+            duplicate_lines: 0,
+            busy: std::time::Duration::ZERO,
+            batches: 0,
         }
     }
 
     /// Fold one batch with columns `reason` (i32), `order_id`, `customer_id` (text or Int64),
     /// `ts` (i64), `amount` (i64)[, `channel` (text)][, `copies` (u32)].
-    pub fn add(&mut self, batch: &DataFrame) -> PolarsResult<()> {
+    pub fn add(&mut self, mut batch: DataFrame) -> PolarsResult<()> {
         let started = std::time::Instant::now();
-        let result = self.add_inner(batch);
+        batch.rechunk_mut();
+        let result = self.add_rechunked(&batch);
         self.busy += started.elapsed();
         self.batches += 1;
         result
     }
 
-    fn add_inner(&mut self, batch: &DataFrame) -> PolarsResult<()> {
-        let reasons = batch.column("reason")?.i32()?.rechunk();
-        let reasons = reasons.downcast_as_array();
+    fn add_rechunked(&mut self, batch: &DataFrame) -> PolarsResult<()> {
+        let reasons = batch.column("reason")?.i32()?.downcast_as_array();
         let order_ids = KeyColumn::of(batch.column("order_id")?)?;
         let customer_ids = KeyColumn::of(batch.column("customer_id")?)?;
-        let ts = batch.column("ts")?.i64()?.rechunk();
-        let ts = ts.downcast_as_array().values();
-        let amounts = batch.column("amount")?.i64()?.rechunk();
-        let amounts = amounts.downcast_as_array().values();
-        let channels = match batch.column("channel") {
-            Ok(column) => Some(column.str()?.rechunk()),
+        let ts = batch.column("ts")?.i64()?.downcast_as_array().values().as_slice();
+        let amounts = batch.column("amount")?.i64()?.downcast_as_array().values().as_slice();
+        let channels: Option<&TextArray> = match batch.column("channel") {
+            Ok(column) => Some(column.str()?.downcast_as_array()),
             Err(_) => None,
         };
         if let Ok(copies) = batch.column("copies") {
@@ -306,9 +313,9 @@ impl OrderFold {
             self.duplicate_lines += extra;
         }
 
-        // Lines of one order usually come together: a line with the previous usable line's
-        // order_id (and customer) reuses its order without a lookup.
+        // The previous usable line and its order; the previous line with a channel and its code.
         let mut previous: Option<(usize, u32)> = None;
+        let mut previous_channel: Option<(usize, u32)> = None;
         for (row, reason) in reasons.iter().enumerate() {
             let reason = reason.copied().unwrap_or(0);
             let code = usize::try_from(reason).ok().filter(|&r| r < REASONS).unwrap_or(0);
@@ -316,22 +323,25 @@ impl OrderFold {
             if reason != 0 {
                 continue;
             }
-            let channel = match &channels {
-                Some(values) => match values.downcast_as_array().get(row) {
-                    Some(name) => self.channels.intern(name.as_bytes()).0,
-                    None => NO_CHANNEL,
+            let channel = match channels.and_then(|values| values.get(row)) {
+                Some(name) => match previous_channel {
+                    Some((last, code)) if channels.is_some_and(|values| values.value(last) == name) => code,
+                    _ => {
+                        let code = self.channels.intern(name.as_bytes()).0;
+                        previous_channel = Some((row, code));
+                        code
+                    }
                 },
                 None => NO_CHANNEL,
             };
             let (order, new) = match previous {
                 Some((last, order)) if order_ids.same(row, last) => (order, false),
-                _ => self.orders.intern(&order_ids, row)?,
+                _ => self.orders.intern(order_ids, row)?,
             };
             let before = previous.replace((row, order));
             let (ts, amount) = (ts[row], amounts[row]);
             if new {
-                let customer = self.customers.intern(&customer_ids, row)?.0;
-                self.customer.push(customer);
+                self.customers.push(customer_ids, row)?;
                 self.ordered_ts.push(ts);
                 self.revenue.push(amount);
                 self.lines.push(1);
@@ -342,7 +352,7 @@ impl OrderFold {
             let o = order as usize;
             let same_customer = match before {
                 Some((last, same_order)) if same_order == order && customer_ids.same(row, last) => true,
-                _ => self.customers.is_row(self.customer[o], &customer_ids, row),
+                _ => self.customers.is_row(o, customer_ids, row),
             };
             if !same_customer {
                 self.several_customers[o] = true;
@@ -373,25 +383,32 @@ impl OrderFold {
     }
 
     /// The orders as columns; `customer_dtype` is the source's customer_id type.
-    pub fn finish(mut self, customer_dtype: &DataType, has_channel: bool) -> PolarsResult<FoldedOrders> {
-        self.orders = Keys::default();
-        self.customers.freeze();
-        let (customer_ids, customer_rank) = self.customers.sorted_values(customer_dtype)?;
-        self.customers = Keys::default();
-        let ids: Vec<u32> = self.customer.iter().map(|&c| customer_rank[c as usize]).collect();
-        self.customer = Vec::new();
-
+    pub fn finish(self, customer_dtype: &DataType, has_channel: bool) -> PolarsResult<FoldedOrders> {
+        let OrderFold {
+            orders,
+            customers,
+            channels,
+            ordered_ts,
+            revenue,
+            lines,
+            channel,
+            several_customers,
+            lines_by_reason,
+            duplicate_lines,
+            ..
+        } = self;
+        drop(orders);
+        let (customer_ids, ids) = customers.finish(customer_dtype)?;
         let mut columns = vec![
             Column::new("id".into(), ids),
-            Column::new("ordered_ts".into(), std::mem::take(&mut self.ordered_ts)),
-            Column::new("revenue".into(), std::mem::take(&mut self.revenue)),
-            Column::new("lines".into(), std::mem::take(&mut self.lines)),
-            Column::new("several_customers".into(), std::mem::take(&mut self.several_customers)),
+            Column::new("ordered_ts".into(), ordered_ts),
+            Column::new("revenue".into(), revenue),
+            Column::new("lines".into(), lines),
+            Column::new("several_customers".into(), several_customers),
         ];
         let channels = if has_channel {
-            let (names, rank) = Keys::Text(std::mem::take(&mut self.channels)).sorted_values(&DataType::String)?;
-            let codes: UInt32Chunked = self
-                .channel
+            let (names, rank) = channels.sorted()?;
+            let codes: UInt32Chunked = channel
                 .iter()
                 .map(|&c| (c != NO_CHANNEL).then(|| rank[c as usize]))
                 .collect();
@@ -404,8 +421,8 @@ impl OrderFold {
             orders: DataFrame::new_infer_height(columns)?,
             customer_ids,
             channels,
-            lines_by_reason: self.lines_by_reason,
-            duplicate_lines: self.duplicate_lines,
+            lines_by_reason,
+            duplicate_lines,
         })
     }
 }
@@ -432,14 +449,14 @@ mod tests {
     #[test]
     fn lines_fold_into_orders_across_batches() {
         let mut fold = OrderFold::new(&DataType::String, &DataType::String);
-        fold.add(&batch(&[
+        fold.add(batch(&[
             (0, "o2", "zed", 50, 7, Some("web")),
             (0, "o1", "amy", 20, 3, Some("web")),
             (5, "o1", "amy", 10, 0, Some("shop")),
             (0, "o3", "amy", 30, 1, None),
         ]))
         .unwrap();
-        fold.add(&batch(&[
+        fold.add(batch(&[
             (0, "o1", "amy", 10, 4, Some("shop")),
             (0, "o1", "amy", 10, 5, Some("app")),
             (0, "o2", "bob", 60, 1, Some("app")),
@@ -483,7 +500,7 @@ mod tests {
             "amount" => [1i64, 1, 1],
         }
         .unwrap();
-        fold.add(&frame).unwrap();
+        fold.add(frame).unwrap();
         let folded = fold.finish(&DataType::Int32, false).unwrap();
         assert_eq!(folded.customer_ids.dtype(), &DataType::Int32);
         assert_eq!(folded.customer_ids.i32().unwrap().to_vec(), [Some(9), Some(10)]);
