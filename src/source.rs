@@ -516,7 +516,8 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     // Keys as text or Int64, so the fold reads two physical types only.
     let key = |name: &str, dtype: &DataType| match dtype {
         DataType::String => col(name),
-        _ => col(name).cast(DataType::Int64),
+        // Strict: a UInt64 id above 2^63 fails the run naming the column, never becomes null.
+        _ => col(name).strict_cast(DataType::Int64),
     };
     let mut columns = vec![
         col("reason"),

@@ -81,3 +81,28 @@ fn text_customer_ids_work_like_integers() {
     assert_eq!(ids, ["1", "2", "3", "4"]);
     assert_eq!(revenue, [150.0, 90.0, 90.0, 20.0]);
 }
+
+#[test]
+fn unsigned_ids_keep_numeric_order_and_ids_above_i64_fail_naming_the_column() {
+    use polars::prelude::{DataType, IntoColumn};
+    let workspace = Workspace::new();
+    let mut frame = lines_frame(TINY);
+    // Customers 1..4 as UInt64 9..12: "9" sorts after "12" as text, first as a number.
+    let ids = frame.column("customer_id").unwrap().cast(&DataType::UInt64).unwrap();
+    let ids = (ids.as_materialized_series() + 8u64).into_column();
+    frame.with_column(ids).unwrap();
+    write_parquet(&mut frame, &workspace.path("lines.parquet"));
+    let (ids, revenue, _) = facts_revenue(&workspace, "lines.parquet");
+    assert_eq!(ids, ["9", "10", "11", "12"]);
+    assert_eq!(revenue, [150.0, 90.0, 90.0, 20.0]);
+
+    let huge = frame.column("customer_id").unwrap().as_materialized_series() + u64::MAX / 2;
+    frame.with_column(huge.into_column()).unwrap();
+    write_parquet(&mut frame, &workspace.path("lines.parquet"));
+    let config = workspace.config("", FACTS);
+    let output = pipeline(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("customer_id"), "{message}");
+    assert!(message.contains("reading order lines"), "{message}");
+}
