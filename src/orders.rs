@@ -43,6 +43,13 @@ fn hash_bytes(key: &[u8]) -> u32 {
     (foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key) >> 32) as u32
 }
 
+/// Key `id` of an arena: its bytes end at `ends[id]` and start where key `id - 1` ends.
+fn arena_key<'a>(bytes: &'a [u8], ends: &[u64], id: u32) -> &'a [u8] {
+    let end = ends[id as usize] as usize;
+    let start = if id == 0 { 0 } else { ends[id as usize - 1] as usize };
+    &bytes[start..end]
+}
+
 /// The table's 64-bit hash from the stored 32 bits: a multiply spreads them into the top bits,
 /// which hashbrown uses as its 7-bit tag.
 fn spread(hash: u32) -> u64 {
@@ -55,25 +62,15 @@ impl Interner {
     }
 
     fn key(&self, id: u32) -> &[u8] {
-        let end = self.ends[id as usize] as usize;
-        let start = if id == 0 {
-            0
-        } else {
-            self.ends[id as usize - 1] as usize
-        };
-        &self.bytes[start..end]
+        arena_key(&self.bytes, &self.ends, id)
     }
 
     /// The id of `key` and whether it was new.
     fn intern(&mut self, key: &[u8]) -> (u32, bool) {
         let hash = hash_bytes(key);
         let Self { table, bytes, ends } = self;
-        let key_of = |id: u32| {
-            let end = ends[id as usize] as usize;
-            let start = if id == 0 { 0 } else { ends[id as usize - 1] as usize };
-            &bytes[start..end]
-        };
-        if let Some(&(id, _)) = table.find(spread(hash), |&(id, tag)| tag == hash && key_of(id) == key) {
+        let matches = |&(id, tag): &(u32, u32)| tag == hash && arena_key(bytes, ends, id) == key;
+        if let Some(&(id, _)) = table.find(spread(hash), matches) {
             return (id, false);
         }
         let id = u32::try_from(ends.len()).expect("fewer than 2^32 distinct keys");
@@ -103,7 +100,6 @@ impl Interner {
 #[derive(Default)]
 struct IntInterner {
     table: HashTable<(i64, u32)>,
-    len: u32,
 }
 
 fn hash_int(key: i64) -> u64 {
@@ -117,8 +113,7 @@ impl IntInterner {
         if let Some(&(_, id)) = self.table.find(hash, |&(other, _)| other == key) {
             return (id, false);
         }
-        let id = self.len;
-        self.len = id.checked_add(1).expect("fewer than 2^32 distinct keys");
+        let id = u32::try_from(self.table.len()).expect("fewer than 2^32 distinct keys");
         self.table.insert_unique(hash, (key, id), |&(other, _)| hash_int(other));
         (id, true)
     }

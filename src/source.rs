@@ -76,7 +76,6 @@ pub struct SourceOrders {
     pub channels: Option<Series>,
     pub stats: InputStats,
     pub as_of: NaiveDate,
-    pub has_channel: bool,
 }
 
 /// Logical column types found in the file, checked against what the tool can use.
@@ -260,6 +259,11 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
     })
 }
 
+/// A zone of the tz database by name, for computing with chrono.
+fn chrono_zone(name: &str) -> Result<chrono_tz::Tz> {
+    name.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{name}`"))
+}
+
 fn time_zone(name: &str) -> Result<TimeZone> {
     TimeZone::opt_try_new(Some(name))?.with_context(|| format!("time zone `{name}` is not known to polars"))
 }
@@ -288,9 +292,6 @@ fn as_of_boundary(
     let next_midnight = (as_of + chrono::Duration::days(1))
         .and_hms_opt(0, 0, 0)
         .expect("midnight exists");
-    let zone = |name: &str| -> Result<chrono_tz::Tz> {
-        name.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{name}`"))
-    };
     let instant = |naive: chrono::NaiveDateTime, tz: chrono_tz::Tz| -> Result<chrono::DateTime<chrono::Utc>> {
         // Midnight can fall in a DST gap in a few zones: take the first instant after it.
         let local = tz
@@ -302,11 +303,13 @@ fn as_of_boundary(
     };
     Ok(match ordered_at {
         DataType::Date => next_midnight.and_utc().timestamp_micros(),
-        DataType::Datetime(_, Some(_)) => instant(next_midnight, zone(&settings.timezone)?)?.timestamp_micros(),
+        DataType::Datetime(_, Some(_)) => instant(next_midnight, chrono_zone(&settings.timezone)?)?.timestamp_micros(),
         DataType::Datetime(_, None) => {
             // Naive values are wall-clock time in `naive_timestamps_are`.
-            let utc = instant(next_midnight, zone(&settings.timezone)?)?;
-            let wall = utc.with_timezone(&zone(&source.naive_timestamps_are)?).naive_local();
+            let utc = instant(next_midnight, chrono_zone(&settings.timezone)?)?;
+            let wall = utc
+                .with_timezone(&chrono_zone(&source.naive_timestamps_are)?)
+                .naive_local();
             wall.and_utc().timestamp_micros()
         }
         other => bail!("ordered_at has type {other}: expected a date or timestamp"),
@@ -329,9 +332,7 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
             .map(|micros| i32::try_from(micros?.div_euclid(DAY)).ok())
             .collect(),
         DataType::Datetime(_, Some(_)) => {
-            let zone: chrono_tz::Tz = timezone
-                .parse()
-                .map_err(|_| anyhow::anyhow!("unknown time zone `{timezone}`"))?;
+            let zone = chrono_zone(timezone)?;
             let offset_at = |micros: i64| -> Option<i64> {
                 let utc = chrono::DateTime::from_timestamp_micros(micros)?.naive_utc();
                 Some(i64::from(zone.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1_000_000)
@@ -354,6 +355,21 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
         _ => return Ok(None),
     };
     Ok(Some(days.into_series().cast(&DataType::Date)?.with_name("date".into())))
+}
+
+/// `orders` with `date`, the local calendar date of `ordered_ts` in the pipeline's zone.
+fn with_order_dates(
+    mut orders: DataFrame,
+    ordered_at: &DataType,
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+) -> Result<DataFrame> {
+    if let Some(dates) = fast_local_dates(&orders, ordered_at, &settings.timezone)? {
+        orders.with_column(dates.into_column())?;
+        return Ok(orders);
+    }
+    let local_date = local_date_of_micros(col("ordered_ts"), ordered_at, source, settings)?;
+    Ok(orders.lazy().with_column(local_date.alias("date")).collect()?)
 }
 
 /// The local calendar date in the pipeline's zone of Int64 microseconds from `ts_micros_expr`.
@@ -426,12 +442,7 @@ fn include_expr(source: &SourceConfig) -> Expr {
 
 /// The date `as_of` resolves to before data is read; `None` for `last_order`.
 pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
-    let today = || -> Result<NaiveDate> {
-        let zone: chrono_tz::Tz = timezone
-            .parse()
-            .map_err(|_| anyhow::anyhow!("unknown time zone `{timezone}`"))?;
-        Ok(chrono::Utc::now().with_timezone(&zone).date_naive())
-    };
+    let today = || -> Result<NaiveDate> { Ok(chrono::Utc::now().with_timezone(&chrono_zone(timezone)?).date_naive()) };
     Ok(match as_of {
         AsOf::Date(date) => Some(date),
         AsOf::Today => Some(today()?),
@@ -537,7 +548,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .with_column(reason)
         .with_column(crate::money::to_micros(col("amount")).alias("amount"))
         .select(columns);
-    let fold = Arc::new(Mutex::new(OrderFold::new(&schema.order_id, &schema.customer_id)));
+    let fold = Arc::new(Mutex::new(Some(OrderFold::new(&schema.order_id, &schema.customer_id))));
     let progress = crate::runner::progress_bar(total_rows(source).unwrap_or(0), "lines");
     let sink = {
         let fold = Arc::clone(&fold);
@@ -547,7 +558,9 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
                 .lock()
                 .map_err(|_| polars_err!(ComputeError: "order fold poisoned"))?;
             progress.inc(batch.height() as u64);
-            fold.add(batch)?;
+            fold.as_mut()
+                .expect("the fold is taken only after the scan")
+                .add(batch)?;
             Ok(false)
         })
     };
@@ -563,10 +576,11 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             )
         })?;
     progress.finish_and_clear();
-    let fold = std::mem::replace(
-        &mut *fold.lock().expect("the scan has finished with the fold"),
-        OrderFold::new(&DataType::String, &DataType::String),
-    );
+    let fold = fold
+        .lock()
+        .ok()
+        .and_then(|mut fold| fold.take())
+        .expect("the scan has finished with the fold");
     tracing::debug!(
         "order fold: {} batches, {:.3} s busy",
         fold.batches,
@@ -599,19 +613,11 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
 
     // An order_id whose lines name two customers is rejected whole, and so is one whose first
     // local time does not exist (a DST gap for naive times).
-    let local_date = local_date_of_micros(col("ordered_ts"), &schema.ordered_at, source, settings)?;
     let mut keep = vec![col("id"), col("date"), col("ordered_ts"), col("revenue")];
     if has_channel {
         keep.push(col("channel"));
     }
-    let usable = match fast_local_dates(&folded.orders, &schema.ordered_at, &settings.timezone)? {
-        Some(dates) => {
-            let mut orders = folded.orders;
-            orders.with_column(dates.into_column())?;
-            orders
-        }
-        None => folded.orders.lazy().with_column(local_date.alias("date")).collect()?,
-    };
+    let usable = with_order_dates(folded.orders, &schema.ordered_at, source, settings)?;
     tracing::debug!("order dates: {}", crate::runner::memory());
     let rejected_lines = |condition: Expr| -> Result<u64> {
         let frame = usable
@@ -684,7 +690,6 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         channels: folded.channels,
         stats,
         as_of,
-        has_channel,
     })
 }
 
