@@ -12,15 +12,18 @@ BIN="$CARGO_TARGET_DIR/release/pipeline"
 FILE="$(realpath -m "$DATA/lines_$LINES.parquet")"
 declare -A WALL CPU RSS
 
+time_stats() { # log of /usr/bin/time -v → "wall cpu rss_mb"
+  local log="$1" wall cpu rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {print u + s}' "$log")
+  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+  echo "$wall $cpu $rss"
+}
+
 measure_once() { # log, command... → "wall cpu rss_mb"
   local log="$1"; shift
   /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
-  local wall user sys rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  user=$(awk -F': ' '/User time/ {print $2}' "$log")
-  sys=$(awk -F': ' '/System time/ {print $2}' "$log")
-  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
-  echo "$wall $(echo "$user + $sys" | bc -l) $rss"
+  time_stats "$log"
 }
 
 measure() { # name, command...

@@ -13,9 +13,7 @@ for lines in "$@"; do
   log="$DATA/time_scale_$lines.log"
   status=ok
   /usr/bin/time -v "$BIN" run "$(all_config "$FILE" "scale_$lines")" --log warn >/dev/null 2>"$log" || status=failed
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {print u + s}' "$log")
-  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
+  read -r wall cpu rss <<< "$(time_stats "$log")"
   if [ "$status" = ok ]; then
     customers=$(customers_of "scale_$lines")
     rate=$(printf '%.0f' "$(echo "$lines / $wall" | bc -l)")

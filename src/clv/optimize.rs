@@ -149,28 +149,20 @@ impl<P, const K: usize> Fit<P, K> {
     }
 }
 
-/// Gradient norm below which a minimum counts as converged whatever the solver said.
+/// Gradient norm the solvers aim for; a BFGS refinement counts as converged below it.
 const GRADIENT_TOLERANCE: f64 = 1e-7;
 
-fn minimum_at<O: Objective>(
-    problem: &Problem<'_, O>,
-    x: Vec<f64>,
-    iterations: u64,
-    solver_converged: bool,
-) -> Option<Minimum> {
-    let cached = problem.last.lock().ok().and_then(|last| {
-        last.as_ref()
-            .filter(|(at, evaluation)| *at == x && evaluation.hessian.is_some())
-            .map(|(_, evaluation)| evaluation.clone())
-    });
-    let evaluation = cached.unwrap_or_else(|| problem.objective.evaluate(&x, true));
+/// The minimum found at `x`, evaluated once more with the Hessian; converged when the gradient
+/// norm is below `tolerance`, whichever way the solver stopped.
+fn minimum_at<O: Objective>(objective: &O, x: Vec<f64>, iterations: u64, tolerance: f64) -> Option<Minimum> {
+    let evaluation = objective.evaluate(&x, true);
     let gradient_norm = evaluation.gradient.iter().map(|g| g * g).sum::<f64>().sqrt();
     evaluation.value.is_finite().then(|| Minimum {
         x,
         value: evaluation.value,
         hessian: evaluation.hessian.expect("evaluated with the Hessian"),
         iterations,
-        converged: solver_converged || gradient_norm < GRADIENT_TOLERANCE,
+        converged: gradient_norm < tolerance,
         gradient_norm,
     })
 }
@@ -191,11 +183,7 @@ fn run_from<O: Objective>(objective: &O, start: Vec<f64>, max_iterations: u64) -
     // minimum counts as converged when its gradient norm is below 1e-5 (the mean
     // log-likelihood's gradient over log-parameters), whichever way the solver stopped.
     let (x, iterations) = (state.get_best_param()?.clone(), state.get_iter());
-    let minimum = minimum_at(result.problem.problem.as_ref()?, x, iterations, false)?;
-    Some(Minimum {
-        converged: minimum.gradient_norm < LBFGS_ACCEPTANCE,
-        ..minimum
-    })
+    minimum_at(objective, x, iterations, LBFGS_ACCEPTANCE)
 }
 
 /// Gradient norm at which an L-BFGS result is accepted as converged (the solver itself aims
@@ -224,7 +212,7 @@ pub fn refine<O: Objective>(
         .ok()?;
     let state = result.state();
     let (x, iterations) = (state.get_best_param()?.clone(), state.get_iter());
-    minimum_at(result.problem.problem.as_ref()?, x, iterations, false)
+    minimum_at(objective, x, iterations, GRADIENT_TOLERANCE)
 }
 
 /// Minimise from the starts in turn until one converges; otherwise the lowest minimum found,

@@ -217,15 +217,13 @@ impl ModelRows {
 /// BTYD inputs of every customer, in the model's time unit.
 struct Summary {
     x: Vec<u32>,
-    t_x: Vec<f64>,
-    t: Vec<f64>,
-    /// Recency and age in whole days.
+    /// Recency and age in whole days (in the model's unit: divided by `TimeUnit::days`).
     t_x_days: Vec<u32>,
     t_days: Vec<u32>,
     monetary: Vec<f64>,
 }
 
-fn summary(facts: &DataFrame, unit: TimeUnit) -> Result<Summary> {
+fn summary(facts: &DataFrame) -> Result<Summary> {
     let int = |name: &str| -> Result<Vec<i64>> {
         Ok(facts
             .column(name)?
@@ -234,15 +232,12 @@ fn summary(facts: &DataFrame, unit: TimeUnit) -> Result<Summary> {
             .into_no_null_iter()
             .collect())
     };
-    let days = unit.days();
     let (t_x_days, t_days): (Vec<u32>, Vec<u32>) = (
         int("t_x")?.iter().map(|&d| d as u32).collect(),
         int("T")?.iter().map(|&d| d as u32).collect(),
     );
     Ok(Summary {
         x: int("frequency")?.iter().map(|&x| x as u32).collect(),
-        t_x: t_x_days.iter().map(|&d| d as f64 / days).collect(),
-        t: t_days.iter().map(|&d| d as f64 / days).collect(),
         t_x_days,
         t_days,
         monetary: facts
@@ -285,7 +280,7 @@ impl Stage for ClvOptions {
             bail!("no customers to fit");
         }
         let started = std::time::Instant::now();
-        let data = summary(facts, self.time_unit)?;
+        let data = summary(facts)?;
         tracing::debug!("clv: summary in {:.3} s", started.elapsed().as_secs_f64());
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
@@ -537,11 +532,12 @@ impl ClvOptions {
             0,
             nulls == 0,
         );
+        let in_unit = |days: &[u32]| -> Vec<f64> { days.iter().map(|&d| d as f64 / self.time_unit.days()).collect() };
         let customers = DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
             Column::new("frequency".into(), data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
-            Column::new("t_x".into(), data.t_x.clone()),
-            Column::new("T".into(), data.t.clone()),
+            Column::new("t_x".into(), in_unit(&data.t_x_days)),
+            Column::new("T".into(), in_unit(&data.t_days)),
             Column::new("monetary_value".into(), data.monetary.clone()),
             Column::new("p_alive".into(), p_alive),
             Column::new("expected_purchases".into(), expected),
@@ -631,10 +627,10 @@ fn validate(
         bail!("no customer was acquired by calibration_end {end}");
     }
     let x: Vec<u32> = kept.iter().map(|c| c.2 - 1).collect();
-    let t_x: Vec<f64> = kept.iter().map(|c| (c.1 - c.0) as f64 / unit).collect();
-    let t: Vec<f64> = kept.iter().map(|c| (end_days - c.0) as f64 / unit).collect();
+    let t_x_days: Vec<u32> = kept.iter().map(|c| (c.1 - c.0) as u32).collect();
+    let t_days: Vec<u32> = kept.iter().map(|c| (end_days - c.0) as u32).collect();
     let actual: Vec<f64> = kept.iter().map(|c| c.3 as f64).collect();
-    let patterns = bgnbd::Patterns::compress(&x, &t_x, &t);
+    let (patterns, pattern_of) = bgnbd::Patterns::compress_days(&x, &t_x_days, &t_days, unit);
     if !x.iter().any(|&x| x > 0) {
         bail!("no repeat purchase before calibration_end {end}: the calibration model cannot be fitted");
     }
@@ -654,10 +650,15 @@ fn validate(
         );
     }
     let holdout = (as_of_days - end_days) as f64 / unit;
-    let predicted: Vec<f64> = (0..x.len())
+    // Once per pattern, then per customer by lookup.
+    let by_pattern: Vec<f64> = (0..patterns.x.len())
         .into_par_iter()
-        .map(|i| bgnbd::expected_purchases(&fit.params, holdout, x[i], t_x[i], t[i]).unwrap_or(f64::NAN))
+        .map(|p| {
+            bgnbd::expected_purchases(&fit.params, holdout, patterns.x[p], patterns.t_x[p], patterns.t[p])
+                .unwrap_or(f64::NAN)
+        })
         .collect();
+    let predicted: Vec<f64> = pattern_of.iter().map(|&p| by_pattern[p as usize]).collect();
     let customers = df!(
         "bucket" => x.iter().map(|&x| x.min(7) as i32).collect::<Vec<_>>(),
         "predicted" => predicted,
