@@ -4,12 +4,12 @@
 //! zero rows where nobody came back. Bracketed retention counts customers active in the period;
 //! unbounded retention counts customers active in it or any later period up to as_of.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::period::{to_days, Granularity};
+use crate::period::{from_days, to_days, Granularity};
 
 /// Options of `kind = "cohort_retention"`.
 #[derive(Debug, Default, Deserialize)]
@@ -66,7 +66,53 @@ impl Stage for CohortRetentionOptions {
     }
 }
 
+/// A dimension's distinct values in output order (ascending, null last) and each customer's
+/// position among them.
+fn dimension_codes(facts: &DataFrame, dimension: &str) -> Result<(Series, Vec<u32>)> {
+    let values = facts.column(dimension)?.as_materialized_series();
+    let distinct = values.unique()?.sort(SortOptions::default().with_nulls_last(true))?;
+    let rank = values.rank(
+        RankOptions {
+            method: RankMethod::Dense,
+            descending: false,
+        },
+        None,
+    );
+    // Dense ranks count from 1 over non-null values; null (if any) is the last value.
+    let null_code = (distinct.len() - distinct.null_count()) as u32;
+    let codes = rank
+        .idx()?
+        .iter()
+        .map(|rank| rank.map_or(null_code, |rank| rank as u32 - 1))
+        .collect();
+    Ok((distinct, codes))
+}
+
+/// Calendar index of each day number in `first..=last`, looked up instead of recomputed per row.
+struct PeriodIndex {
+    first: i32,
+    index: Vec<i32>,
+}
+
+impl PeriodIndex {
+    fn new(granularity: Granularity, first: i32, last: i32) -> Self {
+        let index = (first..=last.max(first))
+            .map(|day| granularity.index_of(from_days(day)))
+            .collect();
+        PeriodIndex { first, index }
+    }
+
+    fn of(&self, day: i32) -> i32 {
+        self.index[(day - self.first) as usize]
+    }
+}
+
 /// The retention table; `facts` and `periods` are the shared tables.
+///
+/// One walk: customer_facts (sorted by customer_key = row) gives each customer's group (the
+/// dimension values, mixed-radix coded), cohort and last period; customer_periods (sorted by
+/// customer_key, date) is read once into the dense (group, cohort, period) cells that exist.
+/// A customer is active in a period when a run of its purchase days starts there.
 pub fn cohort_retention(
     facts: &DataFrame,
     periods: &DataFrame,
@@ -74,122 +120,147 @@ pub fn cohort_retention(
     granularity: Granularity,
     dimensions: &[String],
 ) -> Result<DataFrame> {
-    let dims: Vec<Expr> = dimensions.iter().map(|d| col(d.as_str())).collect();
-    let mut cohort_keys = dims.clone();
-    cohort_keys.push(col("cohort_index"));
-    let mut cell_keys = cohort_keys.clone();
-    cell_keys.push(col("period_index"));
-    let join_args = || {
-        let mut args = JoinArgs::new(JoinType::Left);
-        args.nulls_equal = true;
-        args
+    let days = |frame: &DataFrame, name: &str| -> Result<Vec<i32>> {
+        let column = frame.column(name)?.as_materialized_series().date()?.physical().clone();
+        if column.null_count() > 0 {
+            bail!("a customer has no {name}");
+        }
+        Ok(column.into_no_null_iter().collect())
     };
-
-    let mut customer_columns = vec![col("customer_key")];
-    customer_columns.extend(dims.iter().cloned());
-    customer_columns.push(granularity.index_expr(col("first_purchase_date")).alias("cohort_index"));
-    customer_columns.push(granularity.index_expr(col("last_purchase_date")).alias("last_index"));
-    for dimension in dimensions {
-        customer_columns.push(
-            col(dimension.as_str())
-                .rank(
-                    RankOptions {
-                        method: RankMethod::Dense,
-                        descending: false,
-                    },
-                    None,
-                )
-                .alias(format!("{dimension}__code")),
-        );
-    }
-    // Per customer, computed once: sizes, activity and last activity all read it.
-    let by_key = facts.clone().lazy().select(customer_columns).collect()?;
-    let customers = by_key.clone().lazy();
-
-    let sizes = customers
-        .clone()
-        .group_by(cohort_keys.clone())
-        .agg([len().cast(DataType::Int64).alias("cohort_customers")])
-        .sort_by_exprs(
-            cohort_keys.clone(),
-            SortMultipleOptions::default().with_nulls_last(true),
-        )
-        .collect()?;
-
-    // Activity per cell. customer_facts is sorted by customer_key = 0..n, so a customer's
-    // cohort and dimensions are gathered by key (no join). customer_periods is sorted by
-    // (customer_key, date): a customer's periods come in runs, and a customer is active in a
-    // period when a run of purchase days starts there, so no per-customer group-by is needed.
-    let of_customer = |name: &str| -> Result<Expr> {
-        Ok(lit(by_key.column(name)?.as_materialized_series().clone()).gather(col("customer_key"), false))
-    };
-    // Dimensions are grouped on as dense integer codes (string keys cost several times more
-    // per row) and decoded once per cell.
-    let mut cell_columns = Vec::new();
-    let mut code_keys = vec![col("cohort_index"), col("period_index")];
-    let mut decode = Vec::new();
-    for dimension in dimensions {
-        let code = format!("{dimension}__code");
-        cell_columns.push(of_customer(&code)?.alias(code.as_str()));
-        code_keys.push(col(code.as_str()));
-        decode.push(
-            by_key
-                .clone()
-                .lazy()
-                .select([col(code.as_str()), col(dimension.as_str())])
-                .unique(None, UniqueKeepStrategy::Any),
-        );
-    }
-    let first_date = periods
+    let first_days = days(facts, "first_purchase_date")?;
+    let last_days = days(facts, "last_purchase_date")?;
+    let period_days = periods
         .column("date")?
         .as_materialized_series()
-        .min::<i32>()?
-        .map_or(as_of, crate::period::from_days);
-    let rows = periods
-        .clone()
-        .lazy()
-        .select([
-            col("customer_key"),
-            of_customer("cohort_index")?.alias("cohort_index"),
-            granularity
-                .index_in_range(col("date"), first_date, as_of)
-                .alias("date_index"),
-            col("purchases"),
-            col("revenue_micros"),
-        ])
-        .with_column((col("date_index") - col("cohort_index")).alias("period_index"))
-        .filter(col("period_index").gt_eq(lit(0)))
-        .with_columns(cell_columns)
-        // Read by two aggregations: computed once.
-        .collect()?
-        .lazy();
-    let changed = |name: &str| col(name).neq(col(name).shift(lit(1))).fill_null(lit(true));
-    let active = rows
-        .clone()
-        .filter(col("purchases").gt(lit(0)))
-        .filter(changed("customer_key").or(changed("period_index")))
-        .group_by(code_keys.clone())
-        .agg([len().cast(DataType::Int64).alias("active_customers")]);
-    let mut activity = rows
-        .group_by(code_keys.clone())
-        .agg([
-            col("purchases").sum().cast(DataType::Int64).alias("orders"),
-            col("revenue_micros").sum().alias("revenue_micros"),
-        ])
-        .join(active, code_keys.clone(), code_keys, join_args());
-    for (dimension, values) in dimensions.iter().zip(decode) {
-        let code = format!("{dimension}__code");
-        activity = activity.join(values, [col(code.as_str())], [col(code.as_str())], join_args());
-    }
-    // Customers whose last purchase falls in each period since acquisition.
-    let last_active = customers
-        .with_column((col("last_index") - col("cohort_index")).alias("period_index"))
-        .group_by(cell_keys.clone())
-        .agg([len().cast(DataType::Int64).alias("last_active")]);
+        .date()?
+        .physical()
+        .clone();
+    let period_days = period_days.rechunk();
+    let period_days = period_days
+        .cont_slice()
+        .map_err(|_| anyhow::anyhow!("customer_periods has days without a date"))?;
+    let as_of_day = to_days(as_of);
+    let span = first_days
+        .iter()
+        .chain(&last_days)
+        .chain(period_days)
+        .fold((as_of_day, as_of_day), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+    let index = PeriodIndex::new(granularity, span.0, span.1);
+    let as_of_index = granularity.index_of(as_of);
 
-    let grid = dense_grid(&sizes, as_of, granularity)?;
-    let cohort_group: Vec<Expr> = cohort_keys.clone();
-    let mut output: Vec<Expr> = dims.clone();
+    // Groups: mixed-radix codes over the dimensions, in output order.
+    let mut group = vec![0u32; facts.height()];
+    let mut values = Vec::new();
+    let mut radix = Vec::new();
+    for dimension in dimensions {
+        let (distinct, codes) = dimension_codes(facts, dimension)?;
+        let n = distinct.len().max(1) as u32;
+        for (g, code) in group.iter_mut().zip(codes) {
+            *g = *g * n + code;
+        }
+        values.push(distinct);
+        radix.push(n);
+    }
+    let groups = radix.iter().product::<u32>() as usize;
+
+    // Cohorts from the earliest to the as-of period; each existing (group, cohort) owns the
+    // cells of periods 0..=max(as_of - cohort, 0).
+    let cohort: Vec<i32> = first_days.iter().map(|&d| index.of(d)).collect();
+    let first_cohort = cohort.iter().copied().min().unwrap_or(as_of_index).min(as_of_index);
+    let last_cohort = cohort.iter().copied().max().unwrap_or(as_of_index).max(as_of_index);
+    let cohorts = (last_cohort - first_cohort + 1) as usize;
+    let slot = |customer: usize| group[customer] as usize * cohorts + (cohort[customer] - first_cohort) as usize;
+    let mut sizes = vec![0i64; groups * cohorts];
+    for customer in 0..facts.height() {
+        sizes[slot(customer)] += 1;
+    }
+    let periods_of = |c: i32| (as_of_index - c).max(0) as usize + 1;
+    let mut offset = vec![usize::MAX; groups * cohorts];
+    let mut cells = 0;
+    for (s, &size) in sizes.iter().enumerate() {
+        if size > 0 {
+            offset[s] = cells;
+            cells += periods_of(first_cohort + (s % cohorts) as i32);
+        }
+    }
+    let cell = |customer: usize, period: i32| -> Option<usize> {
+        (period >= 0 && (period as usize) < periods_of(cohort[customer]))
+            .then(|| offset[slot(customer)] + period as usize)
+    };
+
+    let mut last_active = vec![0i64; cells];
+    for customer in 0..facts.height() {
+        if let Some(at) = cell(customer, index.of(last_days[customer]) - cohort[customer]) {
+            last_active[at] += 1;
+        }
+    }
+    let mut active = vec![0i64; cells];
+    let mut orders = vec![0i64; cells];
+    let mut revenue = vec![0i64; cells];
+    let keys = periods.column("customer_key")?.idx()?;
+    let purchases = periods.column("purchases")?.i64()?;
+    let revenues = periods.column("revenue_micros")?.i64()?;
+    // The (customer, cell) last counted active: a customer's rows come in period order.
+    let mut counted: Option<(usize, usize)> = None;
+    let rows = keys.iter().zip(period_days).zip(purchases.iter()).zip(revenues.iter());
+    for (((key, &day), bought), micros) in rows {
+        let customer = key.context("customer_periods has a day without a customer_key")? as usize;
+        let Some(at) = cell(customer, index.of(day) - cohort[customer]) else {
+            continue;
+        };
+        let bought = bought.unwrap_or(0);
+        orders[at] += bought;
+        revenue[at] += micros.unwrap_or(0);
+        if bought > 0 && counted != Some((customer, at)) {
+            active[at] += 1;
+            counted = Some((customer, at));
+        }
+    }
+
+    // The dense table, (group, cohort, period) ascending.
+    let mut take_group: Vec<Vec<IdxSize>> = vec![Vec::with_capacity(cells); dimensions.len()];
+    let mut table = Cells::default();
+    for (s, &size) in sizes.iter().enumerate() {
+        if size == 0 {
+            continue;
+        }
+        let (g, c) = (s / cohorts, first_cohort + (s % cohorts) as i32);
+        let n = periods_of(c);
+        let mut digits = vec![0u32; dimensions.len()];
+        let mut rest = g as u32;
+        for (digit, &n) in digits.iter_mut().zip(&radix).rev() {
+            *digit = rest % n;
+            rest /= n;
+        }
+        let mut unbounded: i64 = last_active[offset[s]..offset[s] + n].iter().sum();
+        for p in 0..n {
+            let at = offset[s] + p;
+            for (take, &digit) in take_group.iter_mut().zip(&digits) {
+                take.push(digit as IdxSize);
+            }
+            let period = p as i32;
+            table.cohort.push(to_days(granularity.start_of(c)));
+            table.period_index.push(period);
+            table.period_start.push(to_days(granularity.start_of(c + period)));
+            table.cohort_customers.push(size);
+            table.active_customers.push(active[at]);
+            table.unbounded_active.push(unbounded);
+            table.orders.push(orders[at]);
+            table.revenue_micros.push(revenue[at]);
+            table.period_complete.push(granularity.end_of(c + period) <= as_of);
+            unbounded -= last_active[at];
+        }
+    }
+    let mut columns = Vec::new();
+    for ((dimension, values), take) in dimensions.iter().zip(&values).zip(take_group) {
+        let take = IdxCa::from_vec("".into(), take);
+        columns.push(values.take(&take)?.with_name(dimension.as_str().into()).into_column());
+    }
+    columns.extend(table.columns()?);
+    let mut cohort_group: Vec<Expr> = dimensions.iter().map(|d| col(d.as_str())).collect();
+    cohort_group.push(col("cohort"));
+    let customers_f = || col("cohort_customers").cast(DataType::Float64);
+    let mut output: Vec<Expr> = dimensions.iter().map(|d| col(d.as_str())).collect();
     output.extend([
         col("cohort"),
         col("period_index"),
@@ -204,60 +275,51 @@ pub fn cohort_retention(
         col("cumulative_revenue_per_customer"),
         col("period_complete"),
     ]);
-    let mut sort_keys = dims.clone();
-    sort_keys.extend([col("cohort"), col("period_index")]);
-    let customers_f = || col("cohort_customers").cast(DataType::Float64);
-    let unbounded_active = col("last_active").cum_sum(true).over(cohort_group.clone())?;
-    let cumulative_revenue = col("revenue_per_customer").cum_sum(false).over(cohort_group)?;
-    let table = grid
+    let table = DataFrame::new_infer_height(columns)?
         .lazy()
-        .join(activity, cell_keys.clone(), cell_keys.clone(), join_args())
-        .join(last_active, cell_keys.clone(), cell_keys, join_args())
-        .with_columns([
-            col("active_customers").fill_null(lit(0i64)),
-            col("orders").fill_null(lit(0i64)),
-            crate::money::from_micros(col("revenue_micros").fill_null(lit(0i64))).alias("revenue"),
-            col("last_active").fill_null(lit(0i64)),
-        ])
-        .sort_by_exprs(sort_keys.clone(), SortMultipleOptions::default().with_nulls_last(true))
+        .with_column(crate::money::from_micros(col("revenue_micros")).alias("revenue"))
         .with_columns([
             (col("active_customers").cast(DataType::Float64) / customers_f()).alias("retention"),
-            (unbounded_active.cast(DataType::Float64) / customers_f()).alias("unbounded_retention"),
+            (col("unbounded_active").cast(DataType::Float64) / customers_f()).alias("unbounded_retention"),
             (col("revenue") / customers_f()).alias("revenue_per_customer"),
         ])
-        .with_column(cumulative_revenue.alias("cumulative_revenue_per_customer"))
+        .with_column(
+            col("revenue_per_customer")
+                .cum_sum(false)
+                .over(cohort_group)?
+                .alias("cumulative_revenue_per_customer"),
+        )
         .select(output)
-        .sort_by_exprs(sort_keys, SortMultipleOptions::default().with_nulls_last(true))
         .collect()?;
     Ok(table)
 }
 
-/// Every (cohort, period_index) from 0 to the as-of period, with dates and completeness.
-fn dense_grid(sizes: &DataFrame, as_of: chrono::NaiveDate, granularity: Granularity) -> Result<DataFrame> {
-    let as_of_index = granularity.index_of(as_of);
-    let cohort_index = sizes.column("cohort_index")?.i32()?;
-    let mut take: Vec<IdxSize> = Vec::new();
-    let mut period_index: Vec<i32> = Vec::new();
-    let mut cohort: Vec<i32> = Vec::new();
-    let mut period_start: Vec<i32> = Vec::new();
-    let mut complete: Vec<bool> = Vec::new();
-    for (row, index) in cohort_index.iter().enumerate() {
-        let Some(index) = index else {
-            bail!("a customer has no first purchase date")
-        };
-        for offset in 0..=(as_of_index - index).max(0) {
-            take.push(row as IdxSize);
-            period_index.push(offset);
-            cohort.push(to_days(granularity.start_of(index)));
-            period_start.push(to_days(granularity.start_of(index + offset)));
-            complete.push(granularity.end_of(index + offset) <= as_of);
-        }
+/// The per-cell columns of the table before the ratios.
+#[derive(Default)]
+struct Cells {
+    cohort: Vec<i32>,
+    period_index: Vec<i32>,
+    period_start: Vec<i32>,
+    cohort_customers: Vec<i64>,
+    active_customers: Vec<i64>,
+    unbounded_active: Vec<i64>,
+    orders: Vec<i64>,
+    revenue_micros: Vec<i64>,
+    period_complete: Vec<bool>,
+}
+
+impl Cells {
+    fn columns(self) -> Result<Vec<Column>> {
+        Ok(vec![
+            Column::new("cohort".into(), self.cohort).cast(&DataType::Date)?,
+            Column::new("period_index".into(), self.period_index),
+            Column::new("period_start".into(), self.period_start).cast(&DataType::Date)?,
+            Column::new("cohort_customers".into(), self.cohort_customers),
+            Column::new("active_customers".into(), self.active_customers),
+            Column::new("unbounded_active".into(), self.unbounded_active),
+            Column::new("orders".into(), self.orders),
+            Column::new("revenue_micros".into(), self.revenue_micros),
+            Column::new("period_complete".into(), self.period_complete),
+        ])
     }
-    let indices = IdxCa::from_vec("take".into(), take);
-    let mut grid = sizes.take(&indices)?;
-    grid.with_column(Column::new("period_index".into(), period_index))?;
-    grid.with_column(Column::new("cohort".into(), cohort).cast(&DataType::Date)?)?;
-    grid.with_column(Column::new("period_start".into(), period_start).cast(&DataType::Date)?)?;
-    grid.with_column(Column::new("period_complete".into(), complete))?;
-    Ok(grid)
 }
