@@ -83,7 +83,7 @@ fn dimension_codes(facts: &DataFrame, dimension: &str) -> Result<(Series, Vec<u3
     let codes = rank
         .idx()?
         .iter()
-        .map(|rank| rank.map_or(null_code, |rank| rank as u32 - 1))
+        .map(|rank| rank.map_or(null_code, |rank| rank - 1))
         .collect();
     Ok((distinct, codes))
 }
