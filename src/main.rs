@@ -28,6 +28,10 @@ fn main() -> ExitCode {
         if let Some(threads) = args.threads {
             // polars reads this once, at its first use: set it before anything touches polars.
             std::env::set_var("POLARS_MAX_THREADS", threads.to_string());
+            // Our own parallel work (the order fold's shards, prepare) uses the global pool.
+            if let Err(error) = rayon::ThreadPoolBuilder::new().num_threads(usize::from(threads)).build_global() {
+                eprintln!("warning: cannot size the thread pool: {error}");
+            }
         }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

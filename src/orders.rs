@@ -67,7 +67,11 @@ impl Interner {
 
     /// The id of `key` and whether it was new.
     fn intern(&mut self, key: &[u8]) -> (u32, bool) {
-        let hash = hash_bytes(key);
+        self.intern_hashed(key, hash_bytes(key))
+    }
+
+    /// `intern` with the key's `hash_bytes` already computed.
+    fn intern_hashed(&mut self, key: &[u8], hash: u32) -> (u32, bool) {
         let Self { table, bytes, ends } = self;
         let matches = |&(id, tag): &(u32, u32)| tag == hash && arena_key(bytes, ends, id) == key;
         if let Some(&(id, _)) = table.find(spread(hash), matches) {
@@ -80,19 +84,38 @@ impl Interner {
         (id, true)
     }
 
-    /// The keys as a sorted text Series, and each id's position in it.
-    fn sorted(&self) -> PolarsResult<(Series, Vec<u32>)> {
-        let texts: StringChunked = (0..self.len() as u32)
-            .map(|id| Some(std::str::from_utf8(self.key(id)).expect("keys come from text columns")))
-            .collect();
-        let values = texts.into_series();
-        let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
-        let mut rank = vec![0u32; self.len()];
-        for (position, id) in order.into_no_null_iter().enumerate() {
-            rank[id as usize] = position as u32;
+}
+
+/// The distinct keys of several interners as one sorted text Series, and for each interner
+/// each of its ids' position in it.
+fn sorted_keys(interners: &[&Interner]) -> PolarsResult<(Series, Vec<Vec<u32>>)> {
+    let texts: StringChunked = interners
+        .iter()
+        .flat_map(|keys| (0..keys.len() as u32).map(move |id| keys.key(id)))
+        .map(|key| Some(std::str::from_utf8(key).expect("keys come from text columns")))
+        .collect();
+    let values = texts.into_series();
+    let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
+    let strings = values.str()?;
+    let mut rank = vec![0u32; values.len()];
+    let mut distinct: Vec<IdxSize> = Vec::new();
+    for position in order.into_no_null_iter() {
+        let fresh = distinct
+            .last()
+            .is_none_or(|&last| strings.get(last as usize) != strings.get(position as usize));
+        if fresh {
+            distinct.push(position);
         }
-        Ok((values.take(&order)?, rank))
+        rank[position as usize] = (distinct.len() - 1) as u32;
     }
+    let sorted = values.take(&IdxCa::from_vec("".into(), distinct))?;
+    let mut ranks = Vec::with_capacity(interners.len());
+    let mut start = 0;
+    for keys in interners {
+        ranks.push(rank[start..start + keys.len()].to_vec());
+        start += keys.len();
+    }
+    Ok((sorted, ranks))
 }
 
 /// Distinct integer keys (ids cast to Int64) with dense ids in first-seen order; the table holds
@@ -108,8 +131,8 @@ fn hash_int(key: i64) -> u64 {
 }
 
 impl IntInterner {
-    fn intern(&mut self, key: i64) -> (u32, bool) {
-        let hash = hash_int(key);
+    /// The id of `key` (whose `hash_int` is `hash`) and whether it was new.
+    fn intern_hashed(&mut self, key: i64, hash: u64) -> (u32, bool) {
         if let Some(&(_, id)) = self.table.find(hash, |&(other, _)| other == key) {
             return (id, false);
         }
@@ -151,10 +174,17 @@ enum OrderKeys {
 
 impl OrderKeys {
     /// The order of a row's key and whether it is new.
-    fn intern(&mut self, column: KeyColumn, row: usize) -> PolarsResult<(u32, bool)> {
+    /// `hash`: the key's hash when already computed (`shard_of`).
+    fn intern(&mut self, column: KeyColumn, row: usize, hash: Option<u64>) -> PolarsResult<(u32, bool)> {
         Ok(match (self, column) {
-            (OrderKeys::Text(keys), KeyColumn::Text(values)) => keys.intern(values.value(row).as_bytes()),
-            (OrderKeys::Int(keys), KeyColumn::Int(values)) => keys.intern(values[row]),
+            (OrderKeys::Text(keys), KeyColumn::Text(values)) => {
+                let key = values.value(row).as_bytes();
+                keys.intern_hashed(key, hash.map_or_else(|| hash_bytes(key), |h| h as u32))
+            }
+            (OrderKeys::Int(keys), KeyColumn::Int(values)) => {
+                let key = values[row];
+                keys.intern_hashed(key, hash.unwrap_or_else(|| hash_int(key)))
+            }
             _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
         })
     }
@@ -167,6 +197,16 @@ enum OrderCustomers {
 }
 
 impl OrderCustomers {
+    fn new(dtype: &DataType) -> Self {
+        match dtype {
+            DataType::String => OrderCustomers::Text {
+                keys: Interner::default(),
+                ids: Vec::new(),
+            },
+            _ => OrderCustomers::Int(Vec::new()),
+        }
+    }
+
     /// Append the customer of a new order.
     fn push(&mut self, column: KeyColumn, row: usize) -> PolarsResult<()> {
         match (self, column) {
@@ -189,36 +229,56 @@ impl OrderCustomers {
             _ => false,
         }
     }
+}
 
-    /// The distinct customer ids ascending, as `dtype`, and each order's position among them.
-    fn finish(self, dtype: &DataType) -> PolarsResult<(Series, Vec<u32>)> {
-        match self {
-            OrderCustomers::Text { keys, ids } => {
-                let (sorted, rank) = keys.sorted()?;
-                drop(keys);
-                Ok((sorted, ids.into_iter().map(|id| rank[id as usize]).collect()))
+/// The distinct customer ids of all shards ascending, as `dtype`, and each order's position
+/// among them (the shards' orders one after another).
+fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResult<(Series, Vec<u32>)> {
+    if let Some(OrderCustomers::Text { .. }) = shards.first() {
+        let mut interners = Vec::new();
+        let mut orders = Vec::new();
+        for shard in &shards {
+            if let OrderCustomers::Text { keys, ids } = shard {
+                interners.push(keys);
+                orders.push(ids);
             }
-            OrderCustomers::Int(values) => {
-                let values = Int64Chunked::from_vec("".into(), values);
-                let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
-                let values = values.cont_slice().expect("stored keys have no nulls");
-                let mut ids = vec![0u32; values.len()];
-                let mut distinct: Vec<i64> = Vec::new();
-                for position in order.into_no_null_iter() {
-                    let value = values[position as usize];
-                    if distinct.last() != Some(&value) {
-                        distinct.push(value);
-                    }
-                    ids[position as usize] = (distinct.len() - 1) as u32;
-                }
-                Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
+        }
+        let (sorted, ranks) = sorted_keys(&interners)?;
+        let ids = orders
+            .iter()
+            .zip(&ranks)
+            .flat_map(|(ids, rank)| ids.iter().map(|&id| rank[id as usize]))
+            .collect();
+        return Ok((sorted, ids));
+    }
+    let mut values: Vec<i64> = Vec::new();
+    for shard in shards {
+        if let OrderCustomers::Int(mut shard) = shard {
+            if values.is_empty() {
+                values = shard;
+            } else {
+                values.append(&mut shard);
             }
         }
     }
+    let values = Int64Chunked::from_vec("".into(), values);
+    let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
+    let values = values.cont_slice().expect("stored keys have no nulls");
+    let mut ids = vec![0u32; values.len()];
+    let mut distinct: Vec<i64> = Vec::new();
+    for position in order.into_no_null_iter() {
+        let value = values[position as usize];
+        if distinct.last() != Some(&value) {
+            distinct.push(value);
+        }
+        ids[position as usize] = (distinct.len() - 1) as u32;
+    }
+    Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
 }
 
-/// The fold's state; `add` takes batches in any order.
-pub struct OrderFold {
+/// The orders of one shard: the orders whose key hashes to it (`shard_of`), with their own
+/// tables, so shards fold the same batch on different threads without sharing anything.
+struct Shard {
     orders: OrderKeys,
     customers: OrderCustomers,
     channels: Interner,
@@ -227,6 +287,25 @@ pub struct OrderFold {
     lines: Vec<u32>,
     channel: Vec<u32>,
     several_customers: Vec<bool>,
+}
+
+/// The shard of an order key among `shards`, from hash bits the tables do not use for buckets
+/// (low bits) or tags (top 7 bits), so each shard's table still spreads evenly.
+fn shard_of(key: KeyColumn, row: usize, shards: usize) -> (usize, u64) {
+    let hash = match key {
+        KeyColumn::Text(values) => u64::from(hash_bytes(values.value(row).as_bytes())),
+        KeyColumn::Int(values) => hash_int(values[row]),
+    };
+    let bits = match key {
+        KeyColumn::Text(_) => hash >> 24,
+        KeyColumn::Int(_) => hash >> 32,
+    };
+    ((bits as usize & 0xFF_FFFF) % shards, hash)
+}
+
+/// The fold's state; `add` takes batches in any order.
+pub struct OrderFold {
+    shards: Vec<Shard>,
     /// Lines per reason code, usable ones included.
     pub lines_by_reason: [u64; REASONS],
     /// Extra copies of an (order_id, line) pair, when the scan deduplicated them.
@@ -250,27 +329,51 @@ pub struct FoldedOrders {
     pub duplicate_lines: u64,
 }
 
+/// The columns of one (rechunked) batch.
+struct Batch<'a> {
+    reasons: &'a <Int32Type as PolarsDataType>::Array,
+    order_ids: KeyColumn<'a>,
+    customer_ids: KeyColumn<'a>,
+    ts: &'a [i64],
+    amounts: &'a [i64],
+    channels: Option<&'a TextArray>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(batch: &'a DataFrame) -> PolarsResult<Self> {
+        Ok(Batch {
+            reasons: batch.column("reason")?.i32()?.downcast_as_array(),
+            order_ids: KeyColumn::of(batch.column("order_id")?)?,
+            customer_ids: KeyColumn::of(batch.column("customer_id")?)?,
+            ts: batch.column("ts")?.i64()?.downcast_as_array().values().as_slice(),
+            amounts: batch.column("amount")?.i64()?.downcast_as_array().values().as_slice(),
+            channels: match batch.column("channel") {
+                Ok(column) => Some(column.str()?.downcast_as_array()),
+                Err(_) => None,
+            },
+        })
+    }
+}
+
 impl OrderFold {
-    /// A fold for a source whose key columns have these types.
-    pub fn new(order_id: &DataType, customer_id: &DataType) -> Self {
-        OrderFold {
+    /// A fold for a source whose key columns have these types, in `shards` shards folded in
+    /// parallel (one per thread of the current rayon pool is the intent).
+    pub fn new(order_id: &DataType, customer_id: &DataType, shards: usize) -> Self {
+        let shard = || Shard {
             orders: match order_id {
                 DataType::String => OrderKeys::Text(Interner::default()),
                 _ => OrderKeys::Int(IntInterner::default()),
             },
-            customers: match customer_id {
-                DataType::String => OrderCustomers::Text {
-                    keys: Interner::default(),
-                    ids: Vec::new(),
-                },
-                _ => OrderCustomers::Int(Vec::new()),
-            },
+            customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
             ordered_ts: Vec::new(),
             revenue: Vec::new(),
             lines: Vec::new(),
             channel: Vec::new(),
             several_customers: Vec::new(),
+        };
+        OrderFold {
+            shards: (0..shards.max(1)).map(|_| shard()).collect(),
             lines_by_reason: [0; REASONS],
             duplicate_lines: 0,
             busy: std::time::Duration::ZERO,
@@ -281,24 +384,9 @@ impl OrderFold {
     /// Fold one batch with columns `reason` (i32), `order_id`, `customer_id` (text or Int64),
     /// `ts` (i64), `amount` (i64)[, `channel` (text)][, `copies` (u32)].
     pub fn add(&mut self, mut batch: DataFrame) -> PolarsResult<()> {
+        use rayon::prelude::*;
         let started = std::time::Instant::now();
         batch.rechunk_mut();
-        let result = self.add_rechunked(&batch);
-        self.busy += started.elapsed();
-        self.batches += 1;
-        result
-    }
-
-    fn add_rechunked(&mut self, batch: &DataFrame) -> PolarsResult<()> {
-        let reasons = batch.column("reason")?.i32()?.downcast_as_array();
-        let order_ids = KeyColumn::of(batch.column("order_id")?)?;
-        let customer_ids = KeyColumn::of(batch.column("customer_id")?)?;
-        let ts = batch.column("ts")?.i64()?.downcast_as_array().values().as_slice();
-        let amounts = batch.column("amount")?.i64()?.downcast_as_array().values().as_slice();
-        let channels: Option<&TextArray> = match batch.column("channel") {
-            Ok(column) => Some(column.str()?.downcast_as_array()),
-            Err(_) => None,
-        };
         if let Ok(copies) = batch.column("copies") {
             let extra: u64 = copies
                 .u32()?
@@ -307,17 +395,116 @@ impl OrderFold {
                 .sum();
             self.duplicate_lines += extra;
         }
+        let columns = Batch::of(&batch)?;
+        for reason in columns.reasons.iter() {
+            let code = reason.copied().unwrap_or(0);
+            self.lines_by_reason[usize::try_from(code).ok().filter(|&r| r < REASONS).unwrap_or(0)] += 1;
+        }
+        let shards = self.shards.len();
+        let result = if shards == 1 {
+            self.shards[0].add(&columns, 0, 1)
+        } else {
+            self.shards
+                .par_iter_mut()
+                .enumerate()
+                .try_for_each(|(index, shard)| shard.add(&columns, index, shards))
+        };
+        self.busy += started.elapsed();
+        self.batches += 1;
+        result
+    }
 
-        // The previous usable line and its order; the previous line with a channel and its code.
-        let mut previous: Option<(usize, u32)> = None;
+    /// The orders as columns; `customer_dtype` is the source's customer_id type.
+    pub fn finish(self, customer_dtype: &DataType, has_channel: bool) -> PolarsResult<FoldedOrders> {
+        let OrderFold {
+            shards,
+            lines_by_reason,
+            duplicate_lines,
+            ..
+        } = self;
+        let mut customers = Vec::new();
+        let mut channels = Vec::new();
+        let (mut ordered_ts, mut revenue, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut channel, mut several_customers) = (Vec::new(), Vec::new());
+        for shard in shards {
+            drop(shard.orders);
+            customers.push(shard.customers);
+            channels.push((shard.channels, shard.channel));
+            ordered_ts.extend(shard.ordered_ts);
+            revenue.extend(shard.revenue);
+            lines.extend(shard.lines);
+            several_customers.extend(shard.several_customers);
+        }
+        let (customer_ids, ids) = number_customers(customers, customer_dtype)?;
+        let mut columns = vec![
+            Column::new("id".into(), ids),
+            Column::new("ordered_ts".into(), ordered_ts),
+            Column::new("revenue".into(), revenue),
+            Column::new("lines".into(), lines),
+            Column::new("several_customers".into(), several_customers),
+        ];
+        let channels = if has_channel {
+            let interners: Vec<&Interner> = channels.iter().map(|(names, _)| names).collect();
+            let (names, ranks) = sorted_keys(&interners)?;
+            for ((_, codes), rank) in channels.iter().zip(&ranks) {
+                channel.extend(codes.iter().map(|&c| (c != NO_CHANNEL).then(|| rank[c as usize])));
+            }
+            let codes: UInt32Chunked = channel.into_iter().collect();
+            columns.push(codes.with_name("channel".into()).into_column());
+            Some(names)
+        } else {
+            None
+        };
+        Ok(FoldedOrders {
+            orders: DataFrame::new_infer_height(columns)?,
+            customer_ids,
+            channels,
+            lines_by_reason,
+            duplicate_lines,
+        })
+    }
+}
+
+impl Shard {
+    /// Fold the usable lines of a batch whose orders belong to shard `index` of `shards`.
+    fn add(&mut self, batch: &Batch, index: usize, shards: usize) -> PolarsResult<()> {
+        let Batch {
+            reasons,
+            order_ids,
+            customer_ids,
+            ts,
+            amounts,
+            channels,
+        } = *batch;
+        // The previous usable line and its order (`None`: another shard's); the previous line
+        // with a channel and its code.
+        let mut previous: Option<(usize, Option<u32>)> = None;
         let mut previous_channel: Option<(usize, u32)> = None;
         for (row, reason) in reasons.iter().enumerate() {
-            let reason = reason.copied().unwrap_or(0);
-            let code = usize::try_from(reason).ok().filter(|&r| r < REASONS).unwrap_or(0);
-            self.lines_by_reason[code] += 1;
-            if reason != 0 {
+            if reason.copied().unwrap_or(0) != 0 {
                 continue;
             }
+            let (order, new) = match previous {
+                Some((last, order)) if order_ids.same(row, last) => match order {
+                    Some(order) => (order, false),
+                    None => {
+                        previous = Some((row, None));
+                        continue;
+                    }
+                },
+                _ => {
+                    let (shard, hash) = if shards == 1 {
+                        (0, 0)
+                    } else {
+                        shard_of(order_ids, row, shards)
+                    };
+                    if shard != index {
+                        previous = Some((row, None));
+                        continue;
+                    }
+                    self.orders.intern(order_ids, row, (shards > 1).then_some(hash))?
+                }
+            };
             let channel = match channels.and_then(|values| values.get(row)) {
                 Some(name) => match previous_channel {
                     Some((last, code)) if channels.is_some_and(|values| values.value(last) == name) => code,
@@ -329,11 +516,7 @@ impl OrderFold {
                 },
                 None => NO_CHANNEL,
             };
-            let (order, new) = match previous {
-                Some((last, order)) if order_ids.same(row, last) => (order, false),
-                _ => self.orders.intern(order_ids, row)?,
-            };
-            let before = previous.replace((row, order));
+            let before = previous.replace((row, Some(order)));
             let (ts, amount) = (ts[row], amounts[row]);
             if new {
                 self.customers.push(customer_ids, row)?;
@@ -346,7 +529,7 @@ impl OrderFold {
             }
             let o = order as usize;
             let same_customer = match before {
-                Some((last, same_order)) if same_order == order && customer_ids.same(row, last) => true,
+                Some((last, Some(same_order))) if same_order == order && customer_ids.same(row, last) => true,
                 _ => self.customers.is_row(o, customer_ids, row),
             };
             if !same_customer {
@@ -376,50 +559,6 @@ impl OrderFold {
             _ => self.channels.key(a) < self.channels.key(b),
         }
     }
-
-    /// The orders as columns; `customer_dtype` is the source's customer_id type.
-    pub fn finish(self, customer_dtype: &DataType, has_channel: bool) -> PolarsResult<FoldedOrders> {
-        let OrderFold {
-            orders,
-            customers,
-            channels,
-            ordered_ts,
-            revenue,
-            lines,
-            channel,
-            several_customers,
-            lines_by_reason,
-            duplicate_lines,
-            ..
-        } = self;
-        drop(orders);
-        let (customer_ids, ids) = customers.finish(customer_dtype)?;
-        let mut columns = vec![
-            Column::new("id".into(), ids),
-            Column::new("ordered_ts".into(), ordered_ts),
-            Column::new("revenue".into(), revenue),
-            Column::new("lines".into(), lines),
-            Column::new("several_customers".into(), several_customers),
-        ];
-        let channels = if has_channel {
-            let (names, rank) = channels.sorted()?;
-            let codes: UInt32Chunked = channel
-                .iter()
-                .map(|&c| (c != NO_CHANNEL).then(|| rank[c as usize]))
-                .collect();
-            columns.push(codes.with_name("channel".into()).into_column());
-            Some(names)
-        } else {
-            None
-        };
-        Ok(FoldedOrders {
-            orders: DataFrame::new_infer_height(columns)?,
-            customer_ids,
-            channels,
-            lines_by_reason,
-            duplicate_lines,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -443,7 +582,7 @@ mod tests {
 
     #[test]
     fn lines_fold_into_orders_across_batches() {
-        let mut fold = OrderFold::new(&DataType::String, &DataType::String);
+        let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1);
         fold.add(batch(&[
             (0, "o2", "zed", 50, 7, Some("web")),
             (0, "o1", "amy", 20, 3, Some("web")),
@@ -486,7 +625,7 @@ mod tests {
 
     #[test]
     fn integer_customer_ids_keep_their_type_and_numeric_order() {
-        let mut fold = OrderFold::new(&DataType::Int64, &DataType::Int32);
+        let mut fold = OrderFold::new(&DataType::Int64, &DataType::Int32, 1);
         let frame = df! {
             "reason" => [0i32, 0, 0],
             "order_id" => [7i64, 8, 9],
@@ -502,5 +641,48 @@ mod tests {
         let ids = folded.orders.column("id").unwrap().u32().unwrap().to_vec();
         assert_eq!(ids, [Some(1), Some(0), Some(1)]);
         assert!(folded.channels.is_none());
+    }
+
+    /// Orders sorted on every column, so folds that number them differently compare equal.
+    fn canonical(folded: &FoldedOrders) -> DataFrame {
+        let names: Vec<String> = folded.orders.get_column_names().iter().map(|n| n.to_string()).collect();
+        folded.orders.sort(names, SortMultipleOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn shards_fold_the_same_orders() {
+        // Orders o0..o39 of customers c0..c6 (c3 also on o7: several customers), lines of
+        // an order both adjacent and split across batches, channels ending up in every shard.
+        let names = ["web", "app", "shop"];
+        let lines: Vec<(i32, String, String, i64, i64, Option<&str>)> = (0..200)
+            .map(|i: i64| {
+                let order = (i * 7) % 40 - (i % 3 == 0) as i64 * ((i / 3) % 2);
+                let order = order.max(0);
+                let customer = if order == 7 && i % 2 == 0 { 3 } else { order % 7 };
+                let channel = (i % 5 != 0).then_some(names[(i % 3) as usize]);
+                ((i % 11 == 0) as i32 * 5, format!("o{order}"), format!("c{customer}"), i % 13, i, channel)
+            })
+            .collect();
+        let fold_with = |shards: usize| {
+            let mut fold = OrderFold::new(&DataType::String, &DataType::String, shards);
+            for part in lines.chunks(64) {
+                let rows: Vec<Line> = part
+                    .iter()
+                    .map(|(r, o, c, t, a, ch)| (*r, o.as_str(), c.as_str(), *t, *a, *ch))
+                    .collect();
+                fold.add(batch(&rows)).unwrap();
+            }
+            fold.finish(&DataType::String, true).unwrap()
+        };
+        let one = fold_with(1);
+        assert_eq!(one.orders.height(), 40);
+        assert_eq!(one.customer_ids.len(), 7);
+        for shards in [2, 3] {
+            let many = fold_with(shards);
+            assert!(canonical(&many).equals_missing(&canonical(&one)), "{shards} shards");
+            assert!(many.customer_ids.equals(&one.customer_ids));
+            assert!(many.channels.as_ref().unwrap().equals(one.channels.as_ref().unwrap()));
+            assert_eq!(many.lines_by_reason, one.lines_by_reason);
+        }
     }
 }

@@ -548,7 +548,11 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .with_column(reason)
         .with_column(crate::money::to_micros(col("amount")).alias("amount"))
         .select(columns);
-    let fold = Arc::new(Mutex::new(Some(OrderFold::new(&schema.order_id, &schema.customer_id))));
+    let fold = Arc::new(Mutex::new(Some(OrderFold::new(
+        &schema.order_id,
+        &schema.customer_id,
+        rayon::current_num_threads(),
+    ))));
     let progress = crate::runner::progress_bar(total_rows(source).unwrap_or(0), "lines");
     let sink = {
         let fold = Arc::clone(&fold);
