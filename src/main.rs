@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             // polars reads this once, at its first use: set it before anything touches polars.
             std::env::set_var("POLARS_MAX_THREADS", threads.to_string());
             // Our own parallel work (the order fold's shards, prepare) uses the global pool.
-            if let Err(error) = rayon::ThreadPoolBuilder::new().num_threads(usize::from(threads)).build_global() {
+            if let Err(error) = rayon::ThreadPoolBuilder::new()
+                .num_threads(usize::from(threads))
+                .build_global()
+            {
                 eprintln!("warning: cannot size the thread pool: {error}");
             }
         }

@@ -83,7 +83,6 @@ impl Interner {
         ends.push(bytes.len() as u64);
         (id, true)
     }
-
 }
 
 /// The distinct keys of several interners as one sorted text Series, and for each interner
@@ -660,7 +659,14 @@ mod tests {
                 let order = order.max(0);
                 let customer = if order == 7 && i % 2 == 0 { 3 } else { order % 7 };
                 let channel = (i % 5 != 0).then_some(names[(i % 3) as usize]);
-                ((i % 11 == 0) as i32 * 5, format!("o{order}"), format!("c{customer}"), i % 13, i, channel)
+                (
+                    (i % 11 == 0) as i32 * 5,
+                    format!("o{order}"),
+                    format!("c{customer}"),
+                    i % 13,
+                    i,
+                    channel,
+                )
             })
             .collect();
         let fold_with = |shards: usize| {

@@ -363,25 +363,35 @@ pub fn rfm(
             score_expr("monetary", options, thresholds.map(|t| t.monetary.as_slice()), true).alias("m_score"),
         ])
     };
-    let mut segment = lit(NULL).cast(DataType::String);
-    for rule in rules.iter().rev() {
-        let mut condition = lit(true);
-        for (score, range) in [("r_score", rule.r), ("f_score", rule.f), ("m_score", rule.m)] {
-            if let Some([lo, hi]) = range {
-                condition = condition
-                    .and(col(score).gt_eq(lit(lo as i32)))
-                    .and(col(score).lt_eq(lit(hi as i32)));
+    // Segment and score text per (r, f, m) cell, looked up by cell (scores are 1..=9): the
+    // rules are matched 729 times, not once per customer.
+    let cell_of = |r: u32, f: u32, m: u32| ((r - 1) * 81 + (f - 1) * 9 + (m - 1)) as usize;
+    let mut segment_of_cell: Vec<Option<String>> = vec![None; 729];
+    let mut score_of_cell: Vec<String> = vec![String::new(); 729];
+    for r in 1..=9 {
+        for f in 1..=9 {
+            for m in 1..=9 {
+                let cell = cell_of(r, f, m);
+                segment_of_cell[cell] = rules
+                    .iter()
+                    .find(|rule| rule.matches(r, f, m))
+                    .map(|rule| rule.segment.clone());
+                score_of_cell[cell] = format!("{r}{f}{m}");
             }
         }
-        segment = when(condition).then(lit(rule.segment.clone())).otherwise(segment);
     }
-    let scored = scored
+    let cell = (col("r_score") - lit(1)) * lit(81) + (col("f_score") - lit(1)) * lit(9) + (col("m_score") - lit(1));
+    let lookup = |values: Series| lit(values).gather(cell.clone().cast(IDX_DTYPE), false);
+    let mut scored = scored
         .with_columns([
-            concat_str([col("r_score"), col("f_score"), col("m_score")], "", false).alias("rfm_score"),
-            segment.alias("segment"),
+            lookup(Series::new("".into(), score_of_cell)).alias("rfm_score"),
+            lookup(Series::new("".into(), segment_of_cell)).alias("segment"),
         ])
-        .sort(["customer_key"], SortMultipleOptions::default())
         .collect()?;
+    if options.method == Method::Ntile {
+        // The score joins keep no row order.
+        scored = scored.sort(["customer_key"], SortMultipleOptions::default())?;
+    }
 
     let customers = scored.select([
         "customer_id",

@@ -73,14 +73,25 @@ impl Stage for SegmentSummaryOptions {
             };
             let upstream = &frames[index];
             let present: Vec<String> = table.get_column_names().iter().map(|n| n.to_string()).collect();
+            let added: Vec<String> = upstream
+                .get_column_names()
+                .iter()
+                .map(|name| name.to_string())
+                .filter(|name| !present.contains(name))
+                .collect();
+            // Per-customer tables come in customer_key order, like customer_facts: when the ids
+            // line up row for row, the columns are placed beside them instead of joined.
+            let aligned = upstream.height() == table.height()
+                && upstream
+                    .column("customer_id")?
+                    .as_materialized_series()
+                    .equals_missing(table.column("customer_id")?.as_materialized_series());
+            if aligned {
+                table.hstack_mut(upstream.select(&added)?.columns())?;
+                continue;
+            }
             let mut columns = vec![col("customer_id")];
-            columns.extend(
-                upstream
-                    .get_column_names()
-                    .iter()
-                    .filter(|name| !present.contains(&name.to_string()))
-                    .map(|name| col(name.as_str())),
-            );
+            columns.extend(added.iter().map(|name| col(name.as_str())));
             table = table
                 .lazy()
                 .join(
