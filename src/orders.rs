@@ -653,7 +653,8 @@ mod tests {
         // Orders o0..o39 of customers c0..c6 (c3 also on o7: several customers), lines of
         // an order both adjacent and split across batches, channels ending up in every shard.
         let names = ["web", "app", "shop"];
-        let lines: Vec<(i32, String, String, i64, i64, Option<&str>)> = (0..200)
+        type OwnedLine = (i32, String, String, i64, i64, Option<&'static str>);
+        let lines: Vec<OwnedLine> = (0..200)
             .map(|i: i64| {
                 let order = (i * 7) % 40 - (i % 3 == 0) as i64 * ((i / 3) % 2);
                 let order = order.max(0);
