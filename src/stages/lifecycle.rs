@@ -107,6 +107,18 @@ pub struct Tally {
     pub start: u64,
     pub end: u64,
     pub retained: u64,
+    /// Customers churned for good from this snapshot on (no purchase left), counted into
+    /// `stages[churned]` of this and every later snapshot by `settle`: the walk stops there.
+    pub settled: u64,
+}
+
+/// Count settled customers as churned in their snapshot and every later one.
+pub fn settle(tallies: &mut [Tally]) {
+    let mut settled = 0;
+    for tally in tallies {
+        settled += std::mem::take(&mut tally.settled);
+        tally.stages[CHURNED] += settled;
+    }
 }
 
 pub struct Lifecycle {
@@ -133,7 +145,9 @@ pub fn windows(first: NaiveDate, as_of: NaiveDate, granularity: Granularity) -> 
 }
 
 /// The state walk for one customer; `days` are its sorted purchase days. Adds to `tallies` and
-/// returns the stage at the last snapshot.
+/// returns the stage at the last snapshot. Once churned with no purchase left, the customer
+/// stays churned (not alive: no start, end or retained counts): the walk marks the next
+/// snapshot `settled` and stops, so a customer costs its active snapshots, not all of them.
 pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOptions, tallies: &mut [Tally]) -> usize {
     let churn = options.churn_days as i32;
     let active = options.active_days as i32;
@@ -141,7 +155,7 @@ pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOp
     let mut seen = 0usize; // purchase days on or before the previous snapshot
     let mut alive_before = false; // not churned at the end of the previous snapshot
     let mut stage = CHURNED;
-    for (window, tally) in windows.iter().zip(tallies.iter_mut()) {
+    for (w, window) in windows.iter().enumerate() {
         let (start, end) = *window;
         if first > end {
             continue;
@@ -163,12 +177,19 @@ pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOp
             CHURNED
         };
         let alive = stage != CHURNED;
+        let tally = &mut tallies[w];
         tally.stages[stage] += 1;
         tally.start += alive_before as u64;
         tally.end += alive as u64;
         tally.retained += (alive_before && alive) as u64;
         alive_before = alive;
         seen = upto;
+        if !alive && upto == days.len() {
+            if let Some(next) = tallies.get_mut(w + 1) {
+                next.settled += 1;
+            }
+            return CHURNED;
+        }
     }
     stage
 }
@@ -233,9 +254,11 @@ pub fn lifecycle(
             total.start += part.start;
             total.end += part.end;
             total.retained += part.retained;
+            total.settled += part.settled;
         }
         customer_stage.extend(stages.iter().map(|&s| STAGES[s as usize]));
     }
+    settle(&mut tallies);
 
     let crr: Vec<Option<f64>> = tallies
         .iter()
@@ -299,6 +322,7 @@ mod tests {
         let days = [day(2024, 1, 10), day(2024, 10, 20)];
         let mut tallies = vec![Tally::default(); windows.len()];
         let stage = walk_customer(&days, &windows, &options, &mut tallies);
+        settle(&mut tallies);
         let stage_in = |month: usize| STAGES[(0..5).find(|&s| tallies[month].stages[s] == 1).unwrap()];
         assert_eq!(stage_in(0), "new");
         assert_eq!(stage_in(1), "active"); // 02-29: 50 days
@@ -314,5 +338,26 @@ mod tests {
         assert_eq!((tallies[9].start, tallies[9].end, tallies[9].retained), (0, 1, 0));
         // January: acquired, so not in S.
         assert_eq!((tallies[0].start, tallies[0].end), (0, 1));
+    }
+
+    #[test]
+    fn a_churned_customer_with_no_purchase_left_stays_churned() {
+        let options = LifecycleOptions::default();
+        let as_of = NaiveDate::from_ymd_opt(2024, 12, 15).unwrap();
+        let windows = windows(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(), as_of, Granularity::Month);
+        let mut tallies = vec![Tally::default(); windows.len()];
+        // One purchase 01-10: at risk until June, churned from July (203 days) to December.
+        let stage = walk_customer(&[day(2024, 1, 10)], &windows, &options, &mut tallies);
+        assert_eq!(tallies[7].settled, 1);
+        settle(&mut tallies);
+        assert_eq!(STAGES[stage], "churned");
+        for (month, tally) in tallies.iter().enumerate() {
+            let churned = u64::from(month >= 6);
+            assert_eq!(tally.stages[CHURNED], churned, "month {month}");
+            assert_eq!(tally.stages.iter().sum::<u64>(), 1, "month {month}");
+            assert_eq!(tally.end, 1 - churned, "month {month}");
+            assert_eq!(tally.start, u64::from((1..=6).contains(&month)), "month {month}");
+            assert_eq!(tally.settled, 0);
+        }
     }
 }
