@@ -323,17 +323,25 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
             }
         }
     }
-    let values = Int64Chunked::from_vec("".into(), values);
-    let order = values.arg_sort(SortOptions::default().with_multithreaded(true));
-    let values = values.cont_slice().expect("stored keys have no nulls");
-    let mut ids = vec![0u32; values.len()];
+    // (id, order) pairs sorted in parallel, then read in sequence: each order's rank is written
+    // once and no id is looked up at random.
+    let mut pairs: Vec<(i64, u32)> = values
+        .iter()
+        .enumerate()
+        .map(|(order, &id)| (id, order as u32))
+        .collect();
+    drop(values);
+    {
+        use rayon::prelude::*;
+        pairs.par_sort_unstable();
+    }
+    let mut ids = vec![0u32; pairs.len()];
     let mut distinct: Vec<i64> = Vec::new();
-    for position in order.into_no_null_iter() {
-        let value = values[position as usize];
+    for &(value, order) in &pairs {
         if distinct.last() != Some(&value) {
             distinct.push(value);
         }
-        ids[position as usize] = (distinct.len() - 1) as u32;
+        ids[order as usize] = (distinct.len() - 1) as u32;
     }
     Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
 }
