@@ -21,9 +21,9 @@ kind = "clv"
 margin = 0.3
 TOML
 # --sequential: the customer_facts stage does not compete with the fit for the two cores.
-# Three runs; the median of each figure (this machine is noisy).
+# REPEATS runs (default 3); the median of each figure (this machine is noisy).
 OURS_RUNS=(); STAGE_RUNS=()
-for _ in 1 2 3; do
+for _ in $(seq "$REPEATS"); do
   /usr/bin/time -v "$BIN" run "$DATA/bench_clv.toml" --sequential --log info 2> "$DATA/time_clv.log" >/dev/null
   # "clv: fit and scored N customers in S s": fit + scoring, without building and writing tables.
   OURS_RUNS+=("$(sed -n 's/.*clv: fit and scored [0-9]* customers in \([0-9.]*\) s.*/\1/p' "$DATA/time_clv.log")")
@@ -31,7 +31,7 @@ for _ in 1 2 3; do
 import json; m = json.load(open('$DATA/out_clv/_manifest.json'))
 print(next(s['duration_seconds'] for s in m['stages'] if s['stage'] == 'clv'))")")
 done
-median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+median() { printf '%s\n' "$@" | sort -n | awk -v n=$# 'NR == int((n + 1) / 2)'; }
 OURS=$(median "${OURS_RUNS[@]}")
 STAGE=$(median "${STAGE_RUNS[@]}")
 RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$DATA/time_clv.log")

@@ -53,7 +53,7 @@ TOML
 
 # The every-stage config (bench/all_stages.toml) for a source path or glob → its path.
 all_config() { # path pattern, name
-  sed -e "s#__FILE__#$1#" -e "s#__OUT__#out_$2#" bench/all_stages.toml > "$DATA/bench_$2.toml"
+  { sed -e "s#__OUT__#out_$2#" bench/all_stages.toml; source_toml "$1"; } > "$DATA/bench_$2.toml"
   echo "$DATA/bench_$2.toml"
 }
 
