@@ -70,8 +70,10 @@ impl<'a> OrderColumns<'a> {
 }
 
 /// Order rows grouped by customer id: customer `id`'s rows are `rows[starts[id]..starts[id + 1]]`,
-/// in file order (a counting sort: two passes, no comparisons).
+/// in file order (a counting sort: no comparisons). Each thread of the pool scatters the rows of
+/// its own range of ids, so the random writes are shared out.
 fn rows_by_customer(ids: &[u32], customers: usize) -> (Vec<u32>, Vec<u32>) {
+    use rayon::prelude::*;
     let mut starts = vec![0u32; customers + 1];
     for &id in ids {
         starts[id as usize + 1] += 1;
@@ -79,13 +81,30 @@ fn rows_by_customer(ids: &[u32], customers: usize) -> (Vec<u32>, Vec<u32>) {
     for id in 0..customers {
         starts[id + 1] += starts[id];
     }
-    let mut next = starts.clone();
     let mut rows = vec![0u32; ids.len()];
-    for (row, &id) in ids.iter().enumerate() {
-        let slot = &mut next[id as usize];
-        rows[*slot as usize] = row as u32;
-        *slot += 1;
+    let parts = rayon::current_num_threads().max(1);
+    let per_part = customers.div_ceil(parts).max(1);
+    // Part p owns ids p·per_part.. and so the slice of `rows` from its first id's start on.
+    let mut slices = Vec::with_capacity(parts);
+    let mut rest = rows.as_mut_slice();
+    for part in 0..parts {
+        let (low, high) = ((part * per_part).min(customers), ((part + 1) * per_part).min(customers));
+        let (own, later) = rest.split_at_mut((starts[high] - starts[low]) as usize);
+        slices.push((low, high, own));
+        rest = later;
     }
+    slices.into_par_iter().for_each(|(low, high, own)| {
+        let base = starts[low];
+        let mut next: Vec<u32> = starts[low..high].iter().map(|&start| start - base).collect();
+        for (row, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if (low..high).contains(&id) {
+                let slot = &mut next[id - low];
+                own[*slot as usize] = row as u32;
+                *slot += 1;
+            }
+        }
+    });
     (starts, rows)
 }
 
@@ -396,5 +415,16 @@ mod tests {
         });
         assert_eq!(first.id, [0, 3, 70_000]);
         assert_eq!(first.period_key, [0, 1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn rows_grouped_by_customer_in_file_order_with_any_thread_count() {
+        let ids = [2u32, 0, 2, 1, 0, 4, 2];
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (starts, rows) = pool.install(|| rows_by_customer(&ids, 5));
+            assert_eq!(starts, [0, 2, 3, 6, 6, 7], "{threads} threads");
+            assert_eq!(rows, [1, 4, 3, 0, 2, 6, 5], "{threads} threads");
+        }
     }
 }

@@ -245,7 +245,7 @@ pub fn lifecycle(
         })
         .collect();
     let mut tallies = vec![Tally::default(); windows.len()];
-    let mut customer_stage: Vec<&str> = Vec::with_capacity(customers);
+    let mut customer_stage: Vec<IdxSize> = Vec::with_capacity(customers);
     for (chunk_tallies, stages) in &results {
         for (total, part) in tallies.iter_mut().zip(chunk_tallies) {
             for s in 0..5 {
@@ -256,7 +256,7 @@ pub fn lifecycle(
             total.retained += part.retained;
             total.settled += part.settled;
         }
-        customer_stage.extend(stages.iter().map(|&s| STAGES[s as usize]));
+        customer_stage.extend(stages.iter().map(|&s| IdxSize::from(s)));
     }
     settle(&mut tallies);
 
@@ -291,7 +291,10 @@ pub fn lifecycle(
         .lazy()
         .select([
             col("customer_id"),
-            lit(Series::new("stage".into(), customer_stage)).alias("stage"),
+            // Stage names looked up by code: five strings, not one per customer.
+            lit(Series::new("stage".into(), STAGES))
+                .gather(lit(Series::new("".into(), customer_stage)), false)
+                .alias("stage"),
             (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64))
                 .alias("days_since_last_purchase"),
         ])
