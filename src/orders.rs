@@ -6,10 +6,15 @@
 //! (string min/max/min_by states, row-encoded keys), so a 200M-line file did not fit in 24 GiB;
 //! this fold keeps ~40: a hash-table entry per order and columns of plain integers.
 //!
-//! Cache misses in the tables are the cost per line, so the loop avoids lookups: a line with the
-//! previous usable line's order_id (lines of an order usually come together) reuses its order;
-//! integer customer ids are stored per order and numbered by one parallel sort at the end
-//! (text ids are interned); a channel equal to the previous line's reuses its code.
+//! Cache misses in the tables are the cost per line, so the loop avoids lookups: a run of lines
+//! with one order_id (lines of an order usually come together) looks its order up once; integer
+//! order ids live in an open-addressing table whose slots are prefetched a few runs ahead;
+//! integer customer ids are stored per order and numbered by one parallel sort at the end (text
+//! ids are interned); a channel equal to the previous line's reuses its code.
+//!
+//! Orders are split into shards by key hash, one per thread: every shard reads every batch but
+//! folds only its own orders, in its own tables, so shards never share state; `finish` joins
+//! them (the shards' orders one after another) and numbers customers and channels across all.
 //!
 //! Rules (DESIGN.md, "An order"): only usable lines (reason 0) form orders; an order's revenue is
 //! the sum of its lines, its time the earliest line time, its channel the channel of the lines at
