@@ -182,22 +182,9 @@ const AA: usize = 7;
 const AB: usize = 8;
 const BB: usize = 9;
 
-/// Σ over patterns, in parallel chunks summed in a fixed order (so the result does not depend
-/// on the thread count).
+/// Σ over patterns (`optimize::sum_chunks`: the same total whatever the thread count).
 fn sum_patterns(n: usize, term: impl Fn(usize, &mut Terms) + Sync) -> Terms {
-    use rayon::prelude::*;
-    const CHUNK: usize = 4096;
-    let chunks: Vec<Terms> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|c| {
-            let mut terms = Terms::default();
-            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                term(i, &mut terms);
-            }
-            terms
-        })
-        .collect();
-    chunks.iter().fold(Terms::default(), |sum, terms| sum.add(terms))
+    optimize::sum_chunks(n, 4096, term, |sum, terms| sum.add(terms))
 }
 
 /// Mean negative log-likelihood plus penalty, over log-parameters (scaled time).

@@ -63,7 +63,6 @@ impl<'a> NegativeLogLikelihood<'a> {
 
 impl Objective for NegativeLogLikelihood<'_> {
     fn evaluate(&self, log_params: &[f64], hessian: bool) -> Evaluation {
-        use rayon::prelude::*;
         let params = Params {
             p: log_params[0].exp(),
             q: log_params[1].exp(),
@@ -93,39 +92,30 @@ impl Objective for NegativeLogLikelihood<'_> {
             })
             .collect();
         let data = self.spend;
-        const CHUNK: usize = 8192;
-        let n_items = data.x.len();
         // Value, ∂p, ∂q, ∂v, then the upper triangle pp, pq, pv, qq, qv, vv.
-        let parts: Vec<[f64; 10]> = (0..n_items.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let mut sum = [0.0f64; 10];
-                for i in c * CHUNK..((c + 1) * CHUNK).min(n_items) {
-                    let (x, m, w) = (data.x[i], data.m[i], data.weight[i]);
-                    let [lg_diff, dg_pxq, dg_px, tg_pxq, tg_px, ln_x] = by_x[self.x_index[i] as usize];
-                    let px = p * x;
-                    let ln_xmv = (x * m + v).ln();
-                    let inv_xmv = 1.0 / (x * m + v);
-                    let ln_m = self.ln_m[i];
-                    sum[0] += w * (lg_diff - lg_q + q * ln_v + (px - 1.0) * ln_m + px * ln_x - (px + q) * ln_xmv);
-                    sum[1] += w * x * (dg_pxq - dg_px + ln_m + ln_x - ln_xmv);
-                    sum[2] += w * (dg_pxq - dg_q + ln_v - ln_xmv);
-                    sum[3] += w * (q / v - (px + q) * inv_xmv);
-                    if hessian {
-                        sum[4] += w * x * x * (tg_pxq - tg_px);
-                        sum[5] += w * x * tg_pxq;
-                        sum[6] -= w * x * inv_xmv;
-                        sum[7] += w * (tg_pxq - tg_q);
-                        sum[8] += w * (1.0 / v - inv_xmv);
-                        sum[9] += w * (-q / (v * v) + (px + q) * inv_xmv * inv_xmv);
-                    }
-                }
-                sum
-            })
-            .collect();
-        let sum = parts
-            .iter()
-            .fold([0.0; 10], |total, part| std::array::from_fn(|k| total[k] + part[k]));
+        let term = |i: usize, sum: &mut [f64; 10]| {
+            let (x, m, w) = (data.x[i], data.m[i], data.weight[i]);
+            let [lg_diff, dg_pxq, dg_px, tg_pxq, tg_px, ln_x] = by_x[self.x_index[i] as usize];
+            let px = p * x;
+            let ln_xmv = (x * m + v).ln();
+            let inv_xmv = 1.0 / (x * m + v);
+            let ln_m = self.ln_m[i];
+            sum[0] += w * (lg_diff - lg_q + q * ln_v + (px - 1.0) * ln_m + px * ln_x - (px + q) * ln_xmv);
+            sum[1] += w * x * (dg_pxq - dg_px + ln_m + ln_x - ln_xmv);
+            sum[2] += w * (dg_pxq - dg_q + ln_v - ln_xmv);
+            sum[3] += w * (q / v - (px + q) * inv_xmv);
+            if hessian {
+                sum[4] += w * x * x * (tg_pxq - tg_px);
+                sum[5] += w * x * tg_pxq;
+                sum[6] -= w * x * inv_xmv;
+                sum[7] += w * (tg_pxq - tg_q);
+                sum[8] += w * (1.0 / v - inv_xmv);
+                sum[9] += w * (-q / (v * v) + (px + q) * inv_xmv * inv_xmv);
+            }
+        };
+        let sum = optimize::sum_chunks(data.x.len(), 8192, term, |total: [f64; 10], part| {
+            std::array::from_fn(|k| total[k] + part[k])
+        });
         optimize::log_space(
             &params.as_array(),
             self.customers,

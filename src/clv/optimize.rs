@@ -22,6 +22,28 @@ pub trait Objective: Sync {
     fn evaluate(&self, x: &[f64], hessian: bool) -> Evaluation;
 }
 
+/// Σ over `0..n` of `term(i, &mut partial)`, in parallel chunks of `chunk` items whose partial
+/// sums are added in chunk order: the total does not depend on the thread count.
+pub fn sum_chunks<T: Default + Send>(
+    n: usize,
+    chunk: usize,
+    term: impl Fn(usize, &mut T) + Sync,
+    add: impl Fn(T, &T) -> T,
+) -> T {
+    use rayon::prelude::*;
+    let parts: Vec<T> = (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .map(|c| {
+            let mut partial = T::default();
+            for i in c * chunk..((c + 1) * chunk).min(n) {
+                term(i, &mut partial);
+            }
+            partial
+        })
+        .collect();
+    parts.iter().fold(T::default(), add)
+}
+
 /// Mean negative log-likelihood plus `penalizer · Σ θ²` over u = ln θ, from the total
 /// log-likelihood of n customers and its derivatives with respect to θ (`hessian` is the upper
 /// triangle, row by row). Both models are fitted this way, as `lifetimes` does.
