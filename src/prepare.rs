@@ -18,6 +18,7 @@ use chrono::NaiveDate;
 use polars::prelude::*;
 
 use crate::money::from_micros;
+use crate::orders::NO_CHANNEL;
 use crate::period::to_days;
 use crate::source::SourceOrders;
 
@@ -33,9 +34,6 @@ pub struct SharedTables {
     pub as_of: NaiveDate,
 }
 
-/// Channel code of "no channel" in the walk.
-const NO_CHANNEL: u32 = u32::MAX;
-
 /// The order columns the walk reads, as slices.
 struct OrderColumns<'a> {
     ids: &'a [u32],
@@ -43,7 +41,7 @@ struct OrderColumns<'a> {
     instants: &'a [i64],
     revenues: &'a [i64],
     /// Channel codes, `NO_CHANNEL` for none; empty without a channel column.
-    channels: Vec<u32>,
+    channels: &'a [u32],
 }
 
 impl<'a> OrderColumns<'a> {
@@ -53,8 +51,8 @@ impl<'a> OrderColumns<'a> {
                 .map_err(|_| anyhow::anyhow!("orders column `{name}` has nulls or several chunks"))
         }
         let channels = match orders.column("channel") {
-            Ok(column) => column.u32()?.iter().map(|c| c.unwrap_or(NO_CHANNEL)).collect(),
-            Err(_) => Vec::new(),
+            Ok(column) => values(column.u32()?, "channel")?,
+            Err(_) => &[],
         };
         Ok(OrderColumns {
             ids: values(orders.column("id")?.u32()?, "id")?,
@@ -190,24 +188,66 @@ impl Walked {
         out
     }
 
-    /// Append a later range's output, renumbering its keys after this one's.
-    fn append(&mut self, later: Walked) {
-        let offset = self.id.len() as u32;
-        self.period_key
-            .extend(later.period_key.into_iter().map(|key| key + offset));
-        self.period_date.extend(later.period_date);
-        self.period_purchases.extend(later.period_purchases);
-        self.period_revenue.extend(later.period_revenue);
-        self.id.extend(later.id);
-        self.first.extend(later.first);
-        self.last.extend(later.last);
-        self.orders.extend(later.orders);
-        self.revenue.extend(later.revenue);
-        self.purchase_revenue.extend(later.purchase_revenue);
-        self.purchase_days.extend(later.purchase_days);
-        self.first_day_revenue.extend(later.first_day_revenue);
-        self.acquisition.extend(later.acquisition);
+    /// The chunks' outputs one after another, keys renumbered after the chunks before; every
+    /// column is copied in parallel into one allocation (appending chunk by chunk was ~2.7 s
+    /// on one thread at 50M lines).
+    fn join(chunks: Vec<Walked>) -> Walked {
+        let mut key_offsets = Vec::with_capacity(chunks.len());
+        let mut customers = 0u32;
+        for chunk in &chunks {
+            key_offsets.push(customers);
+            customers += chunk.id.len() as u32;
+        }
+        fn same<T>(_chunk: usize, value: T) -> T {
+            value
+        }
+        Walked {
+            period_key: joined(&chunks, |c| &c.period_key, |chunk, key| key + key_offsets[chunk]),
+            period_date: joined(&chunks, |c| &c.period_date, same),
+            period_purchases: joined(&chunks, |c| &c.period_purchases, same),
+            period_revenue: joined(&chunks, |c| &c.period_revenue, same),
+            id: joined(&chunks, |c| &c.id, same),
+            first: joined(&chunks, |c| &c.first, same),
+            last: joined(&chunks, |c| &c.last, same),
+            orders: joined(&chunks, |c| &c.orders, same),
+            revenue: joined(&chunks, |c| &c.revenue, same),
+            purchase_revenue: joined(&chunks, |c| &c.purchase_revenue, same),
+            purchase_days: joined(&chunks, |c| &c.purchase_days, same),
+            first_day_revenue: joined(&chunks, |c| &c.first_day_revenue, same),
+            acquisition: joined(&chunks, |c| &c.acquisition, same),
+        }
     }
+}
+
+/// One column of every chunk, one after another, each value passed through `map(chunk, value)`;
+/// the chunks are copied in parallel into one allocation.
+fn joined<T: Copy + Send + Sync>(
+    chunks: &[Walked],
+    column: impl Fn(&Walked) -> &Vec<T> + Sync,
+    map: impl Fn(usize, T) -> T + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let total = chunks.iter().map(|chunk| column(chunk).len()).sum();
+    let mut out: Vec<T> = Vec::with_capacity(total);
+    let mut rest = &mut out.spare_capacity_mut()[..total];
+    let mut targets = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let (own, later) = rest.split_at_mut(column(chunk).len());
+        targets.push(own);
+        rest = later;
+    }
+    targets
+        .into_par_iter()
+        .zip(chunks.par_iter().enumerate())
+        .for_each(|(target, (index, chunk))| {
+            for (slot, &value) in target.iter_mut().zip(column(chunk)) {
+                slot.write(map(index, value));
+            }
+        });
+    // SAFETY: the targets split the first `total` spare slots between them, each target is as
+    // long as its chunk's column, and every slot of every target was written above.
+    unsafe { out.set_len(total) };
+    out
 }
 
 /// Walk every customer, in parallel chunks of ids, and join the chunks in id order.
@@ -216,7 +256,12 @@ fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
     let mut orders = orders.clone();
     orders.rechunk_mut();
     let columns = OrderColumns::of(&orders)?;
+    let clock = std::time::Instant::now();
     let (starts, rows) = rows_by_customer(columns.ids, customers);
+    tracing::debug!(
+        "prepare: orders grouped by customer in {:.3} s",
+        clock.elapsed().as_secs_f64()
+    );
     const CHUNK: usize = 1 << 16;
     let chunks: Vec<Walked> = (0..customers.div_ceil(CHUNK))
         .into_par_iter()
@@ -225,12 +270,8 @@ fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
             Walked::customers(&columns, &starts, &rows, ids)
         })
         .collect();
-    let mut chunks = chunks.into_iter();
-    let mut walked = chunks.next().unwrap_or_default();
-    for chunk in chunks {
-        walked.append(chunk);
-    }
-    Ok(walked)
+    tracing::debug!("prepare: chunks walked at {:.3} s", clock.elapsed().as_secs_f64());
+    Ok(Walked::join(chunks))
 }
 
 fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
@@ -366,7 +407,7 @@ mod tests {
             "date" => [1i32; 8],
             "ordered_ts" => [10i64, 10, 5, 7, 9, 4, 4, 1],
             "revenue" => [5i64, 6, -3, 2, 2, 1, 1, 0],
-            "channel" => [Some(2u32), Some(1), Some(0), None, Some(0), None, Some(3), Some(0)],
+            "channel" => [2u32, 1, 0, NO_CHANNEL, 0, NO_CHANNEL, 3, 0],
         }
         .expect("valid frame");
         let walked = walked(orders, 4);
@@ -403,18 +444,26 @@ mod tests {
 
     #[test]
     fn chunks_join_with_keys_renumbered() {
-        let mut first = Walked {
-            id: vec![0, 3],
-            period_key: vec![0, 1, 1],
-            ..Walked::default()
-        };
-        first.append(Walked {
-            id: vec![70_000],
-            period_key: vec![0, 0],
-            ..Walked::default()
-        });
-        assert_eq!(first.id, [0, 3, 70_000]);
-        assert_eq!(first.period_key, [0, 1, 1, 2, 2]);
+        let chunks = vec![
+            Walked {
+                id: vec![0, 3],
+                period_key: vec![0, 1, 1],
+                period_date: vec![5, 6, 7],
+                ..Walked::default()
+            },
+            Walked::default(),
+            Walked {
+                id: vec![70_000],
+                period_key: vec![0, 0],
+                period_date: vec![8, 9],
+                ..Walked::default()
+            },
+        ];
+        let joined = Walked::join(chunks);
+        assert_eq!(joined.id, [0, 3, 70_000]);
+        assert_eq!(joined.period_key, [0, 1, 1, 2, 2]);
+        assert_eq!(joined.period_date, [5, 6, 7, 8, 9]);
+        assert!(joined.orders.is_empty());
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub struct StagedTable {
 pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<StagedTable> {
     let target = dir.join(format!("{name}.parquet"));
     let temp = dir.join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
+    let start = std::time::Instant::now();
     let result = (|| -> Result<()> {
         let file = File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
         ParquetWriter::new(&file)
@@ -126,6 +127,11 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
         fs::remove_file(&temp).ok();
         return Err(error);
     }
+    tracing::debug!(
+        "table `{name}`: {} rows written in {:.3} s",
+        frame.height(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(StagedTable {
         name: name.to_string(),
         temp,

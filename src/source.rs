@@ -325,36 +325,64 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
     use chrono::{Offset, TimeZone as _};
     const DAY: i64 = 86_400_000_000;
     const SLOT: i64 = 15 * 60 * 1_000_000;
-    let instants = orders.column("ordered_ts")?.i64()?;
-    let days: Int32Chunked = match ordered_at {
-        DataType::Date => instants
-            .iter()
-            .map(|micros| i32::try_from(micros?.div_euclid(DAY)).ok())
-            .collect(),
+    let instants = orders.column("ordered_ts")?;
+    if instants.null_count() > 0 {
+        return Ok(None);
+    }
+    let instants = instants.i64()?.rechunk();
+    let instants = instants.downcast_as_array();
+    // i32::MIN stands for "no date" (the day number of no real timestamp).
+    const NONE: i32 = i32::MIN;
+    let day_of = |micros: i64, offset: i64| i32::try_from((micros + offset).div_euclid(DAY)).ok();
+    let days: Vec<i32> = match ordered_at {
+        DataType::Date => in_parallel(instants.values(), |chunk, out| {
+            out.extend(chunk.iter().map(|&micros| day_of(micros, 0).unwrap_or(NONE)))
+        }),
         DataType::Datetime(_, Some(_)) => {
             let zone = chrono_zone(timezone)?;
             let offset_at = |micros: i64| -> Option<i64> {
                 let utc = chrono::DateTime::from_timestamp_micros(micros)?.naive_utc();
                 Some(i64::from(zone.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1_000_000)
             };
-            let mut slots: hashbrown::HashMap<i64, Option<i64>, foldhash::fast::FixedState> = Default::default();
-            instants
-                .iter()
-                .map(|micros| {
-                    let micros = micros?;
+            in_parallel(instants.values(), |chunk, out| {
+                // Each part keeps its own slot cache: parts share nothing.
+                let mut slots: hashbrown::HashMap<i64, Option<i64>, foldhash::fast::FixedState> = Default::default();
+                out.extend(chunk.iter().map(|&micros| {
                     let slot = micros.div_euclid(SLOT);
                     let steady = *slots.entry(slot).or_insert_with(|| {
                         let start = offset_at(slot * SLOT);
                         start.filter(|_| offset_at(slot * SLOT + SLOT - 1) == start)
                     });
-                    let offset = steady.or_else(|| offset_at(micros))?;
-                    i32::try_from((micros + offset).div_euclid(DAY)).ok()
-                })
-                .collect()
+                    steady
+                        .or_else(|| offset_at(micros))
+                        .and_then(|offset| day_of(micros, offset))
+                        .unwrap_or(NONE)
+                }))
+            })
         }
         _ => return Ok(None),
     };
+    let days: Int32Chunked = if days.contains(&NONE) {
+        days.into_iter().map(|day| (day != NONE).then_some(day)).collect()
+    } else {
+        Int32Chunked::from_vec("".into(), days)
+    };
     Ok(Some(days.into_series().cast(&DataType::Date)?.with_name("date".into())))
+}
+
+/// `f(part, out)` over consecutive parts of `values` on the rayon pool, each part's output
+/// appended to its own vector, the vectors joined in order.
+fn in_parallel<T: Sync, U: Send>(values: &[T], f: impl Fn(&[T], &mut Vec<U>) + Sync) -> Vec<U> {
+    use rayon::prelude::*;
+    let parts: Vec<Vec<U>> = values
+        .par_chunks(1 << 18)
+        .map(|part| {
+            let mut out = Vec::with_capacity(part.len());
+            f(part, &mut out);
+            out
+        })
+        .collect();
+    parts.into_iter().flatten().collect()
 }
 
 /// `orders` with `date`, the local calendar date of `ordered_ts` in the pipeline's zone.
@@ -642,12 +670,19 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .iter()
         .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
         .sum();
-    let orders = usable
-        .lazy()
-        .filter(col("several_customers").not().and(col("date").is_not_null()))
-        .select(keep)
-        .collect()?;
+    let all_usable = !usable.column("several_customers")?.bool()?.any() && usable.column("date")?.null_count() == 0;
+    let orders = if all_usable {
+        // The usual case: no copy, the columns stay in one chunk each.
+        usable.lazy().select(keep).collect()?
+    } else {
+        usable
+            .lazy()
+            .filter(col("several_customers").not().and(col("date").is_not_null()))
+            .select(keep)
+            .collect()?
+    };
     stats.orders = orders.height() as u64;
+    tracing::debug!("orders filtered: {}", crate::runner::memory());
     if orders.height() == 0 {
         let message = format!(
             "source `{}`: no orders left after filters ({} rows read, {} excluded by include, {} rejected, {} after as_of)",
