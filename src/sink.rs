@@ -110,15 +110,7 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
     let start = std::time::Instant::now();
     let result = (|| -> Result<()> {
         let file = File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
-        ParquetWriter::new(&file)
-            // zstd level 1: nearly level 3's size at a fraction of the time on wide tables.
-            .with_compression(ParquetCompression::Zstd(Some(
-                polars_utils::compression::ZstdLevel::try_new(1)?,
-            )))
-            .with_statistics(StatisticsOptions::default())
-            .finish(frame)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
+        write_parquet(&file, frame).with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
         file.sync_all()
             .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
         Ok(())
@@ -138,6 +130,64 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
         target,
         rows: frame.height(),
     })
+}
+
+/// Write `frame` as zstd (level 1: nearly level 3's size at a fraction of the time) Parquet with
+/// statistics, in polars' row groups, with every column of every row group encoded and
+/// compressed in parallel. polars' own `ParquetWriter::finish` compresses pages lazily while it
+/// writes them, on one thread: ~1 s per 5M-row table at 50M lines.
+fn write_parquet(file: &File, frame: &mut DataFrame) -> Result<()> {
+    use polars::io::parquet::write::get_encodings;
+    use polars_parquet::write::{
+        array_to_columns, compress, CompressedPage, CompressionOptions, Version, WriteOptions,
+    };
+    use rayon::prelude::*;
+    let compression = ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(1)?));
+    let statistics = StatisticsOptions::default();
+    let options = WriteOptions {
+        statistics,
+        compression: CompressionOptions::from(compression),
+        version: Version::V1,
+        data_page_size: None,
+    };
+    let mut writer = ParquetWriter::new(file)
+        .with_compression(compression)
+        .with_statistics(statistics)
+        .batched(frame.schema())?;
+    let arrow_schema = frame.schema().to_arrow(CompatLevel::newest());
+    let encodings = get_encodings(&arrow_schema);
+    let fields = writer.parquet_schema().fields().to_vec();
+    // The row groups `ParquetWriter::finish` would write.
+    let chunked = polars::frame::chunk_df_for_writing(frame, 512 * 512)?;
+    let batches: Vec<_> = chunked
+        .iter_chunks(CompatLevel::newest(), false)
+        .filter(|batch| !batch.is_empty())
+        .collect();
+    let cells: Vec<(usize, usize)> = (0..batches.len())
+        .flat_map(|group| (0..fields.len()).map(move |column| (group, column)))
+        .collect();
+    // Per (row group, column): the compressed pages of each of its leaf columns.
+    let encoded: Vec<Vec<Vec<CompressedPage>>> = cells
+        .par_iter()
+        .map(|&(group, column)| -> PolarsResult<Vec<Vec<CompressedPage>>> {
+            let array = &batches[group].columns()[column];
+            array_to_columns(array, fields[column].clone(), options, &encodings[column])?
+                .into_iter()
+                .map(|pages| {
+                    pages
+                        .map(|page| Ok(compress(page?, Vec::new(), options.compression)?))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect::<PolarsResult<_>>()?;
+    let mut encoded = encoded.into_iter();
+    for batch in &batches {
+        let leaves: Vec<Vec<CompressedPage>> = encoded.by_ref().take(fields.len()).flatten().collect();
+        writer.write_row_group(batch.len() as u64, &leaves)?;
+    }
+    writer.finish()?;
+    Ok(())
 }
 
 /// Rename staged tables into place, then fsync the directory.
@@ -203,4 +253,52 @@ pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Res
     }
     sync_dir(dir);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parallel writer writes the same bytes as polars' `ParquetWriter::finish` with the same
+    /// options: row groups, pages, statistics and all.
+    #[test]
+    fn parallel_writer_writes_what_polars_writes() {
+        let rows = 600_000; // three row groups
+        let ids: Vec<i64> = (0..rows).map(|i| (i * 7919) % 1_000_003).collect();
+        let names: Vec<Option<&str>> = (0..rows)
+            .map(|i| match i % 5 {
+                0 => None,
+                1 => Some("web"),
+                2 => Some("app"),
+                _ => Some("shop"),
+            })
+            .collect();
+        let values: Vec<Option<f64>> = (0..rows).map(|i| (i % 11 != 0).then(|| i as f64 / 3.0)).collect();
+        let days: Vec<i32> = (0..rows).map(|i| 19_000 + (i % 700) as i32).collect();
+        let mut frame = df! {
+            "id" => ids,
+            "channel" => names,
+            "value" => values,
+            "day" => days,
+        }
+        .unwrap();
+        frame
+            .with_column(frame.column("day").unwrap().cast(&DataType::Date).unwrap())
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("pipeline-sink-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (ours, theirs) = (dir.join("ours.parquet"), dir.join("theirs.parquet"));
+        write_parquet(&File::create(&ours).unwrap(), &mut frame.clone()).unwrap();
+        ParquetWriter::new(File::create(&theirs).unwrap())
+            .with_compression(ParquetCompression::Zstd(Some(
+                polars_utils::compression::ZstdLevel::try_new(1).unwrap(),
+            )))
+            .with_statistics(StatisticsOptions::default())
+            .finish(&mut frame)
+            .unwrap();
+        let (ours, theirs) = (fs::read(&ours).unwrap(), fs::read(&theirs).unwrap());
+        fs::remove_dir_all(&dir).ok();
+        assert!(ours.len() > 100_000);
+        assert!(ours == theirs, "{} bytes vs polars' {}", ours.len(), theirs.len());
+    }
 }
