@@ -4,17 +4,22 @@
 //! timestamp and amount in integer micro-units); the batches it yields are folded here into one
 //! record per order. A polars group-by on string `order_id` kept ~330 bytes of state per order
 //! (string min/max/min_by states, row-encoded keys), so a 200M-line file did not fit in 24 GiB;
-//! this fold keeps ~40: a hash-table entry per order and columns of plain integers.
+//! this fold keeps ~40 to ~80: columns of plain integers, and for text ids a hash-table entry.
 //!
-//! Cache misses in the tables are the cost per line, so the loop avoids lookups: a run of lines
-//! with one order_id (lines of an order usually come together) looks its order up once; integer
-//! order ids live in an open-addressing table whose slots are prefetched a few runs ahead;
-//! integer customer ids are stored per order and numbered by one parallel sort at the end (text
-//! ids are interned); a channel equal to the previous line's reuses its code.
+//! Cache misses in tables are the cost per line, so the loop avoids lookups: a run of lines
+//! with one order_id (lines of an order usually come together) is folded as one. Integer order
+//! ids are not looked up at all: every run starts an order, and runs that repeat an earlier
+//! run's id are merged into it by a parallel sort of (id, run) — at the end, and whenever the
+//! runs held reach twice the orders left by the last merge, so memory follows orders, not
+//! lines (a hash table probed per run cost ~170 ns per order in cache misses; the sort is
+//! sequential memory traffic). Integer customer ids are stored per order and numbered by one
+//! parallel sort at the end (text ids are interned); a channel equal to the previous line's
+//! reuses its code.
 //!
-//! Orders are split into shards by key hash, one per thread: every shard reads every batch but
-//! folds only its own orders, in its own tables, so shards never share state; `finish` joins
-//! them (the shards' orders one after another) and numbers customers and channels across all.
+//! Text order ids are interned in shards by key hash, one per thread: every shard reads every
+//! batch but folds only its own orders, in its own tables, so shards never share state;
+//! `finish` joins them (the shards' orders one after another) and numbers customers and
+//! channels across all.
 //!
 //! Rules (DESIGN.md, "An order"): only usable lines (reason 0) form orders; an order's revenue is
 //! the sum of its lines, its time the earliest line time, its channel the channel of the lines at
@@ -122,91 +127,6 @@ fn sorted_keys(interners: &[&Interner]) -> PolarsResult<(Series, Vec<Vec<u32>>)>
     Ok((sorted, ranks))
 }
 
-/// Distinct integer keys (ids cast to Int64) with dense ids in first-seen order: open addressing
-/// with linear probing over (key, id) slots, at most 3/4 full. A lookup reads one slot's cache
-/// line, whose address is known from the hash alone, so the fold prefetches it a few orders
-/// ahead; waiting for that line was half of the fold's time with a general hash table.
-struct IntInterner {
-    slots: Vec<(i64, u32)>,
-    len: usize,
-}
-
-/// The id of an empty slot.
-const EMPTY: u32 = u32::MAX;
-
-fn hash_int(key: i64) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key)
-}
-
-impl Default for IntInterner {
-    fn default() -> Self {
-        IntInterner {
-            slots: vec![(0, EMPTY); 1 << 10],
-            len: 0,
-        }
-    }
-}
-
-impl IntInterner {
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    /// Start loading the slot a key with this hash probes first.
-    fn prefetch(&self, hash: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let slot = &self.slots[hash as usize & self.mask()];
-            // SAFETY: prefetching has no side effects; the pointer is to a live slot.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    (slot as *const (i64, u32)).cast(),
-                )
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
-    }
-
-    /// The id of `key` (whose `hash_int` is `hash`) and whether it was new.
-    fn intern_hashed(&mut self, key: i64, hash: u64) -> (u32, bool) {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.grow();
-        }
-        let mask = self.mask();
-        let mut at = hash as usize & mask;
-        loop {
-            let (other, id) = self.slots[at];
-            if id == EMPTY {
-                let id = u32::try_from(self.len).ok().filter(|&id| id != EMPTY);
-                let id = id.expect("fewer than 2^32 - 1 distinct keys");
-                self.slots[at] = (key, id);
-                self.len += 1;
-                return (id, true);
-            }
-            if other == key {
-                return (id, false);
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// Twice the slots, every key placed again.
-    fn grow(&mut self) {
-        let doubled = vec![(0, EMPTY); self.slots.len() * 2];
-        let old = std::mem::replace(&mut self.slots, doubled);
-        let mask = self.mask();
-        for (key, id) in old.into_iter().filter(|&(_, id)| id != EMPTY) {
-            let mut at = hash_int(key) as usize & mask;
-            while self.slots[at].1 != EMPTY {
-                at = (at + 1) & mask;
-            }
-            self.slots[at] = (key, id);
-        }
-    }
-}
-
 /// A key column of one (rechunked) batch: text, or integers (cast to Int64 by the scan).
 #[derive(Clone, Copy)]
 enum KeyColumn<'a> {
@@ -231,29 +151,27 @@ impl<'a> KeyColumn<'a> {
     }
 }
 
-/// Distinct order ids.
+/// Distinct order ids: text ids interned as they come; integer ids stored per run of lines,
+/// repeated ones merged by `Shard::merge_repeated_orders` (a sort, not a lookup per run).
 enum OrderKeys {
     Text(Interner),
-    Int(IntInterner),
+    Runs(Vec<i64>),
 }
 
 impl OrderKeys {
-    /// The order of a row's key (whose `key_hash` is `hash`) and whether it is new.
+    /// The order of a row's key (whose `key_hash` is `hash`, text only) and whether it is new;
+    /// every integer run is a new order until merged.
     fn intern(&mut self, column: KeyColumn, row: usize, hash: u64) -> PolarsResult<(u32, bool)> {
         Ok(match (self, column) {
             (OrderKeys::Text(keys), KeyColumn::Text(values)) => {
                 keys.intern_hashed(values.value(row).as_bytes(), hash as u32)
             }
-            (OrderKeys::Int(keys), KeyColumn::Int(values)) => keys.intern_hashed(values[row], hash),
+            (OrderKeys::Runs(keys), KeyColumn::Int(values)) => {
+                keys.push(values[row]);
+                (u32::try_from(keys.len() - 1).expect("fewer than 2^32 runs"), true)
+            }
             _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
         })
-    }
-
-    /// Start loading what a lookup of a key with this hash reads first (integer keys only).
-    fn prefetch(&self, hash: u64) {
-        if let OrderKeys::Int(keys) = self {
-            keys.prefetch(hash);
-        }
     }
 }
 
@@ -284,6 +202,22 @@ impl OrderCustomers {
             _ => polars_bail!(SchemaMismatch: "customer_id changed type between batches"),
         }
         Ok(())
+    }
+
+    /// Whether orders `a` and `b` have the same customer.
+    fn same(&self, a: usize, b: usize) -> bool {
+        match self {
+            OrderCustomers::Text { ids, .. } => ids[a] == ids[b],
+            OrderCustomers::Int(values) => values[a] == values[b],
+        }
+    }
+
+    /// Keep the orders whose `keep` is true.
+    fn retain(&mut self, keep: &[bool]) {
+        match self {
+            OrderCustomers::Text { ids, .. } => retain(ids, keep),
+            OrderCustomers::Int(values) => retain(values, keep),
+        }
     }
 
     /// Whether a row names the customer of `order`.
@@ -380,10 +314,25 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
     Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
 }
 
+/// Runs held before the first merge of repeated integer order ids; after a merge, the next
+/// comes at twice the orders left, so memory follows orders, not lines, and a file whose
+/// orders never repeat is sorted about twice in all.
+const FIRST_MERGE: usize = 1 << 22;
+
+/// Keep the items of `values` whose `keep` is true.
+fn retain<T>(values: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    values.retain(|_| *flags.next().expect("a flag per value"));
+}
+
 /// The orders of one shard: the orders whose key hashes to it (`shard_of`), with their own
 /// tables, so shards fold the same batch on different threads without sharing anything.
 struct Shard {
     orders: OrderKeys,
+    /// Integer runs: merge repeated orders when this many runs are held, and never below
+    /// `merge_floor` (`FIRST_MERGE`; small in tests).
+    merge_at: usize,
+    merge_floor: usize,
     customers: OrderCustomers,
     channels: Interner,
     ordered_ts: Vec<i64>,
@@ -393,22 +342,18 @@ struct Shard {
     several_customers: Vec<bool>,
 }
 
-/// The hash of a row's order key: `hash_bytes` for text, `hash_int` for integers.
+/// The hash of a row's order key (text keys; integer keys are never hashed).
 fn key_hash(key: KeyColumn, row: usize) -> u64 {
     match key {
         KeyColumn::Text(values) => u64::from(hash_bytes(values.value(row).as_bytes())),
-        KeyColumn::Int(values) => hash_int(values[row]),
+        KeyColumn::Int(_) => 0,
     }
 }
 
-/// The shard of a key hash among `shards`, from bits the tables do not use for slots (low
-/// bits) or tags (hashbrown's top 7), so each shard's table still spreads evenly.
-fn shard_of(key: KeyColumn, hash: u64, shards: usize) -> usize {
-    let bits = match key {
-        KeyColumn::Text(_) => hash >> 24,
-        KeyColumn::Int(_) => hash >> 32,
-    };
-    (bits as usize & 0xFF_FFFF) % shards
+/// The shard of a text key's hash among `shards`, from bits the tables do not use for tags
+/// (hashbrown's top 7) or slots (low bits), so each shard's table still spreads evenly.
+fn shard_of(hash: u64, shards: usize) -> usize {
+    ((hash >> 24) as usize & 0xFF_FFFF) % shards
 }
 
 /// The fold's state; `add` takes batches in any order.
@@ -466,12 +411,17 @@ impl<'a> Batch<'a> {
 impl OrderFold {
     /// A fold for a source whose key columns have these types, in `shards` shards folded in
     /// parallel (one per thread of the current rayon pool is the intent).
+    /// Integer order ids need no shards (no lookups to share out): they fold in one.
     pub fn new(order_id: &DataType, customer_id: &DataType, shards: usize) -> Self {
+        let text = order_id == &DataType::String;
+        let shards = if text { shards } else { 1 };
         let shard = || Shard {
-            orders: match order_id {
-                DataType::String => OrderKeys::Text(Interner::default()),
-                _ => OrderKeys::Int(IntInterner::default()),
+            orders: match text {
+                true => OrderKeys::Text(Interner::default()),
+                false => OrderKeys::Runs(Vec::new()),
             },
+            merge_at: FIRST_MERGE,
+            merge_floor: FIRST_MERGE,
             customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
             ordered_ts: Vec::new(),
@@ -517,6 +467,11 @@ impl OrderFold {
                 .enumerate()
                 .try_for_each(|(index, shard)| shard.add(&columns, index, shards))
         };
+        for shard in &mut self.shards {
+            if matches!(&shard.orders, OrderKeys::Runs(keys) if keys.len() >= shard.merge_at) {
+                shard.merge_repeated_orders();
+            }
+        }
         self.busy += started.elapsed();
         self.batches += 1;
         result
@@ -535,7 +490,8 @@ impl OrderFold {
         let mut channels = Vec::new();
         let (mut ordered_ts, mut revenue, mut lines) = (Vec::new(), Vec::new(), Vec::new());
         let mut several_customers = Vec::new();
-        for shard in shards {
+        for mut shard in shards {
+            shard.merge_repeated_orders();
             drop(shard.orders);
             customers.push(shard.customers);
             channels.push((shard.channels, shard.channel));
@@ -588,10 +544,10 @@ impl Shard {
     /// Fold the usable lines of a batch whose orders belong to shard `index` of `shards`.
     ///
     /// Two passes: the runs of adjacent usable lines with one order_id that belong here, with
-    /// their key hashes; then each run's order is looked up (prefetched `AHEAD` runs early)
-    /// and its lines folded in.
+    /// their key hashes (text); then each run's order is looked up (text) or started (integer
+    /// ids: a new order per run, repeats merged later) and its lines folded in.
     fn add(&mut self, batch: &Batch, index: usize, shards: usize) -> PolarsResult<()> {
-        const AHEAD: usize = 16;
+        let text = matches!(self.orders, OrderKeys::Text(_));
         let Batch {
             reasons,
             order_ids,
@@ -614,13 +570,8 @@ impl Shard {
             if let Some((first, last, hash, true)) = open {
                 runs.push((first, last + 1, hash));
             }
-            let hash = key_hash(order_ids, row);
-            open = Some((
-                row,
-                row,
-                hash,
-                shards == 1 || shard_of(order_ids, hash, shards) == index,
-            ));
+            let hash = if text { key_hash(order_ids, row) } else { 0 };
+            open = Some((row, row, hash, shards == 1 || shard_of(hash, shards) == index));
         }
         if let Some((first, last, hash, true)) = open {
             runs.push((first, last + 1, hash));
@@ -639,10 +590,7 @@ impl Shard {
             },
             None => NO_CHANNEL,
         };
-        for (run, &(first, end, hash)) in runs.iter().enumerate() {
-            if let Some(&(_, _, ahead)) = runs.get(run + AHEAD) {
-                self.orders.prefetch(ahead);
-            }
+        for &(first, end, hash) in &runs {
             let (order, new) = self.orders.intern(order_ids, first, hash)?;
             let o = order as usize;
             let mut previous: Option<usize> = None; // the run's previous line
@@ -685,6 +633,57 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Merge the runs of integer order ids that repeat an earlier run's id into that earlier
+    /// run (the order's first), by the same rules as lines: one parallel sort of (id, run).
+    fn merge_repeated_orders(&mut self) {
+        use rayon::prelude::*;
+        let OrderKeys::Runs(keys) = &self.orders else {
+            return;
+        };
+        let mut pairs: Vec<(i64, u32)> = keys.iter().enumerate().map(|(run, &key)| (key, run as u32)).collect();
+        pairs.par_sort_unstable();
+        let mut keep: Option<Vec<bool>> = None;
+        for group in pairs.chunk_by(|a, b| a.0 == b.0).filter(|group| group.len() > 1) {
+            let order = group[0].1 as usize;
+            for &(_, later) in &group[1..] {
+                let later = later as usize;
+                keep.get_or_insert_with(|| vec![true; pairs.len()])[later] = false;
+                if !self.customers.same(order, later) || self.several_customers[later] {
+                    self.several_customers[order] = true;
+                }
+                self.lines[order] += self.lines[later];
+                self.revenue[order] = self.revenue[order].wrapping_add(self.revenue[later]);
+                let (ts, channel) = (self.ordered_ts[later], self.channel[later]);
+                match ts.cmp(&self.ordered_ts[order]) {
+                    Ordering::Less => {
+                        self.ordered_ts[order] = ts;
+                        self.channel[order] = channel;
+                    }
+                    Ordering::Equal if self.channel_before(channel, self.channel[order]) => {
+                        self.channel[order] = channel;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(pairs);
+        if let Some(keep) = keep {
+            if let OrderKeys::Runs(keys) = &mut self.orders {
+                retain(keys, &keep);
+            }
+            self.customers.retain(&keep);
+            retain(&mut self.ordered_ts, &keep);
+            retain(&mut self.revenue, &keep);
+            retain(&mut self.lines, &keep);
+            retain(&mut self.channel, &keep);
+            retain(&mut self.several_customers, &keep);
+        }
+        let OrderKeys::Runs(keys) = &self.orders else {
+            return;
+        };
+        self.merge_at = (keys.len() * 2).max(self.merge_floor);
     }
 
     /// Whether channel code `a` wins over `b` at the same instant: a name before no name, the
@@ -834,22 +833,82 @@ mod tests {
     }
 
     #[test]
-    fn integer_interner_numbers_keys_in_first_seen_order_through_growth() {
-        let mut keys = IntInterner::default();
-        let values: Vec<i64> = (0..5000i64)
-            .map(|i| (i * 7919) % 5003 - 2500)
-            .chain([0, i64::MIN, i64::MAX, -1])
+    fn integer_order_ids_fold_like_text_ids_with_repeats_merged_between_batches() {
+        // Orders 0..29 whose lines come back in later batches (every order repeats), one order
+        // with two customers, channel ties at the earliest instant, a refund line.
+        let names = ["web", "app", "shop"];
+        type IntLine = (i32, i64, String, i64, i64, Option<&'static str>);
+        let lines: Vec<IntLine> = (0..240)
+            .map(|i: i64| {
+                let order = (i * 11) % 30;
+                let customer = if order == 4 && i > 100 { 9 } else { order % 6 };
+                let channel = (i % 4 != 0).then_some(names[(i % 3) as usize]);
+                let ts = 1_000 + (i % 5) * 10 - (order % 2) * 10;
+                let amount = if i % 17 == 0 { -3 } else { i };
+                (
+                    (i % 13 == 0) as i32 * 5,
+                    order,
+                    format!("c{customer}"),
+                    ts,
+                    amount,
+                    channel,
+                )
+            })
             .collect();
-        let mut expected = std::collections::HashMap::new();
-        for &key in &values {
-            let next = expected.len() as u32;
-            let id = *expected.entry(key).or_insert(next);
-            assert_eq!(keys.intern_hashed(key, hash_int(key)), (id, id == next));
+        let text = {
+            let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1);
+            for part in lines.chunks(16) {
+                let ids: Vec<String> = part.iter().map(|l| format!("o{}", l.1)).collect();
+                let rows: Vec<Line> = part
+                    .iter()
+                    .zip(&ids)
+                    .map(|(l, id)| (l.0, id.as_str(), l.2.as_str(), l.3, l.4, l.5))
+                    .collect();
+                fold.add(batch(&rows)).unwrap();
+            }
+            fold.finish(&DataType::String, true).unwrap()
+        };
+        let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, 4);
+        assert_eq!(fold.shards.len(), 1, "integer ids fold in one shard");
+        (fold.shards[0].merge_at, fold.shards[0].merge_floor) = (7, 7);
+        let mut merges_seen = 0;
+        for part in lines.chunks(16) {
+            let mut frame = batch(
+                &part
+                    .iter()
+                    .map(|l| (l.0, "", l.2.as_str(), l.3, l.4, l.5))
+                    .collect::<Vec<Line>>(),
+            );
+            let ids: Vec<i64> = part.iter().map(|l| l.1).collect();
+            frame.with_column(Column::new("order_id".into(), ids)).unwrap();
+            fold.add(frame).unwrap();
+            let OrderKeys::Runs(keys) = &fold.shards[0].orders else {
+                panic!("integer ids are runs")
+            };
+            assert!(keys.len() < 2 * 30 + 16, "merged as it goes: {} runs held", keys.len());
+            merges_seen += usize::from(keys.len() <= 30);
         }
-        assert_eq!(keys.len, expected.len());
-        assert!(keys.len * 4 <= keys.slots.len() * 3);
-        for (&key, &id) in &expected {
-            assert_eq!(keys.intern_hashed(key, hash_int(key)), (id, false));
-        }
+        assert!(merges_seen >= 3, "{merges_seen} merges");
+        let runs = fold.finish(&DataType::String, true).unwrap();
+        assert_eq!(runs.orders.height(), 30);
+        // Same orders in the same (first-seen) order, same customers, channels, flags.
+        assert!(
+            runs.orders.equals_missing(&text.orders),
+            "{}\n{}",
+            runs.orders,
+            text.orders
+        );
+        // Each order's customer (text ids of merged runs stay interned: numbered, unused).
+        let customer_of = |folded: &FoldedOrders| {
+            let ids = folded.orders.column("id").unwrap().u32().unwrap().clone();
+            folded
+                .customer_ids
+                .take(&ids.cast(&IDX_DTYPE).unwrap().idx().unwrap().clone())
+                .unwrap()
+        };
+        assert!(customer_of(&runs).equals(&customer_of(&text)));
+        assert!(runs.channels.unwrap().equals(&text.channels.unwrap()));
+        let several = runs.orders.column("several_customers").unwrap().bool().unwrap().sum();
+        assert_eq!(several, Some(1), "order 4 names customers c4 and c9");
     }
 }
