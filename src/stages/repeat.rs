@@ -208,16 +208,26 @@ pub fn repeat(
             .mean()
             .alias("mean_days_between_purchases"),
     ]);
+    // Transitions P(k+1 | k) with censoring: counts per k in the same two group-bys, as
+    // columns `__at_k`, `__next_k`, turned into rows below.
+    let cutoff = as_of_days - options.min_observation_days as i32;
+    let at = |k: u32| format!("__at_{k}");
+    let next = |k: u32| format!("__next_{k}");
+    for k in 1..=options.max_purchases {
+        let at_k = days(col(kth(k).as_str())).lt_eq(lit(cutoff)).fill_null(lit(false));
+        let next_k = at_k.clone().and(col(kth(k + 1).as_str()).is_not_null());
+        aggs.push(at_k.cast(DataType::Int64).sum().alias(at(k)));
+        aggs.push(next_k.cast(DataType::Int64).sum().alias(next(k)));
+    }
     // Overall = one group with a null cohort, so both parts have the same columns.
     let overall_key = || lit(NULL).cast(DataType::Int32).alias("cohort_index");
     let overall = per_customer.clone().lazy().group_by([overall_key()]).agg(aggs.clone());
     let by_cohort = per_customer
-        .clone()
         .lazy()
         .group_by([col("cohort_index")])
         .agg(aggs)
         .sort(["cohort_index"], SortMultipleOptions::default());
-    let summary = concat(
+    let both = concat(
         [overall, by_cohort],
         UnionArgs {
             to_supertypes: true,
@@ -225,52 +235,34 @@ pub fn repeat(
         },
     )?
     .collect()?;
-    let summary = with_cohort_dates(summary, options.cohort_granularity)?;
+    let counts: Vec<String> = (1..=options.max_purchases).flat_map(|k| [at(k), next(k)]).collect();
+    let summary = with_cohort_dates(both.drop_many(&counts), options.cohort_granularity)?;
 
-    // Transitions P(k+1 | k) with censoring.
-    let cutoff = as_of_days - options.min_observation_days as i32;
-    let mut frames = Vec::new();
-    for k in 1..=options.max_purchases {
-        let at_k = days(col(kth(k).as_str())).lt_eq(lit(cutoff)).fill_null(lit(false));
-        let next = at_k.clone().and(col(kth(k + 1).as_str()).is_not_null());
-        let transition_aggs = [
-            lit(k as i32).alias("k"),
-            at_k.cast(DataType::Int64).sum().alias("customers_at_k"),
-            next.cast(DataType::Int64).sum().alias("customers_at_k_plus_1"),
-        ];
-        frames.push(
-            per_customer
-                .clone()
-                .lazy()
-                .group_by([overall_key()])
-                .agg(transition_aggs.clone()),
-        );
-        frames.push(
-            per_customer
-                .clone()
-                .lazy()
-                .group_by([col("cohort_index")])
-                .agg(transition_aggs),
-        );
-    }
-    let transitions = concat(
-        frames,
-        UnionArgs {
-            to_supertypes: true,
-            ..Default::default()
-        },
-    )?
-    .with_column(
-        when(col("customers_at_k").gt(lit(0i64)))
-            .then(col("customers_at_k_plus_1").cast(DataType::Float64) / col("customers_at_k").cast(DataType::Float64))
-            .otherwise(lit(NULL).cast(DataType::Float64))
-            .alias("probability"),
-    )
-    .sort_by_exprs(
-        [col("cohort_index"), col("k")],
-        SortMultipleOptions::default().with_nulls_last(false),
-    )
-    .collect()?;
+    let frames: Vec<LazyFrame> = (1..=options.max_purchases)
+        .map(|k| {
+            both.clone().lazy().select([
+                col("cohort_index"),
+                lit(k as i32).alias("k"),
+                col(at(k).as_str()).alias("customers_at_k"),
+                col(next(k).as_str()).alias("customers_at_k_plus_1"),
+            ])
+        })
+        .collect();
+    let transitions = concat(frames, UnionArgs::default())?
+        .with_column(
+            when(col("customers_at_k").gt(lit(0i64)))
+                .then(
+                    col("customers_at_k_plus_1").cast(DataType::Float64)
+                        / col("customers_at_k").cast(DataType::Float64),
+                )
+                .otherwise(lit(NULL).cast(DataType::Float64))
+                .alias("probability"),
+        )
+        .sort_by_exprs(
+            [col("cohort_index"), col("k")],
+            SortMultipleOptions::default().with_nulls_last(false),
+        )
+        .collect()?;
     let transitions = with_cohort_dates(transitions, options.cohort_granularity)?;
     Ok(vec![summary, transitions])
 }
