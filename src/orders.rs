@@ -333,6 +333,8 @@ struct Shard {
     /// `merge_floor` (`FIRST_MERGE`; small in tests).
     merge_at: usize,
     merge_floor: usize,
+    /// Integer runs: (id, order) of the orders as of the last merge, by id (ids distinct).
+    sorted: Vec<(i64, u32)>,
     customers: OrderCustomers,
     channels: Interner,
     ordered_ts: Vec<i64>,
@@ -422,6 +424,7 @@ impl OrderFold {
             },
             merge_at: FIRST_MERGE,
             merge_floor: FIRST_MERGE,
+            sorted: Vec::new(),
             customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
             ordered_ts: Vec::new(),
@@ -636,54 +639,95 @@ impl Shard {
     }
 
     /// Merge the runs of integer order ids that repeat an earlier run's id into that earlier
-    /// run (the order's first), by the same rules as lines: one parallel sort of (id, run).
+    /// run (the order's first), by the same rules as lines: the runs since the last merge are
+    /// sorted by (id, run) in parallel and walked beside the (id, order) list of the last merge,
+    /// so each run is sorted once however many merges there are.
     fn merge_repeated_orders(&mut self) {
         use rayon::prelude::*;
         let OrderKeys::Runs(keys) = &self.orders else {
             return;
         };
-        let mut pairs: Vec<(i64, u32)> = keys.iter().enumerate().map(|(run, &key)| (key, run as u32)).collect();
-        pairs.par_sort_unstable();
+        // Orders before `start` were merged already and are in `sorted`; only the runs since
+        // are sorted now, then walked beside `sorted`.
+        let sorted = std::mem::take(&mut self.sorted);
+        let start = sorted.len();
+        let runs = keys.len();
+        let mut fresh: Vec<(i64, u32)> = (start..runs).map(|run| (keys[run], run as u32)).collect();
+        fresh.par_sort_unstable();
         let mut keep: Option<Vec<bool>> = None;
-        for group in pairs.chunk_by(|a, b| a.0 == b.0).filter(|group| group.len() > 1) {
-            let order = group[0].1 as usize;
-            for &(_, later) in &group[1..] {
+        let mut firsts: Vec<(i64, u32)> = Vec::new(); // the runs that start a new order
+        let mut old = 0;
+        for group in fresh.chunk_by(|a, b| a.0 == b.0) {
+            let key = group[0].0;
+            while old < sorted.len() && sorted[old].0 < key {
+                old += 1;
+            }
+            let (order, repeats) = match sorted.get(old) {
+                Some(&(seen, order)) if seen == key => (order as usize, group),
+                _ => {
+                    firsts.push(group[0]);
+                    (group[0].1 as usize, &group[1..])
+                }
+            };
+            for &(_, later) in repeats {
                 let later = later as usize;
-                keep.get_or_insert_with(|| vec![true; pairs.len()])[later] = false;
-                if !self.customers.same(order, later) || self.several_customers[later] {
-                    self.several_customers[order] = true;
-                }
-                self.lines[order] += self.lines[later];
-                self.revenue[order] = self.revenue[order].wrapping_add(self.revenue[later]);
-                let (ts, channel) = (self.ordered_ts[later], self.channel[later]);
-                match ts.cmp(&self.ordered_ts[order]) {
-                    Ordering::Less => {
-                        self.ordered_ts[order] = ts;
-                        self.channel[order] = channel;
-                    }
-                    Ordering::Equal if self.channel_before(channel, self.channel[order]) => {
-                        self.channel[order] = channel;
-                    }
-                    _ => {}
-                }
+                keep.get_or_insert_with(|| vec![true; runs])[later] = false;
+                self.merge_into(order, later);
             }
         }
-        drop(pairs);
-        if let Some(keep) = keep {
+        drop(fresh);
+        if let Some(keep) = &keep {
+            // Runs before `start` are all kept: a first run's new position is `start` plus the
+            // kept runs before it.
+            let mut position = start as u32;
+            let mut positions = vec![0u32; keep.len() - start];
+            for (slot, &kept) in positions.iter_mut().zip(&keep[start..]) {
+                *slot = position;
+                position += u32::from(kept);
+            }
+            for first in &mut firsts {
+                first.1 = positions[first.1 as usize - start];
+            }
             if let OrderKeys::Runs(keys) = &mut self.orders {
-                retain(keys, &keep);
+                retain(keys, keep);
             }
-            self.customers.retain(&keep);
-            retain(&mut self.ordered_ts, &keep);
-            retain(&mut self.revenue, &keep);
-            retain(&mut self.lines, &keep);
-            retain(&mut self.channel, &keep);
-            retain(&mut self.several_customers, &keep);
+            self.customers.retain(keep);
+            retain(&mut self.ordered_ts, keep);
+            retain(&mut self.revenue, keep);
+            retain(&mut self.lines, keep);
+            retain(&mut self.channel, keep);
+            retain(&mut self.several_customers, keep);
         }
-        let OrderKeys::Runs(keys) = &self.orders else {
-            return;
-        };
-        self.merge_at = (keys.len() * 2).max(self.merge_floor);
+        // Both sorted by key, no key in both: merged in one pass.
+        let mut merged = Vec::with_capacity(sorted.len() + firsts.len());
+        let (mut a, mut b) = (sorted.into_iter().peekable(), firsts.into_iter().peekable());
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            merged.push(if x.0 < y.0 { a.next() } else { b.next() }.expect("peeked"));
+        }
+        merged.extend(a);
+        merged.extend(b);
+        self.merge_at = (merged.len() * 2).max(self.merge_floor);
+        self.sorted = merged;
+    }
+
+    /// Fold order `later` (a run repeating `order`'s id) into `order`, by the rules for lines.
+    fn merge_into(&mut self, order: usize, later: usize) {
+        if !self.customers.same(order, later) || self.several_customers[later] {
+            self.several_customers[order] = true;
+        }
+        self.lines[order] += self.lines[later];
+        self.revenue[order] = self.revenue[order].wrapping_add(self.revenue[later]);
+        let (ts, channel) = (self.ordered_ts[later], self.channel[later]);
+        match ts.cmp(&self.ordered_ts[order]) {
+            Ordering::Less => {
+                self.ordered_ts[order] = ts;
+                self.channel[order] = channel;
+            }
+            Ordering::Equal if self.channel_before(channel, self.channel[order]) => {
+                self.channel[order] = channel;
+            }
+            _ => {}
+        }
     }
 
     /// Whether channel code `a` wins over `b` at the same instant: a name before no name, the
