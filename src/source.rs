@@ -318,9 +318,10 @@ fn as_of_boundary(
 
 /// `date` for the orders' `ordered_ts` when it is a plain date or a UTC instant (`None` for naive
 /// timestamps: `local_date_of_micros` handles their gaps and folds). Same result as
-/// `local_date_of_micros`, without a time zone lookup per order: the UTC offset is looked up once
-/// per 15-minute slot whose two ends share it (every transition in the current tz database falls
-/// on a slot boundary; a slot with a transition inside is looked up per order).
+/// `local_date_of_micros`, without a time zone lookup per order: the UTC offset is looked up
+/// once per UTC day with one offset throughout (checked at every 15 minutes), else once per
+/// 15-minute slot whose two ends share it (every transition in the current tz database falls on
+/// a slot boundary; a slot with a transition inside is looked up per order).
 fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -> Result<Option<Series>> {
     use chrono::{Offset, TimeZone as _};
     const DAY: i64 = 86_400_000_000;
@@ -344,14 +345,40 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
                 let utc = chrono::DateTime::from_timestamp_micros(micros)?.naive_utc();
                 Some(i64::from(zone.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1_000_000)
             };
+            // The offset over [start, start + length) when it is the same at the start, every
+            // 15 minutes and the end.
+            let steady_over = |start: i64, length: i64| -> Option<i64> {
+                let first = offset_at(start)?;
+                let mut at = start + SLOT;
+                while at < start + length {
+                    if offset_at(at)? != first {
+                        return None;
+                    }
+                    at += SLOT;
+                }
+                (offset_at(start + length - 1)? == first).then_some(first)
+            };
             in_parallel(instants.values(), |chunk, out| {
-                // Each part keeps its own slot cache: parts share nothing.
-                let mut slots: hashbrown::HashMap<i64, Option<i64>, foldhash::fast::FixedState> = Default::default();
+                // Each part keeps its own caches: parts share nothing. A UTC day with one
+                // offset throughout (checked every 15 minutes, so no transition hides in it)
+                // needs no slot lookups; orders near each other in a file are mostly near in
+                // time, so the last day is checked first.
+                type Cache = hashbrown::HashMap<i64, Option<i64>, foldhash::fast::FixedState>;
+                let (mut days, mut slots) = (Cache::default(), Cache::default());
+                let mut last: Option<(i64, Option<i64>)> = None;
                 out.extend(chunk.iter().map(|&micros| {
-                    let slot = micros.div_euclid(SLOT);
-                    let steady = *slots.entry(slot).or_insert_with(|| {
-                        let start = offset_at(slot * SLOT);
-                        start.filter(|_| offset_at(slot * SLOT + SLOT - 1) == start)
+                    let day = micros.div_euclid(DAY);
+                    let whole_day = match last {
+                        Some((seen, steady)) if seen == day => steady,
+                        _ => {
+                            let steady = *days.entry(day).or_insert_with(|| steady_over(day * DAY, DAY));
+                            last = Some((day, steady));
+                            steady
+                        }
+                    };
+                    let steady = whole_day.or_else(|| {
+                        let slot = micros.div_euclid(SLOT);
+                        *slots.entry(slot).or_insert_with(|| steady_over(slot * SLOT, SLOT))
                     });
                     steady
                         .or_else(|| offset_at(micros))
