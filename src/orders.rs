@@ -17,10 +17,10 @@
 //! parallel sort at the end (text ids are interned); a channel equal to the previous line's
 //! reuses its code.
 //!
-//! Text order ids are interned in shards by key hash, one per thread: every shard reads every
-//! batch but folds only its own orders, in its own tables, so shards never share state;
-//! `finish` joins them (the shards' orders one after another) and numbers customers and
-//! channels across all.
+//! Orders are split into shards by key hash, one per thread: every shard reads every batch but
+//! folds only its own orders (text ids in its own interner, integer runs in its own columns,
+//! merged on its own thread), so shards never share state; `finish` joins them (the shards'
+//! orders one after another) and numbers customers and channels across all.
 //!
 //! Rules (DESIGN.md, "An order"): only usable lines (reason 0) form orders; an order's revenue is
 //! the sum of its lines, its time the earliest line time, its channel the channel of the lines at
@@ -345,15 +345,16 @@ struct Shard {
     several_customers: Vec<bool>,
 }
 
-/// The hash of a row's order key (text keys; integer keys are never hashed).
+/// The hash of a row's order key: `hash_bytes` for text, foldhash for integers.
 fn key_hash(key: KeyColumn, row: usize) -> u64 {
+    use std::hash::BuildHasher;
     match key {
         KeyColumn::Text(values) => u64::from(hash_bytes(values.value(row).as_bytes())),
-        KeyColumn::Int(_) => 0,
+        KeyColumn::Int(values) => foldhash::fast::FixedState::with_seed(0x5eed).hash_one(values[row]),
     }
 }
 
-/// The shard of a text key's hash among `shards`, from bits the tables do not use for tags
+/// The shard of a key's hash among `shards`, from bits a text table does not use for tags
 /// (hashbrown's top 7) or slots (low bits), so each shard's table still spreads evenly.
 fn shard_of(hash: u64, shards: usize) -> usize {
     ((hash >> 24) as usize & 0xFF_FFFF) % shards
@@ -414,10 +415,8 @@ impl<'a> Batch<'a> {
 impl OrderFold {
     /// A fold for a source whose key columns have these types, in `shards` shards folded in
     /// parallel (one per thread of the current rayon pool is the intent).
-    /// Integer order ids need no shards (no lookups to share out): they fold in one.
     pub fn new(order_id: &DataType, customer_id: &DataType, shards: usize) -> Self {
         let text = order_id == &DataType::String;
-        let shards = if text { shards } else { 1 };
         let shard = || Shard {
             orders: match text {
                 true => OrderKeys::Text(Interner::default()),
@@ -471,11 +470,11 @@ impl OrderFold {
                 .enumerate()
                 .try_for_each(|(index, shard)| shard.add(&columns, index, shards))
         };
-        for shard in &mut self.shards {
+        self.shards.par_iter_mut().for_each(|shard| {
             if matches!(&shard.orders, OrderKeys::Runs(keys) if keys.len() >= shard.merge_at) {
                 shard.merge_repeated_orders();
             }
-        }
+        });
         self.busy += started.elapsed();
         self.batches += 1;
         result
@@ -503,8 +502,9 @@ impl OrderFold {
                 all.append(&mut more);
             }
         }
-        for mut shard in shards {
-            shard.merge_repeated_orders();
+        let mut shards = shards;
+        shards.par_iter_mut().for_each(Shard::merge_repeated_orders);
+        for shard in shards {
             drop(shard.orders);
             drop(shard.sorted);
             customers.push(shard.customers);
@@ -584,7 +584,11 @@ impl Shard {
             if let Some((first, last, hash, true)) = open {
                 runs.push((first, last + 1, hash));
             }
-            let hash = if text { key_hash(order_ids, row) } else { 0 };
+            let hash = if text || shards > 1 {
+                key_hash(order_ids, row)
+            } else {
+                0
+            };
             open = Some((row, row, hash, shards == 1 || shard_of(hash, shards) == index));
         }
         if let Some((first, last, hash, true)) = open {
@@ -923,47 +927,63 @@ mod tests {
             }
             fold.finish(&DataType::String, true).unwrap()
         };
-        let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, 4);
-        assert_eq!(fold.shards.len(), 1, "integer ids fold in one shard");
-        (fold.shards[0].merge_at, fold.shards[0].merge_floor) = (7, 7);
-        let mut merges_seen = 0;
-        for part in lines.chunks(16) {
-            let mut frame = batch(
-                &part
+        for shards in [1, 3] {
+            let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, shards);
+            for shard in &mut fold.shards {
+                (shard.merge_at, shard.merge_floor) = (7, 7);
+            }
+            let mut merges_seen = 0;
+            let mut before = vec![0; shards];
+            for part in lines.chunks(16) {
+                let mut frame = batch(
+                    &part
+                        .iter()
+                        .map(|l| (l.0, "", l.2.as_str(), l.3, l.4, l.5))
+                        .collect::<Vec<Line>>(),
+                );
+                let ids: Vec<i64> = part.iter().map(|l| l.1).collect();
+                frame.with_column(Column::new("order_id".into(), ids)).unwrap();
+                fold.add(frame).unwrap();
+                let held: Vec<usize> = fold
+                    .shards
                     .iter()
-                    .map(|l| (l.0, "", l.2.as_str(), l.3, l.4, l.5))
-                    .collect::<Vec<Line>>(),
-            );
-            let ids: Vec<i64> = part.iter().map(|l| l.1).collect();
-            frame.with_column(Column::new("order_id".into(), ids)).unwrap();
-            fold.add(frame).unwrap();
-            let OrderKeys::Runs(keys) = &fold.shards[0].orders else {
-                panic!("integer ids are runs")
-            };
-            assert!(keys.len() < 2 * 30 + 16, "merged as it goes: {} runs held", keys.len());
-            merges_seen += usize::from(keys.len() <= 30);
+                    .map(|shard| match &shard.orders {
+                        OrderKeys::Runs(keys) => keys.len(),
+                        OrderKeys::Text(_) => panic!("integer ids are runs"),
+                    })
+                    .collect();
+                let total: usize = held.iter().sum();
+                assert!(total < 2 * 30 + 16 * shards, "merged as it goes: {total} runs held");
+                // A shard holding fewer runs than after the previous batch has merged.
+                merges_seen += held.iter().zip(&before).filter(|(now, then)| now < then).count();
+                before = held;
+            }
+            assert!(merges_seen >= 3, "{merges_seen} merges");
+            let runs = fold.finish(&DataType::String, true).unwrap();
+            assert_eq!(runs.orders.height(), 30);
+            // Same orders (one shard: in the same first-seen order), customers, channels, flags.
+            if shards == 1 {
+                assert!(
+                    runs.orders.equals_missing(&text.orders),
+                    "{}\n{}",
+                    runs.orders,
+                    text.orders
+                );
+                // Each order's customer (text ids of merged runs stay interned: numbered, unused).
+                let customer_of = |folded: &FoldedOrders| {
+                    let ids = folded.orders.column("id").unwrap().u32().unwrap().clone();
+                    folded
+                        .customer_ids
+                        .take(&ids.cast(&IDX_DTYPE).unwrap().idx().unwrap().clone())
+                        .unwrap()
+                };
+                assert!(customer_of(&runs).equals(&customer_of(&text)));
+            } else {
+                assert!(canonical(&runs).equals_missing(&canonical(&text)), "{shards} shards");
+            }
+            assert!(runs.channels.unwrap().equals(text.channels.as_ref().unwrap()));
+            let several = runs.orders.column("several_customers").unwrap().bool().unwrap().sum();
+            assert_eq!(several, Some(1), "order 4 names customers c4 and c9");
         }
-        assert!(merges_seen >= 3, "{merges_seen} merges");
-        let runs = fold.finish(&DataType::String, true).unwrap();
-        assert_eq!(runs.orders.height(), 30);
-        // Same orders in the same (first-seen) order, same customers, channels, flags.
-        assert!(
-            runs.orders.equals_missing(&text.orders),
-            "{}\n{}",
-            runs.orders,
-            text.orders
-        );
-        // Each order's customer (text ids of merged runs stay interned: numbered, unused).
-        let customer_of = |folded: &FoldedOrders| {
-            let ids = folded.orders.column("id").unwrap().u32().unwrap().clone();
-            folded
-                .customer_ids
-                .take(&ids.cast(&IDX_DTYPE).unwrap().idx().unwrap().clone())
-                .unwrap()
-        };
-        assert!(customer_of(&runs).equals(&customer_of(&text)));
-        assert!(runs.channels.unwrap().equals(&text.channels.unwrap()));
-        let several = runs.orders.column("several_customers").unwrap().bool().unwrap().sum();
-        assert_eq!(several, Some(1), "order 4 names customers c4 and c9");
     }
 }
