@@ -461,14 +461,15 @@ impl OrderFold {
             let code = reason.copied().unwrap_or(0);
             self.lines_by_reason[usize::try_from(code).ok().filter(|&r| r < REASONS).unwrap_or(0)] += 1;
         }
-        let shards = self.shards.len();
-        let result = if shards == 1 {
-            self.shards[0].add(&columns, 0, 1)
+        let text = matches!(self.shards[0].orders, OrderKeys::Text(_));
+        let runs = runs_by_shard(&columns, text, self.shards.len());
+        let result = if self.shards.len() == 1 {
+            self.shards[0].add(&columns, &runs[0])
         } else {
             self.shards
                 .par_iter_mut()
-                .enumerate()
-                .try_for_each(|(index, shard)| shard.add(&columns, index, shards))
+                .zip(&runs)
+                .try_for_each(|(shard, runs)| shard.add(&columns, runs))
         };
         self.shards.par_iter_mut().for_each(|shard| {
             if matches!(&shard.orders, OrderKeys::Runs(keys) if keys.len() >= shard.merge_at) {
@@ -554,14 +555,46 @@ impl OrderFold {
     }
 }
 
+/// The runs of adjacent usable lines with one order_id in a batch, as (first row, row after
+/// the last line, key hash) per shard: found once for all shards (each shard used to scan the
+/// whole batch for its own). The hash is computed for text keys and to choose a shard.
+fn runs_by_shard(batch: &Batch, text: bool, shards: usize) -> Vec<Vec<(usize, usize, u64)>> {
+    let Batch { reasons, order_ids, .. } = *batch;
+    let mut runs: Vec<Vec<(usize, usize, u64)>> = vec![Vec::new(); shards];
+    let usable = |row: usize| reasons.get(row).unwrap_or(0) == 0;
+    let mut open: Option<(usize, usize, u64)> = None; // first, last, hash
+    let mut close = |(first, last, hash): (usize, usize, u64)| {
+        let shard = if shards == 1 { 0 } else { shard_of(hash, shards) };
+        runs[shard].push((first, last + 1, hash));
+    };
+    for row in (0..reasons.len()).filter(|&row| usable(row)) {
+        if let Some((_, last, _)) = &mut open {
+            if order_ids.same(row, *last) {
+                *last = row;
+                continue;
+            }
+        }
+        if let Some(run) = open {
+            close(run);
+        }
+        let hash = if text || shards > 1 {
+            key_hash(order_ids, row)
+        } else {
+            0
+        };
+        open = Some((row, row, hash));
+    }
+    if let Some(run) = open {
+        close(run);
+    }
+    runs
+}
+
 impl Shard {
-    /// Fold the usable lines of a batch whose orders belong to shard `index` of `shards`.
-    ///
-    /// Two passes: the runs of adjacent usable lines with one order_id that belong here, with
-    /// their key hashes (text); then each run's order is looked up (text) or started (integer
-    /// ids: a new order per run, repeats merged later) and its lines folded in.
-    fn add(&mut self, batch: &Batch, index: usize, shards: usize) -> PolarsResult<()> {
-        let text = matches!(self.orders, OrderKeys::Text(_));
+    /// Fold this shard's runs of a batch (`runs_by_shard`): each run's order is looked up (text)
+    /// or started (integer ids: a new order per run, repeats merged later) and its lines
+    /// folded in.
+    fn add(&mut self, batch: &Batch, runs: &[(usize, usize, u64)]) -> PolarsResult<()> {
         let Batch {
             reasons,
             order_ids,
@@ -571,29 +604,6 @@ impl Shard {
             channels,
         } = *batch;
         let usable = |row: usize| reasons.get(row).unwrap_or(0) == 0;
-        // (first row, row after the last line, key hash) of each run of this shard.
-        let mut runs: Vec<(usize, usize, u64)> = Vec::new();
-        let mut open: Option<(usize, usize, u64, bool)> = None; // first, last, hash, ours
-        for row in (0..reasons.len()).filter(|&row| usable(row)) {
-            if let Some((_, last, _, _)) = &mut open {
-                if order_ids.same(row, *last) {
-                    *last = row;
-                    continue;
-                }
-            }
-            if let Some((first, last, hash, true)) = open {
-                runs.push((first, last + 1, hash));
-            }
-            let hash = if text || shards > 1 {
-                key_hash(order_ids, row)
-            } else {
-                0
-            };
-            open = Some((row, row, hash, shards == 1 || shard_of(hash, shards) == index));
-        }
-        if let Some((first, last, hash, true)) = open {
-            runs.push((first, last + 1, hash));
-        }
 
         // The previous line with a channel and its code.
         let mut previous_channel: Option<(usize, u32)> = None;
@@ -608,7 +618,7 @@ impl Shard {
             },
             None => NO_CHANNEL,
         };
-        for &(first, end, hash) in &runs {
+        for &(first, end, hash) in runs {
             let (order, new) = self.orders.intern(order_ids, first, hash)?;
             let o = order as usize;
             let mut previous: Option<usize> = None; // the run's previous line
