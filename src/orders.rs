@@ -156,7 +156,37 @@ impl<'a> KeyColumn<'a> {
 /// repeated ones merged by `Shard::merge_repeated_orders` (a sort, not a lookup per run).
 enum OrderKeys {
     Text(Interner),
-    Runs(Vec<i64>),
+    Runs(Runs),
+}
+
+/// Integer order ids: orders `0..sorted.len()` are merged (their ids distinct, in `sorted`),
+/// the runs after them are `fresh`, one order each until the next merge.
+struct Runs {
+    /// (id, order) of the merged orders, by id.
+    sorted: Vec<(i64, u32)>,
+    /// The id of each run since the last merge.
+    fresh: Vec<i64>,
+    /// Merge when this many orders and runs are held, never fewer than `merge_floor`
+    /// (`FIRST_MERGE`; small in tests).
+    merge_at: usize,
+    merge_floor: usize,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs {
+            sorted: Vec::new(),
+            fresh: Vec::new(),
+            merge_at: FIRST_MERGE,
+            merge_floor: FIRST_MERGE,
+        }
+    }
+}
+
+impl Runs {
+    fn held(&self) -> usize {
+        self.sorted.len() + self.fresh.len()
+    }
 }
 
 impl OrderKeys {
@@ -167,9 +197,9 @@ impl OrderKeys {
             (OrderKeys::Text(keys), KeyColumn::Text(values)) => {
                 keys.intern_hashed(values.value(row).as_bytes(), hash as u32)
             }
-            (OrderKeys::Runs(keys), KeyColumn::Int(values)) => {
-                keys.push(values[row]);
-                (u32::try_from(keys.len() - 1).expect("fewer than 2^32 runs"), true)
+            (OrderKeys::Runs(runs), KeyColumn::Int(values)) => {
+                runs.fresh.push(values[row]);
+                (u32::try_from(runs.held() - 1).expect("fewer than 2^32 runs"), true)
             }
             _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
         })
@@ -236,6 +266,7 @@ impl OrderCustomers {
 /// The distinct customer ids of all shards ascending, as `dtype`, and each order's position
 /// among them (the shards' orders one after another).
 fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResult<(Series, Vec<u32>)> {
+    use rayon::prelude::*;
     if let Some(OrderCustomers::Text { .. }) = shards.first() {
         let mut interners = Vec::new();
         let mut orders = Vec::new();
@@ -271,13 +302,9 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
         .map(|(order, &id)| (id, order as u32))
         .collect();
     drop(values);
-    {
-        use rayon::prelude::*;
-        pairs.par_sort_unstable();
-    }
+    pairs.par_sort_unstable();
     // Parts of the sorted pairs numbered in parallel: a part's ranks continue from the
     // distinct values of the parts before it (a value may straddle two parts).
-    use rayon::prelude::*;
     use std::sync::atomic::{AtomicU32, Ordering as Atomic};
     let per_part = pairs.len().div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
     let starts_value = |index: usize| index == 0 || pairs[index - 1].0 != pairs[index].0;
@@ -330,12 +357,6 @@ fn retain<T>(values: &mut Vec<T>, keep: &[bool]) {
 /// tables, so shards fold the same batch on different threads without sharing anything.
 struct Shard {
     orders: OrderKeys,
-    /// Integer runs: merge repeated orders when this many runs are held, and never below
-    /// `merge_floor` (`FIRST_MERGE`; small in tests).
-    merge_at: usize,
-    merge_floor: usize,
-    /// Integer runs: (id, order) of the orders as of the last merge, by id (ids distinct).
-    sorted: Vec<(i64, u32)>,
     customers: OrderCustomers,
     channels: Interner,
     ordered_ts: Vec<i64>,
@@ -420,11 +441,8 @@ impl OrderFold {
         let shard = || Shard {
             orders: match text {
                 true => OrderKeys::Text(Interner::default()),
-                false => OrderKeys::Runs(Vec::new()),
+                false => OrderKeys::Runs(Runs::default()),
             },
-            merge_at: FIRST_MERGE,
-            merge_floor: FIRST_MERGE,
-            sorted: Vec::new(),
             customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
             ordered_ts: Vec::new(),
@@ -472,7 +490,7 @@ impl OrderFold {
                 .try_for_each(|(shard, runs)| shard.add(&columns, runs))
         };
         self.shards.par_iter_mut().for_each(|shard| {
-            if matches!(&shard.orders, OrderKeys::Runs(keys) if keys.len() >= shard.merge_at) {
+            if matches!(&shard.orders, OrderKeys::Runs(runs) if runs.held() >= runs.merge_at) {
                 shard.merge_repeated_orders();
             }
         });
@@ -484,7 +502,7 @@ impl OrderFold {
     /// The orders as columns; `customer_dtype` is the source's customer_id type.
     pub fn finish(self, customer_dtype: &DataType, has_channel: bool) -> PolarsResult<FoldedOrders> {
         let OrderFold {
-            shards,
+            mut shards,
             lines_by_reason,
             duplicate_lines,
             ..
@@ -503,11 +521,9 @@ impl OrderFold {
                 all.append(&mut more);
             }
         }
-        let mut shards = shards;
         shards.par_iter_mut().for_each(Shard::merge_repeated_orders);
         for shard in shards {
             drop(shard.orders);
-            drop(shard.sorted);
             customers.push(shard.customers);
             channels.push((shard.channels, shard.channel));
             join(&mut ordered_ts, shard.ordered_ts);
@@ -645,18 +661,9 @@ impl Shard {
                 }
                 self.lines[o] += 1;
                 self.revenue[o] = self.revenue[o].wrapping_add(amount);
-                match ts.cmp(&self.ordered_ts[o]) {
-                    Ordering::Less => {
-                        self.ordered_ts[o] = ts;
-                        self.channel[o] = channel_of(&mut self.channels, row);
-                    }
-                    Ordering::Equal => {
-                        let channel = channel_of(&mut self.channels, row);
-                        if self.channel_before(channel, self.channel[o]) {
-                            self.channel[o] = channel;
-                        }
-                    }
-                    Ordering::Greater => {}
+                if ts <= self.ordered_ts[o] {
+                    let channel = channel_of(&mut self.channels, row);
+                    self.take_if_first(o, ts, channel);
                 }
             }
         }
@@ -669,15 +676,16 @@ impl Shard {
     /// so each run is sorted once however many merges there are.
     fn merge_repeated_orders(&mut self) {
         use rayon::prelude::*;
-        let OrderKeys::Runs(keys) = &self.orders else {
+        let OrderKeys::Runs(runs) = &mut self.orders else {
             return;
         };
-        // Orders before `start` were merged already and are in `sorted`; only the runs since
+        // Orders before `start` were merged already and are in `sorted`; only the fresh runs
         // are sorted now, then walked beside `sorted`.
-        let sorted = std::mem::take(&mut self.sorted);
+        let sorted = std::mem::take(&mut runs.sorted);
+        let mut keys = std::mem::take(&mut runs.fresh);
         let start = sorted.len();
-        let runs = keys.len();
-        let mut fresh: Vec<(i64, u32)> = (start..runs).map(|run| (keys[run], run as u32)).collect();
+        let held = start + keys.len();
+        let mut fresh: Vec<(i64, u32)> = (start..).zip(&keys).map(|(run, &key)| (key, run as u32)).collect();
         fresh.par_sort_unstable();
         let mut keep: Option<Vec<bool>> = None;
         let mut firsts: Vec<(i64, u32)> = Vec::new(); // the runs that start a new order
@@ -696,7 +704,7 @@ impl Shard {
             };
             for &(_, later) in repeats {
                 let later = later as usize;
-                keep.get_or_insert_with(|| vec![true; runs])[later] = false;
+                keep.get_or_insert_with(|| vec![true; held])[later] = false;
                 self.merge_into(order, later);
             }
         }
@@ -705,16 +713,13 @@ impl Shard {
             // Runs before `start` are all kept: a first run's new position is `start` plus the
             // kept runs before it.
             let mut position = start as u32;
-            let mut positions = vec![0u32; keep.len() - start];
+            let mut positions = vec![0u32; held - start];
             for (slot, &kept) in positions.iter_mut().zip(&keep[start..]) {
                 *slot = position;
                 position += u32::from(kept);
             }
             for first in &mut firsts {
                 first.1 = positions[first.1 as usize - start];
-            }
-            if let OrderKeys::Runs(keys) = &mut self.orders {
-                retain(keys, keep);
             }
             self.customers.retain(keep);
             retain(&mut self.ordered_ts, keep);
@@ -731,8 +736,13 @@ impl Shard {
         }
         merged.extend(a);
         merged.extend(b);
-        self.merge_at = (merged.len() * 2).max(self.merge_floor);
-        self.sorted = merged;
+        keys.clear();
+        let OrderKeys::Runs(runs) = &mut self.orders else {
+            unreachable!("checked above");
+        };
+        runs.merge_at = (merged.len() * 2).max(runs.merge_floor);
+        runs.sorted = merged;
+        runs.fresh = keys;
     }
 
     /// Fold order `later` (a run repeating `order`'s id) into `order`, by the rules for lines.
@@ -742,7 +752,12 @@ impl Shard {
         }
         self.lines[order] += self.lines[later];
         self.revenue[order] = self.revenue[order].wrapping_add(self.revenue[later]);
-        let (ts, channel) = (self.ordered_ts[later], self.channel[later]);
+        self.take_if_first(order, self.ordered_ts[later], self.channel[later]);
+    }
+
+    /// Make (`ts`, `channel`) the order's time and channel when it comes first: earlier, or at
+    /// the same instant with a channel that wins (`channel_before`).
+    fn take_if_first(&mut self, order: usize, ts: i64, channel: u32) {
         match ts.cmp(&self.ordered_ts[order]) {
             Ordering::Less => {
                 self.ordered_ts[order] = ts;
@@ -940,7 +955,9 @@ mod tests {
         for shards in [1, 3] {
             let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, shards);
             for shard in &mut fold.shards {
-                (shard.merge_at, shard.merge_floor) = (7, 7);
+                if let OrderKeys::Runs(runs) = &mut shard.orders {
+                    (runs.merge_at, runs.merge_floor) = (7, 7);
+                }
             }
             let mut merges_seen = 0;
             let mut before = vec![0; shards];
@@ -958,7 +975,7 @@ mod tests {
                     .shards
                     .iter()
                     .map(|shard| match &shard.orders {
-                        OrderKeys::Runs(keys) => keys.len(),
+                        OrderKeys::Runs(runs) => runs.held(),
                         OrderKeys::Text(_) => panic!("integer ids are runs"),
                     })
                     .collect();

@@ -687,18 +687,18 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             .collect()?;
         Ok(frame.column("lines")?.u64()?.get(0).unwrap_or(0))
     };
-    stats.rows_rejected.insert(
-        "order_with_several_customers".into(),
-        rejected_lines(col("several_customers"))?,
-    );
+    let several_customers = rejected_lines(col("several_customers"))?;
+    stats
+        .rows_rejected
+        .insert("order_with_several_customers".into(), several_customers);
     let no_local_time = rejected_lines(col("date").is_null().and(col("several_customers").not()))?;
     *stats.rows_rejected.entry("null_ordered_at".into()).or_insert(0) += no_local_time;
     stats.rows_rejected_total = REJECTED
         .iter()
         .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
         .sum();
-    let all_usable = !usable.column("several_customers")?.bool()?.any() && usable.column("date")?.null_count() == 0;
-    let orders = if all_usable {
+    // Every order has a line, so no rejected lines means no rejected order.
+    let orders = if several_customers == 0 && no_local_time == 0 {
         // The usual case: no copy, the columns stay in one chunk each.
         usable.lazy().select(keep).collect()?
     } else {
