@@ -108,6 +108,25 @@ impl Granularity {
     }
 }
 
+/// Calendar index of each day number in `first..=last`, looked up instead of recomputed per row.
+pub struct PeriodIndex {
+    first: i32,
+    index: Vec<i32>,
+}
+
+impl PeriodIndex {
+    pub fn new(granularity: Granularity, first: i32, last: i32) -> Self {
+        let index = (first..=last.max(first))
+            .map(|day| granularity.index_of(from_days(day)))
+            .collect();
+        PeriodIndex { first, index }
+    }
+
+    pub fn of(&self, day: i32) -> i32 {
+        self.index[(day - self.first) as usize]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,27 @@ pub struct SharedTables {
     pub as_of: NaiveDate,
 }
 
+/// A numeric column of a shared table as a slice: the shared tables are built in one chunk and
+/// without nulls in the columns stages walk.
+pub fn values<'a, T: PolarsNumericType>(frame: &'a DataFrame, name: &str) -> Result<&'a [T::Native]> {
+    let series = frame.column(name)?.as_materialized_series();
+    series
+        .unpack::<T>()?
+        .cont_slice()
+        .map_err(|_| anyhow::anyhow!("column `{name}` has nulls or several chunks"))
+}
+
+/// A `Date` column of a shared table as day numbers (see `values`).
+pub fn day_values<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [i32]> {
+    frame
+        .column(name)?
+        .as_materialized_series()
+        .date()?
+        .physical()
+        .cont_slice()
+        .map_err(|_| anyhow::anyhow!("column `{name}` has nulls or several chunks"))
+}
+
 /// The order columns the walk reads, as slices.
 struct OrderColumns<'a> {
     ids: &'a [u32],
@@ -336,7 +357,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     ])?;
 
     let day_number = |expr: Expr| expr.cast(DataType::Int32).cast(DataType::Int64);
-    let customer_facts = per_customer
+    let mut customer_facts = per_customer
         .lazy()
         .with_columns([
             (col("purchase_days") - lit(1i64)).alias("frequency"),
@@ -379,6 +400,8 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         crate::runner::memory()
     );
 
+    // One chunk: stages read columns as slices (`values`).
+    customer_facts.rechunk_mut();
     Ok(SharedTables {
         customer_facts,
         customer_periods,

@@ -9,7 +9,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::period::{from_days, to_days, Granularity};
+use crate::period::{to_days, Granularity, PeriodIndex};
 
 /// Options of `kind = "cohort_retention"`.
 #[derive(Debug, Default, Deserialize)]
@@ -86,25 +86,6 @@ fn dimension_codes(facts: &DataFrame, dimension: &str) -> Result<(Series, Vec<u3
         .map(|rank| rank.map_or(null_code, |rank| rank - 1))
         .collect();
     Ok((distinct, codes))
-}
-
-/// Calendar index of each day number in `first..=last`, looked up instead of recomputed per row.
-struct PeriodIndex {
-    first: i32,
-    index: Vec<i32>,
-}
-
-impl PeriodIndex {
-    fn new(granularity: Granularity, first: i32, last: i32) -> Self {
-        let index = (first..=last.max(first))
-            .map(|day| granularity.index_of(from_days(day)))
-            .collect();
-        PeriodIndex { first, index }
-    }
-
-    fn of(&self, day: i32) -> i32 {
-        self.index[(day - self.first) as usize]
-    }
 }
 
 /// The retention table; `facts` and `periods` are the shared tables.

@@ -6,13 +6,13 @@
 //! purchase 0 days after the first.
 
 use anyhow::Result;
-use chrono::NaiveDate;
 use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::config::{reader::TableReader, Diagnostics};
-use crate::period::{to_days, Granularity};
+use crate::period::{to_days, Granularity, PeriodIndex};
+use crate::prepare::{day_values, values, SharedTables};
 
 /// Options of `kind = "repeat"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,196 +85,270 @@ fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -
 
 impl Stage for RepeatOptions {
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let shared = inputs.shared()?;
-        repeat(&shared.customer_facts, &shared.customer_periods, shared.as_of, self)
+        repeat(inputs.shared()?, self)
     }
 }
 
-fn kth(k: u32) -> String {
-    format!("purchase_{k}_date")
+/// One group's tallies: the overall row or one cohort.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    customers: i64,
+    repeat_customers: i64,
+    /// Per `within_days` window: customers observed that long, and those who repeated in it.
+    observed: Vec<i64>,
+    repeated: Vec<i64>,
+    /// Days from the first to the second purchase of each repeat customer.
+    gaps: Vec<i32>,
+    /// Sum and count of (last − first) / (orders − 1) over repeat customers.
+    between_sum: f64,
+    between_count: i64,
+    /// Per k = 1..=max_purchases: customers whose k-th purchase is on or before the cutoff, and
+    /// those of them with a (k+1)-th purchase.
+    at: Vec<i64>,
+    next: Vec<i64>,
 }
 
-/// Per customer: the date of purchases 1..=k_max (null when fewer), from purchases per day.
-fn purchase_dates(facts: &DataFrame, periods: &DataFrame, k_max: u32) -> Result<Vec<Column>> {
-    let customers = facts.height();
-    let keys = periods.column("customer_key")?.u32()?;
-    let dates = periods.column("date")?.cast(&DataType::Int32)?;
-    let dates = dates.i32()?;
-    let purchases = periods.column("purchases")?.i64()?;
-    let mut kth_dates: Vec<Vec<Option<i32>>> = vec![vec![None; customers]; k_max as usize];
-    let mut current = u32::MAX;
-    let mut running = 0i64;
-    for ((key, date), count) in keys
-        .into_no_null_iter()
-        .zip(dates.into_no_null_iter())
-        .zip(purchases.into_no_null_iter())
-    {
-        if key != current {
-            current = key;
-            running = 0;
-        }
-        if count <= 0 {
-            continue;
-        }
-        let before = running;
-        running += count;
-        for k in (before + 1)..=running.min(k_max as i64) {
-            kth_dates[(k - 1) as usize][key as usize] = Some(date);
+impl Tally {
+    fn new(options: &RepeatOptions) -> Self {
+        let windows = options.within_days.len();
+        let steps = options.max_purchases as usize;
+        Tally {
+            observed: vec![0; windows],
+            repeated: vec![0; windows],
+            at: vec![0; steps],
+            next: vec![0; steps],
+            ..Tally::default()
         }
     }
-    kth_dates
-        .into_iter()
-        .enumerate()
-        .map(|(i, values)| Ok(Column::new(kth(i as u32 + 1).into(), values).cast(&DataType::Date)?))
-        .collect()
+
+    fn add(&mut self, other: &Tally) {
+        self.customers += other.customers;
+        self.repeat_customers += other.repeat_customers;
+        for (total, part) in [
+            (&mut self.observed, &other.observed),
+            (&mut self.repeated, &other.repeated),
+            (&mut self.at, &other.at),
+            (&mut self.next, &other.next),
+        ] {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+        }
+        self.gaps.extend_from_slice(&other.gaps);
+        self.between_sum += other.between_sum;
+        self.between_count += other.between_count;
+    }
 }
 
-/// The summary and transitions tables.
-pub fn repeat(
-    facts: &DataFrame,
-    periods: &DataFrame,
-    as_of: NaiveDate,
-    options: &RepeatOptions,
-) -> Result<Vec<DataFrame>> {
-    let k_max = options.max_purchases.max(1) + 1;
-    let as_of_days = to_days(as_of);
-    let days = |expr: Expr| expr.cast(DataType::Int32);
-    let mut base = facts.select(["customer_key", "first_purchase_date", "last_purchase_date", "orders"])?;
-    for column in purchase_dates(facts, periods, k_max)? {
-        base.with_column(column)?;
+/// Linear-interpolated quantile of sorted values, as polars computes it: position
+/// (n − 1)·q, interpolated between its neighbours; `None` when there are no values.
+fn quantile(sorted: &[i32], q: f64) -> Option<f64> {
+    let (&first, n) = (sorted.first()?, sorted.len());
+    if n == 1 {
+        return Some(f64::from(first));
     }
-    let per_customer = base
-        .lazy()
-        .with_columns([
-            options
-                .cohort_granularity
-                .index_expr(col("first_purchase_date"))
-                .alias("cohort_index"),
-            (days(col(kth(2).as_str())) - days(col("first_purchase_date"))).alias("days_to_second"),
-            when(col("orders").gt_eq(lit(2i64)))
-                .then(
-                    (days(col("last_purchase_date")) - days(col("first_purchase_date"))).cast(DataType::Float64)
-                        / (col("orders") - lit(1i64)).cast(DataType::Float64),
-                )
-                .otherwise(lit(NULL).cast(DataType::Float64))
-                .alias("days_between_purchases"),
-            (lit(as_of_days) - days(col("first_purchase_date"))).alias("observed_days"),
-        ])
-        .collect()?;
+    let position = (n - 1) as f64 * q;
+    let (low, high) = (position as usize, position.ceil() as usize);
+    let lower = f64::from(sorted[low]);
+    if low == high {
+        return Some(lower);
+    }
+    let upper = f64::from(sorted[high]);
+    Some(if lower == upper {
+        lower
+    } else {
+        (position - low as f64) * (upper - lower) + lower
+    })
+}
 
-    // Summary: the same aggregations overall (cohort null) and per cohort.
-    let customers_f = || len().cast(DataType::Float64);
-    let mut aggs = vec![
-        len().cast(DataType::Int64).alias("customers"),
-        col("orders")
-            .gt_eq(lit(2i64))
-            .cast(DataType::Int64)
-            .sum()
-            .alias("repeat_customers"),
-        (col("orders").gt_eq(lit(2i64)).cast(DataType::Float64).sum() / customers_f()).alias("repeat_customer_rate"),
+/// The tallies of customers `range` (rows of customer_facts = customer keys), one per cohort
+/// slot (cohort index − `first_cohort`). `period_start` is the first customer_periods row of
+/// the range's first customer.
+struct Walk<'a> {
+    first: &'a [i32],
+    last: &'a [i32],
+    orders: &'a [i64],
+    keys: &'a [u32],
+    dates: &'a [i32],
+    purchases: &'a [i64],
+    cohort: &'a [u32],
+    cohorts: usize,
+    as_of: i32,
+    cutoff: i32,
+    options: &'a RepeatOptions,
+}
+
+impl Walk<'_> {
+    fn tallies(&self, range: std::ops::Range<usize>) -> Vec<Tally> {
+        let mut tallies = vec![Tally::new(self.options); self.cohorts];
+        let steps = self.options.max_purchases as usize;
+        // Purchase k's day for k = 1..=max(steps, 2).
+        let mut kth = vec![0i32; steps.max(2)];
+        let mut row = self.keys.partition_point(|&key| (key as usize) < range.start);
+        for customer in range {
+            let tally = &mut tallies[self.cohort[customer] as usize];
+            let (first, orders) = (self.first[customer], self.orders[customer]);
+            // The day on which the running count of purchases reaches each k.
+            let mut running = 0usize;
+            while row < self.keys.len() && self.keys[row] as usize == customer {
+                let bought = self.purchases[row].max(0) as usize;
+                let reached = (running + bought).min(kth.len());
+                for slot in kth.iter_mut().take(reached).skip(running) {
+                    *slot = self.dates[row];
+                }
+                running += bought;
+                row += 1;
+            }
+            tally.customers += 1;
+            let repeat = orders >= 2;
+            tally.repeat_customers += i64::from(repeat);
+            let observed_days = self.as_of - first;
+            for (w, &n) in self.options.within_days.iter().enumerate() {
+                let observed = observed_days >= n as i32;
+                tally.observed[w] += i64::from(observed);
+                tally.repeated[w] += i64::from(observed && repeat && kth[1] - first <= n as i32);
+            }
+            if repeat {
+                tally.gaps.push(kth[1] - first);
+                tally.between_sum += f64::from(self.last[customer] - first) / (orders - 1) as f64;
+                tally.between_count += 1;
+            }
+            for k in 1..=steps.min(orders.max(0) as usize) {
+                if kth[k - 1] <= self.cutoff {
+                    tally.at[k - 1] += 1;
+                    tally.next[k - 1] += i64::from(orders > k as i64);
+                }
+            }
+        }
+        tallies
+    }
+}
+
+pub fn repeat(shared: &SharedTables, options: &RepeatOptions) -> Result<Vec<DataFrame>> {
+    use rayon::prelude::*;
+    let (facts, periods) = (&shared.customer_facts, &shared.customer_periods);
+    let first = day_values(facts, "first_purchase_date")?;
+    let as_of = to_days(shared.as_of);
+    let granularity = options.cohort_granularity;
+    let (low, high) = first.iter().fold((as_of, as_of), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+    let index = PeriodIndex::new(granularity, low, high);
+    let first_cohort = index.of(low);
+    let cohort: Vec<u32> = first.par_iter().map(|&d| (index.of(d) - first_cohort) as u32).collect();
+    let walk = Walk {
+        first,
+        last: day_values(facts, "last_purchase_date")?,
+        orders: values::<Int64Type>(facts, "orders")?,
+        keys: values::<UInt32Type>(periods, "customer_key")?,
+        dates: day_values(periods, "date")?,
+        purchases: values::<Int64Type>(periods, "purchases")?,
+        cohort: &cohort,
+        cohorts: (index.of(high) - first_cohort + 1) as usize,
+        as_of,
+        cutoff: as_of - options.min_observation_days as i32,
+        options,
+    };
+    // Fixed-size chunks: the sums come out the same whatever the thread count.
+    const CHUNK: usize = 1 << 16;
+    let customers = first.len();
+    let parts: Vec<Vec<Tally>> = (0..customers.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|chunk| walk.tallies(chunk * CHUNK..((chunk + 1) * CHUNK).min(customers)))
+        .collect();
+    let mut cohorts = vec![Tally::new(options); walk.cohorts];
+    for part in &parts {
+        cohorts.iter_mut().zip(part).for_each(|(total, part)| total.add(part));
+    }
+    drop(parts);
+    let mut overall = Tally::new(options);
+    cohorts.iter().for_each(|cohort| overall.add(cohort));
+    // Rows: overall (cohort null, when there are customers), then each cohort with customers.
+    let mut rows: Vec<(Option<i32>, Tally)> = Vec::new();
+    if overall.customers > 0 {
+        rows.push((None, overall));
+    }
+    rows.extend(
+        cohorts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, tally)| tally.customers > 0)
+            .map(|(slot, tally)| (Some(first_cohort + slot as i32), tally)),
+    );
+    rows.par_iter_mut().for_each(|(_, tally)| tally.gaps.sort_unstable());
+    Ok(vec![summary(&rows, options)?, transitions(&rows, options)?])
+}
+
+fn ratio(part: i64, whole: i64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+fn summary(rows: &[(Option<i32>, Tally)], options: &RepeatOptions) -> Result<DataFrame> {
+    let int = |name: String, f: &dyn Fn(&Tally) -> i64| {
+        Column::new(name.into(), rows.iter().map(|(_, t)| f(t)).collect::<Vec<_>>())
+    };
+    let float = |name: String, f: &dyn Fn(&Tally) -> Option<f64>| {
+        Column::new(name.into(), rows.iter().map(|(_, t)| f(t)).collect::<Vec<_>>())
+    };
+    let mut columns = vec![
+        cohort_column(rows, options.cohort_granularity)?,
+        int("customers".into(), &|t| t.customers),
+        int("repeat_customers".into(), &|t| t.repeat_customers),
+        float("repeat_customer_rate".into(), &|t| {
+            ratio(t.repeat_customers, t.customers)
+        }),
     ];
-    for &n in &options.within_days {
-        let observed = col("observed_days").gt_eq(lit(n as i32));
-        let repeated = observed
-            .clone()
-            .and(col("days_to_second").lt_eq(lit(n as i32)).fill_null(lit(false)));
-        let observed_count = observed.cast(DataType::Int64).sum();
-        aggs.push(observed_count.clone().alias(format!("customers_observed_{n}d")));
-        aggs.push(
-            repeated
-                .clone()
-                .cast(DataType::Int64)
-                .sum()
-                .alias(format!("repeat_customers_{n}d")),
-        );
-        aggs.push(
-            when(observed_count.clone().gt(lit(0i64)))
-                .then(repeated.cast(DataType::Float64).sum() / observed_count.cast(DataType::Float64))
-                .otherwise(lit(NULL).cast(DataType::Float64))
-                .alias(format!("repeat_rate_{n}d")),
-        );
+    for (w, n) in options.within_days.iter().enumerate() {
+        columns.push(int(format!("customers_observed_{n}d"), &|t| t.observed[w]));
+        columns.push(int(format!("repeat_customers_{n}d"), &|t| t.repeated[w]));
+        columns.push(float(format!("repeat_rate_{n}d"), &|t| {
+            ratio(t.repeated[w], t.observed[w])
+        }));
     }
-    let gap = || col("days_to_second").cast(DataType::Float64);
-    aggs.extend([
-        gap().median().alias("days_to_second_median"),
-        gap()
-            .quantile(lit(0.25), QuantileMethod::Linear)
-            .alias("days_to_second_p25"),
-        gap()
-            .quantile(lit(0.75), QuantileMethod::Linear)
-            .alias("days_to_second_p75"),
-        gap().mean().alias("days_to_second_mean"),
-        col("days_between_purchases")
-            .mean()
-            .alias("mean_days_between_purchases"),
+    columns.extend([
+        float("days_to_second_median".into(), &|t| quantile(&t.gaps, 0.5)),
+        float("days_to_second_p25".into(), &|t| quantile(&t.gaps, 0.25)),
+        float("days_to_second_p75".into(), &|t| quantile(&t.gaps, 0.75)),
+        float("days_to_second_mean".into(), &|t| {
+            let sum: i64 = t.gaps.iter().map(|&g| i64::from(g)).sum();
+            (!t.gaps.is_empty()).then(|| sum as f64 / t.gaps.len() as f64)
+        }),
+        float("mean_days_between_purchases".into(), &|t| {
+            (t.between_count > 0).then(|| t.between_sum / t.between_count as f64)
+        }),
     ]);
-    // Transitions P(k+1 | k) with censoring: counts per k in the same two group-bys, as
-    // columns `__at_k`, `__next_k`, turned into rows below.
-    let cutoff = as_of_days - options.min_observation_days as i32;
-    let at = |k: u32| format!("__at_{k}");
-    let next = |k: u32| format!("__next_{k}");
-    for k in 1..=options.max_purchases {
-        let at_k = days(col(kth(k).as_str())).lt_eq(lit(cutoff)).fill_null(lit(false));
-        let next_k = at_k.clone().and(col(kth(k + 1).as_str()).is_not_null());
-        aggs.push(at_k.cast(DataType::Int64).sum().alias(at(k)));
-        aggs.push(next_k.cast(DataType::Int64).sum().alias(next(k)));
-    }
-    // Overall = one group with a null cohort, so both parts have the same columns.
-    let overall_key = || lit(NULL).cast(DataType::Int32).alias("cohort_index");
-    let overall = per_customer.clone().lazy().group_by([overall_key()]).agg(aggs.clone());
-    let by_cohort = per_customer
-        .lazy()
-        .group_by([col("cohort_index")])
-        .agg(aggs)
-        .sort(["cohort_index"], SortMultipleOptions::default());
-    let both = concat(
-        [overall, by_cohort],
-        UnionArgs {
-            to_supertypes: true,
-            ..Default::default()
-        },
-    )?
-    .collect()?;
-    let counts: Vec<String> = (1..=options.max_purchases).flat_map(|k| [at(k), next(k)]).collect();
-    let summary = with_cohort_dates(both.drop_many(&counts), options.cohort_granularity)?;
-
-    let frames: Vec<LazyFrame> = (1..=options.max_purchases)
-        .map(|k| {
-            both.clone().lazy().select([
-                col("cohort_index"),
-                lit(k as i32).alias("k"),
-                col(at(k).as_str()).alias("customers_at_k"),
-                col(next(k).as_str()).alias("customers_at_k_plus_1"),
-            ])
-        })
-        .collect();
-    let transitions = concat(frames, UnionArgs::default())?
-        .with_column(
-            when(col("customers_at_k").gt(lit(0i64)))
-                .then(
-                    col("customers_at_k_plus_1").cast(DataType::Float64)
-                        / col("customers_at_k").cast(DataType::Float64),
-                )
-                .otherwise(lit(NULL).cast(DataType::Float64))
-                .alias("probability"),
-        )
-        .sort_by_exprs(
-            [col("cohort_index"), col("k")],
-            SortMultipleOptions::default().with_nulls_last(false),
-        )
-        .collect()?;
-    let transitions = with_cohort_dates(transitions, options.cohort_granularity)?;
-    Ok(vec![summary, transitions])
+    Ok(DataFrame::new_infer_height(columns)?)
 }
 
-/// Replace `cohort_index` with `cohort` (the period's start date), first column.
-fn with_cohort_dates(frame: DataFrame, granularity: Granularity) -> Result<DataFrame> {
-    let index = frame.column("cohort_index")?.i32()?;
-    let dates: Vec<Option<i32>> = index
+fn transitions(rows: &[(Option<i32>, Tally)], options: &RepeatOptions) -> Result<DataFrame> {
+    let steps = options.max_purchases as usize;
+    let each = |f: &dyn Fn(&Tally, usize) -> Option<f64>| -> Vec<Option<f64>> {
+        rows.iter()
+            .flat_map(|(_, t)| (0..steps).map(move |k| f(t, k)))
+            .collect()
+    };
+    let counts = |f: &dyn Fn(&Tally, usize) -> i64| -> Vec<i64> {
+        rows.iter()
+            .flat_map(|(_, t)| (0..steps).map(move |k| f(t, k)))
+            .collect()
+    };
+    let cohorts: Vec<(Option<i32>, Tally)> = rows
         .iter()
-        .map(|i| i.map(|i| to_days(granularity.start_of(i))))
+        .flat_map(|(cohort, _)| std::iter::repeat_n((*cohort, Tally::default()), steps))
         .collect();
-    let mut frame = frame.drop("cohort_index")?;
-    frame.insert_column(0, Column::new("cohort".into(), dates).cast(&DataType::Date)?)?;
-    Ok(frame)
+    Ok(DataFrame::new_infer_height(vec![
+        cohort_column(&cohorts, options.cohort_granularity)?,
+        Column::new(
+            "k".into(),
+            (0..rows.len()).flat_map(|_| 1..=steps as i32).collect::<Vec<_>>(),
+        ),
+        Column::new("customers_at_k".into(), counts(&|t, k| t.at[k])),
+        Column::new("customers_at_k_plus_1".into(), counts(&|t, k| t.next[k])),
+        Column::new("probability".into(), each(&|t, k| ratio(t.next[k], t.at[k]))),
+    ])?)
+}
+
+/// The rows' cohort start dates (null for the overall row).
+fn cohort_column(rows: &[(Option<i32>, Tally)], granularity: Granularity) -> Result<Column> {
+    let dates: Vec<Option<i32>> = rows
+        .iter()
+        .map(|(index, _)| index.map(|i| to_days(granularity.start_of(i))))
+        .collect();
+    Ok(Column::new("cohort".into(), dates).cast(&DataType::Date)?)
 }
