@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::config::{reader::TableReader, Diagnostic, Diagnostics};
 use crate::money::from_micros;
+use crate::prepare::{day_values, values};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -267,35 +268,112 @@ impl Stage for Rfm {
     }
 }
 
-/// Score expression for one dimension; `higher_is_better` false for recency.
-fn score_expr(value: &str, options: &RfmOptions, cuts: Option<&[f64]>, higher_is_better: bool) -> Expr {
-    let bins = options.bins as f64;
-    let n = len().cast(DataType::Float64);
-    let formula = |rank: Expr| {
-        (lit(1.0) + (lit(bins) * (rank.cast(DataType::Float64) - lit(1.0)) / n.clone()).floor()).cast(DataType::Int32)
-    };
-    match options.method {
-        Method::RankMin => formula(col(value).rank(
-            RankOptions {
-                method: RankMethod::Min,
-                descending: !higher_is_better,
-            },
-            None,
-        )),
-        Method::Ntile => unreachable!("ntile scores are positions in a strict order, computed in `rfm`"),
-        Method::Thresholds => {
-            let cuts = cuts.expect("thresholds were checked at config time");
-            let mut count = lit(1i32);
-            for &cut in cuts {
-                let hit = if higher_is_better {
-                    lit(cut).lt_eq(col(value).cast(DataType::Float64))
-                } else {
-                    lit(cut).gt_eq(col(value).cast(DataType::Float64))
-                };
-                count = count + hit.cast(DataType::Int32);
-            }
-            count
+/// One dimension's values in customer_key order, compared by `goodness` (ascending = better).
+enum Values<'a> {
+    /// Small integers (days, counts): ordered by a counting sort.
+    Int(&'a [i64]),
+    Float(&'a [f64]),
+}
+
+impl Values<'_> {
+    fn at(&self, customer: usize) -> f64 {
+        match self {
+            Values::Int(values) => values[customer] as f64,
+            Values::Float(values) => values[customer],
         }
+    }
+
+    /// Customers from worst to best (higher values better when `higher_is_better`), ties in
+    /// customer_key order.
+    fn order(&self, higher_is_better: bool) -> Vec<u32> {
+        use rayon::prelude::*;
+        match self {
+            Values::Int(values) => {
+                let (low, high) = values
+                    .iter()
+                    .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                let span = high.saturating_sub(low).saturating_add(1) as u64;
+                if values.is_empty() || span > 4 * values.len() as u64 + 1024 {
+                    let floats: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+                    return Values::Float(&floats).order(higher_is_better);
+                }
+                // Stable counting sort on the value's bucket, worst bucket first.
+                let bucket = |v: i64| {
+                    let b = (v - low) as usize;
+                    if higher_is_better {
+                        b
+                    } else {
+                        span as usize - 1 - b
+                    }
+                };
+                let mut starts = vec![0u32; span as usize + 1];
+                for &v in values.iter() {
+                    starts[bucket(v) + 1] += 1;
+                }
+                for b in 0..span as usize {
+                    starts[b + 1] += starts[b];
+                }
+                let mut order = vec![0u32; values.len()];
+                for (customer, &v) in values.iter().enumerate() {
+                    let slot = &mut starts[bucket(v)];
+                    order[*slot as usize] = customer as u32;
+                    *slot += 1;
+                }
+                order
+            }
+            Values::Float(values) => {
+                let mut order: Vec<u32> = (0..values.len() as u32).collect();
+                order.par_sort_unstable_by(|&a, &b| {
+                    let (va, vb) = (values[a as usize], values[b as usize]);
+                    let by_value = if higher_is_better {
+                        va.total_cmp(&vb)
+                    } else {
+                        vb.total_cmp(&va)
+                    };
+                    by_value.then(a.cmp(&b))
+                });
+                order
+            }
+        }
+    }
+
+    /// Score 1..=bins of every customer: `1 + ⌊bins·(r − 1)/n⌋` with r the smallest rank among
+    /// equal values (`rank_min`) or the position in the strict order (`ntile`); for
+    /// `thresholds`, 1 + the cut points reached.
+    fn scores(&self, options: &RfmOptions, cuts: Option<&[f64]>, higher_is_better: bool) -> Vec<i32> {
+        use rayon::prelude::*;
+        let n = match self {
+            Values::Int(values) => values.len(),
+            Values::Float(values) => values.len(),
+        };
+        if options.method == Method::Thresholds {
+            let cuts = cuts.expect("thresholds were checked at config time");
+            return (0..n)
+                .into_par_iter()
+                .map(|customer| {
+                    let value = self.at(customer);
+                    let reached = cuts
+                        .iter()
+                        .filter(|&&cut| if higher_is_better { cut <= value } else { cut >= value })
+                        .count();
+                    1 + reached as i32
+                })
+                .collect();
+        }
+        let (bins, total) = (options.bins as f64, n as f64);
+        let score = |rank: usize| (1.0 + (bins * (rank as f64 - 1.0) / total).floor()) as i32;
+        let mut scores = vec![0i32; n];
+        let mut rank = 0;
+        let mut previous = None;
+        for (position, &customer) in self.order(higher_is_better).iter().enumerate() {
+            let value = self.at(customer as usize);
+            if options.method == Method::Ntile || previous != Some(value) {
+                rank = position + 1;
+                previous = Some(value);
+            }
+            scores[customer as usize] = score(rank);
+        }
+        scores
     }
 }
 
@@ -306,179 +384,142 @@ pub fn rfm(
     options: &RfmOptions,
     rules: &[SegmentRule],
 ) -> Result<Vec<DataFrame>> {
-    let as_of_days = crate::period::to_days(as_of) as i64;
-    let monetary = match options.monetary {
-        Monetary::Total => col("revenue"),
-        Monetary::Average => col("aov"),
-    };
-    let base = facts.clone().lazy().select([
-        col("customer_key"),
-        col("customer_id"),
-        (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64)).alias("recency_days"),
-        col("orders").alias("frequency"),
-        monetary.alias("monetary"),
-        col("revenue_micros"),
-    ]);
+    use rayon::prelude::*;
+    let as_of_days = i64::from(crate::period::to_days(as_of));
+    let recency: Vec<i64> = day_values(facts, "last_purchase_date")?
+        .par_iter()
+        .map(|&day| as_of_days - i64::from(day))
+        .collect();
+    let frequency = values::<Int64Type>(facts, "orders")?;
+    let monetary = values::<Float64Type>(
+        facts,
+        match options.monetary {
+            Monetary::Total => "revenue",
+            Monetary::Average => "aov",
+        },
+    )?;
+    let dimensions = [
+        ("recency", Values::Int(&recency), false),
+        ("frequency", Values::Int(frequency), true),
+        ("monetary", Values::Float(monetary), true),
+    ];
     let thresholds = options.thresholds.as_ref();
-    let scored = if options.method == Method::Ntile {
-        // Equal-size bins: rank by a strict order (value, then customer_key) for each dimension.
-        let mut frame = base.collect()?;
-        for (value, score, higher) in [
-            ("recency_days", "r_score", false),
-            ("frequency", "f_score", true),
-            ("monetary", "m_score", true),
-        ] {
-            let ordered = frame
-                .clone()
-                .lazy()
-                .sort_by_exprs(
-                    [col(value), col("customer_key")],
-                    SortMultipleOptions::default().with_order_descending_multi([!higher, false]),
-                )
-                .with_row_index("position", Some(1))
-                .select([
-                    col("customer_key"),
-                    (lit(1.0)
-                        + (lit(options.bins as f64) * (col("position").cast(DataType::Float64) - lit(1.0))
-                            / len().cast(DataType::Float64))
-                        .floor())
-                    .cast(DataType::Int32)
-                    .alias(score),
-                ]);
-            frame = frame
-                .lazy()
-                .join(
-                    ordered,
-                    [col("customer_key")],
-                    [col("customer_key")],
-                    JoinArgs::new(JoinType::Left),
-                )
-                .collect()?;
-        }
-        frame.lazy()
-    } else {
-        base.with_columns([
-            score_expr("recency_days", options, thresholds.map(|t| t.recency.as_slice()), false).alias("r_score"),
-            score_expr("frequency", options, thresholds.map(|t| t.frequency.as_slice()), true).alias("f_score"),
-            score_expr("monetary", options, thresholds.map(|t| t.monetary.as_slice()), true).alias("m_score"),
-        ])
+    let cuts = |dimension: &str| {
+        thresholds.map(|t| match dimension {
+            "recency" => t.recency.as_slice(),
+            "frequency" => t.frequency.as_slice(),
+            _ => t.monetary.as_slice(),
+        })
     };
+    let scores: Vec<Vec<i32>> = dimensions
+        .par_iter()
+        .map(|(dimension, values, higher)| values.scores(options, cuts(dimension), *higher))
+        .collect();
+
     // Segment and score text per (r, f, m) cell, looked up by cell (scores are 1..=9): the
     // rules are matched 729 times, not once per customer.
     let cell_of = |r: u32, f: u32, m: u32| ((r - 1) * 81 + (f - 1) * 9 + (m - 1)) as usize;
-    let mut segment_of_cell: Vec<Option<String>> = vec![None; 729];
-    let mut score_of_cell: Vec<String> = vec![String::new(); 729];
-    for r in 1..=9 {
-        for f in 1..=9 {
-            for m in 1..=9 {
-                let cell = cell_of(r, f, m);
-                segment_of_cell[cell] = rules
-                    .iter()
-                    .find(|rule| rule.matches(r, f, m))
-                    .map(|rule| rule.segment.clone());
-                score_of_cell[cell] = format!("{r}{f}{m}");
-            }
-        }
-    }
-    let cell = (col("r_score") - lit(1)) * lit(81) + (col("f_score") - lit(1)) * lit(9) + (col("m_score") - lit(1));
-    let lookup = |values: Series| lit(values).gather(cell.clone().cast(IDX_DTYPE), false);
-    let mut scored = scored
-        .with_columns([
-            lookup(Series::new("".into(), score_of_cell)).alias("rfm_score"),
-            lookup(Series::new("".into(), segment_of_cell)).alias("segment"),
-        ])
-        .collect()?;
-    if options.method == Method::Ntile {
-        // The score joins keep no row order.
-        scored = scored.sort(["customer_key"], SortMultipleOptions::default())?;
-    }
-
-    let customers = scored.select([
-        "customer_id",
-        "recency_days",
-        "frequency",
-        "monetary",
-        "r_score",
-        "f_score",
-        "m_score",
-        "rfm_score",
-        "segment",
-    ])?;
-
-    let mut threshold_frames = Vec::new();
-    for (dimension, value, score) in [
-        ("recency", "recency_days", "r_score"),
-        ("frequency", "frequency", "f_score"),
-        ("monetary", "monetary", "m_score"),
-    ] {
-        threshold_frames.push(
-            scored
-                .clone()
-                .lazy()
-                .group_by([col(score).alias("score")])
-                .agg([
-                    col(value).cast(DataType::Float64).min().alias("min_value"),
-                    col(value).cast(DataType::Float64).max().alias("max_value"),
-                    len().cast(DataType::Int64).alias("customers"),
-                ])
-                .with_column(lit(dimension).alias("dimension"))
-                .select([
-                    col("dimension"),
-                    col("score"),
-                    col("min_value"),
-                    col("max_value"),
-                    col("customers"),
-                ])
-                .sort(["score"], SortMultipleOptions::default()),
-        );
-    }
-    let thresholds_table = concat(threshold_frames, UnionArgs::default())?.collect()?;
-
-    // Segments in rule order, every named segment present (zeros when empty).
     let mut names: Vec<String> = Vec::new();
     for rule in rules {
         if !names.contains(&rule.segment) {
             names.push(rule.segment.clone());
         }
     }
-    let order = df!("segment" => names.clone(), "segment_order" => (0..names.len() as u32).collect::<Vec<_>>())?;
-    let total_customers = scored.height() as f64;
-    let stats = scored.clone().lazy().group_by([col("segment")]).agg([
-        len().cast(DataType::Int64).alias("customers"),
-        col("revenue_micros").sum().alias("revenue_micros"),
-        col("recency_days")
-            .cast(DataType::Float64)
-            .mean()
-            .alias("mean_recency_days"),
-        col("frequency").cast(DataType::Float64).mean().alias("mean_frequency"),
-        col("monetary").mean().alias("mean_monetary"),
-    ]);
-    let total_revenue = col("revenue_micros").sum();
-    let segments = order
-        .lazy()
-        .join(stats, [col("segment")], [col("segment")], JoinArgs::new(JoinType::Left))
-        .with_columns([
-            col("customers").fill_null(lit(0i64)),
-            col("revenue_micros").fill_null(lit(0i64)),
-        ])
-        .with_columns([
-            (col("customers").cast(DataType::Float64) / lit(total_customers.max(1.0))).alias("share"),
-            from_micros(col("revenue_micros")).alias("revenue"),
-            (col("revenue_micros").cast(DataType::Float64) / total_revenue.cast(DataType::Float64))
-                .alias("revenue_share"),
-        ])
-        .sort(["segment_order"], SortMultipleOptions::default())
-        .select([
-            col("segment"),
-            col("customers"),
-            col("share"),
-            col("revenue"),
-            col("revenue_share"),
-            col("mean_recency_days"),
-            col("mean_frequency"),
-            col("mean_monetary"),
-        ])
-        .collect()?;
+    let mut segment_of_cell: Vec<Option<IdxSize>> = vec![None; 729];
+    let mut score_of_cell: Vec<String> = vec![String::new(); 729];
+    for r in 1..=9 {
+        for f in 1..=9 {
+            for m in 1..=9 {
+                let cell = cell_of(r, f, m);
+                segment_of_cell[cell] = rules.iter().find(|rule| rule.matches(r, f, m)).map(|rule| {
+                    names
+                        .iter()
+                        .position(|name| *name == rule.segment)
+                        .expect("every rule's segment is named") as IdxSize
+                });
+                score_of_cell[cell] = format!("{r}{f}{m}");
+            }
+        }
+    }
+    let cells: Vec<IdxSize> = (0..facts.height())
+        .into_par_iter()
+        .map(|c| cell_of(scores[0][c] as u32, scores[1][c] as u32, scores[2][c] as u32) as IdxSize)
+        .collect();
+    let segment: Vec<Option<IdxSize>> = cells.par_iter().map(|&cell| segment_of_cell[cell as usize]).collect();
+    let cells = IdxCa::from_vec("".into(), cells);
+    let segment_codes: IdxCa = segment.iter().copied().collect_ca("".into());
+    let names_series = Series::new("segment".into(), names.clone());
+
+    let [r_score, f_score, m_score] = <[Vec<i32>; 3]>::try_from(scores).expect("three dimensions");
+    let customers = DataFrame::new_infer_height(vec![
+        facts.column("customer_id")?.clone(),
+        Column::new("recency_days".into(), recency.clone()),
+        Column::new("frequency".into(), frequency.to_vec()),
+        Column::new("monetary".into(), monetary.to_vec()),
+        Column::new("r_score".into(), r_score.clone()),
+        Column::new("f_score".into(), f_score.clone()),
+        Column::new("m_score".into(), m_score.clone()),
+        Series::new("rfm_score".into(), score_of_cell)
+            .take(&cells)?
+            .into_column(),
+        names_series.take(&segment_codes)?.into_column(),
+    ])?;
+
+    // Per dimension and score present: the smallest and largest value and the customers.
+    let mut threshold_rows: (Vec<&str>, Vec<i32>, Vec<f64>, Vec<f64>, Vec<i64>) = Default::default();
+    for ((dimension, values, _), scores) in dimensions.iter().zip([&r_score, &f_score, &m_score]) {
+        let mut stats = [(f64::INFINITY, f64::NEG_INFINITY, 0i64); 10];
+        for (customer, &score) in scores.iter().enumerate() {
+            let value = values.at(customer);
+            let (low, high, count) = &mut stats[score as usize];
+            (*low, *high, *count) = (low.min(value), high.max(value), *count + 1);
+        }
+        for (score, &(low, high, count)) in stats.iter().enumerate().filter(|(_, s)| s.2 > 0) {
+            threshold_rows.0.push(dimension);
+            threshold_rows.1.push(score as i32);
+            threshold_rows.2.push(low);
+            threshold_rows.3.push(high);
+            threshold_rows.4.push(count);
+        }
+    }
+    let thresholds_table = df!(
+        "dimension" => threshold_rows.0,
+        "score" => threshold_rows.1,
+        "min_value" => threshold_rows.2,
+        "max_value" => threshold_rows.3,
+        "customers" => threshold_rows.4,
+    )?;
+
+    // Segments in rule order, every named segment present (zeros when empty).
+    let revenue = values::<Int64Type>(facts, "revenue_micros")?;
+    let mut stats = vec![(0i64, 0i64, 0i64, 0i64, 0f64); names.len()];
+    let mut total_revenue = 0i64;
+    for (customer, code) in segment.iter().enumerate() {
+        total_revenue += revenue[customer];
+        if let Some(code) = code {
+            let (count, micros, days, orders, money) = &mut stats[*code as usize];
+            *count += 1;
+            *micros += revenue[customer];
+            *days += recency[customer];
+            *orders += frequency[customer];
+            *money += monetary[customer];
+        }
+    }
+    let total_customers = (facts.height() as f64).max(1.0);
+    let mean = |sum: f64, count: i64| (count > 0).then(|| sum / count as f64);
+    let segments = df!(
+        "segment" => names,
+        "customers" => stats.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "share" => stats.iter().map(|s| s.0 as f64 / total_customers).collect::<Vec<_>>(),
+        "revenue" => stats.iter().map(|s| s.1).collect::<Vec<_>>(),
+        "revenue_share" => stats.iter().map(|s| s.1 as f64 / total_revenue as f64).collect::<Vec<_>>(),
+        "mean_recency_days" => stats.iter().map(|s| mean(s.2 as f64, s.0)).collect::<Vec<_>>(),
+        "mean_frequency" => stats.iter().map(|s| mean(s.3 as f64, s.0)).collect::<Vec<_>>(),
+        "mean_monetary" => stats.iter().map(|s| mean(s.4, s.0)).collect::<Vec<_>>(),
+    )?
+    .lazy()
+    .with_column(from_micros(col("revenue")))
+    .collect()?;
     Ok(vec![customers, thresholds_table, segments])
 }
 
