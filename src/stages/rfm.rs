@@ -466,7 +466,7 @@ pub fn rfm(
     ])?;
 
     // Per dimension and score present: the smallest and largest value and the customers.
-    let mut threshold_rows: (Vec<&str>, Vec<i32>, Vec<f64>, Vec<f64>, Vec<i64>) = Default::default();
+    let mut rows: Vec<(&str, i32, f64, f64, i64)> = Vec::new();
     for ((dimension, values, _), scores) in dimensions.iter().zip([&r_score, &f_score, &m_score]) {
         let mut stats = [(f64::INFINITY, f64::NEG_INFINITY, 0i64); 10];
         for (customer, &score) in scores.iter().enumerate() {
@@ -475,19 +475,15 @@ pub fn rfm(
             (*low, *high, *count) = (low.min(value), high.max(value), *count + 1);
         }
         for (score, &(low, high, count)) in stats.iter().enumerate().filter(|(_, s)| s.2 > 0) {
-            threshold_rows.0.push(dimension);
-            threshold_rows.1.push(score as i32);
-            threshold_rows.2.push(low);
-            threshold_rows.3.push(high);
-            threshold_rows.4.push(count);
+            rows.push((dimension, score as i32, low, high, count));
         }
     }
     let thresholds_table = df!(
-        "dimension" => threshold_rows.0,
-        "score" => threshold_rows.1,
-        "min_value" => threshold_rows.2,
-        "max_value" => threshold_rows.3,
-        "customers" => threshold_rows.4,
+        "dimension" => rows.iter().map(|row| row.0).collect::<Vec<_>>(),
+        "score" => rows.iter().map(|row| row.1).collect::<Vec<_>>(),
+        "min_value" => rows.iter().map(|row| row.2).collect::<Vec<_>>(),
+        "max_value" => rows.iter().map(|row| row.3).collect::<Vec<_>>(),
+        "customers" => rows.iter().map(|row| row.4).collect::<Vec<_>>(),
     )?;
 
     // Segments in rule order, every named segment present (zeros when empty).
