@@ -501,26 +501,36 @@ impl ClvOptions {
         shared: &crate::prepare::SharedTables,
     ) -> Result<Vec<DataFrame>> {
         let n = data.x.len();
-        let mut p_alive = Vec::with_capacity(n);
-        let mut expected = Vec::with_capacity(n);
-        let mut no_purchases = Vec::with_capacity(n);
-        let mut order_value = Vec::with_capacity(n);
-        let mut clv = Vec::with_capacity(n);
-        for i in 0..n {
-            let score = &scored[pattern_of[i] as usize];
-            p_alive.push(finite(score.p_alive));
-            expected.push(score.expected_if_alive.map(|e| score.p_alive * e).and_then(finite));
-            no_purchases.push(finite(1.0 - score.p_alive + score.p_alive * score.no_purchase_if_alive));
-            let value = spend_params
-                .and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0)))
-                .and_then(finite);
-            order_value.push(value);
-            let customer_clv = match (value, score.discounted_if_alive) {
-                (Some(value), Some(discounted)) => finite(self.margin * value * score.p_alive * discounted),
-                _ => None,
-            };
-            clv.push(customer_clv);
-        }
+        // Per customer, in parallel: p_alive, expected purchases, P(no purchase), expected order
+        // value, CLV.
+        let per_customer: Vec<CustomerScore> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let score = &scored[pattern_of[i] as usize];
+                let value = spend_params
+                    .and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0)))
+                    .and_then(finite);
+                let customer_clv = match (value, score.discounted_if_alive) {
+                    (Some(value), Some(discounted)) => finite(self.margin * value * score.p_alive * discounted),
+                    _ => None,
+                };
+                CustomerScore {
+                    p_alive: finite(score.p_alive),
+                    expected: score.expected_if_alive.map(|e| score.p_alive * e).and_then(finite),
+                    no_purchases: finite(1.0 - score.p_alive + score.p_alive * score.no_purchase_if_alive),
+                    order_value: value,
+                    clv: customer_clv,
+                }
+            })
+            .collect();
+        let column =
+            |f: fn(&CustomerScore) -> Option<f64>| -> Vec<Option<f64>> { per_customer.par_iter().map(f).collect() };
+        let p_alive = column(|c| c.p_alive);
+        let expected = column(|c| c.expected);
+        let no_purchases = column(|c| c.no_purchases);
+        let order_value = column(|c| c.order_value);
+        let clv = column(|c| c.clv);
+        drop(per_customer);
         let nulls = clv.iter().filter(|v| v.is_none()).count();
         rows.push(
             "clv",
@@ -554,6 +564,15 @@ impl ClvOptions {
         tables.extend(validation);
         Ok(tables)
     }
+}
+
+/// One customer's predictions (null where not finite).
+struct CustomerScore {
+    p_alive: Option<f64>,
+    expected: Option<f64>,
+    no_purchases: Option<f64>,
+    order_value: Option<f64>,
+    clv: Option<f64>,
 }
 
 fn finite(value: f64) -> Option<f64> {

@@ -268,14 +268,20 @@ impl Stage for Rfm {
     }
 }
 
-/// One dimension's values in customer_key order, compared by `goodness` (ascending = better).
+/// One dimension's values in customer_key order.
 enum Values<'a> {
-    /// Small integers (days, counts): ordered by a counting sort.
     Int(&'a [i64]),
     Float(&'a [f64]),
 }
 
 impl Values<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Values::Int(values) => values.len(),
+            Values::Float(values) => values.len(),
+        }
+    }
+
     fn at(&self, customer: usize) -> f64 {
         match self {
             Values::Int(values) => values[customer] as f64,
@@ -283,69 +289,37 @@ impl Values<'_> {
         }
     }
 
-    /// Customers from worst to best (higher values better when `higher_is_better`), ties in
-    /// customer_key order.
-    fn order(&self, higher_is_better: bool) -> Vec<u32> {
-        use rayon::prelude::*;
-        match self {
-            Values::Int(values) => {
-                let (low, high) = values
-                    .iter()
-                    .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-                let span = high.saturating_sub(low).saturating_add(1) as u64;
-                if values.is_empty() || span > 4 * values.len() as u64 + 1024 {
-                    let floats: Vec<f64> = values.iter().map(|&v| v as f64).collect();
-                    return Values::Float(&floats).order(higher_is_better);
-                }
-                // Stable counting sort on the value's bucket, worst bucket first.
-                let bucket = |v: i64| {
-                    let b = (v - low) as usize;
-                    if higher_is_better {
-                        b
-                    } else {
-                        span as usize - 1 - b
-                    }
-                };
-                let mut starts = vec![0u32; span as usize + 1];
-                for &v in values.iter() {
-                    starts[bucket(v) + 1] += 1;
-                }
-                for b in 0..span as usize {
-                    starts[b + 1] += starts[b];
-                }
-                let mut order = vec![0u32; values.len()];
-                for (customer, &v) in values.iter().enumerate() {
-                    let slot = &mut starts[bucket(v)];
-                    order[*slot as usize] = customer as u32;
-                    *slot += 1;
-                }
-                order
-            }
+    /// A key whose unsigned order is the order of goodness (worst first): higher values are
+    /// better when `higher_is_better`. Floats map by their total order.
+    fn goodness(&self, customer: usize, higher_is_better: bool) -> u64 {
+        let ascending = match self {
+            Values::Int(values) => (values[customer] as u64) ^ (1 << 63),
             Values::Float(values) => {
-                let mut order: Vec<u32> = (0..values.len() as u32).collect();
-                order.par_sort_unstable_by(|&a, &b| {
-                    let (va, vb) = (values[a as usize], values[b as usize]);
-                    let by_value = if higher_is_better {
-                        va.total_cmp(&vb)
-                    } else {
-                        vb.total_cmp(&va)
-                    };
-                    by_value.then(a.cmp(&b))
-                });
-                order
+                let bits = values[customer].to_bits();
+                if bits >> 63 == 1 {
+                    !bits
+                } else {
+                    bits | 1 << 63
+                }
             }
+        };
+        if higher_is_better {
+            ascending
+        } else {
+            !ascending
         }
     }
 
     /// Score 1..=bins of every customer: `1 + ⌊bins·(r − 1)/n⌋` with r the smallest rank among
-    /// equal values (`rank_min`) or the position in the strict order (`ntile`); for
-    /// `thresholds`, 1 + the cut points reached.
+    /// equal values (`rank_min`) or the position in the strict order by value then
+    /// customer_key (`ntile`); for `thresholds`, 1 + the cut points reached.
+    ///
+    /// No sort: the score is at least s exactly when r − 1 ≥ K = ⌈(s − 1)·n / bins⌉, i.e. when
+    /// the customer is strictly better than the K-th worst (value for `rank_min`, (value,
+    /// customer) for `ntile`): bins − 1 order statistics, found by selection in linear time.
     fn scores(&self, options: &RfmOptions, cuts: Option<&[f64]>, higher_is_better: bool) -> Vec<i32> {
         use rayon::prelude::*;
-        let n = match self {
-            Values::Int(values) => values.len(),
-            Values::Float(values) => values.len(),
-        };
+        let n = self.len();
         if options.method == Method::Thresholds {
             let cuts = cuts.expect("thresholds were checked at config time");
             return (0..n)
@@ -360,20 +334,41 @@ impl Values<'_> {
                 })
                 .collect();
         }
-        let (bins, total) = (options.bins as f64, n as f64);
-        let score = |rank: usize| (1.0 + (bins * (rank as f64 - 1.0) / total).floor()) as i32;
-        let mut scores = vec![0i32; n];
-        let mut rank = 0;
-        let mut previous = None;
-        for (position, &customer) in self.order(higher_is_better).iter().enumerate() {
-            let value = self.at(customer as usize);
-            if options.method == Method::Ntile || previous != Some(value) {
-                rank = position + 1;
-                previous = Some(value);
-            }
-            scores[customer as usize] = score(rank);
+        let bins = options.bins as usize;
+        if n == 0 {
+            return Vec::new();
         }
-        scores
+        // 0-based positions K − 1 of the order statistics, ascending.
+        let positions: Vec<usize> = (2..=bins).map(|s| ((s - 1) * n).div_ceil(bins) - 1).collect();
+        // (goodness, customer): compared whole for `ntile`, by goodness alone for `rank_min`.
+        let strict = options.method == Method::Ntile;
+        let mut keyed: Vec<(u64, u32)> = (0..n)
+            .into_par_iter()
+            .map(|customer| {
+                (
+                    self.goodness(customer, higher_is_better),
+                    if strict { customer as u32 } else { 0 },
+                )
+            })
+            .collect();
+        let mut bounds = Vec::with_capacity(positions.len());
+        let mut base = 0;
+        for &position in &positions {
+            let (_, nth, _) = keyed[base..].select_nth_unstable(position - base);
+            bounds.push(*nth);
+            base = position;
+        }
+        drop(keyed);
+        (0..n)
+            .into_par_iter()
+            .map(|customer| {
+                let key = (
+                    self.goodness(customer, higher_is_better),
+                    if strict { customer as u32 } else { 0 },
+                );
+                1 + bounds.iter().filter(|&&bound| key > bound).count() as i32
+            })
+            .collect()
     }
 }
 
@@ -411,11 +406,13 @@ pub fn rfm(
             _ => t.monetary.as_slice(),
         })
     };
+    let clock = std::time::Instant::now();
     let scores: Vec<Vec<i32>> = dimensions
         .par_iter()
         .map(|(dimension, values, higher)| values.scores(options, cuts(dimension), *higher))
         .collect();
 
+    tracing::debug!("rfm: scores at {:.3} s", clock.elapsed().as_secs_f64());
     // Segment and score text per (r, f, m) cell, looked up by cell (scores are 1..=9): the
     // rules are matched 729 times, not once per customer.
     let cell_of = |r: u32, f: u32, m: u32| ((r - 1) * 81 + (f - 1) * 9 + (m - 1)) as usize;
@@ -465,6 +462,7 @@ pub fn rfm(
         names_series.take(&segment_codes)?.into_column(),
     ])?;
 
+    tracing::debug!("rfm: customers at {:.3} s", clock.elapsed().as_secs_f64());
     // Per dimension and score present: the smallest and largest value and the customers.
     let mut rows: Vec<(&str, i32, f64, f64, i64)> = Vec::new();
     for ((dimension, values, _), scores) in dimensions.iter().zip([&r_score, &f_score, &m_score]) {
@@ -516,12 +514,71 @@ pub fn rfm(
     .lazy()
     .with_column(from_micros(col("revenue")))
     .collect()?;
+    tracing::debug!("rfm: tables at {:.3} s", clock.elapsed().as_secs_f64());
     Ok(vec![customers, thresholds_table, segments])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scores by the definition: ranks counted one by one.
+    fn by_definition(values: &[f64], bins: u32, method: Method, higher_is_better: bool) -> Vec<i32> {
+        let n = values.len();
+        let worse = |a: usize, b: usize| {
+            let (va, vb) = if higher_is_better {
+                (values[a], values[b])
+            } else {
+                (values[b], values[a])
+            };
+            va < vb || (method == Method::Ntile && va == vb && a < b)
+        };
+        (0..n)
+            .map(|c| {
+                let rank = 1 + (0..n).filter(|&other| worse(other, c)).count();
+                (1.0 + (bins as f64 * (rank as f64 - 1.0) / n as f64).floor()) as i32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scores_by_selection_match_ranks_by_definition() {
+        // Ties, negatives, money with cents, sizes around the bin counts.
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as i64
+        };
+        for n in [1usize, 2, 3, 5, 9, 10, 11, 37, 200] {
+            let ints: Vec<i64> = (0..n).map(|_| next() % 7 - 2).collect();
+            let floats: Vec<f64> = (0..n).map(|_| (next() % 2001 - 1000) as f64 / 100.0).collect();
+            for bins in [2, 3, 5, 9] {
+                for method in [Method::RankMin, Method::Ntile] {
+                    let options = RfmOptions {
+                        bins,
+                        method,
+                        ..RfmOptions::default()
+                    };
+                    for higher in [true, false] {
+                        let as_floats: Vec<f64> = ints.iter().map(|&v| v as f64).collect();
+                        assert_eq!(
+                            Values::Int(&ints).scores(&options, None, higher),
+                            by_definition(&as_floats, bins, method, higher),
+                            "ints n {n} bins {bins} {method:?} higher {higher}"
+                        );
+                        assert_eq!(
+                            Values::Float(&floats).scores(&options, None, higher),
+                            by_definition(&floats, bins, method, higher),
+                            "floats n {n} bins {bins} {method:?} higher {higher}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(Values::Int(&[]).scores(&RfmOptions::default(), None, true).is_empty());
+    }
 
     #[test]
     fn default_map_covers_every_cell_once() {
