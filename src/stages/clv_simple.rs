@@ -9,7 +9,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::lifecycle::{lifecycle, LifecycleOptions};
+use super::lifecycle::{walk, LifecycleOptions};
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::config::{reader::TableReader, Diagnostics};
 use crate::period::Granularity;
@@ -113,13 +113,8 @@ impl Stage for ClvSimpleOptions {
         let lifespan = match self.lifespan_years {
             Some(years) => years,
             None => {
-                let states = lifecycle(
-                    &shared.customer_facts,
-                    &shared.customer_periods,
-                    shared.as_of,
-                    &self.lifecycle_options(),
-                )?;
-                let crr: Vec<f64> = states.crr.iter().filter_map(|(_, crr)| *crr).collect();
+                let walked = walk(shared, &self.lifecycle_options())?;
+                let crr: Vec<f64> = walked.crr().iter().filter_map(|(_, crr)| *crr).collect();
                 match annual_churn(&crr) {
                     Some(churn) if churn > 0.0 => (1.0 / churn).min(self.max_lifespan_years),
                     _ => self.max_lifespan_years,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::config::{reader::TableReader, Diagnostic, Diagnostics};
 use crate::period::{from_days, to_days, Granularity};
+use crate::prepare::{day_values, values, SharedTables};
 
 /// Options of `kind = "lifecycle"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,7 +96,7 @@ pub fn report(reader: &TableReader, errors: Vec<(&'static str, String)>, diagnos
 impl Stage for LifecycleOptions {
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
-        let result = lifecycle(&shared.customer_facts, &shared.customer_periods, shared.as_of, self)?;
+        let result = lifecycle(shared, self)?;
         Ok(vec![result.snapshots, result.customers])
     }
 }
@@ -194,50 +195,62 @@ pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOp
     stage
 }
 
-/// Snapshots and per-customer stages from the shared tables.
-pub fn lifecycle(
-    facts: &DataFrame,
-    periods: &DataFrame,
-    as_of: NaiveDate,
-    options: &LifecycleOptions,
-) -> Result<Lifecycle> {
-    let purchase_days = periods
-        .clone()
-        .lazy()
-        .filter(col("purchases").gt(lit(0)))
-        .select([col("customer_key"), col("date").cast(DataType::Int32)])
-        .collect()?;
-    let keys: Vec<u32> = purchase_days
-        .column("customer_key")?
-        .u32()?
-        .into_no_null_iter()
-        .collect();
-    let dates: Vec<i32> = purchase_days.column("date")?.i32()?.into_no_null_iter().collect();
-    let customers = facts.height();
-    // offsets[k]..offsets[k + 1] are customer k's purchase days (keys are dense and sorted).
-    let mut offsets = vec![0usize; customers + 1];
-    for &key in &keys {
-        offsets[key as usize + 1] += 1;
-    }
-    for k in 0..customers {
-        offsets[k + 1] += offsets[k];
-    }
-    let earliest = dates.iter().min().copied().map(from_days).unwrap_or(as_of);
-    let windows = windows(earliest.min(as_of), as_of, options.granularity);
+/// The walk over every customer: the snapshot windows, their tallies (settled) and each
+/// customer's stage code at as_of, in customer_key order.
+pub struct Walked {
+    pub windows: Vec<(i32, i32)>,
+    pub tallies: Vec<Tally>,
+    pub stages: Vec<u8>,
+}
 
-    let chunk = (customers / (rayon::current_num_threads() * 8)).max(1024);
-    let results: Vec<(Vec<Tally>, Vec<u8>)> = (0..customers)
-        .collect::<Vec<_>>()
-        .par_chunks(chunk)
-        .map(|chunk_keys| {
+impl Walked {
+    /// (snapshot date, crr) in order, crr `None` when nobody was un-churned at the start.
+    pub fn crr(&self) -> Vec<(NaiveDate, Option<f64>)> {
+        self.windows
+            .iter()
+            .zip(&self.tallies)
+            .map(|(window, t)| (from_days(window.1), (t.start > 0).then(|| t.retained as f64 / t.start as f64)))
+            .collect()
+    }
+}
+
+/// Walk every customer's purchase days (customer_periods rows with a purchase), customers in
+/// parallel chunks of fixed size.
+pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
+    let periods = &shared.customer_periods;
+    let keys = values::<UInt32Type>(periods, "customer_key")?;
+    let dates = day_values(periods, "date")?;
+    let purchases = values::<Int64Type>(periods, "purchases")?;
+    let customers = shared.customer_facts.height();
+    let earliest = day_values(&shared.customer_facts, "first_purchase_date")?
+        .iter()
+        .min()
+        .copied()
+        .map(from_days)
+        .unwrap_or(shared.as_of);
+    let windows = windows(earliest.min(shared.as_of), shared.as_of, options.granularity);
+
+    const CHUNK: usize = 1 << 16;
+    let results: Vec<(Vec<Tally>, Vec<u8>)> = (0..customers.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let range = chunk * CHUNK..((chunk + 1) * CHUNK).min(customers);
             let mut tallies = vec![Tally::default(); windows.len()];
-            let mut stages = Vec::with_capacity(chunk_keys.len());
-            for &key in chunk_keys {
-                let days = &dates[offsets[key]..offsets[key + 1]];
+            let mut stages = Vec::with_capacity(range.len());
+            let mut row = keys.partition_point(|&key| (key as usize) < range.start);
+            let mut days = Vec::new();
+            for customer in range {
+                let start = row;
+                while row < keys.len() && keys[row] as usize == customer {
+                    row += 1;
+                }
+                // Days with a purchase (refund-only days are left out).
+                days.clear();
+                days.extend((start..row).filter(|&r| purchases[r] > 0).map(|r| dates[r]));
                 let stage = if days.is_empty() {
                     CHURNED
                 } else {
-                    walk_customer(days, &windows, options, &mut tallies)
+                    walk_customer(&days, &windows, options, &mut tallies)
                 };
                 stages.push(stage as u8);
             }
@@ -245,8 +258,8 @@ pub fn lifecycle(
         })
         .collect();
     let mut tallies = vec![Tally::default(); windows.len()];
-    let mut customer_stage: Vec<IdxSize> = Vec::with_capacity(customers);
-    for (chunk_tallies, stages) in &results {
+    let mut stages: Vec<u8> = Vec::with_capacity(customers);
+    for (chunk_tallies, chunk_stages) in &results {
         for (total, part) in tallies.iter_mut().zip(chunk_tallies) {
             for s in 0..5 {
                 total.stages[s] += part.stages[s];
@@ -256,14 +269,25 @@ pub fn lifecycle(
             total.retained += part.retained;
             total.settled += part.settled;
         }
-        customer_stage.extend(stages.iter().map(|&s| IdxSize::from(s)));
+        stages.extend_from_slice(chunk_stages);
     }
     settle(&mut tallies);
+    Ok(Walked {
+        windows,
+        tallies,
+        stages,
+    })
+}
 
-    let crr: Vec<Option<f64>> = tallies
-        .iter()
-        .map(|t| (t.start > 0).then(|| t.retained as f64 / t.start as f64))
-        .collect();
+/// Snapshots and per-customer stages from the shared tables.
+pub fn lifecycle(shared: &SharedTables, options: &LifecycleOptions) -> Result<Lifecycle> {
+    let walked = walk(shared, options)?;
+    let crr = walked.crr();
+    let Walked {
+        windows,
+        tallies,
+        stages,
+    } = walked;
     let count = |f: &dyn Fn(&Tally) -> u64| tallies.iter().map(|t| f(t) as i64).collect::<Vec<i64>>();
     let mut columns = vec![
         Column::new("snapshot_date".into(), windows.iter().map(|w| w.1).collect::<Vec<_>>()).cast(&DataType::Date)?,
@@ -277,23 +301,25 @@ pub fn lifecycle(
         Column::new("end_customers".into(), count(&|t| t.end)),
         Column::new("new_customers".into(), count(&|t| t.stages[NEW])),
         Column::new("retained_customers".into(), count(&|t| t.retained)),
-        Column::new("crr".into(), crr.clone()),
+        Column::new("crr".into(), crr.iter().map(|c| c.1).collect::<Vec<_>>()),
         Column::new(
             "churn_rate".into(),
-            crr.iter().map(|c| c.map(|v| 1.0 - v)).collect::<Vec<_>>(),
+            crr.iter().map(|c| c.1.map(|v| 1.0 - v)).collect::<Vec<_>>(),
         ),
     ]);
     let snapshots = DataFrame::new_infer_height(columns)?;
 
-    let as_of_days = to_days(as_of) as i64;
-    let customers_table = facts
+    let as_of_days = to_days(shared.as_of) as i64;
+    let stage_codes = IdxCa::from_vec("".into(), stages.par_iter().map(|&s| IdxSize::from(s)).collect());
+    let customers_table = shared
+        .customer_facts
         .clone()
         .lazy()
         .select([
             col("customer_id"),
             // Stage names looked up by code: five strings, not one per customer.
             lit(Series::new("stage".into(), STAGES))
-                .gather(lit(Series::new("".into(), customer_stage)), false)
+                .gather(lit(stage_codes.into_series()), false)
                 .alias("stage"),
             (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64))
                 .alias("days_since_last_purchase"),
@@ -302,7 +328,7 @@ pub fn lifecycle(
     Ok(Lifecycle {
         snapshots,
         customers: customers_table,
-        crr: windows.iter().map(|w| from_days(w.1)).zip(crr).collect(),
+        crr,
     })
 }
 
