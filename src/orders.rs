@@ -294,6 +294,9 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
             }
         }
     }
+    if let Some(numbered) = number_dense(&values, dtype)? {
+        return Ok(numbered);
+    }
     // (id, order) pairs sorted in parallel, then read in sequence: each order's rank is written
     // once and no id is looked up at random.
     let mut pairs: Vec<(i64, u32)> = values
@@ -340,6 +343,41 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
     let ids: Vec<u32> = ids.into_iter().map(AtomicU32::into_inner).collect();
     let distinct = distinct_per_part.concat();
     Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
+}
+
+/// `number_customers` for integer ids in a narrow range (auto-increment ids, the usual case):
+/// a table with one slot per possible id marks the ids present and then holds their ranks, so
+/// no sort is needed. `None` when the range is much wider than the orders.
+fn number_dense(values: &[i64], dtype: &DataType) -> PolarsResult<Option<(Series, Vec<u32>)>> {
+    use rayon::prelude::*;
+    let Some((low, high)) = values
+        .par_iter()
+        .fold(|| None, |range: Option<(i64, i64)>, &v| Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v)))))
+        .reduce(|| None, |a, b| match (a, b) {
+            (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+            (a, b) => a.or(b),
+        })
+    else {
+        return Ok(None);
+    };
+    let span = (i128::from(high) - i128::from(low) + 1) as u128;
+    if span > (2 * values.len() as u128).max(1 << 20) || span >= u128::from(u32::MAX) {
+        return Ok(None);
+    }
+    const ABSENT: u32 = u32::MAX;
+    let mut rank = vec![ABSENT; span as usize];
+    for &v in values {
+        rank[(v - low) as usize] = 0;
+    }
+    let mut distinct = Vec::new();
+    for (slot, rank) in rank.iter_mut().enumerate() {
+        if *rank != ABSENT {
+            *rank = distinct.len() as u32;
+            distinct.push(low + slot as i64);
+        }
+    }
+    let ids = values.par_iter().map(|&v| rank[(v - low) as usize]).collect();
+    Ok(Some((Series::new("".into(), distinct).cast(dtype)?, ids)))
 }
 
 /// Runs held before the first merge of repeated integer order ids; after a merge, the next
@@ -843,6 +881,23 @@ mod tests {
         assert_eq!(column("channel").null_count(), 0, "no channel is NO_CHANNEL, not null");
         assert_eq!(folded.lines_by_reason[0], 7);
         assert_eq!(folded.lines_by_reason[5], 1);
+    }
+
+    #[test]
+    fn dense_and_sparse_integer_customer_ids_number_alike() {
+        let ids: Vec<i64> = vec![5, -3, 5, 7, 1000, -3, 0];
+        let values = |series: &Series| -> Vec<i64> { series.i64().unwrap().into_no_null_iter().collect() };
+        // Two shards, ids in a narrow range: the table path.
+        let shards = vec![OrderCustomers::Int(ids[..3].to_vec()), OrderCustomers::Int(ids[3..].to_vec())];
+        let (distinct, numbers) = number_customers(shards, &DataType::Int64).unwrap();
+        assert_eq!(values(&distinct), [-3, 0, 5, 7, 1000]);
+        assert_eq!(numbers, [2, 0, 2, 3, 4, 0, 1]);
+        // The same ids spread far too wide for a table: the sorting path, same numbers.
+        let wide: Vec<i64> = ids.iter().map(|&v| v << 40).collect();
+        let (distinct, wide_numbers) = number_customers(vec![OrderCustomers::Int(wide.clone())], &DataType::Int64).unwrap();
+        assert!(number_dense(&wide, &DataType::Int64).unwrap().is_none());
+        assert_eq!(values(&distinct), [-3 << 40, 0, 5 << 40, 7 << 40, 1000 << 40]);
+        assert_eq!(wide_numbers, numbers);
     }
 
     #[test]

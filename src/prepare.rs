@@ -31,6 +31,9 @@ pub struct SharedTables {
     pub customer_facts: DataFrame,
     /// customer_key, date, purchases, revenue_micros — sorted by customer_key, date.
     pub customer_periods: DataFrame,
+    /// The distinct acquisition channels (ascending, null last if a customer has none) and each
+    /// customer's position among them, in customer_key order: cohorts split by channel.
+    pub acquisition: (Series, Vec<u32>),
     pub as_of: NaiveDate,
 }
 
@@ -334,12 +337,15 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
 
     let ids: IdxCa = id.into_iter().map(|id| id as IdxSize).collect_ca("".into());
     let customer_ids = source.customer_ids.take(&ids)?.with_name("customer_id".into());
-    let acquisition_channel = match &source.channels {
+    let (acquisition_channel, acquisition) = match &source.channels {
         Some(channels) => {
-            let codes: IdxCa = acquisition.into_iter().collect_ca("".into());
-            channels.take(&codes)?
+            let codes: IdxCa = acquisition.iter().copied().collect_ca("".into());
+            (channels.take(&codes)?, dense_codes(channels, &acquisition)?)
         }
-        None => Series::full_null("".into(), ids.len(), &DataType::String),
+        None => (
+            Series::full_null("".into(), ids.len(), &DataType::String),
+            dense_codes(&Series::new_empty("".into(), &DataType::String), &acquisition)?,
+        ),
     };
     let per_customer = DataFrame::new_infer_height(vec![
         Column::new("customer_key".into(), (0..ids.len() as IdxSize).collect::<Vec<_>>()),
@@ -405,8 +411,39 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     Ok(SharedTables {
         customer_facts,
         customer_periods,
+        acquisition,
         as_of,
     })
+}
+
+/// The values present among `codes` (positions in `names`, ascending), null last when a code
+/// is missing, and each code's position among them.
+fn dense_codes(names: &Series, codes: &[Option<IdxSize>]) -> Result<(Series, Vec<u32>)> {
+    use rayon::prelude::*;
+    let mut present = vec![false; names.len()];
+    let mut missing = false;
+    for code in codes {
+        match code {
+            Some(code) => present[*code as usize] = true,
+            None => missing = true,
+        }
+    }
+    let mut rank = vec![0u32; names.len()];
+    let mut kept: Vec<IdxSize> = Vec::new();
+    for (code, _) in present.iter().enumerate().filter(|(_, &p)| p) {
+        rank[code] = kept.len() as u32;
+        kept.push(code as IdxSize);
+    }
+    let null_code = kept.len() as u32;
+    let mut distinct = names.take(&IdxCa::from_vec("".into(), kept))?;
+    if missing {
+        distinct.append(&Series::full_null("".into(), 1, names.dtype()))?;
+    }
+    let dense = codes
+        .par_iter()
+        .map(|code| code.map_or(null_code, |code| rank[code as usize]))
+        .collect();
+    Ok((distinct, dense))
 }
 
 #[cfg(test)]
@@ -463,6 +500,18 @@ mod tests {
         assert_eq!(w.purchase_days, [2, 1]);
         assert_eq!(w.first_day_revenue, [30, 8]);
         assert_eq!(w.acquisition, [None, None]);
+    }
+
+    #[test]
+    fn acquisition_codes_count_only_channels_present_with_null_last() {
+        let names = Series::new("".into(), ["app", "mail", "store", "web"]);
+        let (distinct, codes) = dense_codes(&names, &[Some(3), None, Some(0), Some(3)]).unwrap();
+        let distinct: Vec<Option<&str>> = distinct.str().unwrap().iter().collect();
+        assert_eq!(distinct, [Some("app"), Some("web"), None]);
+        assert_eq!(codes, [1, 2, 0, 1]);
+        let none = Series::new_empty("".into(), &DataType::String);
+        let (distinct, codes) = dense_codes(&none, &[None, None]).unwrap();
+        assert_eq!((distinct.len(), distinct.null_count(), codes), (1, 1, vec![0, 0]));
     }
 
     #[test]

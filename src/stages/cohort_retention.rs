@@ -4,12 +4,13 @@
 //! zero rows where nobody came back. Bracketed retention counts customers active in the period;
 //! unbounded retention counts customers active in it or any later period up to as_of.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::period::{to_days, Granularity, PeriodIndex};
+use crate::prepare::{self, SharedTables};
 
 /// Options of `kind = "cohort_retention"`.
 #[derive(Debug, Default, Deserialize)]
@@ -55,20 +56,17 @@ pub static KIND: Kind = Kind {
 
 impl Stage for CohortRetentionOptions {
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let shared = inputs.shared()?;
-        Ok(vec![cohort_retention(
-            &shared.customer_facts,
-            &shared.customer_periods,
-            shared.as_of,
-            self.granularity,
-            &self.dimensions,
-        )?])
+        Ok(vec![cohort_retention(inputs.shared()?, self.granularity, &self.dimensions)?])
     }
 }
 
 /// A dimension's distinct values in output order (ascending, null last) and each customer's
 /// position among them.
-fn dimension_codes(facts: &DataFrame, dimension: &str) -> Result<(Series, Vec<u32>)> {
+fn dimension_codes(shared: &SharedTables, dimension: &str) -> Result<(Series, Vec<u32>)> {
+    if dimension == "acquisition_channel" {
+        return Ok(shared.acquisition.clone());
+    }
+    let facts = &shared.customer_facts;
     let values = facts.column(dimension)?.as_materialized_series();
     let distinct = values.unique()?.sort(SortOptions::default().with_nulls_last(true))?;
     let rank = values.rank(
@@ -94,47 +92,28 @@ fn dimension_codes(facts: &DataFrame, dimension: &str) -> Result<(Series, Vec<u3
 /// dimension values, mixed-radix coded), cohort and last period; customer_periods (sorted by
 /// customer_key, date) is read once into the dense (group, cohort, period) cells that exist.
 /// A customer is active in a period when a run of its purchase days starts there.
-pub fn cohort_retention(
-    facts: &DataFrame,
-    periods: &DataFrame,
-    as_of: chrono::NaiveDate,
-    granularity: Granularity,
-    dimensions: &[String],
-) -> Result<DataFrame> {
-    let days = |frame: &DataFrame, name: &str| -> Result<Vec<i32>> {
-        let column = frame.column(name)?.as_materialized_series().date()?.physical().clone();
-        if column.null_count() > 0 {
-            bail!("a customer has no {name}");
-        }
-        Ok(column.into_no_null_iter().collect())
-    };
-    let first_days = days(facts, "first_purchase_date")?;
-    let last_days = days(facts, "last_purchase_date")?;
-    let period_days = periods
-        .column("date")?
-        .as_materialized_series()
-        .date()?
-        .physical()
-        .clone();
-    let period_days = period_days.rechunk();
-    let period_days = period_days
-        .cont_slice()
-        .map_err(|_| anyhow::anyhow!("customer_periods has days without a date"))?;
+pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensions: &[String]) -> Result<DataFrame> {
+    use rayon::prelude::*;
+    let (facts, periods, as_of) = (&shared.customer_facts, &shared.customer_periods, shared.as_of);
+    let first_days = prepare::day_values(facts, "first_purchase_date")?;
+    let last_days = prepare::day_values(facts, "last_purchase_date")?;
+    let period_days = prepare::day_values(periods, "date")?;
     let as_of_day = to_days(as_of);
     let span = first_days
         .iter()
-        .chain(&last_days)
+        .chain(last_days)
         .chain(period_days)
         .fold((as_of_day, as_of_day), |(lo, hi), &d| (lo.min(d), hi.max(d)));
     let index = PeriodIndex::new(granularity, span.0, span.1);
     let as_of_index = granularity.index_of(as_of);
 
+    let clock = std::time::Instant::now();
     // Groups: mixed-radix codes over the dimensions, in output order.
     let mut group = vec![0u32; facts.height()];
     let mut values = Vec::new();
     let mut radix = Vec::new();
     for dimension in dimensions {
-        let (distinct, codes) = dimension_codes(facts, dimension)?;
+        let (distinct, codes) = dimension_codes(shared, dimension)?;
         let n = distinct.len().max(1) as u32;
         for (g, code) in group.iter_mut().zip(codes) {
             *g = *g * n + code;
@@ -144,6 +123,7 @@ pub fn cohort_retention(
     }
     let groups = radix.iter().product::<u32>() as usize;
 
+    tracing::debug!("cohorts: dimension codes at {:.3} s", clock.elapsed().as_secs_f64());
     // Cohorts from the earliest to the as-of period; each existing (group, cohort) owns the
     // cells of periods 0..=max(as_of - cohort, 0).
     let cohort: Vec<i32> = first_days.iter().map(|&d| index.of(d)).collect();
@@ -175,29 +155,46 @@ pub fn cohort_retention(
             last_active[at] += 1;
         }
     }
-    let mut active = vec![0i64; cells];
-    let mut orders = vec![0i64; cells];
-    let mut revenue = vec![0i64; cells];
-    let keys = periods.column("customer_key")?.idx()?;
-    let purchases = periods.column("purchases")?.i64()?;
-    let revenues = periods.column("revenue_micros")?.i64()?;
-    // The (customer, cell) last counted active: a customer's rows come in period order.
-    let mut counted: Option<(usize, usize)> = None;
-    let rows = keys.iter().zip(period_days).zip(purchases.iter()).zip(revenues.iter());
-    for (((key, &day), bought), micros) in rows {
-        let customer = key.context("customer_periods has a day without a customer_key")? as usize;
-        let Some(at) = cell(customer, index.of(day) - cohort[customer]) else {
-            continue;
-        };
-        let bought = bought.unwrap_or(0);
-        orders[at] += bought;
-        revenue[at] += micros.unwrap_or(0);
-        if bought > 0 && counted != Some((customer, at)) {
-            active[at] += 1;
-            counted = Some((customer, at));
+    // Customers in parts counted in parallel, each part into its own cells (as many parts as
+    // keep those copies small), then summed: integer sums, the same whatever the split.
+    let keys = prepare::values::<UInt32Type>(periods, "customer_key")?;
+    let purchases = prepare::values::<Int64Type>(periods, "purchases")?;
+    let revenues = prepare::values::<Int64Type>(periods, "revenue_micros")?;
+    let customers = facts.height();
+    let parts = (rayon::current_num_threads() * 4).min((1 << 24) / cells.max(1)).max(1);
+    let per_part = customers.div_ceil(parts).max(1);
+    let counted: Vec<[Vec<i64>; 3]> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let (low, high) = ((part * per_part).min(customers), ((part + 1) * per_part).min(customers));
+            let rows = keys.partition_point(|&k| (k as usize) < low)..keys.partition_point(|&k| (k as usize) < high);
+            let [mut active, mut orders, mut revenue] = [vec![0i64; cells], vec![0i64; cells], vec![0i64; cells]];
+            // The (customer, cell) last counted active: a customer's rows come in period order.
+            let mut counted: Option<(usize, usize)> = None;
+            for row in rows {
+                let customer = keys[row] as usize;
+                let Some(at) = cell(customer, index.of(period_days[row]) - cohort[customer]) else {
+                    continue;
+                };
+                let bought = purchases[row];
+                orders[at] += bought;
+                revenue[at] += revenues[row];
+                if bought > 0 && counted != Some((customer, at)) {
+                    active[at] += 1;
+                    counted = Some((customer, at));
+                }
+            }
+            [active, orders, revenue]
+        })
+        .collect();
+    let [mut active, mut orders, mut revenue] = [vec![0i64; cells], vec![0i64; cells], vec![0i64; cells]];
+    for [part_active, part_orders, part_revenue] in &counted {
+        for (total, part) in [(&mut active, part_active), (&mut orders, part_orders), (&mut revenue, part_revenue)] {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
         }
     }
-
+    drop(counted);
+    tracing::debug!("cohorts: cells counted at {:.3} s", clock.elapsed().as_secs_f64());
     // The dense table, (group, cohort, period) ascending.
     let mut take_group: Vec<Vec<IdxSize>> = vec![Vec::with_capacity(cells); dimensions.len()];
     let mut table = Cells::default();
@@ -232,6 +229,7 @@ pub fn cohort_retention(
             unbounded -= last_active[at];
         }
     }
+    tracing::debug!("cohorts: table at {:.3} s", clock.elapsed().as_secs_f64());
     let mut columns = Vec::new();
     for ((dimension, values), take) in dimensions.iter().zip(&values).zip(take_group) {
         let take = IdxCa::from_vec("".into(), take);
