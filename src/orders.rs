@@ -352,11 +352,17 @@ fn number_dense(values: &[i64], dtype: &DataType) -> PolarsResult<Option<(Series
     use rayon::prelude::*;
     let Some((low, high)) = values
         .par_iter()
-        .fold(|| None, |range: Option<(i64, i64)>, &v| Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v)))))
-        .reduce(|| None, |a, b| match (a, b) {
-            (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
-            (a, b) => a.or(b),
-        })
+        .fold(
+            || None,
+            |range: Option<(i64, i64)>, &v| Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v)))),
+        )
+        .reduce(
+            || None,
+            |a, b| match (a, b) {
+                (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+                (a, b) => a.or(b),
+            },
+        )
     else {
         return Ok(None);
     };
@@ -888,13 +894,17 @@ mod tests {
         let ids: Vec<i64> = vec![5, -3, 5, 7, 1000, -3, 0];
         let values = |series: &Series| -> Vec<i64> { series.i64().unwrap().into_no_null_iter().collect() };
         // Two shards, ids in a narrow range: the table path.
-        let shards = vec![OrderCustomers::Int(ids[..3].to_vec()), OrderCustomers::Int(ids[3..].to_vec())];
+        let shards = vec![
+            OrderCustomers::Int(ids[..3].to_vec()),
+            OrderCustomers::Int(ids[3..].to_vec()),
+        ];
         let (distinct, numbers) = number_customers(shards, &DataType::Int64).unwrap();
         assert_eq!(values(&distinct), [-3, 0, 5, 7, 1000]);
         assert_eq!(numbers, [2, 0, 2, 3, 4, 0, 1]);
         // The same ids spread far too wide for a table: the sorting path, same numbers.
         let wide: Vec<i64> = ids.iter().map(|&v| v << 40).collect();
-        let (distinct, wide_numbers) = number_customers(vec![OrderCustomers::Int(wide.clone())], &DataType::Int64).unwrap();
+        let (distinct, wide_numbers) =
+            number_customers(vec![OrderCustomers::Int(wide.clone())], &DataType::Int64).unwrap();
         assert!(number_dense(&wide, &DataType::Int64).unwrap().is_none());
         assert_eq!(values(&distinct), [-3 << 40, 0, 5 << 40, 7 << 40, 1000 << 40]);
         assert_eq!(wide_numbers, numbers);

@@ -56,7 +56,11 @@ pub static KIND: Kind = Kind {
 
 impl Stage for CohortRetentionOptions {
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        Ok(vec![cohort_retention(inputs.shared()?, self.granularity, &self.dimensions)?])
+        Ok(vec![cohort_retention(
+            inputs.shared()?,
+            self.granularity,
+            &self.dimensions,
+        )?])
     }
 }
 
@@ -189,7 +193,11 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
         .collect();
     let [mut active, mut orders, mut revenue] = [vec![0i64; cells], vec![0i64; cells], vec![0i64; cells]];
     for [part_active, part_orders, part_revenue] in &counted {
-        for (total, part) in [(&mut active, part_active), (&mut orders, part_orders), (&mut revenue, part_revenue)] {
+        for (total, part) in [
+            (&mut active, part_active),
+            (&mut orders, part_orders),
+            (&mut revenue, part_revenue),
+        ] {
             total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
         }
     }

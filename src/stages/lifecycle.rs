@@ -209,7 +209,12 @@ impl Walked {
         self.windows
             .iter()
             .zip(&self.tallies)
-            .map(|(window, t)| (from_days(window.1), (t.start > 0).then(|| t.retained as f64 / t.start as f64)))
+            .map(|(window, t)| {
+                (
+                    from_days(window.1),
+                    (t.start > 0).then(|| t.retained as f64 / t.start as f64),
+                )
+            })
             .collect()
     }
 }

@@ -52,18 +52,18 @@ const DEFAULT_METRICS: &[&str] = &["historic_clv", "simple_clv", "clv"];
 impl Stage for SegmentSummaryOptions {
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
-        let mut table = shared
-            .customer_facts
-            .clone()
-            .lazy()
-            .select([
-                col("customer_id"),
-                col("revenue_micros"),
-                col("orders"),
-                col("acquisition_channel"),
-                col("first_purchase_date").dt().truncate(lit("1mo")).alias("cohort"),
-            ])
-            .collect()?;
+        let mut base = vec![
+            col("customer_id"),
+            col("revenue_micros"),
+            col("orders"),
+            col("acquisition_channel"),
+        ];
+        // The cohort only when asked for: truncating millions of dates is not free.
+        let wants_cohort = self.by.iter().chain(&self.metrics).any(|c| c == "cohort");
+        if wants_cohort {
+            base.push(col("first_purchase_date").dt().truncate(lit("1mo")).alias("cohort"));
+        }
+        let mut table = shared.customer_facts.clone().lazy().select(base).collect()?;
         for (stage, kind, frames) in &inputs.upstream {
             let Some(index) = kind.customer_table else {
                 bail!(
@@ -102,12 +102,15 @@ impl Stage for SegmentSummaryOptions {
                 )
                 .collect()?;
         }
-        let available: Vec<String> = table
+        let mut available: Vec<String> = table
             .get_column_names()
             .iter()
             .filter(|n| n.as_str() != "revenue_micros")
             .map(|n| n.to_string())
             .collect();
+        if !wants_cohort {
+            available.push("cohort".into());
+        }
         for column in self.by.iter().chain(&self.metrics) {
             if !available.contains(column) {
                 bail!(

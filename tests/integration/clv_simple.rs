@@ -103,3 +103,25 @@ fn segment_summary_names_a_missing_column() {
     );
     assert!(text.contains("`segment`"), "{text}");
 }
+
+#[test]
+fn segment_summary_by_first_purchase_month() {
+    // First purchases: 13 in 2023-03; 1, 2, 4 in January; 3, 12 in February; 11 in March.
+    let tables = Workspace::run_stages(
+        &extended(),
+        "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n\n[stages.by_cohort]\nkind = \"segment_summary\"\ninput = [\"rfm\"]\nby = [\"cohort\"]\n",
+        &["by_cohort"],
+    );
+    let summary = &tables[0];
+    assert_eq!(
+        summary.text("cohort"),
+        ["2023-03-01", "2024-01-01", "2024-02-01", "2024-03-01"]
+    );
+    assert_eq!(summary.int("customers"), [1, 3, 2, 1]);
+    assert_eq!(summary.float("repeat_rate"), [1.0, 2.0 / 3.0, 0.5, 0.0]);
+    // Without a cohort column asked for, it is still named among the columns available.
+    let workspace = Workspace::with_lines(&extended());
+    let config = workspace.config("", "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n\n[stages.by]\nkind = \"segment_summary\"\ninput = [\"rfm\"]\nby = [\"cohrt\"]\n");
+    let text = stderr(&pipeline(&["run", config.to_str().unwrap()]));
+    assert!(text.contains("`cohort`"), "{text}");
+}
