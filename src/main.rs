@@ -14,18 +14,14 @@ fn main() -> ExitCode {
     // With 4 KiB pages system time halves at the same peak RSS (measured in bench/).
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
-    let thp_disabled = if std::env::var_os("PIPELINE_KEEP_THP").is_some() {
-        0
-    } else {
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_THP_DISABLE,
-                1 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        }
+    let thp_disabled = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
     };
     let cli = Cli::parse();
     if let Command::Run(args) = &cli.command {
