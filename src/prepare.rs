@@ -13,6 +13,8 @@
 //! purchase time (the smallest channel name when several share that instant). A polars
 //! group-by + sort + join did the same in ~4× the time (measured at 10M lines).
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use polars::prelude::*;
@@ -35,6 +37,55 @@ pub struct SharedTables {
     /// customer's position among them, in customer_key order: cohorts split by channel.
     pub acquisition: (Series, Vec<u32>),
     pub as_of: NaiveDate,
+    /// Results several stages derive alike from these tables (e.g. the lifecycle walk of
+    /// `lifecycle` and `clv_simple`), computed by the first to ask.
+    pub memo: Memo,
+}
+
+/// Values computed once per key and shared between stages running in parallel: a stage asking
+/// for a key another stage is computing waits for it instead of computing it again.
+#[derive(Clone, Default)]
+pub struct Memo {
+    entries: Arc<Mutex<Vec<(String, MemoSlot)>>>,
+}
+
+type MemoSlot = Arc<Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>>;
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
+}
+
+impl Memo {
+    /// The value for `key`, computed by `compute` unless an earlier call stored it (errors are
+    /// returned, not stored).
+    pub fn get_or_compute<T: std::any::Any + Send + Sync>(
+        &self,
+        key: &str,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let slot = {
+            let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("memo poisoned"))?;
+            match entries.iter().find(|(k, _)| k == key) {
+                Some((_, slot)) => Arc::clone(slot),
+                None => {
+                    let slot = MemoSlot::default();
+                    entries.push((key.to_string(), Arc::clone(&slot)));
+                    slot
+                }
+            }
+        };
+        let mut value = slot.lock().map_err(|_| anyhow::anyhow!("memo `{key}` poisoned"))?;
+        if let Some(stored) = value.as_ref() {
+            return Arc::clone(stored)
+                .downcast::<T>()
+                .map_err(|_| anyhow::anyhow!("memo `{key}` holds another type"));
+        }
+        let computed = Arc::new(compute()?);
+        *value = Some(Arc::clone(&computed) as Arc<dyn std::any::Any + Send + Sync>);
+        Ok(computed)
+    }
 }
 
 /// A numeric column of a shared table as a slice: the shared tables are built in one chunk and
@@ -413,6 +464,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         customer_periods,
         acquisition,
         as_of,
+        memo: Memo::default(),
     })
 }
 
@@ -512,6 +564,37 @@ mod tests {
         let none = Series::new_empty("".into(), &DataType::String);
         let (distinct, codes) = dense_codes(&none, &[None, None]).unwrap();
         assert_eq!((distinct.len(), distinct.null_count(), codes), (1, 1, vec![0, 0]));
+    }
+
+    #[test]
+    fn memo_computes_each_key_once_and_keeps_no_error() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let memo = Memo::default();
+        let calls = AtomicUsize::new(0);
+        let values: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        *memo
+                            .get_or_compute("answer", || {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                                Ok(42u64)
+                            })
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(values, [42; 4]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(memo.get_or_compute::<u64>("failing", || anyhow::bail!("no")).is_err());
+        assert_eq!(*memo.get_or_compute("failing", || Ok(7u64)).unwrap(), 7);
+        assert!(
+            memo.get_or_compute("answer", || Ok("text")).is_err(),
+            "another type under one key"
+        );
     }
 
     #[test]

@@ -219,9 +219,18 @@ impl Walked {
     }
 }
 
+/// The walk for these options, shared by the stages that need it (`lifecycle`, `clv_simple`).
+pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<std::sync::Arc<Walked>> {
+    let key = format!(
+        "lifecycle walk {:?} {} {}",
+        options.granularity, options.active_days, options.churn_days
+    );
+    shared.memo.get_or_compute(&key, || walk_all(shared, options))
+}
+
 /// Walk every customer's purchase days (customer_periods rows with a purchase), customers in
 /// parallel chunks of fixed size.
-pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
+fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
     let periods = &shared.customer_periods;
     let keys = values::<UInt32Type>(periods, "customer_key")?;
     let dates = day_values(periods, "date")?;
@@ -292,7 +301,7 @@ pub fn lifecycle(shared: &SharedTables, options: &LifecycleOptions) -> Result<Li
         windows,
         tallies,
         stages,
-    } = walked;
+    } = &*walked;
     let count = |f: &dyn Fn(&Tally) -> u64| tallies.iter().map(|t| f(t) as i64).collect::<Vec<i64>>();
     let mut columns = vec![
         Column::new("snapshot_date".into(), windows.iter().map(|w| w.1).collect::<Vec<_>>()).cast(&DataType::Date)?,
