@@ -23,9 +23,50 @@ pub fn from_micros(micros: Expr) -> Expr {
     (micros.cast(DataType::Float64) / lit(MICROS_PER_UNIT)).round(6, RoundMode::HalfAwayFromZero)
 }
 
+/// `from_micros` for one value, computed exactly as polars computes the expression (a multiply
+/// by the reciprocal, then rounding to six decimals half away from zero), for tables built in
+/// Rust.
+pub fn micros_value(micros: i64) -> f64 {
+    let value = micros as f64 * (1.0 / MICROS_PER_UNIT);
+    let rounded = (value * MICROS_PER_UNIT).round() / MICROS_PER_UNIT;
+    if rounded.is_finite() {
+        rounded
+    } else {
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micros_value_is_the_expression_bit_for_bit() {
+        let mut state = 11u64;
+        let mut micros: Vec<i64> = vec![0, 1, -1, 999_999, 1_000_001, i64::MAX, i64::MIN, 19_990_000];
+        for _ in 0..100_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let shift = (state >> 58) as u32; // magnitudes from units to ~1e18
+            micros.push(((state >> 1) as i64) >> shift.min(62));
+        }
+        let frame = df!("micros" => micros.clone()).unwrap();
+        let expected: Vec<u64> = frame
+            .lazy()
+            .select([from_micros(col("micros"))])
+            .collect()
+            .unwrap()
+            .column("micros")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_no_null_iter()
+            .map(f64::to_bits)
+            .collect();
+        let ours: Vec<u64> = micros.iter().map(|&m| micros_value(m).to_bits()).collect();
+        assert_eq!(ours, expected);
+    }
 
     #[test]
     fn micros_round_half_away_from_zero_and_back() {
