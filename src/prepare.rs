@@ -42,14 +42,17 @@ pub struct SharedTables {
     pub memo: Memo,
 }
 
-/// Values computed once per key and shared between stages running in parallel: a stage asking
-/// for a key another stage is computing waits for it instead of computing it again.
+/// Values computed once per key and shared between stages: a stage asking for a key another
+/// stage has computed takes its value. Nothing waits: stages run on the rayon pool, where a
+/// thread blocked on another stage's computation could be the thread that computation needs, so
+/// two stages asking at the same moment both compute it (the first stored is kept).
 #[derive(Clone, Default)]
 pub struct Memo {
-    entries: Arc<Mutex<Vec<(String, MemoSlot)>>>,
+    entries: Arc<Mutex<Vec<(String, Shared)>>>,
 }
 
-type MemoSlot = Arc<Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>>;
+/// A memo value of any type.
+type Shared = Arc<dyn std::any::Any + Send + Sync>;
 
 impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,33 +61,36 @@ impl std::fmt::Debug for Memo {
 }
 
 impl Memo {
-    /// The value for `key`, computed by `compute` unless an earlier call stored it (errors are
-    /// returned, not stored).
+    fn stored(&self, key: &str) -> Result<Option<Shared>> {
+        let entries = self.entries.lock().map_err(|_| anyhow::anyhow!("memo poisoned"))?;
+        Ok(entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| Arc::clone(value)))
+    }
+
+    /// The value stored for `key`, or `compute`'s, stored (errors are returned, not stored).
     pub fn get_or_compute<T: std::any::Any + Send + Sync>(
         &self,
         key: &str,
         compute: impl FnOnce() -> Result<T>,
     ) -> Result<Arc<T>> {
-        let slot = {
-            let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("memo poisoned"))?;
-            match entries.iter().find(|(k, _)| k == key) {
-                Some((_, slot)) => Arc::clone(slot),
-                None => {
-                    let slot = MemoSlot::default();
-                    entries.push((key.to_string(), Arc::clone(&slot)));
-                    slot
-                }
-            }
-        };
-        let mut value = slot.lock().map_err(|_| anyhow::anyhow!("memo `{key}` poisoned"))?;
-        if let Some(stored) = value.as_ref() {
-            return Arc::clone(stored)
+        let downcast = |value: Shared| {
+            value
                 .downcast::<T>()
-                .map_err(|_| anyhow::anyhow!("memo `{key}` holds another type"));
+                .map_err(|_| anyhow::anyhow!("memo `{key}` holds another type"))
+        };
+        if let Some(value) = self.stored(key)? {
+            return downcast(value);
         }
-        let computed = Arc::new(compute()?);
-        *value = Some(Arc::clone(&computed) as Arc<dyn std::any::Any + Send + Sync>);
-        Ok(computed)
+        let computed: Shared = Arc::new(compute()?);
+        let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("memo poisoned"))?;
+        if let Some((_, value)) = entries.iter().find(|(k, _)| k == key) {
+            return downcast(Arc::clone(value));
+        }
+        entries.push((key.to_string(), Arc::clone(&computed)));
+        drop(entries);
+        downcast(computed)
     }
 }
 
@@ -553,28 +559,28 @@ mod tests {
     }
 
     #[test]
-    fn memo_computes_each_key_once_and_keeps_no_error() {
+    fn memo_keeps_the_first_value_and_no_error() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let memo = Memo::default();
         let calls = AtomicUsize::new(0);
+        let compute = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(42u64)
+        };
+        assert_eq!(*memo.get_or_compute("answer", compute).unwrap(), 42);
+        assert_eq!(*memo.get_or_compute("answer", || Ok(0u64)).unwrap(), 42);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Concurrent askers all get one value, whoever computed it.
         let values: Vec<u64> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..4)
-                .map(|_| {
-                    scope.spawn(|| {
-                        *memo
-                            .get_or_compute("answer", || {
-                                calls.fetch_add(1, Ordering::SeqCst);
-                                std::thread::sleep(std::time::Duration::from_millis(20));
-                                Ok(42u64)
-                            })
-                            .unwrap()
-                    })
+            let handles: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let memo = &memo;
+                    scope.spawn(move || *memo.get_or_compute("race", || Ok(i)).unwrap())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(values, [42; 4]);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(values.iter().all(|&v| v == values[0]), "{values:?}");
         assert!(memo.get_or_compute::<u64>("failing", || anyhow::bail!("no")).is_err());
         assert_eq!(*memo.get_or_compute("failing", || Ok(7u64)).unwrap(), 7);
         assert!(

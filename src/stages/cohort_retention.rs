@@ -90,7 +90,7 @@ fn dimension_codes(shared: &SharedTables, dimension: &str) -> Result<(Series, Ve
     Ok((distinct, codes))
 }
 
-/// The retention table; `facts` and `periods` are the shared tables.
+/// The retention table from the shared tables.
 ///
 /// One walk: customer_facts (sorted by customer_key = row) gives each customer's group (the
 /// dimension values, mixed-radix coded), cohort and last period; customer_periods (sorted by
@@ -165,7 +165,7 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
     let purchases = prepare::values::<Int64Type>(periods, "purchases")?;
     let revenues = prepare::values::<Int64Type>(periods, "revenue_micros")?;
     let customers = facts.height();
-    let parts = (rayon::current_num_threads() * 4).min((1 << 24) / cells.max(1)).max(1);
+    let parts = (rayon::current_num_threads() * 4).min((1 << 20) / cells.max(1)).max(1);
     let per_part = customers.div_ceil(parts).max(1);
     let counted: Vec<[Vec<i64>; 3]> = (0..parts)
         .into_par_iter()

@@ -219,7 +219,8 @@ impl Walked {
     }
 }
 
-/// The walk for these options, shared by the stages that need it (`lifecycle`, `clv_simple`).
+/// The walk for these options, shared by the stages that need it (`lifecycle`, `clv_simple`)
+/// when one runs after the other.
 pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<std::sync::Arc<Walked>> {
     let key = format!(
         "lifecycle walk {:?} {} {}",

@@ -159,9 +159,8 @@ fn quantile(sorted: &[i32], q: f64) -> Option<f64> {
     })
 }
 
-/// The tallies of customers `range` (rows of customer_facts = customer keys), one per cohort
-/// slot (cohort index − `first_cohort`). `period_start` is the first customer_periods row of
-/// the range's first customer.
+/// What the walk reads: customer_facts columns (rows = customer keys), customer_periods columns,
+/// and each customer's cohort slot (cohort index − the first cohort's).
 struct Walk<'a> {
     first: &'a [i32],
     last: &'a [i32],
@@ -177,6 +176,7 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// The tallies of the customers in `range`, one per cohort slot.
     fn tallies(&self, range: std::ops::Range<usize>) -> Vec<Tally> {
         let mut tallies = vec![Tally::new(self.options); self.cohorts];
         let steps = self.options.max_purchases as usize;
@@ -245,18 +245,21 @@ pub fn repeat(shared: &SharedTables, options: &RepeatOptions) -> Result<Vec<Data
         cutoff: as_of - options.min_observation_days as i32,
         options,
     };
-    // Fixed-size chunks: the sums come out the same whatever the thread count.
+    // Fixed-size chunks, added up in order a few at a time (each chunk holds a tally per
+    // cohort): the sums come out the same whatever the thread count.
     const CHUNK: usize = 1 << 16;
     let customers = first.len();
-    let parts: Vec<Vec<Tally>> = (0..customers.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|chunk| walk.tallies(chunk * CHUNK..((chunk + 1) * CHUNK).min(customers)))
-        .collect();
+    let chunks: Vec<usize> = (0..customers.div_ceil(CHUNK)).collect();
     let mut cohorts = vec![Tally::new(options); walk.cohorts];
-    for part in &parts {
-        cohorts.iter_mut().zip(part).for_each(|(total, part)| total.add(part));
+    for batch in chunks.chunks(2 * rayon::current_num_threads().max(1)) {
+        let parts: Vec<Vec<Tally>> = batch
+            .par_iter()
+            .map(|&chunk| walk.tallies(chunk * CHUNK..((chunk + 1) * CHUNK).min(customers)))
+            .collect();
+        for part in &parts {
+            cohorts.iter_mut().zip(part).for_each(|(total, part)| total.add(part));
+        }
     }
-    drop(parts);
     let mut overall = Tally::new(options);
     cohorts.iter().for_each(|cohort| overall.add(cohort));
     // Rows: overall (cohort null, when there are customers), then each cohort with customers.
