@@ -188,6 +188,7 @@ fn execute(
     let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
+        warm_shared_work(&stages, config, plan, &shared, &pool);
         let run_one = |index: usize| -> Result<(usize, Vec<DataFrame>, StageReport)> {
             let stage_config = &config.stages[index];
             let start = Instant::now();
@@ -284,6 +285,41 @@ fn execute(
         }
     }
     Ok(())
+}
+
+/// Work several stages of a level share through the memo (one lifecycle walk for `lifecycle`
+/// and `clv_simple`) is computed once, before they start: inside the pool a stage cannot wait
+/// for another's computation without risking a deadlock, so they would each compute it. A
+/// failure here is left for the stages themselves to report.
+fn warm_shared_work(
+    stages: &[usize],
+    config: &crate::config::Config,
+    plan: &Plan,
+    shared: &BTreeMap<String, SharedTables>,
+    pool: &rayon::ThreadPool,
+) {
+    let mut askers: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for &index in stages {
+        let (Some(stage), Some(source)) = (config.stages[index].stage.as_ref(), plan.source_of(index)) else {
+            continue;
+        };
+        for key in stage.memo_keys() {
+            askers.entry((source.clone(), key)).or_default().push(index);
+        }
+    }
+    for ((source, key), indexes) in askers {
+        let (Some(tables), true) = (shared.get(&source), indexes.len() > 1) else {
+            continue;
+        };
+        let stage = config.stages[indexes[0]]
+            .stage
+            .as_ref()
+            .expect("a stage with memo keys has options");
+        let warmed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| stage.warm(tables))));
+        if !matches!(warmed, Ok(Ok(()))) {
+            tracing::debug!("shared work `{key}` not computed ahead; the stages compute it");
+        }
+    }
 }
 
 /// "RSS 1234 MB, peak 2345 MB" from /proc/self/status, for debug logs at phase boundaries

@@ -94,6 +94,14 @@ pub fn report(reader: &TableReader, errors: Vec<(&'static str, String)>, diagnos
 }
 
 impl Stage for LifecycleOptions {
+    fn memo_keys(&self) -> Vec<String> {
+        vec![walk_key(self)]
+    }
+
+    fn warm(&self, shared: &SharedTables) -> Result<()> {
+        walk(shared, self).map(drop)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
         let result = lifecycle(shared, self)?;
@@ -222,11 +230,17 @@ impl Walked {
 /// The walk for these options, shared by the stages that need it (`lifecycle`, `clv_simple`)
 /// when one runs after the other.
 pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<std::sync::Arc<Walked>> {
-    let key = format!(
+    shared
+        .memo
+        .get_or_compute(&walk_key(options), || walk_all(shared, options))
+}
+
+/// The memo key of the walk for these options.
+pub fn walk_key(options: &LifecycleOptions) -> String {
+    format!(
         "lifecycle walk {:?} {} {}",
         options.granularity, options.active_days, options.churn_days
-    );
-    shared.memo.get_or_compute(&key, || walk_all(shared, options))
+    )
 }
 
 /// Walk every customer's purchase days (customer_periods rows with a purchase), customers in
@@ -287,6 +301,7 @@ fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
         stages.extend_from_slice(chunk_stages);
     }
     settle(&mut tallies);
+    tracing::debug!("lifecycle: {customers} customers walked ({})", walk_key(options));
     Ok(Walked {
         windows,
         tallies,

@@ -85,6 +85,18 @@ pub trait Stage: Send + Sync + Debug {
 
     /// Output tables in the order of `tables()` (by default `Kind::tables`).
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
+
+    /// Keys of work this stage shares with others through the shared tables' memo (see
+    /// `prepare::Memo`); the runner computes a key that several stages of a level share once,
+    /// before the level starts, with `warm`.
+    fn memo_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Compute this stage's shared work into the memo.
+    fn warm(&self, _shared: &SharedTables) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 pub static KINDS: &[&Kind] = &[
