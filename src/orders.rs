@@ -350,20 +350,7 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
 /// no sort is needed. `None` when the range is much wider than the orders.
 fn number_dense(values: &[i64], dtype: &DataType) -> PolarsResult<Option<(Series, Vec<u32>)>> {
     use rayon::prelude::*;
-    let Some((low, high)) = values
-        .par_iter()
-        .fold(
-            || None,
-            |range: Option<(i64, i64)>, &v| Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v)))),
-        )
-        .reduce(
-            || None,
-            |a, b| match (a, b) {
-                (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
-                (a, b) => a.or(b),
-            },
-        )
-    else {
+    let (Some(&low), Some(&high)) = (values.par_iter().min(), values.par_iter().max()) else {
         return Ok(None);
     };
     let span = (i128::from(high) - i128::from(low) + 1) as u128;

@@ -94,6 +94,28 @@ impl Memo {
     }
 }
 
+/// Each customer of `customers` with its rows in customer_periods, whose `keys` (customer_key)
+/// are sorted: the walks over a range of customers read their days through this.
+pub fn customer_rows(
+    keys: &[u32],
+    customers: std::ops::Range<usize>,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    let mut row = keys.partition_point(|&key| (key as usize) < customers.start);
+    customers.map(move |customer| {
+        let start = row;
+        while row < keys.len() && keys[row] as usize == customer {
+            row += 1;
+        }
+        (customer, start..row)
+    })
+}
+
+/// The customer_periods rows of the customers in `customers` (see `customer_rows`).
+pub fn rows_of(keys: &[u32], customers: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    keys.partition_point(|&key| (key as usize) < customers.start)
+        ..keys.partition_point(|&key| (key as usize) < customers.end)
+}
+
 /// A numeric column of a shared table as a slice: the shared tables are built in one chunk and
 /// without nulls in the columns stages walk.
 pub fn values<'a, T: PolarsNumericType>(frame: &'a DataFrame, name: &str) -> Result<&'a [T::Native]> {

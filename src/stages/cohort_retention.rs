@@ -65,29 +65,12 @@ impl Stage for CohortRetentionOptions {
 }
 
 /// A dimension's distinct values in output order (ascending, null last) and each customer's
-/// position among them.
-fn dimension_codes(shared: &SharedTables, dimension: &str) -> Result<(Series, Vec<u32>)> {
-    if dimension == "acquisition_channel" {
-        return Ok(shared.acquisition.clone());
+/// position among them; `DIMENSIONS` lists the dimensions the config accepts.
+fn dimension_codes<'a>(shared: &'a SharedTables, dimension: &str) -> Result<(&'a Series, &'a [u32])> {
+    match dimension {
+        "acquisition_channel" => Ok((&shared.acquisition.0, &shared.acquisition.1)),
+        other => anyhow::bail!("unknown cohort dimension `{other}`"),
     }
-    let facts = &shared.customer_facts;
-    let values = facts.column(dimension)?.as_materialized_series();
-    let distinct = values.unique()?.sort(SortOptions::default().with_nulls_last(true))?;
-    let rank = values.rank(
-        RankOptions {
-            method: RankMethod::Dense,
-            descending: false,
-        },
-        None,
-    );
-    // Dense ranks count from 1 over non-null values; null (if any) is the last value.
-    let null_code = (distinct.len() - distinct.null_count()) as u32;
-    let codes = rank
-        .idx()?
-        .iter()
-        .map(|rank| rank.map_or(null_code, |rank| rank - 1))
-        .collect();
-    Ok((distinct, codes))
 }
 
 /// The retention table from the shared tables.
@@ -119,10 +102,10 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
     for dimension in dimensions {
         let (distinct, codes) = dimension_codes(shared, dimension)?;
         let n = distinct.len().max(1) as u32;
-        for (g, code) in group.iter_mut().zip(codes) {
+        for (g, &code) in group.iter_mut().zip(codes) {
             *g = *g * n + code;
         }
-        values.push(distinct);
+        values.push(distinct.clone());
         radix.push(n);
     }
     let groups = radix.iter().product::<u32>() as usize;
@@ -171,7 +154,7 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
         .into_par_iter()
         .map(|part| {
             let (low, high) = ((part * per_part).min(customers), ((part + 1) * per_part).min(customers));
-            let rows = keys.partition_point(|&k| (k as usize) < low)..keys.partition_point(|&k| (k as usize) < high);
+            let rows = prepare::rows_of(keys, low..high);
             let [mut active, mut orders, mut revenue] = [vec![0i64; cells], vec![0i64; cells], vec![0i64; cells]];
             // The (customer, cell) last counted active: a customer's rows come in period order.
             let mut counted: Option<(usize, usize)> = None;

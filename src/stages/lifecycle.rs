@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::config::{reader::TableReader, Diagnostic, Diagnostics};
 use crate::period::{from_days, to_days, Granularity};
-use crate::prepare::{day_values, values, SharedTables};
+use crate::prepare::{customer_rows, day_values, values, SharedTables};
 
 /// Options of `kind = "lifecycle"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +119,19 @@ pub struct Tally {
     /// Customers churned for good from this snapshot on (no purchase left), counted into
     /// `stages[churned]` of this and every later snapshot by `settle`: the walk stops there.
     pub settled: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.stages
+            .iter_mut()
+            .zip(other.stages)
+            .for_each(|(total, part)| *total += part);
+        self.start += other.start;
+        self.end += other.end;
+        self.retained += other.retained;
+        self.settled += other.settled;
+    }
 }
 
 /// Count settled customers as churned in their snapshot and every later one.
@@ -266,16 +279,11 @@ fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
             let range = chunk * CHUNK..((chunk + 1) * CHUNK).min(customers);
             let mut tallies = vec![Tally::default(); windows.len()];
             let mut stages = Vec::with_capacity(range.len());
-            let mut row = keys.partition_point(|&key| (key as usize) < range.start);
             let mut days = Vec::new();
-            for customer in range {
-                let start = row;
-                while row < keys.len() && keys[row] as usize == customer {
-                    row += 1;
-                }
+            for (_, rows) in customer_rows(keys, range) {
                 // Days with a purchase (refund-only days are left out).
                 days.clear();
-                days.extend((start..row).filter(|&r| purchases[r] > 0).map(|r| dates[r]));
+                days.extend(rows.filter(|&r| purchases[r] > 0).map(|r| dates[r]));
                 let stage = if days.is_empty() {
                     CHURNED
                 } else {
@@ -289,15 +297,10 @@ fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
     let mut tallies = vec![Tally::default(); windows.len()];
     let mut stages: Vec<u8> = Vec::with_capacity(customers);
     for (chunk_tallies, chunk_stages) in &results {
-        for (total, part) in tallies.iter_mut().zip(chunk_tallies) {
-            for s in 0..5 {
-                total.stages[s] += part.stages[s];
-            }
-            total.start += part.start;
-            total.end += part.end;
-            total.retained += part.retained;
-            total.settled += part.settled;
-        }
+        tallies
+            .iter_mut()
+            .zip(chunk_tallies)
+            .for_each(|(total, part)| total.add(part));
         stages.extend_from_slice(chunk_stages);
     }
     settle(&mut tallies);

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::config::{reader::TableReader, Diagnostics};
 use crate::period::{to_days, Granularity, PeriodIndex};
-use crate::prepare::{day_values, values, SharedTables};
+use crate::prepare::{customer_rows, day_values, values, SharedTables};
 
 /// Options of `kind = "repeat"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -182,20 +182,18 @@ impl Walk<'_> {
         let steps = self.options.max_purchases as usize;
         // Purchase k's day for k = 1..=max(steps, 2).
         let mut kth = vec![0i32; steps.max(2)];
-        let mut row = self.keys.partition_point(|&key| (key as usize) < range.start);
-        for customer in range {
+        for (customer, rows) in customer_rows(self.keys, range) {
             let tally = &mut tallies[self.cohort[customer] as usize];
             let (first, orders) = (self.first[customer], self.orders[customer]);
             // The day on which the running count of purchases reaches each k.
             let mut running = 0usize;
-            while row < self.keys.len() && self.keys[row] as usize == customer {
+            for row in rows {
                 let bought = self.purchases[row].max(0) as usize;
                 let reached = (running + bought).min(kth.len());
                 for slot in kth.iter_mut().take(reached).skip(running) {
                     *slot = self.dates[row];
                 }
                 running += bought;
-                row += 1;
             }
             tally.customers += 1;
             let repeat = orders >= 2;
