@@ -335,7 +335,13 @@ pub fn memory() -> String {
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or("?".to_string(), |kb| (kb / 1024).to_string())
     };
-    format!("RSS {} MB, peak {} MB", field("VmRSS:"), field("VmHWM:"))
+    format!(
+        "RSS {} MB (anon {}, file {}), peak {} MB",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("VmHWM:")
+    )
 }
 
 /// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).

@@ -465,30 +465,23 @@ fn local_date_of_micros(
     })
 }
 
-fn include_expr(source: &SourceConfig) -> Expr {
+fn include_expr(include: &BTreeMap<String, Vec<FilterValue>>) -> Expr {
+    // An OR of equalities, not `is_in`: the streaming engine lowers `is_in` to a semi-join
+    // beside the scan whose multiplexer buffered decoded batches while the fold was busy
+    // (~2 GB of a 50M-line run's peak). `check_schema` has matched each value's kind to the
+    // column's type; integer columns are compared as Int64 (a UInt64 above 2^63, which no
+    // value can equal, becomes null: not included).
     let mut condition = lit(true);
-    for (logical, values) in &source.include {
-        let series = if values.iter().all(|v| matches!(v, FilterValue::Int(_))) {
-            let ints: Vec<i64> = values
-                .iter()
-                .filter_map(|v| match v {
-                    FilterValue::Int(i) => Some(*i),
-                    FilterValue::Text(_) => None,
-                })
-                .collect();
-            Series::new("values".into(), ints)
-        } else {
-            let texts: Vec<String> = values
-                .iter()
-                .map(|v| match v {
-                    FilterValue::Int(i) => i.to_string(),
-                    FilterValue::Text(s) => s.clone(),
-                })
-                .collect();
-            Series::new("values".into(), texts)
+    for (logical, values) in include {
+        let equals = |value: &FilterValue| match value {
+            FilterValue::Int(i) => col(logical.as_str()).cast(DataType::Int64).eq(lit(*i)),
+            FilterValue::Text(s) => col(logical.as_str()).eq(lit(s.as_str())),
         };
-        let test = col(logical.as_str())
-            .is_in(lit(series).implode(false), false)
+        let test = values
+            .iter()
+            .map(equals)
+            .reduce(Expr::or)
+            .unwrap_or(lit(false))
             .fill_null(lit(false));
         condition = condition.and(test);
     }
@@ -563,7 +556,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .is_nan()
         .or(amount().gt(lit(9.0e12)))
         .or(amount().lt(lit(-9.0e12)));
-    let reason = when(include_expr(source).not())
+    let reason = when(include_expr(&source.include).not())
         .then(lit(1i32))
         .when(col("customer_id").is_null())
         .then(lit(2i32))
@@ -641,9 +634,10 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .and_then(|mut fold| fold.take())
         .expect("the scan has finished with the fold");
     tracing::debug!(
-        "order fold: {} batches, {:.3} s busy",
+        "order fold: {} batches, {:.3} s busy, {}",
         fold.batches,
-        fold.busy.as_secs_f64()
+        fold.busy.as_secs_f64(),
+        crate::runner::memory()
     );
     let folded = fold
         .finish(&schema.customer_id, has_channel)
@@ -811,5 +805,51 @@ mod tests {
             dates.cast(&DataType::Int32).unwrap().i32().unwrap().to_vec(),
             [Some(-1), Some(0), Some(0)]
         );
+    }
+
+    /// `include` keeps the rows whose column equals one of its values: text and integer
+    /// columns of any width, nulls never included, every listed column must match.
+    #[test]
+    fn include_keeps_rows_equal_to_a_listed_value() {
+        let lines = df! {
+            "status" => [Some("completed"), Some("shipped"), None, Some("returned"), Some("completed")],
+            "store" => [Some(3u32), Some(7), Some(3), Some(3), None],
+            "region" => [Some(-2i32), Some(-2), Some(-2), Some(5), Some(-2)],
+        }
+        .unwrap();
+        let kept = |include: &[(&str, Vec<FilterValue>)]| -> Vec<bool> {
+            let include: BTreeMap<String, Vec<FilterValue>> =
+                include.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            let mask = lines
+                .clone()
+                .lazy()
+                .with_column(include_expr(&include).alias("keep"))
+                .collect()
+                .unwrap();
+            mask.column("keep")
+                .unwrap()
+                .bool()
+                .unwrap()
+                .iter()
+                .map(|keep| keep.expect("include is never null"))
+                .collect()
+        };
+        let text = |s: &str| FilterValue::Text(s.into());
+        let shipped = vec![text("completed"), text("shipped")];
+        assert_eq!(kept(&[("status", shipped.clone())]), [true, true, false, false, true]);
+        assert_eq!(
+            kept(&[("store", vec![FilterValue::Int(3)])]),
+            [true, false, true, true, false]
+        );
+        assert_eq!(
+            kept(&[("region", vec![FilterValue::Int(-2), FilterValue::Int(9)])]),
+            [true, true, true, false, true]
+        );
+        assert_eq!(
+            kept(&[("status", shipped), ("store", vec![FilterValue::Int(3)])]),
+            [true, false, false, false, false]
+        );
+        assert_eq!(kept(&[("status", vec![])]), [false; 5]);
+        assert_eq!(kept(&[]), [true; 5]);
     }
 }
