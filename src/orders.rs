@@ -8,14 +8,18 @@
 //!
 //! Cache misses in tables are the cost per line, so the loop avoids lookups: a run of lines
 //! with one order_id (lines of an order usually come together) is folded as one. Integer order
-//! ids are not looked up at all: every run starts an order, and runs that repeat an earlier
-//! run's id are merged into it whenever the runs held reach twice the orders left by the last
-//! merge (and at the end), so memory follows orders, not lines. A merge sorts only the runs
-//! since the last one, in parallel, and walks them beside the last merge's sorted (id, order)
-//! list: sequential memory traffic instead of a cache miss per run (a hash table probed per
-//! run cost ~170 ns per order). Integer customer ids are stored per order and numbered by one
-//! parallel sort at the end (text ids are interned); a channel equal to the previous line's
-//! reuses its code.
+//! ids are not looked up in a table: every run starts an order, and a run repeating an earlier
+//! run's id is merged into it later. While the ids fit bitmaps of 2^16-id pages (dense ids, or
+//! clusters of them: ~a bit per id), a run learns from its bit whether its id came before, and
+//! a merge finds the first runs of the few repeated ids in one pass (50M lines: the fold
+//! 4.3-4.9 → 3.5-4.3 s, the final merge 1.0-1.4 → 0.4-0.5 s). Sparse ids (random or
+//! time-based 64-bit ones) are sorted instead: whenever the runs held reach twice the orders
+//! left by the last merge (and at the end), so memory follows orders, not lines, a merge sorts
+//! the runs since the last one, in parallel, and walks them beside the last merge's sorted
+//! (id, order) list: sequential memory traffic instead of a cache miss per run (a hash table
+//! probed per run cost ~170 ns per order). Integer customer ids are stored per order and
+//! numbered at the end (text ids are interned); a channel equal to the previous line's reuses
+//! its code.
 //!
 //! Orders are split into shards by key hash, one per thread: every shard reads every batch but
 //! folds only its own orders (text ids in its own interner, integer runs in its own columns,
@@ -159,17 +163,31 @@ enum OrderKeys {
     Runs(Runs),
 }
 
-/// Integer order ids: orders `0..sorted.len()` are merged (their ids distinct, in `sorted`),
-/// the runs after them are `fresh`, one order each until the next merge.
+/// Integer order ids, in one of two modes.
+///
+/// While the ids seen fit a bitmap of their range (`seen`; ids of one table are usually dense:
+/// 64 ids per word, never more than `BITMAP_BITS` or 64 per run held), a run learns whether
+/// its id is new by its bit: `fresh` holds the id of every order and run, `repeats` the runs
+/// whose id came before, and a merge finds those ids' first runs in one pass (no sort).
+///
+/// Otherwise (sparse ids such as random or time-based 64-bit ones, or after the bitmap grew
+/// too wide): orders `0..sorted.len()` are merged (their ids distinct, in `sorted`), the runs
+/// after them are `fresh`, one order each until the next merge sorts them.
 struct Runs {
-    /// (id, order) of the merged orders, by id.
+    /// (id, order) of the merged orders, by id (sort mode).
     sorted: Vec<(i64, u32)>,
-    /// The id of each run since the last merge.
+    /// The id of each run since the last merge (sort mode), of every order and run (bitmap).
     fresh: Vec<i64>,
-    /// Merge when this many orders and runs are held, never fewer than `merge_floor`
-    /// (`FIRST_MERGE`; small in tests).
+    /// Sort mode: merge when this many orders and runs are held, never fewer than
+    /// `merge_floor` (`FIRST_MERGE`; small in tests). Bitmap mode: merge when the repeating
+    /// runs are at least the other orders and `merge_floor`.
     merge_at: usize,
     merge_floor: usize,
+    seen: Option<SeenIds>,
+    /// Bits `seen` may always use (`BITMAP_BITS`; small in tests), or 64 per run held.
+    bitmap_bits: u64,
+    /// The runs (positions in `fresh`) repeating an earlier run's id, since the last merge.
+    repeats: Vec<u32>,
 }
 
 impl Default for Runs {
@@ -179,6 +197,9 @@ impl Default for Runs {
             fresh: Vec::new(),
             merge_at: FIRST_MERGE,
             merge_floor: FIRST_MERGE,
+            seen: Some(SeenIds::default()),
+            bitmap_bits: BITMAP_BITS,
+            repeats: Vec::new(),
         }
     }
 }
@@ -186,6 +207,86 @@ impl Default for Runs {
 impl Runs {
     fn held(&self) -> usize {
         self.sorted.len() + self.fresh.len()
+    }
+
+    /// A run of lines with order id `id` starts.
+    fn push(&mut self, id: i64) {
+        let run = self.held();
+        if let Some(seen) = &mut self.seen {
+            let limit = self.bitmap_bits.max(64 * run as u64);
+            match seen.insert(id, limit) {
+                Some(true) => {}
+                Some(false) => self.repeats.push(u32::try_from(run).expect("fewer than 2^32 runs")),
+                None => {
+                    // Too sparse for a bitmap: from here on in sort mode, every run held so far
+                    // fresh (the orders merged so far are distinct, the repeats since are in
+                    // `fresh` and found by the next merge's sort).
+                    self.seen = None;
+                    self.repeats = Vec::new();
+                }
+            }
+        }
+        self.fresh.push(id);
+    }
+
+    fn should_merge(&self) -> bool {
+        match self.seen {
+            Some(_) => {
+                let repeats = self.repeats.len();
+                repeats >= self.merge_floor.max(self.fresh.len() - repeats)
+            }
+            None => self.held() >= self.merge_at,
+        }
+    }
+}
+
+/// A set of integer ids as bitmaps of the 2^16-id pages they fall in: dense ids (one table's
+/// auto-increment) and clusters of dense ids (a shard or partition number times a stride
+/// plus a sequence) take about a bit per id, scattered ids a page each, until `insert`
+/// refuses them.
+#[derive(Default)]
+struct SeenIds {
+    /// Page number (id >> PAGE_BITS) → its place in `bits`.
+    pages: hashbrown::HashMap<i64, usize, foldhash::fast::FixedState>,
+    bits: Vec<u64>,
+    /// The last page used (ids of consecutive runs are often close).
+    last: Option<(i64, usize)>,
+}
+
+/// Bits a `SeenIds` may always use (32 MiB): dense ids of tables up to ~268M orders.
+const BITMAP_BITS: u64 = 1 << 28;
+const PAGE_BITS: u32 = 16;
+const PAGE_WORDS: usize = (1 << PAGE_BITS) / 64;
+
+impl SeenIds {
+    /// Add `id`: whether it is new, or `None` (and unchanged) when it needs a page beyond
+    /// `limit` bits in all.
+    fn insert(&mut self, id: i64, limit: u64) -> Option<bool> {
+        let page = id >> PAGE_BITS;
+        let index = match self.last {
+            Some((last, index)) if last == page => index,
+            _ => {
+                let index = match self.pages.get(&page) {
+                    Some(&index) => index,
+                    None => {
+                        let index = self.pages.len();
+                        if ((index as u64 + 1) << PAGE_BITS) > limit {
+                            return None;
+                        }
+                        self.pages.insert(page, index);
+                        self.bits.resize((index + 1) * PAGE_WORDS, 0);
+                        index
+                    }
+                };
+                self.last = Some((page, index));
+                index
+            }
+        };
+        let bit = (id & ((1 << PAGE_BITS) - 1)) as usize;
+        let (word, mask) = (&mut self.bits[index * PAGE_WORDS + bit / 64], 1u64 << (bit % 64));
+        let new = *word & mask == 0;
+        *word |= mask;
+        Some(new)
     }
 }
 
@@ -198,7 +299,7 @@ impl OrderKeys {
                 keys.intern_hashed(values.value(row).as_bytes(), hash as u32)
             }
             (OrderKeys::Runs(runs), KeyColumn::Int(values)) => {
-                runs.fresh.push(values[row]);
+                runs.push(values[row]);
                 (u32::try_from(runs.held() - 1).expect("fewer than 2^32 runs"), true)
             }
             _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
@@ -521,7 +622,7 @@ impl OrderFold {
                 .try_for_each(|(shard, runs)| shard.add(&columns, runs))
         };
         self.shards.par_iter_mut().for_each(|shard| {
-            if matches!(&shard.orders, OrderKeys::Runs(runs) if runs.held() >= runs.merge_at) {
+            if matches!(&shard.orders, OrderKeys::Runs(runs) if runs.should_merge()) {
                 shard.merge_repeated_orders();
             }
         });
@@ -551,6 +652,16 @@ impl OrderFold {
             } else {
                 all.append(&mut more);
             }
+        }
+        let by_bitmap = shards
+            .iter()
+            .filter(|shard| matches!(&shard.orders, OrderKeys::Runs(runs) if runs.seen.is_some()))
+            .count();
+        if matches!(shards[0].orders, OrderKeys::Runs(_)) {
+            tracing::debug!(
+                "integer order ids: repeats found by bitmap in {by_bitmap} of {} shards (sorted in the others)",
+                shards.len()
+            );
         }
         shards.par_iter_mut().for_each(Shard::merge_repeated_orders);
         for shard in shards {
@@ -710,6 +821,9 @@ impl Shard {
         let OrderKeys::Runs(runs) = &mut self.orders else {
             return;
         };
+        if runs.seen.is_some() {
+            return self.merge_repeats_seen();
+        }
         // Orders before `start` were merged already and are in `sorted`; only the fresh runs
         // are sorted now, then walked beside `sorted`.
         let sorted = std::mem::take(&mut runs.sorted);
@@ -773,6 +887,53 @@ impl Shard {
         };
         runs.merge_at = (merged.len() * 2).max(runs.merge_floor);
         runs.sorted = merged;
+        runs.fresh = keys;
+    }
+
+    /// `merge_repeated_orders` in bitmap mode: the ids of the repeating runs are looked up in
+    /// one pass over the ids held to find each one's first run, and the repeats merged into it.
+    fn merge_repeats_seen(&mut self) {
+        let OrderKeys::Runs(runs) = &mut self.orders else {
+            return;
+        };
+        if runs.repeats.is_empty() {
+            return;
+        }
+        let repeats = std::mem::take(&mut runs.repeats);
+        let keys = std::mem::take(&mut runs.fresh);
+        let mut first_of: hashbrown::HashMap<i64, u32> =
+            repeats.iter().map(|&r| (keys[r as usize], u32::MAX)).collect();
+        // A repeat always comes after its first run: look no further than the last repeat.
+        let last = *repeats.last().expect("not empty") as usize;
+        let mut missing = first_of.len();
+        for (run, key) in keys[..last].iter().enumerate() {
+            if let Some(first) = first_of.get_mut(key) {
+                if *first == u32::MAX {
+                    *first = run as u32;
+                    missing -= 1;
+                    if missing == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut keep = vec![true; keys.len()];
+        for &later in &repeats {
+            let later = later as usize;
+            keep[later] = false;
+            self.merge_into(first_of[&keys[later]] as usize, later);
+        }
+        let mut keys = keys;
+        retain(&mut keys, &keep);
+        self.customers.retain(&keep);
+        retain(&mut self.ordered_ts, &keep);
+        retain(&mut self.revenue, &keep);
+        retain(&mut self.lines, &keep);
+        retain(&mut self.channel, &keep);
+        retain(&mut self.several_customers, &keep);
+        let OrderKeys::Runs(runs) = &mut self.orders else {
+            unreachable!("checked above");
+        };
         runs.fresh = keys;
     }
 
@@ -1004,11 +1165,14 @@ mod tests {
             }
             fold.finish(&DataType::String, true).unwrap()
         };
-        for shards in [1, 3] {
+        // Dense ids (bitmap mode), ids 2^40 apart (sort mode), one far id (a switch midway).
+        let spreads: [fn(i64) -> i64; 3] = [|o| o, |o| o << 40, |o| if o == 29 { o << 40 } else { o }];
+        for (spread, shards) in (0..3).flat_map(|spread| [(spread, 1), (spread, 3)]) {
             let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, shards);
             for shard in &mut fold.shards {
                 if let OrderKeys::Runs(runs) = &mut shard.orders {
                     (runs.merge_at, runs.merge_floor) = (7, 7);
+                    runs.bitmap_bits = 1 << PAGE_BITS;
                 }
             }
             let mut merges_seen = 0;
@@ -1020,7 +1184,7 @@ mod tests {
                         .map(|l| (l.0, "", l.2.as_str(), l.3, l.4, l.5))
                         .collect::<Vec<Line>>(),
                 );
-                let ids: Vec<i64> = part.iter().map(|l| l.1).collect();
+                let ids: Vec<i64> = part.iter().map(|l| spreads[spread](l.1)).collect();
                 frame.with_column(Column::new("order_id".into(), ids)).unwrap();
                 fold.add(frame).unwrap();
                 let held: Vec<usize> = fold
@@ -1038,6 +1202,20 @@ mod tests {
                 before = held;
             }
             assert!(merges_seen >= 3, "{merges_seen} merges");
+            let bitmaps = fold
+                .shards
+                .iter()
+                .filter(|shard| matches!(&shard.orders, OrderKeys::Runs(runs) if runs.seen.is_some()))
+                .count();
+            let expected = match spread {
+                0 => shards..=shards,
+                1 => 0..=0,
+                _ => 0..=shards - 1,
+            };
+            assert!(
+                expected.contains(&bitmaps),
+                "spread {spread}: {bitmaps} of {shards} in bitmap mode"
+            );
             let runs = fold.finish(&DataType::String, true).unwrap();
             assert_eq!(runs.orders.height(), 30);
             // Same orders (one shard: in the same first-seen order), customers, channels, flags.
@@ -1058,11 +1236,40 @@ mod tests {
                 };
                 assert!(customer_of(&runs).equals(&customer_of(&text)));
             } else {
-                assert!(canonical(&runs).equals_missing(&canonical(&text)), "{shards} shards");
+                assert!(
+                    canonical(&runs).equals_missing(&canonical(&text)),
+                    "{shards} shards, spread {spread}"
+                );
             }
             assert!(runs.channels.unwrap().equals(text.channels.as_ref().unwrap()));
             let several = runs.orders.column("several_customers").unwrap().bool().unwrap().sum();
             assert_eq!(several, Some(1), "order 4 names customers c4 and c9");
         }
+    }
+
+    #[test]
+    fn seen_ids_take_a_page_per_2_16_ids_and_refuse_pages_past_the_limit() {
+        let limit = 4 << PAGE_BITS;
+        let mut seen = SeenIds::default();
+        let inserts = [
+            (5, Some(true)),
+            (5, Some(false)),
+            (-1, Some(true)),
+            (65_535, Some(true)),
+            (65_536, Some(true)),
+            (i64::MAX, Some(true)),
+            (i64::MIN, None),
+            (65_537, Some(true)),
+            (65_536, Some(false)),
+            (i64::MAX, Some(false)),
+            (i64::MAX - 1, Some(true)),
+            (-65_537, None),
+            (-65_536, Some(true)),
+        ];
+        for (id, expected) in inserts {
+            assert_eq!(seen.insert(id, limit), expected, "id {id}");
+        }
+        assert_eq!(seen.pages.len(), 4);
+        assert_eq!(seen.bits.len(), 4 * PAGE_WORDS);
     }
 }
