@@ -523,7 +523,19 @@ pub struct OrderFold {
     /// Time spent in `add` and batches folded, for the debug log.
     pub busy: std::time::Duration,
     pub batches: u64,
+    /// Lines the source holds (file metadata), when known: once `RESERVE_AFTER` lines are
+    /// folded, each shard's columns are reserved for the orders its share of runs so far
+    /// projects, so they do not grow by doubling (a copy, and fresh pages for the kernel to
+    /// zero, each time).
+    pub expected_lines: Option<u64>,
+    lines_seen: u64,
+    /// `RESERVE_AFTER` (small in tests).
+    reserve_after: u64,
+    reserved: bool,
 }
+
+/// Lines folded before the columns are reserved from the runs per line seen.
+const RESERVE_AFTER: u64 = 1 << 20;
 
 /// Orders with dense integer customer ids and channel codes, both numbered in sort order of the
 /// values, so `min` over codes is `min` over names.
@@ -589,6 +601,10 @@ impl OrderFold {
             duplicate_lines: 0,
             busy: std::time::Duration::ZERO,
             batches: 0,
+            expected_lines: None,
+            lines_seen: 0,
+            reserve_after: RESERVE_AFTER,
+            reserved: false,
         }
     }
 
@@ -610,6 +626,20 @@ impl OrderFold {
         for reason in columns.reasons.iter() {
             let code = reason.copied().unwrap_or(0);
             self.lines_by_reason[usize::try_from(code).ok().filter(|&r| r < REASONS).unwrap_or(0)] += 1;
+        }
+        // Reserved once, before the first batch after `reserve_after` lines.
+        let seen = self.lines_seen;
+        self.lines_seen += columns.reasons.len() as u64;
+        if let Some(expected) = self
+            .expected_lines
+            .filter(|_| !self.reserved && seen >= self.reserve_after)
+        {
+            self.reserved = true;
+            let scale = expected as f64 / seen.max(1) as f64 * 1.05;
+            for shard in &mut self.shards {
+                let orders = shard.ordered_ts.len();
+                shard.reserve(((orders as f64 * scale) as usize).saturating_sub(orders));
+            }
         }
         let text = matches!(self.shards[0].orders, OrderKeys::Text(_));
         let runs = runs_by_shard(&columns, text, self.shards.len());
@@ -749,6 +779,24 @@ fn runs_by_shard(batch: &Batch, text: bool, shards: usize) -> Vec<Vec<(usize, us
 }
 
 impl Shard {
+    /// Room for `more` orders in every column, as far as the allocator gives it (the columns
+    /// grow as usual past it).
+    fn reserve(&mut self, more: usize) {
+        // Ignored failures: a reservation is only a hint.
+        let _ = match &mut self.customers {
+            OrderCustomers::Text { ids, .. } => ids.try_reserve(more),
+            OrderCustomers::Int(values) => values.try_reserve(more),
+        };
+        if let OrderKeys::Runs(runs) = &mut self.orders {
+            let _ = runs.fresh.try_reserve(more);
+        }
+        let _ = self.ordered_ts.try_reserve(more);
+        let _ = self.revenue.try_reserve(more);
+        let _ = self.lines.try_reserve(more);
+        let _ = self.channel.try_reserve(more);
+        let _ = self.several_customers.try_reserve(more);
+    }
+
     /// Fold this shard's runs of a batch (`runs_by_shard`): each run's order is looked up (text)
     /// or started (integer ids: a new order per run, repeats merged later) and its lines
     /// folded in.
@@ -1108,12 +1156,30 @@ mod tests {
             .collect();
         let fold_with = |shards: usize| {
             let mut fold = OrderFold::new(&DataType::String, &DataType::String, shards);
-            for part in lines.chunks(64) {
+            if shards == 3 {
+                // Reserved after the first batch for 200 / 64 times its orders.
+                (fold.expected_lines, fold.reserve_after) = (Some(200), 64);
+            }
+            let mut held_first = Vec::new();
+            for (i, part) in lines.chunks(64).enumerate() {
                 let rows: Vec<Line> = part
                     .iter()
                     .map(|(r, o, c, t, a, ch)| (*r, o.as_str(), c.as_str(), *t, *a, *ch))
                     .collect();
                 fold.add(batch(&rows)).unwrap();
+                if shards == 3 {
+                    let held = fold.shards.iter().map(|shard| shard.ordered_ts.len());
+                    match i {
+                        0 => held_first = held.collect(),
+                        1 => {
+                            for (shard, first) in fold.shards.iter().zip(&held_first) {
+                                let room = shard.revenue.capacity();
+                                assert!(room * 64 >= first * 200, "{first} orders in 64 lines, room for {room}");
+                            }
+                        }
+                        _ => {}
+                    }
+                }
             }
             fold.finish(&DataType::String, true).unwrap()
         };

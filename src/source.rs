@@ -156,13 +156,9 @@ fn scan(source: &SourceConfig) -> Result<LazyFrame> {
         .with_context(|| format!("source `{}`: cannot scan `{path}` as Parquet", source.name))
 }
 
-/// Lines in the source's files from Parquet metadata, for the progress bar; `None` when stderr
-/// shows no bar or the count fails (the scan then reports the problem).
+/// Lines in the source's files from Parquet metadata, for the progress bar and the fold's
+/// reservations; `None` when the count fails (the scan then reports the problem).
 fn total_rows(source: &SourceConfig) -> Option<u64> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
     let counted = scan(source)
         .ok()?
         .select([len().cast(DataType::UInt64)])
@@ -596,12 +592,11 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .with_column(reason)
         .with_column(crate::money::to_micros(col("amount")).alias("amount"))
         .select(columns);
-    let fold = Arc::new(Mutex::new(Some(OrderFold::new(
-        &schema.order_id,
-        &schema.customer_id,
-        rayon::current_num_threads(),
-    ))));
-    let progress = crate::runner::progress_bar(total_rows(source).unwrap_or(0), "lines");
+    let expected_lines = total_rows(source);
+    let mut fold = OrderFold::new(&schema.order_id, &schema.customer_id, rayon::current_num_threads());
+    fold.expected_lines = expected_lines;
+    let fold = Arc::new(Mutex::new(Some(fold)));
+    let progress = crate::runner::progress_bar(expected_lines.unwrap_or(0), "lines");
     let sink = {
         let fold = Arc::clone(&fold);
         let progress = progress.clone();
