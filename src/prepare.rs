@@ -293,8 +293,9 @@ impl Walked {
 
     /// The chunks' outputs one after another, keys renumbered after the chunks before; every
     /// column is copied in parallel into one allocation (appending chunk by chunk was ~2.7 s
-    /// on one thread at 50M lines).
-    fn join(chunks: Vec<Walked>) -> Walked {
+    /// on one thread at 50M lines), and the chunks' copies of a column are freed as soon as it
+    /// is joined, so the chunks and the joined columns are not all held at once.
+    fn join(mut chunks: Vec<Walked>) -> Walked {
         let mut key_offsets = Vec::with_capacity(chunks.len());
         let mut customers = 0u32;
         for chunk in &chunks {
@@ -304,51 +305,53 @@ impl Walked {
         fn same<T>(_chunk: usize, value: T) -> T {
             value
         }
+        let chunks = &mut chunks;
         Walked {
-            period_key: joined(&chunks, |c| &c.period_key, |chunk, key| key + key_offsets[chunk]),
-            period_date: joined(&chunks, |c| &c.period_date, same),
-            period_purchases: joined(&chunks, |c| &c.period_purchases, same),
-            period_revenue: joined(&chunks, |c| &c.period_revenue, same),
-            id: joined(&chunks, |c| &c.id, same),
-            first: joined(&chunks, |c| &c.first, same),
-            last: joined(&chunks, |c| &c.last, same),
-            orders: joined(&chunks, |c| &c.orders, same),
-            revenue: joined(&chunks, |c| &c.revenue, same),
-            purchase_revenue: joined(&chunks, |c| &c.purchase_revenue, same),
-            purchase_days: joined(&chunks, |c| &c.purchase_days, same),
-            first_day_revenue: joined(&chunks, |c| &c.first_day_revenue, same),
-            acquisition: joined(&chunks, |c| &c.acquisition, same),
+            period_key: joined(chunks, |c| &mut c.period_key, |chunk, key| key + key_offsets[chunk]),
+            period_date: joined(chunks, |c| &mut c.period_date, same),
+            period_purchases: joined(chunks, |c| &mut c.period_purchases, same),
+            period_revenue: joined(chunks, |c| &mut c.period_revenue, same),
+            id: joined(chunks, |c| &mut c.id, same),
+            first: joined(chunks, |c| &mut c.first, same),
+            last: joined(chunks, |c| &mut c.last, same),
+            orders: joined(chunks, |c| &mut c.orders, same),
+            revenue: joined(chunks, |c| &mut c.revenue, same),
+            purchase_revenue: joined(chunks, |c| &mut c.purchase_revenue, same),
+            purchase_days: joined(chunks, |c| &mut c.purchase_days, same),
+            first_day_revenue: joined(chunks, |c| &mut c.first_day_revenue, same),
+            acquisition: joined(chunks, |c| &mut c.acquisition, same),
         }
     }
 }
 
 /// One column of every chunk, one after another, each value passed through `map(chunk, value)`;
-/// the chunks are copied in parallel into one allocation.
+/// the chunks are copied in parallel into one allocation, and their own copies freed.
 fn joined<T: Copy + Send + Sync>(
-    chunks: &[Walked],
-    column: impl Fn(&Walked) -> &Vec<T> + Sync,
+    chunks: &mut [Walked],
+    column: impl Fn(&mut Walked) -> &mut Vec<T>,
     map: impl Fn(usize, T) -> T + Sync,
 ) -> Vec<T> {
     use rayon::prelude::*;
-    let total = chunks.iter().map(|chunk| column(chunk).len()).sum();
+    let parts: Vec<Vec<T>> = chunks.iter_mut().map(|chunk| std::mem::take(column(chunk))).collect();
+    let total = parts.iter().map(Vec::len).sum();
     let mut out: Vec<T> = Vec::with_capacity(total);
     let mut rest = &mut out.spare_capacity_mut()[..total];
-    let mut targets = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        let (own, later) = rest.split_at_mut(column(chunk).len());
+    let mut targets = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (own, later) = rest.split_at_mut(part.len());
         targets.push(own);
         rest = later;
     }
     targets
         .into_par_iter()
-        .zip(chunks.par_iter().enumerate())
-        .for_each(|(target, (index, chunk))| {
-            for (slot, &value) in target.iter_mut().zip(column(chunk)) {
+        .zip(parts.into_par_iter().enumerate())
+        .for_each(|(target, (index, part))| {
+            for (slot, &value) in target.iter_mut().zip(&part) {
                 slot.write(map(index, value));
             }
         });
     // SAFETY: the targets split the first `total` spare slots between them, each target is as
-    // long as its chunk's column, and every slot of every target was written above.
+    // long as its part, and every slot of every target was written above.
     unsafe { out.set_len(total) };
     out
 }
