@@ -19,6 +19,13 @@ pub fn to_micros(amount: Expr) -> Expr {
 
 /// Int64 micro-units back to currency as Float64: the nearest double to the exact decimal
 /// (polars divides by a scalar through its reciprocal, so the quotient is rounded once more).
+/// `to_micros` of one amount that is finite and within ±9e12 (the scan's usable lines), bit
+/// for bit: scaled, rounded half away from zero by adding ±0.5, truncated.
+pub fn micros_of(amount: f64) -> i64 {
+    let scaled = amount * MICROS_PER_UNIT;
+    (if scaled >= 0.0 { scaled + 0.5 } else { scaled - 0.5 }) as i64
+}
+
 pub fn from_micros(micros: Expr) -> Expr {
     (micros.cast(DataType::Float64) / lit(MICROS_PER_UNIT)).round(6, RoundMode::HalfAwayFromZero)
 }

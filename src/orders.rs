@@ -528,6 +528,8 @@ pub struct OrderFold {
     /// projects, so they do not grow by doubling (a copy, and fresh pages for the kernel to
     /// zero, each time).
     pub expected_lines: Option<u64>,
+    /// The first instant (µs) after `as_of` when it is fixed: lines from it on are not used.
+    pub first_after_as_of: Option<i64>,
     lines_seen: u64,
     /// `RESERVE_AFTER` (small in tests).
     reserve_after: u64,
@@ -551,30 +553,86 @@ pub struct FoldedOrders {
     pub duplicate_lines: u64,
 }
 
-/// The columns of one (rechunked) batch.
+/// The columns of one (rechunked) batch, and each line's reason code (`line_reasons`).
 struct Batch<'a> {
-    reasons: &'a <Int32Type as PolarsDataType>::Array,
+    reasons: &'a [u8],
     order_ids: KeyColumn<'a>,
     customer_ids: KeyColumn<'a>,
     ts: &'a [i64],
-    amounts: &'a [i64],
+    /// Amounts in units, as Float64; a usable line's is finite and within ±9e12.
+    amounts: &'a [f64],
     channels: Option<&'a TextArray>,
 }
 
 impl<'a> Batch<'a> {
-    fn of(batch: &'a DataFrame) -> PolarsResult<Self> {
+    fn of(batch: &'a DataFrame, reasons: &'a [u8]) -> PolarsResult<Self> {
         Ok(Batch {
-            reasons: batch.column("reason")?.i32()?.downcast_as_array(),
+            reasons,
             order_ids: KeyColumn::of(batch.column("order_id")?)?,
             customer_ids: KeyColumn::of(batch.column("customer_id")?)?,
             ts: batch.column("ts")?.i64()?.downcast_as_array().values().as_slice(),
-            amounts: batch.column("amount")?.i64()?.downcast_as_array().values().as_slice(),
+            amounts: batch.column("amount")?.f64()?.downcast_as_array().values().as_slice(),
             channels: match batch.column("channel") {
                 Ok(column) => Some(column.str()?.downcast_as_array()),
                 Err(_) => None,
             },
         })
     }
+}
+
+/// Which lines of a column are null: `None` when none is.
+fn nulls(batch: &DataFrame, name: &str) -> PolarsResult<Option<BooleanChunked>> {
+    let column = batch.column(name)?;
+    Ok((column.null_count() > 0).then(|| column.is_null()))
+}
+
+/// Each line's reason code, the first that applies (`source::LINE_REASONS`): not included (1),
+/// no customer_id (2), no order_id (3), no time (4), no amount (5), an amount that is NaN,
+/// infinite or beyond ±9e12, past what micro-units hold in an i64 (7), at or after
+/// `first_after_as_of` (6); 0 for a usable line. Columns: `order_id`, `customer_id`, `ts`
+/// (i64 µs), `amount` (f64)[, `include` (bool; all lines when absent)].
+fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>) -> PolarsResult<Vec<u8>> {
+    let include = match batch.column("include") {
+        Ok(column) => Some(column.bool()?.downcast_as_array()),
+        Err(_) => None,
+    };
+    let (customers, orders) = (nulls(batch, "customer_id")?, nulls(batch, "order_id")?);
+    let (ts_nulls, amount_nulls) = (nulls(batch, "ts")?, nulls(batch, "amount")?);
+    fn array(nulls: &Option<BooleanChunked>) -> Option<&<BooleanType as PolarsDataType>::Array> {
+        nulls.as_ref().map(|nulls| nulls.downcast_as_array())
+    }
+    let (customers, orders, ts_nulls, amount_nulls) = (
+        array(&customers),
+        array(&orders),
+        array(&ts_nulls),
+        array(&amount_nulls),
+    );
+    let null = |nulls: Option<&<BooleanType as PolarsDataType>::Array>, row: usize| {
+        nulls.is_some_and(|nulls| nulls.value(row))
+    };
+    let ts = batch.column("ts")?.i64()?.downcast_as_array().values().as_slice();
+    let amounts = batch.column("amount")?.f64()?.downcast_as_array().values().as_slice();
+    Ok((0..batch.height())
+        .map(|row| {
+            if include.is_some_and(|include| include.get(row) != Some(true)) {
+                1
+            } else if null(customers, row) {
+                2
+            } else if null(orders, row) {
+                3
+            } else if null(ts_nulls, row) {
+                4
+            } else if null(amount_nulls, row) {
+                5
+            } else if !(-9.0e12..=9.0e12).contains(&amounts[row]) {
+                7 // NaN is in no range
+            } else if first_after_as_of.is_some_and(|first| ts[row] >= first) {
+                6
+            } else {
+                0
+            }
+        })
+        .collect())
 }
 
 impl OrderFold {
@@ -602,14 +660,15 @@ impl OrderFold {
             busy: std::time::Duration::ZERO,
             batches: 0,
             expected_lines: None,
+            first_after_as_of: None,
             lines_seen: 0,
             reserve_after: RESERVE_AFTER,
             reserved: false,
         }
     }
 
-    /// Fold one batch with columns `reason` (i32), `order_id`, `customer_id` (text or Int64),
-    /// `ts` (i64), `amount` (i64)[, `channel` (text)][, `copies` (u32)].
+    /// Fold one batch with columns `order_id`, `customer_id` (text or Int64), `ts` (i64 µs),
+    /// `amount` (f64 units)[, `include` (bool)][, `channel` (text)][, `copies` (u32)].
     pub fn add(&mut self, mut batch: DataFrame) -> PolarsResult<()> {
         use rayon::prelude::*;
         let started = std::time::Instant::now();
@@ -622,11 +681,11 @@ impl OrderFold {
                 .sum();
             self.duplicate_lines += extra;
         }
-        let columns = Batch::of(&batch)?;
-        for reason in columns.reasons.iter() {
-            let code = reason.copied().unwrap_or(0);
-            self.lines_by_reason[usize::try_from(code).ok().filter(|&r| r < REASONS).unwrap_or(0)] += 1;
+        let reasons = line_reasons(&batch, self.first_after_as_of)?;
+        for &code in &reasons {
+            self.lines_by_reason[usize::from(code)] += 1;
         }
+        let columns = Batch::of(&batch, &reasons)?;
         // Reserved once, before the first batch after `reserve_after` lines.
         let seen = self.lines_seen;
         self.lines_seen += columns.reasons.len() as u64;
@@ -749,7 +808,7 @@ impl OrderFold {
 fn runs_by_shard(batch: &Batch, text: bool, shards: usize) -> Vec<Vec<(usize, usize, u64)>> {
     let Batch { reasons, order_ids, .. } = *batch;
     let mut runs: Vec<Vec<(usize, usize, u64)>> = vec![Vec::new(); shards];
-    let usable = |row: usize| reasons.get(row).unwrap_or(0) == 0;
+    let usable = |row: usize| reasons[row] == 0;
     let mut open: Option<(usize, usize, u64)> = None; // first, last, hash
     let mut close = |(first, last, hash): (usize, usize, u64)| {
         let shard = if shards == 1 { 0 } else { shard_of(hash, shards) };
@@ -809,7 +868,7 @@ impl Shard {
             amounts,
             channels,
         } = *batch;
-        let usable = |row: usize| reasons.get(row).unwrap_or(0) == 0;
+        let usable = |row: usize| reasons[row] == 0;
 
         // The previous line with a channel and its code.
         let mut previous_channel: Option<(usize, u32)> = None;
@@ -829,7 +888,7 @@ impl Shard {
             let o = order as usize;
             let mut previous: Option<usize> = None; // the run's previous line
             for row in (first..end).filter(|&row| usable(row)) {
-                let (ts, amount) = (ts[row], amounts[row]);
+                let (ts, amount) = (ts[row], crate::money::micros_of(amounts[row]));
                 if new && previous.is_none() {
                     let channel = channel_of(&mut self.channels, row);
                     self.customers.push(customer_ids, row)?;
@@ -1026,19 +1085,94 @@ impl Shard {
 mod tests {
     use super::*;
 
-    /// reason, order_id, customer_id, ts, amount, channel.
+    /// reason, order_id, customer_id, ts, amount (micro-units), channel.
     type Line<'a> = (i32, &'a str, &'a str, i64, i64, Option<&'a str>);
 
+    /// The lines as the scan gives them, each line's reason code made by its columns: not
+    /// included (1), a null customer_id (2), order_id (3), time (4) or amount (5), a NaN amount (7).
     fn batch(rows: &[Line]) -> DataFrame {
         df! {
-            "reason" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            "order_id" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            "customer_id" => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-            "ts" => rows.iter().map(|r| r.3).collect::<Vec<_>>(),
-            "amount" => rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+            "order_id" => rows.iter().map(|r| (r.0 != 3).then_some(r.1)).collect::<Vec<_>>(),
+            "customer_id" => rows.iter().map(|r| (r.0 != 2).then_some(r.2)).collect::<Vec<_>>(),
+            "ts" => rows.iter().map(|r| (r.0 != 4).then_some(r.3)).collect::<Vec<_>>(),
+            "amount" => rows
+                .iter()
+                .map(|r| match r.0 {
+                    5 => None,
+                    7 => Some(f64::NAN),
+                    _ => Some(r.4 as f64 / 1e6),
+                })
+                .collect::<Vec<_>>(),
             "channel" => rows.iter().map(|r| r.5).collect::<Vec<_>>(),
+            "include" => rows.iter().map(|r| r.0 != 1).collect::<Vec<_>>(),
         }
         .expect("valid frame")
+    }
+
+    /// The reason codes equal the polars expression the scan used to compute them, on every
+    /// kind of line and the edges of the amount range and of as_of.
+    #[test]
+    fn line_reasons_are_the_scan_expression() {
+        let n = 64usize;
+        let pick = |row: usize, k: usize| row.is_multiple_of(k);
+        let amounts = [
+            0.0,
+            -1.5,
+            9.0e12,
+            -9.0e12,
+            9.000000001e12,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            19.99,
+        ];
+        let frame = df! {
+            "order_id" => (0..n).map(|r| (!pick(r, 5)).then_some(r as i64)).collect::<Vec<_>>(),
+            "customer_id" => (0..n).map(|r| (!pick(r, 7)).then(|| format!("c{r}"))).collect::<Vec<_>>(),
+            "ts" => (0..n).map(|r| (!pick(r, 11)).then_some(1_000 + (r as i64 % 9) * 10)).collect::<Vec<_>>(),
+            "amount" => (0..n).map(|r| (!pick(r, 13)).then_some(amounts[r % amounts.len()])).collect::<Vec<_>>(),
+            "include" => (0..n).map(|r| !pick(r, 3)).collect::<Vec<_>>(),
+        }
+        .unwrap();
+        for first_after_as_of in [None, Some(1_040i64)] {
+            let ours = line_reasons(&frame, first_after_as_of).unwrap();
+            let amount = || col("amount");
+            let invalid = amount()
+                .is_nan()
+                .or(amount().gt(lit(9.0e12)))
+                .or(amount().lt(lit(-9.0e12)));
+            let after = first_after_as_of.map_or(lit(false), |first| col("ts").gt_eq(lit(first)));
+            let expected = when(col("include").not())
+                .then(lit(1i32))
+                .when(col("customer_id").is_null())
+                .then(lit(2i32))
+                .when(col("order_id").is_null())
+                .then(lit(3i32))
+                .when(col("ts").is_null())
+                .then(lit(4i32))
+                .when(col("amount").is_null())
+                .then(lit(5i32))
+                .when(invalid)
+                .then(lit(7i32))
+                .when(after)
+                .then(lit(6i32))
+                .otherwise(lit(0i32))
+                .alias("reason");
+            let expected = frame.clone().lazy().select([expected]).collect().unwrap();
+            let expected: Vec<u8> = expected
+                .column("reason")
+                .unwrap()
+                .i32()
+                .unwrap()
+                .into_no_null_iter()
+                .map(|r| r as u8)
+                .collect();
+            assert_eq!(ours, expected, "as_of boundary {first_after_as_of:?}");
+            assert!(
+                (0..8).all(|code| first_after_as_of.is_none() && code == 6 || ours.contains(&code)),
+                "every code: {ours:?}"
+            );
+        }
     }
 
     #[test]
@@ -1110,11 +1244,10 @@ mod tests {
     fn integer_customer_ids_keep_their_type_and_numeric_order() {
         let mut fold = OrderFold::new(&DataType::Int64, &DataType::Int32, 1);
         let frame = df! {
-            "reason" => [0i32, 0, 0],
             "order_id" => [7i64, 8, 9],
             "customer_id" => [10i64, 9, 10],
             "ts" => [1i64, 2, 3],
-            "amount" => [1i64, 1, 1],
+            "amount" => [1e-6, 1e-6, 1e-6],
         }
         .unwrap();
         fold.add(frame).unwrap();

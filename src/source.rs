@@ -19,8 +19,7 @@ use crate::config::{AsOf, FilterValue, PipelineSettings, SourceConfig};
 use crate::orders::OrderFold;
 use crate::period::from_days;
 
-/// Why a line is not part of an order. Codes are what the scan computes per line.
-const OK: i32 = 0;
+/// Why a line is not part of an order: the fold's reason codes (`orders::line_reasons`).
 const LINE_REASONS: &[(i32, &str)] = &[
     (1, "excluded_by_include"),
     (2, "null_customer_id"),
@@ -538,36 +537,14 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         lines = concat([numbered, unnumbered], UnionArgs::default())?;
     }
 
-    // Each line gets a reason code (0 = usable); grouping by (order_id, reason) keeps every
-    // aggregate a plain one (min, max, sum, count) and yields the accounting from the few groups
-    // with a non-zero reason. Local dates are computed per order afterwards, not per line.
+    // Each line gets a reason code (0 = usable) in the fold, from the columns below: the
+    // include filter, nulls, the amount (as Float64) and the first instant after as_of. Local
+    // dates are computed per order afterwards, not per line.
     let ts = ts_micros_expr(&schema.ordered_at)?;
-    let after_as_of = match fixed_as_of {
-        Some(date) => col("ts").gt_eq(lit(as_of_boundary(date, &schema.ordered_at, source, settings)?)),
-        None => lit(false),
+    let first_after_as_of = match fixed_as_of {
+        Some(date) => Some(as_of_boundary(date, &schema.ordered_at, source, settings)?),
+        None => None,
     };
-    // NaN, ±inf, or beyond what micro-units hold in an i64 (±9.2e12).
-    let amount = || col("amount").cast(DataType::Float64);
-    let invalid_amount = amount()
-        .is_nan()
-        .or(amount().gt(lit(9.0e12)))
-        .or(amount().lt(lit(-9.0e12)));
-    let reason = when(include_expr(&source.include).not())
-        .then(lit(1i32))
-        .when(col("customer_id").is_null())
-        .then(lit(2i32))
-        .when(col("order_id").is_null())
-        .then(lit(3i32))
-        .when(col("ts").is_null())
-        .then(lit(4i32))
-        .when(col("amount").is_null())
-        .then(lit(5i32))
-        .when(invalid_amount)
-        .then(lit(7i32))
-        .when(after_as_of)
-        .then(lit(6i32))
-        .otherwise(lit(OK))
-        .alias("reason");
     // Keys as text or Int64, so the fold reads two physical types only.
     let key = |name: &str, dtype: &DataType| match dtype {
         DataType::String => col(name),
@@ -575,7 +552,6 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         _ => col(name).strict_cast(DataType::Int64),
     };
     let mut columns = vec![
-        col("reason"),
         key("order_id", &schema.order_id),
         key("customer_id", &schema.customer_id),
         col("ts"),
@@ -587,14 +563,17 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     if has_line {
         columns.push(col("copies"));
     }
+    if !source.include.is_empty() {
+        columns.push(include_expr(&source.include).alias("include"));
+    }
     let lines = lines
         .with_column(ts.alias("ts"))
-        .with_column(reason)
-        .with_column(crate::money::to_micros(col("amount")).alias("amount"))
+        .with_column(col("amount").cast(DataType::Float64))
         .select(columns);
     let expected_lines = total_rows(source);
     let mut fold = OrderFold::new(&schema.order_id, &schema.customer_id, rayon::current_num_threads());
     fold.expected_lines = expected_lines;
+    fold.first_after_as_of = first_after_as_of;
     let fold = Arc::new(Mutex::new(Some(fold)));
     let progress = crate::runner::progress_bar(expected_lines.unwrap_or(0), "lines");
     let sink = {
