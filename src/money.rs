@@ -95,4 +95,48 @@ mod tests {
         let back: Vec<f64> = out.column("back").unwrap().f64().unwrap().into_no_null_iter().collect();
         assert_eq!(back, [19.99, -5.0, 0.000001, -0.000001, 1234567.891234, 0.3]);
     }
+
+    /// `micros_of` (the fold, per line) is the `to_micros` expression on every usable amount:
+    /// random magnitudes up to the ±9e12 limit, halves, negative zero.
+    #[test]
+    fn micros_of_is_the_expression() {
+        let mut state = 7u64;
+        let mut amounts: Vec<f64> = vec![
+            0.0,
+            -0.0,
+            0.0000005,
+            -0.0000005,
+            2.5e-7,
+            9.0e12,
+            -9.0e12,
+            19.99,
+            0.1 + 0.2,
+        ];
+        for _ in 0..100_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let magnitude = 10f64.powi((state >> 59) as i32 % 13 - 6);
+            let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+            amounts.push(if state & 1 == 0 {
+                unit * magnitude
+            } else {
+                -unit * magnitude
+            });
+        }
+        let frame = df!("amount" => amounts.clone()).unwrap();
+        let expected: Vec<i64> = frame
+            .lazy()
+            .select([to_micros(col("amount"))])
+            .collect()
+            .unwrap()
+            .column("amount")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        let ours: Vec<i64> = amounts.iter().map(|&a| micros_of(a)).collect();
+        assert_eq!(ours, expected);
+    }
 }

@@ -1,10 +1,11 @@
 //! Order lines → orders: the one hot row loop of a run.
 //!
-//! Polars' streaming engine reads the lines and computes everything per line (reason code,
-//! timestamp and amount in integer micro-units); the batches it yields are folded here into one
-//! record per order. A polars group-by on string `order_id` kept ~330 bytes of state per order
-//! (string min/max/min_by states, row-encoded keys), so a 200M-line file did not fit in 24 GiB;
-//! this fold keeps ~40 to ~80: columns of plain integers, and for text ids a hash-table entry.
+//! Polars' streaming engine reads the lines (keys, time in µs, amount as Float64, the include
+//! filter's mask); the batches it yields are folded here into one record per order, each line's
+//! reason code (`line_reasons`) and amount in integer micro-units computed on the way. A
+//! polars group-by on string `order_id` kept ~330 bytes of state per order (string
+//! min/max/min_by states, row-encoded keys), so a 200M-line file did not fit in 24 GiB; this
+//! fold keeps ~40 to ~80: columns of plain integers, and for text ids a hash-table entry.
 //!
 //! Cache misses in tables are the cost per line, so the loop avoids lookups: a run of lines
 //! with one order_id (lines of an order usually come together) is folded as one. Integer order
