@@ -492,6 +492,8 @@ struct Shard {
     orders: OrderKeys,
     customers: OrderCustomers,
     channels: Interner,
+    /// (view, code) of the channel names short enough to sit whole in a view, as seen.
+    inline_channels: Vec<(u128, u32)>,
     ordered_ts: Vec<i64>,
     revenue: Vec<i64>,
     lines: Vec<u32>,
@@ -648,6 +650,7 @@ impl OrderFold {
             },
             customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
+            inline_channels: Vec::new(),
             ordered_ts: Vec::new(),
             revenue: Vec::new(),
             lines: Vec::new(),
@@ -871,18 +874,35 @@ impl Shard {
         } = *batch;
         let usable = |row: usize| reasons[row] == 0;
 
-        // The previous line with a channel and its code.
-        let mut previous_channel: Option<(usize, u32)> = None;
-        let mut channel_of = |channels_seen: &mut Interner, row: usize| match channels.and_then(|v| v.get(row)) {
-            Some(name) => match previous_channel {
-                Some((last, code)) if channels.is_some_and(|values| values.value(last) == name) => code,
-                _ => {
-                    let code = channels_seen.intern(name.as_bytes()).0;
-                    previous_channel = Some((row, code));
-                    code
+        // A channel name of up to 12 bytes is held whole in its view: such views are looked up
+        // among the few seen (a compare each, no hash); a longer name is interned unless it is
+        // the previous long one's.
+        let mut previous_long: Option<(&str, u32)> = None;
+        let mut channel_of = |names: &mut Interner, inline: &mut Vec<(u128, u32)>, row: usize| {
+            let Some(values) = channels else {
+                return NO_CHANNEL;
+            };
+            let Some(name) = values.get(row) else {
+                return NO_CHANNEL;
+            };
+            let view = values.views()[row];
+            if view.length > 12 {
+                if let Some((_, code)) = previous_long.filter(|(previous, _)| *previous == name) {
+                    return code;
                 }
-            },
-            None => NO_CHANNEL,
+                let code = names.intern(name.as_bytes()).0;
+                previous_long = Some((name, code));
+                return code;
+            }
+            let key = view.as_u128();
+            if let Some(&(_, code)) = inline.iter().find(|(seen, _)| *seen == key) {
+                return code;
+            }
+            let code = names.intern(name.as_bytes()).0;
+            if inline.len() < 64 {
+                inline.push((key, code));
+            }
+            code
         };
         for &(first, end, hash) in runs {
             let (order, new) = self.orders.intern(order_ids, first, hash)?;
@@ -891,7 +911,7 @@ impl Shard {
             for row in (first..end).filter(|&row| usable(row)) {
                 let (ts, amount) = (ts[row], crate::money::micros_of(amounts[row]));
                 if new && previous.is_none() {
-                    let channel = channel_of(&mut self.channels, row);
+                    let channel = channel_of(&mut self.channels, &mut self.inline_channels, row);
                     self.customers.push(customer_ids, row)?;
                     self.ordered_ts.push(ts);
                     self.revenue.push(amount);
@@ -912,7 +932,7 @@ impl Shard {
                 self.lines[o] += 1;
                 self.revenue[o] = self.revenue[o].wrapping_add(amount);
                 if ts <= self.ordered_ts[o] {
-                    let channel = channel_of(&mut self.channels, row);
+                    let channel = channel_of(&mut self.channels, &mut self.inline_channels, row);
                     self.take_if_first(o, ts, channel);
                 }
             }
@@ -1178,46 +1198,52 @@ mod tests {
 
     #[test]
     fn lines_fold_into_orders_across_batches() {
-        let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1);
-        fold.add(batch(&[
-            (0, "o2", "zed", 50, 7, Some("web")),
-            (0, "o1", "amy", 20, 3, Some("web")),
-            (5, "o1", "amy", 10, 0, Some("shop")),
-            (0, "o3", "amy", 30, 1, None),
-        ]))
-        .unwrap();
-        fold.add(batch(&[
-            (0, "o1", "amy", 10, 4, Some("shop")),
-            (0, "o1", "amy", 10, 5, Some("app")),
-            (0, "o2", "bob", 60, 1, Some("app")),
-            (0, "o3", "amy", 30, 2, Some("web")),
-        ]))
-        .unwrap();
-        let folded = fold.finish(&DataType::String, true).unwrap();
-        let ids: Vec<Option<&str>> = folded.customer_ids.str().unwrap().iter().collect();
-        assert_eq!(ids, [Some("amy"), Some("zed")]);
-        let channels = folded.channels.unwrap();
-        let names: Vec<Option<&str>> = channels.str().unwrap().iter().collect();
-        assert_eq!(names, [Some("app"), Some("shop"), Some("web")]);
-        let orders = &folded.orders;
-        let column = |name: &str| orders.column(name).unwrap().as_materialized_series().clone();
-        // First-seen order: o2, o1, o3.
-        assert_eq!(column("id").u32().unwrap().to_vec(), [Some(1), Some(0), Some(0)]);
-        assert_eq!(
-            column("ordered_ts").i64().unwrap().to_vec(),
-            [Some(50), Some(10), Some(30)]
-        );
-        assert_eq!(column("revenue").i64().unwrap().to_vec(), [Some(8), Some(12), Some(3)]);
-        assert_eq!(column("lines").u32().unwrap().to_vec(), [Some(2), Some(3), Some(2)]);
-        assert_eq!(
-            column("several_customers").bool().unwrap().iter().collect::<Vec<_>>(),
-            [Some(true), Some(false), Some(false)]
-        );
-        // o1: "shop" and "app" share the earliest instant → "app" (code 0); o3: a name beats none.
-        assert_eq!(column("channel").u32().unwrap().to_vec(), [Some(2), Some(0), Some(2)]);
-        assert_eq!(column("channel").null_count(), 0, "no channel is NO_CHANNEL, not null");
-        assert_eq!(folded.lines_by_reason[0], 7);
-        assert_eq!(folded.lines_by_reason[5], 1);
+        // Channel names held whole in their views (≤ 12 bytes) and longer ones.
+        for [app, shop, web] in [
+            ["app", "shop", "web"],
+            ["app", "shop_partner_network", "web_storefront_eu"],
+        ] {
+            let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1);
+            fold.add(batch(&[
+                (0, "o2", "zed", 50, 7, Some(web)),
+                (0, "o1", "amy", 20, 3, Some(web)),
+                (5, "o1", "amy", 10, 0, Some(shop)),
+                (0, "o3", "amy", 30, 1, None),
+            ]))
+            .unwrap();
+            fold.add(batch(&[
+                (0, "o1", "amy", 10, 4, Some(shop)),
+                (0, "o1", "amy", 10, 5, Some(app)),
+                (0, "o2", "bob", 60, 1, Some(app)),
+                (0, "o3", "amy", 30, 2, Some(web)),
+            ]))
+            .unwrap();
+            let folded = fold.finish(&DataType::String, true).unwrap();
+            let ids: Vec<Option<&str>> = folded.customer_ids.str().unwrap().iter().collect();
+            assert_eq!(ids, [Some("amy"), Some("zed")]);
+            let channels = folded.channels.unwrap();
+            let names: Vec<Option<&str>> = channels.str().unwrap().iter().collect();
+            assert_eq!(names, [Some(app), Some(shop), Some(web)]);
+            let orders = &folded.orders;
+            let column = |name: &str| orders.column(name).unwrap().as_materialized_series().clone();
+            // First-seen order: o2, o1, o3.
+            assert_eq!(column("id").u32().unwrap().to_vec(), [Some(1), Some(0), Some(0)]);
+            assert_eq!(
+                column("ordered_ts").i64().unwrap().to_vec(),
+                [Some(50), Some(10), Some(30)]
+            );
+            assert_eq!(column("revenue").i64().unwrap().to_vec(), [Some(8), Some(12), Some(3)]);
+            assert_eq!(column("lines").u32().unwrap().to_vec(), [Some(2), Some(3), Some(2)]);
+            assert_eq!(
+                column("several_customers").bool().unwrap().iter().collect::<Vec<_>>(),
+                [Some(true), Some(false), Some(false)]
+            );
+            // o1: "shop" and "app" share the earliest instant → "app" (code 0); o3: a name beats none.
+            assert_eq!(column("channel").u32().unwrap().to_vec(), [Some(2), Some(0), Some(2)]);
+            assert_eq!(column("channel").null_count(), 0, "no channel is NO_CHANNEL, not null");
+            assert_eq!(folded.lines_by_reason[0], 7);
+            assert_eq!(folded.lines_by_reason[5], 1);
+        }
     }
 
     #[test]
