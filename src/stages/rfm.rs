@@ -448,21 +448,6 @@ pub fn rfm(
     let names_series = Series::new("segment".into(), names.clone());
 
     let [r_score, f_score, m_score] = <[Vec<i32>; 3]>::try_from(scores).expect("three dimensions");
-    let customers = DataFrame::new_infer_height(vec![
-        facts.column("customer_id")?.clone(),
-        Column::new("recency_days".into(), recency.clone()),
-        Column::new("frequency".into(), frequency.to_vec()),
-        Column::new("monetary".into(), monetary.to_vec()),
-        Column::new("r_score".into(), r_score.clone()),
-        Column::new("f_score".into(), f_score.clone()),
-        Column::new("m_score".into(), m_score.clone()),
-        Series::new("rfm_score".into(), score_of_cell)
-            .take(&cells)?
-            .into_column(),
-        names_series.take(&segment_codes)?.into_column(),
-    ])?;
-
-    tracing::debug!("rfm: customers at {:.3} s", clock.elapsed().as_secs_f64());
     // Per dimension and score present: the smallest and largest value and the customers.
     let mut rows: Vec<(&str, i32, f64, f64, i64)> = Vec::new();
     for ((dimension, values, _), scores) in dimensions.iter().zip([&r_score, &f_score, &m_score]) {
@@ -514,6 +499,25 @@ pub fn rfm(
     .lazy()
     .with_column(from_micros(col("revenue")))
     .collect()?;
+    // Last, so the columns are moved in, not copied (frequency and monetary are the facts'
+    // own columns).
+    let monetary_column = match options.monetary {
+        Monetary::Total => "revenue",
+        Monetary::Average => "aov",
+    };
+    let customers = DataFrame::new_infer_height(vec![
+        facts.column("customer_id")?.clone(),
+        Column::new("recency_days".into(), recency),
+        facts.column("orders")?.clone().with_name("frequency".into()),
+        facts.column(monetary_column)?.clone().with_name("monetary".into()),
+        Column::new("r_score".into(), r_score),
+        Column::new("f_score".into(), f_score),
+        Column::new("m_score".into(), m_score),
+        Series::new("rfm_score".into(), score_of_cell)
+            .take(&cells)?
+            .into_column(),
+        names_series.take(&segment_codes)?.into_column(),
+    ])?;
     tracing::debug!("rfm: tables at {:.3} s", clock.elapsed().as_secs_f64());
     Ok(vec![customers, thresholds_table, segments])
 }
