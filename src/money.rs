@@ -7,8 +7,17 @@ use polars::prelude::*;
 
 pub const MICROS_PER_UNIT: f64 = 1_000_000.0;
 
-/// A numeric amount column as Int64 micro-units, rounded half away from zero (a shift by ±0.5
-/// then truncation: cheaper per line than a general rounding kernel).
+/// One amount (finite, within ±9e12: the scan's usable lines) as Int64 micro-units, rounded
+/// half away from zero: scaled, shifted by ±0.5, truncated (cheaper per line than a general
+/// rounding kernel). The fold calls it per line.
+pub fn micros_of(amount: f64) -> i64 {
+    let scaled = amount * MICROS_PER_UNIT;
+    (if scaled >= 0.0 { scaled + 0.5 } else { scaled - 0.5 }) as i64
+}
+
+/// `micros_of` as a polars expression over a numeric column: the reference the tests hold
+/// `micros_of` to, bit for bit.
+#[cfg(test)]
 pub fn to_micros(amount: Expr) -> Expr {
     let scaled = amount.cast(DataType::Float64) * lit(MICROS_PER_UNIT);
     when(scaled.clone().gt_eq(lit(0.0)))
@@ -19,13 +28,6 @@ pub fn to_micros(amount: Expr) -> Expr {
 
 /// Int64 micro-units back to currency as Float64: the nearest double to the exact decimal
 /// (polars divides by a scalar through its reciprocal, so the quotient is rounded once more).
-/// `to_micros` of one amount that is finite and within ±9e12 (the scan's usable lines), bit
-/// for bit: scaled, rounded half away from zero by adding ±0.5, truncated.
-pub fn micros_of(amount: f64) -> i64 {
-    let scaled = amount * MICROS_PER_UNIT;
-    (if scaled >= 0.0 { scaled + 0.5 } else { scaled - 0.5 }) as i64
-}
-
 pub fn from_micros(micros: Expr) -> Expr {
     (micros.cast(DataType::Float64) / lit(MICROS_PER_UNIT)).round(6, RoundMode::HalfAwayFromZero)
 }

@@ -19,8 +19,8 @@
 //! the runs since the last one, in parallel, and walks them beside the last merge's sorted
 //! (id, order) list: sequential memory traffic instead of a cache miss per run (a hash table
 //! probed per run cost ~170 ns per order). Integer customer ids are stored per order and
-//! numbered at the end (text ids are interned); a channel equal to the previous line's reuses
-//! its code.
+//! numbered at the end (text ids are interned); a channel name short enough to sit whole in
+//! its view is found among the views seen without hashing.
 //!
 //! Orders are split into shards by key hash, one per thread: every shard reads every batch but
 //! folds only its own orders (text ids in its own interner, integer runs in its own columns,
@@ -37,12 +37,31 @@ use std::cmp::Ordering;
 use hashbrown::HashTable;
 use polars::prelude::*;
 
-/// Reason codes the scan computes per line are `0..REASONS`.
+/// Reason codes the fold computes per line (`line_reasons`) are `0..REASONS`; 0 is usable.
 pub const REASONS: usize = 8;
+const EXCLUDED_BY_INCLUDE: u8 = 1;
+const NULL_CUSTOMER_ID: u8 = 2;
+const NULL_ORDER_ID: u8 = 3;
+const NULL_ORDERED_AT: u8 = 4;
+const NULL_AMOUNT: u8 = 5;
+const AFTER_AS_OF: u8 = 6;
+const INVALID_AMOUNT: u8 = 7;
+/// Why a line is not part of an order: each code's name in the manifest, in the order the
+/// reasons are tested.
+pub const LINE_REASONS: &[(u8, &str)] = &[
+    (EXCLUDED_BY_INCLUDE, "excluded_by_include"),
+    (NULL_CUSTOMER_ID, "null_customer_id"),
+    (NULL_ORDER_ID, "null_order_id"),
+    (NULL_ORDERED_AT, "null_ordered_at"),
+    (NULL_AMOUNT, "null_amount"),
+    (INVALID_AMOUNT, "invalid_amount"),
+    (AFTER_AS_OF, "after_as_of"),
+];
 /// Channel code of "no channel".
 pub const NO_CHANNEL: u32 = u32::MAX;
 
 type TextArray = <StringType as PolarsDataType>::Array;
+type BoolArray = <BooleanType as PolarsDataType>::Array;
 
 /// Distinct byte strings with dense ids in first-seen order: one arena, and per key one table
 /// entry holding its id and 32 bits of its hash, so growing the table and skipping a colliding
@@ -166,9 +185,9 @@ enum OrderKeys {
 
 /// Integer order ids, in one of two modes.
 ///
-/// While the ids seen fit a bitmap of their range (`seen`; ids of one table are usually dense:
-/// 64 ids per word, never more than `BITMAP_BITS` or 64 per run held), a run learns whether
-/// its id is new by its bit: `fresh` holds the id of every order and run, `repeats` the runs
+/// While the ids seen fit the bitmaps of their 2^16-id pages (`seen`; ids of one table are
+/// usually dense, or clusters of dense ids; never more than `BITMAP_BITS` bits or 64 per run
+/// held), a run learns whether its id is new by its bit: `fresh` holds the id of every order and run, `repeats` the runs
 /// whose id came before, and a merge finds those ids' first runs in one pass (no sort).
 ///
 /// Otherwise (sparse ids such as random or time-based 64-bit ones, or after the bitmap grew
@@ -589,48 +608,44 @@ fn nulls(batch: &DataFrame, name: &str) -> PolarsResult<Option<BooleanChunked>> 
     Ok((column.null_count() > 0).then(|| column.is_null()))
 }
 
-/// Each line's reason code, the first that applies (`source::LINE_REASONS`): not included (1),
-/// no customer_id (2), no order_id (3), no time (4), no amount (5), an amount that is NaN,
-/// infinite or beyond ±9e12, past what micro-units hold in an i64 (7), at or after
-/// `first_after_as_of` (6); 0 for a usable line. Columns: `order_id`, `customer_id`, `ts`
-/// (i64 µs), `amount` (f64)[, `include` (bool; all lines when absent)].
+/// Each line's reason code, the first that applies (`LINE_REASONS`): not included, no
+/// customer_id, no order_id, no time, no amount, an amount that is NaN, infinite or beyond
+/// ±9e12 (past what micro-units hold in an i64), at or after `first_after_as_of`; 0 for a usable
+/// line. Columns: `order_id`, `customer_id`, `ts` (i64 µs), `amount` (f64)[, `include` (bool;
+/// all lines when absent)].
 fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>) -> PolarsResult<Vec<u8>> {
     let include = match batch.column("include") {
         Ok(column) => Some(column.bool()?.downcast_as_array()),
         Err(_) => None,
     };
-    let (customers, orders) = (nulls(batch, "customer_id")?, nulls(batch, "order_id")?);
-    let (ts_nulls, amount_nulls) = (nulls(batch, "ts")?, nulls(batch, "amount")?);
-    fn array(nulls: &Option<BooleanChunked>) -> Option<&<BooleanType as PolarsDataType>::Array> {
-        nulls.as_ref().map(|nulls| nulls.downcast_as_array())
-    }
-    let (customers, orders, ts_nulls, amount_nulls) = (
-        array(&customers),
-        array(&orders),
-        array(&ts_nulls),
-        array(&amount_nulls),
-    );
-    let null = |nulls: Option<&<BooleanType as PolarsDataType>::Array>, row: usize| {
-        nulls.is_some_and(|nulls| nulls.value(row))
-    };
+    let nulls = [
+        nulls(batch, "customer_id")?,
+        nulls(batch, "order_id")?,
+        nulls(batch, "ts")?,
+        nulls(batch, "amount")?,
+    ];
+    let [customers, orders, ts_nulls, amount_nulls] = nulls
+        .each_ref()
+        .map(|nulls| nulls.as_ref().map(|nulls| nulls.downcast_as_array()));
+    let null = |nulls: Option<&BoolArray>, row: usize| nulls.is_some_and(|nulls| nulls.value(row));
     let ts = batch.column("ts")?.i64()?.downcast_as_array().values().as_slice();
     let amounts = batch.column("amount")?.f64()?.downcast_as_array().values().as_slice();
     Ok((0..batch.height())
         .map(|row| {
             if include.is_some_and(|include| include.get(row) != Some(true)) {
-                1
+                EXCLUDED_BY_INCLUDE
             } else if null(customers, row) {
-                2
+                NULL_CUSTOMER_ID
             } else if null(orders, row) {
-                3
+                NULL_ORDER_ID
             } else if null(ts_nulls, row) {
-                4
+                NULL_ORDERED_AT
             } else if null(amount_nulls, row) {
-                5
+                NULL_AMOUNT
             } else if !(-9.0e12..=9.0e12).contains(&amounts[row]) {
-                7 // NaN is in no range
+                INVALID_AMOUNT // NaN is in no range
             } else if first_after_as_of.is_some_and(|first| ts[row] >= first) {
-                6
+                AFTER_AS_OF
             } else {
                 0
             }
@@ -690,20 +705,8 @@ impl OrderFold {
             self.lines_by_reason[usize::from(code)] += 1;
         }
         let columns = Batch::of(&batch, &reasons)?;
-        // Reserved once, before the first batch after `reserve_after` lines.
-        let seen = self.lines_seen;
+        self.reserve_once();
         self.lines_seen += columns.reasons.len() as u64;
-        if let Some(expected) = self
-            .expected_lines
-            .filter(|_| !self.reserved && seen >= self.reserve_after)
-        {
-            self.reserved = true;
-            let scale = expected as f64 / seen.max(1) as f64 * 1.05;
-            for shard in &mut self.shards {
-                let orders = shard.ordered_ts.len();
-                shard.reserve(((orders as f64 * scale) as usize).saturating_sub(orders));
-            }
-        }
         let text = matches!(self.shards[0].orders, OrderKeys::Text(_));
         let runs = runs_by_shard(&columns, text, self.shards.len());
         let result = if self.shards.len() == 1 {
@@ -722,6 +725,24 @@ impl OrderFold {
         self.busy += started.elapsed();
         self.batches += 1;
         result
+    }
+
+    /// Before the first batch after `reserve_after` lines: room in each shard for the orders
+    /// its runs per line so far project over `expected_lines` (once).
+    fn reserve_once(&mut self) {
+        let seen = self.lines_seen;
+        let Some(expected) = self
+            .expected_lines
+            .filter(|_| !self.reserved && seen >= self.reserve_after)
+        else {
+            return;
+        };
+        self.reserved = true;
+        let scale = expected as f64 / seen.max(1) as f64 * 1.05;
+        for shard in &mut self.shards {
+            let orders = shard.ordered_ts.len();
+            shard.reserve(((orders as f64 * scale) as usize).saturating_sub(orders));
+        }
     }
 
     /// The orders as columns; `customer_dtype` is the source's customer_id type.
@@ -746,11 +767,11 @@ impl OrderFold {
                 all.append(&mut more);
             }
         }
-        let by_bitmap = shards
-            .iter()
-            .filter(|shard| matches!(&shard.orders, OrderKeys::Runs(runs) if runs.seen.is_some()))
-            .count();
         if matches!(shards[0].orders, OrderKeys::Runs(_)) {
+            let by_bitmap = shards
+                .iter()
+                .filter(|shard| matches!(&shard.orders, OrderKeys::Runs(runs) if runs.seen.is_some()))
+                .count();
             tracing::debug!(
                 "integer order ids: repeats found by bitmap in {by_bitmap} of {} shards (sorted in the others)",
                 shards.len()
@@ -994,12 +1015,7 @@ impl Shard {
             for first in &mut firsts {
                 first.1 = positions[first.1 as usize - start];
             }
-            self.customers.retain(keep);
-            retain(&mut self.ordered_ts, keep);
-            retain(&mut self.revenue, keep);
-            retain(&mut self.lines, keep);
-            retain(&mut self.channel, keep);
-            retain(&mut self.several_customers, keep);
+            self.retain_orders(keep);
         }
         // Both sorted by key, no key in both: merged in one pass.
         let mut merged = Vec::with_capacity(sorted.len() + firsts.len());
@@ -1053,16 +1069,21 @@ impl Shard {
         }
         let mut keys = keys;
         retain(&mut keys, &keep);
-        self.customers.retain(&keep);
-        retain(&mut self.ordered_ts, &keep);
-        retain(&mut self.revenue, &keep);
-        retain(&mut self.lines, &keep);
-        retain(&mut self.channel, &keep);
-        retain(&mut self.several_customers, &keep);
+        self.retain_orders(&keep);
         let OrderKeys::Runs(runs) = &mut self.orders else {
             unreachable!("checked above");
         };
         runs.fresh = keys;
+    }
+
+    /// Keep the orders whose `keep` is true, in every column but the keys.
+    fn retain_orders(&mut self, keep: &[bool]) {
+        self.customers.retain(keep);
+        retain(&mut self.ordered_ts, keep);
+        retain(&mut self.revenue, keep);
+        retain(&mut self.lines, keep);
+        retain(&mut self.channel, keep);
+        retain(&mut self.several_customers, keep);
     }
 
     /// Fold order `later` (a run repeating `order`'s id) into `order`, by the rules for lines.

@@ -16,19 +16,9 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use crate::config::{AsOf, FilterValue, PipelineSettings, SourceConfig};
-use crate::orders::OrderFold;
+use crate::orders::{OrderFold, LINE_REASONS};
 use crate::period::from_days;
 
-/// Why a line is not part of an order: the fold's reason codes (`orders::line_reasons`).
-const LINE_REASONS: &[(i32, &str)] = &[
-    (1, "excluded_by_include"),
-    (2, "null_customer_id"),
-    (3, "null_order_id"),
-    (4, "null_ordered_at"),
-    (5, "null_amount"),
-    (7, "invalid_amount"),
-    (6, "after_as_of"),
-];
 /// Reasons that count as rejected (against `max_rejected_fraction`).
 const REJECTED: &[&str] = &[
     "null_customer_id",

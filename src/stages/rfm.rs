@@ -386,13 +386,11 @@ pub fn rfm(
         .map(|&day| as_of_days - i64::from(day))
         .collect();
     let frequency = values::<Int64Type>(facts, "orders")?;
-    let monetary = values::<Float64Type>(
-        facts,
-        match options.monetary {
-            Monetary::Total => "revenue",
-            Monetary::Average => "aov",
-        },
-    )?;
+    let monetary_column = match options.monetary {
+        Monetary::Total => "revenue",
+        Monetary::Average => "aov",
+    };
+    let monetary = values::<Float64Type>(facts, monetary_column)?;
     let dimensions = [
         ("recency", Values::Int(&recency), false),
         ("frequency", Values::Int(frequency), true),
@@ -501,10 +499,6 @@ pub fn rfm(
     .collect()?;
     // Last, so the columns are moved in, not copied (frequency and monetary are the facts'
     // own columns).
-    let monetary_column = match options.monetary {
-        Monetary::Total => "revenue",
-        Monetary::Average => "aov",
-    };
     let customers = DataFrame::new_infer_height(vec![
         facts.column("customer_id")?.clone(),
         Column::new("recency_days".into(), recency),
