@@ -185,6 +185,7 @@ fn execute(
         .context("cannot start the stage thread pool")?;
     let total = selected.len();
     let progress = progress_bar(total as u64, "stages");
+    let shared_pages = sink::SharedPages::default();
     let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
@@ -230,7 +231,7 @@ fn execute(
             .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
             let mut tables = Vec::new();
             for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
-                let written = sink::stage_table(output_dir, table, frame)
+                let written = sink::stage_table(output_dir, table, frame, &shared_pages)
                     .with_context(|| format!("stage `{}`", stage_config.name))?;
                 tables.push(TableReport {
                     table: table.clone(),
@@ -279,6 +280,10 @@ fn execute(
         }
     }
     progress.finish_and_clear();
+    tracing::debug!(
+        "{} (row group, column) cells written from another table's pages",
+        shared_pages.reused.load(std::sync::atomic::Ordering::Relaxed)
+    );
     for stats in &mut manifest.inputs {
         if let Some(source_config) = config.sources.get(&stats.source) {
             stats.scans = source::scans_started(source_config);

@@ -103,14 +103,16 @@ pub struct StagedTable {
     pub rows: usize,
 }
 
-/// Write one table to a temporary file in `dir` (zstd Parquet) and fsync it.
-pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<StagedTable> {
+/// Write one table to a temporary file in `dir` (zstd Parquet) and fsync it; the pages of
+/// columns another table of the run shares are taken from `shared` (or left there).
+pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame, shared: &SharedPages) -> Result<StagedTable> {
     let target = dir.join(format!("{name}.parquet"));
     let temp = dir.join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
     let start = std::time::Instant::now();
     let result = (|| -> Result<()> {
         let file = File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
-        write_parquet(&file, frame).with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
+        write_parquet_in_windows(&file, frame, WINDOW_CELLS, Some(shared))
+            .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
         file.sync_all()
             .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
         Ok(())
@@ -132,24 +134,111 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame) -> Result<Stag
     })
 }
 
-/// Write `frame` as zstd (level 1: nearly level 3's size at a fraction of the time) Parquet with
-/// statistics, in polars' row groups, with the columns of a window of row groups encoded and
-/// compressed in parallel while the window before is written. polars' own
-/// `ParquetWriter::finish` compresses pages lazily while it writes them, on one thread: ~1 s
-/// per 5M-row table at 50M lines. Holding every compressed page of a table until the end held
-/// the whole file (200 MB for `clv_customers` at 50M lines) in fresh memory.
-fn write_parquet(file: &File, frame: &mut DataFrame) -> Result<()> {
-    write_parquet_in_windows(file, frame, WINDOW_CELLS)
-}
-
 /// (row group, column) cells encoded together: enough to keep the pool busy, few enough that a
 /// window's pages are a few tens of MB.
 const WINDOW_CELLS: usize = 24;
 
-fn write_parquet_in_windows(file: &File, frame: &mut DataFrame, window_cells: usize) -> Result<()> {
+/// The compressed pages of columns that several tables of a run hold alike — the same buffer,
+/// not merely equal values: `customer_id` in every per-customer table, the facts' `revenue` as
+/// `historic_clv` and rfm's `monetary`, `aov` — each encoded and compressed once per run (at 50M
+/// lines ~300 of the ~1000 MB the per-customer tables hold). A cell is found by its column's
+/// buffer address and length, its rows, and its Parquet type and encoding without the name; the
+/// columns found are held here, so no other buffer can take their address while it lives.
+#[derive(Default)]
+pub struct SharedPages {
+    cells: std::sync::Mutex<SharedCells>,
+    /// Cells taken from here rather than encoded.
+    pub reused: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct SharedCells {
+    pages: std::collections::HashMap<CellKey, std::sync::Arc<Vec<PageCopy>>>,
+    held: Vec<Column>,
+}
+
+/// One row group of a column whose buffer may be shared (`column_buffer`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CellKey {
+    buffer: (usize, usize),
+    rows: std::ops::Range<usize>,
+    /// The column's Parquet type with an empty name, and its encoding.
+    descriptor: polars_parquet::parquet::metadata::Descriptor,
+    encoding: Vec<polars_parquet::write::Encoding>,
+}
+
+/// A compressed data page, to be written again (polars' pages cannot be cloned).
+struct PageCopy {
+    header: polars_parquet::parquet::page::DataPageHeader,
+    bytes: Vec<u8>,
+    compression: polars_parquet::parquet::compression::Compression,
+    uncompressed: usize,
+    rows: usize,
+}
+
+/// The (address, length) of a column's values when it is one chunk of numbers without nulls:
+/// the only columns whose pages are shared.
+fn column_buffer(column: &Column) -> Option<(usize, usize)> {
+    let series = column.as_series()?;
+    if series.n_chunks() != 1 || series.null_count() != 0 {
+        return None;
+    }
+    let address = match series.dtype() {
+        DataType::Int64 => series.i64().ok()?.cont_slice().ok()?.as_ptr() as usize,
+        DataType::Float64 => series.f64().ok()?.cont_slice().ok()?.as_ptr() as usize,
+        DataType::UInt32 => series.u32().ok()?.cont_slice().ok()?.as_ptr() as usize,
+        DataType::Int32 => series.i32().ok()?.cont_slice().ok()?.as_ptr() as usize,
+        _ => return None,
+    };
+    Some((address, series.len()))
+}
+
+impl SharedPages {
+    fn get(&self, key: &CellKey) -> Option<std::sync::Arc<Vec<PageCopy>>> {
+        let cells = self.cells.lock().expect("shared pages lock");
+        cells.pages.get(key).cloned()
+    }
+
+    /// Keep copies of `pages` (data pages only) for `key`, and `column` alive.
+    fn keep(&self, key: CellKey, column: &Column, pages: &mut [polars_parquet::write::CompressedPage]) {
+        use polars_parquet::write::CompressedPage;
+        let mut copies = Vec::with_capacity(pages.len());
+        for page in pages {
+            let CompressedPage::Data(page) = page else {
+                return; // a dictionary page's bytes are not reachable from outside polars
+            };
+            copies.push(PageCopy {
+                header: page.header().clone(),
+                compression: page.compression(),
+                uncompressed: page.uncompressed_size(),
+                rows: page.num_rows().unwrap_or(0),
+                bytes: page.slice_mut().to_vec(),
+            });
+        }
+        let mut cells = self.cells.lock().expect("shared pages lock");
+        if !cells.held.iter().any(|held| column_buffer(held) == Some(key.buffer)) {
+            cells.held.push(column.clone());
+        }
+        cells.pages.entry(key).or_insert_with(|| std::sync::Arc::new(copies));
+    }
+}
+
+/// Write `frame` as zstd (level 1: nearly level 3's size at a fraction of the time) Parquet with
+/// statistics, in polars' row groups, with the columns of a window of row groups encoded and
+/// compressed in parallel (`window_cells` cells at a time) while the window before is written.
+/// polars' own `ParquetWriter::finish` compresses pages lazily while it writes them, on one
+/// thread: ~1 s per 5M-row table at 50M lines. Holding every compressed page of a table until
+/// the end held the whole file (200 MB for `clv_customers` at 50M lines) in fresh memory.
+fn write_parquet_in_windows(
+    file: &File,
+    frame: &mut DataFrame,
+    window_cells: usize,
+    shared: Option<&SharedPages>,
+) -> Result<()> {
     use polars::io::parquet::write::get_encodings;
+    use polars_parquet::parquet::CowBuffer;
     use polars_parquet::write::{
-        array_to_columns, compress, CompressedPage, CompressionOptions, Version, WriteOptions,
+        array_to_columns, compress, CompressedDataPage, CompressedPage, CompressionOptions, Version, WriteOptions,
     };
     use rayon::prelude::*;
     let compression = ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(1)?));
@@ -167,39 +256,95 @@ fn write_parquet_in_windows(file: &File, frame: &mut DataFrame, window_cells: us
     let arrow_schema = frame.schema().to_arrow(CompatLevel::newest());
     let encodings = get_encodings(&arrow_schema);
     let fields = writer.parquet_schema().fields().to_vec();
+    let leaves = writer.parquet_schema().columns().to_vec();
+    // Per column: its buffer, when its pages may be shared with another table's (a plain
+    // column: one leaf, the column's own).
+    let buffers: Vec<Option<(usize, usize)>> = frame
+        .columns()
+        .iter()
+        .map(|column| {
+            shared
+                .and(column_buffer(column))
+                .filter(|_| leaves.len() == fields.len())
+        })
+        .collect();
+    let columns = frame.columns().to_vec();
     // The row groups `ParquetWriter::finish` would write.
     let chunked = polars::frame::chunk_df_for_writing(frame, 512 * 512)?;
     let batches: Vec<_> = chunked
         .iter_chunks(CompatLevel::newest(), false)
         .filter(|batch| !batch.is_empty())
         .collect();
+    let starts: Vec<usize> = batches
+        .iter()
+        .scan(0, |row, batch| {
+            let start = *row;
+            *row += batch.len();
+            Some(start)
+        })
+        .collect();
+    let key_of = |group: usize, column: usize| -> Option<CellKey> {
+        let buffer = buffers[column]?;
+        let mut descriptor = leaves[column].descriptor.clone();
+        descriptor.primitive_type.field_info.name = PlSmallStr::EMPTY;
+        Some(CellKey {
+            buffer,
+            rows: starts[group]..starts[group] + batches[group].len(),
+            descriptor,
+            encoding: encodings[column].clone(),
+        })
+    };
     /// A row group's rows and, per column, the compressed pages of each of its leaf columns.
     type Group = (u64, Vec<Vec<CompressedPage>>);
     let encode = |groups: std::ops::Range<usize>| -> PolarsResult<Vec<Group>> {
-        let groups = &batches[groups];
-        let cells: Vec<(usize, usize)> = (0..groups.len())
+        let cells: Vec<(usize, usize)> = groups
+            .clone()
             .flat_map(|group| (0..fields.len()).map(move |column| (group, column)))
             .collect();
         let encoded: Vec<Vec<Vec<CompressedPage>>> = cells
             .par_iter()
             .map(|&(group, column)| -> PolarsResult<Vec<Vec<CompressedPage>>> {
-                let array = &groups[group].columns()[column];
-                array_to_columns(array, fields[column].clone(), options, &encodings[column])?
-                    .into_iter()
-                    .map(|pages| {
-                        pages
-                            .map(|page| Ok(compress(page?, Vec::new(), options.compression)?))
-                            .collect()
-                    })
-                    .collect()
+                let key = key_of(group, column);
+                if let (Some(shared), Some(key)) = (shared, &key) {
+                    if let Some(copies) = shared.get(key) {
+                        shared.reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let pages = copies
+                            .iter()
+                            .map(|copy| {
+                                CompressedPage::Data(CompressedDataPage::new(
+                                    copy.header.clone(),
+                                    CowBuffer::Owned(copy.bytes.clone()),
+                                    copy.compression,
+                                    copy.uncompressed,
+                                    leaves[column].descriptor.clone(),
+                                    copy.rows,
+                                ))
+                            })
+                            .collect();
+                        return Ok(vec![pages]);
+                    }
+                }
+                let array = &batches[group].columns()[column];
+                let mut pages: Vec<Vec<CompressedPage>> =
+                    array_to_columns(array, fields[column].clone(), options, &encodings[column])?
+                        .into_iter()
+                        .map(|pages| {
+                            pages
+                                .map(|page| Ok(compress(page?, Vec::new(), options.compression)?))
+                                .collect()
+                        })
+                        .collect::<PolarsResult<_>>()?;
+                if let (Some(shared), Some(key), [leaf]) = (shared, key, pages.as_mut_slice()) {
+                    shared.keep(key, &columns[column], leaf);
+                }
+                Ok(pages)
             })
             .collect::<PolarsResult<_>>()?;
         let mut encoded = encoded.into_iter();
         Ok(groups
-            .iter()
             .map(|group| {
                 let leaves = encoded.by_ref().take(fields.len()).flatten().collect();
-                (group.len() as u64, leaves)
+                (batches[group].len() as u64, leaves)
             })
             .collect())
     };
@@ -321,9 +466,9 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let (ours, theirs) = (dir.join("ours.parquet"), dir.join("theirs.parquet"));
         // One row group per window (the writes overlap the encoding), and all in one.
-        write_parquet_in_windows(&File::create(&ours).unwrap(), &mut frame.clone(), 4).unwrap();
+        write_parquet_in_windows(&File::create(&ours).unwrap(), &mut frame.clone(), 4, None).unwrap();
         let whole = dir.join("whole.parquet");
-        write_parquet_in_windows(&File::create(&whole).unwrap(), &mut frame.clone(), 1000).unwrap();
+        write_parquet_in_windows(&File::create(&whole).unwrap(), &mut frame.clone(), 1000, None).unwrap();
         ParquetWriter::new(File::create(&theirs).unwrap())
             .with_compression(ParquetCompression::Zstd(Some(
                 polars_utils::compression::ZstdLevel::try_new(1).unwrap(),
@@ -337,5 +482,59 @@ mod tests {
         assert!(ours.len() > 100_000);
         assert!(whole == theirs, "{} bytes vs polars' {}", whole.len(), theirs.len());
         assert!(ours == theirs, "{} bytes vs polars' {}", ours.len(), theirs.len());
+    }
+
+    fn polars_bytes(frame: &mut DataFrame, path: &Path) -> Vec<u8> {
+        ParquetWriter::new(File::create(path).unwrap())
+            .with_compression(ParquetCompression::Zstd(Some(
+                polars_utils::compression::ZstdLevel::try_new(1).unwrap(),
+            )))
+            .with_statistics(StatisticsOptions::default())
+            .finish(frame)
+            .unwrap();
+        fs::read(path).unwrap()
+    }
+
+    /// Tables holding the same column buffers (renamed, beside other columns) take its pages
+    /// from the first one written, and every file is still the bytes polars writes; a slice of
+    /// a shared buffer (another address) and equal values in another buffer are encoded anew.
+    #[test]
+    fn shared_columns_are_compressed_once_and_written_alike() {
+        let rows = 700_000i64; // two row groups of four pages per column
+        let ids: Vec<i64> = (0..rows).map(|i| 1_000 + i * 3).collect();
+        let values: Vec<f64> = (0..rows).map(|i| (i as f64).sqrt() / 7.0).collect();
+        let facts = df! { "customer_id" => ids, "revenue" => values.clone() }.unwrap();
+        let scores: Vec<u32> = (0..rows).map(|i| (i % 5) as u32 + 1).collect();
+        let copy_of_values: Vec<f64> = values;
+        let mut tables = [
+            facts.clone(),
+            DataFrame::new_infer_height(vec![
+                facts.column("customer_id").unwrap().clone(),
+                facts.column("revenue").unwrap().clone().with_name("monetary".into()),
+                Column::new("score".into(), scores),
+            ])
+            .unwrap(),
+            DataFrame::new_infer_height(vec![
+                facts.column("customer_id").unwrap().clone(),
+                Column::new("revenue".into(), copy_of_values),
+            ])
+            .unwrap(),
+            facts.slice(1, rows as usize - 1),
+        ];
+        let dir = std::env::temp_dir().join(format!("pipeline-shared-pages-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let shared = SharedPages::default();
+        for (n, frame) in tables.iter_mut().enumerate() {
+            let ours = dir.join(format!("ours{n}.parquet"));
+            write_parquet_in_windows(&File::create(&ours).unwrap(), frame, 4, Some(&shared)).unwrap();
+            let theirs = polars_bytes(&mut frame.clone(), &dir.join(format!("theirs{n}.parquet")));
+            assert!(
+                fs::read(&ours).unwrap() == theirs,
+                "table {n} differs from polars' bytes"
+            );
+        }
+        fs::remove_dir_all(&dir).ok();
+        // Table 1 takes customer_id and revenue (2 columns × 2 groups), table 2 customer_id.
+        assert_eq!(shared.reused.load(std::sync::atomic::Ordering::Relaxed), 6);
     }
 }

@@ -543,12 +543,20 @@ impl ClvOptions {
             nulls == 0,
         );
         let in_unit = |days: &[u32]| -> Vec<f64> { days.iter().map(|&d| d as f64 / self.time_unit.days()).collect() };
+        // The facts' own column when it has no nulls (the same values): the writer then
+        // compresses its pages once for both tables.
+        let facts_monetary = facts.column("monetary_value")?;
+        let monetary_value = if facts_monetary.null_count() == 0 {
+            facts_monetary.clone()
+        } else {
+            Column::new("monetary_value".into(), data.monetary.clone())
+        };
         let customers = DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
             Column::new("frequency".into(), data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
             Column::new("t_x".into(), in_unit(&data.t_x_days)),
             Column::new("T".into(), in_unit(&data.t_days)),
-            Column::new("monetary_value".into(), data.monetary.clone()),
+            monetary_value,
             Column::new("p_alive".into(), p_alive),
             Column::new("expected_purchases".into(), expected),
             Column::new("p_no_purchases".into(), no_purchases),
