@@ -18,6 +18,16 @@ pub mod stages;
 
 use anyhow::Result;
 
+/// A column that takes `values` over: `Column::new` copies a `Vec` (a second allocation of the
+/// whole column, and fresh pages for the kernel to zero).
+pub fn owned_column<T>(name: &str, values: Vec<T>) -> polars::prelude::Column
+where
+    polars::prelude::Series: polars::prelude::NamedFromOwned<Vec<T>>,
+{
+    use polars::prelude::{IntoColumn, NamedFromOwned, Series};
+    Series::from_vec(name.into(), values).into_column()
+}
+
 /// Errors that exit with code 2: the command or config is wrong, no data was touched.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {

@@ -792,10 +792,10 @@ impl OrderFold {
         let (customer_ids, ids) = number_customers(customers, customer_dtype)?;
         tracing::debug!("customers numbered in {:.3} s", clock.elapsed().as_secs_f64());
         let mut columns = vec![
-            Column::new("id".into(), ids),
-            Column::new("ordered_ts".into(), ordered_ts),
-            Column::new("revenue".into(), revenue),
-            Column::new("lines".into(), lines),
+            crate::owned_column("id", ids),
+            crate::owned_column("ordered_ts", ordered_ts),
+            crate::owned_column("revenue", revenue),
+            crate::owned_column("lines", lines),
             Column::new("several_customers".into(), several_customers),
         ];
         let channels = if has_channel {
@@ -812,7 +812,7 @@ impl OrderFold {
                     }
                 }));
             }
-            columns.push(Column::new("channel".into(), codes));
+            columns.push(crate::owned_column("channel", codes));
             Some(names)
         } else {
             None

@@ -381,7 +381,7 @@ fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
 }
 
 fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
-    Ok(Column::new(name.into(), days).cast(&DataType::Date)?)
+    Ok(crate::owned_column(name, days).cast(&DataType::Date)?)
 }
 
 /// Build both shared tables from the orders of one source.
@@ -411,10 +411,10 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     } = walked;
 
     let customer_periods = DataFrame::new_infer_height(vec![
-        Column::new("customer_key".into(), period_key),
+        crate::owned_column("customer_key", period_key),
         date_column("date", period_date)?,
-        Column::new("purchases".into(), period_purchases),
-        Column::new("revenue_micros".into(), period_revenue),
+        crate::owned_column("purchases", period_purchases),
+        crate::owned_column("revenue_micros", period_revenue),
     ])?;
 
     let ids: IdxCa = id.into_iter().map(|id| id as IdxSize).collect_ca("".into());
@@ -450,21 +450,21 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
         }
     });
     let mut customer_facts = DataFrame::new_infer_height(vec![
-        Column::new("customer_key".into(), (0..n as IdxSize).collect::<Vec<_>>()),
+        crate::owned_column("customer_key", (0..n as IdxSize).collect::<Vec<_>>()),
         customer_ids.into_column(),
         date_column("first_purchase_date", first)?,
         date_column("last_purchase_date", last)?,
-        Column::new("orders".into(), orders),
-        Column::new("revenue".into(), revenue_value),
-        Column::new("aov".into(), aov),
+        crate::owned_column("orders", orders),
+        crate::owned_column("revenue", revenue_value),
+        crate::owned_column("aov", aov),
         acquisition_channel
             .with_name("acquisition_channel".into())
             .into_column(),
-        Column::new("frequency".into(), frequency),
-        Column::new("t_x".into(), t_x),
-        Column::new("T".into(), age),
-        Column::new("monetary_value".into(), monetary_value),
-        Column::new("revenue_micros".into(), revenue),
+        crate::owned_column("frequency", frequency),
+        crate::owned_column("t_x", t_x),
+        crate::owned_column("T", age),
+        crate::owned_column("monetary_value", monetary_value),
+        crate::owned_column("revenue_micros", revenue),
     ])
     .map_err(anyhow::Error::from)
     .context("building customer_facts")?;

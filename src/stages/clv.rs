@@ -502,36 +502,46 @@ impl ClvOptions {
     ) -> Result<Vec<DataFrame>> {
         let n = data.x.len();
         // Per customer, in parallel: p_alive, expected purchases, P(no purchase), expected order
-        // value, CLV.
-        let per_customer: Vec<CustomerScore> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let score = &scored[pattern_of[i] as usize];
-                let value = spend_params
-                    .and_then(|sp| gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0)))
-                    .and_then(finite);
-                let customer_clv = match (value, score.discounted_if_alive) {
-                    (Some(value), Some(discounted)) => finite(self.margin * value * score.p_alive * discounted),
-                    _ => None,
-                };
-                CustomerScore {
-                    p_alive: finite(score.p_alive),
-                    expected: score.expected_if_alive.map(|e| score.p_alive * e).and_then(finite),
-                    no_purchases: finite(1.0 - score.p_alive + score.p_alive * score.no_purchase_if_alive),
-                    order_value: value,
-                    clv: customer_clv,
+        // value, CLV, straight into their columns (NaN for none: every value is finite), each
+        // thread a block of customers.
+        let mut values: [Vec<f64>; 5] = std::array::from_fn(|_| vec![f64::NAN; n]);
+        let [p_alive, expected, no_purchases, order_value, clv] = &mut values;
+        const BLOCK: usize = 1 << 14;
+        p_alive
+            .par_chunks_mut(BLOCK)
+            .zip(expected.par_chunks_mut(BLOCK))
+            .zip(no_purchases.par_chunks_mut(BLOCK))
+            .zip(order_value.par_chunks_mut(BLOCK))
+            .zip(clv.par_chunks_mut(BLOCK))
+            .enumerate()
+            .for_each(|(block, ((((p_alive, expected), no_purchases), order_value), clv))| {
+                for j in 0..p_alive.len() {
+                    let i = block * BLOCK + j;
+                    let score = &scored[pattern_of[i] as usize];
+                    let value = spend_params
+                        .and_then(|sp| {
+                            gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0))
+                        })
+                        .and_then(finite);
+                    let customer_clv = match (value, score.discounted_if_alive) {
+                        (Some(value), Some(discounted)) => finite(self.margin * value * score.p_alive * discounted),
+                        _ => None,
+                    };
+                    let none = f64::NAN;
+                    p_alive[j] = finite(score.p_alive).unwrap_or(none);
+                    expected[j] = score
+                        .expected_if_alive
+                        .map(|e| score.p_alive * e)
+                        .and_then(finite)
+                        .unwrap_or(none);
+                    no_purchases[j] =
+                        finite(1.0 - score.p_alive + score.p_alive * score.no_purchase_if_alive).unwrap_or(none);
+                    order_value[j] = value.unwrap_or(none);
+                    clv[j] = customer_clv.unwrap_or(none);
                 }
-            })
-            .collect();
-        let column =
-            |f: fn(&CustomerScore) -> Option<f64>| -> Vec<Option<f64>> { per_customer.par_iter().map(f).collect() };
-        let p_alive = column(|c| c.p_alive);
-        let expected = column(|c| c.expected);
-        let no_purchases = column(|c| c.no_purchases);
-        let order_value = column(|c| c.order_value);
-        let clv = column(|c| c.clv);
-        drop(per_customer);
-        let nulls = clv.iter().filter(|v| v.is_none()).count();
+            });
+        let [p_alive, expected, no_purchases, order_value, clv] = values;
+        let nulls = clv.iter().filter(|v| v.is_nan()).count();
         rows.push(
             "clv",
             "customers_with_null_clv",
@@ -549,19 +559,19 @@ impl ClvOptions {
         let monetary_value = if facts_monetary.null_count() == 0 {
             facts_monetary.clone()
         } else {
-            Column::new("monetary_value".into(), data.monetary.clone())
+            crate::owned_column("monetary_value", data.monetary.clone())
         };
         let customers = DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
-            Column::new("frequency".into(), data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
-            Column::new("t_x".into(), in_unit(&data.t_x_days)),
-            Column::new("T".into(), in_unit(&data.t_days)),
+            crate::owned_column("frequency", data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+            crate::owned_column("t_x", in_unit(&data.t_x_days)),
+            crate::owned_column("T", in_unit(&data.t_days)),
             monetary_value,
-            Column::new("p_alive".into(), p_alive),
-            Column::new("expected_purchases".into(), expected),
-            Column::new("p_no_purchases".into(), no_purchases),
-            Column::new("expected_order_value".into(), order_value),
-            Column::new("clv".into(), clv),
+            nan_as_null("p_alive", p_alive),
+            nan_as_null("expected_purchases", expected),
+            nan_as_null("p_no_purchases", no_purchases),
+            nan_as_null("expected_order_value", order_value),
+            nan_as_null("clv", clv),
             facts.column("revenue")?.clone().with_name("historic_clv".into()),
         ])?;
         let validation = match self.calibration_end {
@@ -574,13 +584,14 @@ impl ClvOptions {
     }
 }
 
-/// One customer's predictions (null where not finite).
-struct CustomerScore {
-    p_alive: Option<f64>,
-    expected: Option<f64>,
-    no_purchases: Option<f64>,
-    order_value: Option<f64>,
-    clv: Option<f64>,
+/// A column of `values`, null where NaN (taken over when there is none, the usual case).
+fn nan_as_null(name: &str, values: Vec<f64>) -> Column {
+    if values.iter().any(|v| v.is_nan()) {
+        let values: Vec<Option<f64>> = values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
+        Column::new(name.into(), values)
+    } else {
+        crate::owned_column(name, values)
+    }
 }
 
 fn finite(value: f64) -> Option<f64> {
