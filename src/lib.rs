@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod clv;
 pub mod config;
+pub mod direct_io;
 pub mod generate;
 pub mod money;
 pub mod orders;

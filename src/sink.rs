@@ -110,8 +110,12 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame, shared: &Share
     let temp = dir.join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
     let start = std::time::Instant::now();
     let result = (|| -> Result<()> {
-        let file = File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
-        write_parquet_in_windows(&file, frame, WINDOW_CELLS, Some(shared))
+        let mut out = crate::direct_io::DirectWriter::create(&temp)
+            .with_context(|| format!("cannot create `{}`", temp.display()))?;
+        write_parquet_in_windows(&mut out, frame, WINDOW_CELLS, Some(shared))
+            .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
+        let file = out
+            .finish()
             .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
         file.sync_all()
             .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
@@ -229,8 +233,8 @@ impl SharedPages {
 /// polars' own `ParquetWriter::finish` compresses pages lazily while it writes them, on one
 /// thread: ~1 s per 5M-row table at 50M lines. Holding every compressed page of a table until
 /// the end held the whole file (200 MB for `clv_customers` at 50M lines) in fresh memory.
-fn write_parquet_in_windows(
-    file: &File,
+fn write_parquet_in_windows<W: Write + Send>(
+    file: W,
     frame: &mut DataFrame,
     window_cells: usize,
     shared: Option<&SharedPages>,
@@ -466,9 +470,9 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let (ours, theirs) = (dir.join("ours.parquet"), dir.join("theirs.parquet"));
         // One row group per window (the writes overlap the encoding), and all in one.
-        write_parquet_in_windows(&File::create(&ours).unwrap(), &mut frame.clone(), 4, None).unwrap();
+        write_parquet_in_windows(File::create(&ours).unwrap(), &mut frame.clone(), 4, None).unwrap();
         let whole = dir.join("whole.parquet");
-        write_parquet_in_windows(&File::create(&whole).unwrap(), &mut frame.clone(), 1000, None).unwrap();
+        write_parquet_in_windows(File::create(&whole).unwrap(), &mut frame.clone(), 1000, None).unwrap();
         ParquetWriter::new(File::create(&theirs).unwrap())
             .with_compression(ParquetCompression::Zstd(Some(
                 polars_utils::compression::ZstdLevel::try_new(1).unwrap(),
@@ -526,7 +530,7 @@ mod tests {
         let shared = SharedPages::default();
         for (n, frame) in tables.iter_mut().enumerate() {
             let ours = dir.join(format!("ours{n}.parquet"));
-            write_parquet_in_windows(&File::create(&ours).unwrap(), frame, 4, Some(&shared)).unwrap();
+            write_parquet_in_windows(File::create(&ours).unwrap(), frame, 4, Some(&shared)).unwrap();
             let theirs = polars_bytes(&mut frame.clone(), &dir.join(format!("theirs{n}.parquet")));
             assert!(
                 fs::read(&ours).unwrap() == theirs,
