@@ -209,7 +209,8 @@ fn rows_by_customer(ids: &[u32], customers: usize) -> (Vec<u32>, Vec<u32>) {
     (starts, rows)
 }
 
-/// The walk's output for a range of customer ids; `key` columns count from 0 within the range.
+/// The walk's output: customer_periods and the customers with a purchase, `period_key` counting
+/// them from 0.
 #[derive(Default)]
 struct Walked {
     // customer_periods
@@ -229,10 +230,144 @@ struct Walked {
     acquisition: Vec<Option<IdxSize>>,
 }
 
+/// One chunk's share of the walk's columns: room for a period per order of its customers and a
+/// row per customer id, filled from the front (`key` counting from 0 within the chunk).
+struct WalkedPart<'a> {
+    period_key: &'a mut [u32],
+    period_date: &'a mut [i32],
+    period_purchases: &'a mut [i64],
+    period_revenue: &'a mut [i64],
+    id: &'a mut [u32],
+    first: &'a mut [i32],
+    last: &'a mut [i32],
+    orders: &'a mut [i64],
+    revenue: &'a mut [i64],
+    purchase_revenue: &'a mut [i64],
+    purchase_days: &'a mut [i64],
+    first_day_revenue: &'a mut [i64],
+    acquisition: &'a mut [Option<IdxSize>],
+}
+
+/// `column` cut into consecutive parts of `lens`.
+fn cut<'a, T>(mut rest: &'a mut [T], lens: &[usize]) -> std::vec::IntoIter<&'a mut [T]> {
+    let mut parts = Vec::with_capacity(lens.len());
+    for &len in lens {
+        let (own, later) = std::mem::take(&mut rest).split_at_mut(len);
+        parts.push(own);
+        rest = later;
+    }
+    parts.into_iter()
+}
+
+/// Each chunk's rows (`counts`) moved from its part's front (`starts`) to follow the chunks
+/// before, one chunk after another (a chunk only moves towards the front, over rows already
+/// moved), each value through `map(chunk, value)`; the column then holds just those rows.
+fn compact<T: Copy>(column: &mut Vec<T>, starts: &[usize], counts: &[usize], map: impl Fn(usize, T) -> T) {
+    let mut at = 0;
+    for (chunk, (&start, &count)) in starts.iter().zip(counts).enumerate() {
+        column.copy_within(start..start + count, at);
+        for value in &mut column[at..at + count] {
+            *value = map(chunk, *value);
+        }
+        at += count;
+    }
+    column.truncate(at);
+}
+
 impl Walked {
-    /// Walk customers `ids`; `day_orders` is scratch space.
-    fn customers(columns: &OrderColumns, starts: &[u32], rows: &[u32], ids: std::ops::Range<usize>) -> Walked {
-        let mut out = Walked::default();
+    /// Columns with room for `periods` periods (one per order at most) and `customers` rows.
+    fn with_room(periods: usize, customers: usize) -> Walked {
+        Walked {
+            period_key: vec![0; periods],
+            period_date: vec![0; periods],
+            period_purchases: vec![0; periods],
+            period_revenue: vec![0; periods],
+            id: vec![0; customers],
+            first: vec![0; customers],
+            last: vec![0; customers],
+            orders: vec![0; customers],
+            revenue: vec![0; customers],
+            purchase_revenue: vec![0; customers],
+            purchase_days: vec![0; customers],
+            first_day_revenue: vec![0; customers],
+            acquisition: vec![None; customers],
+        }
+    }
+
+    /// The columns cut into the chunks' parts: `periods[k]` periods and `customers[k]` rows.
+    fn parts(&mut self, periods: &[usize], customers: &[usize]) -> Vec<WalkedPart<'_>> {
+        let mut period_key = cut(&mut self.period_key, periods);
+        let mut period_date = cut(&mut self.period_date, periods);
+        let mut period_purchases = cut(&mut self.period_purchases, periods);
+        let mut period_revenue = cut(&mut self.period_revenue, periods);
+        let mut id = cut(&mut self.id, customers);
+        let mut first = cut(&mut self.first, customers);
+        let mut last = cut(&mut self.last, customers);
+        let mut orders = cut(&mut self.orders, customers);
+        let mut revenue = cut(&mut self.revenue, customers);
+        let mut purchase_revenue = cut(&mut self.purchase_revenue, customers);
+        let mut purchase_days = cut(&mut self.purchase_days, customers);
+        let mut first_day_revenue = cut(&mut self.first_day_revenue, customers);
+        let mut acquisition = cut(&mut self.acquisition, customers);
+        let mut next = || -> Option<WalkedPart<'_>> {
+            Some(WalkedPart {
+                period_key: period_key.next()?,
+                period_date: period_date.next()?,
+                period_purchases: period_purchases.next()?,
+                period_revenue: period_revenue.next()?,
+                id: id.next()?,
+                first: first.next()?,
+                last: last.next()?,
+                orders: orders.next()?,
+                revenue: revenue.next()?,
+                purchase_revenue: purchase_revenue.next()?,
+                purchase_days: purchase_days.next()?,
+                first_day_revenue: first_day_revenue.next()?,
+                acquisition: acquisition.next()?,
+            })
+        };
+        std::iter::from_fn(&mut next).collect()
+    }
+
+    /// The chunks' rows one after another (`period_starts`/`customer_starts`: where each
+    /// chunk's part begins; the counts: rows it filled), keys renumbered after the chunks before.
+    fn compact(&mut self, period_starts: &[usize], customer_starts: &[usize], filled: &[(usize, usize)]) {
+        let periods: Vec<usize> = filled.iter().map(|f| f.0).collect();
+        let customers: Vec<usize> = filled.iter().map(|f| f.1).collect();
+        let key_offsets: Vec<u32> = customers
+            .iter()
+            .scan(0u32, |before, &count| {
+                let offset = *before;
+                *before += count as u32;
+                Some(offset)
+            })
+            .collect();
+        fn same<T>(_chunk: usize, value: T) -> T {
+            value
+        }
+        compact(&mut self.period_key, period_starts, &periods, |chunk, key| {
+            key + key_offsets[chunk]
+        });
+        compact(&mut self.period_date, period_starts, &periods, same);
+        compact(&mut self.period_purchases, period_starts, &periods, same);
+        compact(&mut self.period_revenue, period_starts, &periods, same);
+        compact(&mut self.id, customer_starts, &customers, same);
+        compact(&mut self.first, customer_starts, &customers, same);
+        compact(&mut self.last, customer_starts, &customers, same);
+        compact(&mut self.orders, customer_starts, &customers, same);
+        compact(&mut self.revenue, customer_starts, &customers, same);
+        compact(&mut self.purchase_revenue, customer_starts, &customers, same);
+        compact(&mut self.purchase_days, customer_starts, &customers, same);
+        compact(&mut self.first_day_revenue, customer_starts, &customers, same);
+        compact(&mut self.acquisition, customer_starts, &customers, same);
+    }
+}
+
+impl WalkedPart<'_> {
+    /// Walk customers `ids` into this part: (periods, customers) filled.
+    fn walk(self, columns: &OrderColumns, starts: &[u32], rows: &[u32], ids: std::ops::Range<usize>) -> (usize, usize) {
+        let out = self;
+        let (mut p, mut c) = (0, 0);
         let mut day_orders: Vec<(i32, i64)> = Vec::new();
         for id in ids {
             let own = &rows[starts[id] as usize..starts[id + 1] as usize];
@@ -251,7 +386,7 @@ impl Walked {
                 continue;
             }
             day_orders.sort_unstable_by_key(|&(date, _)| date);
-            let key = out.id.len() as u32;
+            let key = c as u32;
             let (mut first, mut last) = (None, 0);
             let (mut orders, mut revenue, mut purchase_revenue, mut purchase_days) = (0, 0, 0, 0);
             let mut first_day_revenue = 0;
@@ -260,10 +395,11 @@ impl Walked {
                 let purchases = day.iter().filter(|(_, r)| *r > 0).count() as i64;
                 let day_revenue: i64 = day.iter().map(|(_, r)| r).sum();
                 let day_purchase_revenue: i64 = day.iter().map(|(_, r)| *r).filter(|&r| r > 0).sum();
-                out.period_key.push(key);
-                out.period_date.push(date);
-                out.period_purchases.push(purchases);
-                out.period_revenue.push(day_revenue);
+                out.period_key[p] = key;
+                out.period_date[p] = date;
+                out.period_purchases[p] = purchases;
+                out.period_revenue[p] = day_revenue;
+                p += 1;
                 revenue += day_revenue;
                 if purchases > 0 {
                     if first.is_none() {
@@ -276,88 +412,32 @@ impl Walked {
                     purchase_days += 1;
                 }
             }
-            out.id.push(id as u32);
-            out.first
-                .push(first.expect("a customer with a purchase has a purchase day"));
-            out.last.push(last);
-            out.orders.push(orders);
-            out.revenue.push(revenue);
-            out.purchase_revenue.push(purchase_revenue);
-            out.purchase_days.push(purchase_days);
-            out.first_day_revenue.push(first_day_revenue);
-            out.acquisition
-                .push((earliest.1 != NO_CHANNEL).then_some(earliest.1 as IdxSize));
+            out.id[c] = id as u32;
+            out.first[c] = first.expect("a customer with a purchase has a purchase day");
+            out.last[c] = last;
+            out.orders[c] = orders;
+            out.revenue[c] = revenue;
+            out.purchase_revenue[c] = purchase_revenue;
+            out.purchase_days[c] = purchase_days;
+            out.first_day_revenue[c] = first_day_revenue;
+            out.acquisition[c] = (earliest.1 != NO_CHANNEL).then_some(earliest.1 as IdxSize);
+            c += 1;
         }
-        out
-    }
-
-    /// The chunks' outputs one after another, keys renumbered after the chunks before; every
-    /// column is copied in parallel into one allocation (appending chunk by chunk was ~2.7 s
-    /// on one thread at 50M lines), and the chunks' copies of a column are freed as soon as it
-    /// is joined, so the chunks and the joined columns are not all held at once.
-    fn join(mut chunks: Vec<Walked>) -> Walked {
-        let mut key_offsets = Vec::with_capacity(chunks.len());
-        let mut customers = 0u32;
-        for chunk in &chunks {
-            key_offsets.push(customers);
-            customers += chunk.id.len() as u32;
-        }
-        fn same<T>(_chunk: usize, value: T) -> T {
-            value
-        }
-        let chunks = &mut chunks;
-        Walked {
-            period_key: joined(chunks, |c| &mut c.period_key, |chunk, key| key + key_offsets[chunk]),
-            period_date: joined(chunks, |c| &mut c.period_date, same),
-            period_purchases: joined(chunks, |c| &mut c.period_purchases, same),
-            period_revenue: joined(chunks, |c| &mut c.period_revenue, same),
-            id: joined(chunks, |c| &mut c.id, same),
-            first: joined(chunks, |c| &mut c.first, same),
-            last: joined(chunks, |c| &mut c.last, same),
-            orders: joined(chunks, |c| &mut c.orders, same),
-            revenue: joined(chunks, |c| &mut c.revenue, same),
-            purchase_revenue: joined(chunks, |c| &mut c.purchase_revenue, same),
-            purchase_days: joined(chunks, |c| &mut c.purchase_days, same),
-            first_day_revenue: joined(chunks, |c| &mut c.first_day_revenue, same),
-            acquisition: joined(chunks, |c| &mut c.acquisition, same),
-        }
+        (p, c)
     }
 }
 
-/// One column of every chunk, one after another, each value passed through `map(chunk, value)`;
-/// the chunks are copied in parallel into one allocation, and their own copies freed.
-fn joined<T: Copy + Send + Sync>(
-    chunks: &mut [Walked],
-    column: impl Fn(&mut Walked) -> &mut Vec<T>,
-    map: impl Fn(usize, T) -> T + Sync,
-) -> Vec<T> {
-    use rayon::prelude::*;
-    let parts: Vec<Vec<T>> = chunks.iter_mut().map(|chunk| std::mem::take(column(chunk))).collect();
-    let total = parts.iter().map(Vec::len).sum();
-    let mut out: Vec<T> = Vec::with_capacity(total);
-    let mut rest = &mut out.spare_capacity_mut()[..total];
-    let mut targets = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let (own, later) = rest.split_at_mut(part.len());
-        targets.push(own);
-        rest = later;
-    }
-    targets
-        .into_par_iter()
-        .zip(parts.into_par_iter().enumerate())
-        .for_each(|(target, (index, part))| {
-            for (slot, &value) in target.iter_mut().zip(&part) {
-                slot.write(map(index, value));
-            }
-        });
-    // SAFETY: the targets split the first `total` spare slots between them, each target is as
-    // long as its part, and every slot of every target was written above.
-    unsafe { out.set_len(total) };
-    out
-}
-
-/// Walk every customer, in parallel chunks of ids, and join the chunks in id order.
+/// Walk every customer, in parallel chunks of ids (`CHUNK`).
 fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
+    walk_in_chunks(orders, customers, 1 << 16)
+}
+
+/// Walk every customer in parallel chunks of `chunk` ids, each writing its days and its
+/// customers into its own part of columns allocated once (a period per order at most, a row
+/// per customer id), then move the parts together. Walking into each chunk's own growing
+/// columns and copying them into joined ones touched ~2× the memory: at 50M lines ~1 GB of
+/// fresh pages, each zeroed by the kernel.
+fn walk_in_chunks(orders: &DataFrame, customers: usize, chunk: usize) -> Result<Walked> {
     use rayon::prelude::*;
     let mut orders = orders.clone();
     orders.rechunk_mut();
@@ -368,16 +448,26 @@ fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
         "prepare: orders grouped by customer in {:.3} s",
         clock.elapsed().as_secs_f64()
     );
-    const CHUNK: usize = 1 << 16;
-    let chunks: Vec<Walked> = (0..customers.div_ceil(CHUNK))
+    let id_ranges: Vec<std::ops::Range<usize>> = (0..customers.div_ceil(chunk))
+        .map(|k| k * chunk..((k + 1) * chunk).min(customers))
+        .collect();
+    let period_starts: Vec<usize> = id_ranges.iter().map(|ids| starts[ids.start] as usize).collect();
+    let customer_starts: Vec<usize> = id_ranges.iter().map(|ids| ids.start).collect();
+    let periods: Vec<usize> = id_ranges
+        .iter()
+        .map(|ids| (starts[ids.end] - starts[ids.start]) as usize)
+        .collect();
+    let sizes: Vec<usize> = id_ranges.iter().map(|ids| ids.len()).collect();
+    let mut walked = Walked::with_room(rows.len(), customers);
+    let filled: Vec<(usize, usize)> = walked
+        .parts(&periods, &sizes)
         .into_par_iter()
-        .map(|chunk| {
-            let ids = chunk * CHUNK..((chunk + 1) * CHUNK).min(customers);
-            Walked::customers(&columns, &starts, &rows, ids)
-        })
+        .zip(id_ranges.par_iter())
+        .map(|(part, ids)| part.walk(&columns, &starts, &rows, ids.clone()))
         .collect();
     tracing::debug!("prepare: chunks walked at {:.3} s", clock.elapsed().as_secs_f64());
-    Ok(Walked::join(chunks))
+    walked.compact(&period_starts, &customer_starts, &filled);
+    Ok(walked)
 }
 
 fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
@@ -614,28 +704,39 @@ mod tests {
         );
     }
 
+    /// Chunks of any size (customers split between them, chunks with no customer kept) give
+    /// the columns of one chunk.
     #[test]
-    fn chunks_join_with_keys_renumbered() {
-        let chunks = vec![
-            Walked {
-                id: vec![0, 3],
-                period_key: vec![0, 1, 1],
-                period_date: vec![5, 6, 7],
-                ..Walked::default()
-            },
-            Walked::default(),
-            Walked {
-                id: vec![70_000],
-                period_key: vec![0, 0],
-                period_date: vec![8, 9],
-                ..Walked::default()
-            },
-        ];
-        let joined = Walked::join(chunks);
-        assert_eq!(joined.id, [0, 3, 70_000]);
-        assert_eq!(joined.period_key, [0, 1, 1, 2, 2]);
-        assert_eq!(joined.period_date, [5, 6, 7, 8, 9]);
-        assert!(joined.orders.is_empty());
+    fn chunks_of_any_size_walk_alike() {
+        let orders = df! {
+            "id" => [0u32, 2, 0, 1, 0, 0, 0, 4, 3, 4],
+            "date" => [9i32, 3, 7, 4, 5, 7, 7, 2, 6, 1],
+            "ordered_ts" => [0i64; 10],
+            "revenue" => [40i64, 8, 10, -1, -5, 20, -3, 4, -2, 6],
+        }
+        .expect("valid frame");
+        let dates = orders.column("date").unwrap().cast(&DataType::Date).unwrap();
+        let mut orders = orders;
+        orders.with_column(dates).unwrap();
+        let whole = walk_in_chunks(&orders, 5, 1 << 16).unwrap();
+        assert_eq!(whole.id, [0, 2, 4]);
+        assert_eq!(whole.period_key, [0, 0, 0, 1, 2, 2]);
+        assert_eq!(whole.period_date, [5, 7, 9, 3, 1, 2]);
+        for chunk in [1, 2, 3, 4] {
+            let w = walk_in_chunks(&orders, 5, chunk).unwrap();
+            assert_eq!(w.period_key, whole.period_key, "chunks of {chunk}");
+            assert_eq!(w.period_date, whole.period_date, "chunks of {chunk}");
+            assert_eq!(w.period_purchases, whole.period_purchases, "chunks of {chunk}");
+            assert_eq!(w.period_revenue, whole.period_revenue, "chunks of {chunk}");
+            assert_eq!(w.id, whole.id, "chunks of {chunk}");
+            assert_eq!((&w.first, &w.last), (&whole.first, &whole.last), "chunks of {chunk}");
+            assert_eq!(w.orders, whole.orders, "chunks of {chunk}");
+            assert_eq!(w.revenue, whole.revenue, "chunks of {chunk}");
+            assert_eq!(w.purchase_revenue, whole.purchase_revenue, "chunks of {chunk}");
+            assert_eq!(w.purchase_days, whole.purchase_days, "chunks of {chunk}");
+            assert_eq!(w.first_day_revenue, whole.first_day_revenue, "chunks of {chunk}");
+            assert_eq!(w.acquisition, whole.acquisition, "chunks of {chunk}");
+        }
     }
 
     #[test]
