@@ -149,6 +149,7 @@ impl Stage for SegmentSummaryOptions {
                 .mean()
                 .alias("repeat_rate"),
         );
+        let keys = group_keys(&mut table, &self.by, &mut aggs)?;
         let by: Vec<Expr> = self.by.iter().map(|c| col(c.as_str())).collect();
         let mut output: Vec<Expr> = by.clone();
         output.extend([col("customers"), col("share"), col("revenue"), col("revenue_share")]);
@@ -159,7 +160,7 @@ impl Stage for SegmentSummaryOptions {
         output.push(col("repeat_rate"));
         let summary = table
             .lazy()
-            .group_by(by.clone())
+            .group_by(keys)
             .agg(aggs)
             .with_columns([
                 (col("customers").cast(DataType::Float64) / lit(total_customers)).alias("share"),
@@ -171,5 +172,92 @@ impl Stage for SegmentSummaryOptions {
             .select(output)
             .collect()?;
         Ok(vec![summary])
+    }
+}
+
+/// The keys to group `table` by for the dimensions `by`. Text dimensions are grouped by codes
+/// found here (a hash lookup per row, in a column added to `table`), each group's text taken
+/// back by an aggregation (its first value) added to `aggs`: polars row-encodes text keys (~5M
+/// rows of two keys at 50M lines: ~200 MB of fresh memory, a third of the stage's time).
+fn group_keys(table: &mut DataFrame, by: &[String], aggs: &mut Vec<Expr>) -> Result<Vec<Expr>> {
+    let mut keys: Vec<Expr> = Vec::new();
+    for name in by {
+        let column = table.column(name)?;
+        if column.dtype() == &DataType::String {
+            let code = format!("__code_{name}");
+            let codes = text_codes(column.str()?);
+            table.with_column(crate::owned_column(&code, codes))?;
+            keys.push(col(code.as_str()));
+            aggs.push(col(name.as_str()).first());
+        } else {
+            keys.push(col(name.as_str()));
+        }
+    }
+    Ok(keys)
+}
+
+/// Each value's code: its rank in order of first appearance, `u32::MAX` for null.
+fn text_codes(values: &StringChunked) -> Vec<u32> {
+    let mut seen: hashbrown::HashMap<&str, u32, foldhash::fast::FixedState> = Default::default();
+    values
+        .iter()
+        .map(|value| match value {
+            None => u32::MAX,
+            Some(text) => {
+                let next = seen.len() as u32;
+                *seen.entry(text).or_insert(next)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Grouping by codes of text keys (nulls included, beside a numeric key) gives the groups,
+    /// key values and aggregates of grouping by the text itself.
+    #[test]
+    fn text_keys_grouped_by_codes_as_by_text() {
+        let mut table = df! {
+            "channel" => [Some("web"), None, Some("app"), Some("web"), None, Some("app"), Some("web")],
+            "stage" => ["new", "new", "active", "new", "lapsed", "active", "lapsed"],
+            "cohort" => [1i32, 1, 2, 1, 2, 2, 1],
+            "value" => [1.5f64, 2.0, 3.25, 4.0, 5.5, 6.0, 7.75],
+        }
+        .unwrap();
+        let by: Vec<String> = ["channel", "stage", "cohort"].map(String::from).to_vec();
+        let aggs = || {
+            vec![
+                len().alias("customers"),
+                col("value").mean().alias("mean"),
+                col("value").median().alias("median"),
+            ]
+        };
+        let names: Vec<Expr> = by.iter().map(|c| col(c.as_str())).collect();
+        let mut output = names.clone();
+        output.extend([col("customers"), col("mean"), col("median")]);
+        let sort = SortMultipleOptions::default().with_nulls_last(true);
+        let expected = table
+            .clone()
+            .lazy()
+            .group_by(names.clone())
+            .agg(aggs())
+            .sort_by_exprs(names.clone(), sort.clone())
+            .select(output.clone())
+            .collect()
+            .unwrap();
+        let mut with_codes = aggs();
+        let keys = group_keys(&mut table, &by, &mut with_codes).unwrap();
+        let got = table
+            .lazy()
+            .group_by(keys)
+            .agg(with_codes)
+            .sort_by_exprs(names, sort)
+            .select(output)
+            .collect()
+            .unwrap();
+        assert_eq!(got.height(), 5);
+        assert!(got.equals_missing(&expected), "{got}\n{expected}");
     }
 }
