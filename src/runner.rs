@@ -186,6 +186,16 @@ fn execute(
     let total = selected.len();
     let progress = progress_bar(total as u64, "stages");
     let shared_pages = sink::SharedPages::default();
+    // Stages whose tables a selected stage reads: the others' frames are dropped once written,
+    // so the stages after them reuse that memory instead of the kernel handing out fresh pages.
+    let read_later: BTreeSet<usize> = selected
+        .iter()
+        .flat_map(|&index| &plan.inputs[index])
+        .filter_map(|input| match input {
+            Input::Stage(dep) => Some(*dep),
+            Input::Source(_) => None,
+        })
+        .collect();
     let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
@@ -247,6 +257,9 @@ fn execute(
                 duration_seconds: start.elapsed().as_secs_f64(),
                 tables,
             };
+            if !read_later.contains(&index) {
+                frames = Vec::new();
+            }
             progress.inc(1);
             tracing::info!(
                 "stage `{}` done in {:.3} s ({} rows)",
