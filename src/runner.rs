@@ -185,7 +185,7 @@ fn execute(
         .context("cannot start the stage thread pool")?;
     let total = selected.len();
     let progress = progress_bar(total as u64, "stages");
-    let shared_pages = sink::SharedPages::default();
+    let shared_pages = sink::SharedPages::for_columns_of(shared.values().map(|tables| &tables.customer_facts));
     // Stages whose tables a selected stage reads: the others' frames are dropped once written,
     // so the stages after them reuse that memory instead of the kernel handing out fresh pages.
     let read_later: BTreeSet<usize> = selected

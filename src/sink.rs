@@ -145,11 +145,15 @@ const WINDOW_CELLS: usize = 24;
 /// The compressed pages of columns that several tables of a run hold alike — the same buffer,
 /// not merely equal values: `customer_id` in every per-customer table, the facts' `revenue` as
 /// `historic_clv` and rfm's `monetary`, `aov` — each encoded and compressed once per run (at 50M
-/// lines ~300 of the ~1000 MB the per-customer tables hold). A cell is found by its column's
-/// buffer address and length, its rows, and its Parquet type and encoding without the name; the
-/// columns found are held here, so no other buffer can take their address while it lives.
+/// lines ~300 of the ~1000 MB the per-customer tables hold). Only the columns of the frames it
+/// is made for (`for_columns_of`: the shared tables, which live for the whole run) are kept;
+/// a cell is found by its column's buffer (address, bytes, validity), its rows, and its Parquet
+/// type and encoding without the name. The columns are held here as well, so no other buffer
+/// can take their address while it lives.
 #[derive(Default)]
 pub struct SharedPages {
+    /// The buffers whose pages are kept.
+    candidates: std::collections::HashSet<Buffer>,
     cells: std::sync::Mutex<SharedCells>,
     /// Cells taken from here rather than encoded.
     pub reused: std::sync::atomic::AtomicUsize,
@@ -161,10 +165,13 @@ struct SharedCells {
     held: Vec<Column>,
 }
 
+/// A column's values: (address, bytes, whether it has a validity bitmap); see `column_buffer`.
+type Buffer = (usize, usize, bool);
+
 /// One row group of a column whose buffer may be shared (`column_buffer`).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CellKey {
-    buffer: (usize, usize),
+    buffer: Buffer,
     rows: std::ops::Range<usize>,
     /// The column's Parquet type with an empty name, and its encoding.
     descriptor: polars_parquet::parquet::metadata::Descriptor,
@@ -180,24 +187,40 @@ struct PageCopy {
     rows: usize,
 }
 
-/// The (address, length) of a column's values when it is one chunk of numbers without nulls:
-/// the only columns whose pages are shared.
-fn column_buffer(column: &Column) -> Option<(usize, usize)> {
+/// A column's values when it is one chunk of numbers without nulls (the only columns whose
+/// pages are shared): their address, their length in bytes, and whether a validity bitmap
+/// (all set) comes with them, which polars encodes differently from none.
+fn column_buffer(column: &Column) -> Option<Buffer> {
+    fn of<T: PolarsNumericType>(values: &ChunkedArray<T>) -> Option<Buffer> {
+        let array = values.downcast_iter().next()?;
+        let bytes = std::mem::size_of::<T::Native>() * array.len();
+        Some((array.values().as_ptr() as usize, bytes, array.validity().is_some()))
+    }
     let series = column.as_series()?;
     if series.n_chunks() != 1 || series.null_count() != 0 {
         return None;
     }
-    let address = match series.dtype() {
-        DataType::Int64 => series.i64().ok()?.cont_slice().ok()?.as_ptr() as usize,
-        DataType::Float64 => series.f64().ok()?.cont_slice().ok()?.as_ptr() as usize,
-        DataType::UInt32 => series.u32().ok()?.cont_slice().ok()?.as_ptr() as usize,
-        DataType::Int32 => series.i32().ok()?.cont_slice().ok()?.as_ptr() as usize,
-        _ => return None,
-    };
-    Some((address, series.len()))
+    match series.dtype() {
+        DataType::Int64 => of(series.i64().ok()?),
+        DataType::Float64 => of(series.f64().ok()?),
+        DataType::UInt32 => of(series.u32().ok()?),
+        DataType::Int32 => of(series.i32().ok()?),
+        _ => None,
+    }
 }
 
 impl SharedPages {
+    /// Pages of the columns of `frames` (and of other frames' columns sharing their buffers).
+    pub fn for_columns_of<'a>(frames: impl IntoIterator<Item = &'a DataFrame>) -> SharedPages {
+        SharedPages {
+            candidates: frames
+                .into_iter()
+                .flat_map(|frame| frame.columns().iter().filter_map(column_buffer))
+                .collect(),
+            ..SharedPages::default()
+        }
+    }
+
     fn get(&self, key: &CellKey) -> Option<std::sync::Arc<Vec<PageCopy>>> {
         let cells = self.cells.lock().expect("shared pages lock");
         cells.pages.get(key).cloned()
@@ -263,13 +286,12 @@ fn write_parquet_in_windows<W: Write + Send>(
     let leaves = writer.parquet_schema().columns().to_vec();
     // Per column: its buffer, when its pages may be shared with another table's (a plain
     // column: one leaf, the column's own).
-    let buffers: Vec<Option<(usize, usize)>> = frame
+    let buffers: Vec<Option<Buffer>> = frame
         .columns()
         .iter()
         .map(|column| {
-            shared
-                .and(column_buffer(column))
-                .filter(|_| leaves.len() == fields.len())
+            let shared = shared?;
+            column_buffer(column).filter(|buffer| shared.candidates.contains(buffer) && leaves.len() == fields.len())
         })
         .collect();
     let columns = frame.columns().to_vec();
@@ -527,7 +549,7 @@ mod tests {
         ];
         let dir = std::env::temp_dir().join(format!("pipeline-shared-pages-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let shared = SharedPages::default();
+        let shared = SharedPages::for_columns_of([&facts]);
         for (n, frame) in tables.iter_mut().enumerate() {
             let ours = dir.join(format!("ours{n}.parquet"));
             write_parquet_in_windows(File::create(&ours).unwrap(), frame, 4, Some(&shared)).unwrap();

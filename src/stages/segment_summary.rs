@@ -184,7 +184,10 @@ fn group_keys(table: &mut DataFrame, by: &[String], aggs: &mut Vec<Expr>) -> Res
     for name in by {
         let column = table.column(name)?;
         if column.dtype() == &DataType::String {
-            let code = format!("__code_{name}");
+            let mut code = format!("__code_{name}");
+            while table.column(&code).is_ok() {
+                code.push('_');
+            }
             let codes = text_codes(column.str()?);
             table.with_column(crate::owned_column(&code, codes))?;
             keys.push(col(code.as_str()));
@@ -224,6 +227,8 @@ mod tests {
             "stage" => ["new", "new", "active", "new", "lapsed", "active", "lapsed"],
             "cohort" => [1i32, 1, 2, 1, 2, 2, 1],
             "value" => [1.5f64, 2.0, 3.25, 4.0, 5.5, 6.0, 7.75],
+            // An upstream column with the name a code column would take: left alone.
+            "__code_channel" => [9u32; 7],
         }
         .unwrap();
         let by: Vec<String> = ["channel", "stage", "cohort"].map(String::from).to_vec();
@@ -249,6 +254,7 @@ mod tests {
             .unwrap();
         let mut with_codes = aggs();
         let keys = group_keys(&mut table, &by, &mut with_codes).unwrap();
+        assert_eq!(table.column("__code_channel").unwrap().u32().unwrap().get(0), Some(9));
         let got = table
             .lazy()
             .group_by(keys)
