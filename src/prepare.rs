@@ -366,7 +366,6 @@ impl Walked {
 impl WalkedPart<'_> {
     /// Walk customers `ids` into this part: (periods, customers) filled.
     fn walk(self, columns: &OrderColumns, starts: &[u32], rows: &[u32], ids: std::ops::Range<usize>) -> (usize, usize) {
-        let out = self;
         let (mut p, mut c) = (0, 0);
         let mut day_orders: Vec<(i32, i64)> = Vec::new();
         for id in ids {
@@ -395,10 +394,10 @@ impl WalkedPart<'_> {
                 let purchases = day.iter().filter(|(_, r)| *r > 0).count() as i64;
                 let day_revenue: i64 = day.iter().map(|(_, r)| r).sum();
                 let day_purchase_revenue: i64 = day.iter().map(|(_, r)| *r).filter(|&r| r > 0).sum();
-                out.period_key[p] = key;
-                out.period_date[p] = date;
-                out.period_purchases[p] = purchases;
-                out.period_revenue[p] = day_revenue;
+                self.period_key[p] = key;
+                self.period_date[p] = date;
+                self.period_purchases[p] = purchases;
+                self.period_revenue[p] = day_revenue;
                 p += 1;
                 revenue += day_revenue;
                 if purchases > 0 {
@@ -412,15 +411,15 @@ impl WalkedPart<'_> {
                     purchase_days += 1;
                 }
             }
-            out.id[c] = id as u32;
-            out.first[c] = first.expect("a customer with a purchase has a purchase day");
-            out.last[c] = last;
-            out.orders[c] = orders;
-            out.revenue[c] = revenue;
-            out.purchase_revenue[c] = purchase_revenue;
-            out.purchase_days[c] = purchase_days;
-            out.first_day_revenue[c] = first_day_revenue;
-            out.acquisition[c] = (earliest.1 != NO_CHANNEL).then_some(earliest.1 as IdxSize);
+            self.id[c] = id as u32;
+            self.first[c] = first.expect("a customer with a purchase has a purchase day");
+            self.last[c] = last;
+            self.orders[c] = orders;
+            self.revenue[c] = revenue;
+            self.purchase_revenue[c] = purchase_revenue;
+            self.purchase_days[c] = purchase_days;
+            self.first_day_revenue[c] = first_day_revenue;
+            self.acquisition[c] = (earliest.1 != NO_CHANNEL).then_some(earliest.1 as IdxSize);
             c += 1;
         }
         (p, c)

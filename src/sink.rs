@@ -152,17 +152,12 @@ const WINDOW_CELLS: usize = 24;
 /// can take their address while it lives.
 #[derive(Default)]
 pub struct SharedPages {
-    /// The buffers whose pages are kept.
+    /// The buffers whose pages are kept, and their columns (held: see above).
     candidates: std::collections::HashSet<Buffer>,
-    cells: std::sync::Mutex<SharedCells>,
+    _held: Vec<Column>,
+    pages: std::sync::Mutex<std::collections::HashMap<CellKey, std::sync::Arc<Vec<PageCopy>>>>,
     /// Cells taken from here rather than encoded.
     pub reused: std::sync::atomic::AtomicUsize,
-}
-
-#[derive(Default)]
-struct SharedCells {
-    pages: std::collections::HashMap<CellKey, std::sync::Arc<Vec<PageCopy>>>,
-    held: Vec<Column>,
 }
 
 /// A column's values: (address, bytes, whether it has a validity bitmap); see `column_buffer`.
@@ -212,27 +207,48 @@ fn column_buffer(column: &Column) -> Option<Buffer> {
 impl SharedPages {
     /// Pages of the columns of `frames` (and of other frames' columns sharing their buffers).
     pub fn for_columns_of<'a>(frames: impl IntoIterator<Item = &'a DataFrame>) -> SharedPages {
+        let held: Vec<Column> = frames
+            .into_iter()
+            .flat_map(|frame| frame.columns().iter().filter(|column| column_buffer(column).is_some()))
+            .cloned()
+            .collect();
         SharedPages {
-            candidates: frames
-                .into_iter()
-                .flat_map(|frame| frame.columns().iter().filter_map(column_buffer))
-                .collect(),
+            candidates: held.iter().filter_map(column_buffer).collect(),
+            _held: held,
             ..SharedPages::default()
         }
     }
 
-    fn get(&self, key: &CellKey) -> Option<std::sync::Arc<Vec<PageCopy>>> {
-        let cells = self.cells.lock().expect("shared pages lock");
-        cells.pages.get(key).cloned()
+    /// The pages kept for `key`, for a column of Parquet type `descriptor`.
+    fn pages(
+        &self,
+        key: &CellKey,
+        descriptor: &polars_parquet::parquet::metadata::Descriptor,
+    ) -> Option<Vec<polars_parquet::write::CompressedPage>> {
+        use polars_parquet::write::{CompressedDataPage, CompressedPage};
+        let copies = self.pages.lock().expect("shared pages lock").get(key).cloned()?;
+        self.reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pages = copies.iter().map(|copy| {
+            CompressedPage::Data(CompressedDataPage::new(
+                copy.header.clone(),
+                polars_parquet::parquet::CowBuffer::Owned(copy.bytes.clone()),
+                copy.compression,
+                copy.uncompressed,
+                descriptor.clone(),
+                copy.rows,
+            ))
+        });
+        Some(pages.collect())
     }
 
-    /// Keep copies of `pages` (data pages only) for `key`, and `column` alive.
-    fn keep(&self, key: CellKey, column: &Column, pages: &mut [polars_parquet::write::CompressedPage]) {
+    /// Keep copies of `pages` for `key` (data pages only: a dictionary page's bytes are not
+    /// reachable from outside polars).
+    fn keep(&self, key: CellKey, pages: &mut [polars_parquet::write::CompressedPage]) {
         use polars_parquet::write::CompressedPage;
         let mut copies = Vec::with_capacity(pages.len());
         for page in pages {
             let CompressedPage::Data(page) = page else {
-                return; // a dictionary page's bytes are not reachable from outside polars
+                return;
             };
             copies.push(PageCopy {
                 header: page.header().clone(),
@@ -242,11 +258,8 @@ impl SharedPages {
                 bytes: page.slice_mut().to_vec(),
             });
         }
-        let mut cells = self.cells.lock().expect("shared pages lock");
-        if !cells.held.iter().any(|held| column_buffer(held) == Some(key.buffer)) {
-            cells.held.push(column.clone());
-        }
-        cells.pages.entry(key).or_insert_with(|| std::sync::Arc::new(copies));
+        let mut kept = self.pages.lock().expect("shared pages lock");
+        kept.entry(key).or_insert_with(|| std::sync::Arc::new(copies));
     }
 }
 
@@ -263,9 +276,8 @@ fn write_parquet_in_windows<W: Write + Send>(
     shared: Option<&SharedPages>,
 ) -> Result<()> {
     use polars::io::parquet::write::get_encodings;
-    use polars_parquet::parquet::CowBuffer;
     use polars_parquet::write::{
-        array_to_columns, compress, CompressedDataPage, CompressedPage, CompressionOptions, Version, WriteOptions,
+        array_to_columns, compress, CompressedPage, CompressionOptions, Version, WriteOptions,
     };
     use rayon::prelude::*;
     let compression = ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(1)?));
@@ -294,7 +306,6 @@ fn write_parquet_in_windows<W: Write + Send>(
             column_buffer(column).filter(|buffer| shared.candidates.contains(buffer) && leaves.len() == fields.len())
         })
         .collect();
-    let columns = frame.columns().to_vec();
     // The row groups `ParquetWriter::finish` would write.
     let chunked = polars::frame::chunk_df_for_writing(frame, 512 * 512)?;
     let batches: Vec<_> = chunked
@@ -332,21 +343,7 @@ fn write_parquet_in_windows<W: Write + Send>(
             .map(|&(group, column)| -> PolarsResult<Vec<Vec<CompressedPage>>> {
                 let key = key_of(group, column);
                 if let (Some(shared), Some(key)) = (shared, &key) {
-                    if let Some(copies) = shared.get(key) {
-                        shared.reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let pages = copies
-                            .iter()
-                            .map(|copy| {
-                                CompressedPage::Data(CompressedDataPage::new(
-                                    copy.header.clone(),
-                                    CowBuffer::Owned(copy.bytes.clone()),
-                                    copy.compression,
-                                    copy.uncompressed,
-                                    leaves[column].descriptor.clone(),
-                                    copy.rows,
-                                ))
-                            })
-                            .collect();
+                    if let Some(pages) = shared.pages(key, &leaves[column].descriptor) {
                         return Ok(vec![pages]);
                     }
                 }
@@ -361,7 +358,7 @@ fn write_parquet_in_windows<W: Write + Send>(
                         })
                         .collect::<PolarsResult<_>>()?;
                 if let (Some(shared), Some(key), [leaf]) = (shared, key, pages.as_mut_slice()) {
-                    shared.keep(key, &columns[column], leaf);
+                    shared.keep(key, leaf);
                 }
                 Ok(pages)
             })
@@ -495,14 +492,8 @@ mod tests {
         write_parquet_in_windows(File::create(&ours).unwrap(), &mut frame.clone(), 4, None).unwrap();
         let whole = dir.join("whole.parquet");
         write_parquet_in_windows(File::create(&whole).unwrap(), &mut frame.clone(), 1000, None).unwrap();
-        ParquetWriter::new(File::create(&theirs).unwrap())
-            .with_compression(ParquetCompression::Zstd(Some(
-                polars_utils::compression::ZstdLevel::try_new(1).unwrap(),
-            )))
-            .with_statistics(StatisticsOptions::default())
-            .finish(&mut frame)
-            .unwrap();
-        let (ours, theirs) = (fs::read(&ours).unwrap(), fs::read(&theirs).unwrap());
+        let theirs = polars_bytes(&mut frame, &theirs);
+        let ours = fs::read(&ours).unwrap();
         let whole = fs::read(&whole).unwrap();
         fs::remove_dir_all(&dir).ok();
         assert!(ours.len() > 100_000);

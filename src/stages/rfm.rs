@@ -501,12 +501,12 @@ pub fn rfm(
     // own columns).
     let customers = DataFrame::new_infer_height(vec![
         facts.column("customer_id")?.clone(),
-        Column::new("recency_days".into(), recency),
+        crate::owned_column("recency_days", recency),
         facts.column("orders")?.clone().with_name("frequency".into()),
         facts.column(monetary_column)?.clone().with_name("monetary".into()),
-        Column::new("r_score".into(), r_score),
-        Column::new("f_score".into(), f_score),
-        Column::new("m_score".into(), m_score),
+        crate::owned_column("r_score", r_score),
+        crate::owned_column("f_score", f_score),
+        crate::owned_column("m_score", m_score),
         Series::new("rfm_score".into(), score_of_cell)
             .take(&cells)?
             .into_column(),
