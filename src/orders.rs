@@ -405,27 +405,26 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
             .collect();
         return Ok((sorted, ids));
     }
-    let mut values: Vec<i64> = Vec::new();
-    for shard in shards {
-        if let OrderCustomers::Int(mut shard) = shard {
-            if values.is_empty() {
-                values = shard;
-            } else {
-                values.append(&mut shard);
-            }
-        }
-    }
-    if let Some(numbered) = number_dense(&values, dtype)? {
+    // The shards' ids are read where they are: joining them would copy them into fresh memory.
+    let parts: Vec<Vec<i64>> = shards
+        .into_iter()
+        .filter_map(|shard| match shard {
+            OrderCustomers::Int(values) => Some(values),
+            OrderCustomers::Text { .. } => None,
+        })
+        .collect();
+    if let Some(numbered) = number_dense(&parts, dtype)? {
         return Ok(numbered);
     }
     // (id, order) pairs sorted in parallel, then read in sequence: each order's rank is written
     // once and no id is looked up at random.
-    let mut pairs: Vec<(i64, u32)> = values
+    let mut pairs: Vec<(i64, u32)> = parts
         .iter()
+        .flatten()
         .enumerate()
         .map(|(order, &id)| (id, order as u32))
         .collect();
-    drop(values);
+    drop(parts);
     pairs.par_sort_unstable();
     // Parts of the sorted pairs numbered in parallel: a part's ranks continue from the
     // distinct values of the parts before it (a value may straddle two parts).
@@ -466,21 +465,26 @@ fn number_customers(shards: Vec<OrderCustomers>, dtype: &DataType) -> PolarsResu
     Ok((Series::new("".into(), distinct).cast(dtype)?, ids))
 }
 
-/// `number_customers` for integer ids in a narrow range (auto-increment ids, the usual case):
-/// a table with one slot per possible id marks the ids present and then holds their ranks, so
-/// no sort is needed. `None` when the range is much wider than the orders.
-fn number_dense(values: &[i64], dtype: &DataType) -> PolarsResult<Option<(Series, Vec<u32>)>> {
+/// `number_customers` for integer ids in a narrow range (auto-increment ids, the usual case),
+/// the orders' ids in `parts` one after another: a table with one slot per possible id marks
+/// the ids present and then holds their ranks, so no sort is needed. `None` when the range is
+/// much wider than the orders.
+fn number_dense(parts: &[Vec<i64>], dtype: &DataType) -> PolarsResult<Option<(Series, Vec<u32>)>> {
     use rayon::prelude::*;
-    let (Some(&low), Some(&high)) = (values.par_iter().min(), values.par_iter().max()) else {
+    let orders: usize = parts.iter().map(Vec::len).sum();
+    let (Some(low), Some(high)) = (
+        parts.iter().filter_map(|part| part.par_iter().min()).min().copied(),
+        parts.iter().filter_map(|part| part.par_iter().max()).max().copied(),
+    ) else {
         return Ok(None);
     };
     let span = (i128::from(high) - i128::from(low) + 1) as u128;
-    if span > (2 * values.len() as u128).max(1 << 20) || span >= u128::from(u32::MAX) {
+    if span > (2 * orders as u128).max(1 << 20) || span >= u128::from(u32::MAX) {
         return Ok(None);
     }
     const ABSENT: u32 = u32::MAX;
     let mut rank = vec![ABSENT; span as usize];
-    for &v in values {
+    for &v in parts.iter().flatten() {
         rank[(v - low) as usize] = 0;
     }
     let mut distinct = Vec::new();
@@ -490,7 +494,10 @@ fn number_dense(values: &[i64], dtype: &DataType) -> PolarsResult<Option<(Series
             distinct.push(low + slot as i64);
         }
     }
-    let ids = values.par_iter().map(|&v| rank[(v - low) as usize]).collect();
+    let mut ids = Vec::with_capacity(orders);
+    for part in parts {
+        ids.par_extend(part.par_iter().map(|&v| rank[(v - low) as usize]));
+    }
     Ok(Some((Series::new("".into(), distinct).cast(dtype)?, ids)))
 }
 
@@ -739,9 +746,18 @@ impl OrderFold {
         };
         self.reserved = true;
         let scale = expected as f64 / seen.max(1) as f64 * 1.05;
-        for shard in &mut self.shards {
+        let projected: Vec<usize> = self
+            .shards
+            .iter()
+            .map(|shard| (shard.ordered_ts.len() as f64 * scale) as usize)
+            .collect();
+        let total: usize = projected.iter().sum();
+        for (index, (shard, projected)) in self.shards.iter_mut().zip(&projected).enumerate() {
             let orders = shard.ordered_ts.len();
-            shard.reserve(((orders as f64 * scale) as usize).saturating_sub(orders));
+            // `finish` appends the other shards' columns to the first's: room for all of them
+            // there means no copy into a fresh joined column (its pages zeroed by the kernel).
+            let joined = if index == 0 { total } else { *projected };
+            shard.reserve(projected.saturating_sub(orders), joined.saturating_sub(orders));
         }
     }
 
@@ -756,9 +772,9 @@ impl OrderFold {
         use rayon::prelude::*;
         let clock = std::time::Instant::now();
         let mut customers = Vec::new();
-        let mut channels = Vec::new();
         let (mut ordered_ts, mut revenue, mut lines) = (Vec::new(), Vec::new(), Vec::new());
         let mut several_customers = Vec::new();
+        let mut codes = Vec::new();
         /// `all` then `more`, moved rather than copied when `all` is empty (one shard).
         fn join<T>(all: &mut Vec<T>, mut more: Vec<T>) {
             if all.is_empty() {
@@ -778,10 +794,26 @@ impl OrderFold {
             );
         }
         shards.par_iter_mut().for_each(Shard::merge_repeated_orders);
+        // Channel codes renumbered in place, in sort order of the names across shards;
+        // NO_CHANNEL stays NO_CHANNEL.
+        let names = if has_channel {
+            let interners: Vec<&Interner> = shards.iter().map(|shard| &shard.channels).collect();
+            let (names, ranks) = sorted_keys(&interners)?;
+            for (shard, rank) in shards.iter_mut().zip(&ranks) {
+                shard.channel.par_iter_mut().for_each(|c| {
+                    if *c != NO_CHANNEL {
+                        *c = rank[*c as usize];
+                    }
+                });
+            }
+            Some(names)
+        } else {
+            None
+        };
         for shard in shards {
             drop(shard.orders);
             customers.push(shard.customers);
-            channels.push((shard.channels, shard.channel));
+            join(&mut codes, shard.channel);
             join(&mut ordered_ts, shard.ordered_ts);
             join(&mut revenue, shard.revenue);
             join(&mut lines, shard.lines);
@@ -798,29 +830,13 @@ impl OrderFold {
             crate::owned_column("lines", lines),
             Column::new("several_customers".into(), several_customers),
         ];
-        let channels = if has_channel {
-            let interners: Vec<&Interner> = channels.iter().map(|(names, _)| names).collect();
-            let (names, ranks) = sorted_keys(&interners)?;
-            // Codes renumbered in parallel, shard after shard; NO_CHANNEL stays NO_CHANNEL.
-            let mut codes: Vec<u32> = Vec::with_capacity(channels.iter().map(|(_, codes)| codes.len()).sum());
-            for ((_, shard_codes), rank) in channels.iter().zip(&ranks) {
-                codes.par_extend(shard_codes.par_iter().map(|&c| {
-                    if c == NO_CHANNEL {
-                        NO_CHANNEL
-                    } else {
-                        rank[c as usize]
-                    }
-                }));
-            }
+        if has_channel {
             columns.push(crate::owned_column("channel", codes));
-            Some(names)
-        } else {
-            None
-        };
+        }
         Ok(FoldedOrders {
             orders: DataFrame::new_infer_height(columns)?,
             customer_ids,
-            channels,
+            channels: names,
             lines_by_reason,
             duplicate_lines,
         })
@@ -863,9 +879,9 @@ fn runs_by_shard(batch: &Batch, text: bool, shards: usize) -> Vec<Vec<(usize, us
 }
 
 impl Shard {
-    /// Room for `more` orders in every column, as far as the allocator gives it (the columns
-    /// grow as usual past it).
-    fn reserve(&mut self, more: usize) {
+    /// Room for `more` orders in every column, `more_joined` in those `finish` joins, as far as
+    /// the allocator gives it (the columns grow as usual past it).
+    fn reserve(&mut self, more: usize, more_joined: usize) {
         // Ignored failures: a reservation is only a hint.
         let _ = match &mut self.customers {
             OrderCustomers::Text { ids, .. } => ids.try_reserve(more),
@@ -874,11 +890,11 @@ impl Shard {
         if let OrderKeys::Runs(runs) = &mut self.orders {
             let _ = runs.fresh.try_reserve(more);
         }
-        let _ = self.ordered_ts.try_reserve(more);
-        let _ = self.revenue.try_reserve(more);
-        let _ = self.lines.try_reserve(more);
-        let _ = self.channel.try_reserve(more);
-        let _ = self.several_customers.try_reserve(more);
+        let _ = self.ordered_ts.try_reserve(more_joined);
+        let _ = self.revenue.try_reserve(more_joined);
+        let _ = self.lines.try_reserve(more_joined);
+        let _ = self.channel.try_reserve(more_joined);
+        let _ = self.several_customers.try_reserve(more_joined);
     }
 
     /// Fold this shard's runs of a batch (`runs_by_shard`): each run's order is looked up (text)
@@ -1279,11 +1295,15 @@ mod tests {
         let (distinct, numbers) = number_customers(shards, &DataType::Int64).unwrap();
         assert_eq!(values(&distinct), [-3, 0, 5, 7, 1000]);
         assert_eq!(numbers, [2, 0, 2, 3, 4, 0, 1]);
-        // The same ids spread far too wide for a table: the sorting path, same numbers.
+        // The same ids spread far too wide for a table, in two shards: the sorting path, same
+        // numbers.
         let wide: Vec<i64> = ids.iter().map(|&v| v << 40).collect();
-        let (distinct, wide_numbers) =
-            number_customers(vec![OrderCustomers::Int(wide.clone())], &DataType::Int64).unwrap();
-        assert!(number_dense(&wide, &DataType::Int64).unwrap().is_none());
+        let shards = vec![
+            OrderCustomers::Int(wide[..4].to_vec()),
+            OrderCustomers::Int(wide[4..].to_vec()),
+        ];
+        let (distinct, wide_numbers) = number_customers(shards, &DataType::Int64).unwrap();
+        assert!(number_dense(&[wide], &DataType::Int64).unwrap().is_none());
         assert_eq!(values(&distinct), [-3 << 40, 0, 5 << 40, 7 << 40, 1000 << 40]);
         assert_eq!(wide_numbers, numbers);
     }

@@ -215,37 +215,29 @@ impl ModelRows {
 }
 
 /// BTYD inputs of every customer, in the model's time unit.
-struct Summary {
+struct Summary<'a> {
     x: Vec<u32>,
     /// Recency and age in whole days (in the model's unit: divided by `TimeUnit::days`).
     t_x_days: Vec<u32>,
     t_days: Vec<u32>,
-    monetary: Vec<f64>,
+    /// The facts' own column (no nulls: a customer with no repeat has 0).
+    monetary: &'a [f64],
 }
 
-fn summary(facts: &DataFrame) -> Result<Summary> {
-    let int = |name: &str| -> Result<Vec<i64>> {
-        Ok(facts
-            .column(name)?
-            .cast(&DataType::Int64)?
-            .i64()?
-            .into_no_null_iter()
+/// The facts' BTYD columns, read in place (they are Int64 and Float64 without nulls).
+fn summary(facts: &DataFrame) -> Result<Summary<'_>> {
+    use crate::prepare::values;
+    let narrow = |name: &str| -> Result<Vec<u32>> {
+        Ok(values::<Int64Type>(facts, name)?
+            .par_iter()
+            .map(|&v| v as u32)
             .collect())
     };
-    let (t_x_days, t_days): (Vec<u32>, Vec<u32>) = (
-        int("t_x")?.iter().map(|&d| d as u32).collect(),
-        int("T")?.iter().map(|&d| d as u32).collect(),
-    );
     Ok(Summary {
-        x: int("frequency")?.iter().map(|&x| x as u32).collect(),
-        t_x_days,
-        t_days,
-        monetary: facts
-            .column("monetary_value")?
-            .f64()?
-            .iter()
-            .map(|v| v.unwrap_or(0.0))
-            .collect(),
+        x: narrow("frequency")?,
+        t_x_days: narrow("t_x")?,
+        t_days: narrow("T")?,
+        monetary: values::<Float64Type>(facts, "monetary_value")?,
     })
 }
 
@@ -553,20 +545,14 @@ impl ClvOptions {
             nulls == 0,
         );
         let in_unit = |days: &[u32]| -> Vec<f64> { days.iter().map(|&d| d as f64 / self.time_unit.days()).collect() };
-        // The facts' own column when it has no nulls (the same values): the writer then
-        // compresses its pages once for both tables.
-        let facts_monetary = facts.column("monetary_value")?;
-        let monetary_value = if facts_monetary.null_count() == 0 {
-            facts_monetary.clone()
-        } else {
-            crate::owned_column("monetary_value", data.monetary.clone())
-        };
+        // The facts' own columns (the same values): the writer then compresses their pages
+        // once for both tables.
         let customers = DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
-            crate::owned_column("frequency", data.x.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+            facts.column("frequency")?.clone(),
             crate::owned_column("t_x", in_unit(&data.t_x_days)),
             crate::owned_column("T", in_unit(&data.t_days)),
-            monetary_value,
+            facts.column("monetary_value")?.clone(),
             nan_as_null("p_alive", p_alive),
             nan_as_null("expected_purchases", expected),
             nan_as_null("p_no_purchases", no_purchases),
