@@ -813,7 +813,9 @@ impl OrderFold {
         for shard in shards {
             drop(shard.orders);
             customers.push(shard.customers);
-            join(&mut codes, shard.channel);
+            if has_channel {
+                join(&mut codes, shard.channel);
+            }
             join(&mut ordered_ts, shard.ordered_ts);
             join(&mut revenue, shard.revenue);
             join(&mut lines, shard.lines);
