@@ -393,7 +393,9 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
 const TABLE_DAYS: i64 = 40_000;
 
 /// `(first day, steady(day) for each day from the first)` over the UTC days of `instants` (µs),
-/// computed in parallel; `None` when they span more than `max_days` days (or none).
+/// computed in parallel; `None` when they span `max_days` days or more, more days than there
+/// are instants (a stray old date among a few orders: the per-part caches check only the days
+/// seen), or none.
 fn day_table(
     instants: &[i64],
     max_days: i64,
@@ -406,7 +408,7 @@ fn day_table(
         .fold(|| (i64::MAX, i64::MIN), |(low, high), &t| (low.min(t), high.max(t)))
         .reduce(|| (i64::MAX, i64::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)));
     let (first, last) = (low.div_euclid(DAY), high.div_euclid(DAY));
-    if first > last || last - first >= max_days {
+    if first > last || last - first >= max_days || (last - first) as u64 >= instants.len() as u64 {
         return None;
     }
     Some((first, (first..=last).into_par_iter().map(&steady).collect()))
@@ -766,9 +768,15 @@ mod tests {
             stretches.push((0..(80 * 86_400 / 433)).map(|i| first + i * 433_000_017).collect());
         }
         let all: Vec<i64> = stretches.concat();
-        let (first, last) = (all[0] / 86_400_000_000, all[all.len() - 1] / 86_400_000_000);
-        assert!(last - first > TABLE_DAYS, "the whole span is checked per part");
+        let day = |micros: i64| micros.div_euclid(86_400_000_000);
+        assert!(
+            day(all[all.len() - 1]) - day(all[0]) > TABLE_DAYS,
+            "the whole span is checked per part"
+        );
         assert!(day_table(&all, TABLE_DAYS, |_| None).is_none());
+        assert!(stretches.iter().all(|s| day_table(s, TABLE_DAYS, |_| None).is_some()));
+        // More days than orders: the days seen are checked per part, not the whole span.
+        assert!(day_table(&[0, 1000 * 86_400_000_000], TABLE_DAYS, |_| None).is_none());
         stretches.push(all);
         for zone in [
             "Europe/Berlin",
