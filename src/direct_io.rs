@@ -50,7 +50,7 @@ impl DirectWriter {
     pub fn finish(mut self) -> io::Result<File> {
         self.write_blocks()?;
         if self.len > 0 {
-            self.set_direct(false)?;
+            self.stop_direct()?;
             let tail = self.start..self.start + self.len;
             self.file.write_all(&self.buf[tail])?;
             self.len = 0;
@@ -69,7 +69,7 @@ impl DirectWriter {
                 Ok(n) => done += n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 // Refused direct (or a short write left the rest unaligned): the rest buffered.
-                Err(error) if self.direct && error.raw_os_error() == Some(libc::EINVAL) => self.set_direct(false)?,
+                Err(error) if self.direct && error.raw_os_error() == Some(libc::EINVAL) => self.stop_direct()?,
                 Err(error) => return Err(error),
             }
         }
@@ -79,33 +79,26 @@ impl DirectWriter {
         Ok(())
     }
 
+    /// Writes from here on go through the page cache.
     #[cfg(target_os = "linux")]
-    fn set_direct(&mut self, direct: bool) -> io::Result<()> {
+    fn stop_direct(&mut self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        if self.direct == direct {
+        if !self.direct {
             return Ok(());
         }
         let fd = self.file.as_raw_fd();
         // SAFETY: fcntl F_GETFL/F_SETFL on a descriptor we own, with integer arguments only.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let flags = if direct {
-            flags | libc::O_DIRECT
-        } else {
-            flags & !libc::O_DIRECT
-        };
         // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.direct = direct;
+        self.direct = false;
         Ok(())
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn set_direct(&mut self, _direct: bool) -> io::Result<()> {
+    fn stop_direct(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

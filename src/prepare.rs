@@ -426,7 +426,7 @@ impl WalkedPart<'_> {
     }
 }
 
-/// Walk every customer, in parallel chunks of ids (`CHUNK`).
+/// Walk every customer, in parallel chunks of 2^16 ids.
 fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
     walk_in_chunks(orders, customers, 1 << 16)
 }

@@ -110,13 +110,11 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame, shared: &Share
     let temp = dir.join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
     let start = std::time::Instant::now();
     let result = (|| -> Result<()> {
+        let writing = || format!("cannot write table `{name}` to `{}`", temp.display());
         let mut out = crate::direct_io::DirectWriter::create(&temp)
             .with_context(|| format!("cannot create `{}`", temp.display()))?;
-        write_parquet_in_windows(&mut out, frame, WINDOW_CELLS, Some(shared))
-            .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
-        let file = out
-            .finish()
-            .with_context(|| format!("cannot write table `{name}` to `{}`", temp.display()))?;
+        write_parquet_in_windows(&mut out, frame, WINDOW_CELLS, Some(shared)).with_context(writing)?;
+        let file = out.finish().with_context(writing)?;
         file.sync_all()
             .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
         Ok(())

@@ -309,19 +309,18 @@ fn as_of_boundary(
 /// a slot boundary; a slot with a transition inside is looked up per order).
 fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -> Result<Option<Series>> {
     use chrono::{Offset, TimeZone as _};
-    const DAY: i64 = 86_400_000_000;
     const SLOT: i64 = 15 * 60 * 1_000_000;
     let instants = orders.column("ordered_ts")?;
     if instants.null_count() > 0 {
         return Ok(None);
     }
     let instants = instants.i64()?.rechunk();
-    let instants = instants.downcast_as_array();
+    let values = instants.downcast_as_array().values().as_slice();
     // i32::MIN stands for "no date" (the day number of no real timestamp).
     const NONE: i32 = i32::MIN;
     let day_of = |micros: i64, offset: i64| i32::try_from((micros + offset).div_euclid(DAY)).ok();
     let days: Vec<i32> = match ordered_at {
-        DataType::Date => in_parallel(instants.values(), |chunk, out| {
+        DataType::Date => in_parallel(values, |chunk, out| {
             out.extend(chunk.iter().map(|&micros| day_of(micros, 0).unwrap_or(NONE)))
         }),
         DataType::Datetime(_, Some(_)) => {
@@ -350,8 +349,7 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
             // mostly near in time, so the last day is checked first). Parts checking their own
             // days cost ~1.8 % of a 50M-line run's CPU: a customer's orders come together, so
             // every part spans every day.
-            let values = instants.values().as_slice();
-            let table = day_table(values, TABLE_DAYS, |day| steady_over(day * DAY, DAY));
+            let table = day_table(&instants, TABLE_DAYS, &|day| steady_over(day * DAY, DAY));
             in_parallel(values, |chunk, out| {
                 type Cache = hashbrown::HashMap<i64, Option<i64>, foldhash::fast::FixedState>;
                 let (mut days, mut slots) = (Cache::default(), Cache::default());
@@ -388,6 +386,9 @@ fn fast_local_dates(orders: &DataFrame, ordered_at: &DataType, timezone: &str) -
     Ok(Some(days.into_series().cast(&DataType::Date)?.with_name("date".into())))
 }
 
+/// Microseconds in a day.
+const DAY: i64 = 86_400_000_000;
+
 /// Days of orders the local-date table covers at most (~110 years): each day costs 97 offset
 /// lookups, once.
 const TABLE_DAYS: i64 = 40_000;
@@ -397,21 +398,16 @@ const TABLE_DAYS: i64 = 40_000;
 /// are instants (a stray old date among a few orders: the per-part caches check only the days
 /// seen), or none.
 fn day_table(
-    instants: &[i64],
+    instants: &Int64Chunked,
     max_days: i64,
-    steady: impl Fn(i64) -> Option<i64> + Sync,
+    steady: &(dyn Fn(i64) -> Option<i64> + Sync),
 ) -> Option<(i64, Vec<Option<i64>>)> {
     use rayon::prelude::*;
-    const DAY: i64 = 86_400_000_000;
-    let (low, high) = instants
-        .par_iter()
-        .fold(|| (i64::MAX, i64::MIN), |(low, high), &t| (low.min(t), high.max(t)))
-        .reduce(|| (i64::MAX, i64::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)));
-    let (first, last) = (low.div_euclid(DAY), high.div_euclid(DAY));
-    if first > last || last - first >= max_days || (last - first) as u64 >= instants.len() as u64 {
+    let (first, last) = (instants.min()?.div_euclid(DAY), instants.max()?.div_euclid(DAY));
+    if last - first >= max_days || (last - first) as u64 >= instants.len() as u64 {
         return None;
     }
-    Some((first, (first..=last).into_par_iter().map(&steady).collect()))
+    Some((first, (first..=last).into_par_iter().map(steady).collect()))
 }
 
 /// `f(part, out)` over consecutive parts of `values` on the rayon pool, each part's output
@@ -773,10 +769,12 @@ mod tests {
             day(all[all.len() - 1]) - day(all[0]) > TABLE_DAYS,
             "the whole span is checked per part"
         );
-        assert!(day_table(&all, TABLE_DAYS, |_| None).is_none());
-        assert!(stretches.iter().all(|s| day_table(s, TABLE_DAYS, |_| None).is_some()));
+        let table_of =
+            |instants: &[i64]| day_table(&Int64Chunked::from_slice("".into(), instants), TABLE_DAYS, &|_| None);
+        assert!(table_of(&all).is_none());
+        assert!(stretches.iter().all(|s| table_of(s).is_some()));
         // More days than orders: the days seen are checked per part, not the whole span.
-        assert!(day_table(&[0, 1000 * 86_400_000_000], TABLE_DAYS, |_| None).is_none());
+        assert!(table_of(&[0, 1000 * 86_400_000_000]).is_none());
         stretches.push(all);
         for zone in [
             "Europe/Berlin",
