@@ -2,6 +2,8 @@
 //!
 //! Data flows one way: config → plan → source scan → shared tables → stages → sink.
 
+#[cfg(target_os = "linux")]
+pub mod alloc;
 pub mod cli;
 pub mod clv;
 pub mod config;

@@ -1,6 +1,11 @@
 use std::process::ExitCode;
 
 // polars allocates heavily from many threads; mimalloc is markedly faster than the system one.
+// Blocks of a MiB and more come from pages the process keeps (see `alloc.rs`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: pipeline::alloc::Allocator = pipeline::alloc::Allocator;
+#[cfg(not(target_os = "linux"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

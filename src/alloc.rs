@@ -1,0 +1,367 @@
+//! The process's allocator: mimalloc for small blocks, and big blocks kept in pages the process
+//! already owns.
+//!
+//! Each fresh page costs a fault and a zeroing in the kernel, and on this kind of virtual machine a
+//! second fault in the host: at 50M lines that was a quarter of a run's CPU. mimalloc keeps freed
+//! memory (see `main.rs`), but it gives a block of more than 512 KiB back to its arena only when
+//! the thread that allocated it collects its pages. A column built on a worker thread and dropped
+//! on another stays unused until that worker allocates again, so about a third of a run's peak
+//! RSS was memory nothing used, and the next phase faulted in fresh pages beside it.
+//!
+//! Blocks of `BIG` bytes or more therefore come from whole pages mapped here. A freed block joins
+//! one list of free ranges (neighbours merged), whichever thread frees it; the next big block takes
+//! the smallest free range that fits. Nothing is unmapped: like mimalloc with its purge delay
+//! off, the process keeps its peak. A block that grows moves with `mremap`, which carries its
+//! pages over instead of copying them into fresh ones (a `Vec` that doubles used to touch
+//! three times its size). When no free range fits, the largest is grown the same way, so its
+//! pages are reused too.
+//!
+//! Whether a block is big follows from its layout alone (size ≥ `BIG`, alignment ≤ a page):
+//! Rust passes the same layout to `dealloc` and `realloc` as to `alloc`, so no table of blocks is
+//! needed, and a `realloc` that crosses `BIG` moves the block between the two allocators.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::Mutex;
+
+/// Blocks from this size on are mapped here (mimalloc's singleton pages start above 512 KiB).
+pub const BIG: usize = 1 << 20;
+const PAGE: usize = 4096;
+/// Free ranges tracked at most; a range freed beyond that is unmapped.
+const SLOTS: usize = 512;
+
+/// The global allocator of the `pipeline` binary.
+pub struct Allocator;
+
+#[derive(Clone, Copy)]
+struct Range {
+    start: usize,
+    len: usize,
+    /// Never written since it was mapped: reads as zeros.
+    zero: bool,
+}
+
+struct FreeRanges {
+    ranges: [Range; SLOTS],
+    count: usize,
+}
+
+static FREE: Mutex<FreeRanges> = Mutex::new(FreeRanges {
+    ranges: [Range {
+        start: 0,
+        len: 0,
+        zero: false,
+    }; SLOTS],
+    count: 0,
+});
+
+fn lock() -> std::sync::MutexGuard<'static, FreeRanges> {
+    // No code under the lock panics; a poisoned lock still holds consistent ranges.
+    FREE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn is_big(size: usize, align: usize) -> bool {
+    size >= BIG && align <= PAGE
+}
+
+fn pages(size: usize) -> usize {
+    size.div_ceil(PAGE) * PAGE
+}
+
+impl FreeRanges {
+    fn remove(&mut self, index: usize) -> Range {
+        let range = self.ranges[index];
+        self.count -= 1;
+        self.ranges[index] = self.ranges[self.count];
+        range
+    }
+
+    /// Take `len` bytes from the smallest free range that holds them; the rest stays free.
+    fn take_fitting(&mut self, len: usize) -> Option<Range> {
+        let index = (0..self.count)
+            .filter(|&i| self.ranges[i].len >= len)
+            .min_by_key(|&i| self.ranges[i].len)?;
+        Some(self.split(index, len))
+    }
+
+    /// The first `len` bytes of range `index`, leaving the rest in its slot.
+    fn split(&mut self, index: usize, len: usize) -> Range {
+        let range = &mut self.ranges[index];
+        let taken = Range {
+            start: range.start,
+            len,
+            zero: range.zero,
+        };
+        if range.len == len {
+            self.remove(index);
+        } else {
+            range.start += len;
+            range.len -= len;
+        }
+        taken
+    }
+
+    fn take_largest(&mut self) -> Option<Range> {
+        let index = (0..self.count).max_by_key(|&i| self.ranges[i].len)?;
+        Some(self.remove(index))
+    }
+
+    /// `len` bytes right at `start`, if a free range begins there and holds them.
+    fn take_at(&mut self, start: usize, len: usize) -> bool {
+        let Some(index) = (0..self.count).find(|&i| self.ranges[i].start == start && self.ranges[i].len >= len) else {
+            return false;
+        };
+        self.split(index, len);
+        true
+    }
+
+    /// Give a range back, merged with free neighbours. `false` when there is no slot for it.
+    fn give(&mut self, mut range: Range) -> bool {
+        let mut i = 0;
+        while i < self.count {
+            let other = self.ranges[i];
+            if other.start + other.len == range.start || range.start + range.len == other.start {
+                self.remove(i);
+                range = Range {
+                    start: range.start.min(other.start),
+                    len: range.len + other.len,
+                    zero: range.zero && other.zero,
+                };
+                i = 0;
+            } else {
+                i += 1;
+            }
+        }
+        if self.count == SLOTS {
+            return false;
+        }
+        self.ranges[self.count] = range;
+        self.count += 1;
+        true
+    }
+}
+
+/// A block of `len` bytes (a multiple of the page) and how many of its first bytes may be dirty.
+fn map_big(len: usize) -> Option<(*mut u8, usize)> {
+    if let Some(range) = lock().take_fitting(len) {
+        return Some((range.start as *mut u8, if range.zero { 0 } else { len }));
+    }
+    let largest = lock().take_largest();
+    if let Some(range) = largest {
+        // SAFETY: the range is mapped, page-aligned and owned by no block; moving it hands its
+        // pages to the new address and maps fresh zero pages behind them.
+        let moved = unsafe { libc::mremap(range.start as *mut libc::c_void, range.len, len, libc::MREMAP_MAYMOVE) };
+        if moved != libc::MAP_FAILED {
+            return Some((moved.cast(), if range.zero { 0 } else { range.len }));
+        }
+        release(range);
+    }
+    // SAFETY: a fresh private anonymous mapping; it aliases nothing.
+    let fresh = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (fresh != libc::MAP_FAILED).then(|| (fresh.cast(), 0))
+}
+
+/// Return a range to the free list (or to the kernel when the list is full).
+fn release(range: Range) {
+    if !lock().give(range) {
+        // SAFETY: the range is mapped and no block uses it any more.
+        unsafe { libc::munmap(range.start as *mut libc::c_void, range.len) };
+    }
+}
+
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !is_big(layout.size(), layout.align()) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { mimalloc::MiMalloc.alloc(layout) };
+        }
+        map_big(pages(layout.size())).map_or(std::ptr::null_mut(), |(block, _)| block)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !is_big(layout.size(), layout.align()) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
+        }
+        let Some((block, dirty)) = map_big(pages(layout.size())) else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: the block holds at least `dirty` bytes and belongs to the caller now.
+        unsafe { std::ptr::write_bytes(block, 0, dirty.min(layout.size())) };
+        block
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        if !is_big(layout.size(), layout.align()) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { mimalloc::MiMalloc.dealloc(block, layout) };
+        }
+        release(Range {
+            start: block as usize,
+            len: pages(layout.size()),
+            zero: false,
+        });
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (old_big, new_big) = (is_big(layout.size(), layout.align()), is_big(new_size, layout.align()));
+        if !old_big && !new_big {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { mimalloc::MiMalloc.realloc(block, layout, new_size) };
+        }
+        if old_big && new_big {
+            let (old_len, new_len) = (pages(layout.size()), pages(new_size));
+            if new_len <= old_len {
+                if new_len < old_len {
+                    release(Range {
+                        start: block as usize + new_len,
+                        len: old_len - new_len,
+                        zero: false,
+                    });
+                }
+                return block;
+            }
+            if lock().take_at(block as usize + old_len, new_len - old_len) {
+                return block;
+            }
+            // SAFETY: the block is a mapped, page-aligned range of `old_len` bytes owned by the
+            // caller; on success its pages (and contents) move to the returned address.
+            let moved = unsafe { libc::mremap(block.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+            if moved != libc::MAP_FAILED {
+                return moved.cast();
+            }
+        }
+        // Across `BIG`, or a block spanning two mappings that `mremap` cannot move: copy.
+        // SAFETY: the new layout has the caller's alignment and a non-zero size.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: as above.
+        let moved = unsafe { self.alloc(new_layout) };
+        if !moved.is_null() {
+            // SAFETY: both blocks hold at least the smaller size and do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size));
+                self.dealloc(block, layout);
+            }
+        }
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: usize, len: usize, zero: bool) -> Range {
+        Range { start, len, zero }
+    }
+
+    #[test]
+    fn free_ranges_merge_neighbours_and_hand_out_the_smallest_fit() {
+        let mut free = FreeRanges {
+            ranges: [range(0, 0, false); SLOTS],
+            count: 0,
+        };
+        assert!(free.give(range(0x10000, 0x4000, true)));
+        assert!(free.give(range(0x20000, 0x2000, false)));
+        // Joins the first range at its end: one range of 0x5000, still zero.
+        assert!(free.give(range(0x14000, 0x1000, true)));
+        assert_eq!(free.count, 2);
+        let taken = free.take_fitting(0x2000).expect("fits");
+        assert_eq!((taken.start, taken.len, taken.zero), (0x20000, 0x2000, false));
+        let taken = free.take_fitting(0x1000).expect("fits");
+        assert_eq!((taken.start, taken.len, taken.zero), (0x10000, 0x1000, true));
+        assert_eq!(
+            (free.count, free.ranges[0].start, free.ranges[0].len),
+            (1, 0x11000, 0x4000)
+        );
+        assert!(free.take_fitting(0x5000).is_none());
+        // Growing a block in place takes the range that starts right behind it.
+        assert!(!free.take_at(0x12000, 0x1000));
+        assert!(free.take_at(0x11000, 0x1000));
+        assert!(!free.take_at(0x12000, 0x4000));
+        assert!(free.take_at(0x12000, 0x3000));
+        assert_eq!(free.count, 0);
+        // A dirty neighbour makes the merged range dirty; the largest comes out first.
+        assert!(free.give(range(0x40000, 0x1000, true)));
+        assert!(free.give(range(0x41000, 0x1000, false)));
+        assert!(free.give(range(0x80000, 0x1000, true)));
+        let largest = free.take_largest().expect("two ranges");
+        assert_eq!((largest.start, largest.len, largest.zero), (0x40000, 0x2000, false));
+    }
+
+    #[test]
+    fn free_ranges_refuse_a_range_beyond_their_slots() {
+        let mut free = FreeRanges {
+            ranges: [range(0, 0, false); SLOTS],
+            count: 0,
+        };
+        for slot in 0..SLOTS {
+            assert!(free.give(range(slot * 0x10000, 0x1000, false)));
+        }
+        assert!(!free.give(range(SLOTS * 0x10000 + 0x8000, 0x1000, false)));
+        // A neighbour still merges when the slots are full.
+        assert!(free.give(range(0x1000, 0x1000, false)));
+        assert_eq!(
+            (free.count, free.ranges.iter().map(|r| r.len).sum::<usize>()),
+            (SLOTS, (SLOTS + 1) * 0x1000)
+        );
+    }
+
+    /// Fill a block with a pattern that differs from byte to byte and page to page.
+    fn pattern(offset: usize) -> u8 {
+        (offset % 251) as u8 ^ (offset / PAGE) as u8
+    }
+
+    #[test]
+    fn big_blocks_keep_their_contents_through_every_move_and_come_back_zeroed_on_request() {
+        // The only test that uses the process's free list, so the reuse below is certain.
+        let allocator = Allocator;
+        let big = Layout::from_size_align(3 * BIG + 5, 8).expect("valid layout");
+        // SAFETY: every block is used within its size and freed with the layout it has.
+        unsafe {
+            let block = allocator.alloc(big);
+            assert!(!block.is_null() && (block as usize).is_multiple_of(PAGE));
+            for offset in 0..big.size() {
+                *block.add(offset) = pattern(offset);
+            }
+            // Grows by a move (nothing free behind it), shrinks in place, grows back in place.
+            let grown = allocator.realloc(block, big, 10 * BIG);
+            let grown_layout = Layout::from_size_align(10 * BIG, 8).expect("valid layout");
+            assert!((0..big.size()).all(|offset| *grown.add(offset) == pattern(offset)));
+            let shrunk = allocator.realloc(grown, grown_layout, 2 * BIG);
+            assert_eq!(shrunk, grown);
+            let shrunk_layout = Layout::from_size_align(2 * BIG, 8).expect("valid layout");
+            let regrown = allocator.realloc(shrunk, shrunk_layout, 4 * BIG);
+            assert_eq!(regrown, shrunk, "the range freed by the shrink is taken back in place");
+            assert!((0..2 * BIG).all(|offset| *regrown.add(offset) == pattern(offset)));
+            let regrown_layout = Layout::from_size_align(4 * BIG, 8).expect("valid layout");
+
+            // Below BIG the block moves to mimalloc and back, contents kept.
+            let small = allocator.realloc(regrown, regrown_layout, BIG / 2);
+            let small_layout = Layout::from_size_align(BIG / 2, 8).expect("valid layout");
+            assert!((0..BIG / 2).all(|offset| *small.add(offset) == pattern(offset)));
+            let back = allocator.realloc(small, small_layout, 2 * BIG);
+            assert!((0..BIG / 2).all(|offset| *back.add(offset) == pattern(offset)));
+            allocator.dealloc(back, shrunk_layout);
+
+            // The freed, written pages come back, zeroed for a zeroed request.
+            let zeroed = allocator.alloc_zeroed(big);
+            assert!((0..big.size()).all(|offset| *zeroed.add(offset) == 0));
+            allocator.dealloc(zeroed, big);
+
+            // Over-aligned blocks stay with mimalloc.
+            let aligned = Layout::from_size_align(2 * BIG, 2 * PAGE).expect("valid layout");
+            let block = allocator.alloc(aligned);
+            assert!((block as usize).is_multiple_of(2 * PAGE));
+            allocator.dealloc(block, aligned);
+        }
+    }
+}
