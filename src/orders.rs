@@ -775,13 +775,14 @@ impl OrderFold {
         let (mut ordered_ts, mut revenue, mut lines) = (Vec::new(), Vec::new(), Vec::new());
         let mut several_customers = Vec::new();
         let mut codes = Vec::new();
-        /// `all` then `more`, moved rather than copied when `all` is empty (one shard).
-        fn join<T>(all: &mut Vec<T>, mut more: Vec<T>) {
-            if all.is_empty() {
-                *all = more;
-            } else {
+        /// The parts one after another: the first moved, the others appended to it.
+        fn joined<T>(parts: Vec<Vec<T>>) -> Vec<T> {
+            let mut parts = parts.into_iter();
+            let mut all = parts.next().unwrap_or_default();
+            for mut more in parts {
                 all.append(&mut more);
             }
+            all
         }
         if matches!(shards[0].orders, OrderKeys::Runs(_)) {
             let by_bitmap = shards
@@ -810,18 +811,29 @@ impl OrderFold {
         } else {
             None
         };
+        tracing::debug!("repeated orders merged in {:.3} s", clock.elapsed().as_secs_f64());
+        let clock = std::time::Instant::now();
+        let mut parts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for shard in shards {
             drop(shard.orders);
             customers.push(shard.customers);
             if has_channel {
-                join(&mut codes, shard.channel);
+                parts.0.push(shard.channel);
             }
-            join(&mut ordered_ts, shard.ordered_ts);
-            join(&mut revenue, shard.revenue);
-            join(&mut lines, shard.lines);
-            join(&mut several_customers, shard.several_customers);
+            parts.1.push(shard.ordered_ts);
+            parts.2.push(shard.revenue);
+            parts.3.push(shard.lines);
+            parts.4.push(shard.several_customers);
         }
-        tracing::debug!("repeated orders merged in {:.3} s", clock.elapsed().as_secs_f64());
+        // Each column's appends write fresh pages: the columns are joined in parallel.
+        rayon::scope(|scope| {
+            scope.spawn(|_| codes = joined(parts.0));
+            scope.spawn(|_| ordered_ts = joined(parts.1));
+            scope.spawn(|_| revenue = joined(parts.2));
+            scope.spawn(|_| lines = joined(parts.3));
+            scope.spawn(|_| several_customers = joined(parts.4));
+        });
+        tracing::debug!("shards joined in {:.3} s", clock.elapsed().as_secs_f64());
         let clock = std::time::Instant::now();
         let (customer_ids, ids) = number_customers(customers, customer_dtype)?;
         tracing::debug!("customers numbered in {:.3} s", clock.elapsed().as_secs_f64());
