@@ -10,8 +10,8 @@
 //!
 //! Blocks of `BIG` bytes or more therefore come from whole pages mapped here. A freed block joins
 //! one list of free ranges (neighbours merged), whichever thread frees it; the next big block takes
-//! the smallest free range that fits. Nothing is unmapped: like mimalloc with its purge delay
-//! off, the process keeps its peak. A block that grows moves with `mremap`, which carries its
+//! the smallest free range that fits. Free ranges stay mapped (but one beyond `SLOTS` ranges):
+//! like mimalloc with its purge delay off, the process keeps its peak. A block that grows moves with `mremap`, which carries its
 //! pages over instead of copying them into fresh ones (a `Vec` that doubles used to touch
 //! three times its size). When no free range fits, the largest is grown the same way, so its
 //! pages are reused too.
@@ -32,12 +32,11 @@ const SLOTS: usize = 512;
 /// The global allocator of the `pipeline` binary.
 pub struct Allocator;
 
+/// Freed pages. Every range on the list was written by a block, so none is known to be zeros.
 #[derive(Clone, Copy)]
 struct Range {
     start: usize,
     len: usize,
-    /// Never written since it was mapped: reads as zeros.
-    zero: bool,
 }
 
 struct FreeRanges {
@@ -46,11 +45,7 @@ struct FreeRanges {
 }
 
 static FREE: Mutex<FreeRanges> = Mutex::new(FreeRanges {
-    ranges: [Range {
-        start: 0,
-        len: 0,
-        zero: false,
-    }; SLOTS],
+    ranges: [Range { start: 0, len: 0 }; SLOTS],
     count: 0,
 });
 
@@ -89,7 +84,6 @@ impl FreeRanges {
         let taken = Range {
             start: range.start,
             len,
-            zero: range.zero,
         };
         if range.len == len {
             self.remove(index);
@@ -124,7 +118,6 @@ impl FreeRanges {
                 range = Range {
                     start: range.start.min(other.start),
                     len: range.len + other.len,
-                    zero: range.zero && other.zero,
                 };
                 i = 0;
             } else {
@@ -142,16 +135,18 @@ impl FreeRanges {
 
 /// A block of `len` bytes (a multiple of the page) and how many of its first bytes may be dirty.
 fn map_big(len: usize) -> Option<(*mut u8, usize)> {
-    if let Some(range) = lock().take_fitting(len) {
-        return Some((range.start as *mut u8, if range.zero { 0 } else { len }));
+    let mut free = lock();
+    if let Some(range) = free.take_fitting(len) {
+        return Some((range.start as *mut u8, len));
     }
-    let largest = lock().take_largest();
+    let largest = free.take_largest();
+    drop(free);
     if let Some(range) = largest {
         // SAFETY: the range is mapped, page-aligned and owned by no block; moving it hands its
         // pages to the new address and maps fresh zero pages behind them.
         let moved = unsafe { libc::mremap(range.start as *mut libc::c_void, range.len, len, libc::MREMAP_MAYMOVE) };
         if moved != libc::MAP_FAILED {
-            return Some((moved.cast(), if range.zero { 0 } else { range.len }));
+            return Some((moved.cast(), range.len));
         }
         release(range);
     }
@@ -207,7 +202,6 @@ unsafe impl GlobalAlloc for Allocator {
         release(Range {
             start: block as usize,
             len: pages(layout.size()),
-            zero: false,
         });
     }
 
@@ -224,7 +218,6 @@ unsafe impl GlobalAlloc for Allocator {
                     release(Range {
                         start: block as usize + new_len,
                         len: old_len - new_len,
-                        zero: false,
                     });
                 }
                 return block;
@@ -259,25 +252,25 @@ unsafe impl GlobalAlloc for Allocator {
 mod tests {
     use super::*;
 
-    fn range(start: usize, len: usize, zero: bool) -> Range {
-        Range { start, len, zero }
+    fn range(start: usize, len: usize) -> Range {
+        Range { start, len }
     }
 
     #[test]
     fn free_ranges_merge_neighbours_and_hand_out_the_smallest_fit() {
         let mut free = FreeRanges {
-            ranges: [range(0, 0, false); SLOTS],
+            ranges: [range(0, 0); SLOTS],
             count: 0,
         };
-        assert!(free.give(range(0x10000, 0x4000, true)));
-        assert!(free.give(range(0x20000, 0x2000, false)));
-        // Joins the first range at its end: one range of 0x5000, still zero.
-        assert!(free.give(range(0x14000, 0x1000, true)));
+        assert!(free.give(range(0x10000, 0x4000)));
+        assert!(free.give(range(0x20000, 0x2000)));
+        // Joins the first range at its end: one range of 0x5000.
+        assert!(free.give(range(0x14000, 0x1000)));
         assert_eq!(free.count, 2);
         let taken = free.take_fitting(0x2000).expect("fits");
-        assert_eq!((taken.start, taken.len, taken.zero), (0x20000, 0x2000, false));
+        assert_eq!((taken.start, taken.len), (0x20000, 0x2000));
         let taken = free.take_fitting(0x1000).expect("fits");
-        assert_eq!((taken.start, taken.len, taken.zero), (0x10000, 0x1000, true));
+        assert_eq!((taken.start, taken.len), (0x10000, 0x1000));
         assert_eq!(
             (free.count, free.ranges[0].start, free.ranges[0].len),
             (1, 0x11000, 0x4000)
@@ -289,26 +282,26 @@ mod tests {
         assert!(!free.take_at(0x12000, 0x4000));
         assert!(free.take_at(0x12000, 0x3000));
         assert_eq!(free.count, 0);
-        // A dirty neighbour makes the merged range dirty; the largest comes out first.
-        assert!(free.give(range(0x40000, 0x1000, true)));
-        assert!(free.give(range(0x41000, 0x1000, false)));
-        assert!(free.give(range(0x80000, 0x1000, true)));
+        // Neighbours merge in either order; the largest range comes out first.
+        assert!(free.give(range(0x40000, 0x1000)));
+        assert!(free.give(range(0x41000, 0x1000)));
+        assert!(free.give(range(0x80000, 0x1000)));
         let largest = free.take_largest().expect("two ranges");
-        assert_eq!((largest.start, largest.len, largest.zero), (0x40000, 0x2000, false));
+        assert_eq!((largest.start, largest.len), (0x40000, 0x2000));
     }
 
     #[test]
     fn free_ranges_refuse_a_range_beyond_their_slots() {
         let mut free = FreeRanges {
-            ranges: [range(0, 0, false); SLOTS],
+            ranges: [range(0, 0); SLOTS],
             count: 0,
         };
         for slot in 0..SLOTS {
-            assert!(free.give(range(slot * 0x10000, 0x1000, false)));
+            assert!(free.give(range(slot * 0x10000, 0x1000)));
         }
-        assert!(!free.give(range(SLOTS * 0x10000 + 0x8000, 0x1000, false)));
+        assert!(!free.give(range(SLOTS * 0x10000 + 0x8000, 0x1000)));
         // A neighbour still merges when the slots are full.
-        assert!(free.give(range(0x1000, 0x1000, false)));
+        assert!(free.give(range(0x1000, 0x1000)));
         assert_eq!(
             (free.count, free.ranges.iter().map(|r| r.len).sum::<usize>()),
             (SLOTS, (SLOTS + 1) * 0x1000)
@@ -352,10 +345,23 @@ mod tests {
             assert!((0..BIG / 2).all(|offset| *back.add(offset) == pattern(offset)));
             allocator.dealloc(back, shrunk_layout);
 
-            // The freed, written pages come back, zeroed for a zeroed request.
+            // The freed, written pages come back (the one free range: the grown block's),
+            // zeroed for a zeroed request.
             let zeroed = allocator.alloc_zeroed(big);
+            assert_eq!(zeroed, regrown);
             assert!((0..big.size()).all(|offset| *zeroed.add(offset) == 0));
             allocator.dealloc(zeroed, big);
+
+            // Larger than any free range: the largest grows (its pages written all over first),
+            // and comes back zeroed too.
+            let whole = allocator.alloc(grown_layout);
+            assert_eq!(whole, regrown);
+            std::ptr::write_bytes(whole, 0xA5, grown_layout.size());
+            allocator.dealloc(whole, grown_layout);
+            let larger = Layout::from_size_align(12 * BIG, 8).expect("valid layout");
+            let zeroed = allocator.alloc_zeroed(larger);
+            assert!((0..larger.size()).all(|offset| *zeroed.add(offset) == 0));
+            allocator.dealloc(zeroed, larger);
 
             // Over-aligned blocks stay with mimalloc.
             let aligned = Layout::from_size_align(2 * BIG, 2 * PAGE).expect("valid layout");
