@@ -31,8 +31,10 @@ pub struct SharedTables {
     /// acquisition_channel, frequency, t_x, T, monetary_value, revenue_micros — sorted by
     /// customer_key. Money in currency (Float64) and, for exact sums, `revenue_micros` (Int64).
     pub customer_facts: DataFrame,
-    /// customer_key, date, purchases, revenue_micros — sorted by customer_key, date.
-    pub customer_periods: DataFrame,
+    /// customer_key, date, purchases, revenue_micros — sorted by customer_key, date; read
+    /// through `customer_periods()`. The runner releases them once the last stage that reads
+    /// them is done, so the stages after reuse their memory.
+    periods: std::sync::Arc<std::sync::Mutex<Option<DataFrame>>>,
     /// The distinct acquisition channels (ascending, null last if a customer has none) and each
     /// customer's position among them, in customer_key order: cohorts split by channel.
     pub acquisition: (Series, Vec<u32>),
@@ -40,6 +42,29 @@ pub struct SharedTables {
     /// Results several stages derive alike from these tables (e.g. the lifecycle walk of
     /// `lifecycle` and `clv_simple`), computed by the first to ask.
     pub memo: Memo,
+}
+
+impl SharedTables {
+    /// customer_periods (the columns are shared, not copied).
+    pub fn customer_periods(&self) -> Result<DataFrame> {
+        self.periods_slot().clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "customer_periods were released before a stage that reads them \
+                 (its kind must say so in `Stage::reads_customer_periods`)"
+            )
+        })
+    }
+
+    /// Drop this handle on customer_periods: their memory is freed once the stages still
+    /// reading them are done.
+    pub fn release_customer_periods(&self) {
+        self.periods_slot().take();
+    }
+
+    fn periods_slot(&self) -> std::sync::MutexGuard<'_, Option<DataFrame>> {
+        // Only a clone or a take happens under the lock: a poisoned lock still holds the frame.
+        self.periods.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Values computed once per key and shared between stages: a stage asking for a key another
@@ -580,7 +605,7 @@ pub fn shared_tables(source: &SourceOrders) -> Result<SharedTables> {
     customer_facts.rechunk_mut();
     Ok(SharedTables {
         customer_facts,
-        customer_periods,
+        periods: std::sync::Arc::new(std::sync::Mutex::new(Some(customer_periods))),
         acquisition,
         as_of,
         memo: Memo::default(),
@@ -626,6 +651,44 @@ mod tests {
         let dates = orders.column("date").unwrap().cast(&DataType::Date).unwrap();
         orders.with_column(dates).unwrap();
         walk(&orders, customers).expect("columns present")
+    }
+
+    #[test]
+    fn customer_periods_are_read_until_released_then_a_late_reader_fails_naming_the_declaration() {
+        // Customer 0 buys on days 10 and 12, customer 1 on day 11.
+        let mut orders = df! {
+            "id" => [0u32, 0, 1],
+            "date" => [10i32, 12, 11],
+            "ordered_ts" => [1i64, 3, 2],
+            "revenue" => [1_000_000i64, 2_000_000, 500_000],
+        }
+        .expect("valid frame");
+        let dates = orders.column("date").unwrap().cast(&DataType::Date).unwrap();
+        orders.with_column(dates).unwrap();
+        let source = SourceOrders {
+            orders,
+            customer_ids: Series::new("customer_id".into(), ["a", "b"]),
+            channels: None,
+            stats: crate::source::InputStats::default(),
+            as_of: NaiveDate::from_ymd_opt(1970, 2, 1).expect("valid date"),
+        };
+        let tables = shared_tables(&source).expect("shared tables");
+        let before = tables.customer_periods().expect("not released yet");
+        assert_eq!(values::<UInt32Type>(&before, "customer_key").unwrap(), [0, 0, 1]);
+        assert_eq!(day_values(&before, "date").unwrap(), [10, 12, 11]);
+        // A clone of the tables (as a stage may hold) shares the release.
+        let clone = tables.clone();
+        tables.release_customer_periods();
+        let error = clone.customer_periods().unwrap_err().to_string();
+        assert!(
+            error.contains("released") && error.contains("reads_customer_periods"),
+            "{error}"
+        );
+        // A stage that took them before the release still reads them whole.
+        assert_eq!(
+            values::<Int64Type>(&before, "revenue_micros").unwrap(),
+            [1_000_000, 2_000_000, 500_000]
+        );
     }
 
     #[test]

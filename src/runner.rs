@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use polars::prelude::DataFrame;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::AsOf;
@@ -132,6 +132,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
     }
 }
 
+/// A stage's index, its frames kept for later stages and its report, or its error.
+type StageOutcome = Result<(usize, Vec<DataFrame>, StageReport)>;
+
 fn execute(
     plan: &Plan,
     options: &RunOptions,
@@ -196,11 +199,63 @@ fn execute(
             Input::Source(_) => None,
         })
         .collect();
+    // customer_periods are released after the last level with a stage that reads them, once
+    // those stages are done; the stages still running then reuse their memory.
+    let reads_periods = |index: usize| {
+        config.stages[index]
+            .stage
+            .as_ref()
+            .is_some_and(|stage| stage.reads_customer_periods())
+    };
+    let mut last_periods_level: BTreeMap<String, usize> = BTreeMap::new();
+    for (level_number, level) in plan.levels.iter().enumerate() {
+        for &index in level.iter().filter(|&&i| selected.contains(&i) && reads_periods(i)) {
+            if let Some(source) = plan.source_of(index) {
+                last_periods_level.insert(source, level_number);
+            }
+        }
+    }
+    let release_periods = |source: &str| {
+        if let Some(tables) = shared.get(source) {
+            tables.release_customer_periods();
+            tracing::debug!("source `{source}`: customer_periods released: {}", memory());
+        }
+    };
+    for source in shared.keys().filter(|source| !last_periods_level.contains_key(*source)) {
+        release_periods(source);
+    }
     let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
         warm_shared_work(&stages, config, plan, &shared, &pool);
-        let run_one = |index: usize| -> Result<(usize, Vec<DataFrame>, StageReport)> {
+        // The stages that read customer_periods start first, so the periods are released as
+        // early as they can be; each worker takes the next stage when it is done with one.
+        let order: Vec<usize> = stages
+            .iter()
+            .copied()
+            .filter(|&i| reads_periods(i))
+            .chain(stages.iter().copied().filter(|&i| !reads_periods(i)))
+            .collect();
+        let readers_left: BTreeMap<String, AtomicUsize> = last_periods_level
+            .iter()
+            .filter(|&(_, &last)| last == level_number)
+            .map(|(source, _)| {
+                let readers = stages
+                    .iter()
+                    .filter(|&&i| reads_periods(i) && plan.source_of(i).as_deref() == Some(source.as_str()))
+                    .count();
+                (source.clone(), AtomicUsize::new(readers))
+            })
+            .collect();
+        let stage_done = |index: usize| {
+            let source = plan.source_of(index).filter(|_| reads_periods(index));
+            if let Some((source, left)) = source.and_then(|source| readers_left.get_key_value(&source)) {
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    release_periods(source);
+                }
+            }
+        };
+        let run_one = |index: usize| -> StageOutcome {
             let stage_config = &config.stages[index];
             let start = Instant::now();
             let stage = stage_config
@@ -270,11 +325,31 @@ fn execute(
             tracing::debug!("stage `{}`: {}", report.stage, memory());
             Ok((index, frames, report))
         };
-        let results: Vec<Result<(usize, Vec<DataFrame>, StageReport)>> = if options.sequential {
-            stages.iter().map(|&i| run_one(i)).collect()
-        } else {
-            pool.install(|| stages.par_iter().map(|&i| run_one(i)).collect())
+        let run_and_count = |index: usize| {
+            let result = run_one(index);
+            stage_done(index);
+            (index, result)
         };
+        let mut results: Vec<(usize, StageOutcome)> = if options.sequential {
+            order.iter().map(|&i| run_and_count(i)).collect()
+        } else {
+            let next = AtomicUsize::new(0);
+            let finished = Mutex::new(Vec::new());
+            pool.scope(|scope| {
+                for _ in 0..pool.current_num_threads().min(order.len()) {
+                    scope.spawn(|_| {
+                        while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let outcome = run_and_count(index);
+                            finished.lock().expect("finished stages lock").push(outcome);
+                        }
+                    });
+                }
+            });
+            finished.into_inner().expect("finished stages lock")
+        };
+        // The manifest lists a level's stages in config order, however they were scheduled.
+        results.sort_by_key(|(index, _)| stages.iter().position(|i| i == index));
+        let results = results.into_iter().map(|(_, result)| result);
         let mut failure = None;
         for result in results {
             match result {

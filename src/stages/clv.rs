@@ -258,6 +258,11 @@ fn bgnbd_rows(rows: &mut ModelRows, fit: &bgnbd::Fit, customers: f64) {
 }
 
 impl Stage for ClvOptions {
+    /// Only the validation against a holdout reads purchase days.
+    fn reads_customer_periods(&self) -> bool {
+        self.calibration_end.is_some()
+    }
+
     fn tables(&self) -> Vec<&'static str> {
         match self.calibration_end {
             Some(_) => KIND.tables.to_vec(),
@@ -613,8 +618,7 @@ fn validate(
     let (end_days, as_of_days) = (to_days(end), to_days(shared.as_of));
     let unit = options.time_unit.days();
     let periods = shared
-        .customer_periods
-        .clone()
+        .customer_periods()?
         .lazy()
         .filter(col("purchases").gt(lit(0)))
         .select([col("customer_key"), col("date").cast(DataType::Int32)])

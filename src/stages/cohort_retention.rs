@@ -81,7 +81,7 @@ fn dimension_codes<'a>(shared: &'a SharedTables, dimension: &str) -> Result<(&'a
 /// A customer is active in a period when a run of its purchase days starts there.
 pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensions: &[String]) -> Result<DataFrame> {
     use rayon::prelude::*;
-    let (facts, periods, as_of) = (&shared.customer_facts, &shared.customer_periods, shared.as_of);
+    let (facts, periods, as_of) = (&shared.customer_facts, &shared.customer_periods()?, shared.as_of);
     let first_days = prepare::day_values(facts, "first_purchase_date")?;
     let last_days = prepare::day_values(facts, "last_purchase_date")?;
     let period_days = prepare::day_values(periods, "date")?;

@@ -24,6 +24,10 @@ pub static KIND: Kind = Kind {
 };
 
 impl Stage for CustomerFactsOptions {
+    fn reads_customer_periods(&self) -> bool {
+        false
+    }
+
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>> {
         let facts = inputs
             .shared()?

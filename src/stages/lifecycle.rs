@@ -259,7 +259,7 @@ pub fn walk_key(options: &LifecycleOptions) -> String {
 /// Walk every customer's purchase days (customer_periods rows with a purchase), customers in
 /// parallel chunks of fixed size.
 fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
-    let periods = &shared.customer_periods;
+    let periods = &shared.customer_periods()?;
     let keys = values::<UInt32Type>(periods, "customer_key")?;
     let dates = day_values(periods, "date")?;
     let purchases = values::<Int64Type>(periods, "purchases")?;

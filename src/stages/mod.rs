@@ -97,6 +97,13 @@ pub trait Stage: Send + Sync + Debug {
     fn warm(&self, _shared: &SharedTables) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Whether this stage reads customer_periods (`SharedTables::customer_periods`). The
+    /// runner starts the stages that do first and releases the periods when the last is done;
+    /// a kind that says no and reads them anyway fails with an error naming this method.
+    fn reads_customer_periods(&self) -> bool {
+        true
+    }
 }
 
 pub static KINDS: &[&Kind] = &[

@@ -222,7 +222,7 @@ impl Walk<'_> {
 
 pub fn repeat(shared: &SharedTables, options: &RepeatOptions) -> Result<Vec<DataFrame>> {
     use rayon::prelude::*;
-    let (facts, periods) = (&shared.customer_facts, &shared.customer_periods);
+    let (facts, periods) = (&shared.customer_facts, &shared.customer_periods()?);
     let first = day_values(facts, "first_purchase_date")?;
     let as_of = to_days(shared.as_of);
     let granularity = options.cohort_granularity;

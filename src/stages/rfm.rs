@@ -262,6 +262,10 @@ struct Rfm {
 }
 
 impl Stage for Rfm {
+    fn reads_customer_periods(&self) -> bool {
+        false
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
         rfm(&shared.customer_facts, shared.as_of, &self.options, &self.rules)

@@ -50,6 +50,10 @@ fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -
 const DEFAULT_METRICS: &[&str] = &["historic_clv", "simple_clv", "clv"];
 
 impl Stage for SegmentSummaryOptions {
+    fn reads_customer_periods(&self) -> bool {
+        false
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
         let mut base = vec![
