@@ -171,8 +171,7 @@ fn execute(
         );
         manifest.inputs.push(orders.stats.clone());
         tracing::debug!("source `{name}` scanned: {}", memory());
-        let tables = shared_tables(&orders).with_context(|| format!("source `{name}`"))?;
-        drop(orders);
+        let tables = shared_tables(orders).with_context(|| format!("source `{name}`"))?;
         tracing::debug!("source `{name}` shared tables built: {}", memory());
         tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
         shared.insert(name, tables);
