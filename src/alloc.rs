@@ -9,12 +9,13 @@
 //! RSS was memory nothing used, and the next phase faulted in fresh pages beside it.
 //!
 //! Blocks of `BIG` bytes or more therefore come from whole pages mapped here. A freed block joins
-//! one list of free ranges (neighbours merged), whichever thread frees it; the next big block takes
-//! the smallest free range that fits. Free ranges stay mapped (but one beyond `SLOTS` ranges):
-//! like mimalloc with its purge delay off, the process keeps its peak. A block that grows moves with `mremap`, which carries its
-//! pages over instead of copying them into fresh ones (a `Vec` that doubles used to touch
-//! three times its size). When no free range fits, the largest is grown the same way, so its
-//! pages are reused too.
+//! one list of free ranges (neighbours merged), whichever thread frees it; the next big block
+//! takes the smallest free range that fits. Free ranges stay mapped (but one beyond `SLOTS`
+//! ranges): like mimalloc with its purge delay off, the process keeps its peak. A block that
+//! grows moves with `mremap`, which carries its pages over instead of copying them into fresh
+//! ones (a `Vec` that doubles used to touch three times its size). When no free range holds a
+//! block (or a grown block's new tail), it is assembled from several: their pages move under its
+//! addresses with `mremap` (`fill_from_free`), so free memory is reused however it is cut up.
 //!
 //! Whether a block is big follows from its layout alone (size ≥ `BIG`, alignment ≤ a page):
 //! Rust passes the same layout to `dealloc` and `realloc` as to `alloc`, so no table of blocks is
@@ -50,8 +51,12 @@ static FREE: Mutex<FreeRanges> = Mutex::new(FreeRanges {
 });
 
 fn lock() -> std::sync::MutexGuard<'static, FreeRanges> {
+    lock_list(&FREE)
+}
+
+fn lock_list(free: &Mutex<FreeRanges>) -> std::sync::MutexGuard<'_, FreeRanges> {
     // No code under the lock panics; a poisoned lock still holds consistent ranges.
-    FREE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn is_big(size: usize, align: usize) -> bool {
@@ -94,9 +99,11 @@ impl FreeRanges {
         taken
     }
 
-    fn take_largest(&mut self) -> Option<Range> {
+    /// The first `most` bytes (or all) of the largest free range.
+    fn take_largest(&mut self, most: usize) -> Option<Range> {
         let index = (0..self.count).max_by_key(|&i| self.ranges[i].len)?;
-        Some(self.remove(index))
+        let len = self.ranges[index].len.min(most);
+        Some(self.split(index, len))
     }
 
     /// `len` bytes right at `start`, if a free range begins there and holds them.
@@ -135,20 +142,8 @@ impl FreeRanges {
 
 /// A block of `len` bytes (a multiple of the page) and how many of its first bytes may be dirty.
 fn map_big(len: usize) -> Option<(*mut u8, usize)> {
-    let mut free = lock();
-    if let Some(range) = free.take_fitting(len) {
+    if let Some(range) = lock().take_fitting(len) {
         return Some((range.start as *mut u8, len));
-    }
-    let largest = free.take_largest();
-    drop(free);
-    if let Some(range) = largest {
-        // SAFETY: the range is mapped, page-aligned and owned by no block; moving it hands its
-        // pages to the new address and maps fresh zero pages behind them.
-        let moved = unsafe { libc::mremap(range.start as *mut libc::c_void, range.len, len, libc::MREMAP_MAYMOVE) };
-        if moved != libc::MAP_FAILED {
-            return Some((moved.cast(), range.len));
-        }
-        release(range);
     }
     // SAFETY: a fresh private anonymous mapping; it aliases nothing.
     let fresh = unsafe {
@@ -161,12 +156,63 @@ fn map_big(len: usize) -> Option<(*mut u8, usize)> {
             0,
         )
     };
-    (fresh != libc::MAP_FAILED).then(|| (fresh.cast(), 0))
+    if fresh == libc::MAP_FAILED {
+        return None;
+    }
+    let filled = fill_from_free(fresh as usize, len);
+    Some((fresh.cast(), filled))
+}
+
+/// Move free ranges' pages (largest first) over the `len` bytes at `target`, front to back,
+/// while the list has any: no single free range holds the block, but together they may, and
+/// a page moved by `mremap` keeps its frame (no fault, no zeroing). `target` is page-aligned and
+/// mapped by the caller, who owns it; returns how many bytes at its front came from free ranges
+/// (dirty; the rest are the caller's own pages).
+fn fill_from_free(target: usize, len: usize) -> usize {
+    fill_from(&FREE, target, len)
+}
+
+/// `fill_from_free` with the free ranges of `free`.
+fn fill_from(free: &Mutex<FreeRanges>, target: usize, len: usize) -> usize {
+    let mut filled = 0;
+    while filled < len {
+        let Some(piece) = lock_list(free).take_largest(len - filled) else {
+            break;
+        };
+        if !move_pages(piece, target + filled) {
+            // A piece spanning two mappings cannot move: the rest stays fresh.
+            give_back(free, piece);
+            break;
+        }
+        filled += piece.len;
+    }
+    filled
+}
+
+/// Move the pages of a free range to `target`, replacing the pages there.
+fn move_pages(piece: Range, target: usize) -> bool {
+    // SAFETY: the piece is mapped, page-aligned and owned by no block; the destination is the
+    // caller's, page-aligned, and disjoint from every free range. MREMAP_FIXED replaces the
+    // destination's pages with the piece's and unmaps the piece's old addresses.
+    let moved = unsafe {
+        libc::mremap(
+            piece.start as *mut libc::c_void,
+            piece.len,
+            piece.len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target as *mut libc::c_void,
+        )
+    };
+    moved != libc::MAP_FAILED
 }
 
 /// Return a range to the free list (or to the kernel when the list is full).
 fn release(range: Range) {
-    if !lock().give(range) {
+    give_back(&FREE, range);
+}
+
+fn give_back(free: &Mutex<FreeRanges>, range: Range) {
+    if !lock_list(free).give(range) {
         // SAFETY: the range is mapped and no block uses it any more.
         unsafe { libc::munmap(range.start as *mut libc::c_void, range.len) };
     }
@@ -229,6 +275,8 @@ unsafe impl GlobalAlloc for Allocator {
             // caller; on success its pages (and contents) move to the returned address.
             let moved = unsafe { libc::mremap(block.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
             if moved != libc::MAP_FAILED {
+                // The fresh pages behind the old ones are taken from free ranges where it can.
+                fill_from_free(moved as usize + old_len, new_len - old_len);
                 return moved.cast();
             }
         }
@@ -285,9 +333,11 @@ mod tests {
         // Neighbours merge in either order; the largest range comes out first.
         assert!(free.give(range(0x40000, 0x1000)));
         assert!(free.give(range(0x41000, 0x1000)));
-        assert!(free.give(range(0x80000, 0x1000)));
-        let largest = free.take_largest().expect("two ranges");
-        assert_eq!((largest.start, largest.len), (0x40000, 0x2000));
+        assert!(free.give(range(0x80000, 0x800)));
+        let part = free.take_largest(0x1000).expect("two ranges");
+        assert_eq!((part.start, part.len, free.count), (0x40000, 0x1000, 2));
+        let largest = free.take_largest(usize::MAX).expect("two ranges");
+        assert_eq!((largest.start, largest.len), (0x41000, 0x1000));
     }
 
     #[test]
@@ -306,6 +356,46 @@ mod tests {
             (free.count, free.ranges.iter().map(|r| r.len).sum::<usize>()),
             (SLOTS, (SLOTS + 1) * 0x1000)
         );
+    }
+
+    #[test]
+    fn free_pages_move_under_a_fresh_block_with_their_contents() {
+        let free = Mutex::new(FreeRanges {
+            ranges: [range(0, 0); SLOTS],
+            count: 0,
+        });
+        // Two written mappings of two pages each stand in for freed blocks.
+        let map = |pages: usize| {
+            // SAFETY: a fresh private anonymous mapping, owned by this test.
+            let block = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    pages * PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(block, libc::MAP_FAILED);
+            block as usize
+        };
+        let (first, second, target) = (map(2), map(2), map(5));
+        // SAFETY: the mappings above are this test's, two and five pages long.
+        unsafe {
+            std::ptr::write_bytes(first as *mut u8, 1, 2 * PAGE);
+            std::ptr::write_bytes(second as *mut u8, 2, 2 * PAGE);
+        }
+        assert!(lock_list(&free).give(range(first, 2 * PAGE)) && lock_list(&free).give(range(second, 2 * PAGE)));
+        let filled = fill_from(&free, target, 5 * PAGE);
+        assert_eq!((filled, lock_list(&free).count), (4 * PAGE, 0));
+        // SAFETY: the target's five pages are mapped (four moved in, one its own).
+        let bytes = unsafe { std::slice::from_raw_parts(target as *const u8, 5 * PAGE) };
+        let pages: Vec<u8> = bytes.chunks(PAGE).map(|page| page[0]).collect();
+        assert!(bytes.chunks(PAGE).all(|page| page.iter().all(|&b| b == page[0])));
+        assert!(pages == [1, 1, 2, 2, 0] || pages == [2, 2, 1, 1, 0], "{pages:?}");
+        // SAFETY: the target mapping is this test's; the moved ranges' old addresses are gone.
+        unsafe { libc::munmap(target as *mut libc::c_void, 5 * PAGE) };
     }
 
     /// Fill a block with a pattern that differs from byte to byte and page to page.
@@ -352,16 +442,41 @@ mod tests {
             assert!((0..big.size()).all(|offset| *zeroed.add(offset) == 0));
             allocator.dealloc(zeroed, big);
 
-            // Larger than any free range: the largest grows (its pages written all over first),
-            // and comes back zeroed too.
+            // Larger than any free range: assembled from the pages of two apart (written all
+            // over first), and zeroed too.
             let whole = allocator.alloc(grown_layout);
             assert_eq!(whole, regrown);
-            std::ptr::write_bytes(whole, 0xA5, grown_layout.size());
+            let apart = allocator.alloc(big);
+            let between = allocator.alloc(big);
+            for (block, layout) in [(whole, grown_layout), (between, big)] {
+                std::ptr::write_bytes(block, 0xA5, layout.size());
+            }
             allocator.dealloc(whole, grown_layout);
-            let larger = Layout::from_size_align(12 * BIG, 8).expect("valid layout");
+            allocator.dealloc(between, big);
+            let free_bytes = || {
+                let free = lock();
+                free.ranges[..free.count].iter().map(|range| range.len).sum::<usize>()
+            };
+            let before = free_bytes();
+            let larger = Layout::from_size_align(10 * BIG + pages(big.size()), 8).expect("valid layout");
             let zeroed = allocator.alloc_zeroed(larger);
+            assert_eq!(
+                free_bytes(),
+                before - larger.size(),
+                "the free pages moved into the block"
+            );
             assert!((0..larger.size()).all(|offset| *zeroed.add(offset) == 0));
-            allocator.dealloc(zeroed, larger);
+            for offset in (0..larger.size()).step_by(PAGE) {
+                *zeroed.add(offset) = pattern(offset);
+            }
+            // Growing a block made of several mappings copies it (`mremap` cannot move it).
+            allocator.dealloc(apart, big);
+            let more = Layout::from_size_align(larger.size() + pages(big.size()), 8).expect("valid layout");
+            let grown_more = allocator.realloc(zeroed, larger, more.size());
+            assert!((0..larger.size())
+                .step_by(PAGE)
+                .all(|offset| *grown_more.add(offset) == pattern(offset)));
+            allocator.dealloc(grown_more, more);
 
             // Over-aligned blocks stay with mimalloc.
             let aligned = Layout::from_size_align(2 * BIG, 2 * PAGE).expect("valid layout");
