@@ -24,8 +24,11 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Mutex;
 
-/// Blocks from this size on are mapped here (mimalloc's singleton pages start above 512 KiB).
-pub const BIG: usize = 1 << 20;
+/// Blocks from this size on are mapped here. mimalloc's pages for blocks above 512 KiB hold
+/// one block each, but smaller ones share pages a thread owns too; from 256 KiB (against 1 MiB)
+/// peak RSS fell 17 % at 10M lines and 8 % at 50M, with no cost in time (4 + 3 alternating
+/// pairs); 64 KiB gained little more.
+pub const BIG: usize = 1 << 18;
 const PAGE: usize = 4096;
 /// Free ranges tracked at most; a range freed beyond that is unmapped.
 const SLOTS: usize = 512;

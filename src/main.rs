@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 // polars allocates heavily from many threads; mimalloc is markedly faster than the system one.
-// Blocks of a MiB and more come from pages the process keeps (see `alloc.rs`).
+// Blocks of 256 KiB and more come from pages the process keeps (see `alloc.rs`).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static GLOBAL: pipeline::alloc::Allocator = pipeline::alloc::Allocator;
