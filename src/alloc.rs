@@ -162,21 +162,16 @@ fn map_big(len: usize) -> Option<(*mut u8, usize)> {
     if fresh == libc::MAP_FAILED {
         return None;
     }
-    let filled = fill_from_free(fresh as usize, len);
+    let filled = fill_from_free(&FREE, fresh as usize, len);
     Some((fresh.cast(), filled))
 }
 
-/// Move free ranges' pages (largest first) over the `len` bytes at `target`, front to back,
-/// while the list has any: no single free range holds the block, but together they may, and
-/// a page moved by `mremap` keeps its frame (no fault, no zeroing). `target` is page-aligned and
-/// mapped by the caller, who owns it; returns how many bytes at its front came from free ranges
-/// (dirty; the rest are the caller's own pages).
-fn fill_from_free(target: usize, len: usize) -> usize {
-    fill_from(&FREE, target, len)
-}
-
-/// `fill_from_free` with the free ranges of `free`.
-fn fill_from(free: &Mutex<FreeRanges>, target: usize, len: usize) -> usize {
+/// Move the pages of `free`'s ranges (largest first) over the `len` bytes at `target`, front
+/// to back, while the list has any: no single free range holds the block, but together they
+/// may, and a page moved by `mremap` keeps its frame (no fault, no zeroing). `target` is
+/// page-aligned and mapped by the caller, who owns it; returns how many bytes at its front came
+/// from free ranges (dirty; the rest are the caller's own pages).
+fn fill_from_free(free: &Mutex<FreeRanges>, target: usize, len: usize) -> usize {
     let mut filled = 0;
     while filled < len {
         let Some(piece) = lock_list(free).take_largest(len - filled) else {
@@ -279,7 +274,7 @@ unsafe impl GlobalAlloc for Allocator {
             let moved = unsafe { libc::mremap(block.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
             if moved != libc::MAP_FAILED {
                 // The fresh pages behind the old ones are taken from free ranges where it can.
-                fill_from_free(moved as usize + old_len, new_len - old_len);
+                fill_from_free(&FREE, moved as usize + old_len, new_len - old_len);
                 return moved.cast();
             }
         }
@@ -390,7 +385,7 @@ mod tests {
             std::ptr::write_bytes(second as *mut u8, 2, 2 * PAGE);
         }
         assert!(lock_list(&free).give(range(first, 2 * PAGE)) && lock_list(&free).give(range(second, 2 * PAGE)));
-        let filled = fill_from(&free, target, 5 * PAGE);
+        let filled = fill_from_free(&free, target, 5 * PAGE);
         assert_eq!((filled, lock_list(&free).count), (4 * PAGE, 0));
         // SAFETY: the target's five pages are mapped (four moved in, one its own).
         let bytes = unsafe { std::slice::from_raw_parts(target as *const u8, 5 * PAGE) };

@@ -772,9 +772,6 @@ impl OrderFold {
         use rayon::prelude::*;
         let clock = std::time::Instant::now();
         let mut customers = Vec::new();
-        let (mut ordered_ts, mut revenue, mut lines) = (Vec::new(), Vec::new(), Vec::new());
-        let mut several_customers = Vec::new();
-        let mut codes = Vec::new();
         /// The parts one after another: the first moved, the others appended to it.
         fn joined<T>(parts: Vec<Vec<T>>) -> Vec<T> {
             let mut parts = parts.into_iter();
@@ -826,6 +823,8 @@ impl OrderFold {
             parts.4.push(shard.several_customers);
         }
         // Each column's appends write fresh pages: the columns are joined in parallel.
+        let (mut codes, mut ordered_ts, mut revenue, mut lines, mut several_customers) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         rayon::scope(|scope| {
             scope.spawn(|_| codes = joined(parts.0));
             scope.spawn(|_| ordered_ts = joined(parts.1));

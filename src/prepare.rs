@@ -502,15 +502,15 @@ fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
 /// the walk is done with them: the customer facts are then built in their memory (at 50M lines
 /// 720 MB the kernel would otherwise hand out fresh).
 pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
-    let as_of = source.as_of;
-    let clock = std::time::Instant::now();
-    let walked = walk(&source.orders, source.customer_ids.len()).context("building customer days")?;
     let SourceOrders {
         orders,
-        customer_ids: source_customer_ids,
-        channels: source_channels,
+        customer_ids,
+        channels,
+        as_of,
         ..
     } = source;
+    let clock = std::time::Instant::now();
+    let walked = walk(&orders, customer_ids.len()).context("building customer days")?;
     drop(orders);
     tracing::debug!(
         "prepare: customers walked at {:.3} s ({})",
@@ -541,8 +541,8 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     ])?;
 
     let ids = IdxCa::from_vec("".into(), id);
-    let customer_ids = source_customer_ids.take(&ids)?.with_name("customer_id".into());
-    let (acquisition_channel, acquisition) = match &source_channels {
+    let customer_ids = customer_ids.take(&ids)?.with_name("customer_id".into());
+    let (acquisition_channel, acquisition) = match &channels {
         Some(channels) => {
             let codes: IdxCa = acquisition.iter().copied().collect_ca("".into());
             (channels.take(&codes)?, dense_codes(channels, &acquisition)?)

@@ -198,29 +198,35 @@ fn execute(
             Input::Source(_) => None,
         })
         .collect();
-    // customer_periods are released after the last level with a stage that reads them, once
-    // those stages are done; the stages still running then reuse their memory.
+    // Each source's customer_periods are released when the last selected stage reading them is
+    // done (levels run in order, so that stage is in the last level with a reader); the stages
+    // still running then reuse their memory.
     let reads_periods = |index: usize| {
         config.stages[index]
             .stage
             .as_ref()
             .is_some_and(|stage| stage.reads_customer_periods())
     };
-    let mut last_periods_level: BTreeMap<String, usize> = BTreeMap::new();
-    for (level_number, level) in plan.levels.iter().enumerate() {
-        for &index in level.iter().filter(|&&i| selected.contains(&i) && reads_periods(i)) {
-            if let Some(source) = plan.source_of(index) {
-                last_periods_level.insert(source, level_number);
-            }
-        }
-    }
+    let readers_left: BTreeMap<String, AtomicUsize> = shared
+        .keys()
+        .map(|source| {
+            let readers = selected
+                .iter()
+                .filter(|&&i| reads_periods(i) && plan.source_of(i).as_deref() == Some(source.as_str()))
+                .count();
+            (source.clone(), AtomicUsize::new(readers))
+        })
+        .collect();
     let release_periods = |source: &str| {
         if let Some(tables) = shared.get(source) {
             tables.release_customer_periods();
             tracing::debug!("source `{source}`: customer_periods released: {}", memory());
         }
     };
-    for source in shared.keys().filter(|source| !last_periods_level.contains_key(*source)) {
+    for (source, _) in readers_left
+        .iter()
+        .filter(|(_, left)| left.load(Ordering::Relaxed) == 0)
+    {
         release_periods(source);
     }
     let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
@@ -229,31 +235,8 @@ fn execute(
         warm_shared_work(&stages, config, plan, &shared, &pool);
         // The stages that read customer_periods start first, so the periods are released as
         // early as they can be; each worker takes the next stage when it is done with one.
-        let order: Vec<usize> = stages
-            .iter()
-            .copied()
-            .filter(|&i| reads_periods(i))
-            .chain(stages.iter().copied().filter(|&i| !reads_periods(i)))
-            .collect();
-        let readers_left: BTreeMap<String, AtomicUsize> = last_periods_level
-            .iter()
-            .filter(|&(_, &last)| last == level_number)
-            .map(|(source, _)| {
-                let readers = stages
-                    .iter()
-                    .filter(|&&i| reads_periods(i) && plan.source_of(i).as_deref() == Some(source.as_str()))
-                    .count();
-                (source.clone(), AtomicUsize::new(readers))
-            })
-            .collect();
-        let stage_done = |index: usize| {
-            let source = plan.source_of(index).filter(|_| reads_periods(index));
-            if let Some((source, left)) = source.and_then(|source| readers_left.get_key_value(&source)) {
-                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    release_periods(source);
-                }
-            }
-        };
+        let mut order = stages.clone();
+        order.sort_by_key(|&i| !reads_periods(i));
         let run_one = |index: usize| -> StageOutcome {
             let stage_config = &config.stages[index];
             let start = Instant::now();
@@ -326,7 +309,12 @@ fn execute(
         };
         let run_and_count = |index: usize| {
             let result = run_one(index);
-            stage_done(index);
+            let source = plan.source_of(index).filter(|_| reads_periods(index));
+            if let Some((source, left)) = source.and_then(|source| readers_left.get_key_value(&source)) {
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    release_periods(source);
+                }
+            }
             (index, result)
         };
         let mut results: Vec<(usize, StageOutcome)> = if options.sequential {
