@@ -560,6 +560,10 @@ pub struct OrderFold {
     /// The first instant (µs) after `as_of` when it is fixed: lines from it on are not used.
     pub first_after_as_of: Option<i64>,
     lines_seen: u64,
+    /// The last batch's reason codes and runs per shard, kept for their buffers: a batch's
+    /// lists grew anew from empty (copies, fresh pages) when each batch made its own.
+    reasons: Vec<u8>,
+    runs: Vec<Vec<(usize, usize, u64)>>,
     /// `RESERVE_AFTER` (small in tests).
     reserve_after: u64,
     reserved: bool,
@@ -618,9 +622,9 @@ fn nulls(batch: &DataFrame, name: &str) -> PolarsResult<Option<BooleanChunked>> 
 /// Each line's reason code, the first that applies (`LINE_REASONS`): not included, no
 /// customer_id, no order_id, no time, no amount, an amount that is NaN, infinite or beyond
 /// ±9e12 (past what micro-units hold in an i64), at or after `first_after_as_of`; 0 for a usable
-/// line. Columns: `order_id`, `customer_id`, `ts` (i64 µs), `amount` (f64)[, `include` (bool;
+/// line; into `reasons` (cleared first). Columns: `order_id`, `customer_id`, `ts` (i64 µs), `amount` (f64)[, `include` (bool;
 /// all lines when absent)].
-fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>) -> PolarsResult<Vec<u8>> {
+fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut Vec<u8>) -> PolarsResult<()> {
     let include = match batch.column("include") {
         Ok(column) => Some(column.bool()?.downcast_as_array()),
         Err(_) => None,
@@ -637,8 +641,34 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>) -> PolarsResu
     let null = |nulls: Option<&BoolArray>, row: usize| nulls.is_some_and(|nulls| nulls.value(row));
     let ts = batch.column("ts")?.i64()?.downcast_as_array().values().as_slice();
     let amounts = batch.column("amount")?.f64()?.downcast_as_array().values().as_slice();
-    Ok((0..batch.height())
-        .map(|row| {
+    let valued = |ts: i64, amount: f64| {
+        if !(-9.0e12..=9.0e12).contains(&amount) {
+            INVALID_AMOUNT // NaN is in no range
+        } else if first_after_as_of.is_some_and(|first| ts >= first) {
+            AFTER_AS_OF
+        } else {
+            0
+        }
+    };
+    reasons.clear();
+    let no_nulls = [customers, orders, ts_nulls, amount_nulls].iter().all(Option::is_none);
+    match include {
+        // The usual batch: no null key, time or amount, and an include mask without nulls.
+        Some(include) if no_nulls && include.validity().is_none_or(|valid| valid.unset_bits() == 0) => reasons.extend(
+            include
+                .values()
+                .iter()
+                .zip(ts.iter().zip(amounts))
+                .map(|(included, (&ts, &amount))| {
+                    if included {
+                        valued(ts, amount)
+                    } else {
+                        EXCLUDED_BY_INCLUDE
+                    }
+                }),
+        ),
+        None if no_nulls => reasons.extend(ts.iter().zip(amounts).map(|(&ts, &amount)| valued(ts, amount))),
+        _ => reasons.extend((0..batch.height()).map(|row| {
             if include.is_some_and(|include| include.get(row) != Some(true)) {
                 EXCLUDED_BY_INCLUDE
             } else if null(customers, row) {
@@ -649,15 +679,12 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>) -> PolarsResu
                 NULL_ORDERED_AT
             } else if null(amount_nulls, row) {
                 NULL_AMOUNT
-            } else if !(-9.0e12..=9.0e12).contains(&amounts[row]) {
-                INVALID_AMOUNT // NaN is in no range
-            } else if first_after_as_of.is_some_and(|first| ts[row] >= first) {
-                AFTER_AS_OF
             } else {
-                0
+                valued(ts[row], amounts[row])
             }
-        })
-        .collect())
+        })),
+    }
+    Ok(())
 }
 
 impl OrderFold {
@@ -688,6 +715,8 @@ impl OrderFold {
             expected_lines: None,
             first_after_as_of: None,
             lines_seen: 0,
+            reasons: Vec::new(),
+            runs: Vec::new(),
             reserve_after: RESERVE_AFTER,
             reserved: false,
         }
@@ -707,7 +736,8 @@ impl OrderFold {
                 .sum();
             self.duplicate_lines += extra;
         }
-        let reasons = line_reasons(&batch, self.first_after_as_of)?;
+        let (mut reasons, mut runs) = (std::mem::take(&mut self.reasons), std::mem::take(&mut self.runs));
+        line_reasons(&batch, self.first_after_as_of, &mut reasons)?;
         for &code in &reasons {
             self.lines_by_reason[usize::from(code)] += 1;
         }
@@ -715,7 +745,8 @@ impl OrderFold {
         self.reserve_once();
         self.lines_seen += columns.reasons.len() as u64;
         let text = matches!(self.shards[0].orders, OrderKeys::Text(_));
-        let runs = runs_by_shard(&columns, text, self.shards.len());
+        runs.resize_with(self.shards.len(), Vec::new);
+        runs_by_shard(&columns, text, &mut runs);
         let result = if self.shards.len() == 1 {
             self.shards[0].add(&columns, &runs[0])
         } else {
@@ -729,6 +760,7 @@ impl OrderFold {
                 shard.merge_repeated_orders();
             }
         });
+        (self.reasons, self.runs) = (reasons, runs);
         self.busy += started.elapsed();
         self.batches += 1;
         result
@@ -857,11 +889,13 @@ impl OrderFold {
 }
 
 /// The runs of adjacent usable lines with one order_id in a batch, as (first row, row after
-/// the last line, key hash) per shard: found once for all shards (each shard used to scan the
-/// whole batch for its own). The hash is computed for text keys and to choose a shard.
-fn runs_by_shard(batch: &Batch, text: bool, shards: usize) -> Vec<Vec<(usize, usize, u64)>> {
+/// the last line, key hash) per shard, into `runs` (one list per shard, cleared first): found
+/// once for all shards (each shard used to scan the whole batch for its own). The hash is
+/// computed for text keys and to choose a shard.
+fn runs_by_shard(batch: &Batch, text: bool, runs: &mut [Vec<(usize, usize, u64)>]) {
     let Batch { reasons, order_ids, .. } = *batch;
-    let mut runs: Vec<Vec<(usize, usize, u64)>> = vec![Vec::new(); shards];
+    let shards = runs.len();
+    runs.iter_mut().for_each(Vec::clear);
     let usable = |row: usize| reasons[row] == 0;
     let mut open: Option<(usize, usize, u64)> = None; // first, last, hash
     let mut close = |(first, last, hash): (usize, usize, u64)| {
@@ -888,7 +922,6 @@ fn runs_by_shard(batch: &Batch, text: bool, shards: usize) -> Vec<Vec<(usize, us
     if let Some(run) = open {
         close(run);
     }
-    runs
 }
 
 impl Shard {
@@ -1205,8 +1238,17 @@ mod tests {
             "include" => (0..n).map(|r| !pick(r, 3)).collect::<Vec<_>>(),
         }
         .unwrap();
-        for first_after_as_of in [None, Some(1_040i64)] {
-            let ours = line_reasons(&frame, first_after_as_of).unwrap();
+        // Lines with nulls, and the same without them (the batch without nulls, the usual one).
+        let without_nulls = frame.drop_nulls::<String>(None).unwrap();
+        assert!(without_nulls.height() > 20);
+        for (frame, first_after_as_of) in [
+            (&frame, None),
+            (&frame, Some(1_040i64)),
+            (&without_nulls, None),
+            (&without_nulls, Some(1_040i64)),
+        ] {
+            let mut ours = vec![9; 3];
+            line_reasons(frame, first_after_as_of, &mut ours).unwrap();
             let amount = || col("amount");
             let invalid = amount()
                 .is_nan()
@@ -1239,8 +1281,14 @@ mod tests {
                 .map(|r| r as u8)
                 .collect();
             assert_eq!(ours, expected, "as_of boundary {first_after_as_of:?}");
+            let codes: &[u8] = match frame.height() == n {
+                true => &[0, 1, 2, 3, 4, 5, 6, 7],
+                false => &[0, 1, 6, 7],
+            };
             assert!(
-                (0..8).all(|code| first_after_as_of.is_none() && code == 6 || ours.contains(&code)),
+                codes
+                    .iter()
+                    .all(|&code| first_after_as_of.is_none() && code == 6 || ours.contains(&code)),
                 "every code: {ours:?}"
             );
         }
