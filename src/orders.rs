@@ -560,8 +560,8 @@ pub struct OrderFold {
     /// The first instant (µs) after `as_of` when it is fixed: lines from it on are not used.
     pub first_after_as_of: Option<i64>,
     lines_seen: u64,
-    /// The last batch's reason codes and runs per shard, kept for their buffers: a batch's
-    /// lists grew anew from empty (copies, fresh pages) when each batch made its own.
+    /// The last batch's reason codes and runs (a list per shard), kept for their buffers: a
+    /// batch's lists grew anew from empty (copies, fresh pages) when each batch made its own.
     reasons: Vec<u8>,
     runs: Vec<Vec<(usize, usize, u64)>>,
     /// `RESERVE_AFTER` (small in tests).
@@ -622,8 +622,8 @@ fn nulls(batch: &DataFrame, name: &str) -> PolarsResult<Option<BooleanChunked>> 
 /// Each line's reason code, the first that applies (`LINE_REASONS`): not included, no
 /// customer_id, no order_id, no time, no amount, an amount that is NaN, infinite or beyond
 /// ±9e12 (past what micro-units hold in an i64), at or after `first_after_as_of`; 0 for a usable
-/// line; into `reasons` (cleared first). Columns: `order_id`, `customer_id`, `ts` (i64 µs), `amount` (f64)[, `include` (bool;
-/// all lines when absent)].
+/// line; into `reasons` (cleared first). Columns: `order_id`, `customer_id`, `ts` (i64 µs),
+/// `amount` (f64)[, `include` (bool; all lines when absent)].
 fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut Vec<u8>) -> PolarsResult<()> {
     let include = match batch.column("include") {
         Ok(column) => Some(column.bool()?.downcast_as_array()),
@@ -706,8 +706,9 @@ impl OrderFold {
             channel: Vec::new(),
             several_customers: Vec::new(),
         };
+        let shards = shards.max(1);
         OrderFold {
-            shards: (0..shards.max(1)).map(|_| shard()).collect(),
+            shards: (0..shards).map(|_| shard()).collect(),
             lines_by_reason: [0; REASONS],
             duplicate_lines: 0,
             busy: std::time::Duration::ZERO,
@@ -716,7 +717,7 @@ impl OrderFold {
             first_after_as_of: None,
             lines_seen: 0,
             reasons: Vec::new(),
-            runs: Vec::new(),
+            runs: vec![Vec::new(); shards],
             reserve_after: RESERVE_AFTER,
             reserved: false,
         }
@@ -745,7 +746,6 @@ impl OrderFold {
         self.reserve_once();
         self.lines_seen += columns.reasons.len() as u64;
         let text = matches!(self.shards[0].orders, OrderKeys::Text(_));
-        runs.resize_with(self.shards.len(), Vec::new);
         runs_by_shard(&columns, text, &mut runs);
         let result = if self.shards.len() == 1 {
             self.shards[0].add(&columns, &runs[0])

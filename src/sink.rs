@@ -283,10 +283,10 @@ fn compress_page(
         let mut output = Vec::with_capacity(zstd::zstd_safe::compress_bound(input.len()));
         CONTEXT
             .with_borrow_mut(|context| -> std::io::Result<()> {
-                let (_, compressor) = match context {
-                    Some((current, _)) if *current == level => context.as_mut().expect("matched"),
-                    _ => context.insert((level, zstd::bulk::Compressor::new(level)?)),
-                };
+                if !matches!(context, Some((current, _)) if *current == level) {
+                    *context = Some((level, zstd::bulk::Compressor::new(level)?));
+                }
+                let (_, compressor) = context.as_mut().expect("set above");
                 compressor.compress_to_buffer(input, &mut output)?;
                 Ok(())
             })
@@ -334,6 +334,8 @@ fn write_parquet_in_windows<W: Write + Send>(
     use polars::io::parquet::write::get_encodings;
     use polars_parquet::write::{array_to_columns, CompressedPage, CompressionOptions, Version, WriteOptions};
     use rayon::prelude::*;
+    // The codec polars' writer and page headers are told of; the pages themselves are
+    // compressed by `compress_page`, at `level`.
     let compression = ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(1)?));
     let statistics = StatisticsOptions::default();
     let options = WriteOptions {
