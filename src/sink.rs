@@ -349,7 +349,17 @@ fn write_parquet_in_windows<W: Write + Send>(
         .with_statistics(statistics)
         .batched(frame.schema())?;
     let arrow_schema = frame.schema().to_arrow(CompatLevel::newest());
-    let encodings = get_encodings(&arrow_schema);
+    // polars asks for a dictionary on every number column, and for floats estimates the
+    // cardinality of each row group (~1 % of a run's CPU) before its cast to a dictionary fails
+    // and the values are written plain: float columns are asked for plain at once.
+    let encodings: Vec<Vec<polars_parquet::write::Encoding>> = get_encodings(&arrow_schema)
+        .iter()
+        .zip(arrow_schema.iter_values())
+        .map(|(encodings, field)| match field.dtype() {
+            ArrowDataType::Float32 | ArrowDataType::Float64 => vec![polars_parquet::write::Encoding::Plain],
+            _ => encodings.clone(),
+        })
+        .collect();
     let fields = writer.parquet_schema().fields().to_vec();
     let leaves = writer.parquet_schema().columns().to_vec();
     // Per column: its buffer, when its pages may be shared with another table's (a plain

@@ -1,4 +1,5 @@
-"""Independent reference for pipelines/retail.toml's rfm, repeat and lifecycle tables, in DuckDB.
+"""Independent reference for pipelines/retail.toml's rfm, repeat, lifecycle and segment summary
+tables, in DuckDB.
 
 Follows DESIGN.md: RFM rank_min with 5 bins and the default R×F map; repeat with
 within_days = [30, 90, 365], max_purchases = 5, min_observation_days = 90, monthly cohorts;
@@ -158,5 +159,53 @@ report["lifecycle_customers"] = base.compare(
     """SELECT customer_id, stage, snapshot_date - last_end AS days_since_last_purchase
        FROM staged WHERE snapshot_date = (SELECT as_of FROM as_of)""",
     ["customer_id"], ["stage", "days_since_last_purchase"],
+)
+# ---------------------------------------------------------------- segment summaries
+# The aggregation only: the customers as computed above (facts), joined with the pipeline's
+# per-customer tables, whose values the comparisons above (rfm, lifecycle) and the CLV tests
+# check. A column two inputs carry comes from the first (historic_clv from clv_simple).
+
+
+def summary_sql(by: list[str], joins: list[tuple[str, list[str]]], metrics: list[str]) -> str:
+    selected = ", ".join(f"{alias}.{c}" for alias, (_, columns) in zip("abc", joins) for c in columns)
+    joined = " ".join(
+        f"LEFT JOIN read_parquet('{OUT}/{table}.parquet') {alias} USING (customer_id)"
+        for alias, (table, _) in zip("abc", joins)
+    )
+    aggregates = ", ".join(
+        f"avg({m}) AS mean_{m}, quantile_cont({m}, 0.5) AS median_{m}" for m in metrics
+    )
+    return f"""
+    WITH t AS (SELECT f.customer_id, f.revenue, f.orders, f.acquisition_channel, {selected}
+               FROM facts f {joined})
+    SELECT {", ".join(by)}, count(*) AS customers, count(*) / (SELECT count(*) FROM t) AS share,
+           sum(revenue) AS revenue, sum(revenue) / (SELECT sum(revenue) FROM t) AS revenue_share,
+           {aggregates}, avg(CASE WHEN orders >= 2 THEN 1.0 ELSE 0.0 END) AS repeat_rate
+    FROM t GROUP BY {", ".join(by)}
+    """
+
+
+def summary_columns(metrics: list[str]) -> list[str]:
+    columns = ["customers", "share", "revenue", "revenue_share"]
+    for m in metrics:
+        columns += [f"mean_{m}", f"median_{m}"]
+    return columns + ["repeat_rate"]
+
+
+metrics = ["historic_clv", "simple_clv", "clv"]
+report["segments"] = base.compare(
+    con, OUT, "segments",
+    summary_sql(["segment"], [("rfm_customers", ["segment"]),
+                              ("clv_simple", ["historic_clv", "simple_clv"]),
+                              ("clv_customers", ["clv"])], metrics),
+    ["segment"], summary_columns(metrics),
+)
+metrics = ["historic_clv", "simple_clv"]
+report["lifecycle_by_channel"] = base.compare(
+    con, OUT, "lifecycle_by_channel",
+    summary_sql(["acquisition_channel", "stage"], [("lifecycle_customers", ["stage"]),
+                                                   ("clv_simple", ["historic_clv", "simple_clv"])],
+                metrics),
+    ["acquisition_channel", "stage"], summary_columns(metrics),
 )
 print(json.dumps(report, indent=2))
