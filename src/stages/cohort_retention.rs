@@ -156,19 +156,30 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
             let (low, high) = ((part * per_part).min(customers), ((part + 1) * per_part).min(customers));
             let rows = prepare::rows_of(keys, low..high);
             let [mut active, mut orders, mut revenue] = [vec![0i64; cells], vec![0i64; cells], vec![0i64; cells]];
-            // The (customer, cell) last counted active: a customer's rows come in period order.
-            let mut counted: Option<(usize, usize)> = None;
+            // A customer's rows come together, in period order: its cohort, its cells' offset
+            // and its periods are looked up once (`cell` per row was a call and a dozen loads),
+            // and the cell it was last counted active in is remembered.
+            let (mut customer, mut cohort_index, mut first_cell, mut periods) = (usize::MAX, 0, 0, 0);
+            let mut counted = usize::MAX;
             for row in rows {
-                let customer = keys[row] as usize;
-                let Some(at) = cell(customer, index.of(period_days[row]) - cohort[customer]) else {
+                if keys[row] as usize != customer {
+                    customer = keys[row] as usize;
+                    cohort_index = cohort[customer];
+                    first_cell = offset[slot(customer)];
+                    periods = periods_of(cohort_index);
+                    counted = usize::MAX;
+                }
+                let period = index.of(period_days[row]) - cohort_index;
+                if period < 0 || period as usize >= periods {
                     continue;
-                };
+                }
+                let at = first_cell + period as usize;
                 let bought = purchases[row];
                 orders[at] += bought;
                 revenue[at] += revenues[row];
-                if bought > 0 && counted != Some((customer, at)) {
+                if bought > 0 && counted != at {
                     active[at] += 1;
-                    counted = Some((customer, at));
+                    counted = at;
                 }
             }
             [active, orders, revenue]
