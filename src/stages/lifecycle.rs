@@ -177,11 +177,10 @@ pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOp
     let mut seen = 0usize; // purchase days on or before the previous snapshot
     let mut alive_before = false; // not churned at the end of the previous snapshot
     let mut stage = CHURNED;
-    for (w, window) in windows.iter().enumerate() {
+    // The snapshots before the first purchase count nothing: start at the first one after it.
+    let from = windows.partition_point(|&(_, end)| end < first);
+    for (w, window) in windows.iter().enumerate().skip(from) {
         let (start, end) = *window;
-        if first > end {
-            continue;
-        }
         let mut upto = seen;
         while upto < days.len() && days[upto] <= end {
             upto += 1;
