@@ -269,40 +269,15 @@ impl SharedPages {
 fn text_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn polars_arrow::array::Array>> {
     use polars_arrow::array::{Array, DictionaryArray, MutableBinaryViewArray, PrimitiveArray, Utf8ViewArray};
     use polars_arrow::datatypes::{ArrowDataType, IntegerType};
-    type Map<K> = hashbrown::HashMap<K, u32, foldhash::fast::FixedState>;
     let text = array.as_any().downcast_ref::<Utf8ViewArray>()?;
     // polars writes plain above 3/4 distinct (by an estimate) past 128 rows: past half, it decides.
     let most = if text.len() > 128 { text.len() / 2 } else { text.len() };
-    let mut views: Map<u128> = Map::default();
-    let mut texts: Map<&str> = Map::default();
-    let mut values = MutableBinaryViewArray::<str>::new();
-    let mut keys: Vec<u32> = Vec::with_capacity(text.len());
-    for (row, view) in text.views().iter().enumerate() {
-        if text.is_null(row) {
-            keys.push(0);
-            continue;
-        }
-        let code = match views.get(&view.as_u128()) {
-            Some(&code) => code,
-            None => {
-                // SAFETY: `row` is within the array.
-                let value = unsafe { text.value_unchecked(row) };
-                let code = *texts.entry(value).or_insert_with(|| {
-                    values.push_value(value);
-                    (values.len() - 1) as u32
-                });
-                if texts.len() > most {
-                    return None;
-                }
-                views.insert(view.as_u128(), code);
-                code
-            }
-        };
-        keys.push(code);
-    }
+    let (distinct, mut keys) = crate::text_codes([text], most)?;
+    // A null row's key is never written; any valid one will do.
+    keys.iter_mut().filter(|key| **key == u32::MAX).for_each(|key| *key = 0);
+    let values: Utf8ViewArray = MutableBinaryViewArray::<str>::from_values_iter(distinct.into_iter()).into();
     let keys = PrimitiveArray::new(ArrowDataType::UInt32, keys.into(), text.validity().cloned());
     let dtype = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(ArrowDataType::Utf8View), false);
-    let values: Utf8ViewArray = values.into();
     DictionaryArray::try_new(dtype, keys, values.boxed())
         .ok()
         .map(|dictionary| dictionary.boxed())

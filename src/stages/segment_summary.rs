@@ -274,42 +274,14 @@ impl Groups {
     }
 }
 
-/// Each row's code among the distinct values of `column` (null one of them) and how many codes
-/// there are. Text is looked up by its view first: views taken from one column of names (as
-/// the stages' segment, stage and channel columns are) repeat a handful of values, and equal
-/// views hold equal text.
+/// Each row's code among the distinct values of `column` (null one of them, after the others)
+/// and how many codes there are. Text goes through `text_codes` (rows looked up by view).
 fn key_codes(column: &Column) -> Result<(Vec<u32>, u32)> {
-    type Map<K> = hashbrown::HashMap<K, u32, foldhash::fast::FixedState>;
-    let mut codes = Vec::with_capacity(column.len());
-    let mut null: Option<u32> = None;
-    let mut next = 0u32;
-    let mut new_code = || {
-        next += 1;
-        next - 1
-    };
-    let distinct = match column.dtype() {
+    let (mut codes, distinct) = match column.dtype() {
         DataType::String => {
-            let values = column.str()?;
-            let mut texts: Map<&str> = Default::default();
-            for array in values.downcast_iter() {
-                let mut views: Map<u128> = Default::default();
-                let is_null = null_test(array);
-                for (row, view) in array.views().iter().enumerate() {
-                    let code = if is_null(row) {
-                        *null.get_or_insert_with(&mut new_code)
-                    } else if let Some(&code) = views.get(&view.as_u128()) {
-                        code
-                    } else {
-                        // SAFETY: `row` is within the array.
-                        let text = unsafe { array.value_unchecked(row) };
-                        let code = *texts.entry(text).or_insert_with(&mut new_code);
-                        views.insert(view.as_u128(), code);
-                        code
-                    };
-                    codes.push(code);
-                }
-            }
-            next
+            let (texts, codes) =
+                crate::text_codes(column.str()?.downcast_iter(), usize::MAX).expect("no limit on distinct texts");
+            (codes, texts.len() as u32)
         }
         dtype if dtype.to_physical().is_primitive_numeric() || dtype.is_bool() => {
             // Integers (dates, booleans) by value; floats by bits, with -0 as 0 and one NaN,
@@ -338,27 +310,28 @@ fn key_codes(column: &Column) -> Result<(Vec<u32>, u32)> {
                 let values = physical.cast(&DataType::Int64)?;
                 values.i64()?.iter().map(|v| v.map(|v| v as u64)).collect()
             };
-            let mut numbers: Map<u64> = Default::default();
-            for key in keys {
-                codes.push(match key {
-                    None => *null.get_or_insert_with(&mut new_code),
-                    Some(key) => *numbers.entry(key).or_insert_with(&mut new_code),
-                });
-            }
-            next
+            let mut numbers: hashbrown::HashMap<u64, u32, foldhash::fast::FixedState> = Default::default();
+            let codes = keys
+                .into_iter()
+                .map(|key| {
+                    key.map_or(u32::MAX, |key| {
+                        let next = numbers.len() as u32;
+                        *numbers.entry(key).or_insert(next)
+                    })
+                })
+                .collect();
+            (codes, numbers.len() as u32)
         }
         other => bail!(
             "column `{}` ({other}) cannot be summarised by: group by text, numbers, dates or booleans",
             column.name()
         ),
     };
-    Ok((codes, distinct))
-}
-
-/// Whether a row of `array` is null (`Array::is_null`, reached through the bound).
-fn null_test<A: StaticArray>(array: &A) -> impl Fn(usize) -> bool + '_ {
-    let has_nulls = array.null_count() > 0;
-    move |row| has_nulls && array.is_null(row)
+    codes
+        .iter_mut()
+        .filter(|code| **code == u32::MAX)
+        .for_each(|code| *code = distinct);
+    Ok((codes, distinct + 1))
 }
 
 /// Per group: the mean and the median of a metric, or none for a group without values.
