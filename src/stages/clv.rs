@@ -287,6 +287,7 @@ impl Stage for ClvOptions {
             || {
                 let (patterns, pattern_of) =
                     bgnbd::Patterns::compress_days(&data.x, &data.t_x_days, &data.t_days, self.time_unit.days());
+                lap("BG/NBD patterns");
                 let fit = patterns
                     .x
                     .iter()
