@@ -135,6 +135,94 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
 /// A stage's index, its frames kept for later stages and its report, or its error.
 type StageOutcome = Result<(usize, Vec<DataFrame>, StageReport)>;
 
+/// Which stages have started and finished, and how many workers are taking stages.
+struct Board {
+    /// Per position in `Schedule::order`.
+    started: Vec<bool>,
+    done: BTreeSet<usize>,
+    failed: bool,
+    workers: usize,
+}
+
+/// Stages run as soon as the stages they read are done, by at most `workers` workers on the
+/// stage pool, each taking the first ready stage in `order` when it is free. A worker with
+/// nothing ready ends (its thread helps the running stages' parallel work instead of waiting);
+/// one that finishes a stage starts more workers when that made several stages ready. After a
+/// failure no stage starts; the running ones finish.
+struct Schedule<'a> {
+    order: &'a [usize],
+    /// The selected stages each stage of `order` reads.
+    upstream: Vec<Vec<usize>>,
+    board: Mutex<Board>,
+    outputs: &'a Mutex<BTreeMap<usize, std::sync::Arc<Vec<DataFrame>>>>,
+    results: Mutex<Vec<(usize, Result<StageReport>)>>,
+    run: &'a (dyn Fn(usize) -> StageOutcome + Sync),
+    workers: usize,
+}
+
+impl<'a> Schedule<'a> {
+    /// Positions in `order` of the stages not started whose inputs are done.
+    fn ready<'b>(&'b self, board: &'b Board) -> impl Iterator<Item = usize> + 'b {
+        (0..self.order.len())
+            .filter(|&p| !board.started[p] && self.upstream[p].iter().all(|dep| board.done.contains(dep)))
+    }
+
+    fn start<'s>(&'s self, scope: &rayon::Scope<'s>) {
+        let first = {
+            let mut board = self.board.lock().expect("schedule lock");
+            let ready = self.ready(&board).count();
+            let first = ready.min(self.workers);
+            board.workers = first;
+            first
+        };
+        for _ in 0..first {
+            scope.spawn(move |scope| self.work(scope));
+        }
+    }
+
+    fn work<'s>(&'s self, scope: &rayon::Scope<'s>) {
+        loop {
+            let index = {
+                let mut board = self.board.lock().expect("schedule lock");
+                let next = if board.failed { None } else { self.ready(&board).next() };
+                let Some(position) = next else {
+                    board.workers -= 1;
+                    return;
+                };
+                board.started[position] = true;
+                self.order[position]
+            };
+            let outcome = (self.run)(index);
+            let more = {
+                let mut board = self.board.lock().expect("schedule lock");
+                let result = match outcome {
+                    Ok((index, frames, report)) => {
+                        if !frames.is_empty() {
+                            let frames = std::sync::Arc::new(frames);
+                            self.outputs.lock().expect("stage outputs lock").insert(index, frames);
+                        }
+                        board.done.insert(index);
+                        Ok(report)
+                    }
+                    Err(error) => {
+                        board.failed = true;
+                        Err(error)
+                    }
+                };
+                self.results.lock().expect("stage results lock").push((index, result));
+                // This worker takes one of the ready stages; more workers for the others.
+                let ready = if board.failed { 0 } else { self.ready(&board).count() };
+                let more = ready.saturating_sub(1).min(self.workers - board.workers);
+                board.workers += more;
+                more
+            };
+            for _ in 0..more {
+                scope.spawn(move |scope| self.work(scope));
+            }
+        }
+    }
+}
+
 fn execute(
     plan: &Plan,
     options: &RunOptions,
@@ -229,130 +317,166 @@ fn execute(
     {
         release_periods(source);
     }
-    let mut outputs: BTreeMap<usize, Vec<DataFrame>> = BTreeMap::new();
+    // The level of each stage (for the manifest) and the order stages start in: by level, the
+    // stages that read customer_periods first within one (so the periods are released as
+    // early as they can be), then config order. A stage starts as soon as the stages it reads
+    // are done, not when its whole level before is: a segment summary runs beside a long
+    // `clv` fit instead of after it.
+    let mut level_of: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut order: Vec<usize> = Vec::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
-        let stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
-        warm_shared_work(&stages, config, plan, &shared, &pool);
-        // The stages that read customer_periods start first, so the periods are released as
-        // early as they can be; each worker takes the next stage when it is done with one.
-        let mut order = stages.clone();
-        order.sort_by_key(|&i| !reads_periods(i));
-        let run_one = |index: usize| -> StageOutcome {
-            let stage_config = &config.stages[index];
-            let start = Instant::now();
-            let stage = stage_config
-                .stage
-                .as_ref()
-                .expect("a validated plan has options for every stage");
-            let mut inputs = StageInputs {
-                shared: None,
-                upstream: Vec::new(),
-            };
-            for input in &plan.inputs[index] {
-                match input {
-                    Input::Source(name) => inputs.shared = shared.get(name),
-                    Input::Stage(dep) => inputs.upstream.push((
-                        config.stages[*dep].name.as_str(),
-                        config.stages[*dep].kind,
-                        outputs.get(dep).map(|v| v.as_slice()).unwrap_or(&[]),
-                    )),
-                }
-            }
-            if inputs.shared.is_none() {
-                // A stage over other stages sees the customers of the source they came from.
-                inputs.shared = plan.source_of(index).and_then(|name| shared.get(&name));
-            }
-            // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&inputs)));
-            let mut frames = match outcome {
-                Ok(result) => result,
-                Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(anyhow::anyhow!("internal error: {message}"))
-                }
-            }
-            .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
-            let mut tables = Vec::new();
-            for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
-                let written = sink::stage_table(output_dir, table, frame, &shared_pages)
-                    .with_context(|| format!("stage `{}`", stage_config.name))?;
-                tables.push(TableReport {
-                    table: table.clone(),
-                    path: written.target.display().to_string(),
-                    rows: written.rows,
-                });
-                staged.lock().expect("staging list lock").push(written);
-            }
-            let report = StageReport {
-                stage: stage_config.name.clone(),
-                kind: stage_config.kind.name.to_string(),
-                level: level_number + 1,
-                duration_seconds: start.elapsed().as_secs_f64(),
-                tables,
-            };
-            if !read_later.contains(&index) {
-                frames = Vec::new();
-            }
-            progress.inc(1);
-            tracing::info!(
-                "stage `{}` done in {:.3} s ({} rows)",
-                report.stage,
-                report.duration_seconds,
-                report.tables.iter().map(|t| t.rows).sum::<usize>()
-            );
-            tracing::debug!("stage `{}`: {}", report.stage, memory());
-            Ok((index, frames, report))
+        let mut stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
+        stages.sort_by_key(|&i| !reads_periods(i));
+        for &index in &stages {
+            level_of.insert(index, level_number);
+        }
+        order.extend(stages);
+    }
+    warm_shared_work(&order, config, plan, &shared, &pool);
+    let upstream_of = |index: usize| -> Vec<usize> {
+        plan.inputs[index]
+            .iter()
+            .filter_map(|input| match input {
+                Input::Stage(dep) => Some(*dep),
+                Input::Source(_) => None,
+            })
+            .collect()
+    };
+    // Frames of finished stages that a later stage reads.
+    let outputs: Mutex<BTreeMap<usize, std::sync::Arc<Vec<DataFrame>>>> = Mutex::new(BTreeMap::new());
+    let run_one = |index: usize| -> StageOutcome {
+        let stage_config = &config.stages[index];
+        let start = Instant::now();
+        let stage = stage_config
+            .stage
+            .as_ref()
+            .expect("a validated plan has options for every stage");
+        // The stages this one reads are done: their frames are held while it runs.
+        let upstream_frames: Vec<(usize, std::sync::Arc<Vec<DataFrame>>)> = {
+            let outputs = outputs.lock().expect("stage outputs lock");
+            upstream_of(index)
+                .into_iter()
+                .map(|dep| (dep, outputs.get(&dep).cloned().unwrap_or_default()))
+                .collect()
         };
-        let run_and_count = |index: usize| {
-            let result = run_one(index);
-            let source = plan.source_of(index).filter(|_| reads_periods(index));
-            if let Some((source, left)) = source.and_then(|source| readers_left.get_key_value(&source)) {
-                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    release_periods(source);
-                }
-            }
-            (index, result)
+        let mut inputs = StageInputs {
+            shared: None,
+            upstream: Vec::new(),
         };
-        let mut results: Vec<(usize, StageOutcome)> = if options.sequential {
-            order.iter().map(|&i| run_and_count(i)).collect()
-        } else {
-            let next = AtomicUsize::new(0);
-            let finished = Mutex::new(Vec::new());
-            pool.scope(|scope| {
-                for _ in 0..pool.current_num_threads().min(order.len()) {
-                    scope.spawn(|_| {
-                        while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            let outcome = run_and_count(index);
-                            finished.lock().expect("finished stages lock").push(outcome);
-                        }
-                    });
-                }
+        for input in &plan.inputs[index] {
+            if let Input::Source(name) = input {
+                inputs.shared = shared.get(name);
+            }
+        }
+        for (dep, frames) in &upstream_frames {
+            inputs.upstream.push((
+                config.stages[*dep].name.as_str(),
+                config.stages[*dep].kind,
+                frames.as_slice(),
+            ));
+        }
+        if inputs.shared.is_none() {
+            // A stage over other stages sees the customers of the source they came from.
+            inputs.shared = plan.source_of(index).and_then(|name| shared.get(&name));
+        }
+        // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&inputs)));
+        let mut frames = match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(anyhow::anyhow!("internal error: {message}"))
+            }
+        }
+        .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
+        drop(inputs);
+        drop(upstream_frames);
+        let mut tables = Vec::new();
+        for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
+            let written = sink::stage_table(output_dir, table, frame, &shared_pages)
+                .with_context(|| format!("stage `{}`", stage_config.name))?;
+            tables.push(TableReport {
+                table: table.clone(),
+                path: written.target.display().to_string(),
+                rows: written.rows,
             });
-            finished.into_inner().expect("finished stages lock")
+            staged.lock().expect("staging list lock").push(written);
+        }
+        let report = StageReport {
+            stage: stage_config.name.clone(),
+            kind: stage_config.kind.name.to_string(),
+            level: level_of[&index] + 1,
+            duration_seconds: start.elapsed().as_secs_f64(),
+            tables,
         };
-        // The manifest lists a level's stages in config order, however they were scheduled.
-        results.sort_by_key(|(index, _)| stages.iter().position(|i| i == index));
-        let results = results.into_iter().map(|(_, result)| result);
-        let mut failure = None;
-        for result in results {
-            match result {
-                Ok((index, frames, report)) => {
-                    outputs.insert(index, frames);
-                    manifest.stages.push(report);
-                }
-                Err(error) => {
-                    failure.get_or_insert(error);
-                }
+        if !read_later.contains(&index) {
+            frames = Vec::new();
+        }
+        progress.inc(1);
+        tracing::info!(
+            "stage `{}` done in {:.3} s ({} rows)",
+            report.stage,
+            report.duration_seconds,
+            report.tables.iter().map(|t| t.rows).sum::<usize>()
+        );
+        tracing::debug!("stage `{}`: {}", report.stage, memory());
+        Ok((index, frames, report))
+    };
+    let run_and_count = |index: usize| -> StageOutcome {
+        let result = run_one(index);
+        let source = plan.source_of(index).filter(|_| reads_periods(index));
+        if let Some((source, left)) = source.and_then(|source| readers_left.get_key_value(&source)) {
+            if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                release_periods(source);
             }
         }
-        if let Some(error) = failure {
-            progress.abandon();
-            return Err(error);
+        result
+    };
+    let schedule = Schedule {
+        upstream: order
+            .iter()
+            .map(|&index| {
+                let mut deps = upstream_of(index);
+                deps.retain(|dep| level_of.contains_key(dep));
+                deps
+            })
+            .collect(),
+        order: &order,
+        board: Mutex::new(Board {
+            started: vec![false; order.len()],
+            done: BTreeSet::new(),
+            failed: false,
+            workers: 0,
+        }),
+        outputs: &outputs,
+        results: Mutex::new(Vec::new()),
+        run: &run_and_count,
+        workers: if options.sequential {
+            1
+        } else {
+            pool.current_num_threads().max(1)
+        },
+    };
+    pool.scope(|scope| schedule.start(scope));
+    let mut results = schedule.results.into_inner().expect("stage results lock");
+    // The manifest lists stages by level, in config order within one, however they ran.
+    results.sort_by_key(|(index, _)| (level_of[index], *index));
+    let mut failure = None;
+    for (_, result) in results {
+        match result {
+            Ok(report) => manifest.stages.push(report),
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
         }
+    }
+    if let Some(error) = failure {
+        progress.abandon();
+        return Err(error);
     }
     progress.finish_and_clear();
     tracing::debug!(
@@ -459,4 +583,89 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
         .expect("the progress template is valid"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stage 0 is long; 1 and 2 are short, and 3 reads 1 and 2 (a later level than 0): on
+    /// two workers 3 runs while 0 still does. One worker runs them in order. After stage 1
+    /// fails, stage 3 (which reads it) never starts.
+    #[test]
+    fn stages_start_when_their_inputs_are_done_not_their_level() {
+        let order = [0usize, 1, 2, 3];
+        let upstream = vec![vec![], vec![], vec![], vec![1, 2]];
+        let run_with = |workers: usize, failing: Option<usize>| {
+            let events: Mutex<Vec<(usize, &str)>> = Mutex::new(Vec::new());
+            let outputs = Mutex::new(BTreeMap::new());
+            let run = |index: usize| -> StageOutcome {
+                events.lock().unwrap().push((index, "start"));
+                std::thread::sleep(std::time::Duration::from_millis(if index == 0 { 300 } else { 20 }));
+                events.lock().unwrap().push((index, "end"));
+                if failing == Some(index) {
+                    anyhow::bail!("stage {index} failed");
+                }
+                let report = StageReport {
+                    stage: index.to_string(),
+                    kind: "test".into(),
+                    level: 1,
+                    duration_seconds: 0.0,
+                    tables: Vec::new(),
+                };
+                Ok((index, vec![DataFrame::empty()], report))
+            };
+            let schedule = Schedule {
+                order: &order,
+                upstream: upstream.clone(),
+                board: Mutex::new(Board {
+                    started: vec![false; order.len()],
+                    done: BTreeSet::new(),
+                    failed: false,
+                    workers: 0,
+                }),
+                outputs: &outputs,
+                results: Mutex::new(Vec::new()),
+                run: &run,
+                workers,
+            };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            pool.scope(|scope| schedule.start(scope));
+            let results: Vec<(usize, bool)> = schedule
+                .results
+                .into_inner()
+                .unwrap()
+                .into_iter()
+                .map(|(index, result)| (index, result.is_ok()))
+                .collect();
+            let kept: Vec<usize> = outputs.into_inner().unwrap().into_keys().collect();
+            (events.into_inner().unwrap(), results, kept)
+        };
+        let position =
+            |events: &[(usize, &str)], event: (usize, &str)| events.iter().position(|e| *e == event).unwrap();
+
+        let (events, results, kept) = run_with(2, None);
+        assert!(
+            position(&events, (3, "start")) < position(&events, (0, "end")),
+            "{events:?}"
+        );
+        assert!(
+            position(&events, (3, "start")) > position(&events, (2, "end")),
+            "{events:?}"
+        );
+        assert_eq!(results.len(), 4);
+        assert_eq!(kept, [0, 1, 2, 3]);
+
+        let (events, _, _) = run_with(1, None);
+        let starts: Vec<usize> = events.iter().filter(|e| e.1 == "start").map(|e| e.0).collect();
+        assert_eq!(starts, [0, 1, 2, 3]);
+
+        let (events, results, kept) = run_with(2, Some(1));
+        assert!(!events.contains(&(3, "start")), "{events:?}");
+        assert!(
+            results.contains(&(1, false)) && results.contains(&(0, true)),
+            "{results:?}"
+        );
+        assert!(!kept.contains(&1));
+    }
 }
