@@ -319,14 +319,15 @@ fn execute(
     }
     // The level of each stage (for the manifest) and the order stages start in: by level, the
     // stages that read customer_periods first within one (so the periods are released as
-    // early as they can be), then config order. A stage starts as soon as the stages it reads
+    // early as they can be), then long ones (`Stage::is_long`), then config order. A stage starts as soon as the stages it reads
     // are done, not when its whole level before is: a segment summary runs beside a long
     // `clv` fit instead of after it.
     let mut level_of: BTreeMap<usize, usize> = BTreeMap::new();
     let mut order: Vec<usize> = Vec::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let mut stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
-        stages.sort_by_key(|&i| !reads_periods(i));
+        let is_long = |index: usize| config.stages[index].stage.as_ref().is_some_and(|stage| stage.is_long());
+        stages.sort_by_key(|&i| (!reads_periods(i), !is_long(i)));
         for &index in &stages {
             level_of.insert(index, level_number);
         }

@@ -263,6 +263,11 @@ impl Stage for ClvOptions {
         self.calibration_end.is_some()
     }
 
+    /// The BG/NBD and Gamma-Gamma fits: the longest stage of a run (~1.5 s of 3 at 50M lines).
+    fn is_long(&self) -> bool {
+        true
+    }
+
     fn tables(&self) -> Vec<&'static str> {
         match self.calibration_end {
             Some(_) => KIND.tables.to_vec(),
