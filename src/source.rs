@@ -581,14 +581,21 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     if has_line {
         columns.push(col("copies"));
     }
-    if !source.include.is_empty() {
+    let expected_lines = total_rows(source);
+    // With the line count known from the files' metadata (and no duplicate lines to fold
+    // first), the include filter runs in the scan: polars decodes the other columns of the
+    // included lines only, and the fold counts the rest as excluded. Otherwise each line
+    // carries its `include` flag to the fold.
+    let filter_in_scan = !source.include.is_empty() && !has_line && expected_lines.is_some();
+    if filter_in_scan {
+        lines = lines.filter(include_expr(&source.include));
+    } else if !source.include.is_empty() {
         columns.push(include_expr(&source.include).alias("include"));
     }
     let lines = lines
         .with_column(ts.alias("ts"))
         .with_column(col("amount").cast(DataType::Float64))
         .select(columns);
-    let expected_lines = total_rows(source);
     let mut fold = OrderFold::new(&schema.order_id, &schema.customer_id, rayon::current_num_threads());
     fold.expected_lines = expected_lines;
     fold.first_after_as_of = first_after_as_of;
@@ -620,11 +627,14 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             )
         })?;
     progress.finish_and_clear();
-    let fold = fold
+    let mut fold = fold
         .lock()
         .ok()
         .and_then(|mut fold| fold.take())
         .expect("the scan has finished with the fold");
+    if filter_in_scan {
+        fold.count_unseen_as_excluded(expected_lines.unwrap_or(0));
+    }
     tracing::debug!(
         "order fold: {} batches, {:.3} s busy, {}",
         fold.batches,
