@@ -372,6 +372,48 @@ mod tests {
         to_days(NaiveDate::from_ymd_opt(y, m, d).unwrap())
     }
 
+    /// One customer's tallies by `walk_customer` (settled), and its stage at the last snapshot.
+    fn walked(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOptions) -> (Vec<Tally>, usize) {
+        let mut tallies = vec![Tally::default(); windows.len()];
+        let stage = walk_customer(days, windows, options, &mut tallies);
+        settle(&mut tallies);
+        (tallies, stage)
+    }
+
+    /// The definition snapshot by snapshot, from the first snapshot at or after the first
+    /// purchase to the last: the reference `walk_customer` is held to.
+    fn by_definition(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOptions) -> (Vec<Tally>, usize) {
+        let (active, churn) = (options.active_days as i32, options.churn_days as i32);
+        let mut tallies = vec![Tally::default(); windows.len()];
+        let (mut alive_before, mut stage) = (false, CHURNED);
+        for (w, &(start, end)) in windows.iter().enumerate() {
+            let seen: Vec<i32> = days.iter().copied().filter(|&d| d <= end).collect();
+            let Some(&last) = seen.last() else {
+                continue;
+            };
+            let in_window = seen.iter().filter(|&&d| d >= start).count();
+            let gap_in_window = (seen.len() - in_window..seen.len()).any(|i| i > 0 && seen[i] - seen[i - 1] > churn);
+            stage = if days[0] >= start {
+                NEW
+            } else if gap_in_window {
+                REACTIVATED
+            } else if end - last <= active {
+                ACTIVE
+            } else if end - last <= churn {
+                AT_RISK
+            } else {
+                CHURNED
+            };
+            let alive = stage != CHURNED;
+            tallies[w].stages[stage] += 1;
+            tallies[w].start += u64::from(alive_before);
+            tallies[w].end += u64::from(alive);
+            tallies[w].retained += u64::from(alive_before && alive);
+            alive_before = alive;
+        }
+        (tallies, stage)
+    }
+
     #[test]
     fn a_customer_churns_and_is_reactivated() {
         let options = LifecycleOptions::default();
@@ -381,9 +423,7 @@ mod tests {
         assert_eq!(windows[11], (day(2024, 12, 1), day(2024, 12, 15)));
         // Purchases 01-10 and 10-20 (284 days later > 180: reactivated in October).
         let days = [day(2024, 1, 10), day(2024, 10, 20)];
-        let mut tallies = vec![Tally::default(); windows.len()];
-        let stage = walk_customer(&days, &windows, &options, &mut tallies);
-        settle(&mut tallies);
+        let (tallies, stage) = walked(&days, &windows, &options);
         let stage_in = |month: usize| STAGES[(0..5).find(|&s| tallies[month].stages[s] == 1).unwrap()];
         assert_eq!(stage_in(0), "new");
         assert_eq!(stage_in(1), "active"); // 02-29: 50 days
@@ -399,6 +439,7 @@ mod tests {
         assert_eq!((tallies[9].start, tallies[9].end, tallies[9].retained), (0, 1, 0));
         // January: acquired, so not in S.
         assert_eq!((tallies[0].start, tallies[0].end), (0, 1));
+        assert_eq!((tallies, stage), by_definition(&days, &windows, &options));
     }
 
     #[test]
@@ -406,11 +447,8 @@ mod tests {
         let options = LifecycleOptions::default();
         let as_of = NaiveDate::from_ymd_opt(2024, 12, 15).unwrap();
         let windows = windows(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(), as_of, Granularity::Month);
-        let mut tallies = vec![Tally::default(); windows.len()];
         // One purchase 01-10: at risk until June, churned from July (203 days) to December.
-        let stage = walk_customer(&[day(2024, 1, 10)], &windows, &options, &mut tallies);
-        assert_eq!(tallies[7].settled, 1);
-        settle(&mut tallies);
+        let (tallies, stage) = walked(&[day(2024, 1, 10)], &windows, &options);
         assert_eq!(STAGES[stage], "churned");
         for (month, tally) in tallies.iter().enumerate() {
             let churned = u64::from(month >= 6);
@@ -418,7 +456,68 @@ mod tests {
             assert_eq!(tally.stages.iter().sum::<u64>(), 1, "month {month}");
             assert_eq!(tally.end, 1 - churned, "month {month}");
             assert_eq!(tally.start, u64::from((1..=6).contains(&month)), "month {month}");
-            assert_eq!(tally.settled, 0);
+        }
+    }
+
+    /// Random customers (bursts of purchases, long gaps) over every granularity and several
+    /// thresholds: the walk (which starts at the first purchase and stops once a customer is
+    /// churned for good) counts what the definition counts snapshot by snapshot, alone and
+    /// summed over customers.
+    #[test]
+    fn walk_is_the_definition_snapshot_by_snapshot() {
+        let mut state = 5u64;
+        let mut next = |below: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % below
+        };
+        let first = NaiveDate::from_ymd_opt(2021, 3, 17).unwrap();
+        let as_of = NaiveDate::from_ymd_opt(2024, 11, 30).unwrap();
+        let span = (to_days(as_of) - to_days(first)) as u64;
+        for granularity in [
+            Granularity::Day,
+            Granularity::Week,
+            Granularity::Month,
+            Granularity::Quarter,
+            Granularity::Year,
+        ] {
+            let windows = windows(first, as_of, granularity);
+            for (active_days, churn_days) in [(90, 180), (1, 2), (30, 400), (7, 8)] {
+                let options = LifecycleOptions {
+                    granularity,
+                    active_days,
+                    churn_days,
+                };
+                let mut all = vec![Tally::default(); windows.len()];
+                let mut expected = vec![Tally::default(); windows.len()];
+                for _ in 0..60 {
+                    let mut days: Vec<i32> = (0..1 + next(12))
+                        .map(|_| {
+                            let day = next(span + 1) as i32;
+                            let burst = if next(2) == 0 { next(10) as i32 } else { 0 };
+                            to_days(first) + (day + burst).min(span as i32)
+                        })
+                        .collect();
+                    days.sort_unstable();
+                    days.dedup();
+                    let (want, want_stage) = by_definition(&days, &windows, &options);
+                    let (got, stage) = walked(&days, &windows, &options);
+                    assert_eq!(got, want, "{granularity:?} {active_days}/{churn_days} {days:?}");
+                    assert_eq!(stage, want_stage, "{granularity:?} {days:?}");
+                    walk_customer(&days, &windows, &options, &mut all);
+                    for (total, one) in expected.iter_mut().zip(&want) {
+                        for s in 0..5 {
+                            total.stages[s] += one.stages[s];
+                        }
+                        total.start += one.start;
+                        total.end += one.end;
+                        total.retained += one.retained;
+                    }
+                }
+                settle(&mut all);
+                assert_eq!(all, expected);
+            }
         }
     }
 }
