@@ -318,8 +318,9 @@ fn execute(
         release_periods(source);
     }
     // The level of each stage (for the manifest) and the order stages start in: by level, the
-    // stages that read customer_periods first within one (so the periods are released as
-    // early as they can be), then long ones (`Stage::is_long`), then config order. A stage starts as soon as the stages it reads
+    // long ones first within one (`Stage::is_long`: the clv fits, which the short stages then
+    // fill the other worker beside), then the stages that read customer_periods (so the
+    // periods are released as early as they can be), then config order. A stage starts as soon as the stages it reads
     // are done, not when its whole level before is: a segment summary runs beside a long
     // `clv` fit instead of after it.
     let mut level_of: BTreeMap<usize, usize> = BTreeMap::new();
@@ -327,7 +328,7 @@ fn execute(
     for (level_number, level) in plan.levels.iter().enumerate() {
         let mut stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
         let is_long = |index: usize| config.stages[index].stage.as_ref().is_some_and(|stage| stage.is_long());
-        stages.sort_by_key(|&i| (!reads_periods(i), !is_long(i)));
+        stages.sort_by_key(|&i| (!is_long(i), !reads_periods(i)));
         for &index in &stages {
             level_of.insert(index, level_number);
         }

@@ -106,8 +106,8 @@ pub trait Stage: Send + Sync + Debug {
     }
 
     /// Whether this stage usually takes much longer than the others (a model fit): the runner
-    /// starts it before the other stages that do not read customer_periods, so the short ones
-    /// fill the workers while it runs instead of it running alone at the end.
+    /// starts it before the other stages of its level, so the short ones fill the other
+    /// workers while it runs instead of it running alone at the end.
     fn is_long(&self) -> bool {
         false
     }
