@@ -139,6 +139,8 @@ type StageOutcome = Result<(usize, Vec<DataFrame>, StageReport)>;
 struct Board {
     /// Per position in `Schedule::order`.
     started: Vec<bool>,
+    /// Per position: waiting for the shared work (`shared_work`) the schedule computes first.
+    held: Vec<bool>,
     done: BTreeSet<usize>,
     failed: bool,
     workers: usize,
@@ -163,19 +165,33 @@ struct Schedule<'a> {
 impl<'a> Schedule<'a> {
     /// Positions in `order` of the stages not started whose inputs are done.
     fn ready<'b>(&'b self, board: &'b Board) -> impl Iterator<Item = usize> + 'b {
-        (0..self.order.len())
-            .filter(|&p| !board.started[p] && self.upstream[p].iter().all(|dep| board.done.contains(dep)))
+        (0..self.order.len()).filter(|&p| {
+            !board.started[p] && !board.held[p] && self.upstream[p].iter().all(|dep| board.done.contains(dep))
+        })
     }
 
-    fn start<'s>(&'s self, scope: &rayon::Scope<'s>) {
-        let first = {
+    /// Start workers on the stages that need no shared work (leaving a thread for it), compute
+    /// the shared work with `warm` on this thread, then start workers for the rest.
+    fn start<'s>(&'s self, scope: &rayon::Scope<'s>, warm: &dyn Fn()) {
+        let early = {
             let mut board = self.board.lock().expect("schedule lock");
-            let ready = self.ready(&board).count();
-            let first = ready.min(self.workers);
-            board.workers = first;
-            first
+            let early = self.ready(&board).count().min(self.workers - 1);
+            board.workers = early;
+            early
         };
-        for _ in 0..first {
+        for _ in 0..early {
+            scope.spawn(move |scope| self.work(scope));
+        }
+        warm();
+        let more = {
+            let mut board = self.board.lock().expect("schedule lock");
+            board.held.fill(false);
+            let ready = if board.failed { 0 } else { self.ready(&board).count() };
+            let more = ready.min(self.workers - board.workers);
+            board.workers += more;
+            more
+        };
+        for _ in 0..more {
             scope.spawn(move |scope| self.work(scope));
         }
     }
@@ -334,7 +350,11 @@ fn execute(
         }
         order.extend(stages);
     }
-    warm_shared_work(&order, config, plan, &shared, &pool);
+    // Work several stages share (one lifecycle walk for `lifecycle` and `clv_simple`) is
+    // computed once, ahead of them; the stages that need none start beside it.
+    let work = shared_work(&order, config, plan);
+    let waiting: BTreeSet<usize> = work.iter().flat_map(|(_, _, stages)| stages.iter().copied()).collect();
+    let warm = || warm_shared_work(&work, config, &shared);
     let upstream_of = |index: usize| -> Vec<usize> {
         plan.inputs[index]
             .iter()
@@ -450,6 +470,7 @@ fn execute(
         order: &order,
         board: Mutex::new(Board {
             started: vec![false; order.len()],
+            held: order.iter().map(|index| waiting.contains(index)).collect(),
             done: BTreeSet::new(),
             failed: false,
             workers: 0,
@@ -463,7 +484,7 @@ fn execute(
             pool.current_num_threads().max(1)
         },
     };
-    pool.scope(|scope| schedule.start(scope));
+    pool.scope(|scope| schedule.start(scope, &warm));
     let mut results = schedule.results.into_inner().expect("stage results lock");
     // The manifest lists stages by level, in config order within one, however they ran.
     results.sort_by_key(|(index, _)| (level_of[index], *index));
@@ -493,17 +514,11 @@ fn execute(
     Ok(())
 }
 
-/// Work several stages of a level share through the memo (one lifecycle walk for `lifecycle`
-/// and `clv_simple`) is computed once, before they start: inside the pool a stage cannot wait
-/// for another's computation without risking a deadlock, so they would each compute it. A
-/// failure here is left for the stages themselves to report.
-fn warm_shared_work(
-    stages: &[usize],
-    config: &crate::config::Config,
-    plan: &Plan,
-    shared: &BTreeMap<String, SharedTables>,
-    pool: &rayon::ThreadPool,
-) {
+/// Work several stages share through the memo (one lifecycle walk for `lifecycle` and
+/// `clv_simple`): (source, memo key, the stages asking). It is computed once before they start
+/// (`warm_shared_work`): inside the pool a stage cannot wait for another's computation without
+/// risking a deadlock, so they would each compute it.
+fn shared_work(stages: &[usize], config: &crate::config::Config, plan: &Plan) -> Vec<(String, String, Vec<usize>)> {
     let mut askers: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     for &index in stages {
         let (Some(stage), Some(source)) = (config.stages[index].stage.as_ref(), plan.source_of(index)) else {
@@ -513,15 +528,29 @@ fn warm_shared_work(
             askers.entry((source.clone(), key)).or_default().push(index);
         }
     }
-    for ((source, key), indexes) in askers {
-        let (Some(tables), true) = (shared.get(&source), indexes.len() > 1) else {
+    askers
+        .into_iter()
+        .filter(|(_, indexes)| indexes.len() > 1)
+        .map(|((source, key), indexes)| (source, key, indexes))
+        .collect()
+}
+
+/// Compute `shared_work`, each by the first stage asking. A failure here is left for the
+/// stages themselves to report.
+fn warm_shared_work(
+    work: &[(String, String, Vec<usize>)],
+    config: &crate::config::Config,
+    shared: &BTreeMap<String, SharedTables>,
+) {
+    for (source, key, indexes) in work {
+        let Some(tables) = shared.get(source) else {
             continue;
         };
         let stage = config.stages[indexes[0]]
             .stage
             .as_ref()
             .expect("a stage with memo keys has options");
-        let warmed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| stage.warm(tables))));
+        let warmed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.warm(tables)));
         if !matches!(warmed, Ok(Ok(()))) {
             tracing::debug!("shared work `{key}` not computed ahead; the stages compute it");
         }
@@ -622,6 +651,7 @@ mod tests {
                 upstream: upstream.clone(),
                 board: Mutex::new(Board {
                     started: vec![false; order.len()],
+                    held: vec![false; order.len()],
                     done: BTreeSet::new(),
                     failed: false,
                     workers: 0,
@@ -632,7 +662,7 @@ mod tests {
                 workers,
             };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-            pool.scope(|scope| schedule.start(scope));
+            pool.scope(|scope| schedule.start(scope, &|| {}));
             let results: Vec<(usize, bool)> = schedule
                 .results
                 .into_inner()
