@@ -168,6 +168,7 @@ impl<'a> KeyColumn<'a> {
     }
 
     /// Whether two non-null rows (usable lines never have null keys) hold the same key.
+    #[inline]
     fn same(self, a: usize, b: usize) -> bool {
         match self {
             KeyColumn::Text(values) => values.value(a) == values.value(b),
@@ -739,8 +740,15 @@ impl OrderFold {
         }
         let (mut reasons, mut runs) = (std::mem::take(&mut self.reasons), std::mem::take(&mut self.runs));
         line_reasons(&batch, self.first_after_as_of, &mut reasons)?;
-        for &code in &reasons {
-            self.lines_by_reason[usize::from(code)] += 1;
+        // Usually every line is usable: one vectorised count of those, a counter per line only
+        // when some are not.
+        let usable = reasons.iter().filter(|&&code| code == 0).count();
+        if usable == reasons.len() {
+            self.lines_by_reason[0] += usable as u64;
+        } else {
+            for &code in &reasons {
+                self.lines_by_reason[usize::from(code)] += 1;
+            }
         }
         let columns = Batch::of(&batch, &reasons)?;
         self.reserve_once();
@@ -899,18 +907,26 @@ impl OrderFold {
 /// once for all shards (each shard used to scan the whole batch for its own). The hash is
 /// computed for text keys and to choose a shard.
 fn runs_by_shard(batch: &Batch, text: bool, runs: &mut [Vec<(usize, usize, u64)>]) {
+    // One loop per key type, so the comparison of neighbours is inlined.
+    match batch.order_ids {
+        KeyColumn::Int(ids) => runs_of(batch, text, runs, |a, b| ids[a] == ids[b]),
+        KeyColumn::Text(values) => runs_of(batch, text, runs, |a, b| values.value(a) == values.value(b)),
+    }
+}
+
+/// `runs_by_shard` with `same(a, b)` telling whether rows a and b hold the same order id.
+fn runs_of(batch: &Batch, text: bool, runs: &mut [Vec<(usize, usize, u64)>], same: impl Fn(usize, usize) -> bool) {
     let Batch { reasons, order_ids, .. } = *batch;
     let shards = runs.len();
     runs.iter_mut().for_each(Vec::clear);
-    let usable = |row: usize| reasons[row] == 0;
     let mut open: Option<(usize, usize, u64)> = None; // first, last, hash
     let mut close = |(first, last, hash): (usize, usize, u64)| {
         let shard = if shards == 1 { 0 } else { shard_of(hash, shards) };
         runs[shard].push((first, last + 1, hash));
     };
-    for row in (0..reasons.len()).filter(|&row| usable(row)) {
+    for (row, _) in reasons.iter().enumerate().filter(|(_, &reason)| reason == 0) {
         if let Some((_, last, _)) = &mut open {
-            if order_ids.same(row, *last) {
+            if same(row, *last) {
                 *last = row;
                 continue;
             }
