@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts: `source bench/lib.sh LINES` from the repository root.
 # Builds the release binary ($BIN), generates $FILE (LINES order lines, git-ignored) once, and
 # defines `measure NAME COMMAND...`, which fills WALL/CPU/RSS[NAME] with the median of REPEATS
-# (default 3) runs by wall time, as /usr/bin/time -v reports them (this machine is noisy).
+# (default 3) runs by wall time, as /usr/bin/time -v reports them (this machine is noisy), and
+# `measure_interleaved NAME...` for runs whose ratio counts.
 LINES="${1:-10000000}"
 DATA="bench/data"
 REPEATS="${REPEATS:-3}"
@@ -26,11 +27,30 @@ measure_once() { # log, command... → "wall cpu rss_mb"
   time_stats "$log"
 }
 
+median_of() { # lines "wall cpu rss" → the line of the median wall time
+  sort -n | awk -v n="$1" 'NR == int((n + 1) / 2)'
+}
+
 measure() { # name, command...
   local name="$1"; shift
   local runs=()
   for _ in $(seq "$REPEATS"); do runs+=("$(measure_once "$DATA/time_$name.log" "$@")"); done
-  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2)')"
+  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s\n' "${runs[@]}" | median_of "${#runs[@]}")"
+}
+
+# `measure` for several runs taken in turn, REPEATS rounds of one run each: a ratio between
+# them is then measured run beside run, not between blocks of runs minutes apart (this
+# machine's speed drifts by tens of percent within minutes). Each NAME's command is the
+# function `cmd_NAME`.
+measure_interleaved() { # names...
+  local -A runs=()
+  local name
+  for _ in $(seq "$REPEATS"); do
+    for name in "$@"; do runs[$name]+="$("cmd_$name")"$'\n'; done
+  done
+  for name in "$@"; do
+    read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s' "${runs[$name]}" | median_of "$REPEATS")"
+  done
 }
 
 if [ ! -f "$FILE" ]; then
