@@ -27,6 +27,51 @@ pub struct Spend {
     pub weight: Vec<f64>,
 }
 
+impl Spend {
+    /// The distinct (x, m) of the customers with x > 0 and m > 0, sorted, each weighted by its
+    /// customers: at 50M lines 3.0M repeat customers are 0.98M pairs, and each evaluation of
+    /// the likelihood costs a term per pair.
+    pub fn compress(x: &[u32], m: &[f64]) -> Spend {
+        use rayon::prelude::*;
+        let mut pairs: Vec<(u32, u64)> = (0..x.len())
+            .into_par_iter()
+            .filter(|&i| x[i] > 0 && m[i] > 0.0)
+            .map(|i| (x[i], m[i].to_bits()))
+            .collect();
+        // Positive doubles order as their bits do.
+        pairs.par_sort_unstable();
+        let mut spend = Spend::default();
+        for group in pairs.chunk_by(|a, b| a == b) {
+            spend.x.push(f64::from(group[0].0));
+            spend.m.push(f64::from_bits(group[0].1));
+            spend.weight.push(group.len() as f64);
+        }
+        spend
+    }
+
+    /// Customers in all.
+    pub fn customers(&self) -> f64 {
+        self.weight.iter().sum()
+    }
+
+    /// The customers' correlation of x and m (each pair counted by its weight).
+    pub fn correlation(&self) -> f64 {
+        let n = self.customers();
+        if n < 2.0 {
+            return f64::NAN;
+        }
+        let weighted = |values: &[f64]| values.iter().zip(&self.weight).map(|(v, w)| v * w).sum::<f64>() / n;
+        let (mx, my) = (weighted(&self.x), weighted(&self.m));
+        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+        for ((x, y), w) in self.x.iter().zip(&self.m).zip(&self.weight) {
+            sxy += w * (x - mx) * (y - my);
+            sxx += w * (x - mx) * (x - mx);
+            syy += w * (y - my) * (y - my);
+        }
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
 pub fn log_likelihood(params: &Params, x: f64, m: f64) -> f64 {
     let Params { p, q, v } = *params;
     let px = p * x;
@@ -175,6 +220,43 @@ pub fn expected_order_value(params: &Params, x: f64, m: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Customers with the same (x, m) become one weighted pair (those without a repeat or with
+    /// no spend are left out), and the weighted likelihood and correlation are the customers'.
+    #[test]
+    fn compressed_spend_is_the_customers_spend() {
+        let x = [2u32, 0, 1, 2, 1, 3, 2, 1];
+        let m = [10.0, 5.0, 7.5, 10.0, 7.5, 4.0, 12.0, 0.0];
+        let spend = Spend::compress(&x, &m);
+        assert_eq!(spend.x, [1.0, 2.0, 2.0, 3.0]);
+        assert_eq!(spend.m, [7.5, 10.0, 12.0, 4.0]);
+        assert_eq!(spend.weight, [2.0, 2.0, 1.0, 1.0]);
+        assert_eq!(spend.customers(), 6.0);
+        let each = Spend {
+            x: vec![2.0, 1.0, 2.0, 1.0, 3.0, 2.0],
+            m: vec![10.0, 7.5, 10.0, 7.5, 4.0, 12.0],
+            weight: vec![1.0; 6],
+        };
+        let at = [(3.0f64).ln(), (2.5f64).ln(), (9.0f64).ln()];
+        let (pairs, customers) = (
+            NegativeLogLikelihood::new(&spend, 0.01).evaluate(&at, true),
+            NegativeLogLikelihood::new(&each, 0.01).evaluate(&at, true),
+        );
+        assert!((pairs.value - customers.value).abs() < 1e-12);
+        for (a, b) in pairs.gradient.iter().zip(&customers.gradient) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        // Pearson over the six customers: x̄ = 11/6, m̄ = 51/6.
+        let (mx, mm) = (11.0 / 6.0, 51.0 / 6.0);
+        let (mut sxy, mut sxx, mut smm) = (0.0, 0.0, 0.0);
+        for (x, m) in each.x.iter().zip(&each.m) {
+            sxy += (x - mx) * (m - mm);
+            sxx += (x - mx) * (x - mx);
+            smm += (m - mm) * (m - mm);
+        }
+        assert!((spend.correlation() - sxy / (sxx * smm).sqrt()).abs() < 1e-12);
+        assert!(Spend::compress(&[0, 1], &[3.0, 0.0]).x.is_empty());
+    }
 
     #[test]
     fn derivatives_match_finite_differences() {

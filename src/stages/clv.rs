@@ -298,27 +298,23 @@ impl Stage for ClvOptions {
                     .iter()
                     .any(|&x| x > 0)
                     .then(|| bgnbd::fit(&patterns, self.penalizer));
+                lap("BG/NBD fit");
                 (patterns, pattern_of, fit)
             },
             || {
-                // Gamma-Gamma on repeat customers with positive spend.
-                let mut spend = gamma_gamma::Spend::default();
-                for i in 0..data.x.len() {
-                    if data.x[i] > 0 && data.monetary[i] > 0.0 {
-                        spend.x.push(data.x[i] as f64);
-                        spend.m.push(data.monetary[i]);
-                        spend.weight.push(1.0);
-                    }
-                }
+                // Gamma-Gamma on repeat customers with positive spend, as distinct (x, m).
+                let spend = gamma_gamma::Spend::compress(&data.x, data.monetary);
                 let fit = gamma_gamma::fit(&spend, self.penalizer);
+                lap("Gamma-Gamma fit");
                 (spend, fit)
             },
         );
         lap("BG/NBD and Gamma-Gamma fits");
         tracing::info!(
-            "clv: fitted BG/NBD on {} customers in {} patterns, Gamma-Gamma on {} repeat customers",
+            "clv: fitted BG/NBD on {} customers in {} patterns, Gamma-Gamma on {} repeat customers in {} patterns",
             data.x.len(),
             patterns.len(),
+            spend.customers(),
             spend.x.len()
         );
         let mut rows = ModelRows::new();
@@ -356,7 +352,7 @@ impl Stage for ClvOptions {
                 let why = match &spend_fit {
                     None => format!(
                         "no repeat customer has a positive monetary value ({} repeat customers)",
-                        spend.x.len()
+                        spend.customers()
                     ),
                     Some(f) if f.params.q <= 1.0 => {
                         format!("q = {:.4} ≤ 1: expected order values are unbounded", f.params.q)
@@ -379,7 +375,7 @@ impl Stage for ClvOptions {
                     *value,
                     spend_fit.std_errors.map(|e| e[k]),
                     Some(spend_fit.log_likelihood),
-                    spend.x.len() as f64,
+                    spend.customers(),
                     spend_fit.iterations,
                     spend_fit.converged && spend_params.is_some(),
                 );
@@ -388,10 +384,10 @@ impl Stage for ClvOptions {
             rows.push(
                 "gamma_gamma",
                 "corr_frequency_monetary",
-                correlation(&spend.x, &spend.m),
+                spend.correlation(),
                 None,
                 None,
-                spend.x.len() as f64,
+                spend.customers(),
                 0,
                 true,
             );
@@ -593,22 +589,6 @@ fn nan_as_null(name: &str, values: Vec<f64>) -> Column {
 
 fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
-}
-
-/// Pearson correlation; NaN with fewer than two points or no variance.
-pub fn correlation(xs: &[f64], ys: &[f64]) -> f64 {
-    let n = xs.len() as f64;
-    if xs.len() < 2 {
-        return f64::NAN;
-    }
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (x, y) in xs.iter().zip(ys) {
-        sxy += (x - mx) * (y - my);
-        sxx += (x - mx) * (x - mx);
-        syy += (y - my) * (y - my);
-    }
-    sxy / (sxx * syy).sqrt()
 }
 
 /// Fit on purchase days up to `end`, predict repeat purchases in (end, as_of], compare.
