@@ -267,8 +267,8 @@ impl SharedPages {
 /// up by its view first, and the stages' text columns (segment, stage, channel, rfm_score) are
 /// gathered from a handful of names, so their views repeat: ~0.3 s of a 50M-line run's CPU.
 fn text_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn polars_arrow::array::Array>> {
-    use polars_arrow::array::{Array, DictionaryArray, MutableBinaryViewArray, PrimitiveArray, Utf8ViewArray};
-    use polars_arrow::datatypes::{ArrowDataType, IntegerType};
+    use polars_arrow::array::{Array, MutableBinaryViewArray, PrimitiveArray, Utf8ViewArray};
+    use polars_arrow::datatypes::ArrowDataType;
     let text = array.as_any().downcast_ref::<Utf8ViewArray>()?;
     // polars writes plain above 3/4 distinct (by an estimate) past 128 rows: past half, it decides.
     let most = if text.len() > 128 { text.len() / 2 } else { text.len() };
@@ -277,8 +277,18 @@ fn text_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn pol
     keys.iter_mut().filter(|key| **key == u32::MAX).for_each(|key| *key = 0);
     let values: Utf8ViewArray = MutableBinaryViewArray::<str>::from_values_iter(distinct.into_iter()).into();
     let keys = PrimitiveArray::new(ArrowDataType::UInt32, keys.into(), text.validity().cloned());
-    let dtype = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(ArrowDataType::Utf8View), false);
-    DictionaryArray::try_new(dtype, keys, values.boxed())
+    dictionary_array(keys, values.boxed())
+}
+
+/// `keys` (u32 positions) into `values` as a dictionary array of the values' type.
+fn dictionary_array(
+    keys: polars_arrow::array::PrimitiveArray<u32>,
+    values: Box<dyn polars_arrow::array::Array>,
+) -> Option<Box<dyn polars_arrow::array::Array>> {
+    use polars_arrow::array::DictionaryArray;
+    use polars_arrow::datatypes::{ArrowDataType, IntegerType};
+    let dtype = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(values.dtype().clone()), false);
+    DictionaryArray::try_new(dtype, keys, values)
         .ok()
         .map(|dictionary| dictionary.boxed())
 }
@@ -291,8 +301,8 @@ fn text_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn pol
 /// 8 bytes a row for zstd to shrink (~80 ms each at 50M lines). Other doubles stop at the
 /// sample.
 fn float_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn polars_arrow::array::Array>> {
-    use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray};
-    use polars_arrow::datatypes::{ArrowDataType, IntegerType};
+    use polars_arrow::array::{Array, PrimitiveArray};
+    use polars_arrow::datatypes::ArrowDataType;
     const FLOAT_DICTIONARY: usize = 1 << 12;
     const SAMPLE_ROWS: usize = 1 << 14;
     let doubles = array.as_any().downcast_ref::<PrimitiveArray<f64>>()?;
@@ -316,11 +326,10 @@ fn float_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn po
         keys.push(code);
     }
     let keys = PrimitiveArray::new(ArrowDataType::UInt32, keys.into(), None);
-    let values = PrimitiveArray::new(ArrowDataType::Float64, distinct.into(), None);
-    let dtype = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(ArrowDataType::Float64), false);
-    DictionaryArray::try_new(dtype, keys, values.boxed())
-        .ok()
-        .map(|dictionary| dictionary.boxed())
+    dictionary_array(
+        keys,
+        PrimitiveArray::new(ArrowDataType::Float64, distinct.into(), None).boxed(),
+    )
 }
 
 /// How the tables' pages are compressed: zstd at `level`, and pages that zstd would hardly
@@ -535,13 +544,12 @@ fn write_parquet_in_windows<W: Write + Send>(
                     }
                 }
                 let array = &batches[group].columns()[column];
-                let text = text_dictionary(array.as_ref());
-                let floats = text.is_none().then(|| float_dictionary(array.as_ref())).flatten();
-                let encoding = match floats {
-                    Some(_) => &dictionary_encoding,
-                    None => &encodings[column],
+                // polars' own encoding for text is this dictionary too.
+                let dictionary = text_dictionary(array.as_ref()).or_else(|| float_dictionary(array.as_ref()));
+                let (array, encoding) = match &dictionary {
+                    Some(dictionary) => (dictionary, &dictionary_encoding),
+                    None => (array, &encodings[column]),
                 };
-                let array = text.as_ref().or(floats.as_ref()).unwrap_or(array);
                 let mut pages: Vec<Vec<CompressedPage>> =
                     array_to_columns(array, fields[column].clone(), options, encoding)?
                         .into_iter()

@@ -632,8 +632,8 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .ok()
         .and_then(|mut fold| fold.take())
         .expect("the scan has finished with the fold");
-    if filter_in_scan {
-        fold.count_unseen_as_excluded(expected_lines.unwrap_or(0));
+    if let Some(total) = expected_lines.filter(|_| filter_in_scan) {
+        fold.count_unseen_as_excluded(total);
     }
     tracing::debug!(
         "order fold: {} batches, {:.3} s busy, {}",

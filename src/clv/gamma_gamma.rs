@@ -101,7 +101,7 @@ impl<'a> NegativeLogLikelihood<'a> {
             x_index,
             distinct_x,
             ln_m: spend.m.par_iter().map(|m| m.ln()).collect(),
-            customers: spend.weight.iter().sum(),
+            customers: spend.customers(),
         }
     }
 }
@@ -179,7 +179,7 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     if spend.x.is_empty() {
         return None;
     }
-    let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.weight.iter().sum::<f64>();
+    let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.customers();
     let starts = vec![
         vec![0.0f64; 3],
         vec![(0.1f64).ln(); 3],
