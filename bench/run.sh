@@ -36,10 +36,12 @@ cmd_floor_duckdb() { measure_once "$DATA/time_floor_duckdb.log" "$PY" bench/floo
 cmd_floor_polars_mapped() { measure_once "$DATA/time_floor_polars_mapped.log" "$PY" bench/floor.py polars_mapped "$FILE" "$DATA/floor_polars.parquet"; }
 cmd_floor_duckdb_mapped() { measure_once "$DATA/time_floor_duckdb_mapped.log" "$PY" bench/floor.py duckdb_mapped "$FILE" "$DATA/floor_duckdb.parquet"; }
 cmd_all() { measure_once "$DATA/time_all.log" "$BIN" run "$ALL" --log warn; }
-measure_interleaved floor_polars floor_duckdb floor_polars_mapped floor_duckdb_mapped all
+cmd_seq() { measure_once "$DATA/time_seq.log" "$BIN" run "$ALL" --log warn --sequential; }
+cmd_threads1() { measure_once "$DATA/time_threads1.log" "$BIN" run "$ALL" --log warn --threads 1; }
+# The pipeline's variants in the same rounds: blocks minutes apart once showed --sequential
+# faster at 50M (0.95x) where alternating pairs show it 1.04x slower.
+measure_interleaved floor_polars floor_duckdb floor_polars_mapped floor_duckdb_mapped all seq threads1
 measure duckdb_metrics "$PY" bench/duckdb_metrics.py "$FILE" "$DATA/out_duckdb"
-measure seq "$BIN" run "$ALL" --log warn --sequential
-measure threads1 "$BIN" run "$ALL" --log warn --threads 1
 if [ "${X3:-1}" != 0 ]; then
   mkdir -p "$DATA/x3_$LINES"
   for i in 1 2 3; do ln -sf "$FILE" "$DATA/x3_$LINES/part$i.parquet"; done
