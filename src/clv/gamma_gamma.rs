@@ -54,14 +54,17 @@ impl Spend {
         self.weight.iter().sum()
     }
 
+    /// The customers' mean of `values` (one per pair, counted by its weight).
+    fn mean(&self, values: &[f64]) -> f64 {
+        values.iter().zip(&self.weight).map(|(v, w)| v * w).sum::<f64>() / self.customers()
+    }
+
     /// The customers' correlation of x and m (each pair counted by its weight).
     pub fn correlation(&self) -> f64 {
-        let n = self.customers();
-        if n < 2.0 {
+        if self.customers() < 2.0 {
             return f64::NAN;
         }
-        let weighted = |values: &[f64]| values.iter().zip(&self.weight).map(|(v, w)| v * w).sum::<f64>() / n;
-        let (mx, my) = (weighted(&self.x), weighted(&self.m));
+        let (mx, my) = (self.mean(&self.x), self.mean(&self.m));
         let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
         for ((x, y), w) in self.x.iter().zip(&self.m).zip(&self.weight) {
             sxy += w * (x - mx) * (y - my);
@@ -179,7 +182,7 @@ pub fn fit(spend: &Spend, penalizer: f64) -> Option<Fit> {
     if spend.x.is_empty() {
         return None;
     }
-    let mean_m = spend.m.iter().zip(&spend.weight).map(|(m, w)| m * w).sum::<f64>() / spend.customers();
+    let mean_m = spend.mean(&spend.m);
     let starts = vec![
         vec![0.0f64; 3],
         vec![(0.1f64).ln(); 3],

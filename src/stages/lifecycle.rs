@@ -450,6 +450,17 @@ mod tests {
         // One purchase 01-10: at risk until June, churned from July (203 days) to December.
         let (tallies, stage) = walked(&[day(2024, 1, 10)], &windows, &options);
         assert_eq!(STAGES[stage], "churned");
+        // The walk stops once the customer is churned for good: settled in August (July is
+        // counted as the first churned month), counted churned from there on by `settle`.
+        let mut unsettled = vec![Tally::default(); windows.len()];
+        walk_customer(&[day(2024, 1, 10)], &windows, &options, &mut unsettled);
+        let settled: Vec<u64> = unsettled.iter().map(|tally| tally.settled).collect();
+        assert_eq!(
+            settled,
+            (0..windows.len())
+                .map(|month| u64::from(month == 7))
+                .collect::<Vec<_>>()
+        );
         for (month, tally) in tallies.iter().enumerate() {
             let churned = u64::from(month >= 6);
             assert_eq!(tally.stages[CHURNED], churned, "month {month}");
