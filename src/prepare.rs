@@ -32,7 +32,7 @@ pub struct SharedTables {
     /// acquisition_channel, frequency, t_x, T, monetary_value, revenue_micros — sorted by
     /// customer_key. Money in currency (Float64) and, for exact sums, `revenue_micros` (Int64).
     pub customer_facts: DataFrame,
-    /// customer_key, date, purchases, revenue_micros — sorted by customer_key, date; read
+    /// customer_key, date, purchases (UInt32), revenue_micros — sorted by customer_key, date; read
     /// through `customer_periods()`. The runner releases them once the last stage that reads
     /// them is done, so the stages after reuse their memory.
     periods: std::sync::Arc<std::sync::Mutex<Option<DataFrame>>>,
@@ -247,7 +247,7 @@ struct Walked {
     // customer_periods
     period_key: Vec<u32>,
     period_date: Vec<i32>,
-    period_purchases: Vec<i64>,
+    period_purchases: Vec<u32>,
     period_revenue: Vec<i64>,
     // customers with a purchase
     id: Vec<u32>,
@@ -266,7 +266,7 @@ struct Walked {
 struct WalkedPart<'a> {
     period_key: &'a mut [MaybeUninit<u32>],
     period_date: &'a mut [MaybeUninit<i32>],
-    period_purchases: &'a mut [MaybeUninit<i64>],
+    period_purchases: &'a mut [MaybeUninit<u32>],
     period_revenue: &'a mut [MaybeUninit<i64>],
     id: &'a mut [MaybeUninit<u32>],
     first: &'a mut [MaybeUninit<i32>],
@@ -428,7 +428,7 @@ impl WalkedPart<'_> {
             let mut first_day_revenue = 0;
             for day in day_orders.chunk_by(|a, b| a.0 == b.0) {
                 let date = day[0].0;
-                let purchases = day.iter().filter(|(_, r)| *r > 0).count() as i64;
+                let purchases = day.iter().filter(|(_, r)| *r > 0).count() as u32;
                 let day_revenue: i64 = day.iter().map(|(_, r)| r).sum();
                 let day_purchase_revenue: i64 = day.iter().map(|(_, r)| *r).filter(|&r| r > 0).sum();
                 self.period_key[p].write(key);
@@ -443,7 +443,7 @@ impl WalkedPart<'_> {
                         first_day_revenue = day_purchase_revenue;
                     }
                     last = date;
-                    orders += purchases;
+                    orders += i64::from(purchases);
                     purchase_revenue += day_purchase_revenue;
                     purchase_days += 1;
                 }

@@ -145,7 +145,7 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
     // Customers in parts counted in parallel, each part into its own cells (as many parts as
     // keep those copies small), then summed: integer sums, the same whatever the split.
     let keys = prepare::values::<UInt32Type>(periods, "customer_key")?;
-    let purchases = prepare::values::<Int64Type>(periods, "purchases")?;
+    let purchases = prepare::values::<UInt32Type>(periods, "purchases")?;
     let revenues = prepare::values::<Int64Type>(periods, "revenue_micros")?;
     let customers = facts.height();
     let parts = (rayon::current_num_threads() * 4).min((1 << 20) / cells.max(1)).max(1);
@@ -174,7 +174,7 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
                     continue;
                 }
                 let at = first_cell + period as usize;
-                let bought = purchases[row];
+                let bought = i64::from(purchases[row]);
                 orders[at] += bought;
                 revenue[at] += revenues[row];
                 if bought > 0 && counted != at {

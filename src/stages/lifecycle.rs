@@ -261,7 +261,7 @@ fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
     let periods = &shared.customer_periods()?;
     let keys = values::<UInt32Type>(periods, "customer_key")?;
     let dates = day_values(periods, "date")?;
-    let purchases = values::<Int64Type>(periods, "purchases")?;
+    let purchases = values::<UInt32Type>(periods, "purchases")?;
     let customers = shared.customer_facts.height();
     let earliest = day_values(&shared.customer_facts, "first_purchase_date")?
         .iter()

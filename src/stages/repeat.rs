@@ -167,7 +167,7 @@ struct Walk<'a> {
     orders: &'a [i64],
     keys: &'a [u32],
     dates: &'a [i32],
-    purchases: &'a [i64],
+    purchases: &'a [u32],
     cohort: &'a [u32],
     cohorts: usize,
     as_of: i32,
@@ -188,7 +188,7 @@ impl Walk<'_> {
             // The day on which the running count of purchases reaches each k.
             let mut running = 0usize;
             for row in rows {
-                let bought = self.purchases[row].max(0) as usize;
+                let bought = self.purchases[row] as usize;
                 let reached = (running + bought).min(kth.len());
                 for slot in kth.iter_mut().take(reached).skip(running) {
                     *slot = self.dates[row];
@@ -236,7 +236,7 @@ pub fn repeat(shared: &SharedTables, options: &RepeatOptions) -> Result<Vec<Data
         orders: values::<Int64Type>(facts, "orders")?,
         keys: values::<UInt32Type>(periods, "customer_key")?,
         dates: day_values(periods, "date")?,
-        purchases: values::<Int64Type>(periods, "purchases")?,
+        purchases: values::<UInt32Type>(periods, "purchases")?,
         cohort: &cohort,
         cohorts: (index.of(high) - first_cohort + 1) as usize,
         as_of,
