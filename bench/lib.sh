@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts: `source bench/lib.sh LINES` from the repository root.
 # Builds the release binary ($BIN), generates $FILE (LINES order lines, git-ignored) once, and
-# defines `measure NAME COMMAND...`, which fills WALL/CPU/RSS[NAME] with the median of REPEATS
-# (default 3) runs by wall time, as /usr/bin/time -v reports them (this machine is noisy), and
+# defines `measure NAME COMMAND...`, which fills WALL/CPU/RSS/FAULTS[NAME] with the median of
+# REPEATS (default 3) runs by wall time, as /usr/bin/time -v reports them (this machine is noisy;
+# page faults, the fresh pages a run touches, repeat within ~1 % where its times do not), and
 # `measure_interleaved NAME...` for runs whose ratio counts.
 LINES="${1:-10000000}"
 DATA="bench/data"
@@ -11,23 +12,24 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
 cargo build --release --quiet
 BIN="$CARGO_TARGET_DIR/release/pipeline"
 FILE="$(realpath -m "$DATA/lines_$LINES.parquet")"
-declare -A WALL CPU RSS
+declare -A WALL CPU RSS FAULTS
 
-time_stats() { # log of /usr/bin/time -v → "wall cpu rss_mb"
-  local log="$1" wall cpu rss
+time_stats() { # log of /usr/bin/time -v → "wall cpu rss_mb faults"
+  local log="$1" wall cpu rss faults
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {print u + s}' "$log")
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
-  echo "$wall $cpu $rss"
+  faults=$(awk -F': ' '/Minor \(reclaiming a frame\) page faults/ {print $2}' "$log")
+  echo "$wall $cpu $rss $faults"
 }
 
-measure_once() { # log, command... → "wall cpu rss_mb"
+measure_once() { # log, command... → "wall cpu rss_mb faults"
   local log="$1"; shift
   /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
   time_stats "$log"
 }
 
-median_of() { # lines "wall cpu rss" → the line of the median wall time
+median_of() { # lines "wall cpu rss faults" → the line of the median wall time
   sort -n | awk -v n="$1" 'NR == int((n + 1) / 2)'
 }
 
@@ -35,7 +37,7 @@ measure() { # name, command...
   local name="$1"; shift
   local runs=()
   for _ in $(seq "$REPEATS"); do runs+=("$(measure_once "$DATA/time_$name.log" "$@")"); done
-  read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s\n' "${runs[@]}" | median_of "${#runs[@]}")"
+  read -r WALL[$name] CPU[$name] RSS[$name] FAULTS[$name] <<< "$(printf '%s\n' "${runs[@]}" | median_of "${#runs[@]}")"
 }
 
 # `measure` for several runs taken in turn, REPEATS rounds of one run each: a ratio between
@@ -49,7 +51,7 @@ measure_interleaved() { # names...
     for name in "$@"; do runs[$name]+="$("cmd_$name")"$'\n'; done
   done
   for name in "$@"; do
-    read -r WALL[$name] CPU[$name] RSS[$name] <<< "$(printf '%s' "${runs[$name]}" | median_of "$REPEATS")"
+    read -r WALL[$name] CPU[$name] RSS[$name] FAULTS[$name] <<< "$(printf '%s' "${runs[$name]}" | median_of "$REPEATS")"
   done
 }
 

@@ -13,7 +13,7 @@ for lines in "$@"; do
   log="$DATA/time_scale_$lines.log"
   status=ok
   /usr/bin/time -v "$BIN" run "$(all_config "$FILE" "scale_$lines")" --log warn >/dev/null 2>"$log" || status=failed
-  read -r wall cpu rss <<< "$(time_stats "$log")"
+  read -r wall cpu rss _ <<< "$(time_stats "$log")"
   if [ "$status" = ok ]; then
     customers=$(customers_of "scale_$lines")
     rate=$(printf '%.0f' "$(echo "$lines / $wall" | bc -l)")
