@@ -163,9 +163,9 @@ pub fn day_values<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [i32]> {
         .map_err(|_| anyhow::anyhow!("column `{name}` has nulls or several chunks"))
 }
 
-/// The order columns the walk reads, as slices.
+/// The order columns the walk reads, as slices (the customer ids are read before it, by
+/// `rows_by_customer`).
 struct OrderColumns<'a> {
-    ids: &'a [u32],
     dates: &'a [i32],
     instants: &'a [i64],
     revenues: &'a [i64],
@@ -184,7 +184,6 @@ impl<'a> OrderColumns<'a> {
             Err(_) => &[],
         };
         Ok(OrderColumns {
-            ids: values(orders.column("id")?.u32()?, "id")?,
             dates: values(
                 orders.column("date")?.as_materialized_series().date()?.physical(),
                 "date",
@@ -464,7 +463,7 @@ impl WalkedPart<'_> {
 }
 
 /// Walk every customer, in parallel chunks of 2^16 ids.
-fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
+fn walk(orders: DataFrame, customers: usize) -> Result<Walked> {
     walk_in_chunks(orders, customers, 1 << 16)
 }
 
@@ -473,13 +472,21 @@ fn walk(orders: &DataFrame, customers: usize) -> Result<Walked> {
 /// per customer id), then move the parts together. Walking into each chunk's own growing
 /// columns and copying them into joined ones touched ~2× the memory: at 50M lines ~1 GB of
 /// fresh pages, each zeroed by the kernel.
-fn walk_in_chunks(orders: &DataFrame, customers: usize, chunk: usize) -> Result<Walked> {
+fn walk_in_chunks(mut orders: DataFrame, customers: usize, chunk: usize) -> Result<Walked> {
     use rayon::prelude::*;
-    let mut orders = orders.clone();
     orders.rechunk_mut();
-    let columns = OrderColumns::of(&orders)?;
     let clock = std::time::Instant::now();
-    let (starts, rows) = rows_by_customer(columns.ids, customers);
+    // The customer of each order is only needed to group the orders: its column is freed
+    // before the walk's columns are allocated, which then reuse its pages.
+    let ids = orders.drop_in_place("id")?;
+    let (starts, rows) = rows_by_customer(
+        ids.u32()?
+            .cont_slice()
+            .map_err(|_| anyhow::anyhow!("orders column `id` has nulls or several chunks"))?,
+        customers,
+    );
+    drop(ids);
+    let columns = OrderColumns::of(&orders)?;
     tracing::debug!(
         "prepare: orders grouped by customer in {:.3} s",
         clock.elapsed().as_secs_f64()
@@ -510,9 +517,10 @@ fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
     Ok(crate::owned_column(name, days).cast(&DataType::Date)?)
 }
 
-/// Build both shared tables from the orders of one source. The orders are dropped as soon as
-/// the walk is done with them: the customer facts are then built in their memory (at 50M lines
-/// 720 MB the kernel would otherwise hand out fresh).
+/// Build both shared tables from the orders of one source. The walk takes the orders and drops
+/// them as soon as it is done with them (their customer column once they are grouped): the
+/// customer facts are then built in their memory (at 50M lines 720 MB the kernel would
+/// otherwise hand out fresh).
 pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     let SourceOrders {
         orders,
@@ -522,8 +530,7 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
         ..
     } = source;
     let clock = std::time::Instant::now();
-    let walked = walk(&orders, customer_ids.len()).context("building customer days")?;
-    drop(orders);
+    let walked = walk(orders, customer_ids.len()).context("building customer days")?;
     tracing::debug!(
         "prepare: customers walked at {:.3} s ({})",
         clock.elapsed().as_secs_f64(),
@@ -671,7 +678,7 @@ mod tests {
         let mut orders = orders;
         let dates = orders.column("date").unwrap().cast(&DataType::Date).unwrap();
         orders.with_column(dates).unwrap();
-        walk(&orders, customers).expect("columns present")
+        walk(orders, customers).expect("columns present")
     }
 
     #[test]
@@ -814,12 +821,12 @@ mod tests {
         let dates = orders.column("date").unwrap().cast(&DataType::Date).unwrap();
         let mut orders = orders;
         orders.with_column(dates).unwrap();
-        let whole = walk_in_chunks(&orders, 5, 1 << 16).unwrap();
+        let whole = walk_in_chunks(orders.clone(), 5, 1 << 16).unwrap();
         assert_eq!(whole.id, [0, 2, 4]);
         assert_eq!(whole.period_key, [0, 0, 0, 1, 2, 2]);
         assert_eq!(whole.period_date, [5, 7, 9, 3, 1, 2]);
         for chunk in [1, 2, 3, 4] {
-            let w = walk_in_chunks(&orders, 5, chunk).unwrap();
+            let w = walk_in_chunks(orders.clone(), 5, chunk).unwrap();
             assert_eq!(w.period_key, whole.period_key, "chunks of {chunk}");
             assert_eq!(w.period_date, whole.period_date, "chunks of {chunk}");
             assert_eq!(w.period_purchases, whole.period_purchases, "chunks of {chunk}");

@@ -592,10 +592,11 @@ pub fn memory() -> String {
         })
         .unwrap_or_default();
     format!(
-        "RSS {} MB (anon {}, file {}), peak {} MB{cpu}",
+        "RSS {} MB (anon {}, file {}, free list {}), peak {} MB{cpu}",
         field("VmRSS:"),
         field("RssAnon:"),
         field("RssFile:"),
+        crate::alloc::free_bytes() >> 20,
         field("VmHWM:")
     )
 }
