@@ -476,16 +476,10 @@ fn walk_in_chunks(mut orders: DataFrame, customers: usize, chunk: usize) -> Resu
     use rayon::prelude::*;
     orders.rechunk_mut();
     let clock = std::time::Instant::now();
+    let (starts, rows) = rows_by_customer(values::<UInt32Type>(&orders, "id")?, customers);
     // The customer of each order is only needed to group the orders: its column is freed
-    // before the walk's columns are allocated, which then reuse its pages.
-    let ids = orders.drop_in_place("id")?;
-    let (starts, rows) = rows_by_customer(
-        ids.u32()?
-            .cont_slice()
-            .map_err(|_| anyhow::anyhow!("orders column `id` has nulls or several chunks"))?,
-        customers,
-    );
-    drop(ids);
+    // before the walk's columns are allocated, so they can take its pages.
+    drop(orders.drop_in_place("id")?);
     let columns = OrderColumns::of(&orders)?;
     tracing::debug!(
         "prepare: orders grouped by customer in {:.3} s",
