@@ -2,7 +2,7 @@
 # Builds the release binary ($BIN), generates $FILE (LINES order lines, git-ignored) once, and
 # defines `measure NAME COMMAND...`, which fills WALL/CPU/RSS/FAULTS[NAME] with the median of
 # REPEATS (default 3) runs by wall time, as /usr/bin/time -v reports them (this machine is noisy;
-# page faults, the fresh pages a run touches, repeat within ~1 % where its times do not), and
+# page faults, the fresh pages a run touches, repeat within a few % where its times do not), and
 # `measure_interleaved NAME...` for runs whose ratio counts.
 LINES="${1:-10000000}"
 DATA="bench/data"
