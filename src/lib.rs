@@ -93,6 +93,49 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
+/// Where and why the last panic happened, recorded by `install_panic_hook`.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Record panics instead of printing them: `catch_panics` turns them into an error that says
+/// it is a bug and where it happened. `PIPELINE_PANIC_BACKTRACE=1` also prints the default report.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "an unknown place".into());
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no message".into());
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(format!("{message} (at {location})"));
+        }
+        if std::env::var_os("PIPELINE_PANIC_BACKTRACE").is_some() {
+            default(info);
+        }
+    }));
+}
+
+/// `work()`, with a panic turned into an error (exit 1) saying it is a bug and where it
+/// happened, so callers can still record the failure.
+pub fn catch_panics<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let recorded = LAST_PANIC.lock().ok().and_then(|mut last| last.take());
+            let what = recorded.unwrap_or_else(|| source::panic_text(&payload));
+            Err(anyhow::anyhow!(
+                "internal error: this is a bug in pipeline {}, please report it with the command and config: {what}",
+                env!("CARGO_PKG_VERSION")
+            ))
+        }
+    }
+}
+
 /// Load and validate a config into a plan (exit code 2 on failure).
 pub fn load_plan(path: &std::path::Path) -> Result<plan::Plan> {
     plan::load_plan(path).map_err(|diagnostics| UsageError::Config(diagnostics).into())
@@ -104,12 +147,12 @@ pub fn validate(path: &std::path::Path) -> Result<String> {
     let plan = load_plan(path)?;
     let mut report = Vec::new();
     for source in plan.config.sources.values() {
-        let files = source::resolve_files(source)?;
-        source::check_schema(source)?;
+        let schema = source::check_schema(source)?;
         report.push(format!(
-            "source `{}`: {} file(s), mapped columns ok",
+            "source `{}`: {} {} file(s), mapped and filter columns ok",
             source.name,
-            files.len()
+            schema.files.len(),
+            source.format.extension()
         ));
     }
     report.push(format!(

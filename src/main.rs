@@ -57,7 +57,8 @@ fn main() -> ExitCode {
             std::io::Error::last_os_error()
         );
     }
-    match execute(cli.command) {
+    pipeline::install_panic_hook();
+    match pipeline::catch_panics(|| execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -15,6 +15,92 @@ pub fn micros_of(amount: f64) -> i64 {
     (if scaled >= 0.0 { scaled + 0.5 } else { scaled - 0.5 }) as i64
 }
 
+/// Marks an amount that is not a usable number (NaN, beyond ±9e12 units, unparsable text)
+/// in a column of micro-units: no usable amount is this far from zero.
+pub const INVALID_MICROS: i64 = i64::MIN;
+
+/// The largest usable amount in micro-units (9e12 units): beyond it, sums of a few lines
+/// could leave an i64.
+const MAX_MICROS: i128 = 9_000_000_000_000_000_000;
+
+/// A decimal's unscaled value with `scale` digits after the point, as micro-units rounded half
+/// away from zero; `INVALID_MICROS` beyond ±9e12 units.
+pub fn decimal_micros(unscaled: i128, scale: usize) -> i64 {
+    let micros = if scale <= 6 {
+        10i128
+            .checked_pow((6 - scale) as u32)
+            .and_then(|factor| unscaled.checked_mul(factor))
+    } else {
+        match 10i128.checked_pow((scale - 6) as u32) {
+            Some(divisor) => {
+                let (quotient, remainder) = (unscaled / divisor, unscaled % divisor);
+                Some(if remainder.unsigned_abs() * 2 >= divisor.unsigned_abs() {
+                    quotient + unscaled.signum()
+                } else {
+                    quotient
+                })
+            }
+            // More than 44 decimals: every i128 value is below half a micro-unit.
+            None => Some(0),
+        }
+    };
+    match micros {
+        Some(micros) if (-MAX_MICROS..=MAX_MICROS).contains(&micros) => micros as i64,
+        _ => INVALID_MICROS,
+    }
+}
+
+/// A decimal written as text (`-12.50`, `+3`, `.5`, `1.0E-4`; surrounding blanks ignored) as
+/// micro-units: plain decimals exactly (rounded half away from zero past six decimals), forms
+/// with an exponent through a double; `INVALID_MICROS` for anything else or beyond ±9e12 units.
+pub fn text_micros(text: &str) -> i64 {
+    let text = text.trim();
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let plain = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !plain(whole) || !plain(fraction) || whole.len() > 30 {
+        return match text.parse::<f64>() {
+            Ok(value) if (-9.0e12..=9.0e12).contains(&value) => micros_of(value),
+            _ => INVALID_MICROS,
+        };
+    }
+    let mut unscaled: i128 = 0;
+    for b in whole.bytes().chain(fraction.bytes().take(7)) {
+        unscaled = unscaled * 10 + i128::from(b - b'0');
+    }
+    // Half away from zero is decided by the seventh decimal alone: digits past it never
+    // carry a remainder below half a micro-unit to half or above.
+    let mut micros = decimal_micros(unscaled, fraction.len().min(7));
+    if negative && micros != INVALID_MICROS {
+        micros = -micros;
+    }
+    micros
+}
+
+/// A batch's `amount` column as Int64 micro-units when it is a decimal or text (nulls stay
+/// null, unusable values become `INVALID_MICROS`); `None` for numeric columns, which the fold
+/// reads as Float64 units.
+pub fn micros_column(amount: &Column) -> PolarsResult<Option<Column>> {
+    let micros: Int64Chunked = match amount.dtype() {
+        DataType::Decimal(_, scale) => {
+            let scale = *scale;
+            amount
+                .decimal()?
+                .physical()
+                .apply_nonnull_values_generic(DataType::Int64, |unscaled: i128| decimal_micros(unscaled, scale))
+        }
+        DataType::String => amount
+            .str()?
+            .apply_nonnull_values_generic(DataType::Int64, text_micros),
+        _ => return Ok(None),
+    };
+    Ok(Some(micros.with_name(amount.name().clone()).into_column()))
+}
+
 /// `micros_of` as a polars expression over a numeric column: the reference the tests hold
 /// `micros_of` to, bit for bit.
 #[cfg(test)]

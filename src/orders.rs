@@ -182,6 +182,9 @@ impl<'a> KeyColumn<'a> {
 enum OrderKeys {
     Text(Interner),
     Runs(Runs),
+    /// Integer ids looked up per run, (id, order) per entry: used when `line` is mapped, so a
+    /// run finds its order at once and its lines are checked against the lines the order has.
+    Lookup(HashTable<(i64, u32)>),
 }
 
 /// Integer order ids, in one of two modes.
@@ -322,6 +325,15 @@ impl OrderKeys {
             (OrderKeys::Runs(runs), KeyColumn::Int(values)) => {
                 runs.push(values[row]);
                 (u32::try_from(runs.held() - 1).expect("fewer than 2^32 runs"), true)
+            }
+            (OrderKeys::Lookup(table), KeyColumn::Int(values)) => {
+                let id = values[row];
+                if let Some(&(_, order)) = table.find(hash, |&(seen, _)| seen == id) {
+                    return Ok((order, false));
+                }
+                let order = u32::try_from(table.len()).expect("fewer than 2^32 orders");
+                table.insert_unique(hash, (id, order), |&(id, _)| int_key_hash(id));
+                (order, true)
             }
             _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
         })
@@ -526,15 +538,30 @@ struct Shard {
     lines: Vec<u32>,
     channel: Vec<u32>,
     several_customers: Vec<bool>,
+    /// With `line` mapped: each order's line numbers, as bits of `line_bits` from the first
+    /// number seen (`line_base`, `NO_LINE` before any), the rest in `far_lines`. An order's
+    /// lines are few and their numbers close, so this follows orders, not lines.
+    line_base: Vec<i64>,
+    line_bits: Vec<u64>,
+    far_lines: hashbrown::HashSet<(u32, i64), foldhash::fast::FixedState>,
+    /// Lines dropped as repeats of an (order_id, line) already folded.
+    duplicate_lines: u64,
 }
+
+/// `line_base` of an order none of whose lines has a number yet.
+const NO_LINE: i64 = i64::MIN;
 
 /// The hash of a row's order key: `hash_bytes` for text, foldhash for integers.
 fn key_hash(key: KeyColumn, row: usize) -> u64 {
-    use std::hash::BuildHasher;
     match key {
         KeyColumn::Text(values) => u64::from(hash_bytes(values.value(row).as_bytes())),
-        KeyColumn::Int(values) => foldhash::fast::FixedState::with_seed(0x5eed).hash_one(values[row]),
+        KeyColumn::Int(values) => int_key_hash(values[row]),
     }
+}
+
+fn int_key_hash(id: i64) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(id)
 }
 
 /// The shard of a key's hash among `shards`, from bits a text table does not use for tags
@@ -548,8 +575,8 @@ pub struct OrderFold {
     shards: Vec<Shard>,
     /// Lines per reason code, usable ones included.
     pub lines_by_reason: [u64; REASONS],
-    /// Extra copies of an (order_id, line) pair, when the scan deduplicated them.
-    pub duplicate_lines: u64,
+    /// Usable lines per currency (`None`: a null currency), when the source maps one.
+    pub currencies: std::collections::BTreeMap<Option<String>, u64>,
     /// Time spent in `add` and batches folded, for the debug log.
     pub busy: std::time::Duration,
     pub batches: u64,
@@ -593,9 +620,38 @@ struct Batch<'a> {
     order_ids: KeyColumn<'a>,
     customer_ids: KeyColumn<'a>,
     ts: &'a [i64],
-    /// Amounts in units, as Float64; a usable line's is finite and within ±9e12.
-    amounts: &'a [f64],
+    amounts: Amounts<'a>,
     channels: Option<&'a TextArray>,
+    /// The `line` column when the source maps it: (order_id, line) pairs count once.
+    lines: Option<&'a Int64Array>,
+}
+
+type Int64Array = <Int64Type as PolarsDataType>::Array;
+
+/// A batch's amounts: numbers as Float64 units, or decimals and text already turned into
+/// micro-units (`money::micros_column`). A usable line's amount is valid (`is_valid`).
+#[derive(Clone, Copy)]
+enum Amounts<'a> {
+    Units(&'a [f64]),
+    Micros(&'a [i64]),
+}
+
+impl<'a> Amounts<'a> {
+    fn of(column: &'a Column) -> PolarsResult<Self> {
+        Ok(match column.dtype() {
+            DataType::Int64 => Amounts::Micros(column.i64()?.downcast_as_array().values().as_slice()),
+            _ => Amounts::Units(column.f64()?.downcast_as_array().values().as_slice()),
+        })
+    }
+
+    /// A row's amount in micro-units (a valid one: see `is_valid`).
+    #[inline]
+    fn micros(self, row: usize) -> i64 {
+        match self {
+            Amounts::Units(units) => crate::money::micros_of(units[row]),
+            Amounts::Micros(micros) => micros[row],
+        }
+    }
 }
 
 impl<'a> Batch<'a> {
@@ -605,9 +661,13 @@ impl<'a> Batch<'a> {
             order_ids: KeyColumn::of(batch.column("order_id")?)?,
             customer_ids: KeyColumn::of(batch.column("customer_id")?)?,
             ts: batch.column("ts")?.i64()?.downcast_as_array().values().as_slice(),
-            amounts: batch.column("amount")?.f64()?.downcast_as_array().values().as_slice(),
+            amounts: Amounts::of(batch.column("amount")?)?,
             channels: match batch.column("channel") {
                 Ok(column) => Some(column.str()?.downcast_as_array()),
+                Err(_) => None,
+            },
+            lines: match batch.column("line") {
+                Ok(column) => Some(column.i64()?.downcast_as_array()),
                 Err(_) => None,
             },
         })
@@ -624,8 +684,26 @@ fn nulls(batch: &DataFrame, name: &str) -> PolarsResult<Option<BooleanChunked>> 
 /// customer_id, no order_id, no time, no amount, an amount that is NaN, infinite or beyond
 /// ±9e12 (past what micro-units hold in an i64), at or after `first_after_as_of`; 0 for a usable
 /// line; into `reasons` (cleared first). Columns: `order_id`, `customer_id`, `ts` (i64 µs),
-/// `amount` (f64)[, `include` (bool; all lines when absent)].
+/// `amount` (f64 units, or i64 micro-units)[, `include` (bool; all lines when absent)].
 fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut Vec<u8>) -> PolarsResult<()> {
+    // One loop per kind of amount, so the test of a usable amount is inlined.
+    match Amounts::of(batch.column("amount")?)? {
+        Amounts::Units(units) => reasons_with(batch, first_after_as_of, reasons, |row| {
+            (-9.0e12..=9.0e12).contains(&units[row]) // NaN is in no range
+        }),
+        Amounts::Micros(micros) => reasons_with(batch, first_after_as_of, reasons, |row| {
+            micros[row] != crate::money::INVALID_MICROS
+        }),
+    }
+}
+
+/// `line_reasons` with `valid_amount(row)` telling whether a non-null amount is usable.
+fn reasons_with(
+    batch: &DataFrame,
+    first_after_as_of: Option<i64>,
+    reasons: &mut Vec<u8>,
+    valid_amount: impl Fn(usize) -> bool,
+) -> PolarsResult<()> {
     let include = match batch.column("include") {
         Ok(column) => Some(column.bool()?.downcast_as_array()),
         Err(_) => None,
@@ -641,11 +719,10 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut
         .map(|nulls| nulls.as_ref().map(|nulls| nulls.downcast_as_array()));
     let null = |nulls: Option<&BoolArray>, row: usize| nulls.is_some_and(|nulls| nulls.value(row));
     let ts = batch.column("ts")?.i64()?.downcast_as_array().values().as_slice();
-    let amounts = batch.column("amount")?.f64()?.downcast_as_array().values().as_slice();
-    let valued = |ts: i64, amount: f64| {
-        if !(-9.0e12..=9.0e12).contains(&amount) {
-            INVALID_AMOUNT // NaN is in no range
-        } else if first_after_as_of.is_some_and(|first| ts >= first) {
+    let valued = |row: usize| {
+        if !valid_amount(row) {
+            INVALID_AMOUNT
+        } else if first_after_as_of.is_some_and(|first| ts[row] >= first) {
             AFTER_AS_OF
         } else {
             0
@@ -659,16 +736,10 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut
             include
                 .values()
                 .iter()
-                .zip(ts.iter().zip(amounts))
-                .map(|(included, (&ts, &amount))| {
-                    if included {
-                        valued(ts, amount)
-                    } else {
-                        EXCLUDED_BY_INCLUDE
-                    }
-                }),
+                .enumerate()
+                .map(|(row, included)| if included { valued(row) } else { EXCLUDED_BY_INCLUDE }),
         ),
-        None if no_nulls => reasons.extend(ts.iter().zip(amounts).map(|(&ts, &amount)| valued(ts, amount))),
+        None if no_nulls => reasons.extend((0..batch.height()).map(valued)),
         _ => reasons.extend((0..batch.height()).map(|row| {
             if include.is_some_and(|include| include.get(row) != Some(true)) {
                 EXCLUDED_BY_INCLUDE
@@ -681,7 +752,7 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut
             } else if null(amount_nulls, row) {
                 NULL_AMOUNT
             } else {
-                valued(ts[row], amounts[row])
+                valued(row)
             }
         })),
     }
@@ -691,12 +762,15 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut
 impl OrderFold {
     /// A fold for a source whose key columns have these types, in `shards` shards folded in
     /// parallel (one per thread of the current rayon pool is the intent).
-    pub fn new(order_id: &DataType, customer_id: &DataType, shards: usize) -> Self {
+    /// With `lines`, batches carry a `line` column and repeats of an (order_id, line) count
+    /// once (integer order ids are then looked up per run instead of merged later).
+    pub fn new(order_id: &DataType, customer_id: &DataType, shards: usize, lines: bool) -> Self {
         let text = order_id == &DataType::String;
         let shard = || Shard {
-            orders: match text {
-                true => OrderKeys::Text(Interner::default()),
-                false => OrderKeys::Runs(Runs::default()),
+            orders: match (text, lines) {
+                (true, _) => OrderKeys::Text(Interner::default()),
+                (false, false) => OrderKeys::Runs(Runs::default()),
+                (false, true) => OrderKeys::Lookup(HashTable::new()),
             },
             customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
@@ -706,12 +780,16 @@ impl OrderFold {
             lines: Vec::new(),
             channel: Vec::new(),
             several_customers: Vec::new(),
+            line_base: Vec::new(),
+            line_bits: Vec::new(),
+            far_lines: Default::default(),
+            duplicate_lines: 0,
         };
         let shards = shards.max(1);
         OrderFold {
             shards: (0..shards).map(|_| shard()).collect(),
             lines_by_reason: [0; REASONS],
-            duplicate_lines: 0,
+            currencies: Default::default(),
             busy: std::time::Duration::ZERO,
             batches: 0,
             expected_lines: None,
@@ -725,21 +803,20 @@ impl OrderFold {
     }
 
     /// Fold one batch with columns `order_id`, `customer_id` (text or Int64), `ts` (i64 µs),
-    /// `amount` (f64 units)[, `include` (bool)][, `channel` (text)][, `copies` (u32)].
+    /// `amount` (Float64 units, a decimal, or text)[, `include` (bool)][, `channel` (text)]
+    /// [, `line` (Int64)][, `currency` (text)].
     pub fn add(&mut self, mut batch: DataFrame) -> PolarsResult<()> {
         use rayon::prelude::*;
         let started = std::time::Instant::now();
         batch.rechunk_mut();
-        if let Ok(copies) = batch.column("copies") {
-            let extra: u64 = copies
-                .u32()?
-                .iter()
-                .map(|c| u64::from(c.unwrap_or(1).saturating_sub(1)))
-                .sum();
-            self.duplicate_lines += extra;
+        if let Some(micros) = crate::money::micros_column(batch.column("amount")?)? {
+            batch.with_column(micros)?;
         }
         let (mut reasons, mut runs) = (std::mem::take(&mut self.reasons), std::mem::take(&mut self.runs));
         line_reasons(&batch, self.first_after_as_of, &mut reasons)?;
+        if let Ok(currency) = batch.column("currency") {
+            count_currencies(currency.str()?.downcast_as_array(), &reasons, &mut self.currencies);
+        }
         // Usually every line is usable: one vectorised count of those, a counter per line only
         // when some are not.
         let usable = reasons.iter().filter(|&&code| code == 0).count();
@@ -753,8 +830,8 @@ impl OrderFold {
         let columns = Batch::of(&batch, &reasons)?;
         self.reserve_once();
         self.lines_seen += columns.reasons.len() as u64;
-        let text = matches!(self.shards[0].orders, OrderKeys::Text(_));
-        runs_by_shard(&columns, text, &mut runs);
+        let hashed = !matches!(self.shards[0].orders, OrderKeys::Runs(_));
+        runs_by_shard(&columns, hashed, &mut runs);
         let result = if self.shards.len() == 1 {
             self.shards[0].add(&columns, &runs[0])
         } else {
@@ -812,9 +889,9 @@ impl OrderFold {
         let OrderFold {
             mut shards,
             lines_by_reason,
-            duplicate_lines,
             ..
         } = self;
+        let duplicate_lines = shards.iter().map(|shard| shard.duplicate_lines).sum();
         use rayon::prelude::*;
         let clock = std::time::Instant::now();
         let mut customers = Vec::new();
@@ -862,6 +939,9 @@ impl OrderFold {
         let mut parts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for shard in shards {
             drop(shard.orders);
+            drop(shard.line_base);
+            drop(shard.line_bits);
+            drop(shard.far_lines);
             customers.push(shard.customers);
             if has_channel {
                 parts.0.push(shard.channel);
@@ -905,20 +985,44 @@ impl OrderFold {
     }
 }
 
+/// Add the usable lines (reason 0) of a batch to the count per currency.
+fn count_currencies(
+    currency: &TextArray,
+    reasons: &[u8],
+    counts: &mut std::collections::BTreeMap<Option<String>, u64>,
+) {
+    // Lines of one currency come in long stretches: counted per stretch.
+    let mut stretch: Option<(Option<&str>, u64)> = None;
+    for (row, _) in reasons.iter().enumerate().filter(|(_, &reason)| reason == 0) {
+        let value = currency.get(row);
+        match &mut stretch {
+            Some((current, count)) if *current == value => *count += 1,
+            _ => {
+                if let Some((current, count)) = stretch.replace((value, 1)) {
+                    *counts.entry(current.map(str::to_string)).or_insert(0) += count;
+                }
+            }
+        }
+    }
+    if let Some((current, count)) = stretch {
+        *counts.entry(current.map(str::to_string)).or_insert(0) += count;
+    }
+}
+
 /// The runs of adjacent usable lines with one order_id in a batch, as (first row, row after
 /// the last line, key hash) per shard, into `runs` (one list per shard, cleared first): found
 /// once for all shards (each shard used to scan the whole batch for its own). The hash is
-/// computed for text keys and to choose a shard.
-fn runs_by_shard(batch: &Batch, text: bool, runs: &mut [Vec<(usize, usize, u64)>]) {
+/// computed when `hashed` (keys looked up in a table) and to choose a shard.
+fn runs_by_shard(batch: &Batch, hashed: bool, runs: &mut [Vec<(usize, usize, u64)>]) {
     // One loop per key type, so the comparison of neighbours is inlined.
     match batch.order_ids {
-        KeyColumn::Int(ids) => runs_of(batch, text, runs, |a, b| ids[a] == ids[b]),
-        KeyColumn::Text(values) => runs_of(batch, text, runs, |a, b| values.value(a) == values.value(b)),
+        KeyColumn::Int(ids) => runs_of(batch, hashed, runs, |a, b| ids[a] == ids[b]),
+        KeyColumn::Text(values) => runs_of(batch, hashed, runs, |a, b| values.value(a) == values.value(b)),
     }
 }
 
 /// `runs_by_shard` with `same(a, b)` telling whether rows a and b hold the same order id.
-fn runs_of(batch: &Batch, text: bool, runs: &mut [Vec<(usize, usize, u64)>], same: impl Fn(usize, usize) -> bool) {
+fn runs_of(batch: &Batch, hashed: bool, runs: &mut [Vec<(usize, usize, u64)>], same: impl Fn(usize, usize) -> bool) {
     let Batch { reasons, order_ids, .. } = *batch;
     let shards = runs.len();
     runs.iter_mut().for_each(Vec::clear);
@@ -937,7 +1041,7 @@ fn runs_of(batch: &Batch, text: bool, runs: &mut [Vec<(usize, usize, u64)>], sam
         if let Some(run) = open {
             close(run);
         }
-        let hash = if text || shards > 1 {
+        let hash = if hashed || shards > 1 {
             key_hash(order_ids, row)
         } else {
             0
@@ -979,6 +1083,7 @@ impl Shard {
             ts,
             amounts,
             channels,
+            lines,
         } = *batch;
         let usable = |row: usize| reasons[row] == 0;
 
@@ -1017,7 +1122,17 @@ impl Shard {
             let o = order as usize;
             let mut previous: Option<usize> = None; // the run's previous line
             for row in (first..end).filter(|&row| usable(row)) {
-                let (ts, amount) = (ts[row], crate::money::micros_of(amounts[row]));
+                if let Some(lines) = lines {
+                    if new && previous.is_none() {
+                        self.line_base.push(NO_LINE);
+                        self.line_bits.push(0);
+                    }
+                    if polars_arrow::array::Array::is_valid(lines, row) && !self.first_copy(o, lines.value(row)) {
+                        self.duplicate_lines += 1;
+                        continue;
+                    }
+                }
+                let (ts, amount) = (ts[row], amounts.micros(row));
                 if new && previous.is_none() {
                     let channel = channel_of(&mut self.channels, &mut self.inline_channels, row);
                     self.customers.push(customer_ids, row)?;
@@ -1046,6 +1161,23 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Record line number `line` of `order`: whether it is the first copy of that line.
+    fn first_copy(&mut self, order: usize, line: i64) -> bool {
+        let base = &mut self.line_base[order];
+        if *base == NO_LINE {
+            *base = line;
+        }
+        match line.checked_sub(*base) {
+            Some(offset @ 0..64) => {
+                let (bits, bit) = (&mut self.line_bits[order], 1u64 << offset);
+                let first = *bits & bit == 0;
+                *bits |= bit;
+                first
+            }
+            _ => self.far_lines.insert((order as u32, line)),
+        }
     }
 
     /// Merge the runs of integer order ids that repeat an earlier run's id into that earlier
@@ -1326,7 +1458,7 @@ mod tests {
             ["app", "shop", "web"],
             ["app", "shop_partner_network", "web_storefront_eu"],
         ] {
-            let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1);
+            let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1, false);
             fold.add(batch(&[
                 (0, "o2", "zed", 50, 7, Some(web)),
                 (0, "o1", "amy", 20, 3, Some(web)),
@@ -1396,7 +1528,7 @@ mod tests {
 
     #[test]
     fn integer_customer_ids_keep_their_type_and_numeric_order() {
-        let mut fold = OrderFold::new(&DataType::Int64, &DataType::Int32, 1);
+        let mut fold = OrderFold::new(&DataType::Int64, &DataType::Int32, 1, false);
         let frame = df! {
             "order_id" => [7i64, 8, 9],
             "customer_id" => [10i64, 9, 10],
@@ -1442,7 +1574,7 @@ mod tests {
             })
             .collect();
         let fold_with = |shards: usize| {
-            let mut fold = OrderFold::new(&DataType::String, &DataType::String, shards);
+            let mut fold = OrderFold::new(&DataType::String, &DataType::String, shards, false);
             if shards == 3 {
                 // Reserved after the first batch for 200 / 64 times its orders.
                 (fold.expected_lines, fold.reserve_after) = (Some(200), 64);
@@ -1506,7 +1638,7 @@ mod tests {
             })
             .collect();
         let text = {
-            let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1);
+            let mut fold = OrderFold::new(&DataType::String, &DataType::String, 1, false);
             for part in lines.chunks(16) {
                 let ids: Vec<String> = part.iter().map(|l| format!("o{}", l.1)).collect();
                 let rows: Vec<Line> = part
@@ -1521,7 +1653,7 @@ mod tests {
         // Dense ids (bitmap mode), ids 2^40 apart (sort mode), one far id (a switch midway).
         let spreads: [fn(i64) -> i64; 3] = [|o| o, |o| o << 40, |o| if o == 29 { o << 40 } else { o }];
         for (spread, shards) in (0..3).flat_map(|spread| [(spread, 1), (spread, 3)]) {
-            let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, shards);
+            let mut fold = OrderFold::new(&DataType::Int64, &DataType::String, shards, false);
             for shard in &mut fold.shards {
                 if let OrderKeys::Runs(runs) = &mut shard.orders {
                     (runs.merge_at, runs.merge_floor) = (7, 7);
@@ -1545,7 +1677,7 @@ mod tests {
                     .iter()
                     .map(|shard| match &shard.orders {
                         OrderKeys::Runs(runs) => runs.held(),
-                        OrderKeys::Text(_) => panic!("integer ids are runs"),
+                        OrderKeys::Text(_) | OrderKeys::Lookup(_) => panic!("integer ids are runs"),
                     })
                     .collect();
                 let total: usize = held.iter().sum();

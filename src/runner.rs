@@ -107,10 +107,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
     };
     sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest)?;
     let staged = Mutex::new(Vec::<StagedTable>::new());
-    let result = execute(plan, options, &selected, &output_dir, &mut manifest, &staged);
-    let staged = staged
-        .into_inner()
-        .expect("no stage panicked while holding the staging list");
+    let result = crate::catch_panics(|| execute(plan, options, &selected, &output_dir, &mut manifest, &staged));
+    // A panic caught above may have left the list's lock poisoned: its entries are still whole.
+    let staged = staged.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = result.and_then(|()| sink::publish(&output_dir, &staged));
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     manifest.duration_seconds = started.elapsed().as_secs_f64();

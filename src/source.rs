@@ -15,7 +15,7 @@ use chrono::NaiveDate;
 use polars::prelude::*;
 use serde::Serialize;
 
-use crate::config::{AsOf, FilterValue, PipelineSettings, SourceConfig};
+use crate::config::{AsOf, FilterValue, PipelineSettings, SourceConfig, SourceFormat};
 use crate::orders::{OrderFold, LINE_REASONS};
 use crate::period::from_days;
 
@@ -44,6 +44,9 @@ pub struct InputStats {
     pub rows_ignored_after_as_of: u64,
     pub duplicate_lines: u64,
     pub orders: u64,
+    /// The one currency of the lines used, when the source maps a `currency` column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// The input was read but is not usable; carries the accounting so the failure manifest has it.
@@ -70,10 +73,18 @@ pub struct SourceOrders {
 /// Logical column types found in the file, checked against what the tool can use.
 #[derive(Debug, Clone)]
 pub struct SourceSchema {
+    /// `ordered_at` as the scan gives it (CSV text already parsed).
     pub ordered_at: DataType,
+    /// CSV: the layout `ordered_at` text is parsed with.
+    time_format: Option<(&'static str, TimeKind)>,
+    /// Key types: text (any encoding) as `String`, integers as stored.
     pub order_id: DataType,
     pub customer_id: DataType,
     pub has_channel: bool,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+    /// Every column of the input as stored.
+    pub column_types: SchemaRef,
 }
 
 /// Order-line scans started by this process, per source path: the manifest reports them, so a
@@ -87,7 +98,11 @@ pub fn scans_started(source: &SourceConfig) -> u32 {
         .unwrap_or(0)
 }
 
-/// Files a source path names: one file, a glob, or every `.parquet` file below a directory.
+/// Files a source path names: one file, a glob, or every file of the source's format below a
+/// directory, read the way Spark, Hive and Delta readers do: names starting with `_` or `.`
+/// (`_SUCCESS`, `_committed_*`, `.part-0.crc`, `_delta_log/`) and files of another extension
+/// are skipped, `key=value` folders are Hive partitions. Each file must be whole: a zero-byte
+/// or truncated file is an error naming it, so nothing is published from part of the input.
 pub fn resolve_files(source: &SourceConfig) -> Result<Vec<PathBuf>> {
     let path = &source.path;
     let text = path.to_string_lossy();
@@ -96,7 +111,7 @@ pub fn resolve_files(source: &SourceConfig) -> Result<Vec<PathBuf>> {
         let matches = glob::glob(&text).with_context(|| format!("source `{}`: invalid glob `{text}`", source.name))?;
         for entry in matches {
             let file = entry.with_context(|| format!("source `{}`: reading glob `{text}`", source.name))?;
-            if file.is_file() {
+            if file.is_file() && !is_hidden(&file) {
                 files.push(file);
             }
         }
@@ -104,10 +119,18 @@ pub fn resolve_files(source: &SourceConfig) -> Result<Vec<PathBuf>> {
             bail!("source `{}`: glob `{text}` matches no file", source.name);
         }
     } else if path.is_dir() {
-        collect_parquet_files(path, &mut files)
+        let extension = source.format.extension();
+        collect_files(path, extension, &mut files)
             .with_context(|| format!("source `{}`: listing directory `{text}`", source.name))?;
         if files.is_empty() {
-            bail!("source `{}`: directory `{text}` contains no .parquet file", source.name);
+            let hint = match source.format {
+                SourceFormat::Parquet => "; for CSV files set `format = \"csv\"` on the source",
+                SourceFormat::Csv => "",
+            };
+            bail!(
+                "source `{}`: directory `{text}` contains no .{extension} file (names starting with `_` or `.` are skipped){hint}",
+                source.name
+            );
         }
     } else if path.is_file() {
         files.push(path.clone());
@@ -115,40 +138,166 @@ pub fn resolve_files(source: &SourceConfig) -> Result<Vec<PathBuf>> {
         bail!("source `{}`: input path `{text}` does not exist", source.name);
     }
     files.sort();
+    for file in &files {
+        check_whole(file, source.format).with_context(|| {
+            format!(
+                "source `{}`: `{}` cannot be read; re-export it, or remove it from the input",
+                source.name,
+                file.display()
+            )
+        })?;
+    }
     Ok(files)
 }
 
-fn collect_parquet_files(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// A name Spark, Hive and Delta readers skip: starting with `_` or `.`.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .map(|name| name.to_string_lossy().starts_with(['_', '.']))
+        .unwrap_or(false)
+}
+
+fn collect_files(dir: &Path, extension: &str, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if name.starts_with('.') || name.starts_with('_') {
+        if is_hidden(&path) {
             continue;
         }
         if path.is_dir() {
-            collect_parquet_files(&path, files)?;
-        } else if name.ends_with(".parquet") {
+            collect_files(&path, extension, files)?;
+        } else if path
+            .extension()
+            .is_some_and(|found| found.to_string_lossy().eq_ignore_ascii_case(extension))
+        {
             files.push(path);
         }
     }
     Ok(())
 }
 
-fn scan(source: &SourceConfig) -> Result<LazyFrame> {
-    let path = source.path.to_string_lossy().to_string();
-    let args = ScanArgsParquet::default();
-    LazyFrame::scan_parquet(PlRefPath::new(path.as_str()), args)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("source `{}`: cannot scan `{path}` as Parquet", source.name))
+/// A file that is not empty and, for Parquet, starts and ends with the `PAR1` magic (a file
+/// cut short loses its footer).
+fn check_whole(file: &Path, format: SourceFormat) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut handle = std::fs::File::open(file)?;
+    let size = handle.metadata()?.len();
+    if size == 0 {
+        bail!("the file is empty (0 bytes)");
+    }
+    if format == SourceFormat::Parquet {
+        let mut head = [0u8; 4];
+        let mut tail = [0u8; 4];
+        if size < 12 {
+            bail!("the file has {size} bytes, too few for Parquet");
+        }
+        handle.read_exact(&mut head)?;
+        handle.seek(SeekFrom::End(-4))?;
+        handle.read_exact(&mut tail)?;
+        if &head != b"PAR1" {
+            bail!("the file is not Parquet (it does not start with `PAR1`); for CSV set `format = \"csv\"` on the source");
+        }
+        if &tail != b"PAR1" {
+            bail!("the Parquet file is truncated or still being written (no `PAR1` footer)");
+        }
+    }
+    Ok(())
+}
+
+/// The lines of a source's files, every column as stored (CSV: amount, ordered_at and the
+/// text columns as text, ids inferred unless `text_ids`).
+fn scan(source: &SourceConfig, files: &[PathBuf]) -> Result<LazyFrame> {
+    let paths = files.iter().map(|file| PlRefPath::new(file.to_string_lossy().as_ref()));
+    let scanned = match source.format {
+        SourceFormat::Parquet => {
+            let mut args = ScanArgsParquet::default();
+            if source.path.is_dir() {
+                // Hive `key=value` folders below the directory become columns.
+                args.hive_options.enabled = Some(true);
+            }
+            LazyFrame::scan_parquet_files(paths.collect(), args)
+        }
+        SourceFormat::Csv => {
+            let options = &source.csv;
+            let mut text_columns: Vec<&str> = ["ordered_at", "amount", "status", "channel", "currency"]
+                .into_iter()
+                .filter_map(|logical| source.columns.physical(logical))
+                .collect();
+            if options.text_ids {
+                text_columns.extend([source.columns.customer_id.as_str(), source.columns.order_id.as_str()]);
+            }
+            let overrides = Schema::from_iter(
+                text_columns
+                    .into_iter()
+                    .map(|name| Field::new(name.into(), DataType::String)),
+            );
+            let quote = options.quote.bytes().next();
+            LazyCsvReader::new_paths(paths.collect())
+                .with_has_header(options.header)
+                .with_separator(options.delimiter as u8)
+                .with_quote_char(quote)
+                .with_infer_schema_length(Some(options.infer_schema_rows.max(1)))
+                .with_dtype_overwrite(Some(Arc::new(overrides)))
+                .finish()
+                // Every field of every row is parsed, so a row with more fields than the
+                // header is an error rather than silently cut (polars checks only when it
+                // reads all columns).
+                .map(|lines| lines.with_projection_pushdown(false))
+        }
+    };
+    scanned.map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "source `{}`: cannot scan `{}` as {}",
+            source.name,
+            source.path.display(),
+            source.format.extension()
+        )
+    })
+}
+
+/// The schema of a source's files, every column as stored; a file polars cannot describe is
+/// an error naming it (polars panics on some column types it was not built for).
+fn file_schema(source: &SourceConfig, files: &[PathBuf]) -> Result<SchemaRef> {
+    let described = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scan(source, files).and_then(|mut lines| lines.collect_schema().map_err(anyhow::Error::from))
+    }));
+    match described {
+        Ok(schema) => schema.with_context(|| {
+            format!(
+                "source `{}`: cannot read the {} schema of `{}`",
+                source.name,
+                match source.format {
+                    SourceFormat::Parquet => "Parquet",
+                    SourceFormat::Csv => "CSV",
+                },
+                source.path.display()
+            )
+        }),
+        Err(panic) => bail!(
+            "source `{}`: a column of `{}` has a type this build cannot read ({}); drop that column from the export or cast it to a plain type",
+            source.name,
+            source.path.display(),
+            panic_text(&panic)
+        ),
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// Lines in the source's files from Parquet metadata, for the progress bar and the fold's
-/// reservations; `None` when the count fails (the scan then reports the problem).
-fn total_rows(source: &SourceConfig) -> Option<u64> {
-    let counted = scan(source)
+/// reservations; `None` for CSV (counting needs a pass) or when the count fails (the scan
+/// then reports the problem).
+fn total_rows(source: &SourceConfig, files: &[PathBuf]) -> Option<u64> {
+    if source.format == SourceFormat::Csv {
+        return None;
+    }
+    let counted = scan(source, files)
         .ok()?
         .select([len().cast(DataType::UInt64)])
         .collect()
@@ -156,49 +305,169 @@ fn total_rows(source: &SourceConfig) -> Option<u64> {
     counted.column("len").ok()?.u64().ok()?.get(0)
 }
 
-/// Check that every mapped column exists with a usable type; reads only file metadata.
-pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
-    resolve_files(source)?;
-    let schema = scan(source)?
-        .collect_schema()
+/// Date and timestamp layouts CSV `ordered_at` values may have, tried in this order on the
+/// first values of the column: the first under which all of them parse is used for the whole
+/// column. `Zoned` values carry an offset and are instants; `Utc` ones end in `Z` or ` UTC`.
+const CSV_TIME_FORMATS: &[(&str, TimeKind)] = &[
+    ("%Y-%m-%dT%H:%M:%S%.f%:z", TimeKind::Zoned),
+    ("%Y-%m-%d %H:%M:%S%.f%:z", TimeKind::Zoned),
+    ("%Y-%m-%dT%H:%M:%S%.f%z", TimeKind::Zoned),
+    ("%Y-%m-%d %H:%M:%S%.f%z", TimeKind::Zoned),
+    ("%Y-%m-%dT%H:%M:%S%.fZ", TimeKind::Utc),
+    ("%Y-%m-%d %H:%M:%S%.f UTC", TimeKind::Utc),
+    ("%Y-%m-%dT%H:%M:%S%.f", TimeKind::Naive),
+    ("%Y-%m-%d %H:%M:%S%.f", TimeKind::Naive),
+    ("%Y-%m-%dT%H:%M", TimeKind::Naive),
+    ("%Y-%m-%d %H:%M", TimeKind::Naive),
+    ("%Y-%m-%d", TimeKind::Date),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeKind {
+    Zoned,
+    Utc,
+    Naive,
+    Date,
+}
+
+/// Whether `value` has the layout `format` of `kind` (chrono's parser, as polars' strptime).
+fn parses_as(value: &str, format: &str, kind: TimeKind) -> bool {
+    match kind {
+        TimeKind::Zoned => chrono::DateTime::parse_from_str(value, format).is_ok(),
+        TimeKind::Utc | TimeKind::Naive => chrono::NaiveDateTime::parse_from_str(value, format).is_ok(),
+        TimeKind::Date => NaiveDate::parse_from_str(value, format).is_ok(),
+    }
+}
+
+/// The layout of a CSV source's `ordered_at` text, from its first 1,000 non-null values.
+fn csv_time_format(source: &SourceConfig, files: &[PathBuf]) -> Result<(&'static str, TimeKind)> {
+    let physical = source.columns.ordered_at.as_str();
+    let sample = scan(source, files)?
+        .select([col(physical)])
+        .drop_nulls(None)
+        .limit(1_000)
+        .collect()
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
-                "source `{}`: cannot read the Parquet schema of `{}`",
-                source.name,
-                source.path.display()
+                "reading the first values of `{physical}` from `{}` (check `delimiter`, `quote` and `header` under `[sources.{}.csv]`)",
+                source.path.display(),
+                source.name
             )
         })?;
+    let values: Vec<String> = sample
+        .column(physical)?
+        .str()?
+        .iter()
+        .flatten()
+        .map(|value| value.trim().to_string())
+        .collect();
+    if values.is_empty() {
+        return Ok(CSV_TIME_FORMATS[0]);
+    }
+    CSV_TIME_FORMATS
+        .iter()
+        .find(|(format, kind)| values.iter().all(|value| parses_as(value, format, *kind)))
+        .copied()
+        .with_context(|| {
+            let odd = values
+                .iter()
+                .find(|value| !CSV_TIME_FORMATS.iter().any(|(f, k)| parses_as(value, f, *k)))
+                .unwrap_or(&values[0]);
+            format!(
+                "source `{}`: column `{physical}` (mapped as `ordered_at`) holds `{odd}`, which is no date or timestamp layout read from CSV; accepted: {} (one layout per column; %.f is optional fractional seconds)",
+                source.name,
+                CSV_TIME_FORMATS.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+            )
+        })
+}
+
+/// `ordered_at` of a CSV source as a date or timestamp, parsed with `format`.
+fn csv_time_expr(physical: &str, format: &'static str, kind: TimeKind) -> Expr {
+    let options = |format: &str| StrptimeOptions {
+        format: Some(format.into()),
+        strict: true,
+        exact: true,
+        cache: true,
+    };
+    let text = col(physical).str().strip_chars(lit(NULL));
+    match kind {
+        TimeKind::Date => text.str().to_date(options(format)),
+        TimeKind::Zoned | TimeKind::Naive => text.str().to_datetime(
+            Some(TimeUnit::Microseconds),
+            None,
+            options(format),
+            lit("raise"),
+        ),
+        TimeKind::Utc => text
+            .str()
+            .to_datetime(Some(TimeUnit::Microseconds), None, options(format), lit("raise"))
+            .dt()
+            .replace_time_zone(Some(polars::prelude::TimeZone::UTC), lit("raise"), NonExistent::Raise),
+    }
+}
+
+/// The logical type `csv_time_expr` gives.
+fn csv_time_dtype(kind: TimeKind) -> DataType {
+    match kind {
+        TimeKind::Date => DataType::Date,
+        TimeKind::Zoned | TimeKind::Utc => {
+            DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC))
+        }
+        TimeKind::Naive => DataType::Datetime(TimeUnit::Microseconds, None),
+    }
+}
+
+/// Whether a column type holds text (plain, or dictionary-encoded as categories).
+fn is_text(dtype: &DataType) -> bool {
+    matches!(dtype, DataType::String | DataType::Categorical(_, _) | DataType::Enum(_, _))
+}
+
+/// The input column a filter key names: a mapped logical name's column, else the key itself.
+pub fn filter_column<'a>(source: &'a SourceConfig, key: &'a str) -> &'a str {
+    source.columns.physical(key).unwrap_or(key)
+}
+
+/// Check that every mapped column exists with a usable type, and every filter column exists;
+/// reads only file metadata (and, for CSV, the first rows).
+pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
+    let files = resolve_files(source)?;
+    let schema = file_schema(source, &files)?;
+    let csv = source.format == SourceFormat::Csv;
     let mut problems = Vec::new();
     let mut ordered_at = DataType::Date;
+    let mut time_format = None;
     let mut key_types = [DataType::String, DataType::String];
+    let missing = |physical: &str, what: String| {
+        let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+        let hint = crate::config::diagnostic::suggest(physical, names.iter().copied()).unwrap_or_else(|| {
+            format!(
+                "the input has: {}",
+                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )
+        });
+        format!("column `{physical}` ({what}) is not in the input; {hint}")
+    };
     for (logical, physical) in source.columns.mapped() {
         let Some(dtype) = schema.get(physical) else {
-            let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
-            let hint = crate::config::diagnostic::suggest(physical, names.iter().copied()).unwrap_or_else(|| {
-                format!(
-                    "the file has: {}",
-                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-                )
-            });
-            problems.push(format!(
-                "column `{physical}` (mapped as `{logical}`) is not in the input; {hint}"
-            ));
+            problems.push(missing(physical, format!("mapped as `{logical}`")));
             continue;
         };
         let usable = match logical {
-            "customer_id" | "order_id" => dtype.is_integer() || dtype == &DataType::String,
-            "ordered_at" => matches!(dtype, DataType::Date | DataType::Datetime(_, _)),
-            "amount" => dtype.is_primitive_numeric() || dtype.is_decimal(),
-            "status" | "channel" => dtype == &DataType::String || dtype.is_integer() || dtype.is_bool(),
+            "customer_id" | "order_id" => dtype.is_integer() || is_text(dtype),
+            "ordered_at" => matches!(dtype, DataType::Date | DataType::Datetime(_, _)) || (csv && dtype == &DataType::String),
+            "amount" => dtype.is_primitive_numeric() || dtype.is_decimal() || (csv && dtype == &DataType::String),
+            "status" | "channel" => is_text(dtype) || dtype.is_integer() || dtype.is_bool(),
+            "currency" => is_text(dtype),
             "line" => dtype.is_integer(),
             _ => true,
         };
         if !usable {
             let expected = match logical {
-                "customer_id" | "order_id" => "an integer or text",
-                "ordered_at" => "a date or timestamp",
-                "amount" => "a number (integer, floating or decimal)",
+                "customer_id" | "order_id" => "an integer of any width, or text (string, large string, view, dictionary or categorical)",
+                "ordered_at" => "a date, or a timestamp in s, ms, us or ns with or without a zone",
+                "amount" => "a number: an integer of any width, float32/64, or a decimal of any precision and scale",
+                "currency" => "text",
                 "line" => "an integer",
                 _ => "text, integer or boolean",
             };
@@ -207,23 +476,32 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
             ));
         }
         match logical {
+            "ordered_at" if csv && dtype == &DataType::String => match csv_time_format(source, &files) {
+                Ok((format, kind)) => {
+                    ordered_at = csv_time_dtype(kind);
+                    time_format = Some((format, kind));
+                }
+                Err(error) => problems.push(format!("{error:#}")),
+            },
             "ordered_at" => ordered_at = dtype.clone(),
-            "order_id" => key_types[0] = dtype.clone(),
-            "customer_id" => key_types[1] = dtype.clone(),
+            "order_id" => key_types[0] = key_type(dtype),
+            "customer_id" => key_types[1] = key_type(dtype),
             _ => {}
         }
-        if let Some(values) = source.include.get(logical) {
-            let is_text = dtype == &DataType::String;
-            for value in values {
-                let fits = matches!(
-                    (value, is_text),
-                    (FilterValue::Text(_), true) | (FilterValue::Int(_), false)
-                );
-                if !fits {
-                    problems.push(format!(
-                        "`include.{logical}` value {value:?} does not match column `{physical}` of type {dtype}"
-                    ));
-                }
+    }
+    for (filter, list) in [("include", &source.include), ("exclude", &source.exclude)] {
+        for (key, values) in list {
+            let physical = filter_column(source, key);
+            let Some(dtype) = schema.get(physical) else {
+                problems.push(missing(physical, format!("in `{filter}`")));
+                continue;
+            };
+            let bools = values.iter().filter(|v| matches!(v, FilterValue::Bool(_))).count();
+            if (bools > 0) != dtype.is_bool() || (bools > 0 && bools < values.len()) {
+                problems.push(format!(
+                    "`{filter}.{key}` values {} do not fit column `{physical}` of type {dtype}: use true/false for a boolean column, text or integers otherwise",
+                    values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                ));
             }
         }
     }
@@ -238,10 +516,22 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
     let [order_id, customer_id] = key_types;
     Ok(SourceSchema {
         ordered_at,
+        time_format,
         order_id,
         customer_id,
         has_channel: source.columns.channel.is_some(),
+        files,
+        column_types: schema,
     })
+}
+
+/// The type the fold reads a key column as: text for text of any encoding, else Int64.
+fn key_type(dtype: &DataType) -> DataType {
+    if is_text(dtype) {
+        DataType::String
+    } else {
+        dtype.clone()
+    }
 }
 
 /// A zone of the tz database by name, for computing with chrono.
@@ -478,27 +768,137 @@ fn local_date_of_micros(
     })
 }
 
-fn include_expr(include: &BTreeMap<String, Vec<FilterValue>>) -> Expr {
+/// Whether a line passes the filters, over the input's own columns: for every `include`
+/// column its value is one of the listed ones, and for no `exclude` column is it. Values match
+/// exactly: integers as integers on integer columns, text as text (an integer value matches
+/// its digits in a text column, a text value the printed value of a number column); a null
+/// matches nothing. `column_of` turns a filter key into the input column.
+fn filter_expr<'a>(
+    include: &'a BTreeMap<String, Vec<FilterValue>>,
+    exclude: &'a BTreeMap<String, Vec<FilterValue>>,
+    column_of: impl Fn(&'a str) -> &'a str,
+    schema: &Schema,
+) -> Expr {
     // An OR of equalities, not `is_in`: the streaming engine lowers `is_in` to a semi-join
-    // beside the scan whose multiplexer buffered decoded batches while the fold was busy
-    // (~2 GB of a 50M-line run's peak). `check_schema` has matched each value's kind to the
-    // column's type; integer columns are compared as Int64 (a UInt64 above 2^63, which no
-    // value can equal, becomes null: not included).
-    let mut condition = lit(true);
-    for (logical, values) in include {
-        let equals = |value: &FilterValue| match value {
-            FilterValue::Int(i) => col(logical.as_str()).cast(DataType::Int64).eq(lit(*i)),
-            FilterValue::Text(s) => col(logical.as_str()).eq(lit(s.as_str())),
-        };
-        let test = values
+    // beside the scan whose multiplexer buffered decoded batches while the fold was busy.
+    let matches = |key: &'a str, values: &[FilterValue]| -> Expr {
+        let physical = column_of(key);
+        let integer = schema.get(physical).is_some_and(|dtype| dtype.is_integer());
+        let column = || col(physical);
+        let text = || column().cast(DataType::String);
+        values
             .iter()
-            .map(equals)
+            .map(|value| match value {
+                FilterValue::Bool(flag) => column().eq(lit(*flag)),
+                // A UInt64 above 2^63, which no value can equal, becomes null: no match.
+                FilterValue::Int(number) if integer => column().cast(DataType::Int64).eq(lit(*number)),
+                FilterValue::Int(number) => text().eq(lit(number.to_string())),
+                FilterValue::Text(value) => text().eq(lit(value.as_str())),
+            })
             .reduce(Expr::or)
             .unwrap_or(lit(false))
-            .fill_null(lit(false));
-        condition = condition.and(test);
+            .fill_null(lit(false))
+    };
+    let mut condition = lit(true);
+    for (key, values) in include {
+        condition = condition.and(matches(key, values));
+    }
+    for (key, values) in exclude {
+        condition = condition.and(matches(key, values).not());
     }
     condition
+}
+
+/// "1,234,567": counts in messages.
+pub fn thousands(count: u64) -> String {
+    let digits = count.to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// "1 line", "12,004 lines".
+fn count_of(count: u64, what: &str) -> String {
+    match count {
+        1 => format!("1 {what}"),
+        _ => format!("{} {what}s", thousands(count)),
+    }
+}
+
+/// "null_amount 3, null_customer_id 125,097": the reasons lines were rejected for.
+fn rejected_reasons(stats: &InputStats) -> String {
+    let reasons: Vec<String> = stats
+        .rows_rejected
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| format!("{reason} {}", thousands(*n)))
+        .collect();
+    reasons.join(", ")
+}
+
+/// "125,100 rows rejected: null_amount 3, null_customer_id 125,097".
+fn rejected_summary(stats: &InputStats) -> String {
+    match stats.rows_rejected_total {
+        0 => "0 rows rejected".into(),
+        total => format!("{} rows rejected: {}", thousands(total), rejected_reasons(stats)),
+    }
+}
+
+/// The smallest round value of `max_rejected_fraction` (two significant digits, rounded up)
+/// that accepts `fraction`.
+fn accepting_fraction(fraction: f64) -> String {
+    let magnitude = 10f64.powf(fraction.log10().floor() - 1.0);
+    let value = ((fraction / magnitude).ceil() * magnitude).min(1.0);
+    // Printed with just the digits it has.
+    let text = format!("{value:.12}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// For a filter that left no line: its columns' most frequent values (five each, with counts).
+fn frequent_values(source: &SourceConfig, schema: &SourceSchema) -> String {
+    let mut parts = Vec::new();
+    for (filter, list) in [("include", &source.include), ("exclude", &source.exclude)] {
+        for key in list.keys() {
+            let physical = filter_column(source, key);
+            let counted = scan(source, &schema.files).and_then(|lines| {
+                lines
+                    .group_by([col(physical).cast(DataType::String).alias("value")])
+                    .agg([len().cast(DataType::UInt64).alias("lines")])
+                    .sort_by_exprs(
+                        [col("lines"), col("value")],
+                        SortMultipleOptions::default().with_order_descending_multi([true, false]),
+                    )
+                    .limit(5)
+                    .collect()
+                    .map_err(anyhow::Error::from)
+            });
+            let Ok(counted) = counted else { continue };
+            let (Ok(values), Ok(lines)) = (counted.column("value"), counted.column("lines")) else {
+                continue;
+            };
+            let (Ok(values), Ok(lines)) = (values.str(), lines.u64()) else {
+                continue;
+            };
+            let seen: Vec<String> = values
+                .iter()
+                .zip(lines.iter())
+                .map(|(value, lines)| {
+                    let value = value.map_or("null".to_string(), |v| format!("{v:?}"));
+                    format!("{value} ({})", count_of(lines.unwrap_or(0), "line"))
+                })
+                .collect();
+            parts.push(format!(
+                "most frequent values of `{physical}` (in `{filter}`): {}",
+                seen.join(", ")
+            ));
+        }
+    }
+    parts.join("; ")
 }
 
 /// The date `as_of` resolves to before data is read; `None` for `last_order`.
@@ -516,48 +916,42 @@ pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
 /// lines are rejected than `max_rejected_fraction` allows or when nothing is left.
 pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<SourceOrders> {
     let schema = check_schema(source)?;
-    let files = resolve_files(source)?;
+    let files = schema.files.clone();
     let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
     if let Ok(mut scans) = SCANS.lock() {
         *scans.entry(source.path.clone()).or_insert(0) += 1;
     }
 
+    let column_type = |logical: &str| {
+        source
+            .columns
+            .physical(logical)
+            .and_then(|physical| schema.column_types.get(physical))
+            .cloned()
+    };
     let projection: Vec<Expr> = source
         .columns
         .mapped()
         .into_iter()
-        .map(|(logical, physical)| col(physical).alias(logical))
+        .map(|(logical, physical)| match (logical, schema.time_format) {
+            ("ordered_at", Some((format, kind))) => csv_time_expr(physical, format, kind).alias(logical),
+            _ => col(physical).alias(logical),
+        })
         .collect();
-    let mut lines = scan(source)?.select(projection);
-
+    let has_filters = !source.include.is_empty() || !source.exclude.is_empty();
+    let filters = filter_expr(
+        &source.include,
+        &source.exclude,
+        |key| filter_column(source, key),
+        &schema.column_types,
+    );
     let has_line = source.columns.line.is_some();
     let has_channel = schema.has_channel;
-    let mut value_columns = vec!["customer_id", "ordered_at", "amount"];
-    for logical in ["status", "channel"] {
-        if source.columns.physical(logical).is_some() {
-            value_columns.push(logical);
-        }
-    }
-    // Exact repeats of (order_id, line) count once: keep the first copy, count the others.
-    if has_line {
-        let mut aggs: Vec<Expr> = value_columns.iter().map(|c| col(*c).first()).collect();
-        aggs.push(len().cast(DataType::UInt32).alias("copies"));
-        // Lines without a line number are never duplicates of each other.
-        let mut columns = vec![col("order_id"), col("line")];
-        columns.extend(value_columns.iter().map(|c| col(*c)));
-        columns.push(lit(1u32).cast(DataType::UInt32).alias("copies"));
-        let numbered = lines
-            .clone()
-            .filter(col("line").is_not_null())
-            .group_by([col("order_id"), col("line")])
-            .agg(aggs);
-        let unnumbered = lines.filter(col("line").is_null()).select(columns);
-        lines = concat([numbered, unnumbered], UnionArgs::default())?;
-    }
+    let has_currency = source.columns.currency.is_some();
 
     // Each line gets a reason code (0 = usable) in the fold, from the columns below: the
-    // include filter, nulls, the amount (as Float64) and the first instant after as_of. Local
-    // dates are computed per order afterwards, not per line.
+    // filters, nulls, the amount and the first instant after as_of. Local dates are computed
+    // per order afterwards, not per line.
     let ts = ts_micros_expr(&schema.ordered_at)?;
     let first_after_as_of = match fixed_as_of {
         Some(date) => Some(as_of_boundary(date, &schema.ordered_at, source, settings)?),
@@ -565,38 +959,54 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     };
     // Keys as text or Int64, so the fold reads two physical types only.
     let key = |name: &str, dtype: &DataType| match dtype {
-        DataType::String => col(name),
+        DataType::String => col(name).cast(DataType::String),
         // Strict: a UInt64 id above 2^63 fails the run naming the column, never becomes null.
         _ => col(name).strict_cast(DataType::Int64),
+    };
+    // Amounts: numbers as Float64 units; decimals and CSV text are turned into micro-units
+    // exactly by the fold.
+    let amount = match column_type("amount") {
+        Some(DataType::Decimal(_, _)) | Some(DataType::String) => col("amount"),
+        _ => col("amount").cast(DataType::Float64),
     };
     let mut columns = vec![
         key("order_id", &schema.order_id),
         key("customer_id", &schema.customer_id),
         col("ts"),
-        col("amount"),
+        amount.alias("amount"),
     ];
     if has_channel {
         columns.push(col("channel").cast(DataType::String));
     }
     if has_line {
-        columns.push(col("copies"));
+        columns.push(col("line").strict_cast(DataType::Int64));
     }
-    let expected_lines = total_rows(source);
-    // With the line count known from the files' metadata (and no duplicate lines to fold
-    // first), the include filter runs in the scan: polars decodes the other columns of the
-    // included lines only, and the fold counts the rest as excluded. Otherwise each line
-    // carries its `include` flag to the fold.
-    let filter_in_scan = !source.include.is_empty() && !has_line && expected_lines.is_some();
+    if has_currency {
+        columns.push(col("currency").cast(DataType::String));
+    }
+    let expected_lines = total_rows(source, &files);
+    // With the line count known from the files' metadata, the filters run in the scan: polars
+    // decodes the other columns of included lines only, and the fold counts the rest as
+    // excluded. Otherwise each line carries its `include` flag to the fold.
+    let filter_in_scan = has_filters && expected_lines.is_some();
+    let mut projection = projection;
+    let mut lines = scan(source, &files)?;
     if filter_in_scan {
-        lines = lines.filter(include_expr(&source.include));
-    } else if !source.include.is_empty() {
-        columns.push(include_expr(&source.include).alias("include"));
+        lines = lines.filter(filters);
+    } else if has_filters {
+        projection.push(filters.alias("include"));
+        columns.push(col("include"));
     }
     let lines = lines
+        .select(projection)
         .with_column(ts.alias("ts"))
-        .with_column(col("amount").cast(DataType::Float64))
         .select(columns);
-    let mut fold = OrderFold::new(&schema.order_id, &schema.customer_id, rayon::current_num_threads());
+    let mut fold = OrderFold::new(
+        &schema.order_id,
+        &schema.customer_id,
+        rayon::current_num_threads(),
+        has_line,
+    );
     fold.expected_lines = expected_lines;
     fold.first_after_as_of = first_after_as_of;
     let fold = Arc::new(Mutex::new(Some(fold)));
@@ -615,13 +1025,22 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             Ok(false)
         })
     };
+    // With `line` mapped the batches come in file order, so the copy of a repeated line that
+    // counts is the first in the files.
     lines
-        .sink_batches(sink, false, None)
+        .sink_batches(sink, has_line, None)
         .and_then(|plan| plan.collect_with_engine(Engine::Streaming))
         .map_err(anyhow::Error::from)
         .with_context(|| {
+            let hint = match source.format {
+                SourceFormat::Csv => format!(
+                    " (check `delimiter`, `quote` and `header` under `[sources.{}.csv]`)",
+                    source.name
+                ),
+                SourceFormat::Parquet => String::new(),
+            };
             format!(
-                "source `{}`: reading order lines from `{}`",
+                "source `{}`: reading order lines from `{}`{hint}",
                 source.name,
                 source.path.display()
             )
@@ -641,6 +1060,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         fold.busy.as_secs_f64(),
         crate::runner::memory()
     );
+    let currencies = std::mem::take(&mut fold.currencies);
     let folded = fold
         .finish(&schema.customer_id, has_channel)
         .map_err(anyhow::Error::from)
@@ -653,8 +1073,9 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         files: files.iter().map(|f| f.display().to_string()).collect(),
         ..Default::default()
     };
+    // Repeated (order_id, line) pairs are usable lines the fold counted once.
     stats.duplicate_lines = folded.duplicate_lines;
-    stats.rows_read = folded.lines_by_reason.iter().sum::<u64>() + stats.duplicate_lines;
+    stats.rows_read = folded.lines_by_reason.iter().sum::<u64>();
     for (code, name) in LINE_REASONS {
         let count = folded.lines_by_reason[*code as usize];
         match *name {
@@ -707,37 +1128,64 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     stats.orders = orders.height() as u64;
     tracing::debug!("orders filtered: {}", crate::runner::memory());
     if orders.height() == 0 {
-        let message = format!(
-            "source `{}`: no orders left after filters ({} rows read, {} excluded by include, {} rejected, {} after as_of)",
+        let mut message = format!(
+            "source `{}`: no orders left: {} rows read, {} excluded by include/exclude, {}, {} after as_of",
             source.name,
-            stats.rows_read,
-            stats.rows_excluded_by_include,
-            stats.rows_rejected_total,
-            stats.rows_ignored_after_as_of
+            thousands(stats.rows_read),
+            thousands(stats.rows_excluded_by_include),
+            rejected_summary(&stats),
+            thousands(stats.rows_ignored_after_as_of)
         );
+        if stats.rows_read > 0 && stats.rows_excluded_by_include == stats.rows_read {
+            message.push_str(&format!(
+                "; the filters match no line ({}); check their values",
+                frequent_values(source, &schema)
+            ));
+        } else if stats.rows_read == 0 {
+            message.push_str("; the input holds no line");
+        }
         return Err(DataRejected { message, stats }.into());
     }
 
     if stats.rows_read > 0 {
         let fraction = stats.rows_rejected_total as f64 / stats.rows_read as f64;
         if fraction > settings.max_rejected_fraction {
-            let reasons: Vec<String> = stats
-                .rows_rejected
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(reason, n)| format!("{reason}: {n}"))
-                .collect();
             let message = format!(
-                "source `{}`: {} of {} rows rejected ({:.4}%), more than max_rejected_fraction = {} ({})",
+                "source `{}`: {} of {} rows rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
                 source.name,
-                stats.rows_rejected_total,
-                stats.rows_read,
+                thousands(stats.rows_rejected_total),
+                thousands(stats.rows_read),
                 fraction * 100.0,
+                rejected_reasons(&stats),
                 settings.max_rejected_fraction,
-                reasons.join(", ")
+                accepting_fraction(fraction),
             );
             return Err(DataRejected { message, stats }.into());
         }
+    }
+    if let Some(physical) = &source.columns.currency {
+        if currencies.len() > 1 {
+            let name = |currency: &Option<String>| currency.as_deref().unwrap_or("null").to_string();
+            let listed: Vec<String> = currencies
+                .iter()
+                .map(|(currency, lines)| format!("{} ({})", name(currency), count_of(*lines, "line")))
+                .collect();
+            let (largest, _) = currencies
+                .iter()
+                .filter(|(currency, _)| currency.is_some())
+                .max_by_key(|(_, lines)| **lines)
+                .unwrap_or((&None, &0));
+            let message = format!(
+                "source `{}`: the lines left after the filters hold {} currencies in column `{physical}`: {}; a run sums one currency: pick one with `include = {{ {physical} = [\"{}\"] }}` on `[sources.{}]` (one run per currency)",
+                source.name,
+                currencies.len(),
+                listed.join(", "),
+                name(largest),
+                source.name
+            );
+            return Err(DataRejected { message, stats }.into());
+        }
+        stats.currency = currencies.into_keys().next().flatten();
     }
     let as_of = match fixed_as_of {
         Some(date) => date,
@@ -843,10 +1291,12 @@ mod tests {
         let kept = |include: &[(&str, Vec<FilterValue>)]| -> Vec<bool> {
             let include: BTreeMap<String, Vec<FilterValue>> =
                 include.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            let none = BTreeMap::new();
+            let schema = lines.schema().clone();
             let mask = lines
                 .clone()
                 .lazy()
-                .with_column(include_expr(&include).alias("keep"))
+                .with_column(filter_expr(&include, &none, |key| key, &schema).alias("keep"))
                 .collect()
                 .unwrap();
             mask.column("keep")

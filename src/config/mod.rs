@@ -73,6 +73,8 @@ pub struct ColumnMap {
     pub status: Option<String>,
     pub channel: Option<String>,
     pub line: Option<String>,
+    /// The lines' currency code: one currency per run (`include` picks one).
+    pub currency: Option<String>,
 }
 
 fn default_customer_id() -> String {
@@ -98,6 +100,7 @@ impl Default for ColumnMap {
             status: None,
             channel: None,
             line: None,
+            currency: None,
         }
     }
 }
@@ -110,6 +113,7 @@ pub const LOGICAL_COLUMNS: &[&str] = &[
     "status",
     "channel",
     "line",
+    "currency",
 ];
 
 impl ColumnMap {
@@ -123,6 +127,7 @@ impl ColumnMap {
             "status" => self.status.as_deref(),
             "channel" => self.channel.as_deref(),
             "line" => self.line.as_deref(),
+            "currency" => self.currency.as_deref(),
             _ => None,
         }
     }
@@ -136,12 +141,88 @@ impl ColumnMap {
     }
 }
 
-/// A value in an `include` filter list.
+/// A value in an `include` or `exclude` filter list.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum FilterValue {
+    Bool(bool),
     Int(i64),
     Text(String),
+}
+
+impl std::fmt::Display for FilterValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterValue::Bool(value) => write!(f, "{value}"),
+            FilterValue::Int(value) => write!(f, "{value}"),
+            FilterValue::Text(value) => write!(f, "{value:?}"),
+        }
+    }
+}
+
+/// How a source's files are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Parquet,
+    Csv,
+}
+
+impl SourceFormat {
+    /// The file extension a directory listing keeps.
+    pub fn extension(self) -> &'static str {
+        match self {
+            SourceFormat::Parquet => "parquet",
+            SourceFormat::Csv => "csv",
+        }
+    }
+}
+
+/// `[sources.NAME.csv]`: how CSV files are split into columns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// One character between fields (default `,`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Whether the first line names the columns (default true).
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// The character that quotes a field holding the delimiter or a line break (default `"`;
+    /// a doubled quote inside stands for one); `""` turns quoting off.
+    #[serde(default = "default_quote")]
+    pub quote: String,
+    /// Read customer_id and order_id as text even when they look like integers (keeps
+    /// leading zeros; default false: inferred from the first `infer_schema_rows` rows).
+    #[serde(default)]
+    pub text_ids: bool,
+    /// Rows read to infer the types of the columns other than amount and ordered_at.
+    #[serde(default = "default_infer_rows")]
+    pub infer_schema_rows: usize,
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_true() -> bool {
+    true
+}
+fn default_quote() -> String {
+    "\"".into()
+}
+fn default_infer_rows() -> usize {
+    10_000
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: default_delimiter(),
+            header: true,
+            quote: default_quote(),
+            text_ids: false,
+            infer_schema_rows: default_infer_rows(),
+        }
+    }
 }
 
 /// `[sources.NAME]`.
@@ -150,7 +231,13 @@ pub struct SourceConfig {
     pub name: String,
     /// File, glob or directory, resolved against the config file's folder.
     pub path: PathBuf,
+    pub format: SourceFormat,
+    pub csv: CsvOptions,
+    /// Lines kept: for each column (a mapped logical name or any column of the input), the
+    /// line's value is one of the listed values.
     pub include: BTreeMap<String, Vec<FilterValue>>,
+    /// Lines dropped: the line's value in any listed column is one of its listed values.
+    pub exclude: BTreeMap<String, Vec<FilterValue>>,
     pub naive_timestamps_are: String,
     pub columns: ColumnMap,
     pub span: Option<Range<usize>>,
@@ -300,7 +387,15 @@ const PIPELINE_KEYS: &[&str] = &[
     "max_rejected_fraction",
     "lock_wait_seconds",
 ];
-const SOURCE_KEYS: &[&str] = &["path", "include", "naive_timestamps_are", "columns"];
+const SOURCE_KEYS: &[&str] = &[
+    "path",
+    "format",
+    "csv",
+    "include",
+    "exclude",
+    "naive_timestamps_are",
+    "columns",
+];
 const STAGE_COMMON_KEYS: &[&str] = &["kind", "input", "output", "output_prefix"];
 
 /// Read and parse a config file. Returns the config and the diagnostics found so far (the
@@ -508,31 +603,65 @@ fn parse_source(
     let include = reader
         .get::<BTreeMap<String, Vec<FilterValue>>>("include", diagnostics)
         .unwrap_or_default();
-    if let Some(columns) = &columns {
-        for logical in include.keys() {
-            if columns.physical(logical).is_none() {
-                let mapped: Vec<&str> = columns.mapped().iter().map(|(l, _)| *l).collect();
-                diagnostics.push(
-                    Diagnostic::new(
-                        format!("`include` of source `{name}` filters on `{logical}`, which is not a mapped column"),
-                        reader.value_span("include"),
-                    )
-                    .with_help(diagnostic::suggest(logical, mapped.iter().copied()).or_else(
-                        || {
-                            Some(format!(
-                                "map it under `[sources.{name}.columns]`; mapped: {}",
-                                backticked(&mapped)
-                            ))
-                        },
-                    )),
-                );
+    let exclude = reader
+        .get::<BTreeMap<String, Vec<FilterValue>>>("exclude", diagnostics)
+        .unwrap_or_default();
+    let path = resolve_path(dir, &path?);
+    let format = match reader.get::<String>("format", diagnostics).as_deref() {
+        Some("parquet") => Some(SourceFormat::Parquet),
+        Some("csv") => Some(SourceFormat::Csv),
+        Some(other) => {
+            diagnostics.push(
+                Diagnostic::new(
+                    format!("key `format` of source `{name}`: unknown format `{other}`"),
+                    reader.value_span("format"),
+                )
+                .with_help(
+                    diagnostic::suggest(other, ["parquet", "csv"].into_iter())
+                        .or_else(|| Some("use `parquet` or `csv`".into())),
+                ),
+            );
+            None
+        }
+        // By extension: `.csv` files (or a glob of them) are CSV, everything else Parquet.
+        None => Some(
+            match path.to_string_lossy().to_ascii_lowercase().ends_with(".csv") {
+                true => SourceFormat::Csv,
+                false => SourceFormat::Parquet,
+            },
+        ),
+    };
+    let csv = match table.get("csv") {
+        None => Some(CsvOptions::default()),
+        Some(item) => match item.as_table_like() {
+            Some(csv_table) => {
+                let csv_reader = TableReader::new(csv_table, format!("`csv` of source `{name}`"), item_span(item));
+                csv_reader.options::<CsvOptions>(&[], diagnostics)
             }
+            None => {
+                diagnostics.error(
+                    format!("key `csv` of source `{name}` must be a table (delimiter, header, quote, text_ids, infer_schema_rows)"),
+                    item_span(item),
+                );
+                None
+            }
+        },
+    };
+    if let Some(csv) = &csv {
+        if !csv.delimiter.is_ascii() || csv.quote.chars().count() > 1 || !csv.quote.is_ascii() {
+            diagnostics.error(
+                format!("`csv` of source `{name}`: `delimiter` and `quote` must each be one ASCII character (`quote = \"\"` turns quoting off)"),
+                reader.value_span("csv"),
+            );
         }
     }
     Some(SourceConfig {
         name: name.to_string(),
-        path: resolve_path(dir, &path?),
+        path,
+        format: format?,
+        csv: csv?,
         include,
+        exclude,
         naive_timestamps_are: naive,
         columns: columns?,
         span,
