@@ -93,9 +93,7 @@ pub fn micros_column(amount: &Column) -> PolarsResult<Option<Column>> {
                 .physical()
                 .apply_nonnull_values_generic(DataType::Int64, |unscaled: i128| decimal_micros(unscaled, scale))
         }
-        DataType::String => amount
-            .str()?
-            .apply_nonnull_values_generic(DataType::Int64, text_micros),
+        DataType::String => amount.str()?.apply_nonnull_values_generic(DataType::Int64, text_micros),
         _ => return Ok(None),
     };
     Ok(Some(micros.with_name(amount.name().clone()).into_column()))

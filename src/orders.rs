@@ -732,13 +732,15 @@ fn reasons_with(
     let no_nulls = [customers, orders, ts_nulls, amount_nulls].iter().all(Option::is_none);
     match include {
         // The usual batch: no null key, time or amount, and an include mask without nulls.
-        Some(include) if no_nulls && include.validity().is_none_or(|valid| valid.unset_bits() == 0) => reasons.extend(
-            include
-                .values()
-                .iter()
-                .enumerate()
-                .map(|(row, included)| if included { valued(row) } else { EXCLUDED_BY_INCLUDE }),
-        ),
+        Some(include) if no_nulls && include.validity().is_none_or(|valid| valid.unset_bits() == 0) => {
+            reasons.extend(include.values().iter().enumerate().map(|(row, included)| {
+                if included {
+                    valued(row)
+                } else {
+                    EXCLUDED_BY_INCLUDE
+                }
+            }))
+        }
         None if no_nulls => reasons.extend((0..batch.height()).map(valued)),
         _ => reasons.extend((0..batch.height()).map(|row| {
             if include.is_some_and(|include| include.get(row) != Some(true)) {
@@ -1756,5 +1758,204 @@ mod tests {
         }
         assert_eq!(seen.pages.len(), 4);
         assert_eq!(seen.bits.len(), 4 * PAGE_WORDS);
+    }
+
+    /// One random order line for `the_fold_equals_a_polars_group_by`: order, line number (6:
+    /// none, 5: a number far from the order's others), customer (7: another customer than the
+    /// order's), time, amount in cents, channel (3: none), included.
+    type RandomLine = (i64, u8, u8, i64, i64, u8, bool);
+
+    /// The lines as the scan gives them: `order_id` and `customer_id` as text or Int64.
+    fn random_batch(lines: &[RandomLine], text_ids: bool, with_line: bool) -> DataFrame {
+        let customer = |&(order, _, other, ..): &RandomLine| (order + i64::from(other == 7)) % 5;
+        let id = |prefix: &str, value: i64| -> AnyValue<'static> {
+            match text_ids {
+                true => AnyValue::StringOwned(format!("{prefix}{value}").into()),
+                false => AnyValue::Int64(value),
+            }
+        };
+        let key = |name: &str, values: Vec<AnyValue<'static>>| {
+            let dtype = if text_ids { DataType::String } else { DataType::Int64 };
+            Column::new(
+                name.into(),
+                Series::from_any_values_and_dtype(name.into(), &values, &dtype, true).unwrap(),
+            )
+        };
+        let mut columns = vec![
+            key("order_id", lines.iter().map(|l| id("o", l.0)).collect()),
+            key("customer_id", lines.iter().map(|l| id("c", customer(l))).collect()),
+            Column::new("ts".into(), lines.iter().map(|l| l.3).collect::<Vec<_>>()),
+            Column::new(
+                "amount".into(),
+                lines.iter().map(|l| l.4 as f64 / 100.0).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "channel".into(),
+                lines
+                    .iter()
+                    .map(|l| ["web", "app", "store_partner_network"].get(usize::from(l.5)).copied())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new("include".into(), lines.iter().map(|l| l.6).collect::<Vec<_>>()),
+        ];
+        if with_line {
+            let number = |l: &RandomLine| match l.1 {
+                6 => None,
+                5 => Some(1_000 + l.0),
+                n => Some(i64::from(n)),
+            };
+            columns.push(Column::new("line".into(), lines.iter().map(number).collect::<Vec<_>>()));
+        }
+        DataFrame::new_infer_height(columns).unwrap()
+    }
+
+    /// (customer or "" for an order of several customers, time, revenue in micro-units, lines,
+    /// several customers, channel) of each order, sorted.
+    type OrderRow = (String, i64, i64, u32, bool, Option<String>);
+
+    fn folded_rows(folded: &FoldedOrders) -> Vec<OrderRow> {
+        let orders = &folded.orders;
+        let text = |series: &Series, index: usize| series.get(index).unwrap().to_string().trim_matches('"').to_string();
+        let ids = orders.column("id").unwrap().u32().unwrap();
+        let ts = orders.column("ordered_ts").unwrap().i64().unwrap();
+        let revenue = orders.column("revenue").unwrap().i64().unwrap();
+        let lines = orders.column("lines").unwrap().u32().unwrap();
+        let several = orders.column("several_customers").unwrap().bool().unwrap();
+        let channel = orders.column("channel").unwrap().u32().unwrap();
+        let names = folded.channels.as_ref().unwrap();
+        let mut rows: Vec<OrderRow> = (0..orders.height())
+            .map(|i| {
+                let several = several.get(i).unwrap();
+                let customer = match several {
+                    true => String::new(),
+                    false => text(&folded.customer_ids, ids.get(i).unwrap() as usize),
+                };
+                let code = channel.get(i).unwrap();
+                let channel = (code != NO_CHANNEL).then(|| text(names, code as usize));
+                (
+                    customer,
+                    ts.get(i).unwrap(),
+                    revenue.get(i).unwrap(),
+                    lines.get(i).unwrap(),
+                    several,
+                    channel,
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// The same orders by a polars group-by over the included lines, first copies only of a
+    /// repeated (order_id, line) when `line` is mapped.
+    fn group_by_rows(lines: &[RandomLine], text_ids: bool, with_line: bool) -> Vec<OrderRow> {
+        let frame = random_batch(lines, text_ids, with_line);
+        let mut seen = std::collections::HashSet::new();
+        let first_copies: Vec<bool> = (0..frame.height())
+            .map(|row| {
+                let included = lines[row].6;
+                match (
+                    with_line,
+                    frame.column("line").ok().and_then(|l| l.i64().unwrap().get(row)),
+                ) {
+                    (true, Some(number)) if included => seen.insert((lines[row].0, number)),
+                    _ => included,
+                }
+            })
+            .collect();
+        let keep = BooleanChunked::from_slice("keep".into(), &first_copies);
+        let grouped = frame
+            .filter(&keep)
+            .unwrap()
+            .lazy()
+            .with_column(col("customer_id").cast(DataType::String))
+            .group_by([col("order_id")])
+            .agg([
+                col("customer_id").n_unique().gt(lit(1)).alias("several"),
+                col("customer_id").first().alias("customer"),
+                col("ts").min().alias("ordered_ts"),
+                (col("amount") * lit(1e6))
+                    .round(0, RoundMode::HalfAwayFromZero)
+                    .cast(DataType::Int64)
+                    .sum()
+                    .alias("revenue"),
+                len().alias("lines"),
+                col("channel")
+                    .filter(col("ts").eq(col("ts").min()))
+                    .min()
+                    .alias("channel"),
+            ])
+            .collect()
+            .unwrap();
+        let column = |name: &str| grouped.column(name).unwrap().as_materialized_series().clone();
+        let (several, customer, ts, revenue, count, channel) = (
+            column("several"),
+            column("customer"),
+            column("ordered_ts"),
+            column("revenue"),
+            column("lines"),
+            column("channel"),
+        );
+        let mut rows: Vec<OrderRow> = (0..grouped.height())
+            .map(|i| {
+                let several = several.bool().unwrap().get(i).unwrap();
+                (
+                    match several {
+                        true => String::new(),
+                        false => customer.str().unwrap().get(i).unwrap().to_string(),
+                    },
+                    ts.i64().unwrap().get(i).unwrap(),
+                    revenue.i64().unwrap().get(i).unwrap(),
+                    count.cast(&DataType::UInt32).unwrap().u32().unwrap().get(i).unwrap(),
+                    several,
+                    channel.str().unwrap().get(i).map(str::to_string),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// The fold equals a polars group-by on random lines whose orders and repeated lines
+        /// are spread across batches and shards: text and integer ids, with and without `line`
+        /// (a repeated (order_id, line) counts once, the first copy in the files).
+        #[test]
+        fn the_fold_equals_a_polars_group_by(
+            mut lines in proptest::collection::vec(
+                (0i64..25, 0u8..7, 0u8..8, 0i64..40, -500i64..5000, 0u8..4, proptest::bool::weighted(0.9)),
+                1..250,
+            ),
+            repeats in proptest::collection::vec((0usize..1000, 0usize..1000), 0..60),
+            cuts in proptest::collection::btree_set(1usize..250, 0..6),
+            text_ids: bool,
+            with_line: bool,
+            shards in 1usize..4,
+        ) {
+            // Exact copies of earlier lines, placed anywhere after them.
+            for (from, to) in repeats {
+                let from = from % lines.len();
+                let to = from + 1 + to % lines.len();
+                let copy = lines[from];
+                lines.insert(to.min(lines.len()), copy);
+            }
+            let dtype = if text_ids { DataType::String } else { DataType::Int64 };
+            let mut fold = OrderFold::new(&dtype, &dtype, shards, with_line);
+            let mut start = 0;
+            for cut in cuts.iter().copied().filter(|&cut| cut < lines.len()).chain([lines.len()]) {
+                if cut > start {
+                    fold.add(random_batch(&lines[start..cut], text_ids, with_line)).unwrap();
+                    start = cut;
+                }
+            }
+            let folded = fold.finish(&dtype, true).unwrap();
+            let expected = group_by_rows(&lines, text_ids, with_line);
+            let duplicates = lines.iter().filter(|l| l.6).count() as u64
+                - expected.iter().map(|row| u64::from(row.3)).sum::<u64>();
+            proptest::prop_assert_eq!(folded_rows(&folded), expected);
+            proptest::prop_assert_eq!(folded.duplicate_lines, duplicates);
+        }
     }
 }

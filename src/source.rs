@@ -194,7 +194,9 @@ fn check_whole(file: &Path, format: SourceFormat) -> Result<()> {
         handle.seek(SeekFrom::End(-4))?;
         handle.read_exact(&mut tail)?;
         if &head != b"PAR1" {
-            bail!("the file is not Parquet (it does not start with `PAR1`); for CSV set `format = \"csv\"` on the source");
+            bail!(
+                "the file is not Parquet (it does not start with `PAR1`); for CSV set `format = \"csv\"` on the source"
+            );
         }
         if &tail != b"PAR1" {
             bail!("the Parquet file is truncated or still being written (no `PAR1` footer)");
@@ -393,12 +395,10 @@ fn csv_time_expr(physical: &str, format: &'static str, kind: TimeKind) -> Expr {
     let text = col(physical).str().strip_chars(lit(NULL));
     match kind {
         TimeKind::Date => text.str().to_date(options(format)),
-        TimeKind::Zoned | TimeKind::Naive => text.str().to_datetime(
-            Some(TimeUnit::Microseconds),
-            None,
-            options(format),
-            lit("raise"),
-        ),
+        TimeKind::Zoned | TimeKind::Naive => {
+            text.str()
+                .to_datetime(Some(TimeUnit::Microseconds), None, options(format), lit("raise"))
+        }
         TimeKind::Utc => text
             .str()
             .to_datetime(Some(TimeUnit::Microseconds), None, options(format), lit("raise"))
@@ -420,7 +420,10 @@ fn csv_time_dtype(kind: TimeKind) -> DataType {
 
 /// Whether a column type holds text (plain, or dictionary-encoded as categories).
 fn is_text(dtype: &DataType) -> bool {
-    matches!(dtype, DataType::String | DataType::Categorical(_, _) | DataType::Enum(_, _))
+    matches!(
+        dtype,
+        DataType::String | DataType::Categorical(_, _) | DataType::Enum(_, _)
+    )
 }
 
 /// The input column a filter key names: a mapped logical name's column, else the key itself.
@@ -455,7 +458,9 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
         };
         let usable = match logical {
             "customer_id" | "order_id" => dtype.is_integer() || is_text(dtype),
-            "ordered_at" => matches!(dtype, DataType::Date | DataType::Datetime(_, _)) || (csv && dtype == &DataType::String),
+            "ordered_at" => {
+                matches!(dtype, DataType::Date | DataType::Datetime(_, _)) || (csv && dtype == &DataType::String)
+            }
             "amount" => dtype.is_primitive_numeric() || dtype.is_decimal() || (csv && dtype == &DataType::String),
             "status" | "channel" => is_text(dtype) || dtype.is_integer() || dtype.is_bool(),
             "currency" => is_text(dtype),
@@ -464,7 +469,9 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
         };
         if !usable {
             let expected = match logical {
-                "customer_id" | "order_id" => "an integer of any width, or text (string, large string, view, dictionary or categorical)",
+                "customer_id" | "order_id" => {
+                    "an integer of any width, or text (string, large string, view, dictionary or categorical)"
+                }
                 "ordered_at" => "a date, or a timestamp in s, ms, us or ns with or without a zone",
                 "amount" => "a number: an integer of any width, float32/64, or a decimal of any precision and scale",
                 "currency" => "text",
@@ -997,10 +1004,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         projection.push(filters.alias("include"));
         columns.push(col("include"));
     }
-    let lines = lines
-        .select(projection)
-        .with_column(ts.alias("ts"))
-        .select(columns);
+    let lines = lines.select(projection).with_column(ts.alias("ts")).select(columns);
     let mut fold = OrderFold::new(
         &schema.order_id,
         &schema.customer_id,

@@ -624,12 +624,10 @@ fn parse_source(
             None
         }
         // By extension: `.csv` files (or a glob of them) are CSV, everything else Parquet.
-        None => Some(
-            match path.to_string_lossy().to_ascii_lowercase().ends_with(".csv") {
-                true => SourceFormat::Csv,
-                false => SourceFormat::Parquet,
-            },
-        ),
+        None => Some(match path.to_string_lossy().to_ascii_lowercase().ends_with(".csv") {
+            true => SourceFormat::Csv,
+            false => SourceFormat::Parquet,
+        }),
     };
     let csv = match table.get("csv") {
         None => Some(CsvOptions::default()),

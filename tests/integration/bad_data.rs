@@ -153,7 +153,9 @@ fn validate_reports_data_problems_without_running() {
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
     assert!(
-        text.contains("column `customer_id` (mapped as `customer_id`) has type f64: expected an integer of any width, or text"),
+        text.contains(
+            "column `customer_id` (mapped as `customer_id`) has type f64: expected an integer of any width, or text"
+        ),
         "{text}"
     );
     assert!(!workspace.out().exists());

@@ -226,6 +226,8 @@ pub fn stderr(output: &Output) -> String {
 /// ("" for null; floats rounded to 6 decimals).
 pub struct Table {
     pub columns: Vec<String>,
+    /// The columns stored as floating point.
+    pub float_columns: std::collections::BTreeSet<String>,
     pub rows: usize,
     data: BTreeMap<String, Vec<Option<String>>>,
     floats: BTreeMap<String, Vec<Option<f64>>>,
@@ -241,6 +243,12 @@ pub fn read_table(path: &Path) -> Table {
         .expect("table has at least one batch");
     let mut table = Table {
         columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
+        float_columns: schema
+            .fields()
+            .iter()
+            .filter(|f| matches!(f.data_type(), ArrowType::Float64 | ArrowType::Float32))
+            .map(|f| f.name().clone())
+            .collect(),
         rows: 0,
         data: BTreeMap::new(),
         floats: BTreeMap::new(),

@@ -6,6 +6,7 @@ mod clv_simple;
 mod cohorts;
 mod common;
 mod config_errors;
+mod corpus;
 mod customer_facts;
 mod end_to_end;
 mod faults;
