@@ -43,6 +43,6 @@ printf '* all / fastest floor of its mapped columns, wall: %.2f (target ≤ 2)\n
 printf '* all_line / fastest floor of its mapped columns (line included), wall: %.2f (target ≤ 2)\n' "$(ratio "${WALL[all_line]}" "$line")"
 # Both configs must publish the same tables: the generator writes no repeated lines.
 for table in customer_facts rfm_customers clv_customers cohorts; do
-  cmp -s "$DATA/out_all_$LINES/$table.parquet" "$DATA/out_line_$LINES/$table.parquet" \
+  cmp -s "$DATA/out_all_$LINES/latest/$table.parquet" "$DATA/out_line_$LINES/latest/$table.parquet" \
     || echo "warning: $table differs between the runs with and without line" >&2
 done

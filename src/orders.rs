@@ -182,9 +182,9 @@ impl<'a> KeyColumn<'a> {
 enum OrderKeys {
     Text(Interner),
     Runs(Runs),
-    /// Integer ids looked up per run, (id, order) per entry: used when `line` is mapped, so a
-    /// run finds its order at once and its lines are checked against the lines the order has.
-    Lookup(HashTable<(i64, u32)>),
+    /// Integer ids looked up per run: used when `line` is mapped, so a run finds its order at
+    /// once and its lines are checked against the lines the order has.
+    Lookup(IdIndex),
 }
 
 /// Integer order ids, in one of two modes.
@@ -264,6 +264,110 @@ impl Runs {
     }
 }
 
+/// Integer order id → order number, in one of two modes. While the ids fit pages of 2^16 ids
+/// (dense ids, or clusters of them; at most `slot_limit` slots), each page holds the order
+/// number + 1 of each of its ids (0: none yet): a lookup is an index, and ids in file order
+/// mostly hit the page before. Otherwise (sparse ids) a hash table holds the order numbers and
+/// `ids` each order's id; the pages move into it when they outgrow their limit.
+pub(crate) struct IdIndex {
+    pages: hashbrown::HashMap<i64, usize, foldhash::fast::FixedState>,
+    slots: Vec<Box<[u32]>>,
+    last: Option<(i64, usize)>,
+    sparse: Option<(HashTable<u32>, Vec<i64>)>,
+    orders: u32,
+    /// Slots the pages may always use (`DENSE_SLOTS`), or 16 per order held.
+    slot_limit: usize,
+}
+
+/// Slots (4 bytes each) an `IdIndex` may always use in pages: 256 MiB.
+const DENSE_SLOTS: usize = 1 << 26;
+
+impl Default for IdIndex {
+    fn default() -> Self {
+        IdIndex {
+            pages: Default::default(),
+            slots: Vec::new(),
+            last: None,
+            sparse: None,
+            orders: 0,
+            slot_limit: DENSE_SLOTS,
+        }
+    }
+}
+
+impl IdIndex {
+    /// The order of `id` (whose `int_key_hash` is `hash`) and whether it is new.
+    fn intern(&mut self, id: i64, hash: u64) -> (u32, bool) {
+        if let Some((table, ids)) = &mut self.sparse {
+            if let Some(&order) = table.find(hash, |&order| ids[order as usize] == id) {
+                return (order, false);
+            }
+            let order = self.orders;
+            table.insert_unique(hash, order, |&order| int_key_hash(ids[order as usize]));
+            ids.push(id);
+            self.orders += 1;
+            return (order, true);
+        }
+        let page = id >> PAGE_BITS;
+        let index = match self.last {
+            Some((last, index)) if last == page => index,
+            _ => match self.pages.get(&page) {
+                Some(&index) => index,
+                None => {
+                    let held = (self.slots.len() + 1) << PAGE_BITS;
+                    if held > self.slot_limit.max(16 * self.orders as usize) {
+                        self.become_sparse();
+                        return self.intern(id, hash);
+                    }
+                    self.slots.push(vec![0u32; 1 << PAGE_BITS].into_boxed_slice());
+                    self.pages.insert(page, self.slots.len() - 1);
+                    self.slots.len() - 1
+                }
+            },
+        };
+        self.last = Some((page, index));
+        let slot = &mut self.slots[index][(id & ((1 << PAGE_BITS) - 1)) as usize];
+        if *slot != 0 {
+            return (*slot - 1, false);
+        }
+        let order = self.orders;
+        *slot = order.checked_add(1).expect("fewer than 2^32 - 1 orders");
+        self.orders += 1;
+        (order, true)
+    }
+
+    /// Move the pages into the hash table (ids too sparse for pages).
+    fn become_sparse(&mut self) {
+        let mut ids = vec![0i64; self.orders as usize];
+        for (&page, &index) in &self.pages {
+            for (offset, &slot) in self.slots[index].iter().enumerate() {
+                if slot != 0 {
+                    ids[slot as usize - 1] = (page << PAGE_BITS) | offset as i64;
+                }
+            }
+        }
+        let mut table = HashTable::with_capacity(ids.len());
+        for (order, &id) in ids.iter().enumerate() {
+            table.insert_unique(int_key_hash(id), order as u32, |&order| {
+                int_key_hash(ids[order as usize])
+            });
+        }
+        self.pages = Default::default();
+        self.slots = Vec::new();
+        self.last = None;
+        self.sparse = Some((table, ids));
+    }
+
+    /// Room for `more` orders in the hash table (pages need none).
+    fn reserve(&mut self, more: usize) {
+        if let Some((table, ids)) = &mut self.sparse {
+            let _ = ids.try_reserve(more);
+            let ids = &*ids;
+            let _ = table.try_reserve(more, |&order| int_key_hash(ids[order as usize]));
+        }
+    }
+}
+
 /// A set of integer ids as bitmaps of the 2^16-id pages they fall in: dense ids (one table's
 /// auto-increment) and clusters of dense ids (a shard or partition number times a stride
 /// plus a sequence) take about a bit per id, scattered ids a page each, until `insert`
@@ -326,15 +430,7 @@ impl OrderKeys {
                 runs.push(values[row]);
                 (u32::try_from(runs.held() - 1).expect("fewer than 2^32 runs"), true)
             }
-            (OrderKeys::Lookup(table), KeyColumn::Int(values)) => {
-                let id = values[row];
-                if let Some(&(_, order)) = table.find(hash, |&(seen, _)| seen == id) {
-                    return Ok((order, false));
-                }
-                let order = u32::try_from(table.len()).expect("fewer than 2^32 orders");
-                table.insert_unique(hash, (id, order), |&(id, _)| int_key_hash(id));
-                (order, true)
-            }
+            (OrderKeys::Lookup(index), KeyColumn::Int(values)) => index.intern(values[row], hash),
             _ => polars_bail!(SchemaMismatch: "order_id changed type between batches"),
         })
     }
@@ -538,18 +634,36 @@ struct Shard {
     lines: Vec<u32>,
     channel: Vec<u32>,
     several_customers: Vec<bool>,
-    /// With `line` mapped: each order's line numbers, as bits of `line_bits` from the first
-    /// number seen (`line_base`, `NO_LINE` before any), the rest in `far_lines`. An order's
-    /// lines are few and their numbers close, so this follows orders, not lines.
-    line_base: Vec<i64>,
-    line_bits: Vec<u64>,
+    /// With `line` mapped: each order's line numbers (`LineSet`), the rest in `far_lines`. An
+    /// order's lines are few and their numbers close, so this follows orders, not lines.
+    line_sets: Vec<LineSet>,
     far_lines: hashbrown::HashSet<(u32, i64), foldhash::fast::FixedState>,
     /// Lines dropped as repeats of an (order_id, line) already folded.
     duplicate_lines: u64,
 }
 
-/// `line_base` of an order none of whose lines has a number yet.
-const NO_LINE: i64 = i64::MIN;
+/// The line numbers of an order seen so far, in 8 bytes: the first number (`base`, as u32) in
+/// the high half, and in the low half a bit for each of `base..base + 32` seen. Numbers that do
+/// not fit go to the shard's `far_lines`. Empty (no bit) until the first numbered line.
+#[derive(Clone, Copy, Default)]
+struct LineSet(u64);
+
+impl LineSet {
+    /// Record `line`: `Some(first copy?)`, or `None` when it does not fit here.
+    fn insert(&mut self, line: i64) -> Option<bool> {
+        let mut base = (self.0 >> 32) as u32;
+        if self.0 as u32 == 0 {
+            base = u32::try_from(line).ok()?;
+        }
+        let offset = line
+            .checked_sub(i64::from(base))
+            .filter(|offset| (0..32).contains(offset))?;
+        let bit = 1u64 << offset;
+        let first = self.0 & bit == 0;
+        self.0 = (u64::from(base) << 32) | (self.0 as u32 as u64) | bit;
+        Some(first)
+    }
+}
 
 /// The hash of a row's order key: `hash_bytes` for text, foldhash for integers.
 fn key_hash(key: KeyColumn, row: usize) -> u64 {
@@ -772,7 +886,7 @@ impl OrderFold {
             orders: match (text, lines) {
                 (true, _) => OrderKeys::Text(Interner::default()),
                 (false, false) => OrderKeys::Runs(Runs::default()),
-                (false, true) => OrderKeys::Lookup(HashTable::new()),
+                (false, true) => OrderKeys::Lookup(IdIndex::default()),
             },
             customers: OrderCustomers::new(customer_id),
             channels: Interner::default(),
@@ -782,8 +896,7 @@ impl OrderFold {
             lines: Vec::new(),
             channel: Vec::new(),
             several_customers: Vec::new(),
-            line_base: Vec::new(),
-            line_bits: Vec::new(),
+            line_sets: Vec::new(),
             far_lines: Default::default(),
             duplicate_lines: 0,
         };
@@ -941,8 +1054,7 @@ impl OrderFold {
         let mut parts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for shard in shards {
             drop(shard.orders);
-            drop(shard.line_base);
-            drop(shard.line_bits);
+            drop(shard.line_sets);
             drop(shard.far_lines);
             customers.push(shard.customers);
             if has_channel {
@@ -1064,8 +1176,21 @@ impl Shard {
             OrderCustomers::Text { ids, .. } => ids.try_reserve(more),
             OrderCustomers::Int(values) => values.try_reserve(more),
         };
-        if let OrderKeys::Runs(runs) = &mut self.orders {
-            let _ = runs.fresh.try_reserve(more);
+        match &mut self.orders {
+            OrderKeys::Runs(runs) => {
+                let _ = runs.fresh.try_reserve(more);
+            }
+            // Room for the projected orders at once: no table grows by rehashing into a second
+            // one beside it.
+            OrderKeys::Lookup(index) => {
+                index.reserve(more);
+                let _ = self.line_sets.try_reserve(more);
+            }
+            OrderKeys::Text(_) => {
+                if !self.line_sets.is_empty() {
+                    let _ = self.line_sets.try_reserve(more);
+                }
+            }
         }
         let _ = self.ordered_ts.try_reserve(more_joined);
         let _ = self.revenue.try_reserve(more_joined);
@@ -1126,8 +1251,7 @@ impl Shard {
             for row in (first..end).filter(|&row| usable(row)) {
                 if let Some(lines) = lines {
                     if new && previous.is_none() {
-                        self.line_base.push(NO_LINE);
-                        self.line_bits.push(0);
+                        self.line_sets.push(LineSet::default());
                     }
                     if polars_arrow::array::Array::is_valid(lines, row) && !self.first_copy(o, lines.value(row)) {
                         self.duplicate_lines += 1;
@@ -1167,18 +1291,9 @@ impl Shard {
 
     /// Record line number `line` of `order`: whether it is the first copy of that line.
     fn first_copy(&mut self, order: usize, line: i64) -> bool {
-        let base = &mut self.line_base[order];
-        if *base == NO_LINE {
-            *base = line;
-        }
-        match line.checked_sub(*base) {
-            Some(offset @ 0..64) => {
-                let (bits, bit) = (&mut self.line_bits[order], 1u64 << offset);
-                let first = *bits & bit == 0;
-                *bits |= bit;
-                first
-            }
-            _ => self.far_lines.insert((order as u32, line)),
+        match self.line_sets[order].insert(line) {
+            Some(first) => first,
+            None => self.far_lines.insert((order as u32, line)),
         }
     }
 
@@ -1933,7 +2048,15 @@ mod tests {
             text_ids: bool,
             with_line: bool,
             shards in 1usize..4,
+            spread: bool,
         ) {
+            if spread {
+                // Ids over many pages of the integer index, which allows two: it turns into a
+                // hash table part way.
+                for line in &mut lines {
+                    line.0 *= 40_000;
+                }
+            }
             // Exact copies of earlier lines, placed anywhere after them.
             for (from, to) in repeats {
                 let from = from % lines.len();
@@ -1943,6 +2066,11 @@ mod tests {
             }
             let dtype = if text_ids { DataType::String } else { DataType::Int64 };
             let mut fold = OrderFold::new(&dtype, &dtype, shards, with_line);
+            for shard in &mut fold.shards {
+                if let OrderKeys::Lookup(index) = &mut shard.orders {
+                    index.slot_limit = 2 << PAGE_BITS;
+                }
+            }
             let mut start = 0;
             for cut in cuts.iter().copied().filter(|&cut| cut < lines.len()).chain([lines.len()]) {
                 if cut > start {
