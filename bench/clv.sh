@@ -28,14 +28,14 @@ for _ in $(seq "$REPEATS"); do
   # "clv: fit and scored N customers in S s": fit + scoring, without building and writing tables.
   OURS_RUNS+=("$(sed -n 's/.*clv: fit and scored [0-9]* customers in \([0-9.]*\) s.*/\1/p' "$DATA/time_clv.log")")
   STAGE_RUNS+=("$(.venv/bin/python -c "
-import json; m = json.load(open('$DATA/out_clv/_manifest.json'))
+import json; m = json.load(open('$DATA/out_clv/latest/_manifest.json'))
 print(next(s['duration_seconds'] for s in m['stages'] if s['stage'] == 'clv'))")")
 done
 median() { printf '%s\n' "$@" | sort -n | awk -v n=$# 'NR == int((n + 1) / 2)'; }
 OURS=$(median "${OURS_RUNS[@]}")
 STAGE=$(median "${STAGE_RUNS[@]}")
 RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$DATA/time_clv.log")
-/usr/bin/time -v .venv/bin/python bench/lifetimes_clv.py "$DATA/out_clv/customer_facts.parquet" "$DATA/out_clv/clv_model.parquet" \
+/usr/bin/time -v .venv/bin/python bench/lifetimes_clv.py "$DATA/out_clv/latest/customer_facts.parquet" "$DATA/out_clv/latest/clv_model.parquet" \
   > "$DATA/lifetimes.json" 2> "$DATA/time_lifetimes.log"
 THEIRS=$(.venv/bin/python -c "import json; print(json.load(open('$DATA/lifetimes.json'))['total_seconds'])")
 THEIR_RSS=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$DATA/time_lifetimes.log")

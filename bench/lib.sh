@@ -9,8 +9,14 @@ DATA="bench/data"
 REPEATS="${REPEATS:-3}"
 mkdir -p "$DATA"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/pipeline"
+# PIPELINE_BIN=path measures that binary instead of building this tree's release binary (to
+# compare two builds in alternating pairs, or to keep editing while a benchmark runs).
+if [ -n "${PIPELINE_BIN:-}" ]; then
+  BIN="$(realpath "$PIPELINE_BIN")"
+else
+  cargo build --release --quiet
+  BIN="$CARGO_TARGET_DIR/release/pipeline"
+fi
 FILE="$(realpath -m "$DATA/lines_$LINES.parquet")"
 declare -A WALL CPU RSS FAULTS
 
@@ -82,6 +88,6 @@ all_config() { # path pattern, name
 # Rows of the customer_facts table a run wrote (= customers), from its manifest.
 customers_of() { # output folder name
   python3 -c "
-import json; m = json.load(open('$DATA/out_$1/_manifest.json'))
+import json; m = json.load(open('$DATA/out_$1/latest/_manifest.json'))
 print(next(t['rows'] for s in m['stages'] for t in s['tables'] if t['table'] == 'customer_facts'))"
 }

@@ -26,6 +26,10 @@ pub struct Cli {
     /// Log level: error, warn, info, debug (also RUST_LOG).
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
+    /// Log lines as text (colour only on a terminal, never with NO_COLOR) or as one JSON
+    /// object per line with level, message and run id.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

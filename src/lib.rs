@@ -9,6 +9,7 @@ pub mod clv;
 pub mod config;
 pub mod direct_io;
 pub mod generate;
+pub mod logging;
 pub mod money;
 pub mod orders;
 pub mod period;

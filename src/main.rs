@@ -43,13 +43,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pipeline={}", cli.log)));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    pipeline::logging::init(&cli.log, cli.log_format);
+    let json = cli.log_format == pipeline::logging::LogFormat::Json;
     #[cfg(target_os = "linux")]
     if thp_disabled != 0 {
         tracing::debug!(
@@ -61,7 +56,15 @@ fn main() -> ExitCode {
     match pipeline::catch_panics(|| execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Config diagnostics carry their own `error:` prefix (one per problem).
+            let text = format!("{error:#}");
+            if json {
+                tracing::error!("{}", text.trim_start_matches("error: "));
+            } else if text.starts_with("error: ") {
+                eprintln!("{}", text.trim_end());
+            } else {
+                eprintln!("error: {text}");
+            }
             ExitCode::from(pipeline::exit_code(&error) as u8)
         }
     }

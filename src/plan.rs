@@ -42,6 +42,13 @@ pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
             Vec::new()
         }
     };
+    if let crate::config::AsOf::Date(as_of) = config.pipeline.as_of {
+        for stage in &config.stages {
+            if let Some(problem) = stage.stage.as_ref().and_then(|options| options.check_as_of(as_of)) {
+                diagnostics.error(format!("stage `{}`: {problem}", stage.name), stage.span.clone());
+            }
+        }
+    }
     if !diagnostics.is_empty() {
         return Err(diagnostics);
     }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use polars::prelude::DataFrame;
+use polars::prelude::{AnyValue, Column, DataFrame, DataType, Scalar};
 use serde::Serialize;
 
 use crate::config::AsOf;
@@ -43,22 +43,40 @@ pub struct StageReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     pub table: String,
+    /// The file, relative to the snapshot folder.
     pub path: String,
     pub rows: usize,
 }
 
-/// `OUT/_manifest.json`.
+/// A table a `--select` run did not rebuild, carried over unchanged from the previous snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct CarriedTable {
+    pub table: String,
+    /// The file, relative to the snapshot folder.
+    pub path: String,
+    /// The run that built it, and the as_of it was built for.
+    pub from_run_id: Option<String>,
+    pub as_of: Option<String>,
+}
+
+/// A snapshot's `_manifest.json`, and `OUT/_last_run.json` for every run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
     /// `running` from the moment a run holds the lock, then `succeeded` or `failed`. A run that
-    /// was killed leaves `running`: never `succeeded`.
+    /// was killed leaves `running` in `_last_run.json`: never `succeeded`.
     pub status: String,
+    /// This run's id (UTC start time and process id): its snapshot is `runs/<as_of>_<run_id>`.
+    pub run_id: String,
     /// Process id of the run that wrote this manifest.
     pub pid: u32,
     pub tool: String,
     pub version: String,
     pub pipeline: String,
+    /// Absolute paths, as every path in the manifest.
     pub config_path: String,
+    pub output_dir: String,
+    /// The snapshot folder this run published (absolute; `None` until published).
+    pub snapshot: Option<String>,
     pub config_hash: String,
     pub as_of: Option<String>,
     pub timezone: String,
@@ -66,6 +84,11 @@ pub struct Manifest {
     pub inputs: Vec<InputStats>,
     pub prepare_seconds: f64,
     pub stages: Vec<StageReport>,
+    /// Tables of the previous snapshot a `--select` run carried over without rebuilding them.
+    pub carried_over: Vec<CarriedTable>,
+    /// Every warning the run logged (stale data, models published with `on_model_failure =
+    /// "warn"`, …).
+    pub warnings: Vec<String>,
     pub started_at: String,
     pub finished_at: String,
     pub duration_seconds: f64,
@@ -82,17 +105,36 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
         .clone()
         .unwrap_or_else(|| config.pipeline.output_dir.clone());
     let selected = plan.select(&options.select).map_err(UsageError::Usage)?;
+    // A date given on the command line is checked against the stages' date options before
+    // any data is read, as the config's own as_of is when the plan is loaded.
+    if let Some(AsOf::Date(as_of)) = options.as_of {
+        for &index in &selected {
+            let stage = &config.stages[index];
+            if let Some(problem) = stage.stage.as_ref().and_then(|options| options.check_as_of(as_of)) {
+                return Err(UsageError::Usage(format!("stage `{}`: {problem} (--as-of {as_of})", stage.name)).into());
+            }
+        }
+    }
     let wait = std::time::Duration::from_secs_f64(config.pipeline.lock_wait_seconds);
     let _lock = sink::RunLock::acquire(&output_dir, wait)?;
     sink::clean_stale_temps(&output_dir);
+    let output_dir = std::path::absolute(&output_dir).unwrap_or(output_dir);
+    let run_id = format!("{}-{}", started_at.format("%Y%m%dT%H%M%S%3fZ"), std::process::id());
+    crate::logging::set_run_id(&run_id);
 
     let mut manifest = Manifest {
         status: "running".into(),
+        run_id: run_id.clone(),
         pid: std::process::id(),
         tool: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),
         pipeline: config.pipeline.name.clone(),
-        config_path: config.path.display().to_string(),
+        config_path: std::path::absolute(&config.path)
+            .unwrap_or_else(|_| config.path.clone())
+            .display()
+            .to_string(),
+        output_dir: output_dir.display().to_string(),
+        snapshot: None,
         config_hash: config.hash.clone(),
         as_of: None,
         timezone: config.pipeline.timezone.clone(),
@@ -100,35 +142,110 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
         inputs: Vec::new(),
         prepare_seconds: 0.0,
         stages: Vec::new(),
+        carried_over: Vec::new(),
+        warnings: Vec::new(),
         started_at: started_at.to_rfc3339(),
         finished_at: String::new(),
         duration_seconds: 0.0,
         error: None,
     };
-    sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest)?;
-    let staged = Mutex::new(Vec::<StagedTable>::new());
-    let result = crate::catch_panics(|| execute(plan, options, &selected, &output_dir, &mut manifest, &staged));
-    // A panic caught above may have left the list's lock poisoned: its entries are still whole.
-    let staged = staged.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let result = result.and_then(|()| sink::publish(&output_dir, &staged));
+    sink::write_json_atomic(&output_dir, sink::LAST_RUN, &manifest)?;
+    let result = sink::Snapshot::begin(&output_dir, &run_id).and_then(|snapshot| {
+        let staged = Mutex::new(Vec::<StagedTable>::new());
+        let result = crate::catch_panics(|| execute(plan, options, &selected, &snapshot.dir, &mut manifest, &staged));
+        // A panic caught above may have left the list's lock poisoned: its entries are whole.
+        let staged = staged.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let published = result
+            .and_then(|()| sink::publish(&snapshot.dir, &staged))
+            .and_then(|()| carry_over(&output_dir, &snapshot, &mut manifest))
+            .and_then(|()| {
+                manifest.warnings = crate::logging::take_warnings();
+                manifest.status = "succeeded".into();
+                manifest.finished_at = chrono::Utc::now().to_rfc3339();
+                manifest.duration_seconds = started.elapsed().as_secs_f64();
+                let as_of = manifest.as_of.clone().unwrap_or_else(|| "none".into());
+                manifest.snapshot = Some(snapshot.final_dir(&as_of).display().to_string());
+                sink::Snapshot::publish(snapshot, &as_of, &manifest, config.pipeline.keep_runs)
+            });
+        if published.is_err() {
+            sink::discard(&staged);
+        }
+        published
+    });
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     manifest.duration_seconds = started.elapsed().as_secs_f64();
     match result {
-        Ok(()) => {
-            manifest.status = "succeeded".into();
-            sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest)?;
+        Ok(_) => {
+            sink::write_json_atomic(&output_dir, sink::LAST_RUN, &manifest)?;
             Ok(manifest)
         }
         Err(error) => {
-            sink::discard(&staged);
+            // The staging folder goes; `latest` and its manifest stay as they were.
+            sink::clean_stale_temps(&output_dir);
             manifest.status = "failed".into();
+            manifest.warnings.extend(crate::logging::take_warnings());
+            manifest.snapshot = None;
             manifest.error = Some(format!("{error:#}"));
-            if let Err(manifest_error) = sink::write_json_atomic(&output_dir, sink::MANIFEST, &manifest) {
-                tracing::error!("could not write the failure manifest: {manifest_error:#}");
+            if let Err(manifest_error) = sink::write_json_atomic(&output_dir, sink::LAST_RUN, &manifest) {
+                tracing::error!("could not write `{}`: {manifest_error:#}", sink::LAST_RUN);
             }
             Err(error)
         }
     }
+}
+
+/// Carry the tables of the previous snapshot that this run did not write into the new one (a
+/// `--select` run), recording where each came from.
+fn carry_over(output_dir: &std::path::Path, snapshot: &sink::Snapshot, manifest: &mut Manifest) -> Result<()> {
+    let Some(previous) = sink::latest_snapshot(output_dir) else {
+        return Ok(());
+    };
+    let written: BTreeSet<String> = manifest
+        .stages
+        .iter()
+        .flat_map(|stage| stage.tables.iter().map(|t| t.path.clone()))
+        .collect();
+    let earlier: serde_json::Value = std::fs::read_to_string(previous.join(sink::MANIFEST))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    // The as_of of each table in the previous snapshot: its own if it was carried, else the run's.
+    let origin = |path: &str| -> (Option<String>, Option<String>) {
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_string);
+        if let Some(carried) = earlier["carried_over"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["path"] == path))
+        {
+            return (text(&carried["from_run_id"]), text(&carried["as_of"]));
+        }
+        (text(&earlier["run_id"]), text(&earlier["as_of"]))
+    };
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&previous)
+        .with_context(|| format!("reading the previous snapshot `{}`", previous.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    for file in files {
+        let name = file
+            .file_name()
+            .expect("listed files have names")
+            .to_string_lossy()
+            .to_string();
+        if written.contains(&name) {
+            continue;
+        }
+        snapshot.carry_over(&file)?;
+        let (from_run_id, as_of) = origin(&name);
+        manifest.carried_over.push(CarriedTable {
+            table: name.trim_end_matches(".parquet").to_string(),
+            path: name,
+            from_run_id,
+            as_of,
+        });
+    }
+    Ok(())
 }
 
 /// A stage's index, its frames kept for later stages and its report, or its error.
@@ -279,7 +396,8 @@ fn execute(
         tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
         shared.insert(name, tables);
     }
-    manifest.as_of = shared.values().map(|t| t.as_of).max().map(|d| d.to_string());
+    let as_of_date = shared.values().map(|t| t.as_of).max();
+    manifest.as_of = as_of_date.map(|d| d.to_string());
     manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
 
     let threads = options.threads.unwrap_or(0);
@@ -401,28 +519,38 @@ fn execute(
             inputs.shared = plan.source_of(index).and_then(|name| shared.get(&name));
         }
         // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&inputs)));
-        let mut frames = match outcome {
-            Ok(result) => result,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(anyhow::anyhow!("internal error: {message}"))
-            }
-        }
-        .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
+        let frames = crate::catch_panics(|| {
+            inject_fault(&stage_config.name);
+            stage.run(&inputs)
+        });
+        let mut frames =
+            frames.with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
         drop(inputs);
         drop(upstream_frames);
         let mut tables = Vec::new();
         for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
+            // Every table says which date it describes; the column is written, not kept for
+            // the stages that read this one.
+            if let Some(date) = as_of_date {
+                let days = crate::period::to_days(date);
+                let column = Column::new_scalar(
+                    "as_of".into(),
+                    Scalar::new(DataType::Date, AnyValue::Date(days)),
+                    frame.height(),
+                );
+                frame
+                    .with_column(column)
+                    .with_context(|| format!("stage `{}`", stage_config.name))?;
+            }
             let written = sink::stage_table(output_dir, table, frame, &shared_pages)
-                .with_context(|| format!("stage `{}`", stage_config.name))?;
+                .with_context(|| format!("stage `{}`", stage_config.name));
+            if as_of_date.is_some() {
+                frame.drop_in_place("as_of").ok();
+            }
+            let written = written?;
             tables.push(TableReport {
                 table: table.clone(),
-                path: written.target.display().to_string(),
+                path: format!("{table}.parquet"),
                 rows: written.rows,
             });
             staged.lock().expect("staging list lock").push(written);
@@ -601,6 +729,14 @@ pub fn memory() -> String {
 }
 
 /// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).
+/// The test suite's way to prove that a panic becomes a clean failure: with
+/// `PIPELINE_INJECT_PANIC=NAME` in the environment, the stage (or source scan) NAME panics.
+pub fn inject_fault(name: &str) {
+    if std::env::var_os("PIPELINE_INJECT_PANIC").is_some_and(|target| target == name) {
+        panic!("injected panic in `{name}` (PIPELINE_INJECT_PANIC)");
+    }
+}
+
 pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {

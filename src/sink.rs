@@ -1,9 +1,10 @@
-//! Publishing outputs: Parquet tables written to temporary files in the output directory,
-//! fsynced, then renamed into place; the run manifest last; a lock file keeps two runs apart.
-//!
-//! A run stages every table first and publishes only when all of them are written, so a failed
-//! run publishes nothing. Each rename is atomic, so a reader (or a kill) sees for every table
-//! either the complete previous file or the complete new one.
+//! Publishing outputs as snapshots: a run writes every table into its own folder
+//! (`OUT/runs/.staging-<run id>/`), fsynced, adds its manifest, renames the folder to
+//! `OUT/runs/<as_of>_<run id>/` and then points the symlink `OUT/latest` at it with one atomic
+//! rename. Readers of `OUT/latest/<table>.parquet` therefore see the tables of one complete run,
+//! never a mix, and a kill at any moment leaves `latest` on a complete snapshot. The newest
+//! `keep_runs` snapshots are kept. `OUT/_last_run.json` records every run's outcome (`running`
+//! while it holds the lock); a lock file keeps two runs apart.
 
 use std::fs::{self, File};
 use std::io::{Seek, Write};
@@ -14,8 +15,134 @@ use polars::prelude::*;
 use serde::Serialize;
 
 pub const MANIFEST: &str = "_manifest.json";
+pub const LAST_RUN: &str = "_last_run.json";
 pub const LOCK: &str = ".pipeline.lock";
+pub const LATEST: &str = "latest";
+pub const RUNS: &str = "runs";
 const STAGING_PREFIX: &str = ".tmp-";
+const STAGING_DIR_PREFIX: &str = ".staging-";
+
+/// The snapshot a run writes: `OUT/runs/.staging-<run id>/` until `publish` moves it into view.
+#[derive(Debug)]
+pub struct Snapshot {
+    root: PathBuf,
+    run_id: String,
+    /// Where the run's tables are written.
+    pub dir: PathBuf,
+}
+
+impl Snapshot {
+    /// A fresh staging folder for `run_id` under `root` (the output directory).
+    pub fn begin(root: &Path, run_id: &str) -> Result<Snapshot> {
+        let runs = root.join(RUNS);
+        fs::create_dir_all(&runs).with_context(|| format!("cannot create `{}`", runs.display()))?;
+        let dir = runs.join(format!("{STAGING_DIR_PREFIX}{run_id}"));
+        fs::create_dir(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        Ok(Snapshot {
+            root: root.to_path_buf(),
+            run_id: run_id.to_string(),
+            dir,
+        })
+    }
+
+    /// The folder the snapshot gets when published.
+    pub fn final_dir(&self, as_of: &str) -> PathBuf {
+        self.root.join(RUNS).join(format!("{as_of}_{}", self.run_id))
+    }
+
+    /// Put `file` of an earlier snapshot into this one unchanged (a hard link, or a copy where
+    /// links are not possible).
+    pub fn carry_over(&self, file: &Path) -> Result<()> {
+        let name = file.file_name().context("a table file has a name")?;
+        let target = self.dir.join(name);
+        if fs::hard_link(file, &target).is_err() {
+            fs::copy(file, &target)
+                .with_context(|| format!("cannot copy `{}` into the new snapshot", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Write `manifest` into the snapshot, move it to `runs/<as_of>_<run id>`, point `latest` at
+    /// it, and remove all but the newest `keep_runs` snapshots (never the one `latest` names).
+    pub fn publish<T: Serialize>(self, as_of: &str, manifest: &T, keep_runs: usize) -> Result<PathBuf> {
+        write_json_atomic(&self.dir, MANIFEST, manifest)?;
+        sync_dir(&self.dir);
+        let target = self.final_dir(as_of);
+        fs::rename(&self.dir, &target)
+            .with_context(|| format!("cannot move `{}` to `{}`", self.dir.display(), target.display()))?;
+        sync_dir(&self.root.join(RUNS));
+        let name = target.file_name().expect("a snapshot folder has a name");
+        if let Err(error) = point_latest(&self.root, &Path::new(RUNS).join(name)) {
+            // Not in view: gone, as if never published.
+            fs::remove_dir_all(&target).ok();
+            return Err(error);
+        }
+        prune(&self.root, keep_runs.max(1), &target);
+        Ok(target)
+    }
+
+    /// Remove the staging folder of a run that will not publish.
+    pub fn discard(self) {
+        fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// The snapshot `OUT/latest` names, if any.
+pub fn latest_snapshot(root: &Path) -> Option<PathBuf> {
+    let latest = root.join(LATEST);
+    latest.is_dir().then(|| fs::canonicalize(&latest).unwrap_or(latest))
+}
+
+/// Point `OUT/latest` at `relative` (below `root`) with one rename of a new symlink over it.
+fn point_latest(root: &Path, relative: &Path) -> Result<()> {
+    let latest = root.join(LATEST);
+    if latest.is_dir() && !latest.is_symlink() {
+        bail!(
+            "`{}` is a directory, not the symlink this tool keeps there: move it away",
+            latest.display()
+        );
+    }
+    let temp = root.join(format!("{STAGING_PREFIX}{}-{LATEST}", std::process::id()));
+    fs::remove_file(&temp).ok();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(relative, &temp)
+        .with_context(|| format!("cannot create the symlink `{}`", temp.display()))?;
+    #[cfg(windows)]
+    std::os::windows::fs::symlink_dir(relative, &temp)
+        .with_context(|| format!("cannot create the symlink `{}`", temp.display()))?;
+    fs::rename(&temp, &latest).with_context(|| format!("cannot point `{}` at the new snapshot", latest.display()))?;
+    sync_dir(root);
+    Ok(())
+}
+
+/// Published snapshots (`runs/<as_of>_<run id>`), oldest run first (run ids sort by time).
+pub fn snapshots(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(String, PathBuf)> = fs::read_dir(root.join(RUNS))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let (_, run_id) = name.split_once('_')?;
+            (!name.starts_with('.') && entry.path().is_dir()).then(|| (run_id.to_string(), entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, path)| path).collect()
+}
+
+/// Remove all but the newest `keep` snapshots, never `current`.
+fn prune(root: &Path, keep: usize, current: &Path) {
+    let all = snapshots(root);
+    let excess = all.len().saturating_sub(keep);
+    for old in all.into_iter().take(excess) {
+        if old != current {
+            if let Err(error) = fs::remove_dir_all(&old) {
+                tracing::warn!("cannot remove the old snapshot `{}`: {error}", old.display());
+            }
+        }
+    }
+}
 
 /// Holds the output directory's lock for the life of a run: an OS file lock (flock) on
 /// `OUT/.pipeline.lock`, so a run that dies releases it with its process — no stale locks. The
@@ -614,13 +741,21 @@ pub fn discard(staged: &[StagedTable]) {
     }
 }
 
-/// Remove temporary files a killed run left behind (only with the lock held).
+/// Remove what a killed run left behind (only with the lock held): temporary files in the
+/// output directory and staging folders of snapshots never published.
 pub fn clean_stale_temps(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with(STAGING_PREFIX) || name.starts_with(&format!("{LOCK}.")) {
                 fs::remove_file(entry.path()).ok();
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(dir.join(RUNS)) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(STAGING_DIR_PREFIX) {
+                fs::remove_dir_all(entry.path()).ok();
             }
         }
     }

@@ -44,6 +44,8 @@ pub struct InputStats {
     pub rows_ignored_after_as_of: u64,
     pub duplicate_lines: u64,
     pub orders: u64,
+    /// The local date of the newest order used.
+    pub newest_order_date: Option<String>,
     /// The one currency of the lines used, when the source maps a `currency` column.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
@@ -908,6 +910,35 @@ fn frequent_values(source: &SourceConfig, schema: &SourceSchema) -> String {
     parts.join("; ")
 }
 
+/// Days of data older than as_of past which a run warns (in the log and the manifest).
+pub const STALE_WARNING_DAYS: i64 = 7;
+
+/// `max_data_age_days` (an error message when the newest order is older than it allows), and a
+/// warning when the data is more than `STALE_WARNING_DAYS` older than as_of.
+fn check_freshness(
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+    newest: NaiveDate,
+    as_of: NaiveDate,
+) -> std::result::Result<(), String> {
+    let age = (as_of - newest).num_days();
+    if let Some(limit) = settings.max_data_age_days {
+        if age > i64::from(limit) {
+            return Err(format!(
+                "source `{}`: the newest order is from {newest}, {age} days before as_of {as_of}: more than max_data_age_days = {limit}; the export looks stale (check that it ran), or raise `max_data_age_days` under `[pipeline]`",
+                source.name
+            ));
+        }
+    }
+    if age > STALE_WARNING_DAYS {
+        tracing::warn!(
+            "source `{}`: the newest order is from {newest}, {age} days before as_of {as_of}: recent customers may show as lapsing or churned",
+            source.name
+        );
+    }
+    Ok(())
+}
+
 /// The date `as_of` resolves to before data is read; `None` for `last_order`.
 pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
     let today = || -> Result<NaiveDate> { Ok(chrono::Utc::now().with_timezone(&chrono_zone(timezone)?).date_naive()) };
@@ -923,6 +954,7 @@ pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
 /// lines are rejected than `max_rejected_fraction` allows or when nothing is left.
 pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<SourceOrders> {
     let schema = check_schema(source)?;
+    crate::runner::inject_fault(&source.name);
     let files = schema.files.clone();
     let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
     if let Ok(mut scans) = SCANS.lock() {
@@ -1071,10 +1103,17 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         .context("building orders")?;
     tracing::debug!("orders numbered: {}", crate::runner::memory());
 
+    // Absolute paths, so a manifest read anywhere names the files.
+    let absolute = |path: &Path| {
+        std::path::absolute(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string()
+    };
     let mut stats = InputStats {
         source: source.name.clone(),
-        path: source.path.display().to_string(),
-        files: files.iter().map(|f| f.display().to_string()).collect(),
+        path: absolute(&source.path),
+        files: files.iter().map(|f| absolute(f)).collect(),
         ..Default::default()
     };
     // Repeated (order_id, line) pairs are usable lines the fold counted once.
@@ -1191,13 +1230,20 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         }
         stats.currency = currencies.into_keys().next().flatten();
     }
-    let as_of = match fixed_as_of {
-        Some(date) => date,
-        None => {
-            let latest = orders.column("date")?.cast(&DataType::Int32)?.i32()?.max();
-            from_days(latest.expect("orders are not empty"))
-        }
-    };
+    let newest = from_days(
+        orders
+            .column("date")?
+            .cast(&DataType::Int32)?
+            .i32()?
+            .max()
+            .expect("orders are not empty"),
+    );
+    stats.newest_order_date = Some(newest.to_string());
+    let as_of = fixed_as_of.unwrap_or(newest);
+    check_freshness(source, settings, newest, as_of).map_err(|message| DataRejected {
+        message,
+        stats: stats.clone(),
+    })?;
     Ok(SourceOrders {
         orders,
         customer_ids: folded.customer_ids,

@@ -46,6 +46,69 @@ impl FromStr for AsOf {
     }
 }
 
+/// A date option that may follow as_of: a date (`"2024-06-30"`), or a distance before as_of
+/// (`"as_of - 26w"`: a count of days `d`, weeks `w`, calendar months `m` or years `y`), so
+/// rolling nightly runs and `--as-of` backfills keep the same window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelativeDate {
+    Fixed(NaiveDate),
+    BeforeAsOf { count: u32, unit: char },
+}
+
+impl RelativeDate {
+    /// The date for a run as of `as_of`.
+    pub fn resolve(self, as_of: NaiveDate) -> NaiveDate {
+        match self {
+            RelativeDate::Fixed(date) => date,
+            RelativeDate::BeforeAsOf { count, unit } => match unit {
+                'd' => as_of - chrono::Duration::days(i64::from(count)),
+                'w' => as_of - chrono::Duration::weeks(i64::from(count)),
+                'm' => as_of - chrono::Months::new(count),
+                _ => as_of - chrono::Months::new(count * 12),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for RelativeDate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let squeezed: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if let Some(distance) = squeezed.strip_prefix("as_of-") {
+            let unit = distance.chars().last().unwrap_or(' ');
+            let count = distance[..distance.len().saturating_sub(1)].parse::<u32>().ok();
+            return match (count, unit) {
+                (Some(count), 'd' | 'w' | 'm' | 'y') if count > 0 && count <= 100_000 => {
+                    Ok(RelativeDate::BeforeAsOf { count, unit })
+                }
+                _ => Err(format!(
+                    "`{text}` is not a distance before as_of: write e.g. `as_of - 182d`, `as_of - 26w`, `as_of - 6m` or `as_of - 1y`"
+                )),
+            };
+        }
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map(RelativeDate::Fixed)
+            .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD) or a distance before as_of (`as_of - 26w`)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for RelativeDate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for RelativeDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelativeDate::Fixed(date) => write!(f, "{date}"),
+            RelativeDate::BeforeAsOf { count, unit } => write!(f, "as_of - {count}{unit}"),
+        }
+    }
+}
+
 /// `[pipeline]`.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -56,6 +119,10 @@ pub struct PipelineSettings {
     pub max_rejected_fraction: f64,
     /// How long a run waits for another run on the same output directory. Default 0: fail fast.
     pub lock_wait_seconds: f64,
+    /// Published snapshots kept under `OUT/runs/` (the newest; default 7).
+    pub keep_runs: usize,
+    /// Fail when the newest order is more than this many days before as_of.
+    pub max_data_age_days: Option<u32>,
 }
 
 /// Logical column → column in the file.
@@ -386,6 +453,8 @@ const PIPELINE_KEYS: &[&str] = &[
     "output_dir",
     "max_rejected_fraction",
     "lock_wait_seconds",
+    "keep_runs",
+    "max_data_age_days",
 ];
 const SOURCE_KEYS: &[&str] = &[
     "path",
@@ -492,6 +561,8 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
         output_dir: resolve_path(dir, "out"),
         max_rejected_fraction: 0.0,
         lock_wait_seconds: 0.0,
+        keep_runs: 7,
+        max_data_age_days: None,
     };
     let Some(item) = item else { return settings };
     let Some(table) = item.as_table_like() else {
@@ -534,6 +605,17 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
             diagnostics.error(
                 format!("key `max_rejected_fraction` of `[pipeline]` must be between 0 and 1, got {fraction}"),
                 reader.value_span("max_rejected_fraction"),
+            );
+        }
+    }
+    settings.max_data_age_days = reader.get::<u32>("max_data_age_days", diagnostics);
+    if let Some(keep) = reader.get::<usize>("keep_runs", diagnostics) {
+        if (1..=10_000).contains(&keep) {
+            settings.keep_runs = keep;
+        } else {
+            diagnostics.error(
+                format!("key `keep_runs` of `[pipeline]` must be between 1 and 10000, got {keep}"),
+                reader.value_span("keep_runs"),
             );
         }
     }

@@ -54,16 +54,55 @@ impl TimeUnit {
     }
 }
 
-/// What to do when the spend model cannot give order values (no repeat customers with spend,
-/// or q ≤ 1, where the expected order value is infinite or negative).
+/// What to do when a model is degenerate (`model_problems`): did not converge, a parameter
+/// outside `PARAMETER_RANGE` or not finite, no standard errors (a singular Hessian), more
+/// customers with a null CLV than `max_null_clv_fraction`, or a spend model that cannot give
+/// order values (no repeat customer with spend, q ≤ 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum InvalidSpendModel {
-    /// Publish null expected_order_value and clv, with a warning and `converged = false`.
+pub enum OnModelFailure {
+    /// Fail the run (exit 1): the previous snapshot stays.
     #[default]
-    Null,
-    /// Fail the run.
     Error,
+    /// Publish anyway (null order values and CLV where there are none), with each problem as
+    /// a warning in the log and the manifest.
+    Warn,
+}
+
+/// Fitted parameters outside this range are degenerate (a model that drifted to a boundary:
+/// e.g. BG/NBD a and b in the millions, where P(alive) stops meaning anything).
+pub const PARAMETER_RANGE: (f64, f64) = (1e-6, 1e6);
+
+/// What is wrong with a fit, as "BG/NBD: …" sentences; empty when nothing is.
+fn model_problems(
+    model: &str,
+    names: &[&str],
+    values: &[f64],
+    std_errors: Option<&[f64]>,
+    converged: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !converged {
+        problems.push(format!("{model}: the fit did not converge"));
+    }
+    for (name, value) in names.iter().zip(values) {
+        if !value.is_finite() || !(PARAMETER_RANGE.0..=PARAMETER_RANGE.1).contains(value) {
+            problems.push(format!(
+                "{model}: parameter {name} = {value:.6e} is outside the sane range [{:e}, {:e}]",
+                PARAMETER_RANGE.0, PARAMETER_RANGE.1
+            ));
+        }
+    }
+    match std_errors {
+        None => problems.push(format!(
+            "{model}: no standard errors (the Hessian is singular: the data do not pin the parameters down)"
+        )),
+        Some(errors) if errors.iter().any(|e| !e.is_finite()) => {
+            problems.push(format!("{model}: a standard error is not finite"))
+        }
+        Some(_) => {}
+    }
+    problems
 }
 
 /// Options of `kind = "clv"`.
@@ -81,9 +120,15 @@ pub struct ClvOptions {
     pub margin: f64,
     /// L2 penalty on the parameters (as `lifetimes`' penalizer_coef). Default 0.
     pub penalizer: f64,
-    /// Fit on purchases up to this date and validate on the rest (YYYY-MM-DD).
-    pub calibration_end: Option<NaiveDate>,
-    pub invalid_spend_model: InvalidSpendModel,
+    /// Fit on purchases up to this date and validate on the rest: a date, or a distance before
+    /// as_of (`"as_of - 26w"`).
+    pub calibration_end: Option<crate::config::RelativeDate>,
+    /// The same as `calibration_end = "as_of - Nd"`: the last N days are the holdout.
+    pub holdout_days: Option<u32>,
+    /// `error` (default): a degenerate model fails the run; `warn`: it is published with warnings.
+    pub on_model_failure: OnModelFailure,
+    /// The share of customers whose CLV may be null before the model counts as failed (default 0).
+    pub max_null_clv_fraction: f64,
 }
 
 impl Default for ClvOptions {
@@ -96,7 +141,9 @@ impl Default for ClvOptions {
             margin: 1.0,
             penalizer: 0.0,
             calibration_end: None,
-            invalid_spend_model: InvalidSpendModel::Null,
+            holdout_days: None,
+            on_model_failure: OnModelFailure::Error,
+            max_null_clv_fraction: 0.0,
         }
     }
 }
@@ -124,6 +171,24 @@ impl ClvOptions {
         }
         if !(self.margin > 0.0 && self.margin <= 10.0) {
             errors.push(("margin", format!("`margin` must be in (0, 10], got {}", self.margin)));
+        }
+        if self.calibration_end.is_some() && self.holdout_days.is_some() {
+            errors.push((
+                "holdout_days",
+                "set `calibration_end` or `holdout_days`, not both".to_string(),
+            ));
+        }
+        if self.holdout_days == Some(0) {
+            errors.push(("holdout_days", "`holdout_days` must be at least 1".to_string()));
+        }
+        if !(0.0..=1.0).contains(&self.max_null_clv_fraction) {
+            errors.push((
+                "max_null_clv_fraction",
+                format!(
+                    "`max_null_clv_fraction` must be between 0 and 1, got {}",
+                    self.max_null_clv_fraction
+                ),
+            ));
         }
         if !(self.penalizer >= 0.0 && self.penalizer.is_finite()) {
             errors.push(("penalizer", format!("`penalizer` must be ≥ 0, got {}", self.penalizer)));
@@ -257,10 +322,28 @@ fn bgnbd_rows(rows: &mut ModelRows, fit: &bgnbd::Fit, customers: f64) {
     }
 }
 
+impl ClvOptions {
+    /// The end of the calibration period, when the stage validates against a holdout.
+    pub fn calibration(&self) -> Option<crate::config::RelativeDate> {
+        self.calibration_end.or(self
+            .holdout_days
+            .map(|days| crate::config::RelativeDate::BeforeAsOf { count: days, unit: 'd' }))
+    }
+}
+
 impl Stage for ClvOptions {
     /// Only the validation against a holdout reads purchase days.
     fn reads_customer_periods(&self) -> bool {
-        self.calibration_end.is_some()
+        self.calibration().is_some()
+    }
+
+    fn check_as_of(&self, as_of: NaiveDate) -> Option<String> {
+        let end = self.calibration()?.resolve(as_of);
+        (end >= as_of).then(|| {
+            format!(
+                "`calibration_end` {end} is not before as_of {as_of}: the holdout would be empty; use an earlier date or a distance such as `\"as_of - 26w\"`"
+            )
+        })
     }
 
     /// The BG/NBD and Gamma-Gamma fits: the longest stage of a run (~1.5 s of 3 at 50M lines).
@@ -269,7 +352,7 @@ impl Stage for ClvOptions {
     }
 
     fn tables(&self) -> Vec<&'static str> {
-        match self.calibration_end {
+        match self.calibration() {
             Some(_) => KIND.tables.to_vec(),
             None => KIND.tables[..2].to_vec(),
         }
@@ -318,14 +401,19 @@ impl Stage for ClvOptions {
             spend.x.len()
         );
         let mut rows = ModelRows::new();
+        let mut problems: Vec<String> = Vec::new();
         // Without a single repeat purchase BG/NBD has no interior maximum: nobody is expected
         // to buy again, and the model table says it was not fitted.
         let fit = match bgnbd_fit {
             Some(fit) => {
                 let fit = fit.context("BG/NBD: no finite maximum of the likelihood")?;
-                if !fit.converged {
-                    tracing::warn!("clv: the BG/NBD fit did not converge; see the model table (converged = false)");
-                }
+                problems.extend(model_problems(
+                    "BG/NBD",
+                    &["r", "alpha", "a", "b"],
+                    &fit.params.as_array(),
+                    fit.std_errors.as_ref().map(|e| e.as_slice()),
+                    fit.converged,
+                ));
                 bgnbd_rows(&mut rows, &fit, patterns.customers());
                 Some(fit)
             }
@@ -359,13 +447,19 @@ impl Stage for ClvOptions {
                     }
                     Some(_) => "the Gamma-Gamma fit did not converge".to_string(),
                 };
-                if self.invalid_spend_model == InvalidSpendModel::Error {
-                    bail!("Gamma-Gamma: {why} (set `invalid_spend_model = \"null\"` to publish null CLV instead)");
-                }
-                tracing::warn!("clv: Gamma-Gamma: {why}; expected_order_value and clv are null");
+                problems.push(format!("Gamma-Gamma: {why}; expected_order_value and clv are null"));
                 None
             }
         };
+        if let Some(spend_fit) = spend_fit.as_ref().filter(|_| spend_params.is_some()) {
+            problems.extend(model_problems(
+                "Gamma-Gamma",
+                &["p", "q", "v"],
+                &spend_fit.params.as_array(),
+                spend_fit.std_errors.as_ref().map(|e| e.as_slice()),
+                spend_fit.converged,
+            ));
+        }
         if let Some(spend_fit) = &spend_fit {
             let names = ["p", "q", "v"];
             for (k, value) in spend_fit.params.as_array().iter().enumerate() {
@@ -397,7 +491,7 @@ impl Stage for ClvOptions {
         let unit_months = DAYS_PER_MONTH / self.time_unit.days();
         let horizon = self.horizon_months as usize;
         let Some(params) = fit.as_ref().map(|fit| fit.params) else {
-            return self.finish(
+            let tables = self.finish(
                 facts,
                 &data,
                 vec![Score {
@@ -410,7 +504,8 @@ impl Stage for ClvOptions {
                 spend_params,
                 rows,
                 shared,
-            );
+            )?;
+            return self.judge(tables, problems);
         };
         // E[X(t)] = P(alive) · E[X(t) | alive], and the second factor depends on (x, T) only:
         // compute it once per distinct pair and month, reduced to the horizon's total and the
@@ -464,9 +559,43 @@ impl Stage for ClvOptions {
             data.x.len(),
             clock.elapsed().as_secs_f64()
         );
-        let tables = self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared);
+        let tables = self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared)?;
         tracing::debug!("clv: tables built at {:.3} s", clock.elapsed().as_secs_f64());
-        tables
+        self.judge(tables, problems)
+    }
+}
+
+impl ClvOptions {
+    /// Publish `tables`, or fail, by `on_model_failure`: `problems` of the fits, and more
+    /// customers with a null CLV than `max_null_clv_fraction` allows.
+    fn judge(&self, tables: Vec<DataFrame>, mut problems: Vec<String>) -> Result<Vec<DataFrame>> {
+        let clv = tables[0].column("clv")?;
+        let customers = clv.len().max(1);
+        let share = clv.null_count() as f64 / customers as f64;
+        if share > self.max_null_clv_fraction {
+            problems.push(format!(
+                "{} of {} customers ({:.2}%) have a null clv, more than max_null_clv_fraction = {}",
+                clv.null_count(),
+                clv.len(),
+                share * 100.0,
+                self.max_null_clv_fraction
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(tables);
+        }
+        match self.on_model_failure {
+            OnModelFailure::Error => bail!(
+                "the model is degenerate and was not published: {}; try a `penalizer` (e.g. 0.001) or a longer history, check the customer summary for outliers, or set `on_model_failure = \"warn\"` to publish it with warnings",
+                problems.join("; ")
+            ),
+            OnModelFailure::Warn => {
+                for problem in &problems {
+                    tracing::warn!("clv: {problem} (published: on_model_failure = \"warn\")");
+                }
+                Ok(tables)
+            }
+        }
     }
 }
 
@@ -567,8 +696,8 @@ impl ClvOptions {
             nan_as_null("clv", clv),
             facts.column("revenue")?.clone().with_name("historic_clv".into()),
         ])?;
-        let validation = match self.calibration_end {
-            Some(end) => Some(validate(shared, end, self, &mut rows)?),
+        let validation = match self.calibration() {
+            Some(end) => Some(validate(shared, end.resolve(shared.as_of), self, &mut rows)?),
             None => None,
         };
         let mut tables = vec![customers, rows.into_frame(self.time_unit)?];
@@ -672,49 +801,51 @@ fn validate(
                 .unwrap_or(f64::NAN)
         })
         .collect();
-    let predicted: Vec<f64> = pattern_of.iter().map(|&p| by_pattern[p as usize]).collect();
-    let customers = df!(
-        "bucket" => x.iter().map(|&x| x.min(7) as i32).collect::<Vec<_>>(),
-        "predicted" => predicted,
-        "actual" => actual,
-    )?
-    .lazy()
-    .filter(col("predicted").is_finite());
-    let error = || col("predicted") - col("actual");
-    let aggs = [
-        len().cast(DataType::Int64).alias("customers"),
-        col("predicted").sum().alias("predicted_purchases"),
-        col("actual").sum().alias("actual_purchases"),
-        (error() * error()).sqrt().mean().alias("mae"),
-        (error() * error()).mean().sqrt().alias("rmse"),
-    ];
-    // Buckets 0…6 and 7+ (bucket 7), then `all` (bucket 8).
-    let per_bucket = customers.clone().group_by([col("bucket")]).agg(aggs.clone());
-    let overall = customers.group_by([lit(8i32).alias("bucket")]).agg(aggs);
-    Ok(concat([per_bucket, overall], UnionArgs::default())?
-        .sort(["bucket"], SortMultipleOptions::default())
-        .with_columns([
-            when(col("bucket").eq(lit(8)))
-                .then(lit("all"))
-                .when(col("bucket").eq(lit(7)))
-                .then(lit("7+"))
-                .otherwise(col("bucket").cast(DataType::String))
-                .alias("frequency_bucket"),
-            when(col("actual_purchases").gt(lit(0.0)))
-                .then(col("predicted_purchases") / col("actual_purchases"))
-                .otherwise(lit(NULL).cast(DataType::Float64))
-                .alias("ratio"),
-            lit(holdout).alias("holdout_length"),
-        ])
-        .select([
-            col("frequency_bucket"),
-            col("customers"),
-            col("predicted_purchases"),
-            col("actual_purchases"),
-            col("mae"),
-            col("rmse"),
-            col("ratio"),
-            col("holdout_length"),
-        ])
-        .collect()?)
+    // Sums per frequency bucket (0…6, 7+, then all) in customer order, one thread: the same
+    // bits for every thread count (a parallel group-by adds in an order that depends on it).
+    #[derive(Default, Clone, Copy)]
+    struct Bucket {
+        customers: i64,
+        predicted: f64,
+        actual: f64,
+        absolute_error: f64,
+        squared_error: f64,
+    }
+    let mut buckets = [Bucket::default(); 9];
+    for (i, &p) in pattern_of.iter().enumerate() {
+        let predicted = by_pattern[p as usize];
+        if !predicted.is_finite() {
+            continue;
+        }
+        let actual = actual[i];
+        let error = predicted - actual;
+        for bucket in [x[i].min(7) as usize, 8] {
+            let sums = &mut buckets[bucket];
+            sums.customers += 1;
+            sums.predicted += predicted;
+            sums.actual += actual;
+            sums.absolute_error += error.abs();
+            sums.squared_error += error * error;
+        }
+    }
+    let present: Vec<(usize, &Bucket)> = buckets.iter().enumerate().filter(|(_, b)| b.customers > 0).collect();
+    let label = |bucket: usize| match bucket {
+        8 => "all".to_string(),
+        7 => "7+".to_string(),
+        b => b.to_string(),
+    };
+    let n = |b: &Bucket| b.customers as f64;
+    Ok(df!(
+        "frequency_bucket" => present.iter().map(|(k, _)| label(*k)).collect::<Vec<_>>(),
+        "customers" => present.iter().map(|(_, b)| b.customers).collect::<Vec<_>>(),
+        "predicted_purchases" => present.iter().map(|(_, b)| b.predicted).collect::<Vec<_>>(),
+        "actual_purchases" => present.iter().map(|(_, b)| b.actual).collect::<Vec<_>>(),
+        "mae" => present.iter().map(|(_, b)| b.absolute_error / n(b)).collect::<Vec<_>>(),
+        "rmse" => present.iter().map(|(_, b)| (b.squared_error / n(b)).sqrt()).collect::<Vec<_>>(),
+        "ratio" => present
+            .iter()
+            .map(|(_, b)| (b.actual > 0.0).then(|| b.predicted / b.actual))
+            .collect::<Vec<_>>(),
+        "holdout_length" => vec![holdout; present.len()],
+    )?)
 }

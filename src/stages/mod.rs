@@ -111,6 +111,12 @@ pub trait Stage: Send + Sync + Debug {
     fn is_long(&self) -> bool {
         false
     }
+
+    /// A problem with this stage's options for a run as of `as_of` (a date option not before
+    /// it), found before any data is read.
+    fn check_as_of(&self, _as_of: chrono::NaiveDate) -> Option<String> {
+        None
+    }
 }
 
 pub static KINDS: &[&Kind] = &[

@@ -19,16 +19,18 @@ fn fails_after_good_run(workspace: &Workspace, break_input: impl FnOnce(&Path)) 
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
     assert_eq!(std::fs::read(&table).unwrap(), before, "previous output changed");
-    let left = temporary_files(&workspace.out());
+    let left = temporary_files(&workspace.root());
     assert!(left.is_empty(), "temporary files left: {left:?}");
     assert_eq!(
-        std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap_or_default(),
+        std::fs::read_to_string(workspace.root().join(".pipeline.lock")).unwrap_or_default(),
         "",
         "the lock is released and names no run"
     );
-    let manifest = manifest(&workspace.out());
-    assert_eq!(manifest["status"], "failed");
-    assert!(manifest["error"].as_str().unwrap().contains("source `orders`"));
+    // The failure is recorded beside the snapshots; the published snapshot says succeeded.
+    let last = last_run(&workspace.root());
+    assert_eq!(last["status"], "failed");
+    assert!(last["error"].as_str().unwrap().contains("source `orders`"));
+    assert_eq!(manifest(&workspace.out())["status"], "succeeded");
     stderr(&output)
 }
 
@@ -125,7 +127,7 @@ fn nulls_over_the_limit_fail_with_counts_by_reason() {
         "{text}"
     );
     // The failure manifest carries the accounting too.
-    let manifest = manifest(&workspace.out());
+    let manifest = last_run(&workspace.root());
     assert_eq!(manifest["inputs"][0]["rows_rejected"]["null_customer_id"], 7);
     assert_eq!(manifest["inputs"][0]["rows_read"], 18);
 }
@@ -158,5 +160,43 @@ fn validate_reports_data_problems_without_running() {
         ),
         "{text}"
     );
-    assert!(!workspace.out().exists());
+    assert!(!workspace.root().exists());
+}
+
+/// A panic anywhere (here injected in the source scan and in a stage) is exit 1 with a message
+/// saying it is a bug and where it happened, the manifest `failed`, the previous tables kept.
+#[test]
+fn a_panic_is_a_clean_failure_that_says_it_is_a_bug() {
+    for target in ["orders", "cohorts"] {
+        let workspace = Workspace::with_tiny();
+        let config = workspace.config("", STAGES);
+        run_ok(&["run", config.to_str().unwrap()]);
+        let table = workspace.out().join("cohorts.parquet");
+        let before = std::fs::read(&table).unwrap();
+        let output = assert_cmd::Command::cargo_bin("pipeline")
+            .unwrap()
+            .args(["run", config.to_str().unwrap()])
+            .env("PIPELINE_INJECT_PANIC", target)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{target}: {text}");
+        assert!(!text.contains("panicked at"), "{target}: no raw panic report: {text}");
+        assert!(
+            text.contains("internal error: this is a bug in pipeline")
+                && text.contains(&format!("injected panic in `{target}`"))
+                && text.contains("(at src/"),
+            "{target}: {text}"
+        );
+        assert_eq!(std::fs::read(&table).unwrap(), before, "{target}: previous table kept");
+        let last = last_run(&workspace.root());
+        assert_eq!(last["status"], "failed", "{target}");
+        assert!(last["error"].as_str().unwrap().contains("this is a bug"), "{target}");
+        assert_eq!(
+            manifest(&workspace.out())["status"],
+            "succeeded",
+            "{target}: latest kept"
+        );
+    }
 }

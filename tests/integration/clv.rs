@@ -38,7 +38,8 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
             "p_no_purchases",
             "expected_order_value",
             "clv",
-            "historic_clv"
+            "historic_clv",
+            "as_of"
         ]
     );
     assert!(customers.rows > 5000);
@@ -138,10 +139,35 @@ fn no_repeat_spend_gives_null_clv_or_a_clear_error() {
         .copied()
         .filter(|l| [101, 201, 301, 401].contains(&l.order_id))
         .collect();
-    let tables = Workspace::run_stages(
-        &lines,
-        "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\n",
-        &["clv_customers", "clv_model"],
+    // Published only when asked to, with the problems as warnings.
+    let warned = Workspace::with_lines(&lines);
+    let config = warned.config(
+        "",
+        "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\non_model_failure = \"warn\"\n",
+    );
+    run_ok(&["run", config.to_str().unwrap()]);
+    let tables: Vec<Table> = ["clv_customers", "clv_model"]
+        .iter()
+        .map(|t| read_table(&warned.out().join(format!("{t}.parquet"))))
+        .collect();
+    let warnings = manifest(&warned.out())["warnings"].clone();
+    let warnings: Vec<&str> = warnings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Gamma-Gamma: no repeat customer has a positive monetary value")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("4 of 4 customers (100.00%) have a null clv, more than max_null_clv_fraction = 0")),
+        "{warnings:?}"
     );
     let customers = &tables[0];
     assert_eq!(customers.rows, 4);
@@ -163,18 +189,22 @@ fn no_repeat_spend_gives_null_clv_or_a_clear_error() {
     assert_eq!(model.int("value")[null_row], 4);
     assert_eq!(model.text("converged")[null_row], "false");
 
+    // By default a degenerate model fails the run, naming the model, the symptom and what to try.
     let workspace = Workspace::with_lines(&lines);
-    let config = workspace.config(
-        "",
-        "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\ninvalid_spend_model = \"error\"\n",
-    );
+    let config = workspace.config("", "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\n");
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
     assert!(
-        stderr(&output).contains("Gamma-Gamma: no repeat customer has a positive monetary value"),
-        "{}",
-        stderr(&output)
+        text.contains("stage `clv` (clv): the model is degenerate and was not published: Gamma-Gamma: no repeat customer has a positive monetary value"),
+        "{text}"
     );
+    assert!(
+        text.contains("or set `on_model_failure = \"warn\"` to publish it with warnings"),
+        "{text}"
+    );
+    assert!(!workspace.out().exists(), "nothing published");
+    assert_eq!(last_run(&workspace.root())["status"], "failed");
 }
 
 #[test]

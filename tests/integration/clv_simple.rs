@@ -19,7 +19,8 @@ fn simple_clv_with_configured_and_derived_lifespan() {
             "purchases_per_year",
             "lifespan_years",
             "margin",
-            "simple_clv"
+            "simple_clv",
+            "as_of"
         ]
     );
     assert_eq!(fixed.float("historic_clv"), [150.0, 90.0, 90.0, 20.0, 35.0, 20.0, 80.0]);
@@ -56,7 +57,8 @@ fn segment_summary_joins_rfm_and_clv() {
             "median_historic_clv",
             "mean_simple_clv",
             "median_simple_clv",
-            "repeat_rate"
+            "repeat_rate",
+            "as_of"
         ]
     );
     assert_eq!(

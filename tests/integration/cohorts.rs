@@ -29,7 +29,8 @@ fn monthly_triangle_is_dense_with_bracketed_and_unbounded_retention() {
             "revenue",
             "revenue_per_customer",
             "cumulative_revenue_per_customer",
-            "period_complete"
+            "period_complete",
+            "as_of"
         ]
     );
     // January cohort: customers 1, 2, 4 — three periods up to March; February cohort: customer 3.

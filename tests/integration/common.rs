@@ -162,7 +162,13 @@ impl Workspace {
         self.dir.path().join(name)
     }
 
+    /// The snapshot readers see: `OUT/latest`.
     pub fn out(&self) -> PathBuf {
+        self.path("out").join("latest")
+    }
+
+    /// The output directory: lock, `_last_run.json`, `runs/`, `latest`.
+    pub fn root(&self) -> PathBuf {
         self.path("out")
     }
 
@@ -331,13 +337,42 @@ pub fn assert_close(actual: f64, expected: f64, what: &str) {
     );
 }
 
-/// Names of the temporary files (`.tmp-…`) an output folder holds.
-pub fn temporary_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
+/// Names of the temporary files (`.tmp-…`) an output directory holds, and of the staging
+/// folders of unpublished snapshots (`runs/.staging-…`).
+pub fn temporary_files(root: &Path) -> Vec<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found: Vec<String> = names(root).into_iter().filter(|n| n.starts_with(".tmp-")).collect();
+    found.extend(
+        names(&root.join("runs"))
+            .into_iter()
+            .filter(|n| n.starts_with(".staging-")),
+    );
+    found
+}
+
+/// `OUT/_last_run.json`: the outcome of the last run, whether or not it published.
+pub fn last_run(root: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(root.join("_last_run.json")).expect("_last_run.json exists");
+    serde_json::from_str(&text).expect("_last_run.json is JSON")
+}
+
+/// The published snapshots under `OUT/runs`, by name.
+pub fn snapshot_names(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("runs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with(".tmp-"))
-        .collect()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
 }
 
 pub fn manifest(dir: &Path) -> serde_json::Value {

@@ -9,7 +9,7 @@ fn check(config_text: &str) -> String {
     let output = pipeline(&["validate", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
     assert!(
-        !workspace.out().exists(),
+        !workspace.root().exists(),
         "a config error must not touch the output directory"
     );
     stderr(&output)

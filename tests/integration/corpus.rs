@@ -167,7 +167,7 @@ fn run(config: &Path) -> PathBuf {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_string();
-    config.parent().unwrap().join(out)
+    config.parent().unwrap().join(out).join("latest")
 }
 
 struct Variant {
@@ -528,5 +528,35 @@ fn narrow_ids_read_like_wide_ones() {
             }),
             "ids keep their type"
         );
+    }
+}
+
+/// Dates (date32, and date64 as arrow-rs writes it) give the tables of the timestamps they are
+/// the UTC dates of, on the tiny fixture (UTC; its same-day orders tie-break to the same
+/// channel by name as by time).
+#[test]
+fn dates_read_like_the_timestamps_they_are_the_days_of() {
+    const STAGES: &str = "[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders\"\n\n[stages.cohorts]\nkind = \"cohort_retention\"\ninput = \"orders\"\ndimensions = [\"acquisition_channel\"]\n";
+    let plain = Workspace::with_tiny();
+    let expected = run(&plain.config("", STAGES));
+    let tiny = {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(plain.path("lines.parquet")).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    };
+    for date in [ArrowType::Date32, ArrowType::Date64] {
+        let workspace = Workspace::new();
+        let dated = cast(
+            &cast(&tiny, "created_at", ArrowType::Timestamp(ArrowUnit::Millisecond, None)),
+            "created_at",
+            date.clone(),
+        );
+        write(&dated, &workspace.path("lines.parquet"));
+        assert_eq!(column_type(&workspace.path("lines.parquet"), "created_at"), date);
+        let out = run(&workspace.config("", STAGES));
+        assert_same_tables(&expected, &out, &format!("{date}"));
     }
 }

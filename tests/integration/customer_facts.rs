@@ -27,7 +27,8 @@ fn customer_facts_match_hand_computed_rows() {
             "frequency",
             "t_x",
             "T",
-            "monetary_value"
+            "monetary_value",
+            "as_of"
         ]
     );
     // Customers 5 (after as_of), 6 (cancelled), 7 (zero revenue), 8 (null amount), 9/10 (shared

@@ -21,10 +21,10 @@ fn sample_pipeline_publishes_consistent_tables() {
     let out = tempfile::tempdir().unwrap();
     run_sample(out.path(), &[]);
 
-    let facts = read_table(&out.path().join("customer_facts.parquet"));
+    let facts = read_table(&out.path().join("latest").join("customer_facts.parquet"));
     let customers = facts.rows;
     assert!(customers > 3000, "sample has a few thousand customers, got {customers}");
-    let cohorts = read_table(&out.path().join("cohorts.parquet"));
+    let cohorts = read_table(&out.path().join("latest").join("cohorts.parquet"));
     // Period 0: everybody acquired in the cohort period is active: retention 1.
     let mut cohort_total = 0;
     for row in 0..cohorts.rows {
@@ -40,7 +40,7 @@ fn sample_pipeline_publishes_consistent_tables() {
     );
     // 36 monthly cohorts (2022-01 … 2024-12) → 36·37/2 rows in the dense triangle.
     assert_eq!(cohorts.rows, 666);
-    let by_channel = read_table(&out.path().join("cohorts_weekly_by_channel.parquet"));
+    let by_channel = read_table(&out.path().join("latest").join("cohorts_weekly_by_channel.parquet"));
     let mut channel_total = 0;
     for row in 0..by_channel.rows {
         if by_channel.int("period_index")[row] == 0 {
@@ -52,7 +52,7 @@ fn sample_pipeline_publishes_consistent_tables() {
     let orders: i64 = facts.int("orders").iter().sum();
     assert_eq!(cohorts.int("orders").iter().sum::<i64>(), orders);
 
-    let manifest = manifest(out.path());
+    let manifest = manifest(&out.path().join("latest"));
     assert_eq!(manifest["status"], "succeeded");
     assert_eq!(manifest["inputs"][0]["scans"], 1);
     assert_eq!(manifest["stages"].as_array().unwrap().len(), 3);
@@ -62,9 +62,9 @@ fn sample_pipeline_publishes_consistent_tables() {
 fn select_runs_only_the_named_stage() {
     let out = tempfile::tempdir().unwrap();
     run_sample(out.path(), &["--select", "cohorts", "--threads", "1"]);
-    assert!(out.path().join("cohorts.parquet").exists());
-    assert!(!out.path().join("customer_facts.parquet").exists());
-    let manifest = manifest(out.path());
+    assert!(out.path().join("latest").join("cohorts.parquet").exists());
+    assert!(!out.path().join("latest").join("customer_facts.parquet").exists());
+    let manifest = manifest(&out.path().join("latest"));
     assert_eq!(manifest["selected_stages"], serde_json::json!(["cohorts"]));
 }
 
@@ -94,8 +94,8 @@ fn same_input_gives_identical_tables() {
     run_sample(first.path(), &[]);
     run_sample(second.path(), &["--threads", "1"]);
     for table in ["customer_facts", "cohorts", "cohorts_weekly_by_channel"] {
-        let a = std::fs::read(first.path().join(format!("{table}.parquet"))).unwrap();
-        let b = std::fs::read(second.path().join(format!("{table}.parquet"))).unwrap();
+        let a = std::fs::read(first.path().join("latest").join(format!("{table}.parquet"))).unwrap();
+        let b = std::fs::read(second.path().join("latest").join(format!("{table}.parquet"))).unwrap();
         assert!(a == b, "table {table} differs between runs");
     }
 }

@@ -71,7 +71,7 @@ fn spawn_run(config: &Path) -> Child {
 
 /// Wait until a run holds the output directory's lock (its pid is in the lock file).
 fn wait_until_locked(workspace: &Workspace) {
-    let lock = workspace.out().join(".pipeline.lock");
+    let lock = workspace.root().join(".pipeline.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&lock)
         .map(|pid| pid.trim().is_empty())
@@ -118,12 +118,15 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
         if let Some(duckdb_rows) = duckdb_row_counts(&files) {
             assert_eq!(duckdb_rows, rows, "DuckDB and arrow-rs read the same tables");
         }
-        let manifest = manifest(&workspace.out());
-        if manifest["pid"] == child.id() && !finished_before_kill {
+        // The published snapshot's manifest is complete; `_last_run.json` of a killed run
+        // says `running`, never `succeeded`.
+        assert_eq!(manifest(&workspace.out())["status"], "succeeded", "kill {k}");
+        let last = last_run(&workspace.root());
+        if last["pid"] == child.id() && !finished_before_kill {
             assert_eq!(
-                manifest["status"], "running",
-                "kill {k}: a killed run's manifest says {}",
-                manifest["status"]
+                last["status"], "running",
+                "kill {k}: a killed run's _last_run.json says {}",
+                last["status"]
             );
         }
         survived += 1;
@@ -133,13 +136,19 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
     // and succeeds (the OS released the lock with the killed process).
     run_ok(&["run", config.to_str().unwrap()]);
     assert_eq!(manifest(&workspace.out())["status"], "succeeded");
+    assert_eq!(last_run(&workspace.root())["status"], "succeeded");
     assert_eq!(snapshot(&workspace.out()), reference);
-    let leftovers = temporary_files(&workspace.out());
+    let leftovers = temporary_files(&workspace.root());
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(
-        std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(),
+        std::fs::read_to_string(workspace.root().join(".pipeline.lock")).unwrap(),
         ""
     );
+    // Published snapshots: at most `keep_runs` (7), the newest being `latest`.
+    let names = snapshot_names(&workspace.root());
+    assert!(names.len() <= 7, "{names:?}");
+    let latest = std::fs::read_link(workspace.out()).unwrap();
+    assert!(latest.ends_with(names.iter().max_by_key(|n| n.split_once('_').unwrap().1).unwrap()));
 }
 
 #[test]
@@ -149,7 +158,7 @@ fn a_second_run_on_the_same_output_fails_fast_while_the_first_holds_the_lock() {
     let before = snapshot(&workspace.out());
     // The "first run" is this test holding the OS lock the way a run does, for as long as it
     // likes: no race with a real run that might finish before the second one starts.
-    let lock_path = workspace.out().join(".pipeline.lock");
+    let lock_path = workspace.root().join(".pipeline.lock");
     let mut holder = std::fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
     holder.lock().unwrap();
     use std::io::Write;
@@ -193,10 +202,10 @@ fn with_lock_wait_seconds_the_second_run_waits_and_then_succeeds() {
 fn a_lock_left_by_a_dead_process_does_not_block() {
     let workspace = Workspace::with_tiny();
     let config = workspace.config("", "[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders\"\n");
-    std::fs::create_dir_all(workspace.out()).unwrap();
+    std::fs::create_dir_all(workspace.root()).unwrap();
     let mut dead = Command::new("true").spawn().unwrap();
     dead.wait().unwrap();
-    std::fs::write(workspace.out().join(".pipeline.lock"), format!("{}\n", dead.id())).unwrap();
+    std::fs::write(workspace.root().join(".pipeline.lock"), format!("{}\n", dead.id())).unwrap();
     let output = run_ok(&["run", config.to_str().unwrap()]);
     let text = stderr(&output);
     assert!(
@@ -204,31 +213,36 @@ fn a_lock_left_by_a_dead_process_does_not_block() {
         "{text}"
     );
     assert_eq!(
-        std::fs::read_to_string(workspace.out().join(".pipeline.lock")).unwrap(),
+        std::fs::read_to_string(workspace.root().join(".pipeline.lock")).unwrap(),
         ""
     );
 }
 
 #[test]
-fn an_unwritable_output_fails_cleanly_and_keeps_previous_tables() {
+fn an_unpublishable_output_fails_cleanly_and_keeps_previous_tables() {
     let workspace = Workspace::with_tiny();
     let config = workspace.config("", "[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders\"\n");
     run_ok(&["run", config.to_str().unwrap()]);
     let before = std::fs::read(workspace.out().join("facts.parquet")).unwrap();
-    // The table's path becomes a directory: the rename cannot replace it.
-    std::fs::remove_file(workspace.out().join("facts.parquet")).unwrap();
-    std::fs::create_dir(workspace.out().join("facts.parquet")).unwrap();
+    let snapshots = snapshot_names(&workspace.root());
+    // `latest` replaced by a plain folder: the run cannot point it at its snapshot.
+    let target = std::fs::read_link(workspace.out()).unwrap();
+    std::fs::remove_file(workspace.out()).unwrap();
+    std::fs::create_dir(workspace.out()).unwrap();
+    std::fs::write(workspace.out().join("facts.parquet"), &before).unwrap();
     let output = pipeline(&["run", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("facts.parquet` is a directory"),
+        stderr(&output).contains("latest` is a directory, not the symlink this tool keeps there"),
         "{}",
         stderr(&output)
     );
-    let left = temporary_files(&workspace.out());
+    let left = temporary_files(&workspace.root());
     assert!(left.is_empty(), "half-written files left: {left:?}");
-    assert_eq!(manifest(&workspace.out())["status"], "failed");
-    std::fs::remove_dir(workspace.out().join("facts.parquet")).unwrap();
+    assert_eq!(snapshot_names(&workspace.root()), snapshots, "no snapshot left behind");
+    assert_eq!(last_run(&workspace.root())["status"], "failed");
+    std::fs::remove_dir_all(workspace.out()).unwrap();
+    std::os::unix::fs::symlink(target, workspace.out()).unwrap();
     run_ok(&["run", config.to_str().unwrap()]);
     assert_eq!(std::fs::read(workspace.out().join("facts.parquet")).unwrap(), before);
 }

@@ -354,12 +354,23 @@ fn cases() -> Vec<Case> {
             setup: |w| edit_config(w, "output_dir = \"out\"", "output_dir = \"lines.parquet/out\""),
         },
         Case {
-            name: "output path is a directory",
+            name: "`latest` is a plain folder",
             exit: 1,
-            message: "`<dir>/out/facts.parquet` is a directory",
+            message: "`<dir>/out/latest` is a directory, not the symlink this tool keeps there: move it away",
             setup: |w| {
-                std::fs::remove_file(w.out().join("facts.parquet")).unwrap();
-                std::fs::create_dir(w.out().join("facts.parquet")).unwrap();
+                let tables: Vec<(String, Vec<u8>)> = ["facts", "rfm_customers", "_manifest"]
+                    .iter()
+                    .map(|t| {
+                        let name = if t.starts_with('_') { format!("{t}.json") } else { format!("{t}.parquet") };
+                        let bytes = std::fs::read(w.out().join(&name)).unwrap();
+                        (name, bytes)
+                    })
+                    .collect();
+                std::fs::remove_file(w.out()).unwrap();
+                std::fs::create_dir(w.out()).unwrap();
+                for (name, bytes) in tables {
+                    std::fs::write(w.out().join(name), bytes).unwrap();
+                }
             },
         },
     ]
@@ -414,9 +425,18 @@ fn every_bad_input_fails_cleanly_and_the_reliability_table_is_current() {
         // write a manifest there either (the previous one, elsewhere, stays as it was).
         let unreachable_output = case.message.starts_with("cannot create output directory");
         let manifest_written = case.exit == 1 && !unreachable_output;
-        let status = manifest(&workspace.out())["status"].as_str().unwrap().to_string();
+        let status = last_run(&workspace.root())["status"].as_str().unwrap().to_string();
         let expected_status = if manifest_written { "failed" } else { "succeeded" };
-        assert_eq!(status, expected_status, "{}: manifest", case.name);
+        assert_eq!(status, expected_status, "{}: _last_run.json", case.name);
+        // The snapshot readers see is the good run's, whatever failed.
+        assert_eq!(
+            manifest(&workspace.out())["status"],
+            "succeeded",
+            "{}: latest",
+            case.name
+        );
+        let left = temporary_files(&workspace.root());
+        assert!(left.is_empty(), "{}: left {left:?}", case.name);
         rows.push(format!(
             "| {} | {} | {} | {} |",
             case.name,
@@ -425,7 +445,7 @@ fn every_bad_input_fails_cleanly_and_the_reliability_table_is_current() {
             match (case.exit, manifest_written) {
                 (2, _) => "untouched (config errors touch nothing)",
                 (_, false) => "cannot be written (no output directory)",
-                _ => "`failed`, with the error",
+                _ => "`_last_run.json` `failed`, with the error; `latest` unchanged",
             }
         ));
     }

@@ -17,7 +17,7 @@ fn retail_tables_are_consistent_on_sample_data() {
         "--output-dir",
         out.path().to_str().unwrap(),
     ]);
-    let table = |name: &str| read_table(&out.path().join(format!("{name}.parquet")));
+    let table = |name: &str| read_table(&out.path().join("latest").join(format!("{name}.parquet")));
     let facts = table("customer_facts");
     let customers = facts.rows;
 

@@ -29,7 +29,7 @@ fn reference_report(config: &str, script: &str) -> Option<serde_json::Value> {
     let output = Command::new(python)
         .arg(repo.join(script))
         .arg(repo.join("sample_data/order_lines.parquet"))
-        .arg(out.path())
+        .arg(out.path().join("latest"))
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout).to_string();
