@@ -4,6 +4,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod alloc;
+pub mod catalog;
 pub mod cli;
 pub mod clv;
 pub mod config;

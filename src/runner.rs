@@ -409,6 +409,20 @@ fn execute(
     let total = selected.len();
     let progress = progress_bar(total as u64, "stages");
     let shared_pages = sink::SharedPages::for_columns_of(shared.values().map(|tables| &tables.customer_facts));
+    // What every table's file says about the run.
+    let mut key_values = vec![
+        ("as_of".to_string(), manifest.as_of.clone().unwrap_or_default()),
+        ("timezone".to_string(), config.pipeline.timezone.clone()),
+        ("run_id".to_string(), manifest.run_id.clone()),
+        ("config_hash".to_string(), config.hash.clone()),
+        (
+            "tool_version".to_string(),
+            format!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
+        ),
+    ];
+    if let Some(currency) = manifest.inputs.iter().find_map(|input| input.currency.clone()) {
+        key_values.push(("currency".to_string(), currency));
+    }
     // Stages whose tables a selected stage reads: the others' frames are dropped once written,
     // so the stages after them reuse that memory instead of the kernel handing out fresh pages.
     let read_later: BTreeSet<usize> = selected
@@ -528,7 +542,16 @@ fn execute(
         drop(inputs);
         drop(upstream_frames);
         let mut tables = Vec::new();
-        for (frame, table) in frames.iter_mut().zip(&stage_config.tables) {
+        let suffixes = match stage.tables() {
+            custom if !custom.is_empty() => custom,
+            _ => stage_config.kind.tables.to_vec(),
+        };
+        for ((frame, table), suffix) in frames.iter_mut().zip(&stage_config.tables).zip(suffixes) {
+            let metadata = sink::TableMetadata {
+                kind: stage_config.kind.name,
+                suffix,
+                key_values: key_values.clone(),
+            };
             // Every table says which date it describes; the column is written, not kept for
             // the stages that read this one.
             if let Some(date) = as_of_date {
@@ -542,7 +565,7 @@ fn execute(
                     .with_column(column)
                     .with_context(|| format!("stage `{}`", stage_config.name))?;
             }
-            let written = sink::stage_table(output_dir, table, frame, &shared_pages)
+            let written = sink::stage_table(output_dir, table, frame, &shared_pages, &metadata)
                 .with_context(|| format!("stage `{}`", stage_config.name));
             if as_of_date.is_some() {
                 frame.drop_in_place("as_of").ok();

@@ -232,7 +232,23 @@ pub struct StagedTable {
 
 /// Write one table to a temporary file in `dir` (zstd Parquet) and fsync it; the pages of
 /// columns another table of the run shares are taken from `shared` (or left there).
-pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame, shared: &SharedPages) -> Result<StagedTable> {
+/// What a table says about itself in its Parquet file: the stage kind and table suffix whose
+/// catalog entries (`catalog::describe`) become each field's `description`, and file-level
+/// key-value pairs (as_of, timezone, run id, …).
+#[derive(Debug, Clone)]
+pub struct TableMetadata {
+    pub kind: &'static str,
+    pub suffix: &'static str,
+    pub key_values: Vec<(String, String)>,
+}
+
+pub fn stage_table(
+    dir: &Path,
+    name: &str,
+    frame: &mut DataFrame,
+    shared: &SharedPages,
+    metadata: &TableMetadata,
+) -> Result<StagedTable> {
     let target = dir.join(format!("{name}.parquet"));
     let temp = dir.join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
     let start = std::time::Instant::now();
@@ -240,7 +256,8 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame, shared: &Share
         let writing = || format!("cannot write table `{name}` to `{}`", temp.display());
         let mut out = crate::direct_io::DirectWriter::create(&temp)
             .with_context(|| format!("cannot create `{}`", temp.display()))?;
-        write_parquet_in_windows(&mut out, frame, WINDOW_CELLS, Some(shared), RUN_ZSTD).with_context(writing)?;
+        write_parquet_in_windows(&mut out, frame, WINDOW_CELLS, Some(shared), RUN_ZSTD, Some(metadata))
+            .with_context(writing)?;
         let file = out.finish().with_context(writing)?;
         file.sync_all()
             .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
@@ -261,6 +278,32 @@ pub fn stage_table(dir: &Path, name: &str, frame: &mut DataFrame, shared: &Share
         target,
         rows: frame.height(),
     })
+}
+
+/// The file's key-value metadata: the Arrow schema with a `description` on every field the
+/// catalog knows (readers such as pyarrow and arrow-rs take field metadata from it), then
+/// `metadata.key_values`.
+fn key_value_metadata(frame: &DataFrame, metadata: &TableMetadata) -> polars::io::parquet::write::KeyValueMetadata {
+    use polars_arrow::datatypes::{ArrowSchema, Metadata};
+    use polars_parquet::write::KeyValue;
+    let schema: ArrowSchema = frame
+        .schema()
+        .to_arrow(CompatLevel::newest())
+        .iter_values()
+        .map(|field| {
+            let mut field = field.clone();
+            if let Some(doc) = crate::catalog::describe(metadata.kind, metadata.suffix, field.name.as_str()) {
+                field = field.with_metadata(Metadata::from([("description".into(), doc.description.into())]));
+            }
+            (field.name.clone(), field)
+        })
+        .collect();
+    let mut pairs = vec![polars_parquet::write::schema_to_metadata_key(&schema)];
+    pairs.extend(metadata.key_values.iter().map(|(key, value)| KeyValue {
+        key: key.clone(),
+        value: Some(value.clone()),
+    }));
+    polars::io::parquet::write::KeyValueMetadata::Static(pairs)
 }
 
 /// (row group, column) cells encoded together: enough to keep the pool busy, few enough that a
@@ -586,6 +629,7 @@ fn write_parquet_in_windows<W: Write + Send>(
     window_cells: usize,
     shared: Option<&SharedPages>,
     zstd: Zstd,
+    metadata: Option<&TableMetadata>,
 ) -> Result<()> {
     use polars::io::parquet::write::get_encodings;
     use polars_parquet::write::{array_to_columns, CompressedPage, CompressionOptions, Version, WriteOptions};
@@ -602,8 +646,11 @@ fn write_parquet_in_windows<W: Write + Send>(
     };
     let mut writer = ParquetWriter::new(file)
         .with_compression(compression)
-        .with_statistics(statistics)
-        .batched(frame.schema())?;
+        .with_statistics(statistics);
+    if let Some(metadata) = metadata {
+        writer = writer.with_key_value_metadata(Some(key_value_metadata(frame, metadata)));
+    }
+    let mut writer = writer.batched(frame.schema())?;
     let arrow_schema = frame.schema().to_arrow(CompatLevel::newest());
     // polars asks for a dictionary on every number column, and for floats estimates the
     // cardinality of each row group (~1 % of a run's CPU) before its cast to a dictionary fails
@@ -826,7 +873,15 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let (ours, theirs) = (dir.join("ours.parquet"), dir.join("theirs.parquet"));
         // One row group per window (the writes overlap the encoding), and all in one.
-        write_parquet_in_windows(File::create(&ours).unwrap(), &mut frame.clone(), 4, None, POLARS_ZSTD).unwrap();
+        write_parquet_in_windows(
+            File::create(&ours).unwrap(),
+            &mut frame.clone(),
+            4,
+            None,
+            POLARS_ZSTD,
+            None,
+        )
+        .unwrap();
         let whole = dir.join("whole.parquet");
         write_parquet_in_windows(
             File::create(&whole).unwrap(),
@@ -834,6 +889,7 @@ mod tests {
             1000,
             None,
             POLARS_ZSTD,
+            None,
         )
         .unwrap();
         let theirs = polars_bytes(&mut frame, &theirs);
@@ -866,7 +922,15 @@ mod tests {
         }
         .unwrap();
         let path = std::env::temp_dir().join(format!("pipeline-level-{}.parquet", std::process::id()));
-        write_parquet_in_windows(File::create(&path).unwrap(), &mut frame.clone(), 4, None, RUN_ZSTD).unwrap();
+        write_parquet_in_windows(
+            File::create(&path).unwrap(),
+            &mut frame.clone(),
+            4,
+            None,
+            RUN_ZSTD,
+            None,
+        )
+        .unwrap();
         let back = ParquetReader::new(File::open(&path).unwrap()).finish().unwrap();
         assert!(back.equals_missing(&frame));
         // arrow-rs reads the raw frames too, and its metadata shows which chunks were stored.
@@ -979,7 +1043,7 @@ mod tests {
         let shared = SharedPages::for_columns_of([&facts]);
         for (n, frame) in tables.iter_mut().enumerate() {
             let ours = dir.join(format!("ours{n}.parquet"));
-            write_parquet_in_windows(File::create(&ours).unwrap(), frame, 4, Some(&shared), POLARS_ZSTD).unwrap();
+            write_parquet_in_windows(File::create(&ours).unwrap(), frame, 4, Some(&shared), POLARS_ZSTD, None).unwrap();
             let theirs = polars_bytes(&mut frame.clone(), &dir.join(format!("theirs{n}.parquet")));
             assert!(
                 fs::read(&ours).unwrap() == theirs,

@@ -45,7 +45,7 @@ impl TimeUnit {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             TimeUnit::Day => "day",
             TimeUnit::Week => "week",
@@ -686,8 +686,9 @@ impl ClvOptions {
         let customers = DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
             facts.column("frequency")?.clone(),
-            crate::owned_column("t_x", in_unit(&data.t_x_days)),
-            crate::owned_column("T", in_unit(&data.t_days)),
+            // The unit is in the name: customer_facts has t_x and T in days.
+            crate::owned_column(&format!("t_x_{}s", self.time_unit.name()), in_unit(&data.t_x_days)),
+            crate::owned_column(&format!("T_{}s", self.time_unit.name()), in_unit(&data.t_days)),
             facts.column("monetary_value")?.clone(),
             nan_as_null("p_alive", p_alive),
             nan_as_null("expected_purchases", expected),

@@ -30,8 +30,8 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
         [
             "customer_id",
             "frequency",
-            "t_x",
-            "T",
+            "t_x_weeks",
+            "T_weeks",
             "monetary_value",
             "p_alive",
             "expected_purchases",
@@ -59,7 +59,7 @@ fn sample_data_gives_finite_scores_a_converged_model_and_a_calibrated_holdout() 
             assert!(value.is_finite() && value >= 0.0, "{column} = {value} at row {row}");
         }
         // Time is in weeks: T ≤ 3 years.
-        assert!(customers.float("T")[row] <= 157.0);
+        assert!(customers.float("T_weeks")[row] <= 157.0);
     }
     let model = read_table(&workspace.out().join("clv_model.parquet"));
     let parameters: Vec<String> = (0..model.rows)
@@ -125,8 +125,8 @@ fn the_time_unit_does_not_change_predictions() {
     }
     let days = read_table(&workspace.out().join("days_customers.parquet"));
     assert_close(
-        days.float("T")[0],
-        weeks.float("T")[0] * 7.0,
+        days.float("T_days")[0],
+        weeks.float("T_weeks")[0] * 7.0,
         "T in days = 7 × T in weeks",
     );
 }

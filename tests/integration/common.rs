@@ -420,3 +420,11 @@ pub fn duckdb_row_counts(files: &[PathBuf]) -> Option<Vec<u64>> {
             .collect(),
     )
 }
+
+/// A Parquet file's data: every byte before its footer (the footer holds the run's id, so two
+/// runs of the same tables differ there and only there).
+pub fn table_data(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let footer = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap()) as usize;
+    bytes[..bytes.len() - 8 - footer].to_vec()
+}

@@ -94,8 +94,8 @@ fn same_input_gives_identical_tables() {
     run_sample(first.path(), &[]);
     run_sample(second.path(), &["--threads", "1"]);
     for table in ["customer_facts", "cohorts", "cohorts_weekly_by_channel"] {
-        let a = std::fs::read(first.path().join("latest").join(format!("{table}.parquet"))).unwrap();
-        let b = std::fs::read(second.path().join("latest").join(format!("{table}.parquet"))).unwrap();
+        let a = table_data(&first.path().join("latest").join(format!("{table}.parquet")));
+        let b = table_data(&second.path().join("latest").join(format!("{table}.parquet")));
         assert!(a == b, "table {table} differs between runs");
     }
 }

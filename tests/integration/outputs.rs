@@ -185,11 +185,84 @@ fn tables_are_byte_identical_for_every_thread_count() {
         .collect();
     tables.sort();
     assert_eq!(tables.len(), 15);
+    // Each file's data (everything before the footer) byte for byte, and its footer's
+    // key-value metadata but for the run id, which names the run.
+    let parts = |path: &Path| -> (Vec<u8>, Vec<(String, Option<String>)>) {
+        use parquet::file::reader::FileReader;
+        let data = table_data(path);
+        let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+        let pairs = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .filter(|kv| kv.key != "run_id")
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        (data, pairs)
+    };
     for run in &runs[1..] {
         for table in &tables {
-            let a = std::fs::read(first.join(table)).unwrap();
-            let b = std::fs::read(run.path().join("latest").join(table)).unwrap();
-            assert!(a == b, "{table} differs between --threads 1 and another count");
+            let (a, b) = (parts(&first.join(table)), parts(&run.path().join("latest").join(table)));
+            assert!(
+                a.0 == b.0,
+                "{table}: the data differ between --threads 1 and another count"
+            );
+            assert_eq!(a.1, b.1, "{table}: the metadata differ");
         }
     }
+}
+
+/// Every column of every table of `pipelines/retail.toml` carries a description (Arrow field
+/// metadata, read by arrow-rs), and every file says its as_of, time zone, run id, config hash
+/// and tool version.
+#[test]
+fn every_column_is_described_and_every_file_says_what_run_made_it() {
+    use parquet::file::reader::FileReader;
+    let out = tempfile::tempdir().unwrap();
+    retail(out.path(), &[]);
+    let latest = out.path().join("latest");
+    let manifest = manifest(&latest);
+    let mut columns = 0;
+    for entry in std::fs::read_dir(&latest).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for field in builder.schema().fields() {
+            let description = field.metadata().get("description");
+            assert!(
+                description.is_some_and(|d| d.len() > 10),
+                "{}: column `{}` has no description",
+                path.display(),
+                field.name()
+            );
+            columns += 1;
+        }
+        let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let pairs: std::collections::BTreeMap<String, String> = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(pairs["as_of"], manifest["as_of"].as_str().unwrap());
+        assert_eq!(pairs["timezone"], "Europe/Berlin");
+        assert_eq!(pairs["run_id"], manifest["run_id"].as_str().unwrap());
+        assert_eq!(pairs["config_hash"], manifest["config_hash"].as_str().unwrap());
+        assert!(pairs["tool_version"].starts_with("pipeline "));
+    }
+    assert!(columns > 120, "{columns} columns");
+    let clv = std::fs::File::open(latest.join("clv_customers.parquet")).unwrap();
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(clv).unwrap();
+    let schema = builder.schema();
+    let described = |name: &str| schema.field_with_name(name).unwrap().metadata()["description"].clone();
+    assert!(described("T_weeks").contains("time_unit"));
+    assert!(described("clv").contains("margin applied and discounted"));
+    assert!(described("historic_clv").contains("no margin, not discounted"));
 }
