@@ -47,8 +47,21 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: PlanFormat,
     },
+    /// Print the catalog of the tables a config writes: columns, types and descriptions with
+    /// units (the same text the Parquet files carry as field metadata).
+    Docs {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: DocsFormat,
+    },
     /// Write synthetic order lines (deterministic by seed) for demos and benchmarks.
     GenerateSample(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DocsFormat {
+    Markdown,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]

@@ -143,6 +143,60 @@ pub fn load_plan(path: &std::path::Path) -> Result<plan::Plan> {
     plan::load_plan(path).map_err(|diagnostics| UsageError::Config(diagnostics).into())
 }
 
+/// `pipeline docs`: the tables a config writes, each with its columns from the catalog
+/// (`catalog::columns`, the source of the Parquet field descriptions), as Markdown or JSON.
+pub fn docs(path: &std::path::Path, format: cli::DocsFormat) -> Result<String> {
+    #[derive(serde::Serialize)]
+    struct TableDoc<'a> {
+        table: &'a str,
+        stage: &'a str,
+        kind: &'static str,
+        columns: Vec<catalog::ColumnDoc>,
+    }
+    let plan = load_plan(path)?;
+    let mut tables = Vec::new();
+    for stage in &plan.config.stages {
+        let suffixes = match stage.stage.as_ref().map(|s| s.tables()) {
+            Some(custom) if !custom.is_empty() => custom,
+            _ => stage.kind.tables.to_vec(),
+        };
+        for (table, suffix) in stage.tables.iter().zip(suffixes) {
+            let mut columns = catalog::columns(stage.kind.name, suffix).to_vec();
+            columns.push(catalog::AS_OF);
+            tables.push(TableDoc {
+                table,
+                stage: &stage.name,
+                kind: stage.kind.name,
+                columns,
+            });
+        }
+    }
+    Ok(match format {
+        cli::DocsFormat::Json => serde_json::to_string_pretty(&tables)? + "\n",
+        cli::DocsFormat::Markdown => {
+            let mut text = format!(
+                "# Tables of `{}`\n\nEvery table is `OUT/latest/<table>.parquet`. A name in `<…>` stands for columns named by options (`<dimension>`, `<N>` days, `<unit>`, `<by>`, `<metric>`).\n",
+                path.display()
+            );
+            for table in &tables {
+                text.push_str(&format!(
+                    "\n## `{}`\n\nStage `{}` (`{}`).\n\n| column | type | description |\n|---|---|---|\n",
+                    table.table, table.stage, table.kind
+                ));
+                for column in &table.columns {
+                    text.push_str(&format!(
+                        "| `{}` | {} | {} |\n",
+                        column.name,
+                        column.dtype,
+                        column.description.replace('|', "\\|")
+                    ));
+                }
+            }
+            text
+        }
+    })
+}
+
 /// `pipeline validate`: config, DAG, and for each source that its files exist and have the
 /// mapped columns with usable types.
 pub fn validate(path: &std::path::Path) -> Result<String> {

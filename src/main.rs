@@ -118,6 +118,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Docs { config, format } => {
+            print!("{}", pipeline::docs(&config, format)?);
+            Ok(())
+        }
         Command::GenerateSample(args) => {
             let summary = pipeline::generate::generate(&args)?;
             eprintln!("{summary}");

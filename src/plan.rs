@@ -42,6 +42,7 @@ pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
             Vec::new()
         }
     };
+    check_customer_columns(&config, &inputs, &mut diagnostics);
     if let crate::config::AsOf::Date(as_of) = config.pipeline.as_of {
         for stage in &config.stages {
             if let Some(problem) = stage.stage.as_ref().and_then(|options| options.check_as_of(as_of)) {
@@ -53,6 +54,72 @@ pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
         return Err(diagnostics);
     }
     Ok(Plan { config, inputs, levels })
+}
+
+/// The per-customer columns a stage groups or summarises by must come from its inputs (the
+/// base columns every customer has, and the customer tables of the input stages, as the
+/// catalog lists them); `acquisition_channel` without a mapped channel is all null: a warning.
+fn check_customer_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &mut Diagnostics) {
+    for (index, stage) in config.stages.iter().enumerate() {
+        let Some(wanted) = stage
+            .stage
+            .as_ref()
+            .map(|s| s.customer_columns())
+            .filter(|w| !w.is_empty())
+        else {
+            continue;
+        };
+        let mut available: Vec<&str> = vec!["customer_id", "revenue", "orders", "acquisition_channel", "cohort"];
+        for input in inputs.get(index).into_iter().flatten() {
+            if let Input::Stage(upstream) = input {
+                let kind = config.stages[*upstream].kind;
+                if let Some(table) = kind.customer_table {
+                    let suffix = kind.tables[table];
+                    available.extend(
+                        crate::catalog::columns(kind.name, suffix)
+                            .iter()
+                            .map(|c| c.name)
+                            .filter(|n| !n.contains('<')),
+                    );
+                }
+            }
+        }
+        for column in &wanted {
+            if !available.contains(&column.as_str()) {
+                let mut diagnostic = crate::config::diagnostic::Diagnostic::new(
+                    format!(
+                        "stage `{}`: column `{column}` is in no per-customer table of its inputs",
+                        stage.name
+                    ),
+                    stage.span.clone(),
+                );
+                diagnostic = diagnostic.with_help(Some(
+                    crate::config::diagnostic::suggest(column, available.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "available: {}; add the stage that makes it to `input`",
+                            available
+                                .iter()
+                                .map(|c| format!("`{c}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }),
+                ));
+                diagnostics.push(diagnostic);
+            }
+        }
+        let without_channel = |source: &str| config.sources.get(source).is_some_and(|s| s.columns.channel.is_none());
+        let source_of_stage = inputs.get(index).into_iter().flatten().find_map(|input| match input {
+            Input::Source(name) => Some(name.clone()),
+            Input::Stage(_) => config.sources.keys().next().cloned(),
+        });
+        if wanted.iter().any(|c| c == "acquisition_channel") && source_of_stage.is_some_and(|s| without_channel(&s)) {
+            tracing::warn!(
+                "stage `{}` groups by `acquisition_channel`, but the source maps no `channel`: every customer's channel is null",
+                stage.name
+            );
+        }
+    }
 }
 
 fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Input>> {

@@ -117,6 +117,12 @@ pub trait Stage: Send + Sync + Debug {
     fn check_as_of(&self, _as_of: chrono::NaiveDate) -> Option<String> {
         None
     }
+
+    /// Per-customer columns this stage reads from its input stages' customer tables (checked
+    /// against the catalog before any data is read).
+    fn customer_columns(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub static KINDS: &[&Kind] = &[

@@ -50,6 +50,10 @@ fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -
 const DEFAULT_METRICS: &[&str] = &["historic_clv", "simple_clv", "clv"];
 
 impl Stage for SegmentSummaryOptions {
+    fn customer_columns(&self) -> Vec<String> {
+        self.by.iter().chain(&self.metrics).cloned().collect()
+    }
+
     fn reads_customer_periods(&self) -> bool {
         false
     }

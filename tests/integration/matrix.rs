@@ -282,6 +282,48 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "data older than max_data_age_days",
+            exit: 1,
+            message: "source `orders`: the newest order is from 2024-03-10, 5 days before as_of 2024-03-15: more than max_data_age_days = 2",
+            setup: |w| edit_config(w, "max_rejected_fraction = 0.2", "max_rejected_fraction = 0.2\nmax_data_age_days = 2"),
+        },
+        Case {
+            name: "a degenerate CLV model",
+            exit: 1,
+            message: "stage `clv` (clv): the model is degenerate and was not published: BG/NBD: ",
+            setup: |w| {
+                edit_config(
+                    w,
+                    "[stages.rfm]",
+                    "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\npenalizer = 1000000.0\n\n[stages.rfm]",
+                )
+            },
+        },
+        Case {
+            name: "calibration_end not before as_of",
+            exit: 2,
+            message: "stage `clv`: `calibration_end` 2024-03-15 is not before as_of 2024-03-15",
+            setup: |w| {
+                edit_config(
+                    w,
+                    "[stages.rfm]",
+                    "[stages.clv]\nkind = \"clv\"\ninput = \"orders\"\ncalibration_end = \"2024-03-15\"\n\n[stages.rfm]",
+                )
+            },
+        },
+        Case {
+            name: "a summary by a column no input has",
+            exit: 2,
+            message: "stage `by_stage`: column `stage` is in no per-customer table of its inputs",
+            setup: |w| {
+                edit_config(
+                    w,
+                    "[stages.rfm]",
+                    "[stages.by_stage]\nkind = \"segment_summary\"\ninput = [\"rfm\"]\nby = [\"stage\"]\n\n[stages.rfm]",
+                )
+            },
+        },
+        Case {
             name: "unknown key",
             exit: 2,
             message: "stage `rfm` has no key `binz`",

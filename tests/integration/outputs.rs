@@ -266,3 +266,68 @@ fn every_column_is_described_and_every_file_says_what_run_made_it() {
     assert!(described("clv").contains("margin applied and discounted"));
     assert!(described("historic_clv").contains("no margin, not discounted"));
 }
+
+#[test]
+fn docs_prints_the_catalog_of_the_tables_a_config_writes() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
+    let output = run_ok(&["docs", config.to_str().unwrap(), "--format", "json"]);
+    let tables: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tables = tables.as_array().unwrap();
+    assert_eq!(tables.len(), 15);
+    let clv = tables.iter().find(|t| t["table"] == "clv_customers").unwrap();
+    let names: Vec<&str> = clv["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"customer_id"));
+    assert_eq!(names.last(), Some(&"as_of"));
+    assert!(names.contains(&"T_<unit>s"), "{names:?}");
+    let clv_column = clv["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "clv")
+        .unwrap();
+    assert_eq!(clv_column["type"], "float64");
+    assert!(clv_column["description"]
+        .as_str()
+        .unwrap()
+        .contains("margin applied and discounted"));
+    let markdown = String::from_utf8(run_ok(&["docs", config.to_str().unwrap()]).stdout).unwrap();
+    assert!(
+        markdown.contains("## `rfm_segments`\n\nStage `rfm` (`rfm`)."),
+        "{markdown:.400}"
+    );
+    assert!(markdown.contains("| `retention` | float64 | active_customers / cohort_customers, a fraction 0–1 |"));
+}
+
+#[test]
+fn grouping_by_a_column_no_input_has_is_a_config_error_before_reading_data() {
+    let workspace = Workspace::with_tiny();
+    let stages = "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n\n[stages.by_stage]\nkind = \"segment_summary\"\ninput = [\"rfm\"]\nby = [\"stage\"]\n";
+    let config = workspace.config("", stages);
+    let output = pipeline(&["validate", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("stage `by_stage`: column `stage` is in no per-customer table of its inputs"),
+        "{text}"
+    );
+    assert!(text.contains("add the stage that makes it to `input`"), "{text}");
+    // By channel without a channel mapped: a warning, and the run goes on.
+    let stages = "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n\n[stages.by_channel]\nkind = \"segment_summary\"\ninput = [\"rfm\"]\nby = [\"acquisition_channel\"]\n";
+    let config = workspace.config("", stages);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("channel = \"channel\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let output = run_ok(&["run", config.to_str().unwrap()]);
+    assert!(
+        stderr(&output)
+            .contains("stage `by_channel` groups by `acquisition_channel`, but the source maps no `channel`"),
+        "{}",
+        stderr(&output)
+    );
+}
