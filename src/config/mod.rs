@@ -699,8 +699,7 @@ fn parse_source(
                     reader.value_span("format"),
                 )
                 .with_help(
-                    diagnostic::suggest(other, ["parquet", "csv"].into_iter())
-                        .or_else(|| Some("use `parquet` or `csv`".into())),
+                    diagnostic::suggest(other, ["parquet", "csv"]).or_else(|| Some("use `parquet` or `csv`".into())),
                 ),
             );
             None

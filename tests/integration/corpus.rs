@@ -522,10 +522,10 @@ fn narrow_ids_read_like_wide_ones() {
         assert_same_tables(&expected, &out, &format!("{customer} ids"));
         assert_eq!(
             column_type(&out.join("facts.parquet"), "customer_id"),
-            ArrowType::from(match customer {
+            match customer {
                 DataType::Int16 => ArrowType::Int16,
                 _ => ArrowType::UInt8,
-            }),
+            },
             "ids keep their type"
         );
     }
