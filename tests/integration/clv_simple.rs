@@ -96,14 +96,16 @@ fn segment_summary_joins_rfm_and_clv() {
 fn segment_summary_names_a_missing_column() {
     let workspace = Workspace::with_lines(&extended());
     let config = workspace.config("", "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n\n[stages.by]\nkind = \"segment_summary\"\ninput = [\"rfm\"]\nby = [\"segmnt\"]\n");
+    // Found before any data is read: a config error with a suggestion.
     let output = pipeline(&["run", config.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
     assert!(
-        text.contains("stage `by` (segment_summary): column `segmnt` is not in the per-customer tables of the inputs"),
+        text.contains("stage `by`: column `segmnt` is in no per-customer table of its inputs"),
         "{text}"
     );
-    assert!(text.contains("`segment`"), "{text}");
+    assert!(text.contains("did you mean `segment`?"), "{text}");
+    assert!(!workspace.root().exists(), "nothing written");
 }
 
 #[test]
