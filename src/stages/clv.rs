@@ -504,6 +504,7 @@ impl Stage for ClvOptions {
                 spend_params,
                 rows,
                 shared,
+                &mut problems,
             )?;
             return self.judge(tables, problems);
         };
@@ -559,7 +560,16 @@ impl Stage for ClvOptions {
             data.x.len(),
             clock.elapsed().as_secs_f64()
         );
-        let tables = self.finish(facts, &data, scored, &pattern_of, spend_params, rows, shared)?;
+        let tables = self.finish(
+            facts,
+            &data,
+            scored,
+            &pattern_of,
+            spend_params,
+            rows,
+            shared,
+            &mut problems,
+        )?;
         tracing::debug!("clv: tables built at {:.3} s", clock.elapsed().as_secs_f64());
         self.judge(tables, problems)
     }
@@ -627,6 +637,7 @@ impl ClvOptions {
         spend_params: Option<gamma_gamma::Params>,
         mut rows: ModelRows,
         shared: &crate::prepare::SharedTables,
+        problems: &mut Vec<String>,
     ) -> Result<Vec<DataFrame>> {
         let n = data.x.len();
         // Per customer, in parallel: p_alive, expected purchases, P(no purchase), expected order
@@ -698,7 +709,7 @@ impl ClvOptions {
             facts.column("revenue")?.clone().with_name("historic_clv".into()),
         ])?;
         let validation = match self.calibration() {
-            Some(end) => Some(validate(shared, end.resolve(shared.as_of), self, &mut rows)?),
+            Some(end) => Some(validate(shared, end.resolve(shared.as_of), self, &mut rows, problems)?),
             None => None,
         };
         let mut tables = vec![customers, rows.into_frame(self.time_unit)?];
@@ -727,6 +738,7 @@ fn validate(
     end: NaiveDate,
     options: &ClvOptions,
     rows: &mut ModelRows,
+    problems: &mut Vec<String>,
 ) -> Result<DataFrame> {
     if end >= shared.as_of {
         bail!("calibration_end {end} must be before as_of {}", shared.as_of);
@@ -779,6 +791,13 @@ fn validate(
         bail!("no repeat purchase before calibration_end {end}: the calibration model cannot be fitted");
     }
     let fit = bgnbd::fit(&patterns, options.penalizer).context("calibration BG/NBD: no finite maximum")?;
+    problems.extend(model_problems(
+        "calibration BG/NBD",
+        &["r", "alpha", "a", "b"],
+        &fit.params.as_array(),
+        fit.std_errors.as_ref().map(|e| e.as_slice()),
+        fit.converged,
+    ));
     let mut calibration_rows = ModelRows::new();
     bgnbd_rows(&mut calibration_rows, &fit, patterns.customers());
     for k in 0..calibration_rows.model.len() {
