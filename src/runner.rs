@@ -157,7 +157,14 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
         let staged = staged.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         let published = result
             .and_then(|()| sink::publish(&snapshot.dir, &staged))
-            .and_then(|()| carry_over(&output_dir, &snapshot, &mut manifest))
+            .and_then(|()| {
+                // The tables of the configured stages this run did not run.
+                let others: BTreeSet<String> = (0..config.stages.len())
+                    .filter(|index| !selected.contains(index))
+                    .flat_map(|index| config.stages[index].tables.iter().map(|t| format!("{t}.parquet")))
+                    .collect();
+                carry_over(&output_dir, &snapshot, &others, &mut manifest)
+            })
             .and_then(|()| {
                 manifest.warnings = crate::logging::take_warnings();
                 manifest.status = "succeeded".into();
@@ -194,17 +201,18 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
     }
 }
 
-/// Carry the tables of the previous snapshot that this run did not write into the new one (a
-/// `--select` run), recording where each came from.
-fn carry_over(output_dir: &std::path::Path, snapshot: &sink::Snapshot, manifest: &mut Manifest) -> Result<()> {
-    let Some(previous) = sink::latest_snapshot(output_dir) else {
+/// Carry `tables` (files of the configured stages a `--select` run did not run) from the
+/// previous snapshot into the new one, recording where each came from. Tables of stages no
+/// longer configured are not carried.
+fn carry_over(
+    output_dir: &std::path::Path,
+    snapshot: &sink::Snapshot,
+    tables: &BTreeSet<String>,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let Some(previous) = sink::latest_snapshot(output_dir).filter(|_| !tables.is_empty()) else {
         return Ok(());
     };
-    let written: BTreeSet<String> = manifest
-        .stages
-        .iter()
-        .flat_map(|stage| stage.tables.iter().map(|t| t.path.clone()))
-        .collect();
     let earlier: serde_json::Value = std::fs::read_to_string(previous.join(sink::MANIFEST))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
@@ -233,7 +241,7 @@ fn carry_over(output_dir: &std::path::Path, snapshot: &sink::Snapshot, manifest:
             .expect("listed files have names")
             .to_string_lossy()
             .to_string();
-        if written.contains(&name) {
+        if !tables.contains(&name) {
             continue;
         }
         snapshot.carry_over(&file)?;

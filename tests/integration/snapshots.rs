@@ -95,3 +95,19 @@ fn keep_runs_keeps_the_newest_snapshots() {
         manifest(&workspace.out())["snapshot"]
     );
 }
+
+#[test]
+fn a_full_run_carries_nothing_over() {
+    let workspace = Workspace::with_tiny();
+    run_ok(&["run", workspace.config("", STAGES).to_str().unwrap()]);
+    assert!(workspace.out().join("facts.parquet").is_file());
+    // The facts stage leaves the config: its table leaves the next snapshot.
+    let config = workspace.config("", "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n");
+    run_ok(&["run", config.to_str().unwrap()]);
+    assert!(!workspace.out().join("facts.parquet").exists());
+    assert!(workspace.out().join("rfm_customers.parquet").is_file());
+    assert_eq!(manifest(&workspace.out())["carried_over"].as_array().unwrap().len(), 0);
+    // Even with --select, only the tables of configured stages are carried.
+    run_ok(&["run", config.to_str().unwrap(), "--select", "rfm"]);
+    assert!(!workspace.out().join("facts.parquet").exists());
+}
