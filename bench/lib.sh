@@ -65,6 +65,13 @@ if [ ! -f "$FILE" ]; then
   REPEATS=1 measure generate "$BIN" generate-sample --lines "$LINES" --out "$FILE"
 fi
 
+# The Python with polars and DuckDB that runs the floors (installed into .venv once).
+floor_python() {
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -c "import polars, duckdb" 2>/dev/null || .venv/bin/pip install --quiet polars duckdb >&2
+  echo .venv/bin/python
+}
+
 # The source section every benchmark config uses.
 source_toml() {
   cat <<TOML

@@ -24,9 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh "${1:-10000000}"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -c "import polars, duckdb" 2>/dev/null || .venv/bin/pip install --quiet polars duckdb
-PY=.venv/bin/python
+PY=$(floor_python)
 
 ALL=$(all_config "$FILE" "all_$LINES")
 

@@ -428,3 +428,20 @@ pub fn table_data(path: &Path) -> Vec<u8> {
     let footer = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap()) as usize;
     bytes[..bytes.len() - 8 - footer].to_vec()
 }
+
+/// A Parquet file's key-value metadata (as_of, run_id, …), read by arrow-rs.
+pub fn file_metadata(path: &Path) -> BTreeMap<String, String> {
+    use parquet::file::reader::FileReader;
+    let reader = parquet::file::reader::SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|pairs| {
+            pairs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -187,20 +187,10 @@ fn tables_are_byte_identical_for_every_thread_count() {
     assert_eq!(tables.len(), 15);
     // Each file's data (everything before the footer) byte for byte, and its footer's
     // key-value metadata but for the run id, which names the run.
-    let parts = |path: &Path| -> (Vec<u8>, Vec<(String, Option<String>)>) {
-        use parquet::file::reader::FileReader;
-        let data = table_data(path);
-        let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
-        let pairs = reader
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .unwrap()
-            .iter()
-            .filter(|kv| kv.key != "run_id")
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect();
-        (data, pairs)
+    let parts = |path: &Path| {
+        let mut pairs = file_metadata(path);
+        pairs.remove("run_id");
+        (table_data(path), pairs)
     };
     for run in &runs[1..] {
         for table in &tables {
@@ -219,7 +209,6 @@ fn tables_are_byte_identical_for_every_thread_count() {
 /// and tool version.
 #[test]
 fn every_column_is_described_and_every_file_says_what_run_made_it() {
-    use parquet::file::reader::FileReader;
     let out = tempfile::tempdir().unwrap();
     retail(out.path(), &[]);
     let latest = out.path().join("latest");
@@ -242,15 +231,7 @@ fn every_column_is_described_and_every_file_says_what_run_made_it() {
             );
             columns += 1;
         }
-        let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
-        let pairs: std::collections::BTreeMap<String, String> = reader
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .unwrap()
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-            .collect();
+        let pairs = file_metadata(&path);
         assert_eq!(pairs["as_of"], manifest["as_of"].as_str().unwrap());
         assert_eq!(pairs["timezone"], "Europe/Berlin");
         assert_eq!(pairs["run_id"], manifest["run_id"].as_str().unwrap());
