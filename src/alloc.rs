@@ -95,8 +95,30 @@ pub fn free_bytes() -> usize {
     free.ranges[..free.count].iter().map(|range| range.len).sum()
 }
 
+/// Whether a block is this allocator's: big, and on a system whose pages are 4 KiB (elsewhere,
+/// such as 16 or 64 KiB-page aarch64, every block is mimalloc's: `PAGE` arithmetic would be
+/// wrong there). The page size is read once; it never changes while the process runs, so a
+/// block's layout decides the same way in `alloc` and `dealloc`.
 fn is_big(size: usize, align: usize) -> bool {
-    size >= BIG && align <= PAGE
+    size >= BIG && align <= PAGE && pages_are_4k()
+}
+
+/// 0: not read yet, 1: 4 KiB pages, 2: other.
+static PAGE_SIZE_OK: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn pages_are_4k() -> bool {
+    use std::sync::atomic::Ordering;
+    match PAGE_SIZE_OK.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            // SAFETY: sysconf takes an integer and allocates nothing.
+            let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let ok = size == PAGE as libc::c_long;
+            PAGE_SIZE_OK.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            ok
+        }
+    }
 }
 
 fn pages(size: usize) -> usize {

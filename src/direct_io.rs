@@ -80,7 +80,7 @@ impl DirectWriter {
     }
 
     /// Writes from here on go through the page cache.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "tuning"))]
     fn stop_direct(&mut self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         if !self.direct {
@@ -97,13 +97,13 @@ impl DirectWriter {
         Ok(())
     }
 
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", feature = "tuning")))]
     fn stop_direct(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "tuning"))]
 fn open(path: &Path) -> io::Result<(File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new()
@@ -119,7 +119,7 @@ fn open(path: &Path) -> io::Result<(File, bool)> {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "tuning")))]
 fn open(path: &Path) -> io::Result<(File, bool)> {
     Ok((File::create(path)?, false))
 }

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: config → plan → source scan → shared tables → stages → sink.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "tuning"))]
 pub mod alloc;
 pub mod catalog;
 pub mod cli;

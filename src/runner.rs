@@ -728,8 +728,16 @@ pub fn memory() -> String {
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or("?".to_string(), |kb| (kb / 1024).to_string())
     };
-    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second
-    // on Linux), counted after the command name's closing parenthesis.
+    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock ticks, counted after
+    // the command name's closing parenthesis (where there is no /proc, no CPU figure).
+    #[cfg(unix)]
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as f64,
+        _ => 100.0,
+    };
+    #[cfg(not(unix))]
+    let ticks = 100.0;
     let cpu = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|stat| {
@@ -744,8 +752,8 @@ pub fn memory() -> String {
             let [user, sys] = fields[..] else { return None };
             Some(format!(
                 ", CPU {:.2} s user + {:.2} s sys",
-                user as f64 / 100.0,
-                sys as f64 / 100.0
+                user as f64 / ticks,
+                sys as f64 / ticks
             ))
         })
         .unwrap_or_default();
@@ -754,12 +762,20 @@ pub fn memory() -> String {
         field("VmRSS:"),
         field("RssAnon:"),
         field("RssFile:"),
-        crate::alloc::free_bytes() >> 20,
+        free_list_bytes() >> 20,
         field("VmHWM:")
     )
 }
 
 /// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).
+/// Bytes the page-keeping allocator holds free (0 without it).
+fn free_list_bytes() -> usize {
+    #[cfg(all(target_os = "linux", feature = "tuning"))]
+    return crate::alloc::free_bytes();
+    #[cfg(not(all(target_os = "linux", feature = "tuning")))]
+    0
+}
+
 /// The test suite's way to prove that a panic becomes a clean failure: with
 /// `PIPELINE_INJECT_PANIC=NAME` in the environment, the stage (or source scan) NAME panics.
 pub fn inject_fault(name: &str) {
