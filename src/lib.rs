@@ -2,13 +2,12 @@
 //!
 //! Data flows one way: config → plan → source scan → shared tables → stages → sink.
 
-#[cfg(all(target_os = "linux", feature = "tuning"))]
+#[cfg(all(target_os = "linux", feature = "page-allocator"))]
 pub mod alloc;
 pub mod catalog;
 pub mod cli;
 pub mod clv;
 pub mod config;
-pub mod direct_io;
 pub mod generate;
 pub mod logging;
 pub mod money;

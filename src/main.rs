@@ -2,10 +2,10 @@ use std::process::ExitCode;
 
 // polars allocates heavily from many threads; mimalloc is markedly faster than the system one.
 // Blocks of 256 KiB and more come from pages the process keeps (see `alloc.rs`).
-#[cfg(all(target_os = "linux", feature = "tuning"))]
+#[cfg(all(target_os = "linux", feature = "page-allocator"))]
 #[global_allocator]
 static GLOBAL: pipeline::alloc::Allocator = pipeline::alloc::Allocator;
-#[cfg(not(all(target_os = "linux", feature = "tuning")))]
+#[cfg(not(all(target_os = "linux", feature = "page-allocator")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     // allows them; polars frees and re-allocates large buffers all the time, and each re-fault
     // of a huge page zeroes 2 MiB: a third of a 10M-line run's CPU went to clearing pages.
     // With 4 KiB pages system time halves at the same peak RSS (measured in bench/).
-    #[cfg(all(target_os = "linux", feature = "tuning"))]
+    #[cfg(all(target_os = "linux", feature = "memory-settings"))]
     // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
     let thp_disabled = unsafe {
         libc::prctl(
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     }
     pipeline::logging::init(&cli.log, cli.log_format);
     let json = cli.log_format == pipeline::logging::LogFormat::Json;
-    #[cfg(all(target_os = "linux", feature = "tuning"))]
+    #[cfg(all(target_os = "linux", feature = "memory-settings"))]
     if thp_disabled != 0 {
         tracing::debug!(
             "could not disable transparent huge pages: {}",
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 /// alternating pairs each) for ~30 % more peak RSS. A `MIMALLOC_PURGE_DELAY` in the environment
 /// still decides.
 fn keep_freed_memory() {
-    if !cfg!(feature = "tuning") {
+    if !cfg!(feature = "memory-settings") {
         return;
     }
     /// `mi_option_purge_delay` in mimalloc.h (the Rust bindings do not name it).

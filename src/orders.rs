@@ -1017,7 +1017,7 @@ impl OrderFold {
             let mut parts = parts.into_iter();
             let mut all = parts.next().unwrap_or_default();
             for mut more in parts {
-                #[cfg(all(target_os = "linux", feature = "tuning"))]
+                #[cfg(all(target_os = "linux", feature = "page-allocator"))]
                 crate::alloc::reuse_free_pages_for(&mut all, more.len());
                 all.append(&mut more);
             }

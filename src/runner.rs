@@ -770,9 +770,9 @@ pub fn memory() -> String {
 /// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).
 /// Bytes the page-keeping allocator holds free (0 without it).
 fn free_list_bytes() -> usize {
-    #[cfg(all(target_os = "linux", feature = "tuning"))]
+    #[cfg(all(target_os = "linux", feature = "page-allocator"))]
     return crate::alloc::free_bytes();
-    #[cfg(not(all(target_os = "linux", feature = "tuning")))]
+    #[cfg(not(all(target_os = "linux", feature = "page-allocator")))]
     0
 }
 

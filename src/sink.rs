@@ -254,11 +254,11 @@ pub fn stage_table(
     let start = std::time::Instant::now();
     let result = (|| -> Result<()> {
         let writing = || format!("cannot write table `{name}` to `{}`", temp.display());
-        let mut out = crate::direct_io::DirectWriter::create(&temp)
-            .with_context(|| format!("cannot create `{}`", temp.display()))?;
+        let file = File::create(&temp).with_context(|| format!("cannot create `{}`", temp.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         write_parquet_in_windows(&mut out, frame, WINDOW_CELLS, Some(shared), RUN_ZSTD, Some(metadata))
             .with_context(writing)?;
-        let file = out.finish().with_context(writing)?;
+        let file = out.into_inner().map_err(|e| e.into_error()).with_context(writing)?;
         file.sync_all()
             .with_context(|| format!("cannot fsync `{}`", temp.display()))?;
         Ok(())
