@@ -425,6 +425,7 @@ mod tests {
             );
             checked += 1;
         }
+        std::fs::remove_dir_all(&dir).ok();
         assert!(checked > 50, "{checked} keys checked");
     }
 
