@@ -19,6 +19,7 @@ pub mod runner;
 pub mod sink;
 pub mod source;
 pub mod stages;
+pub mod telemetry;
 
 use anyhow::Result;
 

@@ -528,7 +528,7 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     tracing::debug!(
         "prepare: customers walked at {:.3} s ({})",
         clock.elapsed().as_secs_f64(),
-        crate::runner::memory()
+        crate::telemetry::memory()
     );
     let Walked {
         period_key,
@@ -620,7 +620,7 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     tracing::debug!(
         "prepare: customer facts at {:.3} s ({})",
         clock.elapsed().as_secs_f64(),
-        crate::runner::memory()
+        crate::telemetry::memory()
     );
 
     // One chunk: stages read columns as slices (`values`).

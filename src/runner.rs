@@ -398,9 +398,9 @@ fn execute(
             orders.as_of
         );
         manifest.inputs.push(orders.stats.clone());
-        tracing::debug!("source `{name}` scanned: {}", memory());
+        tracing::debug!("source `{name}` scanned: {}", crate::telemetry::memory());
         let tables = shared_tables(orders).with_context(|| format!("source `{name}`"))?;
-        tracing::debug!("source `{name}` shared tables built: {}", memory());
+        tracing::debug!("source `{name}` shared tables built: {}", crate::telemetry::memory());
         tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
         shared.insert(name, tables);
     }
@@ -415,7 +415,7 @@ fn execute(
         .build()
         .context("cannot start the stage thread pool")?;
     let total = selected.len();
-    let progress = progress_bar(total as u64, "stages");
+    let progress = crate::telemetry::progress_bar(total as u64, "stages");
     let shared_pages = sink::SharedPages::for_columns_of(shared.values().map(|tables| &tables.customer_facts));
     // What every table's file says about the run.
     let mut key_values = vec![
@@ -463,7 +463,10 @@ fn execute(
     let release_periods = |source: &str| {
         if let Some(tables) = shared.get(source) {
             tables.release_customer_periods();
-            tracing::debug!("source `{source}`: customer_periods released: {}", memory());
+            tracing::debug!(
+                "source `{source}`: customer_periods released: {}",
+                crate::telemetry::memory()
+            );
         }
     };
     for (source, _) in readers_left
@@ -542,7 +545,7 @@ fn execute(
         }
         // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
         let frames = crate::catch_panics(|| {
-            inject_fault(&stage_config.name);
+            crate::telemetry::inject_fault(&stage_config.name);
             stage.run(&inputs)
         });
         let mut frames =
@@ -603,7 +606,7 @@ fn execute(
             report.duration_seconds,
             report.tables.iter().map(|t| t.rows).sum::<usize>()
         );
-        tracing::debug!("stage `{}`: {}", report.stage, memory());
+        tracing::debug!("stage `{}`: {}", report.stage, crate::telemetry::memory());
         Ok((index, frames, report))
     };
     let run_and_count = |index: usize| -> StageOutcome {
@@ -713,90 +716,6 @@ fn warm_shared_work(
             tracing::debug!("shared work `{key}` not computed ahead; the stages compute it");
         }
     }
-}
-
-/// "RSS 1234 MB (anon 1200, file 34), peak 2345 MB, CPU 12.3 s user + 1.2 s sys" from
-/// /proc/self, for debug logs at phase boundaries (empty where those files do not exist).
-pub fn memory() -> String {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return String::new();
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or("?".to_string(), |kb| (kb / 1024).to_string())
-    };
-    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock ticks, counted after
-    // the command name's closing parenthesis (where there is no /proc, no CPU figure).
-    #[cfg(unix)]
-    // SAFETY: sysconf takes an integer and touches no memory of ours.
-    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        ticks if ticks > 0 => ticks as f64,
-        _ => 100.0,
-    };
-    #[cfg(not(unix))]
-    let ticks = 100.0;
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<u64> = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            let [user, sys] = fields[..] else { return None };
-            Some(format!(
-                ", CPU {:.2} s user + {:.2} s sys",
-                user as f64 / ticks,
-                sys as f64 / ticks
-            ))
-        })
-        .unwrap_or_default();
-    format!(
-        "RSS {} MB (anon {}, file {}, free list {}), peak {} MB{cpu}",
-        field("VmRSS:"),
-        field("RssAnon:"),
-        field("RssFile:"),
-        free_list_bytes() >> 20,
-        field("VmHWM:")
-    )
-}
-
-/// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).
-/// Bytes the page-keeping allocator holds free (0 without it).
-fn free_list_bytes() -> usize {
-    #[cfg(all(target_os = "linux", feature = "page-allocator"))]
-    return crate::alloc::free_bytes();
-    #[cfg(not(all(target_os = "linux", feature = "page-allocator")))]
-    0
-}
-
-/// The test suite's way to prove that a panic becomes a clean failure: with
-/// `PIPELINE_INJECT_PANIC=NAME` in the environment, the stage (or source scan) NAME panics.
-pub fn inject_fault(name: &str) {
-    if std::env::var_os("PIPELINE_INJECT_PANIC").is_some_and(|target| target == name) {
-        panic!("injected panic in `{name}` (PIPELINE_INJECT_PANIC)");
-    }
-}
-
-pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} {{human_pos}}/{{human_len}} [{{elapsed_precise}}] {{wide_bar}}"
-        ))
-        .expect("the progress template is valid"),
-    );
-    bar
 }
 
 #[cfg(test)]

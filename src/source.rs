@@ -954,7 +954,7 @@ pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
 /// lines are rejected than `max_rejected_fraction` allows or when nothing is left.
 pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<SourceOrders> {
     let schema = check_schema(source)?;
-    crate::runner::inject_fault(&source.name);
+    crate::telemetry::inject_fault(&source.name);
     let files = schema.files.clone();
     let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
     if let Ok(mut scans) = SCANS.lock() {
@@ -1046,7 +1046,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     fold.expected_lines = expected_lines;
     fold.first_after_as_of = first_after_as_of;
     let fold = Arc::new(Mutex::new(Some(fold)));
-    let progress = crate::runner::progress_bar(expected_lines.unwrap_or(0), "lines");
+    let progress = crate::telemetry::progress_bar(expected_lines.unwrap_or(0), "lines");
     let sink = {
         let fold = Arc::clone(&fold);
         let progress = progress.clone();
@@ -1094,14 +1094,14 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         "order fold: {} batches, {:.3} s busy, {}",
         fold.batches,
         fold.busy.as_secs_f64(),
-        crate::runner::memory()
+        crate::telemetry::memory()
     );
     let currencies = std::mem::take(&mut fold.currencies);
     let folded = fold
         .finish(&schema.customer_id, has_channel)
         .map_err(anyhow::Error::from)
         .context("building orders")?;
-    tracing::debug!("orders numbered: {}", crate::runner::memory());
+    tracing::debug!("orders numbered: {}", crate::telemetry::memory());
 
     // Absolute paths, so a manifest read anywhere names the files.
     let absolute = |path: &Path| {
@@ -1137,7 +1137,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         keep.push(col("channel"));
     }
     let usable = with_order_dates(folded.orders, &schema.ordered_at, source, settings)?;
-    tracing::debug!("order dates: {}", crate::runner::memory());
+    tracing::debug!("order dates: {}", crate::telemetry::memory());
     let rejected_lines = |condition: Expr| -> Result<u64> {
         let frame = usable
             .clone()
@@ -1169,7 +1169,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             .collect()?
     };
     stats.orders = orders.height() as u64;
-    tracing::debug!("orders filtered: {}", crate::runner::memory());
+    tracing::debug!("orders filtered: {}", crate::telemetry::memory());
     if orders.height() == 0 {
         let mut message = format!(
             "source `{}`: no orders left: {} rows read, {} excluded by include/exclude, {}, {} after as_of",
