@@ -2,7 +2,7 @@
 //! already owns.
 //!
 //! Each fresh page costs a fault and a zeroing in the kernel, and on this kind of virtual machine a
-//! second fault in the host: at 50M lines that was a quarter of a run's CPU. mimalloc keeps freed
+//! second fault in the host (see docs/performance.md for what it cost). mimalloc keeps freed
 //! memory (see `main.rs`), but it gives a block of more than 512 KiB back to its arena only when
 //! the thread that allocated it collects its pages. A column built on a worker thread and dropped
 //! on another stays unused until that worker allocates again, so about a third of a run's peak
@@ -25,9 +25,9 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Mutex;
 
 /// Blocks from this size on are mapped here. mimalloc's pages for blocks above 512 KiB hold
-/// one block each, but smaller ones share pages a thread owns too; from 256 KiB (against 1 MiB)
-/// peak RSS fell 17 % at 10M lines and 8 % at 50M, with no cost in time (4 + 3 alternating
-/// pairs); 64 KiB gained little more.
+/// one block each, but smaller ones share pages a thread owns too, so a lower bound catches
+/// more of the blocks left unused by the thread that made them (the measured choice of bound:
+/// docs/performance.md).
 pub const BIG: usize = 1 << 18;
 const PAGE: usize = 4096;
 /// Free ranges tracked at most; a range freed beyond that is unmapped.

@@ -70,11 +70,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// mimalloc hands freed memory back to the kernel 10 ms after it is freed, and the next phase
-/// faults it in again: the kernel zeroing pages was 10–30 % of a run's CPU. Keeping it (as
-/// `MIMALLOC_PURGE_DELAY=-1` would) measured 14 % faster at 50M lines and ~10 % at 10M (three
-/// alternating pairs each) for ~30 % more peak RSS. A `MIMALLOC_PURGE_DELAY` in the environment
-/// still decides.
+/// mimalloc hands freed memory back to the kernel shortly after it is freed, and the next phase
+/// faults it in again, the kernel zeroing every page. Keeping it (as `MIMALLOC_PURGE_DELAY=-1`
+/// would) trades some peak RSS for that work (measured in docs/performance.md). A
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides.
 fn keep_freed_memory() {
     if !cfg!(feature = "memory-settings") {
         return;

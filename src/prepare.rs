@@ -11,7 +11,7 @@
 //! purchase day, purchases, revenue, purchase days, the first purchase day's revenue for the
 //! BTYD summary — plus the acquisition channel: the channel of the purchases at the earliest
 //! purchase time (the smallest channel name when several share that instant). A polars
-//! group-by + sort + join did the same in ~4× the time (measured at 10M lines).
+//! group-by + sort + join did the same several times slower.
 
 use std::sync::{Arc, Mutex};
 
@@ -207,8 +207,8 @@ fn rows_by_customer(ids: &[u32], customers: usize) -> (Vec<u32>, Vec<u32>) {
     for id in 0..customers {
         starts[id + 1] += starts[id];
     }
-    // Not initialised: the scatter below writes every slot once (a zeroing pass cost ~10 ms
-    // at 50M lines on one thread).
+    // Not initialised: the scatter below writes every slot once (a zeroing pass would run on
+    // one thread).
     let mut rows: Vec<u32> = Vec::with_capacity(ids.len());
     let parts = rayon::current_num_threads().max(1);
     let per_part = customers.div_ceil(parts).max(1);
@@ -311,7 +311,7 @@ fn compact<T: Copy>(column: &mut Vec<T>, starts: &[usize], counts: &[usize], map
 
 impl Walked {
     /// Columns with room for `periods` periods (one per order at most) and `customers` rows,
-    /// not initialised: zeroing it (~870 MB at 50M lines, on one thread) took ~50 ms.
+    /// not initialised: zeroing them would be a pass over the largest columns on one thread.
     fn with_room(periods: usize, customers: usize) -> Walked {
         Walked {
             period_key: Vec::with_capacity(periods),
@@ -470,8 +470,8 @@ fn walk(orders: DataFrame, customers: usize) -> Result<Walked> {
 /// Walk every customer in parallel chunks of `chunk` ids, each writing its days and its
 /// customers into its own part of columns allocated once (a period per order at most, a row
 /// per customer id), then move the parts together. Walking into each chunk's own growing
-/// columns and copying them into joined ones touched ~2× the memory: at 50M lines ~1 GB of
-/// fresh pages, each zeroed by the kernel.
+/// columns and copying them into joined ones touched twice the memory, in fresh pages each
+/// zeroed by the kernel.
 fn walk_in_chunks(mut orders: DataFrame, customers: usize, chunk: usize) -> Result<Walked> {
     use rayon::prelude::*;
     orders.rechunk_mut();
@@ -513,8 +513,7 @@ fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
 
 /// Build both shared tables from the orders of one source. The walk takes the orders and drops
 /// them as soon as it is done with them (their customer column once they are grouped): the
-/// customer facts are then built in their memory (at 50M lines 720 MB the kernel would
-/// otherwise hand out fresh).
+/// customer facts are then built in their memory instead of in fresh pages.
 pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     let SourceOrders {
         orders,
@@ -568,7 +567,7 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     // The facts in Rust, customers in parallel: the same values polars' expressions gave
     // (`micros_value` is `from_micros` bit for bit), without a pass per expression. Columns
     // the facts do not keep are overwritten in place by ones they do (fresh columns are pages
-    // the kernel zeroes: ~110 MB at 50M lines): purchase days become the frequency, the first
+    // the kernel zeroes): purchase days become the frequency, the first
     // day's revenue the monetary value, the purchase revenue the aov.
     use rayon::prelude::*;
     let as_of_day = i64::from(to_days(as_of));

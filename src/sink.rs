@@ -312,8 +312,8 @@ const WINDOW_CELLS: usize = 24;
 
 /// The compressed pages of columns that several tables of a run hold alike — the same buffer,
 /// not merely equal values: `customer_id` in every per-customer table, the facts' `revenue` as
-/// `historic_clv` and rfm's `monetary`, `aov` — each encoded and compressed once per run (at 50M
-/// lines ~300 of the ~1000 MB the per-customer tables hold). Only the columns of the frames it
+/// `historic_clv` and rfm's `monetary`, `aov` — each encoded and compressed once per run (about
+/// a third of the bytes the per-customer tables hold). Only the columns of the frames it
 /// is made for (`for_columns_of`: the shared tables, which live for the whole run) are kept;
 /// a cell is found by its column's buffer (address, bytes, validity), its rows, and its Parquet
 /// type and encoding without the name. The columns are held here as well, so no other buffer
@@ -435,7 +435,7 @@ impl SharedPages {
 /// (codes in order of first appearance, so the same pages), or none to leave the choice to
 /// polars (many distinct values). polars hashes every row's text for that; here a row is looked
 /// up by its view first, and the stages' text columns (segment, stage, channel, rfm_score) are
-/// gathered from a handful of names, so their views repeat: ~0.3 s of a 50M-line run's CPU.
+/// gathered from a handful of names, so their views repeat (a small lookup per row).
 fn text_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn polars_arrow::array::Array>> {
     use polars_arrow::array::{Array, MutableBinaryViewArray, PrimitiveArray, Utf8ViewArray};
     use polars_arrow::datatypes::ArrowDataType;
@@ -468,8 +468,7 @@ fn dictionary_array(
 /// `SAMPLE_ROWS`), as a dictionary array (values in order of first appearance), to be written
 /// with a dictionary as polars writes integers: polars writes every double plain. clv's ages
 /// and recencies in weeks (whole days over 7) are such columns: bit-packed keys instead of
-/// 8 bytes a row for zstd to shrink (~80 ms each at 50M lines). Other doubles stop at the
-/// sample.
+/// 8 bytes a row for zstd to shrink. Other doubles stop at the sample.
 fn float_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn polars_arrow::array::Array>> {
     use polars_arrow::array::{Array, PrimitiveArray};
     use polars_arrow::datatypes::ArrowDataType;
@@ -514,11 +513,9 @@ struct Zstd {
 }
 
 /// The tables' pages: level −1, as most of their bytes are doubles that zstd barely shrinks
-/// (CLV, probabilities, averages: 1.1–1.6×), where level −1 compresses 1.5–1.8× faster than
-/// level 1 for 2–8 % more bytes, and money columns (revenue) come out smaller. Pages under
-/// 1.25× in a sample are stored: at 50M lines the expected purchases, no-purchase
-/// probabilities, CLV (1.17× whole) and simple CLV (1.00×) columns and the bit-packed
-/// dictionary keys, ~0.25 s of CPU for 17 MB more (3.7 %).
+/// (CLV, probabilities, averages), where level −1 compresses much faster than level 1 for a
+/// few % more bytes. Pages under 1.25× in a sample are stored (expected purchases, no-purchase
+/// probabilities, CLV, bit-packed dictionary keys): compressing them buys almost nothing.
 const RUN_ZSTD: Zstd = Zstd {
     level: -1,
     store_below: Some(1.25),
@@ -621,8 +618,8 @@ fn compress_page(
 /// statistics, in polars' row groups, with the columns of a window of row groups encoded and
 /// compressed in parallel (`window_cells` cells at a time) while the window before is written.
 /// polars' own `ParquetWriter::finish` compresses pages lazily while it writes them, on one
-/// thread: ~1 s per 5M-row table at 50M lines. Holding every compressed page of a table until
-/// the end held the whole file (200 MB for `clv_customers` at 50M lines) in fresh memory.
+/// thread. Holding every compressed page of a table until the end would hold the whole file in
+/// fresh memory.
 fn write_parquet_in_windows<W: Write + Send>(
     file: W,
     frame: &mut DataFrame,
@@ -653,7 +650,7 @@ fn write_parquet_in_windows<W: Write + Send>(
     let mut writer = writer.batched(frame.schema())?;
     let arrow_schema = frame.schema().to_arrow(CompatLevel::newest());
     // polars asks for a dictionary on every number column, and for floats estimates the
-    // cardinality of each row group (~1 % of a run's CPU) before its cast to a dictionary fails
+    // cardinality of each row group before its cast to a dictionary fails
     // and the values are written plain: float columns are asked for plain at once.
     let encodings: Vec<Vec<polars_parquet::write::Encoding>> = get_encodings(&arrow_schema)
         .iter()

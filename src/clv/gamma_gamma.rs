@@ -29,8 +29,8 @@ pub struct Spend {
 
 impl Spend {
     /// The distinct (x, m) of the customers with x > 0 and m > 0, sorted, each weighted by its
-    /// customers: at 50M lines 3.0M repeat customers are 0.98M pairs, and each evaluation of
-    /// the likelihood costs a term per pair.
+    /// customers: repeat customers share far fewer pairs, and each evaluation of the
+    /// likelihood costs a term per pair.
     pub fn compress(x: &[u32], m: &[f64]) -> Spend {
         use rayon::prelude::*;
         let mut pairs: Vec<(u32, u64)> = (0..x.len())

@@ -346,7 +346,7 @@ impl Stage for ClvOptions {
         })
     }
 
-    /// The BG/NBD and Gamma-Gamma fits: the longest stage of a run (~1.5 s of 3 at 50M lines).
+    /// The BG/NBD and Gamma-Gamma fits: the longest stage of a run.
     fn is_long(&self) -> bool {
         true
     }

@@ -345,7 +345,7 @@ impl Values<'_> {
         // 0-based positions K − 1 of the order statistics, ascending.
         let positions: Vec<usize> = (2..=bins).map(|s| ((s - 1) * n).div_ceil(bins) - 1).collect();
         // (goodness, customer) for `ntile`, compared whole; goodness alone for `rank_min`, half
-        // the memory (the three dimensions are scored at once: ~110 MB at 50M lines).
+        // the memory (the three dimensions are scored at once).
         let bounds: Vec<(u64, u32)> = if options.method == Method::Ntile {
             let keyed: Vec<(u64, u32)> = (0..n)
                 .into_par_iter()
