@@ -599,38 +599,42 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
     if let Some(output_dir) = reader.get::<String>("output_dir", diagnostics) {
         settings.output_dir = resolve_path(dir, &output_dir);
     }
-    if let Some(fraction) = reader.get::<f64>("max_rejected_fraction", diagnostics) {
-        if (0.0..=1.0).contains(&fraction) {
-            settings.max_rejected_fraction = fraction;
-        } else {
-            diagnostics.error(
-                format!("key `max_rejected_fraction` of `[pipeline]` must be between 0 and 1, got {fraction}"),
-                reader.value_span("max_rejected_fraction"),
-            );
-        }
+    if let Some(fraction) = in_range(&reader, "max_rejected_fraction", 0.0..=1.0, diagnostics) {
+        settings.max_rejected_fraction = fraction;
     }
     settings.max_data_age_days = reader.get::<u32>("max_data_age_days", diagnostics);
-    if let Some(keep) = reader.get::<usize>("keep_runs", diagnostics) {
-        if (1..=10_000).contains(&keep) {
-            settings.keep_runs = keep;
-        } else {
-            diagnostics.error(
-                format!("key `keep_runs` of `[pipeline]` must be between 1 and 10000, got {keep}"),
-                reader.value_span("keep_runs"),
-            );
-        }
+    if let Some(keep) = in_range(&reader, "keep_runs", 1..=10_000, diagnostics) {
+        settings.keep_runs = keep;
     }
-    if let Some(seconds) = reader.get::<f64>("lock_wait_seconds", diagnostics) {
-        if (0.0..=86_400.0).contains(&seconds) {
-            settings.lock_wait_seconds = seconds;
-        } else {
-            diagnostics.error(
-                format!("key `lock_wait_seconds` of `[pipeline]` must be between 0 and 86400, got {seconds}"),
-                reader.value_span("lock_wait_seconds"),
-            );
-        }
+    if let Some(seconds) = in_range(&reader, "lock_wait_seconds", 0.0..=86_400.0, diagnostics) {
+        settings.lock_wait_seconds = seconds;
     }
     settings
+}
+
+/// Key `key` of `[pipeline]` when it lies in `range`; outside it, an error naming the range.
+fn in_range<T>(
+    reader: &TableReader,
+    key: &str,
+    range: std::ops::RangeInclusive<T>,
+    diagnostics: &mut Diagnostics,
+) -> Option<T>
+where
+    T: serde::de::DeserializeOwned + PartialOrd + std::fmt::Display,
+{
+    let value = reader.get::<T>(key, diagnostics)?;
+    if range.contains(&value) {
+        return Some(value);
+    }
+    diagnostics.error(
+        format!(
+            "key `{key}` of `[pipeline]` must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ),
+        reader.value_span(key),
+    );
+    None
 }
 
 /// An IANA zone name chrono-tz knows; the error carries a suggestion.
