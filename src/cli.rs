@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::AsOf;
+use crate::core::config::AsOf;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -19,7 +19,7 @@ use rand_distr::{Beta, Distribution, Exp, Gamma};
 use rayon::prelude::*;
 
 use crate::cli::GenerateArgs;
-use crate::period::to_days;
+use crate::core::period::to_days;
 
 const CUSTOMERS_PER_CHUNK: usize = 20_000;
 const CHANNELS: &[(&str, f64)] = &[("web", 0.5), ("app", 0.3), ("store", 0.15), ("marketplace", 0.05)];

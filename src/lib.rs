@@ -2,80 +2,19 @@
 //!
 //! Data flows one way: config → plan → source scan → shared tables → stages → sink.
 
-#[cfg(all(target_os = "linux", feature = "page-allocator"))]
-pub mod alloc;
-pub mod catalog;
 pub mod cli;
-pub mod clv;
-pub mod config;
+pub mod core;
 pub mod generate;
+pub mod io;
 pub mod logging;
-pub mod money;
-pub mod orders;
-pub mod period;
-pub mod plan;
-pub mod prepare;
 pub mod runner;
-pub mod sink;
-pub mod source;
-pub mod stages;
 pub mod telemetry;
+pub mod tuning;
+
+use crate::core::{catalog, config, plan};
+use crate::io::source;
 
 use anyhow::Result;
-
-/// A column that takes `values` over: `Column::new` copies a `Vec` (a second allocation of the
-/// whole column, and fresh pages for the kernel to zero).
-pub fn owned_column<T>(name: &str, values: Vec<T>) -> polars::prelude::Column
-where
-    polars::prelude::Series: polars::prelude::NamedFromOwned<Vec<T>>,
-{
-    use polars::prelude::{IntoColumn, NamedFromOwned, Series};
-    Series::from_vec(name.into(), values).into_column()
-}
-
-/// The distinct texts of `arrays` (the chunks of one column) in order of first appearance, and
-/// each row's position among them (`u32::MAX` for null); none past `most` distinct texts. A row
-/// is looked up by its view first: equal views hold equal text (within an array, whose buffers
-/// a view names), and the text columns the stages build are gathered from a handful of names,
-/// so their views repeat — a small hash lookup per row instead of hashing its text.
-pub fn text_codes<'a>(
-    arrays: impl IntoIterator<Item = &'a polars_arrow::array::Utf8ViewArray>,
-    most: usize,
-) -> Option<(Vec<&'a str>, Vec<u32>)> {
-    use polars_arrow::array::Array;
-    type Map<K> = hashbrown::HashMap<K, u32, foldhash::fast::FixedState>;
-    let mut texts: Map<&str> = Map::default();
-    let mut distinct = Vec::new();
-    let mut codes = Vec::new();
-    for array in arrays {
-        let mut views: Map<u128> = Map::default();
-        codes.reserve(array.len());
-        for (row, view) in array.views().iter().enumerate() {
-            if array.is_null(row) {
-                codes.push(u32::MAX);
-                continue;
-            }
-            let code = match views.get(&view.as_u128()) {
-                Some(&code) => code,
-                None => {
-                    // SAFETY: `row` is within the array.
-                    let text = unsafe { array.value_unchecked(row) };
-                    let code = *texts.entry(text).or_insert_with(|| {
-                        distinct.push(text);
-                        (distinct.len() - 1) as u32
-                    });
-                    if distinct.len() > most {
-                        return None;
-                    }
-                    views.insert(view.as_u128(), code);
-                    code
-                }
-            };
-            codes.push(code);
-        }
-    }
-    Some((distinct, codes))
-}
 
 /// Errors that exit with code 2: the command or config is wrong, no data was touched.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 // Blocks of 256 KiB and more come from pages the process keeps (see `alloc.rs`).
 #[cfg(all(target_os = "linux", feature = "page-allocator"))]
 #[global_allocator]
-static GLOBAL: pipeline::alloc::Allocator = pipeline::alloc::Allocator;
+static GLOBAL: pipeline::tuning::alloc::Allocator = pipeline::tuning::alloc::Allocator;
 #[cfg(not(all(target_os = "linux", feature = "page-allocator")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -58,7 +58,7 @@ pub fn memory() -> String {
 /// Bytes the page-keeping allocator holds free (0 without it).
 fn free_list_bytes() -> usize {
     #[cfg(all(target_os = "linux", feature = "page-allocator"))]
-    return crate::alloc::free_bytes();
+    return crate::tuning::alloc::free_bytes();
     #[cfg(not(all(target_os = "linux", feature = "page-allocator")))]
     0
 }

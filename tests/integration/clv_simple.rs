@@ -129,26 +129,3 @@ fn segment_summary_by_first_purchase_month() {
     let text = stderr(&pipeline(&["run", config.to_str().unwrap()]));
     assert!(text.contains("`cohort`"), "{text}");
 }
-
-#[test]
-fn lifecycle_and_clv_simple_share_one_walk() {
-    let workspace = Workspace::with_lines(&extended());
-    let stages = "[stages.lifecycle]\nkind = \"lifecycle\"\ninput = \"orders\"\n\n[stages.clv]\nkind = \"clv_simple\"\ninput = \"orders\"\n";
-    let config = workspace.config("", stages);
-    for mode in [None, Some("--sequential")] {
-        let mut args = vec!["run", config.to_str().unwrap(), "--log", "debug"];
-        args.extend(mode);
-        let output = pipeline(&args);
-        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-        let text = stderr(&output);
-        assert_eq!(
-            text.matches("customers walked (lifecycle walk").count(),
-            1,
-            "{mode:?}: {text}"
-        );
-    }
-    // Other thresholds: another walk.
-    let config = workspace.config("", &format!("{stages}active_days = 30\n"));
-    let text = stderr(&pipeline(&["run", config.to_str().unwrap(), "--log", "debug"]));
-    assert_eq!(text.matches("customers walked (lifecycle walk").count(), 2, "{text}");
-}

@@ -4,110 +4,20 @@
 //! fails; nothing here reads data. DAG checks live in `plan.rs`, which calls `load` and adds its
 //! own diagnostics to the same list.
 
-pub mod diagnostic;
-pub mod reader;
-
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use chrono::NaiveDate;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml_edit::{ImDocument, Item, TableLike};
 
-pub use diagnostic::{Diagnostic, Diagnostics};
-use reader::{backticked, item_span, TableReader};
+pub use crate::core::diagnostic::{Diagnostic, Diagnostics};
+use crate::core::options::{backticked, item_span, TableReader};
 
-use crate::stages::{self, Stage};
-
-/// When the analysis is "as of".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AsOf {
-    Date(NaiveDate),
-    Today,
-    Yesterday,
-    /// The local date of the latest order in the input (the default).
-    LastOrder,
-}
-
-impl FromStr for AsOf {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "today" => Ok(AsOf::Today),
-            "yesterday" => Ok(AsOf::Yesterday),
-            "last_order" => Ok(AsOf::LastOrder),
-            _ => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .map(AsOf::Date)
-                .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD), `today`, `yesterday` or `last_order`")),
-        }
-    }
-}
-
-/// A date option that may follow as_of: a date (`"2024-06-30"`), or a distance before as_of
-/// (`"as_of - 26w"`: a count of days `d`, weeks `w`, calendar months `m` or years `y`), so
-/// rolling nightly runs and `--as-of` backfills keep the same window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelativeDate {
-    Fixed(NaiveDate),
-    BeforeAsOf { count: u32, unit: char },
-}
-
-impl RelativeDate {
-    /// The date for a run as of `as_of`.
-    pub fn resolve(self, as_of: NaiveDate) -> NaiveDate {
-        match self {
-            RelativeDate::Fixed(date) => date,
-            RelativeDate::BeforeAsOf { count, unit } => match unit {
-                'd' => as_of - chrono::Duration::days(i64::from(count)),
-                'w' => as_of - chrono::Duration::weeks(i64::from(count)),
-                'm' => as_of - chrono::Months::new(count),
-                _ => as_of - chrono::Months::new(count * 12),
-            },
-        }
-    }
-}
-
-impl std::str::FromStr for RelativeDate {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let squeezed: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        if let Some(distance) = squeezed.strip_prefix("as_of-") {
-            let unit = distance.chars().last().unwrap_or(' ');
-            let count = distance[..distance.len().saturating_sub(1)].parse::<u32>().ok();
-            return match (count, unit) {
-                (Some(count), 'd' | 'w' | 'm' | 'y') if count > 0 && count <= 100_000 => {
-                    Ok(RelativeDate::BeforeAsOf { count, unit })
-                }
-                _ => Err(format!(
-                    "`{text}` is not a distance before as_of: write e.g. `as_of - 182d`, `as_of - 26w`, `as_of - 6m` or `as_of - 1y`"
-                )),
-            };
-        }
-        NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map(RelativeDate::Fixed)
-            .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD) or a distance before as_of (`as_of - 26w`)"))
-    }
-}
-
-impl<'de> Deserialize<'de> for RelativeDate {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for RelativeDate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RelativeDate::Fixed(date) => write!(f, "{date}"),
-            RelativeDate::BeforeAsOf { count, unit } => write!(f, "as_of - {count}{unit}"),
-        }
-    }
-}
+pub use crate::core::as_of::{AsOf, RelativeDate};
+use crate::core::stages::{self, Stage};
 
 /// `[pipeline]`.
 #[derive(Debug, Clone)]
@@ -400,8 +310,8 @@ mod tests {
                 ),
             ));
         }
-        for kind in crate::stages::KINDS {
-            let input = if kind.input == crate::stages::InputKind::Source {
+        for kind in crate::core::stages::KINDS {
+            let input = if kind.input == crate::core::stages::InputKind::Source {
                 "\"orders\""
             } else {
                 "[\"f\"]"
@@ -416,7 +326,7 @@ mod tests {
         for (key, text) in cases {
             let path = dir.join("c.toml");
             std::fs::write(&path, &text).unwrap();
-            let diagnostics = crate::plan::load_plan(&path).expect_err(&text);
+            let (_, diagnostics) = load(&path);
             let rendered = diagnostics.to_string();
             assert!(
                 rendered.contains(&format!("has no key `{}`", misspell(&key)))
@@ -440,7 +350,7 @@ mod tests {
         assert_eq!("last_order".parse::<AsOf>(), Ok(AsOf::LastOrder));
         assert_eq!(
             "2024-02-29".parse::<AsOf>(),
-            Ok(AsOf::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()))
+            Ok(AsOf::Date(chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()))
         );
         assert!("2023-02-29".parse::<AsOf>().unwrap_err().contains("is not a date"));
     }
@@ -642,7 +552,7 @@ pub fn validate_timezone(zone: &str) -> Result<(), Option<String>> {
     match chrono_tz::Tz::from_str(zone) {
         Ok(_) => Ok(()),
         Err(_) => Err(
-            diagnostic::suggest(zone, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()))
+            crate::core::diagnostic::suggest(zone, chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()))
                 .or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into())),
         ),
     }
@@ -704,7 +614,8 @@ fn parse_source(
                     reader.value_span("format"),
                 )
                 .with_help(
-                    diagnostic::suggest(other, ["parquet", "csv"]).or_else(|| Some("use `parquet` or `csv`".into())),
+                    crate::core::diagnostic::suggest(other, ["parquet", "csv"])
+                        .or_else(|| Some("use `parquet` or `csv`".into())),
                 ),
             );
             None
@@ -776,7 +687,7 @@ fn parse_stage(
                 reader.value_span("kind"),
             )
             .with_help(
-                diagnostic::suggest(&kind_name, names.iter().copied())
+                crate::core::diagnostic::suggest(&kind_name, names.iter().copied())
                     .or_else(|| Some(format!("known kinds: {}", backticked(&names)))),
             ),
         );

@@ -14,9 +14,10 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::clv::{bgnbd, gamma_gamma};
-use crate::config::{reader::TableReader, Diagnostics};
-use crate::period::to_days;
+use crate::core::clv::{bgnbd, gamma_gamma};
+use crate::core::diagnostic::Diagnostics;
+use crate::core::options::TableReader;
+use crate::core::period::to_days;
 
 const DAYS_PER_MONTH: f64 = 365.25 / 12.0;
 
@@ -122,7 +123,7 @@ pub struct ClvOptions {
     pub penalizer: f64,
     /// Fit on purchases up to this date and validate on the rest: a date, or a distance before
     /// as_of (`"as_of - 26w"`).
-    pub calibration_end: Option<crate::config::RelativeDate>,
+    pub calibration_end: Option<crate::core::as_of::RelativeDate>,
     /// The same as `calibration_end = "as_of - Nd"`: the last N days are the holdout.
     pub holdout_days: Option<u32>,
     /// `error` (default): a degenerate model fails the run; `warn`: it is published with warnings.
@@ -291,7 +292,7 @@ struct Summary<'a> {
 
 /// The facts' BTYD columns, read in place (they are Int64 and Float64 without nulls).
 fn summary(facts: &DataFrame) -> Result<Summary<'_>> {
-    use crate::prepare::values;
+    use crate::core::prepare::values;
     let narrow = |name: &str| -> Result<Vec<u32>> {
         Ok(values::<Int64Type>(facts, name)?
             .par_iter()
@@ -324,10 +325,10 @@ fn bgnbd_rows(rows: &mut ModelRows, fit: &bgnbd::Fit, customers: f64) {
 
 impl ClvOptions {
     /// The end of the calibration period, when the stage validates against a holdout.
-    pub fn calibration(&self) -> Option<crate::config::RelativeDate> {
+    pub fn calibration(&self) -> Option<crate::core::as_of::RelativeDate> {
         self.calibration_end.or(self
             .holdout_days
-            .map(|days| crate::config::RelativeDate::BeforeAsOf { count: days, unit: 'd' }))
+            .map(|days| crate::core::as_of::RelativeDate::BeforeAsOf { count: days, unit: 'd' }))
     }
 }
 
@@ -344,11 +345,6 @@ impl Stage for ClvOptions {
                 "`calibration_end` {end} is not before as_of {as_of}: the holdout would be empty; use an earlier date or a distance such as `\"as_of - 26w\"`"
             )
         })
-    }
-
-    /// The BG/NBD and Gamma-Gamma fits: the longest stage of a run.
-    fn is_long(&self) -> bool {
-        true
     }
 
     fn tables(&self) -> Vec<&'static str> {
@@ -636,7 +632,7 @@ impl ClvOptions {
         pattern_of: &[u32],
         spend_params: Option<gamma_gamma::Params>,
         mut rows: ModelRows,
-        shared: &crate::prepare::SharedTables,
+        shared: &crate::core::prepare::SharedTables,
         problems: &mut Vec<String>,
     ) -> Result<Vec<DataFrame>> {
         let n = data.x.len();
@@ -698,8 +694,8 @@ impl ClvOptions {
             facts.column("customer_id")?.clone(),
             facts.column("frequency")?.clone(),
             // The unit is in the name: customer_facts has t_x and T in days.
-            crate::owned_column(&format!("t_x_{}s", self.time_unit.name()), in_unit(&data.t_x_days)),
-            crate::owned_column(&format!("T_{}s", self.time_unit.name()), in_unit(&data.t_days)),
+            crate::core::columns::owned_column(&format!("t_x_{}s", self.time_unit.name()), in_unit(&data.t_x_days)),
+            crate::core::columns::owned_column(&format!("T_{}s", self.time_unit.name()), in_unit(&data.t_days)),
             facts.column("monetary_value")?.clone(),
             nan_as_null("p_alive", p_alive),
             nan_as_null("expected_purchases", expected),
@@ -724,7 +720,7 @@ fn nan_as_null(name: &str, values: Vec<f64>) -> Column {
         let values: Vec<Option<f64>> = values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
         Column::new(name.into(), values)
     } else {
-        crate::owned_column(name, values)
+        crate::core::columns::owned_column(name, values)
     }
 }
 
@@ -734,7 +730,7 @@ fn finite(value: f64) -> Option<f64> {
 
 /// Fit on purchase days up to `end`, predict repeat purchases in (end, as_of], compare.
 fn validate(
-    shared: &crate::prepare::SharedTables,
+    shared: &crate::core::prepare::SharedTables,
     end: NaiveDate,
     options: &ClvOptions,
     rows: &mut ModelRows,

@@ -9,8 +9,8 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::period::{to_days, Granularity, PeriodIndex};
-use crate::prepare::{self, SharedTables};
+use crate::core::period::{to_days, Granularity, PeriodIndex};
+use crate::core::prepare::{self, SharedTables};
 
 /// Options of `kind = "cohort_retention"`.
 #[derive(Debug, Default, Deserialize)]
@@ -39,13 +39,13 @@ pub static KIND: Kind = Kind {
             if !DIMENSIONS.contains(&dimension.as_str()) {
                 ok = false;
                 diagnostics.push(
-                    crate::config::Diagnostic::new(
+                    crate::core::diagnostic::Diagnostic::new(
                         format!("{}: unknown dimension `{dimension}`", reader.context),
                         reader.value_span("dimensions"),
                     )
                     .with_help(
-                        crate::config::diagnostic::suggest(dimension, DIMENSIONS.iter().copied())
-                            .or_else(|| Some(format!("available: {}", crate::config::reader::backticked(DIMENSIONS)))),
+                        crate::core::diagnostic::suggest(dimension, DIMENSIONS.iter().copied())
+                            .or_else(|| Some(format!("available: {}", crate::core::options::backticked(DIMENSIONS)))),
                     ),
                 );
             }
@@ -258,7 +258,7 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
     ]);
     let table = DataFrame::new_infer_height(columns)?
         .lazy()
-        .with_column(crate::money::from_micros(col("revenue_micros")).alias("revenue"))
+        .with_column(crate::core::money::from_micros(col("revenue_micros")).alias("revenue"))
         .with_columns([
             (col("active_customers").cast(DataType::Float64) / customers_f()).alias("retention"),
             (col("unbounded_active").cast(DataType::Float64) / customers_f()).alias("unbounded_retention"),

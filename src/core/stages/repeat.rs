@@ -10,9 +10,10 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::config::{reader::TableReader, Diagnostics};
-use crate::period::{to_days, Granularity, PeriodIndex};
-use crate::prepare::{customer_rows, day_values, values, SharedTables};
+use crate::core::diagnostic::Diagnostics;
+use crate::core::options::TableReader;
+use crate::core::period::{to_days, Granularity, PeriodIndex};
+use crate::core::prepare::{customer_rows, day_values, values, SharedTables};
 
 /// Options of `kind = "repeat"`.
 #[derive(Debug, Clone, Deserialize)]

@@ -17,8 +17,9 @@ use std::fmt::Debug;
 
 use polars::prelude::DataFrame;
 
-use crate::config::{reader::TableReader, Diagnostics};
-use crate::prepare::SharedTables;
+use crate::core::diagnostic::Diagnostics;
+use crate::core::options::TableReader;
+use crate::core::prepare::SharedTables;
 
 /// What a kind reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,30 +87,11 @@ pub trait Stage: Send + Sync + Debug {
     /// Output tables in the order of `tables()` (by default `Kind::tables`).
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
 
-    /// Keys of work this stage shares with others through the shared tables' memo (see
-    /// `prepare::Memo`); the runner computes a key that several stages of a level share once,
-    /// before the level starts, with `warm`.
-    fn memo_keys(&self) -> Vec<String> {
-        Vec::new()
-    }
-
-    /// Compute this stage's shared work into the memo.
-    fn warm(&self, _shared: &SharedTables) -> anyhow::Result<()> {
-        Ok(())
-    }
-
     /// Whether this stage reads customer_periods (`SharedTables::customer_periods`). The
     /// runner starts the stages that do first and releases the periods when the last is done;
     /// a kind that says no and reads them anyway fails with an error naming this method.
     fn reads_customer_periods(&self) -> bool {
         true
-    }
-
-    /// Whether this stage usually takes much longer than the others (a model fit): the runner
-    /// starts it before the other stages of its level, so the short ones fill the other
-    /// workers while it runs instead of it running alone at the end.
-    fn is_long(&self) -> bool {
-        false
     }
 
     /// A problem with this stage's options for a run as of `as_of` (a date option not before

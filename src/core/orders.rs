@@ -760,7 +760,7 @@ impl<'a> Amounts<'a> {
     #[inline]
     fn micros(self, row: usize) -> i64 {
         match self {
-            Amounts::Units(units) => crate::money::micros_of(units[row]),
+            Amounts::Units(units) => crate::core::money::micros_of(units[row]),
             Amounts::Micros(micros) => micros[row],
         }
     }
@@ -804,7 +804,7 @@ fn line_reasons(batch: &DataFrame, first_after_as_of: Option<i64>, reasons: &mut
             (-9.0e12..=9.0e12).contains(&units[row]) // NaN is in no range
         }),
         Amounts::Micros(micros) => reasons_with(batch, first_after_as_of, reasons, |row| {
-            micros[row] != crate::money::INVALID_MICROS
+            micros[row] != crate::core::money::INVALID_MICROS
         }),
     }
 }
@@ -922,7 +922,7 @@ impl OrderFold {
         use rayon::prelude::*;
         let started = std::time::Instant::now();
         batch.rechunk_mut();
-        if let Some(micros) = crate::money::micros_column(batch.column("amount")?)? {
+        if let Some(micros) = crate::core::money::micros_column(batch.column("amount")?)? {
             batch.with_column(micros)?;
         }
         let (mut reasons, mut runs) = (std::mem::take(&mut self.reasons), std::mem::take(&mut self.runs));
@@ -1009,14 +1009,11 @@ impl OrderFold {
         let clock = std::time::Instant::now();
         let mut customers = Vec::new();
         /// The parts one after another: the first moved, the others appended to it, into the
-        /// room the first shard reserved for them, with freed pages moved under that room first
-        /// (the scan's freed batches, which the kernel then need not fault in afresh).
+        /// room the first shard reserved for them.
         fn joined<T>(parts: Vec<Vec<T>>) -> Vec<T> {
             let mut parts = parts.into_iter();
             let mut all = parts.next().unwrap_or_default();
             for mut more in parts {
-                #[cfg(all(target_os = "linux", feature = "page-allocator"))]
-                crate::alloc::reuse_free_pages_for(&mut all, more.len());
                 all.append(&mut more);
             }
             all
@@ -1079,14 +1076,14 @@ impl OrderFold {
         let (customer_ids, ids) = number_customers(customers, customer_dtype)?;
         tracing::debug!("customers numbered in {:.3} s", clock.elapsed().as_secs_f64());
         let mut columns = vec![
-            crate::owned_column("id", ids),
-            crate::owned_column("ordered_ts", ordered_ts),
-            crate::owned_column("revenue", revenue),
-            crate::owned_column("lines", lines),
+            crate::core::columns::owned_column("id", ids),
+            crate::core::columns::owned_column("ordered_ts", ordered_ts),
+            crate::core::columns::owned_column("revenue", revenue),
+            crate::core::columns::owned_column("lines", lines),
             Column::new("several_customers".into(), several_customers),
         ];
         if has_channel {
-            columns.push(crate::owned_column("channel", codes));
+            columns.push(crate::core::columns::owned_column("channel", codes));
         }
         Ok(FoldedOrders {
             orders: DataFrame::new_infer_height(columns)?,

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::{self, diagnostic::suggest, Config, Diagnostic, Diagnostics};
-use crate::stages::InputKind;
+use crate::core::config::{self, Config};
+use crate::core::diagnostic::{suggest, Diagnostic, Diagnostics};
+use crate::core::stages::InputKind;
 
 /// What one stage reads, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
         }
     };
     check_customer_columns(&config, &inputs, &mut diagnostics);
-    if let crate::config::AsOf::Date(as_of) = config.pipeline.as_of {
+    if let crate::core::config::AsOf::Date(as_of) = config.pipeline.as_of {
         for stage in &config.stages {
             if let Some(problem) = stage.stage.as_ref().and_then(|options| options.check_as_of(as_of)) {
                 diagnostics.error(format!("stage `{}`: {problem}", stage.name), stage.span.clone());
@@ -76,7 +77,7 @@ fn check_customer_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &
                 if let Some(table) = kind.customer_table {
                     let suffix = kind.tables[table];
                     available.extend(
-                        crate::catalog::columns(kind.name, suffix)
+                        crate::core::catalog::columns(kind.name, suffix)
                             .iter()
                             .map(|c| c.name)
                             .filter(|n| !n.contains('<')),
@@ -86,7 +87,7 @@ fn check_customer_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &
         }
         for column in &wanted {
             if !available.contains(&column.as_str()) {
-                let mut diagnostic = crate::config::diagnostic::Diagnostic::new(
+                let mut diagnostic = crate::core::diagnostic::Diagnostic::new(
                     format!(
                         "stage `{}`: column `{column}` is in no per-customer table of its inputs",
                         stage.name
@@ -94,7 +95,7 @@ fn check_customer_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &
                     stage.span.clone(),
                 );
                 diagnostic = diagnostic.with_help(Some(
-                    crate::config::diagnostic::suggest(column, available.iter().copied()).unwrap_or_else(|| {
+                    crate::core::diagnostic::suggest(column, available.iter().copied()).unwrap_or_else(|| {
                         format!(
                             "available: {}; add the stage that makes it to `input`",
                             available
@@ -267,7 +268,7 @@ impl Plan {
                 None => {
                     let known: Vec<&str> = self.config.stages.iter().map(|s| s.name.as_str()).collect();
                     let help = suggest(name, known.iter().copied())
-                        .unwrap_or_else(|| format!("stages: {}", config::reader::backticked(&known)));
+                        .unwrap_or_else(|| format!("stages: {}", crate::core::options::backticked(&known)));
                     return Err(format!(
                         "--select: no stage named `{name}` in the config\n  = help: {help}"
                     ));

@@ -12,9 +12,10 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::config::{reader::TableReader, Diagnostic, Diagnostics};
-use crate::money::from_micros;
-use crate::prepare::{day_values, values};
+use crate::core::diagnostic::{Diagnostic, Diagnostics};
+use crate::core::money::from_micros;
+use crate::core::options::TableReader;
+use crate::core::prepare::{day_values, values};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -397,7 +398,7 @@ pub fn rfm(
     rules: &[SegmentRule],
 ) -> Result<Vec<DataFrame>> {
     use rayon::prelude::*;
-    let as_of_days = i64::from(crate::period::to_days(as_of));
+    let as_of_days = i64::from(crate::core::period::to_days(as_of));
     let recency: Vec<i64> = day_values(facts, "last_purchase_date")?
         .par_iter()
         .map(|&day| as_of_days - i64::from(day))
@@ -520,12 +521,12 @@ pub fn rfm(
     // own columns).
     let customers = DataFrame::new_infer_height(vec![
         facts.column("customer_id")?.clone(),
-        crate::owned_column("recency_days", recency),
+        crate::core::columns::owned_column("recency_days", recency),
         facts.column("orders")?.clone().with_name("frequency".into()),
         facts.column(monetary_column)?.clone().with_name("monetary".into()),
-        crate::owned_column("r_score", r_score),
-        crate::owned_column("f_score", f_score),
-        crate::owned_column("m_score", m_score),
+        crate::core::columns::owned_column("r_score", r_score),
+        crate::core::columns::owned_column("f_score", f_score),
+        crate::core::columns::owned_column("m_score", m_score),
         Series::new("rfm_score".into(), score_of_cell)
             .take(&cells)?
             .into_column(),

@@ -10,8 +10,9 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::config::{reader::TableReader, Diagnostics};
-use crate::money::from_micros;
+use crate::core::diagnostic::Diagnostics;
+use crate::core::money::from_micros;
+use crate::core::options::TableReader;
 
 /// Options of `kind = "segment_summary"`.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -207,8 +208,8 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
             }
         }
     }
-    columns.push(crate::owned_column("customers", customers));
-    columns.push(crate::owned_column("revenue_micros", revenue));
+    columns.push(crate::core::columns::owned_column("customers", customers));
+    columns.push(crate::core::columns::owned_column("revenue_micros", revenue));
     let aggregated: Vec<MeansAndMedians> = metrics
         .par_iter()
         .map(|metric| -> Result<_> {
@@ -282,8 +283,8 @@ impl Groups {
 fn key_codes(column: &Column) -> Result<(Vec<u32>, u32)> {
     let (mut codes, distinct) = match column.dtype() {
         DataType::String => {
-            let (texts, codes) =
-                crate::text_codes(column.str()?.downcast_iter(), usize::MAX).expect("no limit on distinct texts");
+            let (texts, codes) = crate::core::columns::text_codes(column.str()?.downcast_iter(), usize::MAX)
+                .expect("no limit on distinct texts");
             (codes, texts.len() as u32)
         }
         dtype if dtype.to_physical().is_primitive_numeric() || dtype.is_bool() => {

@@ -62,33 +62,6 @@ fn lock_list(free: &Mutex<FreeRanges>) -> std::sync::MutexGuard<'_, FreeRanges> 
     free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Move kept free pages under the spare capacity of `vec` that its next `additional` elements
-/// will fill, where a free range can cover it. Room reserved long before it is written (the
-/// first fold shard's room for every shard's orders) is pages nothing has touched: writing them
-/// faults in fresh pages, zeroed by the kernel, while freed pages wait on the list. Pages moved
-/// there hold old bytes, which the spare capacity may. Does nothing for a block that is not big
-/// (it is mimalloc's) or when the list is empty (as when another global allocator is in use:
-/// only this allocator's `dealloc` fills the list).
-pub fn reuse_free_pages_for<T>(vec: &mut Vec<T>, additional: usize) {
-    let size = std::mem::size_of::<T>();
-    if !is_big(vec.capacity() * size, std::mem::align_of::<T>()) {
-        return;
-    }
-    let spare = vec.spare_capacity_mut();
-    let (first, len) = whole_pages(spare.as_mut_ptr() as usize, additional.min(spare.len()) * size);
-    if len > 0 {
-        // These pages lie inside the Vec's big block (mapped here, page-aligned) and in its
-        // spare capacity, which nothing reads before writing: replacing them is sound.
-        fill_from_free(&FREE, first, len);
-    }
-}
-
-/// The whole pages within `bytes` bytes from `start`: (first page's address, their length).
-fn whole_pages(start: usize, bytes: usize) -> (usize, usize) {
-    let (first, end) = (start.next_multiple_of(PAGE), (start + bytes) / PAGE * PAGE);
-    (first, end.saturating_sub(first))
-}
-
 /// Bytes on the free list (kept pages no block uses), for the debug log.
 pub fn free_bytes() -> usize {
     let free = lock();
@@ -449,21 +422,6 @@ mod tests {
         assert!(pages == [1, 1, 2, 2, 0] || pages == [2, 2, 1, 1, 0], "{pages:?}");
         // SAFETY: the target mapping is this test's; the moved ranges' old addresses are gone.
         unsafe { libc::munmap(target as *mut libc::c_void, 5 * PAGE) };
-    }
-
-    #[test]
-    fn spare_capacity_is_refilled_only_in_its_whole_pages() {
-        assert_eq!(whole_pages(PAGE + 10, 3 * PAGE), (2 * PAGE, 2 * PAGE));
-        assert_eq!(whole_pages(0, 5 * PAGE), (0, 5 * PAGE));
-        assert_eq!(whole_pages(PAGE, PAGE - 1), (PAGE, 0));
-        assert_eq!(whole_pages(PAGE + 1, 10), (2 * PAGE, 0));
-        // Without this allocator as the global one (unit tests), the list stays empty: a Vec's
-        // spare room is left alone and its contents kept.
-        let mut vec: Vec<u64> = Vec::with_capacity(BIG);
-        vec.extend(0..1000);
-        reuse_free_pages_for(&mut vec, BIG - 1000);
-        vec.extend(1000..BIG as u64);
-        assert!(vec.iter().enumerate().all(|(i, &v)| v == i as u64));
     }
 
     /// Fill a block with a pattern that differs from byte to byte and page to page.

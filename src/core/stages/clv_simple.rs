@@ -9,10 +9,11 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::lifecycle::{walk, walk_key, LifecycleOptions};
+use super::lifecycle::{walk, LifecycleOptions};
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::config::{reader::TableReader, Diagnostics};
-use crate::period::Granularity;
+use crate::core::diagnostic::Diagnostics;
+use crate::core::options::TableReader;
+use crate::core::period::Granularity;
 
 /// Options of `kind = "clv_simple"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -108,17 +109,6 @@ pub fn annual_churn(monthly_crr: &[f64]) -> Option<f64> {
 }
 
 impl Stage for ClvSimpleOptions {
-    fn memo_keys(&self) -> Vec<String> {
-        match self.lifespan_years {
-            Some(_) => Vec::new(),
-            None => vec![walk_key(&self.lifecycle_options())],
-        }
-    }
-
-    fn warm(&self, shared: &crate::prepare::SharedTables) -> Result<()> {
-        walk(shared, &self.lifecycle_options()).map(drop)
-    }
-
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
         let lifespan = match self.lifespan_years {

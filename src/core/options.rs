@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use toml_edit::de::ValueDeserializer;
 use toml_edit::{Item, TableLike, Value};
 
-use super::diagnostic::{suggest, Diagnostic, Diagnostics};
+use crate::core::diagnostic::{suggest, Diagnostic, Diagnostics};
 
 /// A view of one table of the config with a human name for messages (e.g. "stage `rfm`").
 pub struct TableReader<'a> {

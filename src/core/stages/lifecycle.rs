@@ -14,9 +14,10 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::{InputKind, Kind, Stage, StageInputs};
-use crate::config::{reader::TableReader, Diagnostic, Diagnostics};
-use crate::period::{from_days, to_days, Granularity};
-use crate::prepare::{customer_rows, day_values, values, SharedTables};
+use crate::core::diagnostic::{Diagnostic, Diagnostics};
+use crate::core::options::TableReader;
+use crate::core::period::{from_days, to_days, Granularity};
+use crate::core::prepare::{customer_rows, day_values, values, SharedTables};
 
 /// Options of `kind = "lifecycle"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,14 +95,6 @@ pub fn report(reader: &TableReader, errors: Vec<(&'static str, String)>, diagnos
 }
 
 impl Stage for LifecycleOptions {
-    fn memo_keys(&self) -> Vec<String> {
-        vec![walk_key(self)]
-    }
-
-    fn warm(&self, shared: &SharedTables) -> Result<()> {
-        walk(shared, self).map(drop)
-    }
-
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
         let result = lifecycle(shared, self)?;
@@ -239,25 +232,9 @@ impl Walked {
     }
 }
 
-/// The walk for these options, shared by the stages that need it (`lifecycle`, `clv_simple`)
-/// when one runs after the other.
-pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<std::sync::Arc<Walked>> {
-    shared
-        .memo
-        .get_or_compute(&walk_key(options), || walk_all(shared, options))
-}
-
-/// The memo key of the walk for these options.
-pub fn walk_key(options: &LifecycleOptions) -> String {
-    format!(
-        "lifecycle walk {:?} {} {}",
-        options.granularity, options.active_days, options.churn_days
-    )
-}
-
 /// Walk every customer's purchase days (customer_periods rows with a purchase), customers in
 /// parallel chunks of fixed size.
-fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
+pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
     let periods = &shared.customer_periods()?;
     let keys = values::<UInt32Type>(periods, "customer_key")?;
     let dates = day_values(periods, "date")?;
@@ -303,7 +280,12 @@ fn walk_all(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
         stages.extend_from_slice(chunk_stages);
     }
     settle(&mut tallies);
-    tracing::debug!("lifecycle: {customers} customers walked ({})", walk_key(options));
+    tracing::debug!(
+        "lifecycle: {customers} customers walked ({:?}, active {} d, churn {} d)",
+        options.granularity,
+        options.active_days,
+        options.churn_days
+    );
     Ok(Walked {
         windows,
         tallies,
@@ -319,7 +301,7 @@ pub fn lifecycle(shared: &SharedTables, options: &LifecycleOptions) -> Result<Li
         windows,
         tallies,
         stages,
-    } = &*walked;
+    } = &walked;
     let count = |f: &dyn Fn(&Tally) -> u64| tallies.iter().map(|t| f(t) as i64).collect::<Vec<i64>>();
     let mut columns = vec![
         Column::new("snapshot_date".into(), windows.iter().map(|w| w.1).collect::<Vec<_>>()).cast(&DataType::Date)?,

@@ -13,17 +13,15 @@
 //! purchase time (the smallest channel name when several share that instant). A polars
 //! group-by + sort + join did the same several times slower.
 
-use std::sync::{Arc, Mutex};
-
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use polars::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::money::micros_value;
-use crate::orders::NO_CHANNEL;
-use crate::period::to_days;
-use crate::source::SourceOrders;
+use crate::core::input::SourceOrders;
+use crate::core::money::micros_value;
+use crate::core::orders::NO_CHANNEL;
+use crate::core::period::to_days;
 
 /// The shared tables of one source for one run.
 #[derive(Debug, Clone)]
@@ -40,9 +38,6 @@ pub struct SharedTables {
     /// customer's position among them, in customer_key order: cohorts split by channel.
     pub acquisition: (Series, Vec<u32>),
     pub as_of: NaiveDate,
-    /// Results several stages derive alike from these tables (e.g. the lifecycle walk of
-    /// `lifecycle` and `clv_simple`), computed by the first to ask.
-    pub memo: Memo,
 }
 
 impl SharedTables {
@@ -65,58 +60,6 @@ impl SharedTables {
     fn periods_slot(&self) -> std::sync::MutexGuard<'_, Option<DataFrame>> {
         // Only a clone or a take happens under the lock: a poisoned lock still holds the frame.
         self.periods.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Values computed once per key and shared between stages: a stage asking for a key another
-/// stage has computed takes its value. Nothing waits: stages run on the rayon pool, where a
-/// thread blocked on another stage's computation could be the thread that computation needs, so
-/// two stages asking at the same moment both compute it (the first stored is kept).
-#[derive(Clone, Default)]
-pub struct Memo {
-    entries: Arc<Mutex<Vec<(String, Shared)>>>,
-}
-
-/// A memo value of any type.
-type Shared = Arc<dyn std::any::Any + Send + Sync>;
-
-impl std::fmt::Debug for Memo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memo")
-    }
-}
-
-impl Memo {
-    fn stored(&self, key: &str) -> Result<Option<Shared>> {
-        let entries = self.entries.lock().map_err(|_| anyhow::anyhow!("memo poisoned"))?;
-        Ok(entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, value)| Arc::clone(value)))
-    }
-
-    /// The value stored for `key`, or `compute`'s, stored (errors are returned, not stored).
-    pub fn get_or_compute<T: std::any::Any + Send + Sync>(
-        &self,
-        key: &str,
-        compute: impl FnOnce() -> Result<T>,
-    ) -> Result<Arc<T>> {
-        let downcast = |value: Shared| {
-            value
-                .downcast::<T>()
-                .map_err(|_| anyhow::anyhow!("memo `{key}` holds another type"))
-        };
-        if let Some(value) = self.stored(key)? {
-            return downcast(value);
-        }
-        let computed: Shared = Arc::new(compute()?);
-        let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("memo poisoned"))?;
-        if let Some((_, value)) = entries.iter().find(|(k, _)| k == key) {
-            return downcast(Arc::clone(value));
-        }
-        entries.push((key.to_string(), Arc::clone(&computed)));
-        drop(entries);
-        downcast(computed)
     }
 }
 
@@ -508,7 +451,7 @@ fn walk_in_chunks(mut orders: DataFrame, customers: usize, chunk: usize) -> Resu
 }
 
 fn date_column(name: &str, days: Vec<i32>) -> Result<Column> {
-    Ok(crate::owned_column(name, days).cast(&DataType::Date)?)
+    Ok(crate::core::columns::owned_column(name, days).cast(&DataType::Date)?)
 }
 
 /// Build both shared tables from the orders of one source. The walk takes the orders and drops
@@ -524,11 +467,7 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     } = source;
     let clock = std::time::Instant::now();
     let walked = walk(orders, customer_ids.len()).context("building customer days")?;
-    tracing::debug!(
-        "prepare: customers walked at {:.3} s ({})",
-        clock.elapsed().as_secs_f64(),
-        crate::telemetry::memory()
-    );
+    tracing::debug!("prepare: customers walked at {:.3} s", clock.elapsed().as_secs_f64());
     let Walked {
         period_key,
         period_date,
@@ -546,10 +485,10 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     } = walked;
 
     let customer_periods = DataFrame::new_infer_height(vec![
-        crate::owned_column("customer_key", period_key),
+        crate::core::columns::owned_column("customer_key", period_key),
         date_column("date", period_date)?,
-        crate::owned_column("purchases", period_purchases),
-        crate::owned_column("revenue_micros", period_revenue),
+        crate::core::columns::owned_column("purchases", period_purchases),
+        crate::core::columns::owned_column("revenue_micros", period_revenue),
     ])?;
 
     let ids = IdxCa::from_vec("".into(), id);
@@ -598,29 +537,25 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
         *value = micros_value(purchase) / orders as f64;
     });
     let mut customer_facts = DataFrame::new_infer_height(vec![
-        crate::owned_column("customer_key", (0..n as IdxSize).collect::<Vec<_>>()),
+        crate::core::columns::owned_column("customer_key", (0..n as IdxSize).collect::<Vec<_>>()),
         customer_ids.into_column(),
         date_column("first_purchase_date", first)?,
         date_column("last_purchase_date", last)?,
-        crate::owned_column("orders", orders),
-        crate::owned_column("revenue", revenue_value),
-        crate::owned_column("aov", aov),
+        crate::core::columns::owned_column("orders", orders),
+        crate::core::columns::owned_column("revenue", revenue_value),
+        crate::core::columns::owned_column("aov", aov),
         acquisition_channel
             .with_name("acquisition_channel".into())
             .into_column(),
-        crate::owned_column("frequency", frequency),
-        crate::owned_column("t_x", t_x),
-        crate::owned_column("T", age),
-        crate::owned_column("monetary_value", monetary_value),
-        crate::owned_column("revenue_micros", revenue),
+        crate::core::columns::owned_column("frequency", frequency),
+        crate::core::columns::owned_column("t_x", t_x),
+        crate::core::columns::owned_column("T", age),
+        crate::core::columns::owned_column("monetary_value", monetary_value),
+        crate::core::columns::owned_column("revenue_micros", revenue),
     ])
     .map_err(anyhow::Error::from)
     .context("building customer_facts")?;
-    tracing::debug!(
-        "prepare: customer facts at {:.3} s ({})",
-        clock.elapsed().as_secs_f64(),
-        crate::telemetry::memory()
-    );
+    tracing::debug!("prepare: customer facts at {:.3} s", clock.elapsed().as_secs_f64());
 
     // One chunk: stages read columns as slices (`values`).
     customer_facts.rechunk_mut();
@@ -629,7 +564,6 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
         periods: std::sync::Arc::new(std::sync::Mutex::new(Some(customer_periods))),
         acquisition,
         as_of,
-        memo: Memo::default(),
     })
 }
 
@@ -690,7 +624,7 @@ mod tests {
             orders,
             customer_ids: Series::new("customer_id".into(), ["a", "b"]),
             channels: None,
-            stats: crate::source::InputStats::default(),
+            stats: crate::core::input::InputStats::default(),
             as_of: NaiveDate::from_ymd_opt(1970, 2, 1).expect("valid date"),
         };
         let tables = shared_tables(source).expect("shared tables");
@@ -767,37 +701,6 @@ mod tests {
         let none = Series::new_empty("".into(), &DataType::String);
         let (distinct, codes) = dense_codes(&none, &[None, None]).unwrap();
         assert_eq!((distinct.len(), distinct.null_count(), codes), (1, 1, vec![0, 0]));
-    }
-
-    #[test]
-    fn memo_keeps_the_first_value_and_no_error() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let memo = Memo::default();
-        let calls = AtomicUsize::new(0);
-        let compute = || {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(42u64)
-        };
-        assert_eq!(*memo.get_or_compute("answer", compute).unwrap(), 42);
-        assert_eq!(*memo.get_or_compute("answer", || Ok(0u64)).unwrap(), 42);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // Concurrent askers all get one value, whoever computed it.
-        let values: Vec<u64> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..4u64)
-                .map(|i| {
-                    let memo = &memo;
-                    scope.spawn(move || *memo.get_or_compute("race", || Ok(i)).unwrap())
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert!(values.iter().all(|&v| v == values[0]), "{values:?}");
-        assert!(memo.get_or_compute::<u64>("failing", || anyhow::bail!("no")).is_err());
-        assert_eq!(*memo.get_or_compute("failing", || Ok(7u64)).unwrap(), 7);
-        assert!(
-            memo.get_or_compute("answer", || Ok("text")).is_err(),
-            "another type under one key"
-        );
     }
 
     /// Chunks of any size (customers split between them, chunks with no customer kept) give

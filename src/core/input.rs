@@ -1,0 +1,51 @@
+//! What a source hands the domain: its rows reduced to orders, and the accounting of every line
+//! it read (for the manifest, and for the error when too many were rejected).
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use polars::prelude::{DataFrame, Series};
+use serde::Serialize;
+
+/// What one source contributed to a run; goes into the manifest.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct InputStats {
+    pub source: String,
+    pub path: String,
+    pub files: Vec<String>,
+    /// How many times this run scanned the source's lines (1: stages never rescan).
+    pub scans: u32,
+    pub rows_read: u64,
+    pub rows_excluded_by_include: u64,
+    pub rows_rejected: BTreeMap<String, u64>,
+    pub rows_rejected_total: u64,
+    pub rows_ignored_after_as_of: u64,
+    pub duplicate_lines: u64,
+    pub orders: u64,
+    /// The local date of the newest order used.
+    pub newest_order_date: Option<String>,
+    /// The one currency of the lines used, when the source maps a `currency` column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+}
+
+/// The input was read but is not usable; carries the accounting so the failure manifest has it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DataRejected {
+    pub message: String,
+    pub stats: InputStats,
+}
+
+/// Orders of one source: one row per valid order with columns
+/// `id, date, ordered_ts, revenue[, channel]` (revenue in exact integer micro-units, see `money`;
+/// `id` indexes `customer_ids`, `channel` indexes `channels`), plus the accounting.
+pub struct SourceOrders {
+    pub orders: DataFrame,
+    /// customer_id of each `id`, ascending.
+    pub customer_ids: Series,
+    /// Channel name of each `channel` code, ascending (`None` without a channel column).
+    pub channels: Option<Series>,
+    pub stats: InputStats,
+    pub as_of: NaiveDate,
+}

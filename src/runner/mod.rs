@@ -1,0 +1,259 @@
+//! Running a plan, in the order the data flows: the plan's selected stages → each needed
+//! source read once into its shared tables → the stages (`stages.rs`, scheduled by
+//! `schedule.rs`) → the sink, which publishes every table at once only when every stage
+//! succeeded, with the manifest.
+
+mod schedule;
+mod stages;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::core::config::AsOf;
+use crate::core::manifest::Manifest;
+use crate::core::plan::Plan;
+use crate::core::prepare::{shared_tables, SharedTables};
+use crate::io::sink::{Sink, SnapshotSink};
+use crate::io::source;
+use crate::UsageError;
+
+pub use crate::core::manifest::{CarriedTable, StageReport, TableReport};
+
+/// Command-line overrides of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub select: Vec<String>,
+    pub as_of: Option<AsOf>,
+    pub output_dir: Option<PathBuf>,
+    pub threads: Option<usize>,
+    /// Run independent stages one after another instead of concurrently (benchmarks).
+    pub sequential: bool,
+}
+
+/// Run the plan into its output directory's snapshots; on failure the previous outputs stay as
+/// they were and `_last_run.json` says why.
+pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
+    let settings = &plan.config.pipeline;
+    let output_dir = options
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| settings.output_dir.clone());
+    let output_dir = std::path::absolute(&output_dir).unwrap_or(output_dir);
+    let wait = std::time::Duration::from_secs_f64(settings.lock_wait_seconds);
+    let mut sink = SnapshotSink::new(&output_dir, wait, settings.keep_runs);
+    run_into(plan, options, &output_dir, &mut sink)
+}
+
+/// Run the plan into `sink` (`output` names it in the manifest).
+pub fn run_into(plan: &Plan, options: &RunOptions, output: &Path, sink: &mut dyn Sink) -> Result<Manifest> {
+    let started = Instant::now();
+    let selected = plan.select(&options.select).map_err(UsageError::Usage)?;
+    check_as_of_option(plan, options, &selected)?;
+    let mut manifest = new_manifest(plan, &selected, output);
+    crate::logging::set_run_id(&manifest.run_id);
+    sink.start(&manifest)?;
+    let result = crate::catch_panics(|| execute(plan, options, &selected, &mut manifest, &mut *sink))
+        .and_then(|()| publish(plan, &selected, &mut manifest, sink, started));
+    match result {
+        Ok(()) => Ok(manifest),
+        Err(error) => {
+            manifest.status = "failed".into();
+            manifest.warnings.extend(crate::logging::take_warnings());
+            manifest.snapshot = None;
+            manifest.error = Some(format!("{error:#}"));
+            manifest.finished_at = chrono::Utc::now().to_rfc3339();
+            manifest.duration_seconds = started.elapsed().as_secs_f64();
+            sink.fail(&manifest);
+            Err(error)
+        }
+    }
+}
+
+/// A date given on the command line is checked against the stages' date options before any
+/// data is read, as the config's own as_of is when the plan is loaded.
+fn check_as_of_option(plan: &Plan, options: &RunOptions, selected: &BTreeSet<usize>) -> Result<()> {
+    let Some(AsOf::Date(as_of)) = options.as_of else {
+        return Ok(());
+    };
+    for &index in selected {
+        let stage = &plan.config.stages[index];
+        if let Some(problem) = stage.stage.as_ref().and_then(|options| options.check_as_of(as_of)) {
+            return Err(UsageError::Usage(format!("stage `{}`: {problem} (--as-of {as_of})", stage.name)).into());
+        }
+    }
+    Ok(())
+}
+
+fn new_manifest(plan: &Plan, selected: &BTreeSet<usize>, output: &Path) -> Manifest {
+    let config = &plan.config;
+    let started_at = chrono::Utc::now();
+    Manifest {
+        status: "running".into(),
+        run_id: format!("{}-{}", started_at.format("%Y%m%dT%H%M%S%3fZ"), std::process::id()),
+        pid: std::process::id(),
+        tool: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pipeline: config.pipeline.name.clone(),
+        config_path: std::path::absolute(&config.path)
+            .unwrap_or_else(|_| config.path.clone())
+            .display()
+            .to_string(),
+        output_dir: output.display().to_string(),
+        snapshot: None,
+        config_hash: config.hash.clone(),
+        as_of: None,
+        timezone: config.pipeline.timezone.clone(),
+        selected_stages: selected.iter().map(|&i| config.stages[i].name.clone()).collect(),
+        inputs: Vec::new(),
+        prepare_seconds: 0.0,
+        stages: Vec::new(),
+        carried_over: Vec::new(),
+        warnings: Vec::new(),
+        started_at: started_at.to_rfc3339(),
+        finished_at: String::new(),
+        duration_seconds: 0.0,
+        error: None,
+    }
+}
+
+/// Read the sources, run the stages and stage their tables in `sink`.
+fn execute(
+    plan: &Plan,
+    options: &RunOptions,
+    selected: &BTreeSet<usize>,
+    manifest: &mut Manifest,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    let prepare_start = Instant::now();
+    let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
+    let shared = read_sources(plan, selected, as_of, manifest)?;
+    manifest.as_of = shared.values().map(|t| t.as_of).max().map(|d| d.to_string());
+    manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
+    sink.share_columns_of(&shared.values().map(|tables| &tables.customer_facts).collect::<Vec<_>>());
+    manifest.stages = stages::run_stages(plan, options, selected, &shared, manifest, &*sink)?;
+    for stats in &mut manifest.inputs {
+        if let Some(source_config) = plan.config.sources.get(&stats.source) {
+            stats.scans = source::scans_started(source_config);
+        }
+    }
+    Ok(())
+}
+
+/// Scan each source the selected stages need, once, into its shared tables; each source's
+/// accounting goes into the manifest (also when its data is rejected).
+fn read_sources(
+    plan: &Plan,
+    selected: &BTreeSet<usize>,
+    as_of: AsOf,
+    manifest: &mut Manifest,
+) -> Result<BTreeMap<String, SharedTables>> {
+    let config = &plan.config;
+    let mut shared = BTreeMap::new();
+    for name in plan.sources_needed(selected) {
+        let source_config = config
+            .sources
+            .get(&name)
+            .expect("plan inputs name only configured sources");
+        tracing::info!("scanning source `{name}` ({})", source_config.path.display());
+        let orders = source::scan_orders(source_config, &config.pipeline, as_of).inspect_err(|error| {
+            if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
+                manifest.inputs.push(rejected.stats.clone());
+            }
+        })?;
+        tracing::info!(
+            "source `{name}`: {} rows read, {} orders, as of {}",
+            orders.stats.rows_read,
+            orders.stats.orders,
+            orders.as_of
+        );
+        manifest.inputs.push(orders.stats.clone());
+        tracing::debug!("source `{name}` scanned: {}", crate::telemetry::memory());
+        let tables = shared_tables(orders).with_context(|| format!("source `{name}`"))?;
+        tracing::debug!("source `{name}` shared tables built: {}", crate::telemetry::memory());
+        tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
+        shared.insert(name, tables);
+    }
+    Ok(shared)
+}
+
+/// Carry over the tables of configured stages this run did not run, then publish.
+fn publish(
+    plan: &Plan,
+    selected: &BTreeSet<usize>,
+    manifest: &mut Manifest,
+    sink: &mut dyn Sink,
+    started: Instant,
+) -> Result<()> {
+    let config = &plan.config;
+    let others: BTreeSet<String> = (0..config.stages.len())
+        .filter(|index| !selected.contains(index))
+        .flat_map(|index| config.stages[index].tables.iter().cloned())
+        .collect();
+    sink.carry_over(&others, manifest)?;
+    manifest.warnings = crate::logging::take_warnings();
+    manifest.status = "succeeded".into();
+    manifest.finished_at = chrono::Utc::now().to_rfc3339();
+    manifest.duration_seconds = started.elapsed().as_secs_f64();
+    sink.publish(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::sink::MemorySink;
+
+    /// The runner against the in-memory sink: every table of the sample config is published
+    /// together; a failing stage publishes nothing and leaves the last publication; a
+    /// `--select` run carries the other stages' tables over.
+    #[test]
+    fn a_run_publishes_all_its_tables_or_none() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let plan = crate::core::plan::load_plan(&root.join("pipelines/retail.toml")).expect("sample config loads");
+        let tables: BTreeSet<String> = plan.config.stages.iter().flat_map(|s| s.tables.clone()).collect();
+        let mut sink = MemorySink::default();
+        let options = RunOptions::default();
+        let manifest = run_into(&plan, &options, Path::new("memory"), &mut sink).expect("sample run");
+        assert_eq!(manifest.status, "succeeded");
+        assert_eq!(sink.published.keys().cloned().collect::<BTreeSet<_>>(), tables);
+        let facts = &sink.published["customer_facts"];
+        assert!(facts.height() > 100, "{}", facts.height());
+        assert_eq!(
+            facts.column("as_of").map(|c| c.dtype().clone()).ok(),
+            Some(polars::prelude::DataType::Date)
+        );
+        let first_run = manifest.run_id.clone();
+
+        let select = RunOptions {
+            select: vec!["rfm".into()],
+            ..RunOptions::default()
+        };
+        let manifest = run_into(&plan, &select, Path::new("memory"), &mut sink).expect("select run");
+        assert_eq!(sink.published.len(), tables.len());
+        let rebuilt: usize = manifest.stages.iter().map(|stage| stage.tables.len()).sum();
+        assert_eq!(manifest.selected_stages, ["rfm"]);
+        assert!(rebuilt >= 1);
+        assert_eq!(manifest.carried_over.len() + rebuilt, tables.len());
+        assert!(manifest
+            .carried_over
+            .iter()
+            .all(|c| c.from_run_id.as_deref() == Some(&first_run)));
+
+        let before = sink.published.clone();
+        std::env::set_var("PIPELINE_INJECT_PANIC", "rfm");
+        let failed = run_into(&plan, &options, Path::new("memory"), &mut sink);
+        std::env::remove_var("PIPELINE_INJECT_PANIC");
+        assert!(failed.is_err());
+        assert_eq!(sink.last_run.as_ref().map(|m| m.status.as_str()), Some("failed"));
+        assert_eq!(
+            sink.published.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>()
+        );
+        assert!(sink
+            .published
+            .iter()
+            .all(|(name, frame)| frame.equals_missing(&before[name])));
+    }
+}
