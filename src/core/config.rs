@@ -17,6 +17,7 @@ pub use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::options::{backticked, item_span, TableReader};
 
 pub use crate::core::as_of::{AsOf, RelativeDate};
+pub use crate::core::input::SourceKind;
 use crate::core::stages::{self, Stage};
 
 /// `[pipeline]`.
@@ -206,6 +207,7 @@ impl Default for CsvOptions {
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: String,
+    pub kind: SourceKind,
     /// File, glob or directory, resolved against the config file's folder.
     pub path: PathBuf,
     pub format: SourceFormat,
@@ -311,7 +313,7 @@ mod tests {
             ));
         }
         for kind in crate::core::stages::KINDS {
-            let input = if kind.input == crate::core::stages::InputKind::Source {
+            let input = if matches!(kind.input, crate::core::stages::InputKind::Sources(_)) {
                 "\"orders\""
             } else {
                 "[\"f\"]"
@@ -368,6 +370,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "max_data_age_days",
 ];
 const SOURCE_KEYS: &[&str] = &[
+    "kind",
     "path",
     "format",
     "csv",
@@ -567,6 +570,23 @@ fn parse_source(
 ) -> Option<SourceConfig> {
     let reader = TableReader::new(table, format!("source `{name}`"), span.clone());
     reader.check_keys(SOURCE_KEYS, diagnostics);
+    let kind = match reader.get::<String>("kind", diagnostics) {
+        None => SourceKind::default(),
+        Some(text) => SourceKind::from_name(&text).unwrap_or_else(|| {
+            let names: Vec<&str> = SourceKind::ALL.iter().map(|kind| kind.name()).collect();
+            diagnostics.push(
+                Diagnostic::new(
+                    format!("key `kind` of source `{name}`: unknown source kind `{text}`"),
+                    reader.value_span("kind"),
+                )
+                .with_help(
+                    crate::core::diagnostic::suggest(&text, names.iter().copied())
+                        .or_else(|| Some(format!("known kinds: {}", backticked(&names)))),
+                ),
+            );
+            SourceKind::default()
+        }),
+    };
     let path = reader.require::<String>("path", diagnostics);
     let naive = reader
         .get::<String>("naive_timestamps_are", diagnostics)
@@ -652,6 +672,7 @@ fn parse_source(
     }
     Some(SourceConfig {
         name: name.to_string(),
+        kind,
         path,
         format: format?,
         csv: csv?,
@@ -698,7 +719,16 @@ fn parse_stage(
         Some(OneOrMany::One(input)) => vec![input],
         Some(OneOrMany::Many(inputs)) => inputs,
         None if table.get("input").is_none() => match (kind.input, sources.len()) {
-            (stages::InputKind::Source, 1) => sources.keys().cloned().collect(),
+            // The one source of the one kind the stage reads.
+            (stages::InputKind::Sources([wanted]), _)
+                if sources.values().filter(|source| source.kind == *wanted).count() == 1 =>
+            {
+                sources
+                    .values()
+                    .filter(|source| source.kind == *wanted)
+                    .map(|source| source.name.clone())
+                    .collect()
+            }
             _ => {
                 diagnostics.error(
                     format!(

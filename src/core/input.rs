@@ -7,6 +7,29 @@ use chrono::NaiveDate;
 use polars::prelude::{DataFrame, Series};
 use serde::Serialize;
 
+/// What a source holds (`kind` under `[sources.NAME]`): it decides how the source is read and
+/// which stage kinds can take it as input. Adding one: docs/architecture.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// Order lines (the default).
+    #[default]
+    Orders,
+}
+
+impl SourceKind {
+    pub const ALL: &'static [SourceKind] = &[SourceKind::Orders];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Orders => "orders",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SourceKind> {
+        SourceKind::ALL.iter().copied().find(|kind| kind.name() == name)
+    }
+}
+
 /// What one source contributed to a run; goes into the manifest.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct InputStats {

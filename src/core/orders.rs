@@ -987,13 +987,8 @@ impl OrderFold {
             .iter()
             .map(|shard| (shard.ordered_ts.len() as f64 * scale) as usize)
             .collect();
-        let total: usize = projected.iter().sum();
-        for (index, (shard, projected)) in self.shards.iter_mut().zip(&projected).enumerate() {
-            let orders = shard.ordered_ts.len();
-            // `finish` appends the other shards' columns to the first's: room for all of them
-            // there means no copy into a fresh joined column (its pages zeroed by the kernel).
-            let joined = if index == 0 { total } else { *projected };
-            shard.reserve(projected.saturating_sub(orders), joined.saturating_sub(orders));
+        for (shard, projected) in self.shards.iter_mut().zip(&projected) {
+            shard.reserve(projected.saturating_sub(shard.ordered_ts.len()));
         }
     }
 
@@ -1008,11 +1003,15 @@ impl OrderFold {
         use rayon::prelude::*;
         let clock = std::time::Instant::now();
         let mut customers = Vec::new();
-        /// The parts one after another: the first moved, the others appended to it, into the
-        /// room the first shard reserved for them.
+        /// The parts one after another: the first grown once to hold them all, the others
+        /// appended. The room is asked for only now, when the scan's batches are freed: an
+        /// allocator that keeps freed pages (the `page-allocator` feature) backs the grown room
+        /// with them instead of fresh pages the kernel must zero.
         fn joined<T>(parts: Vec<Vec<T>>) -> Vec<T> {
+            let rest: usize = parts.iter().skip(1).map(Vec::len).sum();
             let mut parts = parts.into_iter();
             let mut all = parts.next().unwrap_or_default();
+            all.reserve_exact(rest);
             for mut more in parts {
                 all.append(&mut more);
             }
@@ -1164,9 +1163,9 @@ fn runs_of(batch: &Batch, hashed: bool, runs: &mut [Vec<(usize, usize, u64)>], s
 }
 
 impl Shard {
-    /// Room for `more` orders in every column, `more_joined` in those `finish` joins, as far as
-    /// the allocator gives it (the columns grow as usual past it).
-    fn reserve(&mut self, more: usize, more_joined: usize) {
+    /// Room for `more` orders in every column, as far as the allocator gives it (the columns
+    /// grow as usual past it).
+    fn reserve(&mut self, more: usize) {
         // Ignored failures: a reservation is only a hint.
         let _ = match &mut self.customers {
             OrderCustomers::Text { ids, .. } => ids.try_reserve(more),
@@ -1188,11 +1187,11 @@ impl Shard {
                 }
             }
         }
-        let _ = self.ordered_ts.try_reserve(more_joined);
-        let _ = self.revenue.try_reserve(more_joined);
-        let _ = self.lines.try_reserve(more_joined);
-        let _ = self.channel.try_reserve(more_joined);
-        let _ = self.several_customers.try_reserve(more_joined);
+        let _ = self.ordered_ts.try_reserve(more);
+        let _ = self.revenue.try_reserve(more);
+        let _ = self.lines.try_reserve(more);
+        let _ = self.channel.try_reserve(more);
+        let _ = self.several_customers.try_reserve(more);
     }
 
     /// Fold this shard's runs of a batch (`runs_by_shard`): each run's order is looked up (text)

@@ -151,31 +151,88 @@ fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Inp
                 continue;
             };
             let mismatch = match (&input, stage.kind.input) {
-                (Input::Stage(_), InputKind::Source) => Some("is a stage, but kind `{}` reads a source"),
-                (Input::Source(_), InputKind::Stages) => Some("is a source, but kind `{}` reads other stages"),
+                (Input::Stage(_), InputKind::Sources(kinds)) => Some(format!(
+                    "is a stage, but kind `{}` reads {}",
+                    stage.kind.name,
+                    if kinds.len() == 1 { "a source" } else { "sources" }
+                )),
+                (Input::Source(_), InputKind::Stages) => Some(format!(
+                    "is a source, but kind `{}` reads other stages",
+                    stage.kind.name
+                )),
+                (Input::Source(source), InputKind::Sources(kinds)) => {
+                    let found = config.sources[source].kind;
+                    kinds
+                        .get(inputs.len())
+                        .filter(|wanted| **wanted != found)
+                        .map(|wanted| {
+                            format!(
+                                "is a `{}` source, but kind `{}` reads a `{}` source there",
+                                found.name(),
+                                stage.kind.name,
+                                wanted.name()
+                            )
+                        })
+                }
                 _ => None,
             };
             if let Some(mismatch) = mismatch {
                 diagnostics.error(
-                    format!(
-                        "input `{name}` of stage `{}` {}",
-                        stage.name,
-                        mismatch.replace("{}", stage.kind.name)
-                    ),
+                    format!("input `{name}` of stage `{}` {mismatch}", stage.name),
                     stage.input_span.clone(),
                 );
             }
             // Kept even when mismatched, so that cycles are reported too.
             inputs.push(input);
         }
-        if stage.kind.input == InputKind::Source && stage.inputs.len() > 1 {
-            diagnostics.error(
-                format!(
-                    "stage `{}` of kind `{}` reads exactly one source",
-                    stage.name, stage.kind.name
-                ),
-                stage.input_span.clone(),
-            );
+        for wanted in stage
+            .stage
+            .as_ref()
+            .map(|options| options.option_inputs())
+            .unwrap_or_default()
+        {
+            let key = wanted.key;
+            let Some(&index) = stage_index.get(wanted.stage.as_str()) else {
+                diagnostics.push(
+                    Diagnostic::new(
+                        format!("key `{key}` of stage `{}`: no stage `{}`", stage.name, wanted.stage),
+                        stage.span.clone(),
+                    )
+                    .with_help(suggest(&wanted.stage, stage_index.keys().copied())),
+                );
+                continue;
+            };
+            let found = config.stages[index].kind.name;
+            if !wanted.kinds.contains(&found) {
+                diagnostics.error(
+                    format!(
+                        "key `{key}` of stage `{}`: `{}` is a `{found}` stage; `{key}` takes a stage of kind {}",
+                        stage.name,
+                        wanted.stage,
+                        wanted
+                            .kinds
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
+                    stage.span.clone(),
+                );
+            }
+            inputs.push(Input::Stage(index));
+        }
+        if let InputKind::Sources(kinds) = stage.kind.input {
+            if stage.inputs.len() != kinds.len() {
+                diagnostics.error(
+                    format!(
+                        "stage `{}` of kind `{}` reads {}",
+                        stage.name,
+                        stage.kind.name,
+                        stage.kind.input.describe()
+                    ),
+                    stage.input_span.clone(),
+                );
+            }
         }
         resolved.push(inputs);
     }

@@ -13,9 +13,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::core::config::AsOf;
+use crate::core::config::{SourceConfig, SourceKind};
 use crate::core::manifest::Manifest;
 use crate::core::plan::Plan;
-use crate::core::prepare::{shared_tables, SharedTables};
+use crate::core::prepare::shared_tables;
+use crate::core::stages::SourceData;
 use crate::io::sink::{Sink, SnapshotSink};
 use crate::io::source;
 use crate::UsageError;
@@ -129,11 +131,15 @@ fn execute(
 ) -> Result<()> {
     let prepare_start = Instant::now();
     let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
-    let shared = read_sources(plan, selected, as_of, manifest)?;
-    manifest.as_of = shared.values().map(|t| t.as_of).max().map(|d| d.to_string());
+    let sources = read_sources(plan, selected, as_of, manifest)?;
+    manifest.as_of = stages::as_of(&sources).map(|d| d.to_string());
     manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
-    sink.share_columns_of(&shared.values().map(|tables| &tables.customer_facts).collect::<Vec<_>>());
-    manifest.stages = stages::run_stages(plan, options, selected, &shared, manifest, &*sink)?;
+    let facts: Vec<_> = sources
+        .values()
+        .filter_map(|data| Some(&data.orders()?.customer_facts))
+        .collect();
+    sink.share_columns_of(&facts);
+    manifest.stages = stages::run_stages(plan, options, selected, &sources, manifest, &*sink)?;
     for stats in &mut manifest.inputs {
         if let Some(source_config) = plan.config.sources.get(&stats.source) {
             stats.scans = source::scans_started(source_config);
@@ -142,41 +148,59 @@ fn execute(
     Ok(())
 }
 
-/// Scan each source the selected stages need, once, into its shared tables; each source's
-/// accounting goes into the manifest (also when its data is rejected).
+/// Read each source the selected stages need, once; each source's accounting goes into the
+/// manifest (also when its data is rejected).
 fn read_sources(
     plan: &Plan,
     selected: &BTreeSet<usize>,
     as_of: AsOf,
     manifest: &mut Manifest,
-) -> Result<BTreeMap<String, SharedTables>> {
-    let config = &plan.config;
-    let mut shared = BTreeMap::new();
+) -> Result<BTreeMap<String, SourceData>> {
+    let mut sources = BTreeMap::new();
     for name in plan.sources_needed(selected) {
-        let source_config = config
+        let source_config = plan
+            .config
             .sources
             .get(&name)
             .expect("plan inputs name only configured sources");
-        tracing::info!("scanning source `{name}` ({})", source_config.path.display());
-        let orders = source::scan_orders(source_config, &config.pipeline, as_of).inspect_err(|error| {
-            if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
-                manifest.inputs.push(rejected.stats.clone());
-            }
-        })?;
         tracing::info!(
-            "source `{name}`: {} rows read, {} orders, as of {}",
-            orders.stats.rows_read,
-            orders.stats.orders,
-            orders.as_of
+            "reading {} source `{name}` ({})",
+            source_config.kind.name(),
+            source_config.path.display()
         );
-        manifest.inputs.push(orders.stats.clone());
-        tracing::debug!("source `{name}` scanned: {}", crate::telemetry::memory());
-        let tables = shared_tables(orders).with_context(|| format!("source `{name}`"))?;
-        tracing::debug!("source `{name}` shared tables built: {}", crate::telemetry::memory());
-        tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
-        shared.insert(name, tables);
+        let data = match source_config.kind {
+            SourceKind::Orders => SourceData::Orders(read_orders(plan, source_config, as_of, manifest)?),
+        };
+        sources.insert(name, data);
     }
-    Ok(shared)
+    Ok(sources)
+}
+
+/// An orders source: its lines scanned once into orders, then its shared tables.
+fn read_orders(
+    plan: &Plan,
+    source_config: &SourceConfig,
+    as_of: AsOf,
+    manifest: &mut Manifest,
+) -> Result<crate::core::prepare::SharedTables> {
+    let name = &source_config.name;
+    let orders = source::scan_orders(source_config, &plan.config.pipeline, as_of).inspect_err(|error| {
+        if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
+            manifest.inputs.push(rejected.stats.clone());
+        }
+    })?;
+    tracing::info!(
+        "source `{name}`: {} rows read, {} orders, as of {}",
+        orders.stats.rows_read,
+        orders.stats.orders,
+        orders.as_of
+    );
+    manifest.inputs.push(orders.stats.clone());
+    tracing::debug!("source `{name}` scanned: {}", crate::telemetry::memory());
+    let tables = shared_tables(orders).with_context(|| format!("source `{name}`"))?;
+    tracing::debug!("source `{name}` shared tables built: {}", crate::telemetry::memory());
+    tracing::info!("source `{name}`: {} customers", tables.customer_facts.height());
+    Ok(tables)
 }
 
 /// Carry over the tables of configured stages this run did not run, then publish.

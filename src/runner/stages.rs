@@ -13,8 +13,7 @@ use super::RunOptions;
 use crate::core::config::Config;
 use crate::core::manifest::{Manifest, StageReport, TableReport};
 use crate::core::plan::{Input, Plan};
-use crate::core::prepare::SharedTables;
-use crate::core::stages::StageInputs;
+use crate::core::stages::{SourceData, StageInputs};
 use crate::io::sink::{Sink, TableMetadata};
 
 /// Run the selected stages, each as soon as the stages it reads are done, on a pool of
@@ -24,7 +23,7 @@ pub(super) fn run_stages(
     plan: &Plan,
     options: &RunOptions,
     selected: &BTreeSet<usize>,
-    shared: &BTreeMap<String, SharedTables>,
+    sources: &BTreeMap<String, SourceData>,
     manifest: &Manifest,
     sink: &dyn Sink,
 ) -> Result<Vec<StageReport>> {
@@ -34,7 +33,7 @@ pub(super) fn run_stages(
         .build()
         .context("cannot start the stage thread pool")?;
     let (order, level_of) = start_order(plan, selected);
-    let runner = StageRun::new(plan, selected, shared, manifest, sink, level_of);
+    let runner = StageRun::new(plan, selected, sources, manifest, sink, level_of);
     let outputs = Mutex::new(BTreeMap::new());
     let run = |index: usize| runner.run(index, &outputs);
     let upstream = order
@@ -67,6 +66,11 @@ pub(super) fn run_stages(
     }
     runner.progress.finish_and_clear();
     Ok(reports)
+}
+
+/// The date a run describes: the latest as_of of its orders sources.
+pub(super) fn as_of(sources: &BTreeMap<String, SourceData>) -> Option<chrono::NaiveDate> {
+    sources.values().filter_map(|data| Some(data.orders()?.as_of)).max()
 }
 
 /// The order stages are taken in, and each one's level (for the manifest): by level; within
@@ -108,7 +112,7 @@ fn upstream_of(plan: &Plan, index: usize) -> Vec<usize> {
 /// customer_periods can be released.
 struct StageRun<'a> {
     plan: &'a Plan,
-    shared: &'a BTreeMap<String, SharedTables>,
+    sources: &'a BTreeMap<String, SourceData>,
     sink: &'a dyn Sink,
     level_of: BTreeMap<usize, usize>,
     /// Stages whose frames a selected stage reads; the others' frames are dropped once written.
@@ -125,13 +129,13 @@ impl<'a> StageRun<'a> {
     fn new(
         plan: &'a Plan,
         selected: &BTreeSet<usize>,
-        shared: &'a BTreeMap<String, SharedTables>,
+        sources: &'a BTreeMap<String, SourceData>,
         manifest: &Manifest,
         sink: &'a dyn Sink,
         level_of: BTreeMap<usize, usize>,
     ) -> Self {
         let read_later = selected.iter().flat_map(|&index| upstream_of(plan, index)).collect();
-        let readers_left = shared
+        let readers_left = sources
             .keys()
             .map(|source| {
                 let readers = selected
@@ -143,13 +147,13 @@ impl<'a> StageRun<'a> {
             .collect();
         let run = StageRun {
             plan,
-            shared,
+            sources,
             sink,
             level_of,
             read_later,
             readers_left,
             key_values: file_metadata(&plan.config, manifest),
-            as_of_days: shared.values().map(|t| t.as_of).max().map(crate::core::period::to_days),
+            as_of_days: as_of(sources).map(crate::core::period::to_days),
             progress: crate::telemetry::progress_bar(selected.len() as u64, "stages"),
         };
         for (source, left) in &run.readers_left {
@@ -210,12 +214,26 @@ impl<'a> StageRun<'a> {
         Ok((index, frames, report))
     }
 
-    /// The shared tables of the stage's source (for a stage over other stages, of the source
-    /// they came from) and its input stages' frames.
+    /// The stage's sources (for a stage over other stages, the orders source they came from)
+    /// and its input stages' frames.
     fn inputs<'b>(&'b self, index: usize, upstream: &'b [(usize, Arc<Vec<DataFrame>>)]) -> StageInputs<'b> {
         let stages = &self.plan.config.stages;
+        let mut names: Vec<String> = self.plan.inputs[index]
+            .iter()
+            .filter_map(|input| match input {
+                Input::Source(name) => Some(name.clone()),
+                Input::Stage(_) => None,
+            })
+            .collect();
+        if names.is_empty() {
+            names.extend(self.plan.source_of(index));
+        }
         StageInputs {
-            shared: self.plan.source_of(index).and_then(|name| self.shared.get(&name)),
+            sources: names
+                .iter()
+                .filter_map(|name| self.sources.get_key_value(name))
+                .map(|(name, data)| (name.as_str(), data))
+                .collect(),
             upstream: upstream
                 .iter()
                 .map(|(dep, frames)| (stages[*dep].name.as_str(), stages[*dep].kind, frames.as_slice()))
@@ -270,7 +288,7 @@ impl<'a> StageRun<'a> {
     }
 
     fn release_periods(&self, source: &str) {
-        if let Some(tables) = self.shared.get(source) {
+        if let Some(tables) = self.sources.get(source).and_then(SourceData::orders) {
             tables.release_customer_periods();
             tracing::debug!(
                 "source `{source}`: customer_periods released: {}",

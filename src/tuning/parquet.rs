@@ -1,8 +1,9 @@
 //! The tables' Parquet writer when the `parallel-writer` feature is on: the pages of a window
 //! of row groups are encoded and compressed in parallel while the window before is written, and
 //! the pages of columns several tables of a run hold alike (`SharedPages`) are encoded once per
-//! run. The bytes are those polars' `ParquetWriter::finish` writes at zstd level 1 (a test
-//! checks it), so a build without the feature writes the same files, only slower.
+//! run. At zstd level 1 the bytes are those polars' `ParquetWriter::finish` writes (a test
+//! checks it); the run's level is −1, which polars' options cannot express. A build without the
+//! feature writes the same values at level 1, only slower.
 
 use std::io::Write;
 
@@ -205,27 +206,32 @@ fn float_dictionary(array: &dyn polars_arrow::array::Array) -> Option<Box<dyn po
     )
 }
 
-/// The zstd level of every page: polars' own, nearly level 3's size at a fraction of the time.
-const ZSTD_LEVEL: i32 = 1;
+/// The zstd level of the tables' pages: −1, below polars' range. Most of their bytes are doubles
+/// that zstd barely shrinks (CLV, probabilities, averages), which level −1 compresses much faster
+/// than level 1 for a few % more bytes (docs/performance.md).
+const ZSTD_LEVEL: i32 = -1;
 
-/// Compress a page into the page polars' `compress` makes at `ZSTD_LEVEL` (the whole buffer of
-/// a V1 data page or of a dictionary page), with this thread's compression context (polars
-/// makes a context per page) into a buffer it does not zero first.
-fn compress_page(page: polars_parquet::parquet::page::Page) -> PolarsResult<polars_parquet::write::CompressedPage> {
+/// Compress a page into the page polars' `compress` makes (the whole buffer of a V1 data page or
+/// of a dictionary page), at zstd `level`, with this thread's compression context (polars makes
+/// a context per page) into a buffer it does not zero first.
+fn compress_page(
+    page: polars_parquet::parquet::page::Page,
+    level: i32,
+) -> PolarsResult<polars_parquet::write::CompressedPage> {
     use polars_parquet::parquet::page::{CompressedDataPage, CompressedDictPage, CompressedPage, Page};
     use polars_parquet::parquet::{compression::Compression, CowBuffer};
     use std::cell::RefCell;
     thread_local! {
-        static CONTEXT: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+        static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     }
     let zstd = |input: &[u8]| -> PolarsResult<CowBuffer> {
         let mut output = Vec::with_capacity(zstd::zstd_safe::compress_bound(input.len()));
         CONTEXT
             .with_borrow_mut(|context| -> std::io::Result<()> {
-                if context.is_none() {
-                    *context = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+                if !matches!(context, Some((current, _)) if *current == level) {
+                    *context = Some((level, zstd::bulk::Compressor::new(level)?));
                 }
-                let compressor = context.as_mut().expect("set above");
+                let (_, compressor) = context.as_mut().expect("set above");
                 compressor.compress_to_buffer(input, &mut output)?;
                 Ok(())
             })
@@ -267,22 +273,23 @@ pub fn write_in_windows<W: Write + Send>(
     key_values: KeyValueMetadata,
     shared: Option<&SharedPages>,
 ) -> Result<()> {
-    write_windows(file, frame, WINDOW_CELLS, Some(key_values), shared)
+    write_windows(file, frame, WINDOW_CELLS, ZSTD_LEVEL, Some(key_values), shared)
 }
 
 fn write_windows<W: Write + Send>(
     file: W,
     frame: &mut DataFrame,
     window_cells: usize,
+    level: i32,
     key_values: Option<KeyValueMetadata>,
     shared: Option<&SharedPages>,
 ) -> Result<()> {
     use polars::io::parquet::write::get_encodings;
     use polars_parquet::write::{array_to_columns, CompressedPage, CompressionOptions, Version, WriteOptions};
     use rayon::prelude::*;
-    // The codec polars' writer and page headers are told of; `compress_page` compresses the
-    // pages the same way.
-    let compression = ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(ZSTD_LEVEL)?));
+    // The codec polars' writer and page headers are told of (the level is not recorded in the
+    // file); `compress_page` compresses the pages at `level`.
+    let compression = ParquetCompression::Zstd(Some(polars_utils::compression::ZstdLevel::try_new(1)?));
     let statistics = StatisticsOptions::default();
     let options = WriteOptions {
         statistics,
@@ -373,7 +380,7 @@ fn write_windows<W: Write + Send>(
                 let mut pages: Vec<Vec<CompressedPage>> =
                     array_to_columns(array, fields[column].clone(), options, encoding)?
                         .into_iter()
-                        .map(|pages| pages.map(|page| compress_page(page?)).collect())
+                        .map(|pages| pages.map(|page| compress_page(page?, level)).collect())
                         .collect::<PolarsResult<_>>()?;
                 if let (Some(shared), Some(key), [leaf]) = (shared, key, pages.as_mut_slice()) {
                     shared.keep(key, leaf);
@@ -415,8 +422,8 @@ mod tests {
 
     use super::*;
 
-    /// The parallel writer writes the same bytes as polars' `ParquetWriter::finish` with the same
-    /// options: row groups, pages, statistics and all.
+    /// At level 1 the parallel writer writes the same bytes as polars' `ParquetWriter::finish`
+    /// with the same options: row groups, pages, statistics and all.
     #[test]
     fn parallel_writer_writes_what_polars_writes() {
         let rows = 600_000; // three row groups
@@ -449,9 +456,9 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let (ours, theirs) = (dir.join("ours.parquet"), dir.join("theirs.parquet"));
         // One row group per window (the writes overlap the encoding), and all in one.
-        write_windows(File::create(&ours).unwrap(), &mut frame.clone(), 4, None, None).unwrap();
+        write_windows(File::create(&ours).unwrap(), &mut frame.clone(), 4, 1, None, None).unwrap();
         let whole = dir.join("whole.parquet");
-        write_windows(File::create(&whole).unwrap(), &mut frame.clone(), 1000, None, None).unwrap();
+        write_windows(File::create(&whole).unwrap(), &mut frame.clone(), 1000, 1, None, None).unwrap();
         let theirs = polars_bytes(&mut frame, &theirs);
         let ours = fs::read(&ours).unwrap();
         let whole = fs::read(&whole).unwrap();
@@ -476,7 +483,15 @@ mod tests {
         }
         .unwrap();
         let path = std::env::temp_dir().join(format!("pipeline-read-back-{}.parquet", std::process::id()));
-        write_windows(File::create(&path).unwrap(), &mut frame.clone(), 4, None, None).unwrap();
+        write_windows(
+            File::create(&path).unwrap(),
+            &mut frame.clone(),
+            4,
+            ZSTD_LEVEL,
+            None,
+            None,
+        )
+        .unwrap();
         let back = ParquetReader::new(File::open(&path).unwrap()).finish().unwrap();
         assert!(back.equals_missing(&frame));
         use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -560,7 +575,7 @@ mod tests {
         let shared = SharedPages::for_columns_of([&facts]);
         for (n, frame) in tables.iter_mut().enumerate() {
             let ours = dir.join(format!("ours{n}.parquet"));
-            write_windows(File::create(&ours).unwrap(), frame, 4, None, Some(&shared)).unwrap();
+            write_windows(File::create(&ours).unwrap(), frame, 4, 1, None, Some(&shared)).unwrap();
             let theirs = polars_bytes(&mut frame.clone(), &dir.join(format!("theirs{n}.parquet")));
             assert!(
                 fs::read(&ours).unwrap() == theirs,

@@ -129,3 +129,52 @@ fn segment_summary_by_first_purchase_month() {
     let text = stderr(&pipeline(&["run", config.to_str().unwrap()]));
     assert!(text.contains("`cohort`"), "{text}");
 }
+
+/// `lifecycle = "<stage>"` takes the churn from that stage's monthly snapshots: the same table as
+/// walking the customers again, and the lifecycle stage runs first. A non-monthly stage, another
+/// kind, an unknown name, or thresholds given beside it are errors.
+#[test]
+fn churn_from_a_lifecycle_stage_equals_the_walk() {
+    let tables = Workspace::run_stages(
+        &extended(),
+        "[stages.life]\nkind = \"lifecycle\"\ninput = \"orders\"\n\n[stages.walked]\nkind = \"clv_simple\"\ninput = \"orders\"\nmargin = 0.5\n\n[stages.read]\nkind = \"clv_simple\"\ninput = \"orders\"\nmargin = 0.5\nlifecycle = \"life\"\n",
+        &["walked", "read"],
+    );
+    let (walked, read) = (&tables[0], &tables[1]);
+    assert_close(read.float("lifespan_years")[0], 1.0, "lifespan");
+    for column in ["historic_clv", "purchases_per_year", "lifespan_years", "simple_clv"] {
+        assert_eq!(walked.float(column), read.float(column), "{column}");
+    }
+
+    let workspace = Workspace::with_lines(&extended());
+    let weekly = workspace.config(
+        "",
+        "[stages.life]\nkind = \"lifecycle\"\ninput = \"orders\"\ngranularity = \"week\"\n\n[stages.clv]\nkind = \"clv_simple\"\ninput = \"orders\"\nlifecycle = \"life\"\n",
+    );
+    let output = pipeline(&["run", weekly.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("snapshots are not monthly; give it `granularity = \"month\"`"),
+        "{}",
+        stderr(&output)
+    );
+    for (stages, message) in [
+        (
+            "[stages.rfm]\nkind = \"rfm\"\ninput = \"orders\"\n\n[stages.clv]\nkind = \"clv_simple\"\ninput = \"orders\"\nlifecycle = \"rfm\"\n",
+            "key `lifecycle` of stage `clv`: `rfm` is a `rfm` stage; `lifecycle` takes a stage of kind `lifecycle`",
+        ),
+        (
+            "[stages.life]\nkind = \"lifecycle\"\ninput = \"orders\"\n\n[stages.clv]\nkind = \"clv_simple\"\ninput = \"orders\"\nlifecycle = \"lif\"\n",
+            "key `lifecycle` of stage `clv`: no stage `lif`",
+        ),
+        (
+            "[stages.life]\nkind = \"lifecycle\"\ninput = \"orders\"\n\n[stages.clv]\nkind = \"clv_simple\"\ninput = \"orders\"\nlifecycle = \"life\"\nchurn_days = 200\n",
+            "`churn_days` and `lifecycle` exclude each other",
+        ),
+    ] {
+        let config = workspace.config("", stages);
+        let output = pipeline(&["validate", config.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains(message), "{}", stderr(&output));
+    }
+}

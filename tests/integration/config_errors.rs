@@ -141,3 +141,31 @@ fn unknown_select_is_a_usage_error() {
     assert!(text.contains("no stage named `cohort`"), "{text}");
     assert!(text.contains("did you mean `cohorts`?"), "{text}");
 }
+
+/// Sources have a kind (`orders` by default); a stage takes sources of the kinds its kind
+/// reads, one each.
+#[test]
+fn source_kinds_are_checked_against_what_a_stage_reads() {
+    let text = check("[sources.orders]\nkind = \"ordrs\"\npath = \"lines.parquet\"\n\n[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders\"\n");
+    assert!(
+        text.contains("key `kind` of source `orders`: unknown source kind `ordrs`"),
+        "{text}"
+    );
+    assert!(text.contains("did you mean `orders`?"), "{text}");
+    let two = format!(
+        "{SOURCE}\n[sources.more]\npath = \"lines.parquet\"\n\n[stages.rfm]\nkind = \"rfm\"\ninput = [\"orders\", \"more\"]\n"
+    );
+    let text = check(&two);
+    assert!(
+        text.contains("stage `rfm` of kind `rfm` reads the name of one orders source"),
+        "{text}"
+    );
+    // Without `input`, a stage reads the one source of its kind; with two there is no default.
+    let text = check(&format!(
+        "{SOURCE}\n[sources.more]\npath = \"lines.parquet\"\n\n[stages.rfm]\nkind = \"rfm\"\n"
+    ));
+    assert!(
+        text.contains("stage `rfm` is missing required key `input` (the name of one orders source)"),
+        "{text}"
+    );
+}

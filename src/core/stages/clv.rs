@@ -13,7 +13,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::clv::{bgnbd, gamma_gamma};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
@@ -201,7 +201,7 @@ impl ClvOptions {
 pub static KIND: Kind = Kind {
     name: "clv",
     summary: "BG/NBD + Gamma-Gamma: p_alive, expected purchases and order value, discounted CLV",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &["customers", "model", "validation"],
     customer_table: Some(0),
     options: serde_aux::serde_introspection::serde_introspect::<ClvOptions>,

@@ -3,14 +3,16 @@
 //!
 //! Lifespan is `lifespan_years` when set, otherwise 1 / annual churn, where annual churn comes from
 //! the last 12 monthly lifecycle snapshots compounded (1 − Π crr; with fewer than 12 snapshots the
-//! product is annualised by the power 12 / n), capped at `max_lifespan_years`.
+//! product is annualised by the power 12 / n), capped at `max_lifespan_years`. With
+//! `lifecycle = "<stage>"` those CRRs are read from that lifecycle stage's snapshots (which must
+//! be monthly) instead of walking the customers again.
 
 use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
 use super::lifecycle::{walk, LifecycleOptions};
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, OptionInput, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
 use crate::core::period::Granularity;
@@ -30,6 +32,8 @@ pub struct ClvSimpleOptions {
     /// Lifecycle thresholds used for the churn rate. Defaults 90 and 180.
     pub active_days: u32,
     pub churn_days: u32,
+    /// A monthly lifecycle stage whose snapshots' CRRs give the churn (its thresholds apply).
+    pub lifecycle: Option<String>,
 }
 
 impl Default for ClvSimpleOptions {
@@ -41,6 +45,7 @@ impl Default for ClvSimpleOptions {
             min_tenure_years: 1.0,
             active_days: 90,
             churn_days: 180,
+            lifecycle: None,
         }
     }
 }
@@ -86,7 +91,7 @@ impl ClvSimpleOptions {
 pub static KIND: Kind = Kind {
     name: "clv_simple",
     summary: "historic CLV and AOV × purchases per year × lifespan × margin",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &[""],
     customer_table: Some(0),
     options: serde_aux::serde_introspection::serde_introspect::<ClvSimpleOptions>,
@@ -95,7 +100,21 @@ pub static KIND: Kind = Kind {
 
 fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -> Option<Box<dyn Stage>> {
     let options = super::parse_options::<ClvSimpleOptions>(reader, common, diagnostics)?;
-    super::lifecycle::report(reader, options.check(), diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
+    let mut errors = options.check();
+    if options.lifecycle.is_some() {
+        // With a lifecycle stage the churn is that stage's: these keys would be ignored.
+        for key in ["active_days", "churn_days", "lifespan_years"] {
+            if reader.keys().iter().any(|k| k == key) {
+                errors.push((
+                    key,
+                    format!(
+                        "`{key}` and `lifecycle` exclude each other: the lifecycle stage's thresholds give the churn"
+                    ),
+                ));
+            }
+        }
+    }
+    super::lifecycle::report(reader, errors, diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
 }
 
 /// Annual churn from monthly CRRs (the last 12 defined ones), compounded.
@@ -108,14 +127,58 @@ pub fn annual_churn(monthly_crr: &[f64]) -> Option<f64> {
     Some(1.0 - retention.powf(12.0 / last.len() as f64))
 }
 
+/// The CRRs of a lifecycle stage's snapshots (`frames[0]`), checked to be monthly.
+fn snapshot_crr(stage: &str, frames: &[DataFrame]) -> Result<Vec<f64>> {
+    let snapshots = frames
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("lifecycle stage `{stage}` gave no snapshots"))?;
+    let starts: Vec<Option<i32>> = snapshots.column("period_start")?.date()?.physical().iter().collect();
+    let monthly = starts.windows(2).all(|pair| match (pair[0], pair[1]) {
+        (Some(a), Some(b)) => {
+            let (a, b) = (crate::core::period::from_days(a), crate::core::period::from_days(b));
+            a + chrono::Months::new(1) == b && chrono::Datelike::day(&a) == 1
+        }
+        _ => false,
+    });
+    if !monthly {
+        anyhow::bail!(
+            "`lifecycle = \"{stage}\"`: that stage's snapshots are not monthly; give it `granularity = \"month\"`"
+        );
+    }
+    Ok(snapshots.column("crr")?.f64()?.iter().flatten().collect())
+}
+
 impl Stage for ClvSimpleOptions {
+    fn option_inputs(&self) -> Vec<OptionInput> {
+        self.lifecycle
+            .iter()
+            .map(|stage| OptionInput {
+                key: "lifecycle",
+                stage: stage.clone(),
+                kinds: &["lifecycle"],
+            })
+            .collect()
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
         let lifespan = match self.lifespan_years {
             Some(years) => years,
             None => {
-                let walked = walk(shared, &self.lifecycle_options())?;
-                let crr: Vec<f64> = walked.crr().iter().filter_map(|(_, crr)| *crr).collect();
+                let crr: Vec<f64> = match &self.lifecycle {
+                    Some(name) => {
+                        let (_, _, frames) = inputs
+                            .upstream
+                            .iter()
+                            .find(|(stage, _, _)| stage == name)
+                            .ok_or_else(|| anyhow::anyhow!("lifecycle stage `{name}` did not run"))?;
+                        snapshot_crr(name, frames)?
+                    }
+                    None => {
+                        let walked = walk(shared, &self.lifecycle_options())?;
+                        walked.crr().iter().filter_map(|(_, crr)| *crr).collect()
+                    }
+                };
                 match annual_churn(&crr) {
                     Some(churn) if churn > 0.0 => (1.0 / churn).min(self.max_lifespan_years),
                     _ => self.max_lifespan_years,

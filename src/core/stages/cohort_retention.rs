@@ -8,7 +8,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::period::{to_days, Granularity, PeriodIndex};
 use crate::core::prepare::{self, SharedTables};
 
@@ -28,7 +28,7 @@ pub const DIMENSIONS: &[&str] = &["acquisition_channel"];
 pub static KIND: Kind = Kind {
     name: "cohort_retention",
     summary: "dense cohort × period retention triangle with bracketed/unbounded retention and revenue",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &[""],
     customer_table: None,
     options: serde_aux::serde_introspection::serde_introspect::<CohortRetentionOptions>,

@@ -3,7 +3,7 @@
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, Stage, StageInputs, ORDERS};
 
 /// `kind = "customer_facts"` has no options of its own.
 #[derive(Debug, Default, Deserialize)]
@@ -13,7 +13,7 @@ pub struct CustomerFactsOptions {}
 pub static KIND: Kind = Kind {
     name: "customer_facts",
     summary: "one row per customer: purchase dates, orders, revenue, AOV, acquisition channel, BTYD fields",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &[""],
     customer_table: Some(0),
     options: serde_aux::serde_introspection::serde_introspect::<CustomerFactsOptions>,

@@ -13,7 +13,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::options::TableReader;
 use crate::core::period::{from_days, to_days, Granularity};
@@ -70,7 +70,7 @@ const CHURNED: usize = 4;
 pub static KIND: Kind = Kind {
     name: "lifecycle",
     summary: "new/active/at_risk/churned/reactivated per snapshot with CRR and churn; stage per customer",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &["snapshots", "customers"],
     customer_table: Some(1),
     options: serde_aux::serde_introspection::serde_introspect::<LifecycleOptions>,

@@ -18,23 +18,57 @@ use std::fmt::Debug;
 use polars::prelude::DataFrame;
 
 use crate::core::diagnostic::Diagnostics;
+use crate::core::input::SourceKind;
 use crate::core::options::TableReader;
 use crate::core::prepare::SharedTables;
 
 /// What a kind reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
-    /// The shared tables (customer_facts, customer_periods) of one source.
-    Source,
+    /// Sources of these kinds, one each, in this order (`input = ["orders", "spend"]`); of an
+    /// orders source, its shared tables (customer_facts, customer_periods).
+    Sources(&'static [SourceKind]),
     /// Output tables of other stages.
     Stages,
 }
 
 impl InputKind {
-    pub fn describe(self) -> &'static str {
+    pub fn describe(self) -> String {
         match self {
-            InputKind::Source => "the name of one source",
-            InputKind::Stages => "names of stages",
+            InputKind::Sources([kind]) => format!("the name of one {} source", kind.name()),
+            InputKind::Sources(kinds) => format!(
+                "the names of sources of kinds {}, in this order",
+                kinds
+                    .iter()
+                    .map(|kind| format!("`{}`", kind.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            InputKind::Stages => "names of stages".into(),
+        }
+    }
+}
+
+/// One orders source: what most kinds read.
+pub const ORDERS: InputKind = InputKind::Sources(&[SourceKind::Orders]);
+
+/// A source's data as stages read it, by its kind.
+#[derive(Debug)]
+pub enum SourceData {
+    /// The shared per-customer tables of an orders source.
+    Orders(SharedTables),
+}
+
+impl SourceData {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceData::Orders(_) => SourceKind::Orders,
+        }
+    }
+
+    pub fn orders(&self) -> Option<&SharedTables> {
+        match self {
+            SourceData::Orders(tables) => Some(tables),
         }
     }
 }
@@ -65,16 +99,30 @@ impl Debug for Kind {
 
 /// The data a stage runs on.
 pub struct StageInputs<'a> {
-    pub shared: Option<&'a SharedTables>,
+    /// The sources in the stage's `input`, by name; for a stage over other stages, the orders
+    /// source they came from.
+    pub sources: Vec<(&'a str, &'a SourceData)>,
     /// (stage name, its kind, its output tables in `Kind::tables` order), in `input` order.
     pub upstream: Vec<(&'a str, &'static Kind, &'a [DataFrame])>,
 }
 
 impl StageInputs<'_> {
+    /// The shared tables of the stage's (first) orders source.
     pub fn shared(&self) -> anyhow::Result<&SharedTables> {
-        self.shared
-            .ok_or_else(|| anyhow::anyhow!("this stage needs the shared tables of a source"))
+        self.sources
+            .iter()
+            .find_map(|(_, data)| data.orders())
+            .ok_or_else(|| anyhow::anyhow!("this stage needs the shared tables of an orders source"))
     }
+}
+
+/// A stage another stage's option names, whose tables it reads (e.g. clv_simple's
+/// `lifecycle`): the plan checks it exists and is of one of `kinds`, and runs it first.
+#[derive(Debug, Clone)]
+pub struct OptionInput {
+    pub key: &'static str,
+    pub stage: String,
+    pub kinds: &'static [&'static str],
 }
 
 /// A configured stage: typed options plus the function that computes its tables.
@@ -86,6 +134,12 @@ pub trait Stage: Send + Sync + Debug {
 
     /// Output tables in the order of `tables()` (by default `Kind::tables`).
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
+
+    /// Stages named by this stage's options (besides `input`) whose tables it reads; they come
+    /// after the `input` stages in `StageInputs::upstream`.
+    fn option_inputs(&self) -> Vec<OptionInput> {
+        Vec::new()
+    }
 
     /// Whether this stage reads customer_periods (`SharedTables::customer_periods`). The
     /// runner starts the stages that do first and releases the periods when the last is done;

@@ -9,7 +9,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
 use crate::core::period::{to_days, Granularity, PeriodIndex};
@@ -72,7 +72,7 @@ impl RepeatOptions {
 pub static KIND: Kind = Kind {
     name: "repeat",
     summary: "repeat rates overall and per cohort, repeat within N days, time to second purchase, P(k+1 | k)",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &["summary", "transitions"],
     customer_table: None,
     options: serde_aux::serde_introspection::serde_introspect::<RepeatOptions>,

@@ -11,7 +11,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::{InputKind, Kind, Stage, StageInputs};
+use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::money::from_micros;
 use crate::core::options::TableReader;
@@ -93,7 +93,7 @@ impl Default for RfmOptions {
 pub static KIND: Kind = Kind {
     name: "rfm",
     summary: "recency/frequency/monetary scores, segments, and the cut points used",
-    input: InputKind::Source,
+    input: ORDERS,
     tables: &["customers", "thresholds", "segments"],
     customer_table: Some(0),
     options: serde_aux::serde_introspection::serde_introspect::<RfmOptions>,

@@ -366,12 +366,73 @@ pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
 pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<SourceOrders> {
     let schema = check_schema(source)?;
     crate::telemetry::inject_fault(&source.name);
-    let files = schema.files.clone();
     let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
     if let Ok(mut scans) = SCANS.lock() {
         *scans.entry(source.path.clone()).or_insert(0) += 1;
     }
+    let first_after_as_of = match fixed_as_of {
+        Some(date) => Some(as_of_boundary(date, &schema.ordered_at, source, settings)?),
+        None => None,
+    };
+    let expected_lines = total_rows(source, &schema.files);
+    let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines)?;
+    let mut fold = OrderFold::new(
+        &schema.order_id,
+        &schema.customer_id,
+        rayon::current_num_threads(),
+        source.columns.line.is_some(),
+    );
+    fold.expected_lines = expected_lines;
+    fold.first_after_as_of = first_after_as_of;
+    let mut fold = fold_lines(source, lines, fold)?;
+    if let Some(total) = expected_lines.filter(|_| filter_in_scan) {
+        fold.count_unseen_as_excluded(total);
+    }
+    tracing::debug!(
+        "order fold: {} batches, {:.3} s busy, {}",
+        fold.batches,
+        fold.busy.as_secs_f64(),
+        crate::telemetry::memory()
+    );
+    let currencies = std::mem::take(&mut fold.currencies);
+    let folded = fold
+        .finish(&schema.customer_id, schema.has_channel)
+        .map_err(anyhow::Error::from)
+        .context("building orders")?;
+    tracing::debug!("orders numbered: {}", crate::telemetry::memory());
+    let mut stats = line_stats(source, &schema.files, &folded.lines_by_reason, folded.duplicate_lines);
+    let orders = usable_orders(source, settings, &schema, folded.orders, &mut stats)?;
+    check_rejections(source, settings, &schema, &orders, &stats)?;
+    if source.columns.currency.is_some() {
+        stats.currency = single_currency(source, currencies, &stats)?;
+    }
+    let newest = from_days(
+        orders
+            .column("date")?
+            .cast(&DataType::Int32)?
+            .i32()?
+            .max()
+            .expect("orders are not empty"),
+    );
+    stats.newest_order_date = Some(newest.to_string());
+    let as_of = fixed_as_of.unwrap_or(newest);
+    check_freshness(source, settings, newest, as_of).map_err(|message| DataRejected {
+        message,
+        stats: stats.clone(),
+    })?;
+    Ok(SourceOrders {
+        orders,
+        customer_ids: folded.customer_ids,
+        channels: folded.channels,
+        stats,
+        as_of,
+    })
+}
 
+/// The lazy scan of the mapped columns as the fold reads them (keys as text or Int64, the
+/// instant in µs, amounts as Float64 units or exact text/decimals, the optional columns), and
+/// whether the include/exclude filters run in the scan.
+fn lines_plan(source: &SourceConfig, schema: &SourceSchema, expected_lines: Option<u64>) -> Result<(LazyFrame, bool)> {
     let column_type = |logical: &str| {
         source
             .columns
@@ -379,7 +440,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             .and_then(|physical| schema.column_types.get(physical))
             .cloned()
     };
-    let projection: Vec<Expr> = source
+    let mut projection: Vec<Expr> = source
         .columns
         .mapped()
         .into_iter()
@@ -395,18 +456,10 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         |key| filter_column(source, key),
         &schema.column_types,
     );
-    let has_line = source.columns.line.is_some();
-    let has_channel = schema.has_channel;
-    let has_currency = source.columns.currency.is_some();
-
     // Each line gets a reason code (0 = usable) in the fold, from the columns below: the
     // filters, nulls, the amount and the first instant after as_of. Local dates are computed
     // per order afterwards, not per line.
     let ts = ts_micros_expr(&schema.ordered_at)?;
-    let first_after_as_of = match fixed_as_of {
-        Some(date) => Some(as_of_boundary(date, &schema.ordered_at, source, settings)?),
-        None => None,
-    };
     // Keys as text or Int64, so the fold reads two physical types only.
     let key = |name: &str, dtype: &DataType| match dtype {
         DataType::String => col(name).cast(DataType::String),
@@ -425,22 +478,20 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         col("ts"),
         amount.alias("amount"),
     ];
-    if has_channel {
+    if schema.has_channel {
         columns.push(col("channel").cast(DataType::String));
     }
-    if has_line {
+    if source.columns.line.is_some() {
         columns.push(col("line").strict_cast(DataType::Int64));
     }
-    if has_currency {
+    if source.columns.currency.is_some() {
         columns.push(col("currency").cast(DataType::String));
     }
-    let expected_lines = total_rows(source, &files);
     // With the line count known from the files' metadata, the filters run in the scan: polars
     // decodes the other columns of included lines only, and the fold counts the rest as
     // excluded. Otherwise each line carries its `include` flag to the fold.
     let filter_in_scan = has_filters && expected_lines.is_some();
-    let mut projection = projection;
-    let mut lines = scan(source, &files)?;
+    let mut lines = scan(source, &schema.files)?;
     if filter_in_scan {
         lines = lines.filter(filters);
     } else if has_filters {
@@ -448,16 +499,14 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         columns.push(col("include"));
     }
     let lines = lines.select(projection).with_column(ts.alias("ts")).select(columns);
-    let mut fold = OrderFold::new(
-        &schema.order_id,
-        &schema.customer_id,
-        rayon::current_num_threads(),
-        has_line,
-    );
-    fold.expected_lines = expected_lines;
-    fold.first_after_as_of = first_after_as_of;
+    Ok((lines, filter_in_scan))
+}
+
+/// Stream `lines` through `fold` with polars' streaming engine, showing progress.
+fn fold_lines(source: &SourceConfig, lines: LazyFrame, fold: OrderFold) -> Result<OrderFold> {
+    let expected = fold.expected_lines;
     let fold = Arc::new(Mutex::new(Some(fold)));
-    let progress = crate::telemetry::progress_bar(expected_lines.unwrap_or(0), "lines");
+    let progress = crate::telemetry::progress_bar(expected.unwrap_or(0), "lines");
     let sink = {
         let fold = Arc::clone(&fold);
         let progress = progress.clone();
@@ -475,7 +524,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     // With `line` mapped the batches come in file order, so the copy of a repeated line that
     // counts is the first in the files.
     lines
-        .sink_batches(sink, has_line, None)
+        .sink_batches(sink, source.columns.line.is_some(), None)
         .and_then(|plan| plan.collect_with_engine(Engine::Streaming))
         .map_err(anyhow::Error::from)
         .with_context(|| {
@@ -493,27 +542,16 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             )
         })?;
     progress.finish_and_clear();
-    let mut fold = fold
+    let fold = fold
         .lock()
         .ok()
         .and_then(|mut fold| fold.take())
         .expect("the scan has finished with the fold");
-    if let Some(total) = expected_lines.filter(|_| filter_in_scan) {
-        fold.count_unseen_as_excluded(total);
-    }
-    tracing::debug!(
-        "order fold: {} batches, {:.3} s busy, {}",
-        fold.batches,
-        fold.busy.as_secs_f64(),
-        crate::telemetry::memory()
-    );
-    let currencies = std::mem::take(&mut fold.currencies);
-    let folded = fold
-        .finish(&schema.customer_id, has_channel)
-        .map_err(anyhow::Error::from)
-        .context("building orders")?;
-    tracing::debug!("orders numbered: {}", crate::telemetry::memory());
+    Ok(fold)
+}
 
+/// The accounting of the lines the fold saw, by reason.
+fn line_stats(source: &SourceConfig, files: &[PathBuf], lines_by_reason: &[u64], duplicates: u64) -> InputStats {
     // Absolute paths, so a manifest read anywhere names the files.
     let absolute = |path: &Path| {
         std::path::absolute(path)
@@ -528,10 +566,10 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         ..Default::default()
     };
     // Repeated (order_id, line) pairs are usable lines the fold counted once.
-    stats.duplicate_lines = folded.duplicate_lines;
-    stats.rows_read = folded.lines_by_reason.iter().sum::<u64>();
+    stats.duplicate_lines = duplicates;
+    stats.rows_read = lines_by_reason.iter().sum::<u64>();
     for (code, name) in LINE_REASONS {
-        let count = folded.lines_by_reason[*code as usize];
+        let count = lines_by_reason[*code as usize];
         match *name {
             "excluded_by_include" => stats.rows_excluded_by_include = count,
             "after_as_of" => stats.rows_ignored_after_as_of = count,
@@ -540,14 +578,24 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
             }
         }
     }
+    stats
+}
 
-    // An order_id whose lines name two customers is rejected whole, and so is one whose first
-    // local time does not exist (a DST gap for naive times).
+/// The folded orders with their local dates, less those rejected whole: an order_id whose lines
+/// name two customers, and one whose first local time does not exist (a DST gap for naive
+/// times). Their lines are counted in `stats`.
+fn usable_orders(
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+    schema: &SourceSchema,
+    orders: DataFrame,
+    stats: &mut InputStats,
+) -> Result<DataFrame> {
     let mut keep = vec![col("id"), col("date"), col("ordered_ts"), col("revenue")];
-    if has_channel {
+    if schema.has_channel {
         keep.push(col("channel"));
     }
-    let usable = with_order_dates(folded.orders, &schema.ordered_at, source, settings)?;
+    let usable = with_order_dates(orders, &schema.ordered_at, source, settings)?;
     tracing::debug!("order dates: {}", crate::telemetry::memory());
     let rejected_lines = |condition: Expr| -> Result<u64> {
         let frame = usable
@@ -581,87 +629,94 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     };
     stats.orders = orders.height() as u64;
     tracing::debug!("orders filtered: {}", crate::telemetry::memory());
+    Ok(orders)
+}
+
+/// The run stops when no order is left, or when more lines were rejected than
+/// `max_rejected_fraction` allows; the message says why and what to change.
+fn check_rejections(
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+    schema: &SourceSchema,
+    orders: &DataFrame,
+    stats: &InputStats,
+) -> Result<()> {
+    let rejected = |message: String| -> Result<()> {
+        Err(DataRejected {
+            message,
+            stats: stats.clone(),
+        }
+        .into())
+    };
     if orders.height() == 0 {
         let mut message = format!(
             "source `{}`: no orders left: {} rows read, {} excluded by include/exclude, {}, {} after as_of",
             source.name,
             thousands(stats.rows_read),
             thousands(stats.rows_excluded_by_include),
-            rejected_summary(&stats),
+            rejected_summary(stats),
             thousands(stats.rows_ignored_after_as_of)
         );
         if stats.rows_read > 0 && stats.rows_excluded_by_include == stats.rows_read {
             message.push_str(&format!(
                 "; the filters match no line ({}); check their values",
-                frequent_values(source, &schema)
+                frequent_values(source, schema)
             ));
         } else if stats.rows_read == 0 {
             message.push_str("; the input holds no line");
         }
-        return Err(DataRejected { message, stats }.into());
+        return rejected(message);
     }
+    let fraction = stats.rows_rejected_total as f64 / stats.rows_read.max(1) as f64;
+    if fraction > settings.max_rejected_fraction {
+        return rejected(format!(
+            "source `{}`: {} of {} rows rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
+            source.name,
+            thousands(stats.rows_rejected_total),
+            thousands(stats.rows_read),
+            fraction * 100.0,
+            rejected_reasons(stats),
+            settings.max_rejected_fraction,
+            accepting_fraction(fraction),
+        ));
+    }
+    Ok(())
+}
 
-    if stats.rows_read > 0 {
-        let fraction = stats.rows_rejected_total as f64 / stats.rows_read as f64;
-        if fraction > settings.max_rejected_fraction {
-            let message = format!(
-                "source `{}`: {} of {} rows rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
-                source.name,
-                thousands(stats.rows_rejected_total),
-                thousands(stats.rows_read),
-                fraction * 100.0,
-                rejected_reasons(&stats),
-                settings.max_rejected_fraction,
-                accepting_fraction(fraction),
-            );
-            return Err(DataRejected { message, stats }.into());
-        }
+/// The one currency of the lines used (`None` when they have none), or an error listing each
+/// with its line count and the `include` that picks one.
+fn single_currency(
+    source: &SourceConfig,
+    currencies: BTreeMap<Option<String>, u64>,
+    stats: &InputStats,
+) -> Result<Option<String>> {
+    if currencies.len() <= 1 {
+        return Ok(currencies.into_keys().next().flatten());
     }
-    if let Some(physical) = &source.columns.currency {
-        if currencies.len() > 1 {
-            let name = |currency: &Option<String>| currency.as_deref().unwrap_or("null").to_string();
-            let listed: Vec<String> = currencies
-                .iter()
-                .map(|(currency, lines)| format!("{} ({})", name(currency), count_of(*lines, "line")))
-                .collect();
-            let (largest, _) = currencies
-                .iter()
-                .filter(|(currency, _)| currency.is_some())
-                .max_by_key(|(_, lines)| **lines)
-                .unwrap_or((&None, &0));
-            let message = format!(
-                "source `{}`: the lines left after the filters hold {} currencies in column `{physical}`: {}; a run sums one currency: pick one with `include = {{ {physical} = [\"{}\"] }}` on `[sources.{}]` (one run per currency)",
-                source.name,
-                currencies.len(),
-                listed.join(", "),
-                name(largest),
-                source.name
-            );
-            return Err(DataRejected { message, stats }.into());
-        }
-        stats.currency = currencies.into_keys().next().flatten();
-    }
-    let newest = from_days(
-        orders
-            .column("date")?
-            .cast(&DataType::Int32)?
-            .i32()?
-            .max()
-            .expect("orders are not empty"),
+    let physical = source.columns.currency.as_deref().unwrap_or("currency");
+    let name = |currency: &Option<String>| currency.as_deref().unwrap_or("null").to_string();
+    let listed: Vec<String> = currencies
+        .iter()
+        .map(|(currency, lines)| format!("{} ({})", name(currency), count_of(*lines, "line")))
+        .collect();
+    let (largest, _) = currencies
+        .iter()
+        .filter(|(currency, _)| currency.is_some())
+        .max_by_key(|(_, lines)| **lines)
+        .unwrap_or((&None, &0));
+    let message = format!(
+        "source `{}`: the lines left after the filters hold {} currencies in column `{physical}`: {}; a run sums one currency: pick one with `include = {{ {physical} = [\"{}\"] }}` on `[sources.{}]` (one run per currency)",
+        source.name,
+        currencies.len(),
+        listed.join(", "),
+        name(largest),
+        source.name
     );
-    stats.newest_order_date = Some(newest.to_string());
-    let as_of = fixed_as_of.unwrap_or(newest);
-    check_freshness(source, settings, newest, as_of).map_err(|message| DataRejected {
+    Err(DataRejected {
         message,
         stats: stats.clone(),
-    })?;
-    Ok(SourceOrders {
-        orders,
-        customer_ids: folded.customer_ids,
-        channels: folded.channels,
-        stats,
-        as_of,
-    })
+    }
+    .into())
 }
 
 #[cfg(test)]
