@@ -75,19 +75,40 @@ pub(super) fn as_of(sources: &BTreeMap<String, SourceData>) -> Option<chrono::Na
 
 /// The order stages are taken in, and each one's level (for the manifest): by level; within
 /// one, the stages that read customer_periods first, so the periods are released as early as
-/// they can be; then config order.
+/// they can be; then those more selected stages wait for (directly or not), so the stages after
+/// them can start; then config order.
 fn start_order(plan: &Plan, selected: &BTreeSet<usize>) -> (Vec<usize>, BTreeMap<usize, usize>) {
+    let waiting = waiting_for(plan, selected);
     let mut level_of = BTreeMap::new();
     let mut order = Vec::new();
     for (level_number, level) in plan.levels.iter().enumerate() {
         let mut stages: Vec<usize> = level.iter().copied().filter(|i| selected.contains(i)).collect();
-        stages.sort_by_key(|&i| !reads_periods(&plan.config, i));
+        stages.sort_by_key(|&i| (!reads_periods(&plan.config, i), std::cmp::Reverse(waiting[&i])));
         for &index in &stages {
             level_of.insert(index, level_number);
         }
         order.extend(stages);
     }
     (order, level_of)
+}
+
+/// For each selected stage, how many selected stages read its tables, directly or through
+/// others.
+fn waiting_for(plan: &Plan, selected: &BTreeSet<usize>) -> BTreeMap<usize, usize> {
+    let mut readers: BTreeMap<usize, BTreeSet<usize>> = selected.iter().map(|&i| (i, BTreeSet::new())).collect();
+    // Levels in reverse: a stage's readers are known before the stages it reads.
+    for level in plan.levels.iter().rev() {
+        for &index in level.iter().filter(|i| selected.contains(i)) {
+            let mine = readers[&index].clone();
+            for dep in upstream_of(plan, index) {
+                if let Some(theirs) = readers.get_mut(&dep) {
+                    theirs.insert(index);
+                    theirs.extend(&mine);
+                }
+            }
+        }
+    }
+    readers.into_iter().map(|(index, all)| (index, all.len())).collect()
 }
 
 fn reads_periods(config: &Config, index: usize) -> bool {
@@ -314,4 +335,30 @@ fn file_metadata(config: &Config, manifest: &Manifest) -> Vec<(String, String)> 
         key_values.push(("currency".to_string(), currency));
     }
     key_values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In the sample config `lifecycle` is read by `clv_simple` (its churn), `lifecycle_by_channel`
+    /// and, through `clv_simple`, `segments`: it starts before the other stages of its level
+    /// that read customer_periods.
+    #[test]
+    fn stages_others_wait_for_start_first() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let plan = crate::core::plan::load_plan(&root.join("pipelines/retail.toml")).expect("sample config");
+        let index = |name: &str| plan.config.stages.iter().position(|s| s.name == name).unwrap();
+        let selected: BTreeSet<usize> = (0..plan.config.stages.len()).collect();
+        let waiting = waiting_for(&plan, &selected);
+        assert_eq!(waiting[&index("lifecycle")], 3);
+        assert_eq!(waiting[&index("clv_simple")], 2);
+        assert_eq!(waiting[&index("segments")], 0);
+        let (order, level_of) = start_order(&plan, &selected);
+        assert_eq!(order.len(), selected.len());
+        let position = |name: &str| order.iter().position(|&i| i == index(name)).unwrap();
+        assert!(position("lifecycle") < position("cohorts"), "{order:?}");
+        assert!(position("lifecycle") < position("repeat"), "{order:?}");
+        assert!(level_of[&index("clv_simple")] > level_of[&index("lifecycle")]);
+    }
 }
