@@ -561,6 +561,13 @@ pub fn validate_timezone(zone: &str) -> Result<(), Option<String>> {
     }
 }
 
+/// `message` at the table's `kind`, suggesting the nearest of `names` (or listing them).
+fn unknown_kind(message: String, kind: &str, names: &[&str], reader: &TableReader, diagnostics: &mut Diagnostics) {
+    let help = crate::core::diagnostic::suggest(kind, names.iter().copied())
+        .or_else(|| Some(format!("known kinds: {}", backticked(names))));
+    diagnostics.push(Diagnostic::new(message, reader.value_span("kind")).with_help(help));
+}
+
 fn parse_source(
     name: &str,
     table: &dyn TableLike,
@@ -574,16 +581,8 @@ fn parse_source(
         None => SourceKind::default(),
         Some(text) => SourceKind::from_name(&text).unwrap_or_else(|| {
             let names: Vec<&str> = SourceKind::ALL.iter().map(|kind| kind.name()).collect();
-            diagnostics.push(
-                Diagnostic::new(
-                    format!("key `kind` of source `{name}`: unknown source kind `{text}`"),
-                    reader.value_span("kind"),
-                )
-                .with_help(
-                    crate::core::diagnostic::suggest(&text, names.iter().copied())
-                        .or_else(|| Some(format!("known kinds: {}", backticked(&names)))),
-                ),
-            );
+            let message = format!("key `kind` of source `{name}`: unknown source kind `{text}`");
+            unknown_kind(message, &text, &names, &reader, diagnostics);
             SourceKind::default()
         }),
     };
@@ -702,16 +701,8 @@ fn parse_stage(
     let kind_name = reader.require::<String>("kind", diagnostics)?;
     let Some(kind) = stages::kind(&kind_name) else {
         let names: Vec<&str> = stages::KINDS.iter().map(|k| k.name).collect();
-        diagnostics.push(
-            Diagnostic::new(
-                format!("stage `{name}` has unknown kind `{kind_name}`"),
-                reader.value_span("kind"),
-            )
-            .with_help(
-                crate::core::diagnostic::suggest(&kind_name, names.iter().copied())
-                    .or_else(|| Some(format!("known kinds: {}", backticked(&names)))),
-            ),
-        );
+        let message = format!("stage `{name}` has unknown kind `{kind_name}`");
+        unknown_kind(message, &kind_name, &names, &reader, diagnostics);
         // Still report unknown common keys; options cannot be checked without a kind.
         return None;
     };

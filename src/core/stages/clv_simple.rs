@@ -149,6 +149,11 @@ fn snapshot_crr(stage: &str, frames: &[DataFrame]) -> Result<Vec<f64>> {
 }
 
 impl Stage for ClvSimpleOptions {
+    /// Only a lifespan derived by walking the customers reads them.
+    fn reads_customer_periods(&self) -> bool {
+        self.lifespan_years.is_none() && self.lifecycle.is_none()
+    }
+
     fn option_inputs(&self) -> Vec<OptionInput> {
         self.lifecycle
             .iter()
