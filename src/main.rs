@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 // polars allocates heavily from many threads; mimalloc is markedly faster than the system one.
-// Blocks of 256 KiB and more come from pages the process keeps (see `alloc.rs`).
+// Blocks of 256 KiB and more come from pages the process keeps (see `tuning/alloc.rs`).
 #[cfg(all(target_os = "linux", feature = "page-allocator"))]
 #[global_allocator]
 static GLOBAL: pipeline::tuning::alloc::Allocator = pipeline::tuning::alloc::Allocator;
@@ -13,22 +13,8 @@ use clap::Parser;
 use pipeline::cli::{Cli, Command, PlanFormat};
 
 fn main() -> ExitCode {
-    // mimalloc lets the kernel back its memory with transparent huge pages where the system
-    // allows them; polars frees and re-allocates large buffers all the time, and each re-fault
-    // of a huge page zeroes 2 MiB: a third of a 10M-line run's CPU went to clearing pages.
-    // With 4 KiB pages system time halves at the same peak RSS (measured in bench/).
-    #[cfg(all(target_os = "linux", feature = "memory-settings"))]
-    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
-    let thp_disabled = unsafe {
-        libc::prctl(
-            libc::PR_SET_THP_DISABLE,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    keep_freed_memory();
+    #[cfg(feature = "memory-settings")]
+    let memory_settings = pipeline::tuning::memory::apply();
     let cli = Cli::parse();
     if let Command::Run(args) = &cli.command {
         if let Some(threads) = args.threads {
@@ -45,12 +31,9 @@ fn main() -> ExitCode {
     }
     pipeline::logging::init(&cli.log, cli.log_format);
     let json = cli.log_format == pipeline::logging::LogFormat::Json;
-    #[cfg(all(target_os = "linux", feature = "memory-settings"))]
-    if thp_disabled != 0 {
-        tracing::debug!(
-            "could not disable transparent huge pages: {}",
-            std::io::Error::last_os_error()
-        );
+    #[cfg(feature = "memory-settings")]
+    if let Err(problem) = memory_settings {
+        tracing::debug!("{problem}");
     }
     pipeline::install_panic_hook();
     match pipeline::catch_panics(|| execute(cli.command)) {
@@ -67,22 +50,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(pipeline::exit_code(&error) as u8)
         }
-    }
-}
-
-/// mimalloc hands freed memory back to the kernel shortly after it is freed, and the next phase
-/// faults it in again, the kernel zeroing every page. Keeping it (as `MIMALLOC_PURGE_DELAY=-1`
-/// would) trades some peak RSS for that work (measured in docs/performance.md). A
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides.
-fn keep_freed_memory() {
-    if !cfg!(feature = "memory-settings") {
-        return;
-    }
-    /// `mi_option_purge_delay` in mimalloc.h (the Rust bindings do not name it).
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set only stores an option value; any value is valid for this one.
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
     }
 }
 

@@ -4,5 +4,7 @@
 
 #[cfg(all(target_os = "linux", feature = "page-allocator"))]
 pub mod alloc;
+#[cfg(feature = "memory-settings")]
+pub mod memory;
 #[cfg(feature = "parallel-writer")]
 pub mod parquet;

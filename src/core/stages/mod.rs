@@ -125,7 +125,9 @@ pub struct OptionInput {
     pub kinds: &'static [&'static str],
 }
 
-/// A configured stage: typed options plus the function that computes its tables.
+/// A configured stage: typed options plus the function that computes its tables. A column a
+/// table takes unchanged from the shared tables (`customer_id`, revenue, …) should be that
+/// column (a clone shares its buffer), not a copy: the sink writes its data once per run.
 pub trait Stage: Send + Sync + Debug {
     /// The table suffixes this configured stage writes, when options change them.
     fn tables(&self) -> Vec<&'static str> {
