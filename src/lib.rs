@@ -141,7 +141,36 @@ pub fn docs(path: &std::path::Path, format: cli::DocsFormat) -> Result<String> {
 pub fn validate(path: &std::path::Path) -> Result<String> {
     let plan = load_plan(path)?;
     let mut report = Vec::new();
+    let orders_text_ids = |source: &crate::core::config::SourceConfig| -> Result<Option<bool>> {
+        Ok(match source.kind {
+            crate::core::config::SourceKind::Orders => {
+                Some(source::check_schema(source)?.customer_id == polars::prelude::DataType::String)
+            }
+            crate::core::config::SourceKind::Survey => None,
+        })
+    };
     for source in plan.config.sources.values() {
+        if source.kind == crate::core::config::SourceKind::Survey {
+            let survey = source::check_survey(source)?;
+            for orders in plan.config.sources.values() {
+                if orders_text_ids(orders)?.is_some_and(|text| text != survey.text_ids) {
+                    let kind = |text: bool| if text { "text" } else { "integers" };
+                    anyhow::bail!(
+                        "source `{}`: its customer_id holds {}, but orders source `{}` holds {}: map a customer_id column of the same kind",
+                        source.name,
+                        kind(survey.text_ids),
+                        orders.name,
+                        kind(!survey.text_ids)
+                    );
+                }
+            }
+            report.push(format!(
+                "source `{}`: {} survey file(s), mapped columns ok",
+                source.name,
+                survey.files.len()
+            ));
+            continue;
+        }
         let schema = source::check_schema(source)?;
         report.push(format!(
             "source `{}`: {} {} file(s), mapped and filter columns ok",

@@ -403,6 +403,47 @@ const SEGMENT_SUMMARY: &[ColumnDoc] = &[
     c("repeat_rate", "float64", "share of the group's customers with 2 or more purchases, a fraction 0–1"),
 ];
 
+const NPS_PERIODS: &[ColumnDoc] = &[
+    c(
+        "period_start",
+        "date",
+        "start of the period (local date); dense from the first answer's period to the as_of period",
+    ),
+    c(
+        "responses",
+        "int64",
+        "answers given in the period, also from people who never purchased",
+    ),
+    c("promoters", "int64", "answers scoring 9–10"),
+    c("passives", "int64", "answers scoring 7–8"),
+    c("detractors", "int64", "answers scoring 0–6"),
+    c(
+        "nps",
+        "float64",
+        "Net Promoter Score, 100 × (promoters − detractors) / responses, from −100 to 100; null without answers",
+    ),
+];
+
+const NPS_CUSTOMERS: &[ColumnDoc] = &[
+    c(
+        "customer_id",
+        "as in the survey",
+        "the respondent's id, as in the survey source",
+    ),
+    c("responses", "int64", "the respondent's answers up to as_of"),
+    c(
+        "last_score",
+        "int32",
+        "score 0–10 of the latest answer (of answers at one instant, the lower)",
+    ),
+    c("last_responded_on", "date", "local date of the latest answer"),
+    c(
+        "nps_category",
+        "string",
+        "from last_score: `promoter` (9–10), `passive` (7–8) or `detractor` (0–6)",
+    ),
+];
+
 /// The columns of table `suffix` ("" for a one-table kind) of stage kind `kind`, without the
 /// `as_of` every table ends with.
 pub fn columns(kind: &str, suffix: &str) -> &'static [ColumnDoc] {
@@ -421,6 +462,8 @@ pub fn columns(kind: &str, suffix: &str) -> &'static [ColumnDoc] {
         ("clv", "model") => CLV_MODEL,
         ("clv", "validation") => CLV_VALIDATION,
         ("segment_summary", _) => SEGMENT_SUMMARY,
+        ("nps", "periods") => NPS_PERIODS,
+        ("nps", "customers") => NPS_CUSTOMERS,
         _ => &[],
     }
 }

@@ -55,6 +55,25 @@ pub struct ColumnMap {
     pub currency: Option<String>,
 }
 
+/// `[sources.NAME.columns]` of a survey source: logical name = column in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SurveyColumns {
+    pub customer_id: String,
+    pub responded_at: String,
+    pub score: String,
+}
+
+impl Default for SurveyColumns {
+    fn default() -> Self {
+        SurveyColumns {
+            customer_id: "customer_id".into(),
+            responded_at: "responded_at".into(),
+            score: "score".into(),
+        }
+    }
+}
+
 fn default_customer_id() -> String {
     "customer_id".into()
 }
@@ -218,7 +237,10 @@ pub struct SourceConfig {
     /// Lines dropped: the line's value in any listed column is one of its listed values.
     pub exclude: BTreeMap<String, Vec<FilterValue>>,
     pub naive_timestamps_are: String,
+    /// The mapped columns of an orders source.
     pub columns: ColumnMap,
+    /// The mapped columns of a survey source.
+    pub survey_columns: SurveyColumns,
     pub span: Option<Range<usize>>,
 }
 
@@ -561,6 +583,31 @@ pub fn validate_timezone(zone: &str) -> Result<(), Option<String>> {
     }
 }
 
+/// The `columns` table of source `name` as `T` (its defaults when absent).
+fn parse_columns<T: serde::de::DeserializeOwned + Default>(
+    name: &str,
+    table: &dyn TableLike,
+    diagnostics: &mut Diagnostics,
+) -> Option<T> {
+    let Some(item) = table.get("columns") else {
+        return Some(T::default());
+    };
+    match item.as_table_like() {
+        Some(columns_table) => {
+            let columns_reader =
+                TableReader::new(columns_table, format!("`columns` of source `{name}`"), item_span(item));
+            columns_reader.options::<T>(&[], diagnostics)
+        }
+        None => {
+            diagnostics.error(
+                format!("key `columns` of source `{name}` must be a table of logical = file column"),
+                item_span(item),
+            );
+            None
+        }
+    }
+}
+
 /// `message` at the table's `kind`, suggesting the nearest of `names` (or listing them).
 fn unknown_kind(message: String, kind: &str, names: &[&str], reader: &TableReader, diagnostics: &mut Diagnostics) {
     let help = crate::core::diagnostic::suggest(kind, names.iter().copied())
@@ -599,22 +646,25 @@ fn parse_source(
             .with_help(help),
         );
     }
-    let columns = match table.get("columns") {
-        None => Some(ColumnMap::default()),
-        Some(item) => match item.as_table_like() {
-            Some(columns_table) => {
-                let columns_reader =
-                    TableReader::new(columns_table, format!("`columns` of source `{name}`"), item_span(item));
-                columns_reader.options::<ColumnMap>(&[], diagnostics)
+    let (columns, survey_columns) = match kind {
+        SourceKind::Orders => (
+            parse_columns::<ColumnMap>(name, table, diagnostics),
+            Some(SurveyColumns::default()),
+        ),
+        SourceKind::Survey => {
+            for key in ["include", "exclude"] {
+                if table.contains_key(key) {
+                    diagnostics.error(
+                        format!("key `{key}` of source `{name}`: filters are for orders sources"),
+                        reader.key_span(key),
+                    );
+                }
             }
-            None => {
-                diagnostics.error(
-                    format!("key `columns` of source `{name}` must be a table of logical = file column"),
-                    item_span(item),
-                );
-                None
-            }
-        },
+            (
+                Some(ColumnMap::default()),
+                parse_columns::<SurveyColumns>(name, table, diagnostics),
+            )
+        }
     };
     let include = reader
         .get::<BTreeMap<String, Vec<FilterValue>>>("include", diagnostics)
@@ -679,6 +729,7 @@ fn parse_source(
         exclude,
         naive_timestamps_are: naive,
         columns: columns?,
+        survey_columns: survey_columns?,
         span,
     })
 }

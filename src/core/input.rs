@@ -14,14 +14,17 @@ pub enum SourceKind {
     /// Order lines (the default).
     #[default]
     Orders,
+    /// Survey answers: customer_id, responded_at, a score 0–10.
+    Survey,
 }
 
 impl SourceKind {
-    pub const ALL: &'static [SourceKind] = &[SourceKind::Orders];
+    pub const ALL: &'static [SourceKind] = &[SourceKind::Orders, SourceKind::Survey];
 
     pub fn name(self) -> &'static str {
         match self {
             SourceKind::Orders => "orders",
+            SourceKind::Survey => "survey",
         }
     }
 
@@ -50,6 +53,14 @@ pub struct InputStats {
     /// The one currency of the lines used, when the source maps a `currency` column.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
+}
+
+/// The answers of a survey source up to as_of: `customer_id` (Int64 or text), `responded_ts`
+/// (Int64 µs, for ordering), `score` (Int32, 0–10), `responded_on` (local date).
+#[derive(Debug)]
+pub struct SurveyAnswers {
+    pub answers: DataFrame,
+    pub stats: InputStats,
 }
 
 /// The input was read but is not usable; carries the accounting so the failure manifest has it.

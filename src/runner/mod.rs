@@ -141,7 +141,8 @@ fn execute(
     sink.share_columns_of(&facts);
     manifest.stages = stages::run_stages(plan, options, selected, &sources, manifest, &*sink)?;
     for stats in &mut manifest.inputs {
-        if let Some(source_config) = plan.config.sources.get(&stats.source) {
+        let config = plan.config.sources.get(&stats.source);
+        if let Some(source_config) = config.filter(|source| source.kind == SourceKind::Orders) {
             stats.scans = source::scans_started(source_config);
         }
     }
@@ -157,12 +158,15 @@ fn read_sources(
     manifest: &mut Manifest,
 ) -> Result<BTreeMap<String, SourceData>> {
     let mut sources = BTreeMap::new();
-    for name in plan.sources_needed(selected) {
-        let source_config = plan
-            .config
-            .sources
-            .get(&name)
-            .expect("plan inputs name only configured sources");
+    // Orders first: the others are read up to the run's as_of, which the orders may decide.
+    let mut needed: Vec<&SourceConfig> = plan
+        .sources_needed(selected)
+        .iter()
+        .map(|name| &plan.config.sources[name])
+        .collect();
+    needed.sort_by_key(|source| source.kind != SourceKind::Orders);
+    for source_config in needed {
+        let name = source_config.name.clone();
         tracing::info!(
             "reading {} source `{name}` ({})",
             source_config.kind.name(),
@@ -170,6 +174,17 @@ fn read_sources(
         );
         let data = match source_config.kind {
             SourceKind::Orders => SourceData::Orders(read_orders(plan, source_config, as_of, manifest)?),
+            SourceKind::Survey => {
+                let as_of = stages::as_of(&sources).context("a survey is read with an orders source")?;
+                let answers =
+                    source::read_survey(source_config, &plan.config.pipeline, as_of).inspect_err(|error| {
+                        if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
+                            manifest.inputs.push(rejected.stats.clone());
+                        }
+                    })?;
+                manifest.inputs.push(answers.stats.clone());
+                SourceData::Survey(answers)
+            }
         };
         sources.insert(name, data);
     }

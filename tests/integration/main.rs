@@ -14,6 +14,7 @@ mod faults;
 mod inputs;
 mod lifecycle;
 mod matrix;
+mod nps;
 mod outputs;
 mod properties;
 mod reference;

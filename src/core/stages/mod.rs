@@ -9,6 +9,7 @@ pub mod clv_simple;
 pub mod cohort_retention;
 pub mod customer_facts;
 pub mod lifecycle;
+pub mod nps;
 pub mod repeat;
 pub mod rfm;
 pub mod segment_summary;
@@ -18,7 +19,7 @@ use std::fmt::Debug;
 use polars::prelude::DataFrame;
 
 use crate::core::diagnostic::Diagnostics;
-use crate::core::input::SourceKind;
+use crate::core::input::{SourceKind, SurveyAnswers};
 use crate::core::options::TableReader;
 use crate::core::prepare::SharedTables;
 
@@ -57,18 +58,29 @@ pub const ORDERS: InputKind = InputKind::Sources(&[SourceKind::Orders]);
 pub enum SourceData {
     /// The shared per-customer tables of an orders source.
     Orders(SharedTables),
+    /// The answers of a survey source.
+    Survey(SurveyAnswers),
 }
 
 impl SourceData {
     pub fn kind(&self) -> SourceKind {
         match self {
             SourceData::Orders(_) => SourceKind::Orders,
+            SourceData::Survey(_) => SourceKind::Survey,
         }
     }
 
     pub fn orders(&self) -> Option<&SharedTables> {
         match self {
             SourceData::Orders(tables) => Some(tables),
+            _ => None,
+        }
+    }
+
+    pub fn survey(&self) -> Option<&SurveyAnswers> {
+        match self {
+            SourceData::Survey(answers) => Some(answers),
+            _ => None,
         }
     }
 }
@@ -172,6 +184,7 @@ pub static KINDS: &[&Kind] = &[
     &clv_simple::KIND,
     &clv::KIND,
     &segment_summary::KIND,
+    &nps::KIND,
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {

@@ -37,9 +37,14 @@ pub(super) fn parses_as(value: &str, format: &str, kind: TimeKind) -> bool {
     }
 }
 
-/// The layout of a CSV source's `ordered_at` text, from its first 1,000 non-null values.
-pub(super) fn csv_time_format(source: &SourceConfig, files: &[PathBuf]) -> Result<(&'static str, TimeKind)> {
-    let physical = source.columns.ordered_at.as_str();
+/// The layout of a CSV source's time text in column `physical` (mapped as `logical`), from its
+/// first 1,000 non-null values.
+pub(super) fn csv_time_format(
+    source: &SourceConfig,
+    files: &[PathBuf],
+    physical: &str,
+    logical: &str,
+) -> Result<(&'static str, TimeKind)> {
     let sample = scan(source, files)?
         .select([col(physical)])
         .drop_nulls(None)
@@ -73,7 +78,7 @@ pub(super) fn csv_time_format(source: &SourceConfig, files: &[PathBuf]) -> Resul
                 .find(|value| !CSV_TIME_FORMATS.iter().any(|(f, k)| parses_as(value, f, *k)))
                 .unwrap_or(&values[0]);
             format!(
-                "source `{}`: column `{physical}` (mapped as `ordered_at`) holds `{odd}`, which is no date or timestamp layout read from CSV; accepted: {} (one layout per column; %.f is optional fractional seconds)",
+                "source `{}`: column `{physical}` (mapped as `{logical}`) holds `{odd}`, which is no date or timestamp layout read from CSV; accepted: {} (one layout per column; %.f is optional fractional seconds)",
                 source.name,
                 CSV_TIME_FORMATS.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
             )

@@ -22,10 +22,12 @@ use crate::core::period::from_days;
 mod csv;
 mod dates;
 mod files;
+mod survey;
 
 use csv::*;
 use dates::*;
 use files::*;
+pub use survey::{check_survey, read_survey};
 
 /// Reasons that count as rejected (against `max_rejected_fraction`).
 const REJECTED: &[&str] = &[
@@ -139,13 +141,15 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
             ));
         }
         match logical {
-            "ordered_at" if csv && dtype == &DataType::String => match csv_time_format(source, &files) {
-                Ok((format, kind)) => {
-                    ordered_at = csv_time_dtype(kind);
-                    time_format = Some((format, kind));
+            "ordered_at" if csv && dtype == &DataType::String => {
+                match csv_time_format(source, &files, physical, "ordered_at") {
+                    Ok((format, kind)) => {
+                        ordered_at = csv_time_dtype(kind);
+                        time_format = Some((format, kind));
+                    }
+                    Err(error) => problems.push(format!("{error:#}")),
                 }
-                Err(error) => problems.push(format!("{error:#}")),
-            },
+            }
             "ordered_at" => ordered_at = dtype.clone(),
             "order_id" => key_types[0] = key_type(dtype),
             "customer_id" => key_types[1] = key_type(dtype),
@@ -550,15 +554,16 @@ fn fold_lines(source: &SourceConfig, lines: LazyFrame, fold: OrderFold) -> Resul
     Ok(fold)
 }
 
+/// An absolute path as text, so a manifest read anywhere names the files.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// The accounting of the lines the fold saw, by reason.
 fn line_stats(source: &SourceConfig, files: &[PathBuf], lines_by_reason: &[u64], duplicates: u64) -> InputStats {
-    // Absolute paths, so a manifest read anywhere names the files.
-    let absolute = |path: &Path| {
-        std::path::absolute(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .display()
-            .to_string()
-    };
     let mut stats = InputStats {
         source: source.name.clone(),
         path: absolute(&source.path),

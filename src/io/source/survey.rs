@@ -1,0 +1,184 @@
+//! Survey sources (`kind = "survey"`): one row per answer with `customer_id`, `responded_at` (a
+//! date or timestamp; CSV text in any layout `csv.rs` knows) and `score`, an integer 0–10.
+//! Answers with a null id or time, or a null or out-of-range score, are rejected and counted
+//! (under `max_rejected_fraction`); answers after as_of are ignored and counted.
+
+use super::*;
+use crate::core::input::SurveyAnswers;
+
+/// A survey source's files and mapped columns, checked: the lazy scan of
+/// customer_id (Int64 or text), responded_ts (Int64 µs) and score (Int64), and the type of
+/// `responded_at` as read.
+pub struct SurveySchema {
+    pub files: Vec<PathBuf>,
+    /// Whether the ids are text (else integers).
+    pub text_ids: bool,
+    answers: LazyFrame,
+    time_type: DataType,
+}
+
+/// The answers of `source` up to `as_of` (a local date in the pipeline's zone).
+pub fn read_survey(source: &SourceConfig, settings: &PipelineSettings, as_of: NaiveDate) -> Result<SurveyAnswers> {
+    let SurveySchema {
+        files,
+        answers,
+        time_type,
+        ..
+    } = check_survey(source)?;
+    crate::telemetry::inject_fault(&source.name);
+    let local = local_date_of_micros(col("responded_ts"), &time_type, source, settings)?;
+    let all = answers
+        .with_column(local.alias("responded_on"))
+        .collect()
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "source `{}`: reading answers from `{}`",
+                source.name,
+                source.path.display()
+            )
+        })?;
+    answers_up_to(source, settings, &files, all, as_of)
+}
+
+/// Check a survey source's files and column types (`validate` and every run).
+pub fn check_survey(source: &SourceConfig) -> Result<SurveySchema> {
+    let files = resolve_files(source)?;
+    let columns = &source.survey_columns;
+    let mut lines = scan(source, &files)?;
+    let schema = lines.collect_schema().map_err(anyhow::Error::from).with_context(|| {
+        format!(
+            "source `{}`: reading the schema of `{}`",
+            source.name,
+            source.path.display()
+        )
+    })?;
+    let typed = |logical: &str, physical: &str| -> Result<DataType> {
+        let dtype = schema.get(physical).cloned().with_context(|| {
+            let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+            let hint = crate::core::diagnostic::suggest(physical, names.iter().copied())
+                .unwrap_or_else(|| format!("map it under `[sources.{}.columns]`", source.name));
+            format!(
+                "source `{}`: no column `{physical}` (mapped as `{logical}`) in `{}`; {hint}",
+                source.name,
+                source.path.display()
+            )
+        })?;
+        Ok(dtype)
+    };
+    let id_type = typed("customer_id", &columns.customer_id)?;
+    let time_type = typed("responded_at", &columns.responded_at)?;
+    let score_type = typed("score", &columns.score)?;
+    let id = match &id_type {
+        dtype if dtype.is_integer() => col(columns.customer_id.as_str()).strict_cast(DataType::Int64),
+        DataType::String | DataType::Categorical(_, _) | DataType::Enum(_, _) => {
+            col(columns.customer_id.as_str()).cast(DataType::String)
+        }
+        other => bail!(
+            "source `{}`: column `{}` (mapped as `customer_id`) has type {other}: expected integers or text",
+            source.name,
+            columns.customer_id
+        ),
+    };
+    let (time, time_type) = match &time_type {
+        DataType::Date | DataType::Datetime(_, _) => (col(columns.responded_at.as_str()), time_type.clone()),
+        DataType::String if source.format == SourceFormat::Csv => {
+            let (format, kind) = csv_time_format(source, &files, &columns.responded_at, "responded_at")?;
+            (csv_time_expr(&columns.responded_at, format, kind), csv_time_dtype(kind))
+        }
+        other => bail!(
+            "source `{}`: column `{}` (mapped as `responded_at`) has type {other}: expected a date or timestamp",
+            source.name,
+            columns.responded_at
+        ),
+    };
+    if !score_type.is_integer() {
+        bail!(
+            "source `{}`: column `{}` (mapped as `score`) has type {score_type}: expected integers 0–10",
+            source.name,
+            columns.score
+        );
+    }
+    let micros = match &time_type {
+        DataType::Datetime(_, zone) => time.cast(DataType::Datetime(TimeUnit::Microseconds, zone.clone())),
+        _ => time.cast(DataType::Datetime(TimeUnit::Microseconds, None)),
+    }
+    .cast(DataType::Int64);
+    let text_ids = !id_type.is_integer();
+    lines = lines.select([
+        id.alias("customer_id"),
+        micros.alias("responded_ts"),
+        col(columns.score.as_str()).cast(DataType::Int64).alias("score"),
+    ]);
+    Ok(SurveySchema {
+        files,
+        text_ids,
+        answers: lines,
+        time_type,
+    })
+}
+
+/// Count and drop the rejected answers and those after `as_of`.
+fn answers_up_to(
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+    files: &[PathBuf],
+    all: DataFrame,
+    as_of: NaiveDate,
+) -> Result<SurveyAnswers> {
+    let count = |condition: Expr| -> Result<u64> {
+        let frame = all.clone().lazy().filter(condition).select([len()]).collect()?;
+        Ok(u64::from(frame.column("len")?.idx()?.get(0).unwrap_or(0)))
+    };
+    let null_id = col("customer_id").is_null();
+    let null_time = col("responded_on").is_null().and(null_id.clone().not());
+    let bad_score = (col("score").is_null())
+        .or(col("score").lt(lit(0)))
+        .or(col("score").gt(lit(10)))
+        .and(null_id.clone().not())
+        .and(col("responded_on").is_not_null());
+    let usable = null_id
+        .clone()
+        .not()
+        .and(col("responded_on").is_not_null())
+        .and(bad_score.clone().not());
+    let as_of_date = lit(as_of).cast(DataType::Date);
+    let mut stats = InputStats {
+        source: source.name.clone(),
+        path: absolute(&source.path),
+        files: files.iter().map(|file| absolute(file)).collect(),
+        scans: 1,
+        rows_read: all.height() as u64,
+        ..Default::default()
+    };
+    for (reason, condition) in [
+        ("null_customer_id", null_id),
+        ("null_responded_at", null_time),
+        ("invalid_score", bad_score),
+    ] {
+        stats.rows_rejected.insert(reason.to_string(), count(condition)?);
+    }
+    stats.rows_rejected_total = stats.rows_rejected.values().sum();
+    stats.rows_ignored_after_as_of = count(usable.clone().and(col("responded_on").gt(as_of_date.clone())))?;
+    let answers = all
+        .lazy()
+        .filter(usable.and(col("responded_on").lt_eq(as_of_date)))
+        .with_column(col("score").cast(DataType::Int32))
+        .collect()?;
+    stats.orders = 0;
+    let fraction = stats.rows_rejected_total as f64 / stats.rows_read.max(1) as f64;
+    if fraction > settings.max_rejected_fraction {
+        let message = format!(
+            "source `{}`: {} of {} answers rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
+            source.name,
+            thousands(stats.rows_rejected_total),
+            thousands(stats.rows_read),
+            fraction * 100.0,
+            rejected_reasons(&stats),
+            settings.max_rejected_fraction,
+            accepting_fraction(fraction),
+        );
+        return Err(DataRejected { message, stats }.into());
+    }
+    Ok(SurveyAnswers { answers, stats })
+}

@@ -1,0 +1,129 @@
+//! The `nps` stage over a survey source (CSV) and the extended tiny orders, by hand.
+
+use crate::common::*;
+
+/// Answers as of 2024-03-15: customer 99 never purchased; customer 2 answered twice at one
+/// instant (9 and 7: the lower is the last score); a score of 11 and a missing score are
+/// rejected; an answer after as_of is ignored; December has no answer.
+const SURVEY: &str = "customer_id,responded_at,score
+1,2024-01-10 09:00:00,10
+1,2024-03-01 12:00:00,6
+2,2024-02-05 08:00:00,9
+2,2024-02-05 08:00:00,7
+3,2024-02-20 10:00:00,8
+3,2024-03-05 10:00:00,9
+99,2024-01-20 10:00:00,3
+12,2023-11-15 10:00:00,5
+4,2024-03-10 10:00:00,11
+5,2024-03-11 10:00:00,
+6,2024-03-20 10:00:00,10
+";
+
+const STAGES: &str = "[sources.survey]\nkind = \"survey\"\npath = \"survey.csv\"\n\n[stages.nps]\nkind = \"nps\"\ninput = [\"orders\", \"survey\"]\n";
+
+#[test]
+fn nps_by_period_and_respondent() {
+    let workspace = Workspace::with_lines(&extended());
+    workspace.write("survey.csv", SURVEY);
+    let config = workspace.config("", STAGES);
+    run_ok(&["run", config.to_str().unwrap()]);
+    let periods = read_table(&workspace.out().join("nps_periods.parquet"));
+    assert_eq!(
+        periods.text("period_start"),
+        ["2023-11-01", "2023-12-01", "2024-01-01", "2024-02-01", "2024-03-01"]
+    );
+    assert_eq!(periods.int("responses"), [1, 0, 2, 3, 2]);
+    assert_eq!(periods.int("promoters"), [0, 0, 1, 1, 1]);
+    assert_eq!(periods.int("passives"), [0, 0, 0, 2, 0]);
+    assert_eq!(periods.int("detractors"), [1, 0, 1, 0, 1]);
+    // November: −100; December: no answers, null; January 0; February 100 × 1/3; March 0.
+    assert_eq!(periods.text("nps")[1], "");
+    let nps = periods.float("nps");
+    assert_close(nps[0], -100.0, "nps November");
+    assert_close(nps[2], 0.0, "nps January");
+    assert_close(nps[3], 100.0 / 3.0, "nps February");
+    assert_close(nps[4], 0.0, "nps March");
+
+    let customers = read_table(&workspace.out().join("nps_customers.parquet"));
+    assert_eq!(customers.int("customer_id"), [1, 2, 3, 12, 99]);
+    assert_eq!(customers.int("responses"), [2, 2, 2, 1, 1]);
+    assert_eq!(customers.int("last_score"), [6, 7, 9, 5, 3]);
+    assert_eq!(
+        customers.text("last_responded_on"),
+        ["2024-03-01", "2024-02-05", "2024-03-05", "2023-11-15", "2024-01-20"]
+    );
+    assert_eq!(
+        customers.text("nps_category"),
+        ["detractor", "passive", "promoter", "detractor", "detractor"]
+    );
+    assert_eq!(customers.text("as_of")[0], "2024-03-15");
+
+    // The manifest counts the survey's answers by reason.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace.out().join("_manifest.json")).unwrap()).unwrap();
+    let survey = manifest["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|input| input["source"] == "survey")
+        .unwrap();
+    assert_eq!(survey["rows_read"], 11);
+    assert_eq!(survey["rows_rejected"]["invalid_score"], 2);
+    assert_eq!(survey["rows_rejected_total"], 2);
+    assert_eq!(survey["rows_ignored_after_as_of"], 1);
+}
+
+#[test]
+fn survey_errors_name_the_source_and_column() {
+    let workspace = Workspace::with_lines(&extended());
+    // Text ids against the orders' integer ids: `validate` says so.
+    workspace.write("survey.csv", "customer_id,responded_at,score\na1,2024-01-10,9\n");
+    let config = workspace.config("", STAGES);
+    let output = pipeline(&["validate", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("source `survey`: its customer_id holds text, but orders source `orders` holds integers"),
+        "{}",
+        stderr(&output)
+    );
+    // A missing column is named with the nearest one.
+    workspace.write("survey.csv", "customer_id,responded_at,scores\n1,2024-01-10,9\n");
+    let output = pipeline(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no column `score` (mapped as `score`)") && stderr(&output).contains("`scores`"),
+        "{}",
+        stderr(&output)
+    );
+    // Too many rejected answers fail the run, naming the reason.
+    workspace.write(
+        "survey.csv",
+        "customer_id,responded_at,score\n1,2024-01-10,12\n2,2024-01-11,9\n",
+    );
+    let output = pipeline(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("1 of 2 answers rejected (50.0000%): invalid_score 1"),
+        "{}",
+        stderr(&output)
+    );
+    // Filters are for orders sources; an nps stage needs a survey source second.
+    let config = workspace.config(
+        "",
+        "[sources.survey]\nkind = \"survey\"\npath = \"survey.csv\"\ninclude = { score = [9] }\n\n[stages.nps]\nkind = \"nps\"\ninput = [\"survey\", \"orders\"]\n",
+    );
+    let output = pipeline(&["validate", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("key `include` of source `survey`: filters are for orders sources"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "input `survey` of stage `nps` is a `survey` source, but kind `nps` reads a `orders` source there"
+        ),
+        "{text}"
+    );
+}
