@@ -401,6 +401,8 @@ const SEGMENT_SUMMARY: &[ColumnDoc] = &[
     c("mean_<metric>", "float64", "mean of the input stage's <metric> column over the group, in the input's currency (historic_clv: no margin, not discounted; simple_clv: margin applied, not discounted; clv: margin applied, discounted)"),
     c("median_<metric>", "float64", "median of the input stage's <metric> column over the group, in the input's currency (units as mean_<metric>)"),
     c("repeat_rate", "float64", "share of the group's customers with 2 or more purchases, a fraction 0–1"),
+    c("respondents", "int64", "with an `nps` input: the group's customers who answered the survey by as_of"),
+    c("nps", "float64", "with an `nps` input: 100 × (promoters − detractors) / respondents from the customers' last scores, −100 to 100; null without respondents"),
 ];
 
 const NPS_PERIODS: &[ColumnDoc] = &[
@@ -427,8 +429,8 @@ const NPS_PERIODS: &[ColumnDoc] = &[
 const NPS_CUSTOMERS: &[ColumnDoc] = &[
     c(
         "customer_id",
-        "as in the survey",
-        "the respondent's id, as in the survey source",
+        "as in the input",
+        "the respondent's id, with the orders' type",
     ),
     c("responses", "int64", "the respondent's answers up to as_of"),
     c(

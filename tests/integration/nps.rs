@@ -127,3 +127,33 @@ fn survey_errors_name_the_source_and_column() {
         "{text}"
     );
 }
+
+/// A segment summary over the nps stage groups the buyers by their category, and gives every
+/// group its respondents and NPS from last scores; customer 99 never purchased and is in no
+/// group. Buyers 1, 2, 3 (categories detractor, passive, promoter) answered; 11, 12, 13 did not
+/// (12's answer is customer 12's, who has purchases).
+#[test]
+fn segment_summary_by_nps_category() {
+    let workspace = Workspace::with_lines(&extended());
+    workspace.write("survey.csv", SURVEY);
+    let stages = format!(
+        "{STAGES}\n[stages.by_category]\nkind = \"segment_summary\"\ninput = [\"nps\"]\nby = [\"nps_category\"]\n\n[stages.facts]\nkind = \"customer_facts\"\ninput = \"orders\"\n\n[stages.overall]\nkind = \"segment_summary\"\ninput = [\"facts\", \"nps\"]\nby = [\"acquisition_channel\"]\n"
+    );
+    let config = workspace.config("", &stages);
+    run_ok(&["run", config.to_str().unwrap()]);
+    let summary = read_table(&workspace.out().join("by_category.parquet"));
+    assert_eq!(summary.text("nps_category"), ["detractor", "passive", "promoter", ""]);
+    let customers = summary.int("customers");
+    assert_eq!(&customers[..3], [2, 1, 1], "detractors: customers 1 and 12");
+    assert_eq!(summary.int("respondents")[..3], [2, 1, 1]);
+    let nps = summary.float("nps");
+    assert_close(nps[0], -100.0, "detractors");
+    assert_close(nps[1], 0.0, "passives");
+    assert_close(nps[2], 100.0, "promoters");
+    assert_eq!(summary.int("respondents")[3], 0);
+    assert_eq!(summary.text("nps")[3], "", "no respondents: null");
+    // By channel, every group has respondents and nps columns.
+    let overall = read_table(&workspace.out().join("overall.parquet"));
+    let respondents: i64 = overall.int("respondents").iter().sum();
+    assert_eq!(respondents, 4, "buyers 1, 2, 3 and 12 answered");
+}

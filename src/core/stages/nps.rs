@@ -27,7 +27,7 @@ pub static KIND: Kind = Kind {
     summary: "Net Promoter Score by period, and each respondent's last score and category",
     input: InputKind::Sources(&[SourceKind::Orders, SourceKind::Survey]),
     tables: &["periods", "customers"],
-    customer_table: None,
+    customer_table: Some(1),
     options: serde_aux::serde_introspection::serde_introspect::<NpsOptions>,
     parse: |reader, common, diagnostics| {
         super::parse_options::<NpsOptions>(reader, common, diagnostics)
@@ -102,7 +102,8 @@ impl Stage for NpsOptions {
                 col("nps"),
             ])
             .collect()?;
-        Ok(vec![periods, respondents(answers)?])
+        let id_type = inputs.shared()?.customer_facts.column("customer_id")?.dtype().clone();
+        Ok(vec![periods, respondents(answers, &id_type)?])
     }
 }
 
@@ -111,8 +112,9 @@ fn category_count(condition: Expr) -> Expr {
     condition.cast(DataType::Int64).sum()
 }
 
-/// One row per respondent, by customer_id: answers, last score, its date and category.
-fn respondents(answers: &DataFrame) -> Result<DataFrame> {
+/// One row per respondent, by customer_id (as the orders' `id_type`, so summaries join it):
+/// answers, last score, its date and category.
+fn respondents(answers: &DataFrame, id_type: &DataType) -> Result<DataFrame> {
     let table = answers
         .clone()
         .lazy()
@@ -135,6 +137,7 @@ fn respondents(answers: &DataFrame) -> Result<DataFrame> {
                 .otherwise(lit("detractor"))
                 .alias("nps_category"),
         )
+        .with_column(col("customer_id").cast(id_type.clone()))
         .collect()?;
     Ok(table)
 }

@@ -155,6 +155,9 @@ impl Stage for SegmentSummaryOptions {
             output.push(col(format!("median_{metric}").as_str()));
         }
         output.push(col("repeat_rate"));
+        if table.column("last_score").is_ok() {
+            output.extend([col("respondents"), col("nps")]);
+        }
         let summary = summary
             .sort_by_exprs(by, SortMultipleOptions::default().with_nulls_last(true))
             .select(output)
@@ -227,7 +230,32 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
         .map(|(&repeat, &known)| (known > 0).then(|| repeat as f64 / known as f64))
         .collect();
     columns.push(Series::new("repeat_rate".into(), repeat_rate).into_column());
+    if let Ok(scores) = table.column("last_score") {
+        columns.extend(nps_of_groups(scores, &groups.of_row, count)?);
+    }
     Ok(DataFrame::new(count, columns)?)
+}
+
+/// Per group, from the customers' last NPS scores (`nps` stage): respondents, and NPS =
+/// 100 × (promoters − detractors) / respondents (null without respondents).
+fn nps_of_groups(scores: &Column, of_row: &[u32], count: usize) -> Result<[Column; 2]> {
+    let scores = scores.cast(&DataType::Int32)?;
+    let (mut respondents, mut net) = (vec![0i64; count], vec![0i64; count]);
+    for (&group, score) in of_row.iter().zip(scores.i32()?.iter()) {
+        if let Some(score) = score {
+            respondents[group as usize] += 1;
+            net[group as usize] += i64::from(score >= 9) - i64::from(score <= 6);
+        }
+    }
+    let nps: Vec<Option<f64>> = respondents
+        .iter()
+        .zip(&net)
+        .map(|(&n, &net)| (n > 0).then(|| 100.0 * net as f64 / n as f64))
+        .collect();
+    Ok([
+        crate::core::columns::owned_column("respondents", respondents),
+        Series::new("nps".into(), nps).into_column(),
+    ])
 }
 
 /// Each row's group of equal key values and each group's first row; groups are numbered in
