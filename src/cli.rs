@@ -111,6 +111,9 @@ pub struct GenerateArgs {
     /// Length of the history in days.
     #[arg(long, default_value_t = 1095)]
     pub days: u32,
+    /// Also write survey answers (customer_id, responded_at, score) to this Parquet file.
+    #[arg(long, value_name = "FILE")]
+    pub survey: Option<PathBuf>,
 }
 
 fn parse_as_of(text: &str) -> Result<AsOf, String> {

@@ -211,9 +211,75 @@ fn chunk_lines(seed: u64, chunk: usize, start: NaiveDate, days: u32) -> Result<L
     Ok(lines)
 }
 
-/// Write about `args.lines` lines to `args.out`; returns a one-line summary.
+/// Write about `args.lines` lines to `args.out` (and survey answers to `args.survey`); returns a
+/// summary.
 pub fn generate(args: &GenerateArgs) -> Result<String> {
-    generate_to(&args.out, args.lines, args.seed, args.start, args.days)
+    let mut summary = generate_to(&args.out, args.lines, args.seed, args.start, args.days)?;
+    if let Some(survey) = &args.survey {
+        summary.push('\n');
+        summary.push_str(&survey_answers(&args.out, survey, args.seed)?);
+    }
+    Ok(summary)
+}
+
+/// Survey answers for the customers of the lines in `lines`: a third of the buyers answer once
+/// or twice, within 60 days after their first order, and their scores rise with the orders they
+/// place in all (promoters buy more); 100 people who never bought answer too. Deterministic by
+/// `seed`.
+fn survey_answers(lines: &Path, out: &Path, seed: u64) -> Result<String> {
+    let path = PlRefPath::new(lines.to_string_lossy().as_ref());
+    let customers = LazyFrame::scan_parquet(path, ScanArgsParquet::default())?
+        .filter(col("status").eq(lit("completed")).or(col("status").eq(lit("shipped"))))
+        .group_by([col("customer_id")])
+        .agg([
+            col("created_at").min().alias("first"),
+            col("order_id").n_unique().alias("orders"),
+        ])
+        .sort(["customer_id"], SortMultipleOptions::default())
+        .collect()?;
+    let ids = customers.column("customer_id")?.i64()?.clone();
+    let first = customers.column("first")?.cast(&DataType::Int64)?;
+    let orders = customers.column("orders")?.cast(&DataType::Int64)?;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5EED_5A11);
+    let (mut answer_ids, mut answer_at, mut scores) = (Vec::new(), Vec::new(), Vec::new());
+    let mut answer = |rng: &mut Xoshiro256PlusPlus, id: i64, at: i64, orders: i64| {
+        let noise: f64 = rng.random_range(-2.5..2.5);
+        let score = (4.0 + 1.6 * (orders as f64).ln() + noise).round().clamp(0.0, 10.0) as i64;
+        answer_ids.push(id);
+        answer_at.push(at + rng.random_range(0..60 * MICROS_PER_DAY));
+        scores.push(score);
+    };
+    let rows = ids.iter().zip(first.i64()?.iter()).zip(orders.i64()?.iter());
+    for ((id, first), orders) in rows {
+        let (Some(id), Some(first), Some(orders)) = (id, first, orders) else {
+            continue;
+        };
+        if rng.random_range(0..3) == 0 {
+            answer(&mut rng, id, first, orders);
+            if rng.random_range(0..4) == 0 {
+                answer(&mut rng, id, first + 30 * MICROS_PER_DAY, orders);
+            }
+        }
+    }
+    let (last_id, last_first) = (ids.max().unwrap_or(0), first.i64()?.max().unwrap_or(0));
+    for n in 1..=100 {
+        answer(&mut rng, last_id + n, last_first - n * MICROS_PER_DAY, 1);
+    }
+    let answers = answer_ids.len();
+    let mut frame = df!(
+        "customer_id" => answer_ids,
+        "responded_at" => answer_at,
+        "score" => scores,
+    )?;
+    frame.with_column(
+        frame
+            .column("responded_at")?
+            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))?,
+    )?;
+    frame.sort_in_place(["responded_at"], SortMultipleOptions::default())?;
+    let file = std::fs::File::create(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    ParquetWriter::new(file).finish(&mut frame)?;
+    Ok(format!("wrote {answers} survey answers to {}", out.display()))
 }
 
 pub fn generate_to(out: &Path, target_lines: u64, seed: u64, start: NaiveDate, days: u32) -> Result<String> {

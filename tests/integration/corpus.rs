@@ -85,6 +85,15 @@ fn retail_config(workspace: &Workspace, name: &str, path: &str, extra: &str, col
             &format!("path = \"{path}\"\n{extra}"),
         )
         .replace(
+            "path = \"../sample_data/survey_answers.parquet\"",
+            &format!(
+                "path = \"{}\"",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("sample_data/survey_answers.parquet")
+                    .display()
+            ),
+        )
+        .replace(
             "output_dir = \"${OUT_DIR:-../out}\"",
             &format!("output_dir = \"out-{name}\""),
         )

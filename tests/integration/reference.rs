@@ -1,5 +1,5 @@
 //! Independent reference: DuckDB SQL (tests/reference/) recomputes customer_facts, cohort
-//! retention, rfm, repeat, lifecycle and segment summaries from the sample order lines and compares them with the
+//! retention, rfm, repeat, lifecycle, nps and segment summaries from the sample order lines (and survey) and compares them with the
 //! pipeline's tables row for row.
 
 use std::path::Path;
@@ -58,7 +58,7 @@ fn duckdb_reference_agrees_on_facts_and_cohorts() {
 }
 
 #[test]
-fn duckdb_reference_agrees_on_rfm_repeat_lifecycle_and_segment_summaries() {
+fn duckdb_reference_agrees_on_rfm_repeat_lifecycle_nps_and_segment_summaries() {
     if let Some(report) = reference_report("pipelines/retail.toml", "tests/reference/check_retail.py") {
         assert_all_rows_agree(
             &report,
@@ -71,6 +71,9 @@ fn duckdb_reference_agrees_on_rfm_repeat_lifecycle_and_segment_summaries() {
                 "lifecycle_customers",
                 "segments",
                 "lifecycle_by_channel",
+                "nps_periods",
+                "nps_customers",
+                "nps_by_segment",
             ],
         );
     }

@@ -1,5 +1,5 @@
-"""Independent reference for pipelines/retail.toml's rfm, repeat, lifecycle and segment summary
-tables, in DuckDB.
+"""Independent reference for pipelines/retail.toml's rfm, repeat, lifecycle, segment summary
+and nps tables, in DuckDB.
 
 Follows DESIGN.md: RFM rank_min with 5 bins and the default R×F map; repeat with
 within_days = [30, 90, 365], max_purchases = 5, min_observation_days = 90, monthly cohorts;
@@ -9,6 +9,7 @@ usage: check_retail.py ORDER_LINES.parquet OUTPUT_DIR
 """
 
 import json
+import os
 import sys
 
 import base
@@ -207,5 +208,72 @@ report["lifecycle_by_channel"] = base.compare(
                                                    ("clv_simple", ["historic_clv", "simple_clv"])],
                 metrics),
     ["acquisition_channel", "stage"], summary_columns(metrics),
+)
+
+# ---------------------------------------------------------------- nps
+# The survey beside the order lines; answers up to as_of (a local date in Europe/Berlin).
+SURVEY = os.path.join(os.path.dirname(LINES), "survey_answers.parquet")
+con.execute(
+    f"""
+    CREATE TABLE answers AS
+    SELECT customer_id, responded_at, score,
+           CAST(timezone('Europe/Berlin', responded_at) AS DATE) AS d
+    FROM read_parquet('{SURVEY}')
+    WHERE customer_id IS NOT NULL AND responded_at IS NOT NULL AND score BETWEEN 0 AND 10
+      AND CAST(timezone('Europe/Berlin', responded_at) AS DATE) <= (SELECT as_of FROM as_of)
+    """
+)
+report["nps_periods"] = base.compare(
+    con, OUT, "nps_periods",
+    """
+    WITH months AS (
+      SELECT CAST(unnest(generate_series(date_trunc('month', (SELECT min(d) FROM answers)),
+                                         date_trunc('month', (SELECT as_of FROM as_of)),
+                                         INTERVAL 1 MONTH)) AS DATE) AS period_start
+    ), c AS (
+      SELECT CAST(date_trunc('month', d) AS DATE) AS period_start, count(*) AS responses,
+             count(*) FILTER (WHERE score >= 9) AS promoters,
+             count(*) FILTER (WHERE score BETWEEN 7 AND 8) AS passives,
+             count(*) FILTER (WHERE score <= 6) AS detractors
+      FROM answers GROUP BY 1
+    )
+    SELECT period_start, coalesce(responses, 0) AS responses, coalesce(promoters, 0) AS promoters,
+           coalesce(passives, 0) AS passives, coalesce(detractors, 0) AS detractors,
+           CASE WHEN responses > 0 THEN 100.0 * (promoters - detractors) / responses END AS nps
+    FROM months LEFT JOIN c USING (period_start)
+    """,
+    ["period_start"],
+    ["responses", "promoters", "passives", "detractors", "nps"],
+)
+con.execute(
+    """
+    CREATE TABLE last_answer AS
+    SELECT customer_id, count(*) AS responses,
+           arg_min(score, [-epoch_us(responded_at), score]) AS last_score,
+           arg_min(d, [-epoch_us(responded_at), score]) AS last_responded_on
+    FROM answers GROUP BY customer_id
+    """
+)
+report["nps_customers"] = base.compare(
+    con, OUT, "nps_customers",
+    """
+    SELECT *, CASE WHEN last_score >= 9 THEN 'promoter' WHEN last_score >= 7 THEN 'passive'
+                   ELSE 'detractor' END AS nps_category
+    FROM last_answer
+    """,
+    ["customer_id"],
+    ["responses", "last_score", "last_responded_on", "nps_category"],
+)
+report["nps_by_segment"] = base.compare(
+    con, OUT, "nps_by_segment",
+    """
+    SELECT r.segment, count(*) AS customers, count(l.last_score) AS respondents,
+           CASE WHEN count(l.last_score) > 0 THEN 100.0 * (count(*) FILTER (WHERE l.last_score >= 9)
+                - count(*) FILTER (WHERE l.last_score <= 6)) / count(l.last_score) END AS nps
+    FROM rfm r LEFT JOIN last_answer l USING (customer_id)
+    GROUP BY r.segment
+    """,
+    ["segment"],
+    ["customers", "respondents", "nps"],
 )
 print(json.dumps(report, indent=2))
