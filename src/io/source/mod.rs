@@ -672,10 +672,24 @@ fn check_rejections(
         }
         return rejected(message);
     }
+    match too_many_rejected(source, settings, stats, "rows") {
+        Some(message) => rejected(message),
+        None => Ok(()),
+    }
+}
+
+/// The error when more of `stats.rows_read` (`what`: rows, answers) were rejected than
+/// `max_rejected_fraction` allows, naming the reasons and the value that would accept the run.
+fn too_many_rejected(
+    source: &SourceConfig,
+    settings: &PipelineSettings,
+    stats: &InputStats,
+    what: &str,
+) -> Option<String> {
     let fraction = stats.rows_rejected_total as f64 / stats.rows_read.max(1) as f64;
-    if fraction > settings.max_rejected_fraction {
-        return rejected(format!(
-            "source `{}`: {} of {} rows rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
+    (fraction > settings.max_rejected_fraction).then(|| {
+        format!(
+            "source `{}`: {} of {} {what} rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
             source.name,
             thousands(stats.rows_rejected_total),
             thousands(stats.rows_read),
@@ -683,9 +697,8 @@ fn check_rejections(
             rejected_reasons(stats),
             settings.max_rejected_fraction,
             accepting_fraction(fraction),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// The one currency of the lines used (`None` when they have none), or an error listing each

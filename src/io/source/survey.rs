@@ -165,19 +165,7 @@ fn answers_up_to(
         .filter(usable.and(col("responded_on").lt_eq(as_of_date)))
         .with_column(col("score").cast(DataType::Int32))
         .collect()?;
-    stats.orders = 0;
-    let fraction = stats.rows_rejected_total as f64 / stats.rows_read.max(1) as f64;
-    if fraction > settings.max_rejected_fraction {
-        let message = format!(
-            "source `{}`: {} of {} answers rejected ({:.4}%): {}; more than max_rejected_fraction = {}; to accept this run set `max_rejected_fraction = {}` under `[pipeline]`",
-            source.name,
-            thousands(stats.rows_rejected_total),
-            thousands(stats.rows_read),
-            fraction * 100.0,
-            rejected_reasons(&stats),
-            settings.max_rejected_fraction,
-            accepting_fraction(fraction),
-        );
+    if let Some(message) = too_many_rejected(source, settings, &stats, "answers") {
         return Err(DataRejected { message, stats }.into());
     }
     Ok(SurveyAnswers { answers, stats })
