@@ -157,3 +157,49 @@ fn segment_summary_by_nps_category() {
     let respondents: i64 = overall.int("respondents").iter().sum();
     assert_eq!(respondents, 4, "buyers 1, 2, 3 and 12 answered");
 }
+
+/// Text customer ids on both sides, answers in a Parquet file with zoned timestamps: the same
+/// categories as the CSV fixture, and the summary joins on the text ids. A zone moves an answer
+/// to its local date: 2024-01-31 23:30 UTC is 2024-02-01 in Berlin.
+#[test]
+fn text_ids_and_zoned_timestamps() {
+    use polars::prelude::*;
+    let workspace = Workspace::new();
+    let mut frame = lines_frame(&extended());
+    let text_ids = frame.column("customer_id").unwrap().cast(&DataType::String).unwrap();
+    frame.with_column(text_ids).unwrap();
+    write_parquet(&mut frame, &workspace.path("lines.parquet"));
+    let at = |text: &str| {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc()
+            .timestamp_micros()
+    };
+    let mut answers = df!(
+        "customer_id" => ["1", "2", "3"],
+        "responded_at" => [at("2024-01-31 23:30"), at("2024-02-10 10:00"), at("2024-03-01 10:00")],
+        "score" => [9i8, 7, 2],
+    )
+    .unwrap();
+    let zoned = answers
+        .column("responded_at")
+        .unwrap()
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
+        .unwrap();
+    answers.with_column(zoned).unwrap();
+    write_parquet(&mut answers, &workspace.path("answers.parquet"));
+    let config = workspace.config(
+        "timezone = \"Europe/Berlin\"",
+        "[sources.survey]\nkind = \"survey\"\npath = \"answers.parquet\"\n\n[stages.nps]\nkind = \"nps\"\ninput = [\"orders\", \"survey\"]\n\n[stages.by_category]\nkind = \"segment_summary\"\ninput = [\"nps\"]\nby = [\"nps_category\"]\n",
+    );
+    run_ok(&["run", config.to_str().unwrap()]);
+    let periods = read_table(&workspace.out().join("nps_periods.parquet"));
+    assert_eq!(periods.text("period_start"), ["2024-02-01", "2024-03-01"]);
+    assert_eq!(periods.int("responses"), [2, 1]);
+    let customers = read_table(&workspace.out().join("nps_customers.parquet"));
+    assert_eq!(customers.text("customer_id"), ["1", "2", "3"]);
+    assert_eq!(customers.text("last_responded_on")[0], "2024-02-01");
+    let summary = read_table(&workspace.out().join("by_category.parquet"));
+    assert_eq!(summary.text("nps_category"), ["detractor", "passive", "promoter", ""]);
+    assert_eq!(summary.int("respondents")[..3], [1, 1, 1]);
+}
