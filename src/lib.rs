@@ -11,6 +11,7 @@ pub mod runner;
 pub mod telemetry;
 pub mod tuning;
 
+use crate::core::config::SourceKind;
 use crate::core::{catalog, config, plan};
 use crate::io::source;
 
@@ -141,43 +142,40 @@ pub fn docs(path: &std::path::Path, format: cli::DocsFormat) -> Result<String> {
 pub fn validate(path: &std::path::Path) -> Result<String> {
     let plan = load_plan(path)?;
     let mut report = Vec::new();
-    let orders_text_ids = |source: &crate::core::config::SourceConfig| -> Result<Option<bool>> {
-        Ok(match source.kind {
-            crate::core::config::SourceKind::Orders => {
-                Some(source::check_schema(source)?.customer_id == polars::prelude::DataType::String)
+    // Orders sources first: each is checked once, and a survey's ids against theirs.
+    let mut sources: Vec<_> = plan.config.sources.values().collect();
+    sources.sort_by_key(|source| source.kind != SourceKind::Orders);
+    let mut orders_ids: Vec<(&str, bool)> = Vec::new();
+    for source in sources {
+        match source.kind {
+            SourceKind::Orders => {
+                let schema = source::check_schema(source)?;
+                orders_ids.push((&source.name, schema.customer_id == polars::prelude::DataType::String));
+                report.push(format!(
+                    "source `{}`: {} {} file(s), mapped and filter columns ok",
+                    source.name,
+                    schema.files.len(),
+                    source.format.extension()
+                ));
             }
-            crate::core::config::SourceKind::Survey => None,
-        })
-    };
-    for source in plan.config.sources.values() {
-        if source.kind == crate::core::config::SourceKind::Survey {
-            let survey = source::check_survey(source)?;
-            for orders in plan.config.sources.values() {
-                if orders_text_ids(orders)?.is_some_and(|text| text != survey.text_ids) {
+            SourceKind::Survey => {
+                let survey = source::check_survey(source)?;
+                if let Some((orders, _)) = orders_ids.iter().find(|(_, text)| *text != survey.text_ids) {
                     let kind = |text: bool| if text { "text" } else { "integers" };
                     anyhow::bail!(
-                        "source `{}`: its customer_id holds {}, but orders source `{}` holds {}: map a customer_id column of the same kind",
+                        "source `{}`: its customer_id holds {}, but orders source `{orders}` holds {}: map a customer_id column of the same kind",
                         source.name,
                         kind(survey.text_ids),
-                        orders.name,
                         kind(!survey.text_ids)
                     );
                 }
+                report.push(format!(
+                    "source `{}`: {} survey file(s), mapped columns ok",
+                    source.name,
+                    survey.files.len()
+                ));
             }
-            report.push(format!(
-                "source `{}`: {} survey file(s), mapped columns ok",
-                source.name,
-                survey.files.len()
-            ));
-            continue;
         }
-        let schema = source::check_schema(source)?;
-        report.push(format!(
-            "source `{}`: {} {} file(s), mapped and filter columns ok",
-            source.name,
-            schema.files.len(),
-            source.format.extension()
-        ));
     }
     report.push(format!(
         "{} stage(s) in {} level(s), {} table(s): ok",

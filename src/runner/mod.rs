@@ -176,12 +176,10 @@ fn read_sources(
             SourceKind::Orders => SourceData::Orders(read_orders(plan, source_config, as_of, manifest)?),
             SourceKind::Survey => {
                 let as_of = stages::as_of(&sources).context("a survey is read with an orders source")?;
-                let answers =
-                    source::read_survey(source_config, &plan.config.pipeline, as_of).inspect_err(|error| {
-                        if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
-                            manifest.inputs.push(rejected.stats.clone());
-                        }
-                    })?;
+                let answers = with_rejected(
+                    manifest,
+                    source::read_survey(source_config, &plan.config.pipeline, as_of),
+                )?;
                 manifest.inputs.push(answers.stats.clone());
                 SourceData::Survey(answers)
             }
@@ -189,6 +187,18 @@ fn read_sources(
         sources.insert(name, data);
     }
     Ok(sources)
+}
+
+/// `read`, with the accounting of a source whose data was rejected recorded in the manifest.
+fn with_rejected<T>(manifest: &mut Manifest, read: Result<T>) -> Result<T> {
+    if let Some(rejected) = read
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<source::DataRejected>())
+    {
+        manifest.inputs.push(rejected.stats.clone());
+    }
+    read
 }
 
 /// An orders source: its lines scanned once into orders, then its shared tables.
@@ -199,11 +209,10 @@ fn read_orders(
     manifest: &mut Manifest,
 ) -> Result<crate::core::prepare::SharedTables> {
     let name = &source_config.name;
-    let orders = source::scan_orders(source_config, &plan.config.pipeline, as_of).inspect_err(|error| {
-        if let Some(rejected) = error.downcast_ref::<source::DataRejected>() {
-            manifest.inputs.push(rejected.stats.clone());
-        }
-    })?;
+    let orders = with_rejected(
+        manifest,
+        source::scan_orders(source_config, &plan.config.pipeline, as_of),
+    )?;
     tracing::info!(
         "source `{name}`: {} rows read, {} orders, as of {}",
         orders.stats.rows_read,

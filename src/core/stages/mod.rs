@@ -63,13 +63,6 @@ pub enum SourceData {
 }
 
 impl SourceData {
-    pub fn kind(&self) -> SourceKind {
-        match self {
-            SourceData::Orders(_) => SourceKind::Orders,
-            SourceData::Survey(_) => SourceKind::Survey,
-        }
-    }
-
     pub fn orders(&self) -> Option<&SharedTables> {
         match self {
             SourceData::Orders(tables) => Some(tables),

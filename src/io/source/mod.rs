@@ -77,6 +77,17 @@ pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Whether a column type holds text (plain, or dictionary-encoded as categories).
+/// For a column `physical` the input lacks: the nearest name it has, or all of them.
+fn column_hint(schema: &Schema, physical: &str) -> String {
+    let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+    crate::core::diagnostic::suggest(physical, names.iter().copied()).unwrap_or_else(|| {
+        format!(
+            "the input has: {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
 fn is_text(dtype: &DataType) -> bool {
     matches!(
         dtype,
@@ -100,14 +111,10 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
     let mut time_format = None;
     let mut key_types = [DataType::String, DataType::String];
     let missing = |physical: &str, what: String| {
-        let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
-        let hint = crate::core::diagnostic::suggest(physical, names.iter().copied()).unwrap_or_else(|| {
-            format!(
-                "the input has: {}",
-                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-            )
-        });
-        format!("column `{physical}` ({what}) is not in the input; {hint}")
+        format!(
+            "column `{physical}` ({what}) is not in the input; {}",
+            column_hint(&schema, physical)
+        )
     };
     for (logical, physical) in source.columns.mapped() {
         let Some(dtype) = schema.get(physical) else {

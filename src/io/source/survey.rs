@@ -45,35 +45,23 @@ pub fn read_survey(source: &SourceConfig, settings: &PipelineSettings, as_of: Na
 pub fn check_survey(source: &SourceConfig) -> Result<SurveySchema> {
     let files = resolve_files(source)?;
     let columns = &source.survey_columns;
-    let mut lines = scan(source, &files)?;
-    let schema = lines.collect_schema().map_err(anyhow::Error::from).with_context(|| {
-        format!(
-            "source `{}`: reading the schema of `{}`",
-            source.name,
-            source.path.display()
-        )
-    })?;
+    let schema = file_schema(source, &files)?;
     let typed = |logical: &str, physical: &str| -> Result<DataType> {
-        let dtype = schema.get(physical).cloned().with_context(|| {
-            let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
-            let hint = crate::core::diagnostic::suggest(physical, names.iter().copied())
-                .unwrap_or_else(|| format!("map it under `[sources.{}.columns]`", source.name));
+        schema.get(physical).cloned().with_context(|| {
             format!(
-                "source `{}`: no column `{physical}` (mapped as `{logical}`) in `{}`; {hint}",
+                "source `{}`: no column `{physical}` (mapped as `{logical}`) in `{}`; {}",
                 source.name,
-                source.path.display()
+                source.path.display(),
+                column_hint(&schema, physical)
             )
-        })?;
-        Ok(dtype)
+        })
     };
     let id_type = typed("customer_id", &columns.customer_id)?;
     let time_type = typed("responded_at", &columns.responded_at)?;
     let score_type = typed("score", &columns.score)?;
     let id = match &id_type {
         dtype if dtype.is_integer() => col(columns.customer_id.as_str()).strict_cast(DataType::Int64),
-        DataType::String | DataType::Categorical(_, _) | DataType::Enum(_, _) => {
-            col(columns.customer_id.as_str()).cast(DataType::String)
-        }
+        dtype if is_text(dtype) => col(columns.customer_id.as_str()).cast(DataType::String),
         other => bail!(
             "source `{}`: column `{}` (mapped as `customer_id`) has type {other}: expected integers or text",
             source.name,
@@ -105,7 +93,7 @@ pub fn check_survey(source: &SourceConfig) -> Result<SurveySchema> {
     }
     .cast(DataType::Int64);
     let text_ids = !id_type.is_integer();
-    lines = lines.select([
+    let lines = scan(source, &files)?.select([
         id.alias("customer_id"),
         micros.alias("responded_ts"),
         col(columns.score.as_str()).cast(DataType::Int64).alias("score"),
@@ -126,40 +114,44 @@ fn answers_up_to(
     all: DataFrame,
     as_of: NaiveDate,
 ) -> Result<SurveyAnswers> {
-    let count = |condition: Expr| -> Result<u64> {
-        let frame = all.clone().lazy().filter(condition).select([len()]).collect()?;
-        Ok(u64::from(frame.column("len")?.idx()?.get(0).unwrap_or(0)))
-    };
-    let null_id = col("customer_id").is_null();
-    let null_time = col("responded_on").is_null().and(null_id.clone().not());
-    let bad_score = (col("score").is_null())
-        .or(col("score").lt(lit(0)))
-        .or(col("score").gt(lit(10)))
-        .and(null_id.clone().not())
-        .and(col("responded_on").is_not_null());
-    let usable = null_id
-        .clone()
-        .not()
-        .and(col("responded_on").is_not_null())
-        .and(bad_score.clone().not());
+    let has_id = col("customer_id").is_not_null();
+    let dated = has_id.clone().and(col("responded_on").is_not_null());
+    // False, never null, for a null score (false and null is false), so its negation counts it.
+    let in_range = col("score")
+        .is_not_null()
+        .and(col("score").gt_eq(lit(0)))
+        .and(col("score").lt_eq(lit(10)));
+    let usable = dated.clone().and(in_range.clone());
     let as_of_date = lit(as_of).cast(DataType::Date);
+    let reasons = [
+        ("null_customer_id", has_id.clone().not()),
+        ("null_responded_at", has_id.and(col("responded_on").is_null())),
+        ("invalid_score", dated.and(in_range.not())),
+        (
+            "after_as_of",
+            usable.clone().and(col("responded_on").gt(as_of_date.clone())),
+        ),
+    ];
+    // Every count in one pass over the answers.
+    let counts = all
+        .clone()
+        .lazy()
+        .select(reasons.map(|(reason, rows)| rows.cast(DataType::UInt64).sum().alias(reason)))
+        .collect()?;
+    let count = |reason: &str| -> Result<u64> { Ok(counts.column(reason)?.u64()?.get(0).unwrap_or(0)) };
     let mut stats = InputStats {
         source: source.name.clone(),
         path: absolute(&source.path),
         files: files.iter().map(|file| absolute(file)).collect(),
         scans: 1,
         rows_read: all.height() as u64,
+        rows_ignored_after_as_of: count("after_as_of")?,
         ..Default::default()
     };
-    for (reason, condition) in [
-        ("null_customer_id", null_id),
-        ("null_responded_at", null_time),
-        ("invalid_score", bad_score),
-    ] {
-        stats.rows_rejected.insert(reason.to_string(), count(condition)?);
+    for reason in ["null_customer_id", "null_responded_at", "invalid_score"] {
+        stats.rows_rejected.insert(reason.to_string(), count(reason)?);
     }
     stats.rows_rejected_total = stats.rows_rejected.values().sum();
-    stats.rows_ignored_after_as_of = count(usable.clone().and(col("responded_on").gt(as_of_date.clone())))?;
     let answers = all
         .lazy()
         .filter(usable.and(col("responded_on").lt_eq(as_of_date)))
