@@ -114,6 +114,9 @@ pub struct GenerateArgs {
     /// Also write survey answers (customer_id, responded_at, score) to this Parquet file.
     #[arg(long, value_name = "FILE")]
     pub survey: Option<PathBuf>,
+    /// Also write daily marketing spend (date, channel, amount) to this Parquet file.
+    #[arg(long, value_name = "FILE")]
+    pub spend: Option<PathBuf>,
 }
 
 fn parse_as_of(text: &str) -> Result<AsOf, String> {

@@ -41,6 +41,8 @@ const CUSTOMER_FACTS: &[ColumnDoc] = &[
     c("last_purchase_date", "date", "local date of the last purchase on or before as_of"),
     c("orders", "int64", "number of purchases (orders with revenue > 0), count"),
     c("revenue", "float64", "net revenue of all the customer's orders up to as_of, refunds netted, in the input's currency (no margin, not discounted)"),
+    c("cost", "float64", "with `cost` mapped: the cost of all the customer's orders up to as_of (refund orders' costs netted), in the input's currency"),
+    c("contribution", "float64", "with `cost` mapped: revenue − cost, in the input's currency"),
     c("aov", "float64", "average order value: purchase revenue / orders, in the input's currency"),
     c("acquisition_channel", "string", "channel of the first purchase (null when no channel is mapped)"),
     c("frequency", "int64", "BTYD frequency: distinct purchase days − 1, count"),
@@ -159,6 +161,9 @@ const RFM_SEGMENTS: &[ColumnDoc] = &[
         "their net revenue to date, in the input's currency",
     ),
     c("revenue_share", "float64", "revenue / all revenue, a fraction"),
+    c("cost", "float64", "with `cost` mapped: the cost of serving the group (its orders' costs to date), in the input's currency"),
+    c("contribution", "float64", "with `cost` mapped: revenue − cost of the group, in the input's currency"),
+    c("contribution_share", "float64", "with `cost` mapped: contribution / all contribution, a fraction (negative for a group that loses money)"),
     c("mean_recency_days", "float64", "mean days since the last purchase"),
     c("mean_frequency", "float64", "mean number of purchases"),
     c(

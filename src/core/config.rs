@@ -53,6 +53,8 @@ pub struct ColumnMap {
     pub line: Option<String>,
     /// The lines' currency code: one currency per run (`include` picks one).
     pub currency: Option<String>,
+    /// What a line cost (goods, shipping, fees, discounts), in the amount's currency.
+    pub cost: Option<String>,
 }
 
 /// `[sources.NAME.columns]` of a survey source: logical name = column in the file.
@@ -98,6 +100,7 @@ impl Default for ColumnMap {
             channel: None,
             line: None,
             currency: None,
+            cost: None,
         }
     }
 }
@@ -111,6 +114,7 @@ pub const LOGICAL_COLUMNS: &[&str] = &[
     "channel",
     "line",
     "currency",
+    "cost",
 ];
 
 impl ColumnMap {
@@ -125,6 +129,7 @@ impl ColumnMap {
             "channel" => self.channel.as_deref(),
             "line" => self.line.as_deref(),
             "currency" => self.currency.as_deref(),
+            "cost" => self.cost.as_deref(),
             _ => None,
         }
     }

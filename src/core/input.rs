@@ -72,7 +72,7 @@ pub struct DataRejected {
 }
 
 /// Orders of one source: one row per valid order with columns
-/// `id, date, ordered_ts, revenue[, channel]` (revenue in exact integer micro-units, see `money`;
+/// `id, date, ordered_ts, revenue[, channel][, cost]` (money in exact integer micro-units, see `money`;
 /// `id` indexes `customer_ids`, `channel` indexes `channels`), plus the accounting.
 pub struct SourceOrders {
     pub orders: DataFrame,

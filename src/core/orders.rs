@@ -36,7 +36,7 @@ use hashbrown::HashTable;
 use polars::prelude::*;
 
 /// Reason codes the fold computes per line (`line_reasons`) are `0..REASONS`; 0 is usable.
-pub const REASONS: usize = 8;
+pub const REASONS: usize = 9;
 const EXCLUDED_BY_INCLUDE: u8 = 1;
 const NULL_CUSTOMER_ID: u8 = 2;
 const NULL_ORDER_ID: u8 = 3;
@@ -44,6 +44,7 @@ const NULL_ORDERED_AT: u8 = 4;
 const NULL_AMOUNT: u8 = 5;
 const AFTER_AS_OF: u8 = 6;
 const INVALID_AMOUNT: u8 = 7;
+const INVALID_COST: u8 = 8;
 /// Why a line is not part of an order: each code's name in the manifest, in the order the
 /// reasons are tested.
 pub const LINE_REASONS: &[(u8, &str)] = &[
@@ -53,6 +54,7 @@ pub const LINE_REASONS: &[(u8, &str)] = &[
     (NULL_ORDERED_AT, "null_ordered_at"),
     (NULL_AMOUNT, "null_amount"),
     (INVALID_AMOUNT, "invalid_amount"),
+    (INVALID_COST, "invalid_cost"),
     (AFTER_AS_OF, "after_as_of"),
 ];
 /// Channel code of "no channel".
@@ -629,6 +631,8 @@ struct Shard {
     inline_channels: Vec<(u128, u32)>,
     ordered_ts: Vec<i64>,
     revenue: Vec<i64>,
+    /// Each order's cost in micro-units, when the source maps `cost` (else empty).
+    cost: Vec<i64>,
     lines: Vec<u32>,
     channel: Vec<u32>,
     several_customers: Vec<bool>,
@@ -699,6 +703,10 @@ pub struct OrderFold {
     pub expected_lines: Option<u64>,
     /// The first instant (µs) after `as_of` when it is fixed: lines from it on are not used.
     pub first_after_as_of: Option<i64>,
+    /// Whether batches carry a `cost` column (the source maps `cost`): orders get a `cost`.
+    pub has_cost: bool,
+    /// The last batch's costs in micro-units, kept for its buffer.
+    costs: Vec<i64>,
     lines_seen: u64,
     /// The last batch's reason codes and runs (a list per shard), kept for their buffers: a
     /// batch's lists grew anew from empty (copies, fresh pages) when each batch made its own.
@@ -716,7 +724,8 @@ const RESERVE_AFTER: u64 = 1 << 20;
 /// values, so `min` over codes is `min` over names.
 pub struct FoldedOrders {
     /// `id` (u32), `ordered_ts` (i64 µs), `revenue` (i64 micro-units), `lines` (u32),
-    /// `several_customers` (bool)[, `channel` (u32 code, `NO_CHANNEL` for none)].
+    /// `several_customers` (bool)[, `channel` (u32 code, `NO_CHANNEL` for none)][, `cost` (i64
+    /// micro-units)].
     pub orders: DataFrame,
     /// Customer id of each `id`, ascending.
     pub customer_ids: Series,
@@ -733,6 +742,8 @@ struct Batch<'a> {
     customer_ids: KeyColumn<'a>,
     ts: &'a [i64],
     amounts: Amounts<'a>,
+    /// Each line's cost in micro-units (null as 0), when the source maps `cost`.
+    costs: Option<&'a [i64]>,
     channels: Option<&'a TextArray>,
     /// The `line` column when the source maps it: (order_id, line) pairs count once.
     lines: Option<&'a Int64Array>,
@@ -767,9 +778,10 @@ impl<'a> Amounts<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn of(batch: &'a DataFrame, reasons: &'a [u8]) -> PolarsResult<Self> {
+    fn of(batch: &'a DataFrame, reasons: &'a [u8], costs: Option<&'a [i64]>) -> PolarsResult<Self> {
         Ok(Batch {
             reasons,
+            costs,
             order_ids: KeyColumn::of(batch.column("order_id")?)?,
             customer_ids: KeyColumn::of(batch.column("customer_id")?)?,
             ts: batch.column("ts")?.i64()?.downcast_as_array().values().as_slice(),
@@ -891,6 +903,7 @@ impl OrderFold {
             inline_channels: Vec::new(),
             ordered_ts: Vec::new(),
             revenue: Vec::new(),
+            cost: Vec::new(),
             lines: Vec::new(),
             channel: Vec::new(),
             several_customers: Vec::new(),
@@ -907,6 +920,8 @@ impl OrderFold {
             batches: 0,
             expected_lines: None,
             first_after_as_of: None,
+            has_cost: false,
+            costs: Vec::new(),
             lines_seen: 0,
             reasons: Vec::new(),
             runs: vec![Vec::new(); shards],
@@ -927,6 +942,15 @@ impl OrderFold {
         }
         let (mut reasons, mut runs) = (std::mem::take(&mut self.reasons), std::mem::take(&mut self.runs));
         line_reasons(&batch, self.first_after_as_of, &mut reasons)?;
+        let mut costs = std::mem::take(&mut self.costs);
+        if self.has_cost {
+            cost_micros(batch.column("cost")?, &mut costs)?;
+            for (reason, &cost) in reasons.iter_mut().zip(&costs) {
+                if *reason == 0 && cost == crate::core::money::INVALID_MICROS {
+                    *reason = INVALID_COST;
+                }
+            }
+        }
         if let Ok(currency) = batch.column("currency") {
             count_currencies(currency.str()?.downcast_as_array(), &reasons, &mut self.currencies);
         }
@@ -940,7 +964,7 @@ impl OrderFold {
                 self.lines_by_reason[usize::from(code)] += 1;
             }
         }
-        let columns = Batch::of(&batch, &reasons)?;
+        let columns = Batch::of(&batch, &reasons, self.has_cost.then_some(costs.as_slice()))?;
         self.reserve_once();
         self.lines_seen += columns.reasons.len() as u64;
         let hashed = !matches!(self.shards[0].orders, OrderKeys::Runs(_));
@@ -958,7 +982,7 @@ impl OrderFold {
                 shard.merge_repeated_orders();
             }
         });
-        (self.reasons, self.runs) = (reasons, runs);
+        (self.reasons, self.runs, self.costs) = (reasons, runs, costs);
         self.busy += started.elapsed();
         self.batches += 1;
         result
@@ -997,6 +1021,7 @@ impl OrderFold {
         let OrderFold {
             mut shards,
             lines_by_reason,
+            has_cost,
             ..
         } = self;
         let duplicate_lines = shards.iter().map(|shard| shard.duplicate_lines).sum();
@@ -1047,6 +1072,7 @@ impl OrderFold {
         tracing::debug!("repeated orders merged in {:.3} s", clock.elapsed().as_secs_f64());
         let clock = std::time::Instant::now();
         let mut parts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut cost_parts = Vec::new();
         for shard in shards {
             drop(shard.orders);
             drop(shard.line_sets);
@@ -1057,18 +1083,21 @@ impl OrderFold {
             }
             parts.1.push(shard.ordered_ts);
             parts.2.push(shard.revenue);
+            cost_parts.push(shard.cost);
             parts.3.push(shard.lines);
             parts.4.push(shard.several_customers);
         }
         // The columns are joined in parallel.
         let (mut codes, mut ordered_ts, mut revenue, mut lines, mut several_customers) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut cost = Vec::new();
         rayon::scope(|scope| {
             scope.spawn(|_| codes = joined(parts.0));
             scope.spawn(|_| ordered_ts = joined(parts.1));
             scope.spawn(|_| revenue = joined(parts.2));
             scope.spawn(|_| lines = joined(parts.3));
             scope.spawn(|_| several_customers = joined(parts.4));
+            scope.spawn(|_| cost = joined(cost_parts));
         });
         tracing::debug!("shards joined in {:.3} s", clock.elapsed().as_secs_f64());
         let clock = std::time::Instant::now();
@@ -1084,6 +1113,9 @@ impl OrderFold {
         if has_channel {
             columns.push(crate::core::columns::owned_column("channel", codes));
         }
+        if has_cost {
+            columns.push(crate::core::columns::owned_column("cost", cost));
+        }
         Ok(FoldedOrders {
             orders: DataFrame::new_infer_height(columns)?,
             customer_ids,
@@ -1092,6 +1124,22 @@ impl OrderFold {
             duplicate_lines,
         })
     }
+}
+
+/// A batch's `cost` column as micro-units into `costs` (cleared first): a null cost is 0 (as SQL's
+/// `sum` skips it), a cost that is not a usable number `INVALID_MICROS`.
+fn cost_micros(cost: &Column, costs: &mut Vec<i64>) -> PolarsResult<()> {
+    use crate::core::money::{micros_column, micros_of, INVALID_MICROS};
+    costs.clear();
+    match micros_column(cost)? {
+        Some(micros) => costs.extend(micros.i64()?.iter().map(|micros| micros.unwrap_or(0))),
+        None => costs.extend(cost.f64()?.iter().map(|units| match units {
+            None => 0,
+            Some(units) if (-9.0e12..=9.0e12).contains(&units) => micros_of(units),
+            Some(_) => INVALID_MICROS,
+        })),
+    }
+    Ok(())
 }
 
 /// Add the usable lines (reason 0) of a batch to the count per currency.
@@ -1189,6 +1237,9 @@ impl Shard {
         }
         let _ = self.ordered_ts.try_reserve(more);
         let _ = self.revenue.try_reserve(more);
+        if !self.cost.is_empty() {
+            let _ = self.cost.try_reserve(more);
+        }
         let _ = self.lines.try_reserve(more);
         let _ = self.channel.try_reserve(more);
         let _ = self.several_customers.try_reserve(more);
@@ -1204,6 +1255,7 @@ impl Shard {
             customer_ids,
             ts,
             amounts,
+            costs,
             channels,
             lines,
         } = *batch;
@@ -1259,6 +1311,9 @@ impl Shard {
                     self.customers.push(customer_ids, row)?;
                     self.ordered_ts.push(ts);
                     self.revenue.push(amount);
+                    if let Some(costs) = costs {
+                        self.cost.push(costs[row]);
+                    }
                     self.lines.push(1);
                     self.channel.push(channel);
                     self.several_customers.push(false);
@@ -1275,6 +1330,9 @@ impl Shard {
                 }
                 self.lines[o] += 1;
                 self.revenue[o] = self.revenue[o].wrapping_add(amount);
+                if let Some(costs) = costs {
+                    self.cost[o] = self.cost[o].wrapping_add(costs[row]);
+                }
                 if ts <= self.ordered_ts[o] {
                     let channel = channel_of(&mut self.channels, &mut self.inline_channels, row);
                     self.take_if_first(o, ts, channel);
@@ -1412,6 +1470,7 @@ impl Shard {
         self.customers.retain(keep);
         retain(&mut self.ordered_ts, keep);
         retain(&mut self.revenue, keep);
+        retain(&mut self.cost, keep);
         retain(&mut self.lines, keep);
         retain(&mut self.channel, keep);
         retain(&mut self.several_customers, keep);
@@ -1424,6 +1483,9 @@ impl Shard {
         }
         self.lines[order] += self.lines[later];
         self.revenue[order] = self.revenue[order].wrapping_add(self.revenue[later]);
+        if !self.cost.is_empty() {
+            self.cost[order] = self.cost[order].wrapping_add(self.cost[later]);
+        }
         self.take_if_first(order, self.ordered_ts[later], self.channel[later]);
     }
 

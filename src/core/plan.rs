@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::core::config::{self, Config};
+use crate::core::config::{self, Config, SourceConfig};
 use crate::core::diagnostic::{suggest, Diagnostic, Diagnostics};
 use crate::core::stages::InputKind;
 
@@ -44,6 +44,7 @@ pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
         }
     };
     check_customer_columns(&config, &inputs, &mut diagnostics);
+    check_source_columns(&config, &inputs, &mut diagnostics);
     if let crate::core::config::AsOf::Date(as_of) = config.pipeline.as_of {
         for stage in &config.stages {
             if let Some(problem) = stage.stage.as_ref().and_then(|options| options.check_as_of(as_of)) {
@@ -119,6 +120,46 @@ fn check_customer_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &
                 "stage `{}` groups by `acquisition_channel`, but the source maps no `channel`: every customer's channel is null",
                 stage.name
             );
+        }
+    }
+}
+
+/// The optional columns a stage's options need (`Stage::source_columns`) are mapped by its
+/// orders source.
+fn check_source_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &mut Diagnostics) {
+    fn orders_source<'a>(config: &'a Config, inputs: &[Vec<Input>], stage: usize, depth: usize) -> Option<&'a SourceConfig> {
+        inputs.get(stage)?.iter().find_map(|input| match input {
+            Input::Source(name) => config
+                .sources
+                .get(name)
+                .filter(|source| source.kind == crate::core::input::SourceKind::Orders),
+            Input::Stage(upstream) if depth < config.stages.len() => orders_source(config, inputs, *upstream, depth + 1),
+            Input::Stage(_) => None,
+        })
+    }
+    for (index, stage) in config.stages.iter().enumerate() {
+        let Some(needed) = stage.stage.as_ref().map(|s| s.source_columns()) else {
+            continue;
+        };
+        let Some(source) = orders_source(config, inputs, index, 0) else {
+            continue;
+        };
+        for (column, option) in needed {
+            if source.columns.physical(column).is_none() {
+                diagnostics.push(
+                    crate::core::diagnostic::Diagnostic::new(
+                        format!(
+                            "stage `{}`: {option} needs a `{column}` column, and source `{}` maps none",
+                            stage.name, source.name
+                        ),
+                        stage.span.clone(),
+                    )
+                    .with_help(Some(format!(
+                        "map it under `[sources.{}.columns]` (`{column} = \"<column in the file>\"`), or give a number",
+                        source.name
+                    ))),
+                );
+            }
         }
     }
 }

@@ -26,11 +26,14 @@ use crate::core::period::to_days;
 /// The shared tables of one source for one run.
 #[derive(Debug, Clone)]
 pub struct SharedTables {
-    /// customer_key, customer_id, first_purchase_date, last_purchase_date, orders, revenue, aov,
-    /// acquisition_channel, frequency, t_x, T, monetary_value, revenue_micros — sorted by
-    /// customer_key. Money in currency (Float64) and, for exact sums, `revenue_micros` (Int64).
+    /// customer_key, customer_id, first_purchase_date, last_purchase_date, orders, revenue,
+    /// [cost, contribution,] aov, acquisition_channel, frequency, t_x, T, monetary_value,
+    /// revenue_micros[, cost_micros] — sorted by customer_key. Money in currency (Float64) and,
+    /// for exact sums, in micro-units (Int64). The cost columns are there when the source maps
+    /// `cost`.
     pub customer_facts: DataFrame,
-    /// customer_key, date, purchases (UInt32), revenue_micros — sorted by customer_key, date; read
+    /// customer_key, date, purchases (UInt32), revenue_micros[, cost_micros] — sorted by
+    /// customer_key, date; read
     /// through `customer_periods()`. The runner releases them once the last stage that reads
     /// them is done, so the stages after reuse their memory.
     periods: std::sync::Arc<std::sync::Mutex<Option<DataFrame>>>,
@@ -114,6 +117,8 @@ struct OrderColumns<'a> {
     revenues: &'a [i64],
     /// Channel codes, `NO_CHANNEL` for none; empty without a channel column.
     channels: &'a [u32],
+    /// Order costs in micro-units, when the source maps `cost`.
+    costs: Option<&'a [i64]>,
 }
 
 impl<'a> OrderColumns<'a> {
@@ -134,6 +139,10 @@ impl<'a> OrderColumns<'a> {
             instants: values(orders.column("ordered_ts")?.i64()?, "ordered_ts")?,
             revenues: values(orders.column("revenue")?.i64()?, "revenue")?,
             channels,
+            costs: match orders.column("cost") {
+                Ok(column) => Some(values(column.i64()?, "cost")?),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -191,6 +200,8 @@ struct Walked {
     period_date: Vec<i32>,
     period_purchases: Vec<u32>,
     period_revenue: Vec<i64>,
+    /// Empty unless the orders have a cost (as `cost` below).
+    period_cost: Vec<i64>,
     // customers with a purchase
     id: Vec<u32>,
     first: Vec<i32>,
@@ -201,6 +212,8 @@ struct Walked {
     purchase_days: Vec<i64>,
     first_day_revenue: Vec<i64>,
     acquisition: Vec<Option<IdxSize>>,
+    cost: Vec<i64>,
+    has_cost: bool,
 }
 
 /// One chunk's share of the walk's columns: room for a period per order of its customers and a
@@ -210,6 +223,7 @@ struct WalkedPart<'a> {
     period_date: &'a mut [MaybeUninit<i32>],
     period_purchases: &'a mut [MaybeUninit<u32>],
     period_revenue: &'a mut [MaybeUninit<i64>],
+    period_cost: &'a mut [MaybeUninit<i64>],
     id: &'a mut [MaybeUninit<u32>],
     first: &'a mut [MaybeUninit<i32>],
     last: &'a mut [MaybeUninit<i32>],
@@ -219,6 +233,7 @@ struct WalkedPart<'a> {
     purchase_days: &'a mut [MaybeUninit<i64>],
     first_day_revenue: &'a mut [MaybeUninit<i64>],
     acquisition: &'a mut [MaybeUninit<Option<IdxSize>>],
+    cost: &'a mut [MaybeUninit<i64>],
 }
 
 /// `column` cut into consecutive parts of `lens`.
@@ -255,8 +270,13 @@ fn compact<T: Copy>(column: &mut Vec<T>, starts: &[usize], counts: &[usize], map
 impl Walked {
     /// Columns with room for `periods` periods (one per order at most) and `customers` rows,
     /// not initialised: zeroing them would be a pass over the largest columns on one thread.
-    fn with_room(periods: usize, customers: usize) -> Walked {
+    /// Without `has_cost` the cost columns stay empty.
+    fn with_room(periods: usize, customers: usize, has_cost: bool) -> Walked {
+        let costs = |rows: usize| Vec::with_capacity(if has_cost { rows } else { 0 });
         Walked {
+            period_cost: costs(periods),
+            cost: costs(customers),
+            has_cost,
             period_key: Vec::with_capacity(periods),
             period_date: Vec::with_capacity(periods),
             period_purchases: Vec::with_capacity(periods),
@@ -288,12 +308,20 @@ impl Walked {
         let mut purchase_days = cut(self.purchase_days.spare_capacity_mut(), customers);
         let mut first_day_revenue = cut(self.first_day_revenue.spare_capacity_mut(), customers);
         let mut acquisition = cut(self.acquisition.spare_capacity_mut(), customers);
+        let none = vec![0; periods.len()];
+        let (cost_periods, cost_customers) = match self.has_cost {
+            true => (periods, customers),
+            false => (none.as_slice(), none.as_slice()),
+        };
+        let mut period_cost = cut(self.period_cost.spare_capacity_mut(), cost_periods);
+        let mut cost = cut(self.cost.spare_capacity_mut(), cost_customers);
         let mut next = || -> Option<WalkedPart<'_>> {
             Some(WalkedPart {
                 period_key: period_key.next()?,
                 period_date: period_date.next()?,
                 period_purchases: period_purchases.next()?,
                 period_revenue: period_revenue.next()?,
+                period_cost: period_cost.next()?,
                 id: id.next()?,
                 first: first.next()?,
                 last: last.next()?,
@@ -303,6 +331,7 @@ impl Walked {
                 purchase_days: purchase_days.next()?,
                 first_day_revenue: first_day_revenue.next()?,
                 acquisition: acquisition.next()?,
+                cost: cost.next()?,
             })
         };
         std::iter::from_fn(&mut next).collect()
@@ -339,6 +368,10 @@ impl Walked {
         compact(&mut self.purchase_days, customer_starts, &customers, same);
         compact(&mut self.first_day_revenue, customer_starts, &customers, same);
         compact(&mut self.acquisition, customer_starts, &customers, same);
+        if self.has_cost {
+            compact(&mut self.period_cost, period_starts, &periods, same);
+            compact(&mut self.cost, customer_starts, &customers, same);
+        }
     }
 }
 
@@ -346,7 +379,8 @@ impl WalkedPart<'_> {
     /// Walk customers `ids` into this part: (periods, customers) filled.
     fn walk(self, columns: &OrderColumns, starts: &[u32], rows: &[u32], ids: std::ops::Range<usize>) -> (usize, usize) {
         let (mut p, mut c) = (0, 0);
-        let mut day_orders: Vec<(i32, i64)> = Vec::new();
+        // (date, revenue, cost: 0 without costs)
+        let mut day_orders: Vec<(i32, i64, i64)> = Vec::new();
         for id in ids {
             let own = &rows[starts[id] as usize..starts[id + 1] as usize];
             // The earliest purchase instant and the smallest channel code there.
@@ -355,28 +389,34 @@ impl WalkedPart<'_> {
             for &row in own {
                 let row = row as usize;
                 let revenue = columns.revenues[row];
-                day_orders.push((columns.dates[row], revenue));
+                let cost = columns.costs.map_or(0, |costs| costs[row]);
+                day_orders.push((columns.dates[row], revenue, cost));
                 if revenue > 0 && !columns.channels.is_empty() {
                     earliest = earliest.min((columns.instants[row], columns.channels[row]));
                 }
             }
-            if !day_orders.iter().any(|&(_, revenue)| revenue > 0) {
+            if !day_orders.iter().any(|&(_, revenue, _)| revenue > 0) {
                 continue;
             }
-            day_orders.sort_unstable_by_key(|&(date, _)| date);
+            day_orders.sort_unstable_by_key(|&(date, _, _)| date);
             let key = c as u32;
             let (mut first, mut last) = (None, 0);
             let (mut orders, mut revenue, mut purchase_revenue, mut purchase_days) = (0, 0, 0, 0);
-            let mut first_day_revenue = 0;
+            let (mut first_day_revenue, mut cost) = (0, 0);
             for day in day_orders.chunk_by(|a, b| a.0 == b.0) {
                 let date = day[0].0;
-                let purchases = day.iter().filter(|(_, r)| *r > 0).count() as u32;
-                let day_revenue: i64 = day.iter().map(|(_, r)| r).sum();
-                let day_purchase_revenue: i64 = day.iter().map(|(_, r)| *r).filter(|&r| r > 0).sum();
+                let purchases = day.iter().filter(|(_, r, _)| *r > 0).count() as u32;
+                let day_revenue: i64 = day.iter().map(|(_, r, _)| r).sum();
+                let day_purchase_revenue: i64 = day.iter().map(|(_, r, _)| *r).filter(|&r| r > 0).sum();
                 self.period_key[p].write(key);
                 self.period_date[p].write(date);
                 self.period_purchases[p].write(purchases);
                 self.period_revenue[p].write(day_revenue);
+                if columns.costs.is_some() {
+                    let day_cost: i64 = day.iter().map(|(_, _, c)| c).sum();
+                    self.period_cost[p].write(day_cost);
+                    cost += day_cost;
+                }
                 p += 1;
                 revenue += day_revenue;
                 if purchases > 0 {
@@ -399,6 +439,9 @@ impl WalkedPart<'_> {
             self.purchase_days[c].write(purchase_days);
             self.first_day_revenue[c].write(first_day_revenue);
             self.acquisition[c].write((earliest.1 != NO_CHANNEL).then_some(earliest.1 as IdxSize));
+            if columns.costs.is_some() {
+                self.cost[c].write(cost);
+            }
             c += 1;
         }
         (p, c)
@@ -424,6 +467,7 @@ fn walk_in_chunks(mut orders: DataFrame, customers: usize, chunk: usize) -> Resu
     // before the walk's columns are allocated, so they can take its pages.
     drop(orders.drop_in_place("id")?);
     let columns = OrderColumns::of(&orders)?;
+    let has_cost = columns.costs.is_some();
     tracing::debug!(
         "prepare: orders grouped by customer in {:.3} s",
         clock.elapsed().as_secs_f64()
@@ -438,7 +482,7 @@ fn walk_in_chunks(mut orders: DataFrame, customers: usize, chunk: usize) -> Resu
         .map(|ids| (starts[ids.end] - starts[ids.start]) as usize)
         .collect();
     let sizes: Vec<usize> = id_ranges.iter().map(|ids| ids.len()).collect();
-    let mut walked = Walked::with_room(rows.len(), customers);
+    let mut walked = Walked::with_room(rows.len(), customers, has_cost);
     let filled: Vec<(usize, usize)> = walked
         .parts(&periods, &sizes)
         .into_par_iter()
@@ -482,14 +526,21 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
         purchase_days,
         first_day_revenue,
         acquisition,
+        period_cost,
+        cost,
+        has_cost,
     } = walked;
 
-    let customer_periods = DataFrame::new_infer_height(vec![
+    let mut period_columns = vec![
         crate::core::columns::owned_column("customer_key", period_key),
         date_column("date", period_date)?,
         crate::core::columns::owned_column("purchases", period_purchases),
         crate::core::columns::owned_column("revenue_micros", period_revenue),
-    ])?;
+    ];
+    if has_cost {
+        period_columns.push(crate::core::columns::owned_column("cost_micros", period_cost));
+    }
+    let customer_periods = DataFrame::new_infer_height(period_columns)?;
 
     let ids = IdxCa::from_vec("".into(), id);
     let customer_ids = customer_ids.take(&ids)?.with_name("customer_id".into());
@@ -517,6 +568,20 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     let t_x = each_i64(&|c| i64::from(last[c]) - i64::from(first[c]));
     let age = each_i64(&|c| as_of_day - i64::from(first[c]));
     let revenue_value: Vec<f64> = revenue.par_iter().map(|&micros| micros_value(micros)).collect();
+    // With costs: cost and contribution (revenue − cost) in currency, and exact micro-units.
+    let cost_columns = has_cost.then(|| {
+        let cost_value: Vec<f64> = cost.par_iter().map(|&micros| micros_value(micros)).collect();
+        let contribution: Vec<f64> = cost
+            .par_iter()
+            .zip(&revenue)
+            .map(|(&cost, &revenue)| micros_value(revenue - cost))
+            .collect();
+        [
+            crate::core::columns::owned_column("cost", cost_value),
+            crate::core::columns::owned_column("contribution", contribution),
+            crate::core::columns::owned_column("cost_micros", cost),
+        ]
+    });
     // BTYD: same-day purchases merged; the first purchase day is not a repeat purchase.
     let mut monetary_value: Vec<f64> = bytemuck::cast_vec(first_day_revenue);
     monetary_value
@@ -555,6 +620,13 @@ pub fn shared_tables(source: SourceOrders) -> Result<SharedTables> {
     ])
     .map_err(anyhow::Error::from)
     .context("building customer_facts")?;
+    if let Some([cost, contribution, cost_micros]) = cost_columns {
+        // Beside revenue; `cost_micros` last, with the other exact sums.
+        let at = customer_facts.get_column_index("aov").expect("built above");
+        customer_facts.insert_column(at, cost)?;
+        customer_facts.insert_column(at + 1, contribution)?;
+        customer_facts.with_column(cost_micros)?;
+    }
     tracing::debug!("prepare: customer facts at {:.3} s", clock.elapsed().as_secs_f64());
 
     // One chunk: stages read columns as slices (`values`).

@@ -117,8 +117,8 @@ pub struct ClvOptions {
     pub horizon_months: u32,
     /// Default 0.1 (10 % a year), applied monthly.
     pub annual_discount_rate: f64,
-    /// Default 1.0.
-    pub margin: f64,
+    /// Share of revenue kept, or "observed" (needs `cost`). Default 1.0.
+    pub margin: super::Margin,
     /// L2 penalty on the parameters (as `lifetimes`' penalizer_coef). Default 0.
     pub penalizer: f64,
     /// Fit on purchases up to this date and validate on the rest: a date, or a distance before
@@ -139,7 +139,7 @@ impl Default for ClvOptions {
             time_unit: TimeUnit::Week,
             horizon_months: 12,
             annual_discount_rate: 0.1,
-            margin: 1.0,
+            margin: super::Margin::default(),
             penalizer: 0.0,
             calibration_end: None,
             holdout_days: None,
@@ -170,9 +170,7 @@ impl ClvOptions {
                 ),
             ));
         }
-        if !(self.margin > 0.0 && self.margin <= 10.0) {
-            errors.push(("margin", format!("`margin` must be in (0, 10], got {}", self.margin)));
-        }
+        errors.extend(self.margin.check());
         if self.calibration_end.is_some() && self.holdout_days.is_some() {
             errors.push((
                 "holdout_days",
@@ -333,6 +331,10 @@ impl ClvOptions {
 }
 
 impl Stage for ClvOptions {
+    fn source_columns(&self) -> Vec<(&'static str, &'static str)> {
+        self.margin.source_columns()
+    }
+
     /// Only the validation against a holdout reads purchase days.
     fn reads_customer_periods(&self) -> bool {
         self.calibration().is_some()
@@ -636,6 +638,7 @@ impl ClvOptions {
         problems: &mut Vec<String>,
     ) -> Result<Vec<DataFrame>> {
         let n = data.x.len();
+        let margin = self.margin.value(shared)?;
         // Per customer, in parallel: p_alive, expected purchases, P(no purchase), expected order
         // value, CLV, straight into their columns (NaN for none: every value is finite), each
         // thread a block of customers.
@@ -659,7 +662,7 @@ impl ClvOptions {
                         })
                         .and_then(finite);
                     let customer_clv = match (value, score.discounted_if_alive) {
-                        (Some(value), Some(discounted)) => finite(self.margin * value * score.p_alive * discounted),
+                        (Some(value), Some(discounted)) => finite(margin * value * score.p_alive * discounted),
                         _ => None,
                     };
                     let none = f64::NAN;

@@ -12,7 +12,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::lifecycle::{walk, LifecycleOptions};
-use super::{Kind, OptionInput, Stage, StageInputs, ORDERS};
+use super::{Kind, Margin, OptionInput, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
 use crate::core::period::Granularity;
@@ -21,8 +21,8 @@ use crate::core::period::Granularity;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClvSimpleOptions {
-    /// Gross margin applied to revenue. Default 1.0.
-    pub margin: f64,
+    /// Gross margin applied to revenue, or "observed" (needs `cost`). Default 1.0.
+    pub margin: Margin,
     /// Expected customer lifespan; default: derived from observed annual churn.
     pub lifespan_years: Option<f64>,
     /// Cap on the derived lifespan. Default 10.
@@ -39,7 +39,7 @@ pub struct ClvSimpleOptions {
 impl Default for ClvSimpleOptions {
     fn default() -> Self {
         ClvSimpleOptions {
-            margin: 1.0,
+            margin: Margin::default(),
             lifespan_years: None,
             max_lifespan_years: 10.0,
             min_tenure_years: 1.0,
@@ -61,9 +61,7 @@ impl ClvSimpleOptions {
 
     fn check(&self) -> Vec<(&'static str, String)> {
         let mut errors = self.lifecycle_options().check();
-        if !(self.margin > 0.0 && self.margin <= 10.0) {
-            errors.push(("margin", format!("`margin` must be in (0, 10], got {}", self.margin)));
-        }
+        errors.extend(self.margin.check());
         if let Some(years) = self.lifespan_years {
             if !(years > 0.0 && years.is_finite()) {
                 errors.push((
@@ -165,8 +163,13 @@ impl Stage for ClvSimpleOptions {
             .collect()
     }
 
+    fn source_columns(&self) -> Vec<(&'static str, &'static str)> {
+        self.margin.source_columns()
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
+        let margin = self.margin.value(shared)?;
         let lifespan = match self.lifespan_years {
             Some(years) => years,
             None => {
@@ -201,7 +204,7 @@ impl Stage for ClvSimpleOptions {
                 col("aov"),
                 (col("orders").cast(DataType::Float64) / tenure_years).alias("purchases_per_year"),
                 lit(lifespan).alias("lifespan_years"),
-                lit(self.margin).alias("margin"),
+                lit(margin).alias("margin"),
             ])
             .with_column(
                 (col("aov") * col("purchases_per_year") * col("lifespan_years") * col("margin")).alias("simple_clv"),

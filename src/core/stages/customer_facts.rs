@@ -32,7 +32,7 @@ impl Stage for CustomerFactsOptions {
         let facts = inputs
             .shared()?
             .customer_facts
-            .drop_many(["customer_key", "revenue_micros"]);
+            .drop_many(["customer_key", "revenue_micros", "cost_micros"]);
         Ok(vec![facts])
     }
 }

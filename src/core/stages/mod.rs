@@ -166,6 +166,92 @@ pub trait Stage: Send + Sync + Debug {
     fn customer_columns(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Optional logical columns its orders source must map, each with the option that needs it
+    /// (`("cost", "margin = \"observed\"")`), checked before any data is read.
+    fn source_columns(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
+}
+
+/// A `margin` option: a fixed share of revenue (0 < margin ≤ 10, default 1), or `"observed"`:
+/// Σ contribution / Σ revenue over all customers, which needs the `cost` column.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(try_from = "MarginValue")]
+pub enum Margin {
+    Fixed(f64),
+    Observed,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum MarginValue {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<MarginValue> for Margin {
+    type Error = String;
+
+    fn try_from(value: MarginValue) -> Result<Self, String> {
+        match value {
+            MarginValue::Number(margin) => Ok(Margin::Fixed(margin)),
+            MarginValue::Text(text) if text == "observed" => Ok(Margin::Observed),
+            MarginValue::Text(text) => Err(format!(
+                "`margin` is a number or \"observed\", got \"{text}\""
+            )),
+        }
+    }
+}
+
+impl Default for Margin {
+    fn default() -> Self {
+        Margin::Fixed(1.0)
+    }
+}
+
+impl Margin {
+    /// A problem with a fixed margin's value.
+    pub fn check(self) -> Option<(&'static str, String)> {
+        match self {
+            Margin::Fixed(margin) if !(margin > 0.0 && margin <= 10.0) => {
+                Some(("margin", format!("`margin` must be in (0, 10] or \"observed\", got {margin}")))
+            }
+            _ => None,
+        }
+    }
+
+    /// The source columns it needs (`Stage::source_columns`).
+    pub fn source_columns(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Margin::Observed => vec![("cost", "`margin = \"observed\"`")],
+            Margin::Fixed(_) => Vec::new(),
+        }
+    }
+
+    /// The margin as a number: observed from the customers' exact revenue and cost.
+    pub fn value(self, shared: &SharedTables) -> anyhow::Result<f64> {
+        match self {
+            Margin::Fixed(margin) => Ok(margin),
+            Margin::Observed => observed_margin(&shared.customer_facts),
+        }
+    }
+}
+
+/// Σ (revenue − cost) / Σ revenue over all customers, from the exact micro-unit columns.
+pub fn observed_margin(facts: &DataFrame) -> anyhow::Result<f64> {
+    let sum = |name: &str| -> anyhow::Result<i128> {
+        let column = facts.column(name).map_err(|_| {
+            anyhow::anyhow!("`margin = \"observed\"` needs the orders source to map a `cost` column")
+        })?;
+        Ok(column.i64()?.iter().map(|v| i128::from(v.unwrap_or(0))).sum())
+    };
+    let (revenue, cost) = (sum("revenue_micros")?, sum("cost_micros")?);
+    anyhow::ensure!(
+        revenue > 0,
+        "`margin = \"observed\"`: the customers' total revenue is not positive, so no margin can be observed"
+    );
+    Ok((revenue - cost) as f64 / revenue as f64)
 }
 
 pub static KINDS: &[&Kind] = &[

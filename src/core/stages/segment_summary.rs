@@ -67,6 +67,10 @@ impl Stage for SegmentSummaryOptions {
             col("orders"),
             col("acquisition_channel"),
         ];
+        let has_cost = shared.customer_facts.column("cost_micros").is_ok();
+        if has_cost {
+            base.push(col("cost_micros"));
+        }
         // The cohort only when asked for: truncating millions of dates is not free.
         let wants_cohort = self.by.iter().chain(&self.metrics).any(|c| c == "cohort");
         if wants_cohort {
@@ -114,7 +118,7 @@ impl Stage for SegmentSummaryOptions {
         let mut available: Vec<String> = table
             .get_column_names()
             .iter()
-            .filter(|n| n.as_str() != "revenue_micros")
+            .filter(|n| !matches!(n.as_str(), "revenue_micros" | "cost_micros"))
             .map(|n| n.to_string())
             .collect();
         if !wants_cohort {
@@ -141,15 +145,28 @@ impl Stage for SegmentSummaryOptions {
         } else {
             self.metrics.clone()
         };
-        let summary = summarise(&table, &self.by, &metrics)?.lazy().with_columns([
+        let mut summary = summarise(&table, &self.by, &metrics)?.lazy().with_columns([
             (col("customers").cast(DataType::Float64) / lit(table.height().max(1) as f64)).alias("share"),
             from_micros(col("revenue_micros")).alias("revenue"),
             (col("revenue_micros").cast(DataType::Float64) / col("revenue_micros").sum().cast(DataType::Float64))
                 .alias("revenue_share"),
         ]);
+        if has_cost {
+            // Exact: contribution in micro-units, its share of the total.
+            let contribution = col("revenue_micros") - col("cost_micros");
+            summary = summary.with_columns([
+                from_micros(col("cost_micros")).alias("cost"),
+                from_micros(contribution.clone()).alias("contribution"),
+                (contribution.clone().cast(DataType::Float64) / contribution.sum().cast(DataType::Float64))
+                    .alias("contribution_share"),
+            ]);
+        }
         let by: Vec<Expr> = self.by.iter().map(|c| col(c.as_str())).collect();
         let mut output: Vec<Expr> = by.clone();
         output.extend([col("customers"), col("share"), col("revenue"), col("revenue_share")]);
+        if has_cost {
+            output.extend([col("cost"), col("contribution"), col("contribution_share")]);
+        }
         for metric in &metrics {
             output.push(col(format!("mean_{metric}").as_str()));
             output.push(col(format!("median_{metric}").as_str()));
@@ -213,6 +230,13 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
     }
     columns.push(crate::core::columns::owned_column("customers", customers));
     columns.push(crate::core::columns::owned_column("revenue_micros", revenue));
+    if let Ok(cost) = table.column("cost_micros") {
+        let mut sums = vec![0i64; count];
+        for (&group, cost) in groups.of_row.iter().zip(cost.i64()?.iter()) {
+            sums[group as usize] += cost.unwrap_or(0);
+        }
+        columns.push(crate::core::columns::owned_column("cost_micros", sums));
+    }
     let aggregated: Vec<MeansAndMedians> = metrics
         .par_iter()
         .map(|metric| -> Result<_> {

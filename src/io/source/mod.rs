@@ -36,6 +36,7 @@ const REJECTED: &[&str] = &[
     "null_ordered_at",
     "null_amount",
     "invalid_amount",
+    "invalid_cost",
     "order_with_several_customers",
 ];
 
@@ -126,7 +127,9 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
             "ordered_at" => {
                 matches!(dtype, DataType::Date | DataType::Datetime(_, _)) || (csv && dtype == &DataType::String)
             }
-            "amount" => dtype.is_primitive_numeric() || dtype.is_decimal() || (csv && dtype == &DataType::String),
+            "amount" | "cost" => {
+                dtype.is_primitive_numeric() || dtype.is_decimal() || (csv && dtype == &DataType::String)
+            }
             "status" | "channel" => is_text(dtype) || dtype.is_integer() || dtype.is_bool(),
             "currency" => is_text(dtype),
             "line" => dtype.is_integer(),
@@ -138,7 +141,7 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
                     "an integer of any width, or text (string, large string, view, dictionary or categorical)"
                 }
                 "ordered_at" => "a date, or a timestamp in s, ms, us or ns with or without a zone",
-                "amount" => "a number: an integer of any width, float32/64, or a decimal of any precision and scale",
+                "amount" | "cost" => "a number: an integer of any width, float32/64, or a decimal of any precision and scale",
                 "currency" => "text",
                 "line" => "an integer",
                 _ => "text, integer or boolean",
@@ -395,6 +398,7 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
     );
     fold.expected_lines = expected_lines;
     fold.first_after_as_of = first_after_as_of;
+    fold.has_cost = source.columns.cost.is_some();
     let mut fold = fold_lines(source, lines, fold)?;
     if let Some(total) = expected_lines.filter(|_| filter_in_scan) {
         fold.count_unseen_as_excluded(total);
@@ -479,15 +483,15 @@ fn lines_plan(source: &SourceConfig, schema: &SourceSchema, expected_lines: Opti
     };
     // Amounts: numbers as Float64 units; decimals and CSV text are turned into micro-units
     // exactly by the fold.
-    let amount = match column_type("amount") {
-        Some(DataType::Decimal(_, _)) | Some(DataType::String) => col("amount"),
-        _ => col("amount").cast(DataType::Float64),
+    let money = |logical: &str| match column_type(logical) {
+        Some(DataType::Decimal(_, _)) | Some(DataType::String) => col(logical),
+        _ => col(logical).cast(DataType::Float64),
     };
     let mut columns = vec![
         key("order_id", &schema.order_id),
         key("customer_id", &schema.customer_id),
         col("ts"),
-        amount.alias("amount"),
+        money("amount").alias("amount"),
     ];
     if schema.has_channel {
         columns.push(col("channel").cast(DataType::String));
@@ -497,6 +501,9 @@ fn lines_plan(source: &SourceConfig, schema: &SourceSchema, expected_lines: Opti
     }
     if source.columns.currency.is_some() {
         columns.push(col("currency").cast(DataType::String));
+    }
+    if source.columns.cost.is_some() {
+        columns.push(money("cost").alias("cost"));
     }
     // With the line count known from the files' metadata, the filters run in the scan: polars
     // decodes the other columns of included lines only, and the fold counts the rest as
@@ -606,6 +613,9 @@ fn usable_orders(
     let mut keep = vec![col("id"), col("date"), col("ordered_ts"), col("revenue")];
     if schema.has_channel {
         keep.push(col("channel"));
+    }
+    if source.columns.cost.is_some() {
+        keep.push(col("cost"));
     }
     let usable = with_order_dates(orders, &schema.ordered_at, source, settings)?;
     tracing::debug!("order dates: {}", crate::telemetry::memory());
