@@ -238,7 +238,7 @@ pub fn generate(args: &GenerateArgs) -> Result<String> {
 
 /// What acquiring a customer costs per channel (currency units), and the brand spend per day
 /// no channel is credited with. `marketplace` buys customers dearer than they ever pay back.
-const CAC_BY_CHANNEL: &[(&str, f64)] = &[("web", 18.0), ("app", 32.0), ("store", 6.0), ("marketplace", 160.0)];
+const CAC_BY_CHANNEL: &[(&str, f64)] = &[("web", 18.0), ("app", 32.0), ("store", 6.0), ("marketplace", 240.0)];
 const BRAND_SPEND_PER_DAY: f64 = 40.0;
 
 /// Daily marketing spend per channel for the lines in `lines`: each channel's spend follows the

@@ -175,6 +175,14 @@ pub fn validate(path: &std::path::Path) -> Result<String> {
                     survey.files.len()
                 ));
             }
+            SourceKind::Spend => {
+                let spend = source::check_spend(source)?;
+                report.push(format!(
+                    "source `{}`: {} spend file(s), mapped columns ok",
+                    source.name,
+                    spend.files.len()
+                ));
+            }
         }
     }
     report.push(format!(

@@ -451,6 +451,29 @@ const NPS_CUSTOMERS: &[ColumnDoc] = &[
     ),
 ];
 
+const ACQUISITION: &[ColumnDoc] = &[
+    c("cohort", "date", "start date of the cohort period: the period of the customers' first purchase, and of the spend counted in this row"),
+    c("acquisition_channel", "string", "the channel (customers' acquisition channel, spend's channel); null on all-channels rows"),
+    c("all_channels", "bool", "true on the row covering every channel, customers without a channel and unattributed spend; such rows are dense from the first cohort or spend period to the as_of period"),
+    c("new_customers", "int64", "customers whose first purchase fell in the cohort period, count"),
+    c("spend", "float64", "marketing spend dated in the cohort period, in the input's currency (negative for a net credit)"),
+    c("cac", "float64", "customer acquisition cost: spend / new_customers, in the input's currency; null without new customers"),
+    c("contribution_to_date_per_customer", "float64", "the new customers' contribution (revenue − cost, or revenue × margin) from their first purchase up to as_of, divided by new_customers, in the input's currency"),
+    c("payback_period_index", "int32", "the first period since the cohort (0 = the cohort period) by whose end cumulative contribution covered the spend; 0 when cac ≤ 0; null without customers or when not paid back by as_of"),
+    c("ltv_per_customer", "float64", "with `ltv`: mean lifetime value of the new customers (simple_clv, or historic contribution + clv), in the input's currency"),
+    c("ltv_to_cac", "float64", "ltv_per_customer / cac, a ratio; null when cac is null or ≤ 0"),
+];
+
+const ACQUISITION_PAYBACK: &[ColumnDoc] = &[
+    c("cohort", "date", "as in the acquisition table"),
+    c("acquisition_channel", "string", "as in the acquisition table; null on all-channels rows"),
+    c("all_channels", "bool", "as in the acquisition table"),
+    c("period_index", "int32", "periods since the cohort period, from 0 to the as_of period"),
+    c("cumulative_contribution_per_customer", "float64", "the cohort's contribution over periods 0..period_index, divided by new_customers, in the input's currency; null without new customers"),
+    c("cac", "float64", "the row's cac, in the input's currency"),
+    c("recovered_share", "float64", "cumulative_contribution_per_customer / cac, a fraction (1 = paid back); null when cac is null or ≤ 0"),
+];
+
 /// The columns of table `suffix` ("" for a one-table kind) of stage kind `kind`, without the
 /// `as_of` every table ends with.
 pub fn columns(kind: &str, suffix: &str) -> &'static [ColumnDoc] {
@@ -471,6 +494,8 @@ pub fn columns(kind: &str, suffix: &str) -> &'static [ColumnDoc] {
         ("segment_summary", _) => SEGMENT_SUMMARY,
         ("nps", "periods") => NPS_PERIODS,
         ("nps", "customers") => NPS_CUSTOMERS,
+        ("acquisition", "") => ACQUISITION,
+        ("acquisition", "payback") => ACQUISITION_PAYBACK,
         _ => &[],
     }
 }

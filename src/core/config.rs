@@ -76,6 +76,28 @@ impl Default for SurveyColumns {
     }
 }
 
+/// `[sources.NAME.columns]` of a spend source: logical name = column in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpendColumns {
+    /// The day the money was spent (a date or timestamp).
+    pub date: String,
+    /// The channel it bought customers for, matched against the orders' channel; null means
+    /// unattributed.
+    pub channel: String,
+    pub amount: String,
+}
+
+impl Default for SpendColumns {
+    fn default() -> Self {
+        SpendColumns {
+            date: "date".into(),
+            channel: "channel".into(),
+            amount: "amount".into(),
+        }
+    }
+}
+
 fn default_customer_id() -> String {
     "customer_id".into()
 }
@@ -246,6 +268,8 @@ pub struct SourceConfig {
     pub columns: ColumnMap,
     /// The mapped columns of a survey source.
     pub survey_columns: SurveyColumns,
+    /// The mapped columns of a spend source.
+    pub spend_columns: SpendColumns,
     pub span: Option<Range<usize>>,
 }
 
@@ -651,25 +675,32 @@ fn parse_source(
             .with_help(help),
         );
     }
-    let (columns, survey_columns) = match kind {
+    if kind != SourceKind::Orders {
+        for key in ["include", "exclude"] {
+            if table.contains_key(key) {
+                diagnostics.error(
+                    format!("key `{key}` of source `{name}`: filters are for orders sources"),
+                    reader.key_span(key),
+                );
+            }
+        }
+    }
+    let (columns, survey_columns, spend_columns) = match kind {
         SourceKind::Orders => (
             parse_columns::<ColumnMap>(name, table, diagnostics),
             Some(SurveyColumns::default()),
+            Some(SpendColumns::default()),
         ),
-        SourceKind::Survey => {
-            for key in ["include", "exclude"] {
-                if table.contains_key(key) {
-                    diagnostics.error(
-                        format!("key `{key}` of source `{name}`: filters are for orders sources"),
-                        reader.key_span(key),
-                    );
-                }
-            }
-            (
-                Some(ColumnMap::default()),
-                parse_columns::<SurveyColumns>(name, table, diagnostics),
-            )
-        }
+        SourceKind::Survey => (
+            Some(ColumnMap::default()),
+            parse_columns::<SurveyColumns>(name, table, diagnostics),
+            Some(SpendColumns::default()),
+        ),
+        SourceKind::Spend => (
+            Some(ColumnMap::default()),
+            Some(SurveyColumns::default()),
+            parse_columns::<SpendColumns>(name, table, diagnostics),
+        ),
     };
     let include = reader
         .get::<BTreeMap<String, Vec<FilterValue>>>("include", diagnostics)
@@ -735,6 +766,7 @@ fn parse_source(
         naive_timestamps_are: naive,
         columns: columns?,
         survey_columns: survey_columns?,
+        spend_columns: spend_columns?,
         span,
     })
 }
@@ -818,7 +850,14 @@ fn parse_stage(
         vec![output.unwrap_or_else(|| name.to_string())]
     } else {
         let prefix = output_prefix.unwrap_or_else(|| name.to_string());
-        suffixes.iter().map(|suffix| format!("{prefix}_{suffix}")).collect()
+        // An empty suffix is the table under the bare prefix (`acquisition` beside `acquisition_payback`).
+        suffixes
+            .iter()
+            .map(|suffix| match suffix.is_empty() {
+                true => prefix.clone(),
+                false => format!("{prefix}_{suffix}"),
+            })
+            .collect()
     };
     for table_name in &tables {
         if !is_valid_table_name(table_name) {

@@ -16,15 +16,18 @@ pub enum SourceKind {
     Orders,
     /// Survey answers: customer_id, responded_at, a score 0–10.
     Survey,
+    /// Marketing spend: date, channel, amount.
+    Spend,
 }
 
 impl SourceKind {
-    pub const ALL: &'static [SourceKind] = &[SourceKind::Orders, SourceKind::Survey];
+    pub const ALL: &'static [SourceKind] = &[SourceKind::Orders, SourceKind::Survey, SourceKind::Spend];
 
     pub fn name(self) -> &'static str {
         match self {
             SourceKind::Orders => "orders",
             SourceKind::Survey => "survey",
+            SourceKind::Spend => "spend",
         }
     }
 
@@ -60,6 +63,14 @@ pub struct InputStats {
 #[derive(Debug)]
 pub struct SurveyAnswers {
     pub answers: DataFrame,
+    pub stats: InputStats,
+}
+
+/// The spend of a spend source up to as_of: `spent_on` (local date), `channel` (text, null when
+/// unattributed), `amount_micros` (Int64 micro-units; negative for a credit).
+#[derive(Debug)]
+pub struct SpendRows {
+    pub spend: DataFrame,
     pub stats: InputStats,
 }
 

@@ -99,6 +99,23 @@ pub fn micros_column(amount: &Column) -> PolarsResult<Option<Column>> {
     Ok(Some(micros.with_name(amount.name().clone()).into_column()))
 }
 
+/// Any money column (numbers, decimals, CSV text) as Int64 micro-units: nulls stay null, a value
+/// that is not a usable number (NaN, infinite, beyond ±9e12 units, unparsable) is
+/// `INVALID_MICROS`. For columns read whole; the order fold reads Float64 amounts per line.
+pub fn micros_of_column(money: &Column) -> PolarsResult<Int64Chunked> {
+    if let Some(micros) = micros_column(money)? {
+        return Ok(micros.i64()?.clone());
+    }
+    let units = money.cast(&DataType::Float64)?;
+    Ok(units.f64()?.apply_nonnull_values_generic(DataType::Int64, |units: f64| {
+        if (-9.0e12..=9.0e12).contains(&units) {
+            micros_of(units)
+        } else {
+            INVALID_MICROS
+        }
+    }))
+}
+
 /// `micros_of` as a polars expression over a numeric column: the reference the tests hold
 /// `micros_of` to, bit for bit.
 #[cfg(test)]

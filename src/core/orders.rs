@@ -1129,16 +1129,9 @@ impl OrderFold {
 /// A batch's `cost` column as micro-units into `costs` (cleared first): a null cost is 0 (as SQL's
 /// `sum` skips it), a cost that is not a usable number `INVALID_MICROS`.
 fn cost_micros(cost: &Column, costs: &mut Vec<i64>) -> PolarsResult<()> {
-    use crate::core::money::{micros_column, micros_of, INVALID_MICROS};
     costs.clear();
-    match micros_column(cost)? {
-        Some(micros) => costs.extend(micros.i64()?.iter().map(|micros| micros.unwrap_or(0))),
-        None => costs.extend(cost.f64()?.iter().map(|units| match units {
-            None => 0,
-            Some(units) if (-9.0e12..=9.0e12).contains(&units) => micros_of(units),
-            Some(_) => INVALID_MICROS,
-        })),
-    }
+    let micros = crate::core::money::micros_of_column(cost)?;
+    costs.extend(micros.iter().map(|micros| micros.unwrap_or(0)));
     Ok(())
 }
 

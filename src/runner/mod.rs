@@ -183,6 +183,15 @@ fn read_sources(
                 manifest.inputs.push(answers.stats.clone());
                 SourceData::Survey(answers)
             }
+            SourceKind::Spend => {
+                let as_of = stages::as_of(&sources).context("spend is read with an orders source")?;
+                let spend = with_rejected(
+                    manifest,
+                    source::read_spend(source_config, &plan.config.pipeline, as_of),
+                )?;
+                manifest.inputs.push(spend.stats.clone());
+                SourceData::Spend(spend)
+            }
         };
         sources.insert(name, data);
     }

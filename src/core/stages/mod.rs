@@ -4,6 +4,7 @@
 //! other stages' output tables) and its typed options to its output tables. Adding a kind is one
 //! file here plus one line in `KINDS`.
 
+pub mod acquisition;
 pub mod clv;
 pub mod clv_simple;
 pub mod cohort_retention;
@@ -19,7 +20,7 @@ use std::fmt::Debug;
 use polars::prelude::DataFrame;
 
 use crate::core::diagnostic::Diagnostics;
-use crate::core::input::{SourceKind, SurveyAnswers};
+use crate::core::input::{SourceKind, SpendRows, SurveyAnswers};
 use crate::core::options::TableReader;
 use crate::core::prepare::SharedTables;
 
@@ -60,6 +61,8 @@ pub enum SourceData {
     Orders(SharedTables),
     /// The answers of a survey source.
     Survey(SurveyAnswers),
+    /// The rows of a spend source.
+    Spend(SpendRows),
 }
 
 impl SourceData {
@@ -73,6 +76,13 @@ impl SourceData {
     pub fn survey(&self) -> Option<&SurveyAnswers> {
         match self {
             SourceData::Survey(answers) => Some(answers),
+            _ => None,
+        }
+    }
+
+    pub fn spend(&self) -> Option<&SpendRows> {
+        match self {
+            SourceData::Spend(spend) => Some(spend),
             _ => None,
         }
     }
@@ -264,6 +274,7 @@ pub static KINDS: &[&Kind] = &[
     &clv::KIND,
     &segment_summary::KIND,
     &nps::KIND,
+    &acquisition::KIND,
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {

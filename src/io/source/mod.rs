@@ -22,11 +22,15 @@ use crate::core::period::from_days;
 mod csv;
 mod dates;
 mod files;
+mod mapped;
+mod spend;
 mod survey;
 
 use csv::*;
 use dates::*;
 use files::*;
+use mapped::*;
+pub use spend::{check_spend, read_spend};
 pub use survey::{check_survey, read_survey};
 
 /// Reasons that count as rejected (against `max_rejected_fraction`).

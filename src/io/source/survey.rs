@@ -27,17 +27,7 @@ pub fn read_survey(source: &SourceConfig, settings: &PipelineSettings, as_of: Na
     } = check_survey(source)?;
     crate::telemetry::inject_fault(&source.name);
     let local = local_date_of_micros(col("responded_ts"), &time_type, source, settings)?;
-    let all = answers
-        .with_column(local.alias("responded_on"))
-        .collect()
-        .map_err(anyhow::Error::from)
-        .with_context(|| {
-            format!(
-                "source `{}`: reading answers from `{}`",
-                source.name,
-                source.path.display()
-            )
-        })?;
+    let all = read_whole(source, answers.with_column(local.alias("responded_on")), "answers")?;
     answers_up_to(source, settings, &files, all, as_of)
 }
 
@@ -46,16 +36,7 @@ pub fn check_survey(source: &SourceConfig) -> Result<SurveySchema> {
     let files = resolve_files(source)?;
     let columns = &source.survey_columns;
     let schema = file_schema(source, &files)?;
-    let typed = |logical: &str, physical: &str| -> Result<DataType> {
-        schema.get(physical).cloned().with_context(|| {
-            format!(
-                "source `{}`: no column `{physical}` (mapped as `{logical}`) in `{}`; {}",
-                source.name,
-                source.path.display(),
-                column_hint(&schema, physical)
-            )
-        })
-    };
+    let typed = |logical: &str, physical: &str| mapped_type(source, &schema, logical, physical);
     let id_type = typed("customer_id", &columns.customer_id)?;
     let time_type = typed("responded_at", &columns.responded_at)?;
     let score_type = typed("score", &columns.score)?;
@@ -68,18 +49,7 @@ pub fn check_survey(source: &SourceConfig) -> Result<SurveySchema> {
             columns.customer_id
         ),
     };
-    let (time, time_type) = match &time_type {
-        DataType::Date | DataType::Datetime(_, _) => (col(columns.responded_at.as_str()), time_type.clone()),
-        DataType::String if source.format == SourceFormat::Csv => {
-            let (format, kind) = csv_time_format(source, &files, &columns.responded_at, "responded_at")?;
-            (csv_time_expr(&columns.responded_at, format, kind), csv_time_dtype(kind))
-        }
-        other => bail!(
-            "source `{}`: column `{}` (mapped as `responded_at`) has type {other}: expected a date or timestamp",
-            source.name,
-            columns.responded_at
-        ),
-    };
+    let (micros, time_type) = mapped_time(source, &files, &time_type, "responded_at", &columns.responded_at)?;
     if !score_type.is_integer() {
         bail!(
             "source `{}`: column `{}` (mapped as `score`) has type {score_type}: expected integers 0–10",
@@ -87,11 +57,6 @@ pub fn check_survey(source: &SourceConfig) -> Result<SurveySchema> {
             columns.score
         );
     }
-    let micros = match &time_type {
-        DataType::Datetime(_, zone) => time.cast(DataType::Datetime(TimeUnit::Microseconds, zone.clone())),
-        _ => time.cast(DataType::Datetime(TimeUnit::Microseconds, None)),
-    }
-    .cast(DataType::Int64);
     let text_ids = !id_type.is_integer();
     let lines = scan(source, &files)?.select([
         id.alias("customer_id"),
@@ -138,20 +103,8 @@ fn answers_up_to(
         .lazy()
         .select(reasons.map(|(reason, rows)| rows.cast(DataType::UInt64).sum().alias(reason)))
         .collect()?;
-    let count = |reason: &str| -> Result<u64> { Ok(counts.column(reason)?.u64()?.get(0).unwrap_or(0)) };
-    let mut stats = InputStats {
-        source: source.name.clone(),
-        path: absolute(&source.path),
-        files: files.iter().map(|file| absolute(file)).collect(),
-        scans: 1,
-        rows_read: all.height() as u64,
-        rows_ignored_after_as_of: count("after_as_of")?,
-        ..Default::default()
-    };
-    for reason in ["null_customer_id", "null_responded_at", "invalid_score"] {
-        stats.rows_rejected.insert(reason.to_string(), count(reason)?);
-    }
-    stats.rows_rejected_total = stats.rows_rejected.values().sum();
+    let rejected = ["null_customer_id", "null_responded_at", "invalid_score"];
+    let stats = whole_stats(source, files, all.height(), &counts, &rejected)?;
     let answers = all
         .lazy()
         .filter(usable.and(col("responded_on").lt_eq(as_of_date)))
