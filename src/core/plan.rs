@@ -164,6 +164,14 @@ fn check_source_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &mu
     }
 }
 
+/// "an" before a vowel, else "a".
+fn article(word: &str) -> &'static str {
+    match word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    }
+}
+
 fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Input>> {
     let stage_index: BTreeMap<&str, usize> = config
         .stages
@@ -208,9 +216,11 @@ fn resolve_inputs(config: &Config, diagnostics: &mut Diagnostics) -> Vec<Vec<Inp
                         .filter(|wanted| **wanted != found)
                         .map(|wanted| {
                             format!(
-                                "is a `{}` source, but kind `{}` reads a `{}` source there",
+                                "is {} `{}` source, but kind `{}` reads {} `{}` source there",
+                                article(found.name()),
                                 found.name(),
                                 stage.kind.name,
+                                article(wanted.name()),
                                 wanted.name()
                             )
                         })

@@ -1,5 +1,6 @@
 //! Integration tests: the real `pipeline` binary on fixtures, outputs read back with arrow-rs.
 
+mod acquisition;
 mod architecture;
 mod bad_data;
 mod clv;

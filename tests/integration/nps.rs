@@ -122,7 +122,7 @@ fn survey_errors_name_the_source_and_column() {
     );
     assert!(
         text.contains(
-            "input `survey` of stage `nps` is a `survey` source, but kind `nps` reads a `orders` source there"
+            "input `survey` of stage `nps` is a `survey` source, but kind `nps` reads an `orders` source there"
         ),
         "{text}"
     );
