@@ -94,6 +94,15 @@ fn retail_config(workspace: &Workspace, name: &str, path: &str, extra: &str, col
             ),
         )
         .replace(
+            "path = \"../sample_data/marketing_spend.parquet\"",
+            &format!(
+                "path = \"{}\"",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("sample_data/marketing_spend.parquet")
+                    .display()
+            ),
+        )
+        .replace(
             "output_dir = \"${OUT_DIR:-../out}\"",
             &format!("output_dir = \"out-{name}\""),
         )

@@ -1,6 +1,7 @@
 //! Independent reference: DuckDB SQL (tests/reference/) recomputes customer_facts, cohort
-//! retention, rfm, repeat, lifecycle, nps and segment summaries from the sample order lines (and survey) and compares them with the
-//! pipeline's tables row for row.
+//! retention, rfm, repeat, lifecycle, nps, acquisition (CAC, payback, LTV:CAC), cost and segment
+//! summaries from the sample order lines, survey and spend, and compares them with the pipeline's
+//! tables row for row.
 
 use std::path::Path;
 use std::process::Command;
@@ -58,7 +59,7 @@ fn duckdb_reference_agrees_on_facts_and_cohorts() {
 }
 
 #[test]
-fn duckdb_reference_agrees_on_rfm_repeat_lifecycle_nps_and_segment_summaries() {
+fn duckdb_reference_agrees_on_rfm_repeat_lifecycle_nps_acquisition_cost_and_segment_summaries() {
     if let Some(report) = reference_report("pipelines/retail.toml", "tests/reference/check_retail.py") {
         assert_all_rows_agree(
             &report,
@@ -74,6 +75,9 @@ fn duckdb_reference_agrees_on_rfm_repeat_lifecycle_nps_and_segment_summaries() {
                 "nps_periods",
                 "nps_customers",
                 "nps_by_segment",
+                "customer_facts_cost",
+                "acquisition",
+                "acquisition_payback",
             ],
         );
     }

@@ -1,4 +1,5 @@
 """Shared reference tables in DuckDB: order lines → orders → customer facts, per DESIGN.md.
+A null line cost counts as 0 (the sample lines carry a `cost` column).
 
 Used by check_sample.py (customer_facts, cohorts) and check_retail.py (rfm, repeat, lifecycle).
 """
@@ -17,14 +18,15 @@ def connect(lines: str, tz: str = "Europe/Berlin") -> duckdb.DuckDBPyConnection:
     CREATE TABLE lines AS
     SELECT order_id, customer_id, created_at, channel,
            CAST(timezone('{TZ}', created_at) AS DATE) AS d,
-           CAST(round(line_amount * 1e6) AS BIGINT) AS micros
+           CAST(round(line_amount * 1e6) AS BIGINT) AS micros,
+           CAST(round(coalesce(cost, 0) * 1e6) AS BIGINT) AS cost_micros
     FROM read_parquet('{LINES}')
     WHERE status IN ('completed', 'shipped')
       AND customer_id IS NOT NULL AND order_id IS NOT NULL
       AND created_at IS NOT NULL AND line_amount IS NOT NULL;
 
     CREATE TABLE orders AS
-    SELECT order_id, min(customer_id) AS c, min(d) AS d, sum(micros) AS rev,
+    SELECT order_id, min(customer_id) AS c, min(d) AS d, sum(micros) AS rev, sum(cost_micros) AS cost,
            arg_min(channel, created_at) AS ch, min(created_at) AS ts
     FROM lines GROUP BY order_id
     HAVING min(customer_id) = max(customer_id);
@@ -39,7 +41,7 @@ def connect(lines: str, tz: str = "Europe/Berlin") -> duckdb.DuckDBPyConnection:
       SELECT c, min(d) AS first, max(d) AS last, count(*) AS orders, sum(rev) AS prev,
              arg_min(ch, ts) AS channel
       FROM orders WHERE rev > 0 GROUP BY c
-    ), net AS (SELECT c, sum(rev) AS rev FROM orders GROUP BY c),
+    ), net AS (SELECT c, sum(rev) AS rev, sum(cost) AS cost FROM orders GROUP BY c),
     btyd AS (
       SELECT c, count(*) - 1 AS frequency, sum(day_rev) AS days_rev,
              arg_min(day_rev, d) AS first_day_rev
@@ -49,7 +51,8 @@ def connect(lines: str, tz: str = "Europe/Berlin") -> duckdb.DuckDBPyConnection:
            net.rev / 1e6 AS revenue, prev / 1e6 / orders AS aov, channel AS acquisition_channel,
            frequency, (last - first) AS t_x, ((SELECT as_of FROM as_of) - first) AS "T",
            CASE WHEN frequency > 0 THEN (days_rev - first_day_rev) / 1e6 / frequency ELSE 0 END
-             AS monetary_value
+             AS monetary_value,
+           net.cost / 1e6 AS cost, (net.rev - net.cost) / 1e6 AS contribution
     FROM p JOIN net USING (c) JOIN btyd USING (c);
     """
     )

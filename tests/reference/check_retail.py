@@ -1,5 +1,5 @@
-"""Independent reference for pipelines/retail.toml's rfm, repeat, lifecycle, segment summary
-and nps tables, in DuckDB.
+"""Independent reference for pipelines/retail.toml's rfm, repeat, lifecycle, segment summary,
+nps and acquisition tables and the cost columns, in DuckDB.
 
 Follows DESIGN.md: RFM rank_min with 5 bins and the default R×F map; repeat with
 within_days = [30, 90, 365], max_purchases = 5, min_observation_days = 90, monthly cohorts;
@@ -168,6 +168,7 @@ report["lifecycle_customers"] = base.compare(
 
 
 def summary_sql(by: list[str], joins: list[tuple[str, list[str]]], metrics: list[str]) -> str:
+    """The summary per group, with the cost columns (the sample maps `cost`)."""
     selected = ", ".join(f"{alias}.{c}" for alias, (_, columns) in zip("abc", joins) for c in columns)
     joined = " ".join(
         f"LEFT JOIN read_parquet('{OUT}/{table}.parquet') {alias} USING (customer_id)"
@@ -177,17 +178,20 @@ def summary_sql(by: list[str], joins: list[tuple[str, list[str]]], metrics: list
         f"avg({m}) AS mean_{m}, quantile_cont({m}, 0.5) AS median_{m}" for m in metrics
     )
     return f"""
-    WITH t AS (SELECT f.customer_id, f.revenue, f.orders, f.acquisition_channel, {selected}
+    WITH t AS (SELECT f.customer_id, f.revenue, f.cost, f.contribution, f.orders,
+                      f.acquisition_channel, {selected}
                FROM facts f {joined})
     SELECT {", ".join(by)}, count(*) AS customers, count(*) / (SELECT count(*) FROM t) AS share,
            sum(revenue) AS revenue, sum(revenue) / (SELECT sum(revenue) FROM t) AS revenue_share,
+           sum(cost) AS cost, sum(contribution) AS contribution,
+           sum(contribution) / (SELECT sum(contribution) FROM t) AS contribution_share,
            {aggregates}, avg(CASE WHEN orders >= 2 THEN 1.0 ELSE 0.0 END) AS repeat_rate
     FROM t GROUP BY {", ".join(by)}
     """
 
 
 def summary_columns(metrics: list[str]) -> list[str]:
-    columns = ["customers", "share", "revenue", "revenue_share"]
+    columns = ["customers", "share", "revenue", "revenue_share", "cost", "contribution", "contribution_share"]
     for m in metrics:
         columns += [f"mean_{m}", f"median_{m}"]
     return columns + ["repeat_rate"]
@@ -275,5 +279,103 @@ report["nps_by_segment"] = base.compare(
     """,
     ["segment"],
     ["customers", "respondents", "nps"],
+)
+
+# ---------------------------------------------------------------- cost and acquisition
+report["customer_facts_cost"] = base.compare(
+    con, OUT, "customer_facts", "SELECT customer_id, cost, contribution FROM facts",
+    ["customer_id"], ["cost", "contribution"],
+)
+# Spend beside the order lines (dates are local dates already), up to as_of; the cohort is the
+# month of the first purchase and of the spend; contribution = revenue − cost per order, in the
+# months since the cohort (earlier refunds not counted). LTV = historic contribution + clv.
+SPEND = os.path.join(os.path.dirname(LINES), "marketing_spend.parquet")
+con.execute(
+    f"""
+    CREATE TABLE acq_customers AS
+    SELECT customer_id, CAST(date_trunc('month', first_purchase_date) AS DATE) AS cohort,
+           acquisition_channel AS ch, contribution
+    FROM facts;
+    CREATE TABLE acq_spend AS
+    SELECT CAST(date_trunc('month', date) AS DATE) AS cohort, channel AS ch,
+           CAST(amount * 1000000 AS BIGINT) AS micros
+    FROM read_parquet('{SPEND}')
+    WHERE date IS NOT NULL AND amount IS NOT NULL AND date <= (SELECT as_of FROM as_of);
+    CREATE TABLE acq_contribution AS
+    SELECT a.cohort, a.ch, datediff('month', a.cohort, date_trunc('month', o.d)) AS k,
+           sum(o.rev - o.cost) AS micros
+    FROM orders o JOIN acq_customers a ON o.c = a.customer_id
+    GROUP BY ALL HAVING k >= 0;
+    CREATE TABLE acq_keys AS
+    SELECT DISTINCT cohort, false AS all_channels, ch FROM (
+      SELECT cohort, ch FROM acq_customers UNION ALL SELECT cohort, ch FROM acq_spend
+    ) WHERE ch IS NOT NULL
+    UNION ALL
+    SELECT CAST(m AS DATE), true, NULL
+    FROM range((SELECT least(min(cohort), (SELECT min(cohort) FROM acq_spend)) FROM acq_customers),
+               date_trunc('month', (SELECT as_of FROM as_of)) + INTERVAL 1 MONTH,
+               INTERVAL 1 MONTH) t(m);
+    CREATE TABLE acq_curve AS
+    SELECT key.cohort, key.all_channels, key.ch, CAST(k.k AS INT) AS k,
+           sum(coalesce((SELECT sum(micros) FROM acq_contribution c
+                         WHERE c.cohort = key.cohort AND c.k = k.k
+                           AND (key.all_channels OR c.ch = key.ch)), 0))
+             OVER (PARTITION BY key.cohort, key.all_channels, key.ch ORDER BY k.k) AS cumulative
+    FROM acq_keys key, LATERAL (
+      SELECT unnest(range(0, datediff('month', key.cohort,
+                                      date_trunc('month', (SELECT as_of FROM as_of))) + 1)) AS k
+    ) k;
+    CREATE TABLE acq AS
+    SELECT key.*,
+      (SELECT count(*) FROM acq_customers a
+        WHERE a.cohort = key.cohort AND (key.all_channels OR a.ch = key.ch)) AS new_customers,
+      (SELECT coalesce(sum(micros), 0) FROM acq_spend s
+        WHERE s.cohort = key.cohort AND (key.all_channels OR s.ch = key.ch)) AS spend_micros,
+      (SELECT avg(a.contribution + l.clv) FROM acq_customers a
+         JOIN read_parquet('{OUT}/clv_customers.parquet') l USING (customer_id)
+        WHERE a.cohort = key.cohort AND (key.all_channels OR a.ch = key.ch)) AS ltv
+    FROM acq_keys key
+    WHERE key.all_channels
+       OR EXISTS (SELECT 1 FROM acq_customers a WHERE a.cohort = key.cohort AND a.ch = key.ch)
+       OR (SELECT coalesce(sum(micros), 0) FROM acq_spend s
+            WHERE s.cohort = key.cohort AND s.ch = key.ch) <> 0;
+    """
+)
+report["acquisition"] = base.compare(
+    con, OUT, "acquisition",
+    """
+    SELECT cohort, all_channels, ch AS acquisition_channel, new_customers, spend_micros / 1e6 AS spend,
+      CASE WHEN new_customers > 0 THEN spend_micros / 1e6 / new_customers END AS cac,
+      CASE WHEN new_customers > 0 THEN
+        (SELECT max_by(cumulative, k) FROM acq_curve c WHERE c.cohort = acq.cohort
+           AND c.all_channels = acq.all_channels AND c.ch IS NOT DISTINCT FROM acq.ch) / 1e6 / new_customers
+      END AS contribution_to_date_per_customer,
+      CASE WHEN new_customers = 0 THEN NULL WHEN spend_micros <= 0 THEN 0 ELSE
+        (SELECT min(k) FROM acq_curve c WHERE c.cohort = acq.cohort AND c.all_channels = acq.all_channels
+           AND c.ch IS NOT DISTINCT FROM acq.ch AND c.cumulative >= acq.spend_micros)
+      END AS payback_period_index,
+      CASE WHEN new_customers > 0 THEN ltv END AS ltv_per_customer,
+      CASE WHEN new_customers > 0 AND spend_micros > 0 THEN ltv / (spend_micros / 1e6 / new_customers) END
+        AS ltv_to_cac
+    FROM acq
+    """,
+    ["cohort", "all_channels", "acquisition_channel"],
+    ["new_customers", "spend", "cac", "contribution_to_date_per_customer", "payback_period_index",
+     "ltv_per_customer", "ltv_to_cac"],
+)
+report["acquisition_payback"] = base.compare(
+    con, OUT, "acquisition_payback",
+    """
+    SELECT c.cohort, c.all_channels, c.ch AS acquisition_channel, c.k AS period_index,
+      CASE WHEN a.new_customers > 0 THEN c.cumulative / 1e6 / a.new_customers END
+        AS cumulative_contribution_per_customer,
+      CASE WHEN a.new_customers > 0 THEN a.spend_micros / 1e6 / a.new_customers END AS cac,
+      CASE WHEN a.new_customers > 0 AND a.spend_micros > 0 THEN c.cumulative / a.spend_micros END
+        AS recovered_share
+    FROM acq_curve c JOIN acq a ON a.cohort = c.cohort AND a.all_channels = c.all_channels
+      AND a.ch IS NOT DISTINCT FROM c.ch
+    """,
+    ["cohort", "all_channels", "acquisition_channel", "period_index"],
+    ["cumulative_contribution_per_customer", "cac", "recovered_share"],
 )
 print(json.dumps(report, indent=2))
