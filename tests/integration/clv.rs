@@ -225,7 +225,7 @@ fn bad_options_are_config_errors() {
         "{text}"
     );
     assert!(
-        text.contains("stage `clv`: `margin` must be in (0, 10], got -1"),
+        text.contains("stage `clv`: `margin` must be in (0, 10] or \"observed\", got -1"),
         "{text}"
     );
     let text = check("time_unit = \"fortnight\"\ncalibration_end = \"June\"");

@@ -35,7 +35,7 @@ fn every_table_has_an_as_of_column_with_the_run_as_of() {
             tables += 1;
         }
     }
-    assert_eq!(tables, 18);
+    assert_eq!(tables, 20);
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn tables_are_byte_identical_for_every_thread_count() {
         .filter(|n| n.ends_with(".parquet"))
         .collect();
     tables.sort();
-    assert_eq!(tables.len(), 18);
+    assert_eq!(tables.len(), 20);
     // Each file's data (everything before the footer) byte for byte, and its footer's
     // key-value metadata but for the run id, which names the run.
     let parts = |path: &Path| {
@@ -254,7 +254,15 @@ fn docs_prints_the_catalog_of_the_tables_a_config_writes() {
     let output = run_ok(&["docs", config.to_str().unwrap(), "--format", "json"]);
     let tables: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let tables = tables.as_array().unwrap();
-    assert_eq!(tables.len(), 18);
+    assert_eq!(tables.len(), 20);
+    // Both tables of the acquisition stage: `acquisition` and `acquisition_payback`.
+    let payback = tables.iter().find(|t| t["table"] == "acquisition_payback").unwrap();
+    assert!(payback["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "recovered_share"));
+    assert!(tables.iter().any(|t| t["table"] == "acquisition"));
     let clv = tables.iter().find(|t| t["table"] == "clv_customers").unwrap();
     let names: Vec<&str> = clv["columns"]
         .as_array()
