@@ -1962,6 +1962,14 @@ mod tests {
                     .collect::<Vec<_>>(),
             ),
             Column::new("include".into(), lines.iter().map(|l| l.6).collect::<Vec<_>>()),
+            // A cost of two thirds of the amount (negative with it), null on line number 4.
+            Column::new(
+                "cost".into(),
+                lines
+                    .iter()
+                    .map(|l| (l.1 != 4).then(|| (l.4 * 2 / 3) as f64 / 100.0))
+                    .collect::<Vec<_>>(),
+            ),
         ];
         if with_line {
             let number = |l: &RandomLine| match l.1 {
@@ -1975,8 +1983,8 @@ mod tests {
     }
 
     /// (customer or "" for an order of several customers, time, revenue in micro-units, lines,
-    /// several customers, channel) of each order, sorted.
-    type OrderRow = (String, i64, i64, u32, bool, Option<String>);
+    /// several customers, channel, cost in micro-units or 0 without costs) of each order, sorted.
+    type OrderRow = (String, i64, i64, u32, bool, Option<String>, i64);
 
     fn folded_rows(folded: &FoldedOrders) -> Vec<OrderRow> {
         let orders = &folded.orders;
@@ -1987,6 +1995,7 @@ mod tests {
         let lines = orders.column("lines").unwrap().u32().unwrap();
         let several = orders.column("several_customers").unwrap().bool().unwrap();
         let channel = orders.column("channel").unwrap().u32().unwrap();
+        let cost = orders.column("cost").ok().map(|cost| cost.i64().unwrap().clone());
         let names = folded.channels.as_ref().unwrap();
         let mut rows: Vec<OrderRow> = (0..orders.height())
             .map(|i| {
@@ -2004,6 +2013,7 @@ mod tests {
                     lines.get(i).unwrap(),
                     several,
                     channel,
+                    cost.as_ref().map_or(0, |cost| cost.get(i).unwrap()),
                 )
             })
             .collect();
@@ -2013,7 +2023,7 @@ mod tests {
 
     /// The same orders by a polars group-by over the included lines, first copies only of a
     /// repeated (order_id, line) when `line` is mapped.
-    fn group_by_rows(lines: &[RandomLine], text_ids: bool, with_line: bool) -> Vec<OrderRow> {
+    fn group_by_rows(lines: &[RandomLine], text_ids: bool, with_line: bool, with_cost: bool) -> Vec<OrderRow> {
         let frame = random_batch(lines, text_ids, with_line);
         let mut seen = std::collections::HashSet::new();
         let first_copies: Vec<bool> = (0..frame.height())
@@ -2045,6 +2055,11 @@ mod tests {
                     .sum()
                     .alias("revenue"),
                 len().alias("lines"),
+                (col("cost").fill_null(lit(0.0)) * lit(1e6))
+                    .round(0, RoundMode::HalfAwayFromZero)
+                    .cast(DataType::Int64)
+                    .sum()
+                    .alias("cost"),
                 col("channel")
                     .filter(col("ts").eq(col("ts").min()))
                     .min()
@@ -2053,6 +2068,7 @@ mod tests {
             .collect()
             .unwrap();
         let column = |name: &str| grouped.column(name).unwrap().as_materialized_series().clone();
+        let cost = column("cost");
         let (several, customer, ts, revenue, count, channel) = (
             column("several"),
             column("customer"),
@@ -2074,6 +2090,7 @@ mod tests {
                     count.cast(&DataType::UInt32).unwrap().u32().unwrap().get(i).unwrap(),
                     several,
                     channel.str().unwrap().get(i).map(str::to_string),
+                    if with_cost { cost.i64().unwrap().get(i).unwrap() } else { 0 },
                 )
             })
             .collect();
@@ -2086,7 +2103,8 @@ mod tests {
 
         /// The fold equals a polars group-by on random lines whose orders and repeated lines
         /// are spread across batches and shards: text and integer ids, with and without `line`
-        /// (a repeated (order_id, line) counts once, the first copy in the files).
+        /// (a repeated (order_id, line) counts once, the first copy in the files), with and
+        /// without costs (null costs count as 0).
         #[test]
         fn the_fold_equals_a_polars_group_by(
             mut lines in proptest::collection::vec(
@@ -2097,6 +2115,7 @@ mod tests {
             cuts in proptest::collection::btree_set(1usize..250, 0..6),
             text_ids: bool,
             with_line: bool,
+            with_cost: bool,
             shards in 1usize..4,
             spread: bool,
         ) {
@@ -2116,6 +2135,7 @@ mod tests {
             }
             let dtype = if text_ids { DataType::String } else { DataType::Int64 };
             let mut fold = OrderFold::new(&dtype, &dtype, shards, with_line);
+            fold.has_cost = with_cost;
             for shard in &mut fold.shards {
                 if let OrderKeys::Lookup(index) = &mut shard.orders {
                     index.slot_limit = 2 << PAGE_BITS;
@@ -2129,7 +2149,7 @@ mod tests {
                 }
             }
             let folded = fold.finish(&dtype, true).unwrap();
-            let expected = group_by_rows(&lines, text_ids, with_line);
+            let expected = group_by_rows(&lines, text_ids, with_line, with_cost);
             let duplicates = lines.iter().filter(|l| l.6).count() as u64
                 - expected.iter().map(|row| u64::from(row.3)).sum::<u64>();
             proptest::prop_assert_eq!(folded_rows(&folded), expected);

@@ -776,7 +776,7 @@ mod tests {
     }
 
     /// Chunks of any size (customers split between them, chunks with no customer kept) give
-    /// the columns of one chunk.
+    /// the columns of one chunk; order costs are summed per day and per customer like revenue.
     #[test]
     fn chunks_of_any_size_walk_alike() {
         let orders = df! {
@@ -784,6 +784,7 @@ mod tests {
             "date" => [9i32, 3, 7, 4, 5, 7, 7, 2, 6, 1],
             "ordered_ts" => [0i64; 10],
             "revenue" => [40i64, 8, 10, -1, -5, 20, -3, 4, -2, 6],
+            "cost" => [4i64, 1, 2, 0, -1, 3, -2, 5, 7, 1],
         }
         .expect("valid frame");
         let dates = orders.column("date").unwrap().cast(&DataType::Date).unwrap();
@@ -793,6 +794,9 @@ mod tests {
         assert_eq!(whole.id, [0, 2, 4]);
         assert_eq!(whole.period_key, [0, 0, 0, 1, 2, 2]);
         assert_eq!(whole.period_date, [5, 7, 9, 3, 1, 2]);
+        // Customer 0: day 5 −1, day 7 2 + 3 − 2, day 9 4; customer 2: 1; customer 4: 1 and 5.
+        assert_eq!(whole.period_cost, [-1, 3, 4, 1, 1, 5]);
+        assert_eq!(whole.cost, [6, 1, 6]);
         for chunk in [1, 2, 3, 4] {
             let w = walk_in_chunks(orders.clone(), 5, chunk).unwrap();
             assert_eq!(w.period_key, whole.period_key, "chunks of {chunk}");
@@ -807,6 +811,7 @@ mod tests {
             assert_eq!(w.purchase_days, whole.purchase_days, "chunks of {chunk}");
             assert_eq!(w.first_day_revenue, whole.first_day_revenue, "chunks of {chunk}");
             assert_eq!(w.acquisition, whole.acquisition, "chunks of {chunk}");
+            assert_eq!((&w.period_cost, &w.cost), (&whole.period_cost, &whole.cost), "chunks of {chunk}");
         }
     }
 

@@ -274,3 +274,41 @@ fn unit_economics_config_errors_name_the_fix() {
     assert!(text.contains("source `spend`"), "{text}");
     assert!(text.contains("invalid_amount"), "{text}");
 }
+
+#[test]
+fn spend_timestamps_count_in_their_local_period_and_decimals_sum_exactly() {
+    use polars::prelude::*;
+    let workspace = Workspace::new();
+    let path = config(&workspace, "[stages.acquisition]\nkind = \"acquisition\"\ninput = [\"orders\", \"spend\"]\n");
+    // Berlin time, spend from Parquet: zoned timestamps and Decimal(12, 2) amounts.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[pipeline]\n", "[pipeline]\ntimezone = \"Europe/Berlin\"\n")
+        .replace("path = \"spend.csv\"", "path = \"spend.parquet\"");
+    std::fs::write(&path, text).unwrap();
+    // 2024-01-31 23:30 UTC is February 1 in Berlin; 2024-01-31 22:30 UTC is still January 31.
+    let micros = |text: &str| {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").unwrap().and_utc().timestamp_micros()
+    };
+    let mut spend = DataFrame::new_infer_height(vec![
+        Column::new("date".into(), [micros("2024-01-31 23:30"), micros("2024-01-31 22:30"), micros("2024-01-10 12:00")])
+            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
+            .unwrap(),
+        Column::new("channel".into(), ["search", "search", "search"]),
+        Int128Chunked::from_vec("amount".into(), vec![1_001i128, 2_002, 7_997])
+            .into_decimal_unchecked(12, 2)
+            .into_series()
+            .into_column(),
+    ])
+    .unwrap();
+    write_parquet(&mut spend, &workspace.path("spend.parquet"));
+    run_ok(&["run", path.to_str().unwrap()]);
+    let table = read_table(&workspace.out().join("acquisition.parquet"));
+    let january = table.find(&[("cohort", "2024-01-01"), ("acquisition_channel", "search")]);
+    let february = table.find(&[("cohort", "2024-02-01"), ("acquisition_channel", "search")]);
+    // 20.02 + 79.97 = 99.99 exactly; 10.01 in February.
+    assert_eq!(table.float("spend")[january], 99.99);
+    assert_eq!(table.float("spend")[february], 10.01);
+    assert_eq!(table.int("new_customers")[february], 0);
+    assert_close(table.float("cac")[january], 99.99 / 2.0, "January search");
+}

@@ -288,3 +288,46 @@ where
 {
     reader.options::<T>(common, diagnostics)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Options {
+        margin: Margin,
+    }
+
+    fn margin(toml_value: &str) -> Result<Margin, String> {
+        toml_edit::de::from_str::<Options>(&format!("margin = {toml_value}"))
+            .map(|options| options.margin)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn margin_is_a_number_or_observed() {
+        assert_eq!(margin("0.3"), Ok(Margin::Fixed(0.3)));
+        assert_eq!(margin("1"), Ok(Margin::Fixed(1.0)));
+        assert_eq!(margin("\"observed\""), Ok(Margin::Observed));
+        assert!(margin("\"seen\"").unwrap_err().contains("a number or \"observed\""));
+        assert!(Margin::Fixed(0.0).check().is_some());
+        assert!(Margin::Observed.check().is_none());
+        assert_eq!(Margin::Observed.source_columns()[0].0, "cost");
+    }
+
+    #[test]
+    fn observed_margin_is_contribution_over_revenue_from_the_exact_sums() {
+        use polars::prelude::*;
+        // Revenue 100 + 50 − 10, cost 60 + 20 − 4: (140 − 76) / 140.
+        let facts = df! {
+            "revenue_micros" => [100_000_000i64, 50_000_000, -10_000_000],
+            "cost_micros" => [60_000_000i64, 20_000_000, -4_000_000],
+        }
+        .unwrap();
+        assert_eq!(observed_margin(&facts).unwrap(), 64.0 / 140.0);
+        let error = observed_margin(&facts.drop("cost_micros").unwrap()).unwrap_err().to_string();
+        assert!(error.contains("map a `cost` column"), "{error}");
+        let none = df! { "revenue_micros" => [0i64], "cost_micros" => [0i64] }.unwrap();
+        assert!(observed_margin(&none).unwrap_err().to_string().contains("not positive"));
+    }
+}
