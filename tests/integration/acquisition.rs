@@ -265,6 +265,19 @@ fn unit_economics_config_errors_name_the_fix() {
     assert!(text.contains("`facts`"), "{text}");
     assert!(text.contains("`spend`"), "{text}");
 
+    // Filters are for orders; a misspelt spend column is suggested.
+    let path = config(&workspace, "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "path = \"spend.csv\"\n",
+        "path = \"spend.csv\"\ninclude = { channel = [\"search\"] }\n[sources.spend.columns]\namont = \"amount\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let output = pipeline(&["validate", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(text.contains("key `include` of source `spend`: filters are for orders sources"), "{text}");
+    assert!(text.contains("did you mean `amount`?"), "{text}");
+
     // A spend column of the wrong type names the source and column.
     let path = config(&workspace, "[stages.a]\nkind = \"acquisition\"\ninput = [\"orders\", \"spend\"]\n");
     workspace.write("spend.csv", "date,channel,amount\n2024-01-03,search,lots\n");
