@@ -270,7 +270,10 @@ fn marketing_spend(lines: &Path, out: &Path, seed: u64) -> Result<String> {
         let (Some(date), Some(name), Some(count)) = (date, name, count) else {
             continue;
         };
-        let cac = CAC_BY_CHANNEL.iter().find(|(c, _)| *c == name).map_or(20.0, |(_, cac)| *cac);
+        let cac = CAC_BY_CHANNEL
+            .iter()
+            .find(|(c, _)| *c == name)
+            .map_or(20.0, |(_, cac)| *cac);
         let noise: f64 = rng.random_range(0.8..1.2);
         day.push(date);
         channel.push(Some(name.to_string()));

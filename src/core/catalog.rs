@@ -161,9 +161,21 @@ const RFM_SEGMENTS: &[ColumnDoc] = &[
         "their net revenue to date, in the input's currency",
     ),
     c("revenue_share", "float64", "revenue / all revenue, a fraction"),
-    c("cost", "float64", "with `cost` mapped: the cost of serving the group (its orders' costs to date), in the input's currency"),
-    c("contribution", "float64", "with `cost` mapped: revenue − cost of the group, in the input's currency"),
-    c("contribution_share", "float64", "with `cost` mapped: contribution / all contribution, a fraction (negative for a group that loses money)"),
+    c(
+        "cost",
+        "float64",
+        "with `cost` mapped: the cost of serving the group (its orders' costs to date), in the input's currency",
+    ),
+    c(
+        "contribution",
+        "float64",
+        "with `cost` mapped: revenue − cost of the group, in the input's currency",
+    ),
+    c(
+        "contribution_share",
+        "float64",
+        "with `cost` mapped: contribution / all contribution, a fraction (negative for a group that loses money)",
+    ),
     c("mean_recency_days", "float64", "mean days since the last purchase"),
     c("mean_frequency", "float64", "mean number of purchases"),
     c(

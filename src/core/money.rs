@@ -107,13 +107,15 @@ pub fn micros_of_column(money: &Column) -> PolarsResult<Int64Chunked> {
         return Ok(micros.i64()?.clone());
     }
     let units = money.cast(&DataType::Float64)?;
-    Ok(units.f64()?.apply_nonnull_values_generic(DataType::Int64, |units: f64| {
-        if (-9.0e12..=9.0e12).contains(&units) {
-            micros_of(units)
-        } else {
-            INVALID_MICROS
-        }
-    }))
+    Ok(units
+        .f64()?
+        .apply_nonnull_values_generic(DataType::Int64, |units: f64| {
+            if (-9.0e12..=9.0e12).contains(&units) {
+                micros_of(units)
+            } else {
+                INVALID_MICROS
+            }
+        }))
 }
 
 /// `micros_of` as a polars expression over a numeric column: the reference the tests hold

@@ -2090,7 +2090,11 @@ mod tests {
                     count.cast(&DataType::UInt32).unwrap().u32().unwrap().get(i).unwrap(),
                     several,
                     channel.str().unwrap().get(i).map(str::to_string),
-                    if with_cost { cost.i64().unwrap().get(i).unwrap() } else { 0 },
+                    if with_cost {
+                        cost.i64().unwrap().get(i).unwrap()
+                    } else {
+                        0
+                    },
                 )
             })
             .collect();

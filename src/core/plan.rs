@@ -127,13 +127,20 @@ fn check_customer_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &
 /// The optional columns a stage's options need (`Stage::source_columns`) are mapped by its
 /// orders source.
 fn check_source_columns(config: &Config, inputs: &[Vec<Input>], diagnostics: &mut Diagnostics) {
-    fn orders_source<'a>(config: &'a Config, inputs: &[Vec<Input>], stage: usize, depth: usize) -> Option<&'a SourceConfig> {
+    fn orders_source<'a>(
+        config: &'a Config,
+        inputs: &[Vec<Input>],
+        stage: usize,
+        depth: usize,
+    ) -> Option<&'a SourceConfig> {
         inputs.get(stage)?.iter().find_map(|input| match input {
             Input::Source(name) => config
                 .sources
                 .get(name)
                 .filter(|source| source.kind == crate::core::input::SourceKind::Orders),
-            Input::Stage(upstream) if depth < config.stages.len() => orders_source(config, inputs, *upstream, depth + 1),
+            Input::Stage(upstream) if depth < config.stages.len() => {
+                orders_source(config, inputs, *upstream, depth + 1)
+            }
             Input::Stage(_) => None,
         })
     }

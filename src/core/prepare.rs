@@ -44,6 +44,20 @@ pub struct SharedTables {
 }
 
 impl SharedTables {
+    pub fn new(
+        customer_facts: DataFrame,
+        customer_periods: DataFrame,
+        acquisition: (Series, Vec<u32>),
+        as_of: NaiveDate,
+    ) -> SharedTables {
+        SharedTables {
+            customer_facts,
+            periods: std::sync::Arc::new(std::sync::Mutex::new(Some(customer_periods))),
+            acquisition,
+            as_of,
+        }
+    }
+
     /// customer_periods (the columns are shared, not copied).
     pub fn customer_periods(&self) -> Result<DataFrame> {
         self.periods_slot().clone().ok_or_else(|| {
@@ -811,7 +825,11 @@ mod tests {
             assert_eq!(w.purchase_days, whole.purchase_days, "chunks of {chunk}");
             assert_eq!(w.first_day_revenue, whole.first_day_revenue, "chunks of {chunk}");
             assert_eq!(w.acquisition, whole.acquisition, "chunks of {chunk}");
-            assert_eq!((&w.period_cost, &w.cost), (&whole.period_cost, &whole.cost), "chunks of {chunk}");
+            assert_eq!(
+                (&w.period_cost, &w.cost),
+                (&whole.period_cost, &whole.cost),
+                "chunks of {chunk}"
+            );
         }
     }
 

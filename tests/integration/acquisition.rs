@@ -104,8 +104,16 @@ fn cac_payback_and_ltv_to_cac_by_cohort_and_channel() {
     assert_eq!(
         table.text("cohort"),
         [
-            "2024-01-01", "2024-01-01", "2024-01-01", "2024-01-01", "2024-02-01", "2024-02-01", "2024-02-01",
-            "2024-03-01", "2024-03-01", "2024-04-01"
+            "2024-01-01",
+            "2024-01-01",
+            "2024-01-01",
+            "2024-01-01",
+            "2024-02-01",
+            "2024-02-01",
+            "2024-02-01",
+            "2024-03-01",
+            "2024-03-01",
+            "2024-04-01"
         ]
     );
     assert_eq!(
@@ -118,7 +126,10 @@ fn cac_payback_and_ltv_to_cac_by_cohort_and_channel() {
     );
     assert_eq!(table.int("new_customers"), [2, 1, 0, 3, 1, 0, 1, 0, 1, 0]);
     let spend = table.float("spend");
-    for (actual, expected) in spend.iter().zip([80.0, 100.0, 50.0, 250.0, -15.0, -30.0, -45.0, 12.5, 12.5, 0.0]) {
+    for (actual, expected) in spend
+        .iter()
+        .zip([80.0, 100.0, 50.0, 250.0, -15.0, -30.0, -45.0, 12.5, 12.5, 0.0])
+    {
         assert_close(*actual, expected, "spend");
     }
     // cac = spend / new customers; null without new customers.
@@ -138,7 +149,11 @@ fn cac_payback_and_ltv_to_cac_by_cohort_and_channel() {
     assert_close(contribution[0], 86.0 / 2.0, "search January");
     assert_close(contribution[1], 7.0, "social January, including April");
     assert_close(contribution[3], 93.0 / 3.0, "all channels January");
-    assert_close(contribution[4], 35.0, "email February: the line without a cost counts as 0");
+    assert_close(
+        contribution[4],
+        35.0,
+        "email February: the line without a cost counts as 0",
+    );
     assert_close(contribution[8], 40.0, "all channels March");
     assert_eq!(table.text("contribution_to_date_per_customer")[2], "");
     // Payback: search in period 2; social and January's all channels (250 against 93) never;
@@ -161,10 +176,17 @@ fn cac_payback_and_ltv_to_cac_by_cohort_and_channel() {
 
     let payback = read_table(&workspace.out().join("acquisition_payback.parquet"));
     assert_eq!(payback.rows, 4 * 4 + 3 * 3 + 2 * 2 + 1);
-    let search = payback.find(&[("cohort", "2024-01-01"), ("acquisition_channel", "search"), ("period_index", "0")]);
+    let search = payback.find(&[
+        ("cohort", "2024-01-01"),
+        ("acquisition_channel", "search"),
+        ("period_index", "0"),
+    ]);
     let cumulative = payback.float("cumulative_contribution_per_customer");
     let recovered = payback.float("recovered_share");
-    for (k, (value, share)) in [(15.0, 0.375), (20.5, 0.5125), (43.0, 1.075), (43.0, 1.075)].iter().enumerate() {
+    for (k, (value, share)) in [(15.0, 0.375), (20.5, 0.5125), (43.0, 1.075), (43.0, 1.075)]
+        .iter()
+        .enumerate()
+    {
         assert_eq!(payback.int("period_index")[search + k], k as i64);
         assert_close(cumulative[search + k], *value, "search cumulative");
         assert_close(recovered[search + k], *share, "search recovered");
@@ -229,7 +251,11 @@ fn without_cost_contribution_is_revenue_times_margin() {
     let table = read_table(&workspace.out().join("acquisition.parquet"));
     let row = table.find(&[("cohort", "2024-01-01"), ("acquisition_channel", "search")]);
     // Revenue per month: 80, 30, 110 → × 0.5: 40, 15, 55; cumulative 40, 55, 110 ≥ 80 at 2.
-    assert_close(table.float("contribution_to_date_per_customer")[row], 110.0 / 2.0, "search");
+    assert_close(
+        table.float("contribution_to_date_per_customer")[row],
+        110.0 / 2.0,
+        "search",
+    );
     assert_eq!(table.text("payback_period_index")[row], "2");
     assert_eq!(table.text("ltv_per_customer")[row], "", "no ltv stage");
     let march = table.find(&[("cohort", "2024-03-01"), ("acquisition_channel", "search")]);
@@ -251,7 +277,10 @@ fn unit_economics_config_errors_name_the_fix() {
     let output = pipeline(&["validate", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let text = stderr(&output);
-    assert!(text.contains("`margin = \"observed\"` needs a `cost` column, and source `orders` maps none"), "{text}");
+    assert!(
+        text.contains("`margin = \"observed\"` needs a `cost` column, and source `orders` maps none"),
+        "{text}"
+    );
 
     // An unknown margin word, an ltv stage of the wrong kind, and the inputs in the wrong order.
     let path = config(
@@ -261,7 +290,10 @@ fn unit_economics_config_errors_name_the_fix() {
     let output = pipeline(&["validate", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
-    assert!(text.contains("`margin` is a number or \"observed\", got \"seen\""), "{text}");
+    assert!(
+        text.contains("`margin` is a number or \"observed\", got \"seen\""),
+        "{text}"
+    );
     assert!(text.contains("`facts`"), "{text}");
     assert!(text.contains("`spend`"), "{text}");
 
@@ -275,11 +307,17 @@ fn unit_economics_config_errors_name_the_fix() {
     let output = pipeline(&["validate", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
-    assert!(text.contains("key `include` of source `spend`: filters are for orders sources"), "{text}");
+    assert!(
+        text.contains("key `include` of source `spend`: filters are for orders sources"),
+        "{text}"
+    );
     assert!(text.contains("did you mean `amount`?"), "{text}");
 
     // A spend column of the wrong type names the source and column.
-    let path = config(&workspace, "[stages.a]\nkind = \"acquisition\"\ninput = [\"orders\", \"spend\"]\n");
+    let path = config(
+        &workspace,
+        "[stages.a]\nkind = \"acquisition\"\ninput = [\"orders\", \"spend\"]\n",
+    );
     workspace.write("spend.csv", "date,channel,amount\n2024-01-03,search,lots\n");
     let output = pipeline(&["run", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
@@ -292,7 +330,10 @@ fn unit_economics_config_errors_name_the_fix() {
 fn spend_timestamps_count_in_their_local_period_and_decimals_sum_exactly() {
     use polars::prelude::*;
     let workspace = Workspace::new();
-    let path = config(&workspace, "[stages.acquisition]\nkind = \"acquisition\"\ninput = [\"orders\", \"spend\"]\n");
+    let path = config(
+        &workspace,
+        "[stages.acquisition]\nkind = \"acquisition\"\ninput = [\"orders\", \"spend\"]\n",
+    );
     // Berlin time, spend from Parquet: zoned timestamps and Decimal(12, 2) amounts.
     let text = std::fs::read_to_string(&path)
         .unwrap()
@@ -301,12 +342,22 @@ fn spend_timestamps_count_in_their_local_period_and_decimals_sum_exactly() {
     std::fs::write(&path, text).unwrap();
     // 2024-01-31 23:30 UTC is February 1 in Berlin; 2024-01-31 22:30 UTC is still January 31.
     let micros = |text: &str| {
-        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").unwrap().and_utc().timestamp_micros()
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc()
+            .timestamp_micros()
     };
     let mut spend = DataFrame::new_infer_height(vec![
-        Column::new("date".into(), [micros("2024-01-31 23:30"), micros("2024-01-31 22:30"), micros("2024-01-10 12:00")])
-            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
-            .unwrap(),
+        Column::new(
+            "date".into(),
+            [
+                micros("2024-01-31 23:30"),
+                micros("2024-01-31 22:30"),
+                micros("2024-01-10 12:00"),
+            ],
+        )
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
+        .unwrap(),
         Column::new("channel".into(), ["search", "search", "search"]),
         Int128Chunked::from_vec("amount".into(), vec![1_001i128, 2_002, 7_997])
             .into_decimal_unchecked(12, 2)

@@ -78,7 +78,9 @@ impl Stage for AcquisitionOptions {
             .ok_or_else(|| anyhow::anyhow!("this stage needs a spend source"))?;
         let has_cost = shared.customer_facts.column("cost_micros").is_ok();
         if has_cost && self.margin.is_some() {
-            tracing::warn!("acquisition: `margin` is not used: the orders map `cost`, so contribution = revenue − cost");
+            tracing::warn!(
+                "acquisition: `margin` is not used: the orders map `cost`, so contribution = revenue − cost"
+            );
         }
         let contribution = match has_cost {
             true => Contribution::RevenueLessCost,
@@ -129,7 +131,12 @@ impl Contribution {
 
 /// Each customer's lifetime value (in customer_key order; NaN when unknown) from stage `stage`:
 /// clv_simple's `simple_clv`, or clv's `clv` plus the customer's historic contribution.
-fn customer_ltv(inputs: &StageInputs, stage: &str, shared: &SharedTables, contribution: Contribution) -> Result<Vec<f64>> {
+fn customer_ltv(
+    inputs: &StageInputs,
+    stage: &str,
+    shared: &SharedTables,
+    contribution: Contribution,
+) -> Result<Vec<f64>> {
     let (_, kind, frames) = inputs
         .upstream
         .iter()
@@ -206,9 +213,14 @@ impl Channels {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let position = |name: Option<&str>| name.map(|name| names.binary_search_by(|n| n.as_str().cmp(name)).expect("listed") as u32);
+        let position = |name: Option<&str>| {
+            name.map(|name| names.binary_search_by(|n| n.as_str().cmp(name)).expect("listed") as u32)
+        };
         let by_code: Vec<Option<u32>> = acquisition.iter().map(|&name| position(name)).collect();
-        let of_customer = codes.iter().map(|&code| by_code.get(code as usize).copied().flatten()).collect();
+        let of_customer = codes
+            .iter()
+            .map(|&code| by_code.get(code as usize).copied().flatten())
+            .collect();
         let of_spend = spend_channels.iter().map(|&name| position(name)).collect();
         let mut acquired = vec![false; names.len()];
         for channel in by_code.iter().flatten() {

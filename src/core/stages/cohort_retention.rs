@@ -3,11 +3,17 @@
 //! One row per (dimensions…, cohort, period_index) from 0 to the period containing as_of, with
 //! zero rows where nobody came back. Bracketed retention counts customers active in the period;
 //! unbounded retention counts customers active in it or any later period up to as_of.
+//!
+//! Sharded (`shard::Sharded`): a shard's partial is its cohort sizes and its non-zero cells
+//! (active customers, orders, revenue, customers last active there), keyed by dimension values
+//! and period indices; partials merge by adding; finalize lays out the dense triangle, with
+//! unbounded retention as the sum of last-active counts from each period on.
 
 use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, run_one_shard, tables_at, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::period::{to_days, Granularity, PeriodIndex};
 use crate::core::prepare::{self, SharedTables};
@@ -55,12 +61,31 @@ pub static KIND: Kind = Kind {
 };
 
 impl Stage for CohortRetentionOptions {
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        Ok(vec![cohort_retention(
-            inputs.shared()?,
-            self.granularity,
-            &self.dimensions,
-        )?])
+        run_one_shard(self, inputs)
+    }
+}
+
+impl Sharded for CohortRetentionOptions {
+    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
+        cohort_cells(inputs.shared()?, self.granularity, &self.dimensions)
+    }
+
+    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+        let keys: Vec<&str> = self.dimensions.iter().map(String::as_str).chain(["cohort"]).collect();
+        let cell_keys: Vec<&str> = keys.iter().copied().chain(["period_index"]).collect();
+        Ok(vec![
+            merge_sums(tables_at(&parts, 0)?, &keys)?,
+            merge_sums(tables_at(&parts, 1)?, &cell_keys)?,
+        ])
+    }
+
+    fn finalize(&self, merged: Partial, as_of: chrono::NaiveDate) -> Result<Vec<DataFrame>> {
+        Ok(vec![triangle(&merged, self.granularity, &self.dimensions, as_of)?])
     }
 }
 
@@ -73,13 +98,16 @@ fn dimension_codes<'a>(shared: &'a SharedTables, dimension: &str) -> Result<(&'a
     }
 }
 
-/// The retention table from the shared tables.
+/// The partial of one shard: `[sizes, cells]`. `sizes`: dimensions…, cohort (period index),
+/// cohort_customers; `cells`: dimensions…, cohort, period_index, active_customers, orders,
+/// revenue_micros, last_active (customers whose last purchase falls in the period), the cells
+/// with any of them non-zero.
 ///
 /// One walk: customer_facts (sorted by customer_key = row) gives each customer's group (the
 /// dimension values, mixed-radix coded), cohort and last period; customer_periods (sorted by
 /// customer_key, date) is read once into the dense (group, cohort, period) cells that exist.
 /// A customer is active in a period when a run of its purchase days starts there.
-pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensions: &[String]) -> Result<DataFrame> {
+fn cohort_cells(shared: &SharedTables, granularity: Granularity, dimensions: &[String]) -> Result<Partial> {
     use rayon::prelude::*;
     let (facts, periods, as_of) = (&shared.customer_facts, &shared.customer_periods()?, shared.as_of);
     let first_days = prepare::day_values(facts, "first_purchase_date")?;
@@ -197,46 +225,146 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
     }
     drop(counted);
     tracing::debug!("cohorts: cells counted at {:.3} s", clock.elapsed().as_secs_f64());
-    // The dense table, (group, cohort, period) ascending.
-    let mut take_group: Vec<Vec<IdxSize>> = vec![Vec::with_capacity(cells); dimensions.len()];
+    // Sizes and the non-zero cells, keyed by the dimension values.
+    let mut size_group: Vec<Vec<IdxSize>> = vec![Vec::new(); dimensions.len()];
+    let mut cell_group: Vec<Vec<IdxSize>> = vec![Vec::new(); dimensions.len()];
+    let (mut size_cohort, mut size_count) = (Vec::new(), Vec::new());
     let mut table = Cells::default();
     for (s, &size) in sizes.iter().enumerate() {
         if size == 0 {
             continue;
         }
         let (g, c) = (s / cohorts, first_cohort + (s % cohorts) as i32);
-        let n = periods_of(c);
         let mut digits = vec![0u32; dimensions.len()];
         let mut rest = g as u32;
         for (digit, &n) in digits.iter_mut().zip(&radix).rev() {
             *digit = rest % n;
             rest /= n;
         }
-        let mut unbounded: i64 = last_active[offset[s]..offset[s] + n].iter().sum();
-        for p in 0..n {
+        for (take, &digit) in size_group.iter_mut().zip(&digits) {
+            take.push(digit as IdxSize);
+        }
+        size_cohort.push(c);
+        size_count.push(size);
+        for p in 0..periods_of(c) {
             let at = offset[s] + p;
-            for (take, &digit) in take_group.iter_mut().zip(&digits) {
+            if active[at] == 0 && orders[at] == 0 && revenue[at] == 0 && last_active[at] == 0 {
+                continue;
+            }
+            for (take, &digit) in cell_group.iter_mut().zip(&digits) {
                 take.push(digit as IdxSize);
             }
+            table.cohort.push(c);
+            table.period_index.push(p as i32);
+            table.active_customers.push(active[at]);
+            table.orders.push(orders[at]);
+            table.revenue_micros.push(revenue[at]);
+            table.last_active.push(last_active[at]);
+        }
+    }
+    tracing::debug!("cohorts: partial at {:.3} s", clock.elapsed().as_secs_f64());
+    let keyed = |takes: Vec<Vec<IdxSize>>| -> Result<Vec<Column>> {
+        dimensions
+            .iter()
+            .zip(&values)
+            .zip(takes)
+            .map(|((dimension, values), take)| {
+                let take = IdxCa::from_vec("".into(), take);
+                Ok(values.take(&take)?.with_name(dimension.as_str().into()).into_column())
+            })
+            .collect()
+    };
+    let mut size_columns = keyed(size_group)?;
+    size_columns.push(Column::new("cohort".into(), size_cohort));
+    size_columns.push(Column::new("cohort_customers".into(), size_count));
+    let mut cell_columns = keyed(cell_group)?;
+    cell_columns.extend(table.columns());
+    Ok(vec![
+        DataFrame::new_infer_height(size_columns)?,
+        DataFrame::new_infer_height(cell_columns)?,
+    ])
+}
+
+/// The dense triangle from the merged partial: every (dimensions…, cohort) with customers gets
+/// periods 0 to the as_of period (at least 0), zeros where no cell was counted; unbounded
+/// retention counts the customers last active in this period or a later one.
+fn triangle(
+    merged: &Partial,
+    granularity: Granularity,
+    dimensions: &[String],
+    as_of: chrono::NaiveDate,
+) -> Result<DataFrame> {
+    let (sizes, cells) = (&merged[0], &merged[1]);
+    let as_of_index = granularity.index_of(as_of);
+    let cohorts = sizes.column("cohort")?.i32()?;
+    let counts = sizes.column("cohort_customers")?.i64()?;
+    // The cells of each (group, cohort) come together, in period order (merged sorted by keys):
+    // a group is the row of `sizes` with the same dimension values and cohort.
+    let group_of = |frame: &DataFrame| -> Result<Vec<Vec<AnyValue<'static>>>> {
+        let columns: Vec<&Column> = dimensions
+            .iter()
+            .map(|d| frame.column(d.as_str()))
+            .chain([frame.column("cohort")])
+            .collect::<PolarsResult<_>>()?;
+        Ok((0..frame.height())
+            .map(|row| {
+                columns
+                    .iter()
+                    .map(|c| c.get(row).map(|v| v.into_static()))
+                    .collect::<PolarsResult<Vec<_>>>()
+            })
+            .collect::<PolarsResult<_>>()?)
+    };
+    let size_keys = group_of(sizes)?;
+    let cell_keys = group_of(cells)?;
+    let cell_period = cells.column("period_index")?.i32()?;
+    let cell_value = |name: &str| -> Result<Vec<i64>> { Ok(cells.column(name)?.i64()?.into_no_null_iter().collect()) };
+    let (cell_active, cell_orders, cell_revenue, cell_last) = (
+        cell_value("active_customers")?,
+        cell_value("orders")?,
+        cell_value("revenue_micros")?,
+        cell_value("last_active")?,
+    );
+    let mut table = Rows::default();
+    let mut take: Vec<IdxSize> = Vec::new();
+    let mut next_cell = 0;
+    for (row, key) in size_keys.iter().enumerate() {
+        let (c, size) = (cohorts.get(row).unwrap_or(0), counts.get(row).unwrap_or(0));
+        let n = (as_of_index - c).max(0) as usize + 1;
+        let mut values = vec![[0i64; 4]; n];
+        while next_cell < cell_keys.len() && &cell_keys[next_cell] == key {
+            let p = cell_period.get(next_cell).unwrap_or(0) as usize;
+            if p < n {
+                values[p] = [
+                    cell_active[next_cell],
+                    cell_orders[next_cell],
+                    cell_revenue[next_cell],
+                    cell_last[next_cell],
+                ];
+            }
+            next_cell += 1;
+        }
+        let mut unbounded: i64 = values.iter().map(|v| v[3]).sum();
+        for (p, [active, orders, revenue, last]) in values.into_iter().enumerate() {
+            take.push(row as IdxSize);
             let period = p as i32;
             table.cohort.push(to_days(granularity.start_of(c)));
             table.period_index.push(period);
             table.period_start.push(to_days(granularity.start_of(c + period)));
             table.cohort_customers.push(size);
-            table.active_customers.push(active[at]);
+            table.active_customers.push(active);
             table.unbounded_active.push(unbounded);
-            table.orders.push(orders[at]);
-            table.revenue_micros.push(revenue[at]);
+            table.orders.push(orders);
+            table.revenue_micros.push(revenue);
             table.period_complete.push(granularity.end_of(c + period) <= as_of);
-            unbounded -= last_active[at];
+            unbounded -= last;
         }
     }
-    tracing::debug!("cohorts: table at {:.3} s", clock.elapsed().as_secs_f64());
-    let mut columns = Vec::new();
-    for ((dimension, values), take) in dimensions.iter().zip(&values).zip(take_group) {
-        let take = IdxCa::from_vec("".into(), take);
-        columns.push(values.take(&take)?.with_name(dimension.as_str().into()).into_column());
-    }
+    let take = IdxCa::from_vec("".into(), take);
+    let mut columns: Vec<Column> = dimensions
+        .iter()
+        .map(|d| Ok(sizes.column(d.as_str())?.take(&take)?))
+        .collect::<Result<_>>()?;
     columns.extend(table.columns()?);
     let mut cohort_group: Vec<Expr> = dimensions.iter().map(|d| col(d.as_str())).collect();
     cohort_group.push(col("cohort"));
@@ -275,9 +403,33 @@ pub fn cohort_retention(shared: &SharedTables, granularity: Granularity, dimensi
     Ok(table)
 }
 
-/// The per-cell columns of the table before the ratios.
+/// A shard's non-zero cells.
 #[derive(Default)]
 struct Cells {
+    cohort: Vec<i32>,
+    period_index: Vec<i32>,
+    active_customers: Vec<i64>,
+    orders: Vec<i64>,
+    revenue_micros: Vec<i64>,
+    last_active: Vec<i64>,
+}
+
+impl Cells {
+    fn columns(self) -> Vec<Column> {
+        vec![
+            Column::new("cohort".into(), self.cohort),
+            Column::new("period_index".into(), self.period_index),
+            Column::new("active_customers".into(), self.active_customers),
+            Column::new("orders".into(), self.orders),
+            Column::new("revenue_micros".into(), self.revenue_micros),
+            Column::new("last_active".into(), self.last_active),
+        ]
+    }
+}
+
+/// The per-row columns of the dense table before the ratios.
+#[derive(Default)]
+struct Rows {
     cohort: Vec<i32>,
     period_index: Vec<i32>,
     period_start: Vec<i32>,
@@ -289,7 +441,7 @@ struct Cells {
     period_complete: Vec<bool>,
 }
 
-impl Cells {
+impl Rows {
     fn columns(self) -> Result<Vec<Column>> {
         Ok(vec![
             Column::new("cohort".into(), self.cohort).cast(&DataType::Date)?,
@@ -302,5 +454,26 @@ impl Cells {
             Column::new("revenue_micros".into(), self.revenue_micros),
             Column::new("period_complete".into(), self.period_complete),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stages::shard::tests::{assert_shards_merge, random_orders, shared_of};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any split of the customers into shards merges to the whole's partial and table, by
+        /// month and by week, with and without the channel dimension (null channels included).
+        #[test]
+        fn shards_merge_to_the_whole(orders in random_orders(), shards in 1usize..6, weekly: bool, by_channel: bool) {
+            let stage = CohortRetentionOptions {
+                granularity: if weekly { Granularity::Week } else { Granularity::Month },
+                dimensions: if by_channel { vec!["acquisition_channel".into()] } else { Vec::new() },
+            };
+            assert_shards_merge(&stage, &shared_of(&orders, 60), shards);
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod nps;
 pub mod repeat;
 pub mod rfm;
 pub mod segment_summary;
+pub mod shard;
 
 use std::fmt::Debug;
 
@@ -177,6 +178,11 @@ pub trait Stage: Send + Sync + Debug {
         Vec::new()
     }
 
+    /// The kind's work split by customer shards (`shard::Sharded`), when it has been split.
+    fn sharded(&self) -> Option<&dyn shard::Sharded> {
+        None
+    }
+
     /// Optional logical columns its orders source must map, each with the option that needs it
     /// (`("cost", "margin = \"observed\"")`), checked before any data is read.
     fn source_columns(&self) -> Vec<(&'static str, &'static str)> {
@@ -207,9 +213,7 @@ impl TryFrom<MarginValue> for Margin {
         match value {
             MarginValue::Number(margin) => Ok(Margin::Fixed(margin)),
             MarginValue::Text(text) if text == "observed" => Ok(Margin::Observed),
-            MarginValue::Text(text) => Err(format!(
-                "`margin` is a number or \"observed\", got \"{text}\""
-            )),
+            MarginValue::Text(text) => Err(format!("`margin` is a number or \"observed\", got \"{text}\"")),
         }
     }
 }
@@ -224,9 +228,10 @@ impl Margin {
     /// A problem with a fixed margin's value.
     pub fn check(self) -> Option<(&'static str, String)> {
         match self {
-            Margin::Fixed(margin) if !(margin > 0.0 && margin <= 10.0) => {
-                Some(("margin", format!("`margin` must be in (0, 10] or \"observed\", got {margin}")))
-            }
+            Margin::Fixed(margin) if !(margin > 0.0 && margin <= 10.0) => Some((
+                "margin",
+                format!("`margin` must be in (0, 10] or \"observed\", got {margin}"),
+            )),
             _ => None,
         }
     }
@@ -251,9 +256,9 @@ impl Margin {
 /// Σ (revenue − cost) / Σ revenue over all customers, from the exact micro-unit columns.
 pub fn observed_margin(facts: &DataFrame) -> anyhow::Result<f64> {
     let sum = |name: &str| -> anyhow::Result<i128> {
-        let column = facts.column(name).map_err(|_| {
-            anyhow::anyhow!("`margin = \"observed\"` needs the orders source to map a `cost` column")
-        })?;
+        let column = facts
+            .column(name)
+            .map_err(|_| anyhow::anyhow!("`margin = \"observed\"` needs the orders source to map a `cost` column"))?;
         Ok(column.i64()?.iter().map(|v| i128::from(v.unwrap_or(0))).sum())
     };
     let (revenue, cost) = (sum("revenue_micros")?, sum("cost_micros")?);
@@ -325,7 +330,9 @@ mod tests {
         }
         .unwrap();
         assert_eq!(observed_margin(&facts).unwrap(), 64.0 / 140.0);
-        let error = observed_margin(&facts.drop("cost_micros").unwrap()).unwrap_err().to_string();
+        let error = observed_margin(&facts.drop("cost_micros").unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("map a `cost` column"), "{error}");
         let none = df! { "revenue_micros" => [0i64], "cost_micros" => [0i64] }.unwrap();
         assert!(observed_margin(&none).unwrap_err().to_string().contains("not positive"));

@@ -145,7 +145,9 @@ pub fn check_schema(source: &SourceConfig) -> Result<SourceSchema> {
                     "an integer of any width, or text (string, large string, view, dictionary or categorical)"
                 }
                 "ordered_at" => "a date, or a timestamp in s, ms, us or ns with or without a zone",
-                "amount" | "cost" => "a number: an integer of any width, float32/64, or a decimal of any precision and scale",
+                "amount" | "cost" => {
+                    "a number: an integer of any width, float32/64, or a decimal of any precision and scale"
+                }
                 "currency" => "text",
                 "line" => "an integer",
                 _ => "text, integer or boolean",

@@ -86,7 +86,10 @@ fn spend_up_to(
         ("null_date", dated.clone().not()),
         ("null_amount", dated.clone().and(valued.clone().not())),
         ("invalid_amount", dated.and(valued).and(valid.not())),
-        ("after_as_of", usable.clone().and(col("spent_on").gt(as_of_date.clone()))),
+        (
+            "after_as_of",
+            usable.clone().and(col("spent_on").gt(as_of_date.clone())),
+        ),
     ];
     let counts = all
         .clone()

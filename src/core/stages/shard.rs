@@ -1,0 +1,251 @@
+//! Customer shards: a stage's work split by customer, in the spirit of DataFusion's
+//! Accumulator (state → merge → evaluate).
+//!
+//! All per-customer work depends only on that customer's orders, so the customers can be split
+//! into shards (by a hash of their id) and a stage run over each shard alone. A kind that
+//! implements `Sharded` computes a **partial** from one shard's inputs: plain tables of sums,
+//! counts or histograms, keyed by values that mean the same in every shard (period indices,
+//! channel names, integer values), never by a shard's own numbering. Partials **merge** by adding
+//! those tables key by key, which is associative and commutative, so any split of the customers
+//! merges to the partial of all of them. **Finalize** turns the merged partial into the stage's
+//! tables. The single-machine run is the same code with one shard (`run_one_shard`).
+//!
+//! As tables, partials cross process boundaries as they are (Arrow batches), which is how a
+//! Spark job will carry them from its tasks to the driver. The merge math of every kind:
+//! docs/scale-out.md.
+
+use anyhow::Result;
+use chrono::NaiveDate;
+use polars::prelude::*;
+
+use super::StageInputs;
+use crate::core::prepare::SharedTables;
+
+/// What a stage keeps of one shard: keyed tables that merge by adding (`merge_sums`).
+pub type Partial = Vec<DataFrame>;
+
+/// A stage kind's work over customer shards.
+pub trait Sharded: Send + Sync {
+    /// The partial of one shard's inputs.
+    fn partial(&self, inputs: &StageInputs) -> Result<Partial>;
+
+    /// The partials of all shards as one.
+    fn merge(&self, parts: Vec<Partial>) -> Result<Partial>;
+
+    /// The stage's tables from the merged partial of every shard, for a run as of `as_of`.
+    fn finalize(&self, merged: Partial, as_of: NaiveDate) -> Result<Vec<DataFrame>>;
+}
+
+/// A sharded stage's tables over one shard holding every customer: the single-machine run.
+pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+    let as_of = inputs.shared()?.as_of;
+    let partial = stage.partial(inputs)?;
+    stage.finalize(stage.merge(vec![partial])?, as_of)
+}
+
+/// The `index`-th table of every partial, one frame each (for merging a kind's tables one by
+/// one).
+pub fn tables_at(parts: &[Partial], index: usize) -> Result<Vec<DataFrame>> {
+    parts
+        .iter()
+        .map(|part| {
+            part.get(index)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("a partial has no table {index}"))
+        })
+        .collect()
+}
+
+/// Frames with the same columns as one: every other column summed per distinct `keys` (a null
+/// key is a value of its own), sorted by the keys (nulls last). Integer sums, so exact whatever
+/// the order of the frames.
+pub fn merge_sums(frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFrame> {
+    let first = frames.first().ok_or_else(|| anyhow::anyhow!("nothing to merge"))?;
+    let sums: Vec<Expr> = first
+        .get_column_names()
+        .iter()
+        .filter(|name| !keys.contains(&name.as_str()))
+        .map(|name| col(name.as_str()).sum())
+        .collect();
+    let schema = first.schema().clone();
+    let frames: Vec<LazyFrame> = frames.into_iter().map(DataFrame::lazy).collect();
+    let all = concat(frames, UnionArgs::default())?;
+    let key_exprs: Vec<Expr> = keys.iter().map(|key| col(*key)).collect();
+    let merged = all
+        .group_by(key_exprs.clone())
+        .agg(sums)
+        .sort_by_exprs(
+            key_exprs,
+            SortMultipleOptions::default()
+                .with_nulls_last(true)
+                .with_maintain_order(true),
+        )
+        .collect()?;
+    // Sums keep each column's type (a sum of Int64 is Int64; of UInt32, UInt32 widened back).
+    let columns: Vec<Column> = schema
+        .iter_names()
+        .map(|name| -> Result<Column> {
+            let dtype = schema.get(name).expect("listed");
+            Ok(merged.column(name)?.cast(dtype)?)
+        })
+        .collect::<Result<_>>()?;
+    Ok(DataFrame::new(merged.height(), columns)?)
+}
+
+/// The shard of a customer id among `shards`: a fixed hash of the id's value (integers by
+/// value, text by bytes), so every reader of the data puts a customer in the same shard.
+pub fn shard_of_ids(ids: &Column, shards: usize) -> Result<Vec<u32>> {
+    use std::hash::BuildHasher;
+    let hasher = foldhash::fast::FixedState::with_seed(0x5_4A2D);
+    let shards = shards.max(1) as u64;
+    let of = |hash: u64| ((hash >> 32) % shards) as u32;
+    let ids = ids.as_materialized_series();
+    Ok(match ids.dtype() {
+        DataType::String => ids
+            .str()?
+            .iter()
+            .map(|id| of(hasher.hash_one(id.unwrap_or_default().as_bytes())))
+            .collect(),
+        _ => ids
+            .cast(&DataType::Int64)?
+            .i64()?
+            .iter()
+            .map(|id| of(hasher.hash_one(id.unwrap_or_default())))
+            .collect(),
+    })
+}
+
+/// The shared tables of each of `shards` customer shards (by `shard_of_ids`), each with its
+/// customers renumbered from 0 in the same order.
+pub fn split(shared: &SharedTables, shards: usize) -> Result<Vec<SharedTables>> {
+    let facts = &shared.customer_facts;
+    let shard_of = shard_of_ids(facts.column("customer_id")?, shards)?;
+    let periods = shared.customer_periods()?;
+    let keys = crate::core::prepare::values::<UInt32Type>(&periods, "customer_key")?;
+    let (distinct, codes) = &shared.acquisition;
+    (0..shards as u32)
+        .map(|shard| {
+            let own: Vec<IdxSize> = (0..facts.height() as IdxSize)
+                .filter(|&c| shard_of[c as usize] == shard)
+                .collect();
+            let mut new_key = vec![u32::MAX; facts.height()];
+            for (key, &customer) in own.iter().enumerate() {
+                new_key[customer as usize] = key as u32;
+            }
+            let rows: Vec<IdxSize> = (0..keys.len() as IdxSize)
+                .filter(|&row| new_key[keys[row as usize] as usize] != u32::MAX)
+                .collect();
+            let mut shard_facts = facts.take(&IdxCa::from_vec("".into(), own.clone()))?;
+            shard_facts.with_column(Column::new(
+                "customer_key".into(),
+                (0..own.len() as IdxSize).collect::<Vec<_>>(),
+            ))?;
+            shard_facts.rechunk_mut();
+            let mut shard_periods = periods.take(&IdxCa::from_vec("".into(), rows.clone()))?;
+            let renumbered: Vec<u32> = rows.iter().map(|&row| new_key[keys[row as usize] as usize]).collect();
+            shard_periods.with_column(Column::new("customer_key".into(), renumbered))?;
+            shard_periods.rechunk_mut();
+            let shard_codes: Vec<u32> = own.iter().map(|&c| codes[c as usize]).collect();
+            Ok(SharedTables::new(
+                shard_facts,
+                shard_periods,
+                (distinct.clone(), shard_codes),
+                shared.as_of,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::core::input::{InputStats, SourceOrders};
+
+    /// Shared tables of random orders: `(customer, day, revenue in units, channel)`, days
+    /// counted from 2023-01-01, as of 2024-06-30.
+    pub fn shared_of(orders: &[(u32, i32, i64, u8)], customers: u32) -> SharedTables {
+        let start = crate::core::period::to_days(NaiveDate::from_ymd_opt(2023, 1, 1).unwrap());
+        let mut frame = df! {
+            "id" => orders.iter().map(|o| o.0 % customers).collect::<Vec<u32>>(),
+            "date" => orders.iter().map(|o| start + o.1).collect::<Vec<i32>>(),
+            "ordered_ts" => orders.iter().map(|o| i64::from(o.1) * 1_000).collect::<Vec<i64>>(),
+            "revenue" => orders.iter().map(|o| o.2 * 1_000_000).collect::<Vec<i64>>(),
+            "channel" => orders.iter().map(|o| if o.3 == 3 { crate::core::orders::NO_CHANNEL } else { u32::from(o.3) }).collect::<Vec<u32>>(),
+        }
+        .unwrap();
+        let dates = frame.column("date").unwrap().cast(&DataType::Date).unwrap();
+        frame.with_column(dates).unwrap();
+        crate::core::prepare::shared_tables(SourceOrders {
+            orders: frame,
+            customer_ids: Series::new(
+                "customer_id".into(),
+                (0..customers as i64).map(|c| c * 7 + 1).collect::<Vec<_>>(),
+            ),
+            channels: Some(Series::new("".into(), ["app", "store", "web"])),
+            stats: InputStats::default(),
+            as_of: NaiveDate::from_ymd_opt(2024, 6, 30).unwrap(),
+        })
+        .unwrap()
+    }
+
+    /// The stage's partials of `shards` shards merge to the merged partial of all customers,
+    /// and finalize to the same tables.
+    pub fn assert_shards_merge(stage: &dyn Sharded, shared: &SharedTables, shards: usize) {
+        use crate::core::stages::SourceData;
+        let partial_of = |tables: &SharedTables| {
+            let data = SourceData::Orders(tables.clone());
+            let inputs = StageInputs {
+                sources: vec![("orders", &data)],
+                upstream: Vec::new(),
+            };
+            stage.partial(&inputs).unwrap()
+        };
+        let whole = stage.merge(vec![partial_of(shared)]).unwrap();
+        let parts: Vec<Partial> = split(shared, shards).unwrap().iter().map(partial_of).collect();
+        let merged = stage.merge(parts).unwrap();
+        assert_eq!(merged.len(), whole.len());
+        for (a, b) in merged.iter().zip(&whole) {
+            assert!(a.equals_missing(b), "{shards} shards:\n{a}\nwhole:\n{b}");
+        }
+        let (a, b) = (
+            stage.finalize(merged, shared.as_of).unwrap(),
+            stage.finalize(whole, shared.as_of).unwrap(),
+        );
+        for (a, b) in a.iter().zip(&b) {
+            assert!(a.equals_missing(b), "{shards} shards:\n{a}\nwhole:\n{b}");
+        }
+    }
+
+    /// Random orders: (customer, day, revenue in units with refunds, channel with none).
+    pub fn random_orders() -> impl proptest::strategy::Strategy<Value = Vec<(u32, i32, i64, u8)>> {
+        proptest::collection::vec((0u32..60, 0i32..545, -20i64..200, 0u8..4), 1..300)
+    }
+
+    #[test]
+    fn shards_hold_every_customer_once_with_their_days() {
+        let orders: Vec<(u32, i32, i64, u8)> = (0..200)
+            .map(|i| (i * 7 % 41, (i * 13 % 500) as i32, 5 + i64::from(i % 9), (i % 4) as u8))
+            .collect();
+        let shared = shared_of(&orders, 41);
+        let parts = split(&shared, 3).unwrap();
+        let customers: usize = parts.iter().map(|p| p.customer_facts.height()).sum();
+        assert_eq!(customers, shared.customer_facts.height());
+        let periods: usize = parts.iter().map(|p| p.customer_periods().unwrap().height()).sum();
+        assert_eq!(periods, shared.customer_periods().unwrap().height());
+        // A customer's shard is the same however the ids are held.
+        let ints = shard_of_ids(&Column::new("".into(), [1i64, 8, 15]), 4).unwrap();
+        let int32 = shard_of_ids(&Column::new("".into(), [1i32, 8, 15]), 4).unwrap();
+        assert_eq!(ints, int32);
+    }
+
+    #[test]
+    fn merging_adds_per_key_with_null_keys_of_their_own() {
+        let a = df! { "k" => [Some("x"), None, Some("y")], "n" => [1i64, 2, 3] }.unwrap();
+        let b = df! { "k" => [None, Some("x")], "n" => [10i64, 20] }.unwrap();
+        let merged = merge_sums(vec![a, b], &["k"]).unwrap();
+        let keys: Vec<Option<&str>> = merged.column("k").unwrap().str().unwrap().iter().collect();
+        assert_eq!(keys, [Some("x"), Some("y"), None]);
+        let sums: Vec<Option<i64>> = merged.column("n").unwrap().i64().unwrap().iter().collect();
+        assert_eq!(sums, [Some(21), Some(3), Some(12)]);
+    }
+}
