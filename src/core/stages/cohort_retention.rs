@@ -13,7 +13,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Partial, Sharded};
+use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::period::{to_days, Granularity, PeriodIndex};
 use crate::core::prepare::{self, SharedTables};
@@ -84,8 +84,13 @@ impl Sharded for CohortRetentionOptions {
         ])
     }
 
-    fn finalize(&self, merged: Partial, as_of: chrono::NaiveDate) -> Result<Vec<DataFrame>> {
-        Ok(vec![triangle(&merged, self.granularity, &self.dimensions, as_of)?])
+    fn finalize(&self, merged: Partial, as_of: chrono::NaiveDate) -> Result<Finalized> {
+        Ok(Finalized::tables(vec![triangle(
+            &merged,
+            self.granularity,
+            &self.dimensions,
+            as_of,
+        )?]))
     }
 }
 

@@ -5,11 +5,15 @@
 //! counts every answer, also from people who never purchased. `<stage>_customers` has one row
 //! per respondent: their answers, the last score (the latest answer; of answers at the same
 //! instant, the lower score) and its category.
+//!
+//! Sharded: answers go to the shard of their customer_id; a shard's partial is its answer
+//! counts per period, which add up; respondents are per-customer rows.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::core::input::SourceKind;
 use crate::core::period::{to_days, Granularity};
@@ -40,20 +44,31 @@ impl Stage for NpsOptions {
         false
     }
 
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let as_of = inputs.shared()?.as_of;
-        let (name, answers) = inputs
-            .sources
-            .iter()
-            .find_map(|(name, data)| Some((name, data.survey()?)))
-            .ok_or_else(|| anyhow::anyhow!("this stage needs a survey source"))?;
-        let answers = &answers.answers;
-        anyhow::ensure!(
-            answers.height() > 0,
-            "survey source `{name}` has no usable answer up to as_of {as_of}"
-        );
+        run_one_shard(self, inputs)
+    }
+}
+
+/// The survey source's answers among the inputs.
+fn answers<'a>(inputs: &'a StageInputs) -> Result<&'a DataFrame> {
+    inputs
+        .sources
+        .iter()
+        .find_map(|(_, data)| Some(&data.survey()?.answers))
+        .ok_or_else(|| anyhow::anyhow!("this stage needs a survey source"))
+}
+
+/// Sharded by the respondents' ids (answers of people who never purchased included): a shard's
+/// partial is its answer counts per period index; they add up; finalize lays out the periods.
+/// Respondents are per-customer rows.
+impl Sharded for NpsOptions {
+    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
         let index = self.granularity.index_expr(col("responded_on"));
-        let counts = answers
+        let counts = answers(inputs)?
             .clone()
             .lazy()
             .group_by([index.alias("index")])
@@ -64,6 +79,19 @@ impl Stage for NpsOptions {
                 category_count(col("score").lt_eq(lit(6))).alias("detractors"),
             ])
             .collect()?;
+        Ok(vec![counts])
+    }
+
+    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+        Ok(vec![merge_sums(tables_at(&parts, 0)?, &["index"])?])
+    }
+
+    fn finalize(&self, merged: Partial, as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let counts = merged.into_iter().next().context("no answer counts")?;
+        anyhow::ensure!(
+            counts.height() > 0,
+            "the survey source has no usable answer up to as_of {as_of}"
+        );
         let last = self.granularity.index_of(as_of);
         let first = counts.column("index")?.i32()?.min().unwrap_or(last).min(last);
         let dense =
@@ -102,8 +130,15 @@ impl Stage for NpsOptions {
                 col("nps"),
             ])
             .collect()?;
+        Ok(Finalized {
+            tables: vec![Some(periods), None],
+            globals: Vec::new(),
+        })
+    }
+
+    fn customer_rows(&self, inputs: &StageInputs, _globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
         let id_type = inputs.shared()?.customer_facts.column("customer_id")?.dtype().clone();
-        Ok(vec![periods, respondents(answers, &id_type)?])
+        Ok(vec![None, Some(respondents(answers(inputs)?, &id_type)?)])
     }
 }
 
@@ -140,4 +175,58 @@ fn respondents(answers: &DataFrame, id_type: &DataType) -> Result<DataFrame> {
         .with_column(col("customer_id").cast(id_type.clone()))
         .collect()?;
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::input::{InputStats, SurveyAnswers};
+    use crate::core::stages::shard::tests::{assert_merge_equal, random_orders, shared_of};
+    use crate::core::stages::shard::{shard_of_ids, split};
+    use crate::core::stages::SourceData;
+
+    /// Answers of customers 0..80 (ids as in `shared_of`: 7c + 1; some never purchased).
+    fn survey(answers: &[(u32, i32, i32)]) -> DataFrame {
+        let start = to_days(chrono::NaiveDate::from_ymd_opt(2023, 1, 1).unwrap());
+        let mut frame = df! {
+            "customer_id" => answers.iter().map(|a| i64::from(a.0) * 7 + 1).collect::<Vec<i64>>(),
+            "responded_ts" => answers.iter().map(|a| i64::from(a.1 / 2)).collect::<Vec<i64>>(),
+            "score" => answers.iter().map(|a| a.2).collect::<Vec<i32>>(),
+            "responded_on" => answers.iter().map(|a| start + a.1).collect::<Vec<i32>>(),
+        }
+        .unwrap();
+        let dates = frame.column("responded_on").unwrap().cast(&DataType::Date).unwrap();
+        frame.with_column(dates).unwrap();
+        frame
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Answers split with the customers by the same hash merge to the whole's counts and
+        /// periods, and the respondents of the shards are the whole's.
+        #[test]
+        fn shards_merge_to_the_whole(
+            orders in random_orders(),
+            given in proptest::collection::vec((0u32..80, 0i32..545, 0i32..11), 1..120),
+            shards in 1usize..5,
+        ) {
+            let shared = shared_of(&orders, 60);
+            let answers = survey(&given);
+            let of = |frame: DataFrame| SourceData::Survey(SurveyAnswers { answers: frame, stats: InputStats::default() });
+            let whole = [("orders", SourceData::Orders(shared.clone())), ("survey", of(answers.clone()))];
+            let shard_of = shard_of_ids(answers.column("customer_id").unwrap(), shards).unwrap();
+            let parts: Vec<Vec<(&str, SourceData)>> = split(&shared, shards)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+                .map(|(shard, tables)| {
+                    let mask: BooleanChunked = shard_of.iter().map(|&s| s == shard as u32).collect();
+                    vec![("orders", SourceData::Orders(tables)), ("survey", of(answers.filter(&mask).unwrap()))]
+                })
+                .collect();
+            let stage = NpsOptions { granularity: Granularity::Month };
+            assert_merge_equal(&stage, &whole, &parts, shared.as_of);
+        }
+    }
 }

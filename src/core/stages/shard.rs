@@ -32,15 +32,52 @@ pub trait Sharded: Send + Sync {
     /// The partials of all shards as one.
     fn merge(&self, parts: Vec<Partial>) -> Result<Partial>;
 
-    /// The stage's tables from the merged partial of every shard, for a run as of `as_of`.
-    fn finalize(&self, merged: Partial, as_of: NaiveDate) -> Result<Vec<DataFrame>>;
+    /// The stage's aggregate tables from the merged partial of every shard, for a run as of
+    /// `as_of`, and the global values its per-customer tables need.
+    fn finalize(&self, merged: Partial, as_of: NaiveDate) -> Result<Finalized>;
+
+    /// One shard's rows of the per-customer tables (`None` at the aggregate tables' places),
+    /// from its inputs and the finalized globals. The whole table is the shards' rows.
+    fn customer_rows(&self, _inputs: &StageInputs, _globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What finalize gives: the aggregate tables (`None` where a per-customer table goes), and the
+/// globals for `Sharded::customer_rows` (e.g. RFM cut points, fitted model parameters).
+pub struct Finalized {
+    pub tables: Vec<Option<DataFrame>>,
+    pub globals: Partial,
+}
+
+impl Finalized {
+    /// Aggregate tables only.
+    pub fn tables(tables: Vec<DataFrame>) -> Finalized {
+        Finalized {
+            tables: tables.into_iter().map(Some).collect(),
+            globals: Vec::new(),
+        }
+    }
 }
 
 /// A sharded stage's tables over one shard holding every customer: the single-machine run.
 pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
     let as_of = inputs.shared()?.as_of;
     let partial = stage.partial(inputs)?;
-    stage.finalize(stage.merge(vec![partial])?, as_of)
+    let finalized = stage.finalize(stage.merge(vec![partial])?, as_of)?;
+    let mut rows = stage.customer_rows(inputs, &finalized.globals)?;
+    rows.resize(finalized.tables.len(), None);
+    finalized
+        .tables
+        .into_iter()
+        .zip(rows)
+        .enumerate()
+        .map(|(index, (table, rows))| {
+            table
+                .or(rows)
+                .ok_or_else(|| anyhow::anyhow!("table {index} is neither aggregate nor per customer"))
+        })
+        .collect()
 }
 
 /// The `index`-th table of every partial, one frame each (for merging a kind's tables one by
@@ -160,6 +197,7 @@ pub fn split(shared: &SharedTables, shards: usize) -> Result<Vec<SharedTables>> 
 pub mod tests {
     use super::*;
     use crate::core::input::{InputStats, SourceOrders};
+    use crate::core::stages::SourceData;
 
     /// Shared tables of random orders: `(customer, day, revenue in units, channel)`, days
     /// counted from 2023-01-01, as of 2024-06-30.
@@ -188,32 +226,81 @@ pub mod tests {
         .unwrap()
     }
 
-    /// The stage's partials of `shards` shards merge to the merged partial of all customers,
-    /// and finalize to the same tables.
-    pub fn assert_shards_merge(stage: &dyn Sharded, shared: &SharedTables, shards: usize) {
-        use crate::core::stages::SourceData;
-        let partial_of = |tables: &SharedTables| {
-            let data = SourceData::Orders(tables.clone());
-            let inputs = StageInputs {
-                sources: vec![("orders", &data)],
-                upstream: Vec::new(),
-            };
-            stage.partial(&inputs).unwrap()
+    /// The stage's partials of the `shards` (each a list of named sources) merge to the
+    /// merged partial of `whole`, finalize to the same tables, and their per-customer rows,
+    /// put together and sorted by customer_id, are the whole's.
+    pub fn assert_merge_equal(
+        stage: &dyn Sharded,
+        whole: &[(&str, SourceData)],
+        shards: &[Vec<(&str, SourceData)>],
+        as_of: NaiveDate,
+    ) {
+        fn inputs<'a>(sources: &'a [(&'a str, SourceData)]) -> Vec<(&'a str, &'a SourceData)> {
+            sources.iter().map(|(name, data)| (*name, data)).collect()
+        }
+        let of = |sources: &[(&str, SourceData)]| {
+            stage
+                .partial(&StageInputs {
+                    sources: inputs(sources),
+                    upstream: Vec::new(),
+                })
+                .unwrap()
         };
-        let whole = stage.merge(vec![partial_of(shared)]).unwrap();
-        let parts: Vec<Partial> = split(shared, shards).unwrap().iter().map(partial_of).collect();
-        let merged = stage.merge(parts).unwrap();
-        assert_eq!(merged.len(), whole.len());
-        for (a, b) in merged.iter().zip(&whole) {
-            assert!(a.equals_missing(b), "{shards} shards:\n{a}\nwhole:\n{b}");
+        let whole_partial = stage.merge(vec![of(whole)]).unwrap();
+        let merged = stage.merge(shards.iter().map(|shard| of(shard)).collect()).unwrap();
+        let count = shards.len();
+        assert_eq!(merged.len(), whole_partial.len());
+        for (a, b) in merged.iter().zip(&whole_partial) {
+            assert!(a.equals_missing(b), "{count} shards:\n{a}\nwhole:\n{b}");
         }
         let (a, b) = (
-            stage.finalize(merged, shared.as_of).unwrap(),
-            stage.finalize(whole, shared.as_of).unwrap(),
+            stage.finalize(merged, as_of).unwrap(),
+            stage.finalize(whole_partial, as_of).unwrap(),
         );
-        for (a, b) in a.iter().zip(&b) {
-            assert!(a.equals_missing(b), "{shards} shards:\n{a}\nwhole:\n{b}");
+        for (a, b) in a.tables.iter().zip(&b.tables) {
+            match (a, b) {
+                (Some(a), Some(b)) => assert!(a.equals_missing(b), "{count} shards:\n{a}\nwhole:\n{b}"),
+                (None, None) => {}
+                _ => panic!("a table is aggregate in one and per customer in the other"),
+            }
         }
+        let rows_of = |sources: &[(&str, SourceData)], globals: &Partial| {
+            stage
+                .customer_rows(
+                    &StageInputs {
+                        sources: inputs(sources),
+                        upstream: Vec::new(),
+                    },
+                    globals,
+                )
+                .unwrap()
+        };
+        let whole_rows = rows_of(whole, &b.globals);
+        for (index, whole_table) in whole_rows.iter().enumerate() {
+            let Some(whole_table) = whole_table else { continue };
+            let parts: Vec<DataFrame> = shards
+                .iter()
+                .filter_map(|shard| rows_of(shard, &a.globals)[index].clone())
+                .collect();
+            let mut together = parts[0].clone();
+            for part in &parts[1..] {
+                together.vstack_mut(part).unwrap();
+            }
+            let sorted = |frame: &DataFrame| frame.sort(["customer_id"], SortMultipleOptions::default()).unwrap();
+            let (a, b) = (sorted(&together), sorted(whole_table));
+            assert!(a.equals_missing(&b), "{count} shards, table {index}:\n{a}\nwhole:\n{b}");
+        }
+    }
+
+    /// `assert_merge_equal` for a stage over one orders source, split into `shards`.
+    pub fn assert_shards_merge(stage: &dyn Sharded, shared: &SharedTables, shards: usize) {
+        let whole = [("orders", SourceData::Orders(shared.clone()))];
+        let parts: Vec<Vec<(&str, SourceData)>> = split(shared, shards)
+            .unwrap()
+            .into_iter()
+            .map(|tables| vec![("orders", SourceData::Orders(tables))])
+            .collect();
+        assert_merge_equal(stage, &whole, &parts, shared.as_of);
     }
 
     /// Random orders: (customer, day, revenue in units with refunds, channel with none).
