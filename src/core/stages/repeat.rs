@@ -4,11 +4,17 @@
 //! Purchase k's date comes from customer_periods (purchases per customer and day): the day on
 //! which the running count of purchases reaches k. Two purchases on one day make the second
 //! purchase 0 days after the first.
+//!
+//! Sharded: a shard's partial is its counts per cohort, a histogram of days to the second
+//! purchase per cohort, and per cohort and (purchases − 1) the sum of the days from first to
+//! last purchase; all add up. Quantiles come from the merged histogram (exact: the days are
+//! integers), and the mean days between purchases from the exact sums.
 
 use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
@@ -85,8 +91,35 @@ fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -
 }
 
 impl Stage for RepeatOptions {
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        repeat(inputs.shared()?, self)
+        run_one_shard(self, inputs)
+    }
+}
+
+impl Sharded for RepeatOptions {
+    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
+        let (first_cohort, tallies) = cohort_tallies(inputs.shared()?, self)?;
+        partial_of(first_cohort, tallies, self)
+    }
+
+    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+        Ok(vec![
+            merge_sums(tables_at(&parts, 0)?, &["cohort"])?,
+            merge_sums(tables_at(&parts, 1)?, &["cohort", "gap"])?,
+            merge_sums(tables_at(&parts, 2)?, &["cohort", "repeats"])?,
+        ])
+    }
+
+    fn finalize(&self, merged: Partial, _as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let rows = merged_rows(&merged, self)?;
+        Ok(Finalized::tables(vec![
+            summary(&rows, self)?,
+            transitions(&rows, self)?,
+        ]))
     }
 }
 
@@ -98,10 +131,13 @@ struct Tally {
     /// Per `within_days` window: customers observed that long, and those who repeated in it.
     observed: Vec<i64>,
     repeated: Vec<i64>,
-    /// Days from the first to the second purchase of each repeat customer.
+    /// Days from the first to the second purchase: each repeat customer's in the walk; after
+    /// `merged_rows`, each distinct value once, sorted, with its count in `gap_counts`.
     gaps: Vec<i32>,
-    /// Sum and count of (last − first) / (orders − 1) over repeat customers.
-    between_sum: f64,
+    gap_counts: Vec<i64>,
+    /// Per purchases − 1 of repeat customers, the sum of their days from first to last
+    /// purchase: Σ (last − first) / (orders − 1) is exact from it.
+    between: std::collections::BTreeMap<i64, i64>,
     between_count: i64,
     /// Per k = 1..=max_purchases: customers whose k-th purchase is on or before the cutoff, and
     /// those of them with a (k+1)-th purchase.
@@ -134,13 +170,62 @@ impl Tally {
             total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
         }
         self.gaps.extend_from_slice(&other.gaps);
-        self.between_sum += other.between_sum;
+        for (repeats, days) in &other.between {
+            *self.between.entry(*repeats).or_insert(0) += days;
+        }
         self.between_count += other.between_count;
+    }
+
+    /// The mean of (last − first) / (orders − 1) over repeat customers, from the exact sums.
+    fn mean_between(&self) -> Option<f64> {
+        let total: f64 = self
+            .between
+            .iter()
+            .map(|(&repeats, &days)| days as f64 / repeats as f64)
+            .sum();
+        (self.between_count > 0).then(|| total / self.between_count as f64)
     }
 }
 
-/// Linear-interpolated quantile of sorted values, as polars computes it: position
+/// Linear-interpolated quantile, as `quantile`, of the values `sorted` (ascending, distinct)
+/// each repeated `counts` times.
+fn histogram_quantile(sorted: &[i32], counts: &[i64], q: f64) -> Option<f64> {
+    let n: i64 = counts.iter().sum();
+    if n == 0 {
+        return None;
+    }
+    // The value at 0-based position `at` of the expanded list.
+    let value_at = |at: i64| -> f64 {
+        let mut seen = 0;
+        for (&value, &count) in sorted.iter().zip(counts) {
+            seen += count;
+            if at < seen {
+                return f64::from(value);
+            }
+        }
+        f64::from(*sorted.last().expect("n > 0"))
+    };
+    if n == 1 {
+        return Some(value_at(0));
+    }
+    let position = (n - 1) as f64 * q;
+    let (low, high) = (position as i64, position.ceil() as i64);
+    let lower = value_at(low);
+    if low == high {
+        return Some(lower);
+    }
+    let upper = value_at(high);
+    Some(if lower == upper {
+        lower
+    } else {
+        (position - low as f64) * (upper - lower) + lower
+    })
+}
+
+/// Linear-interpolated quantile of sorted values, as polars computes it (the reference
+/// `histogram_quantile` is held to): position
 /// (n − 1)·q, interpolated between its neighbours; `None` when there are no values.
+#[cfg(test)]
 fn quantile(sorted: &[i32], q: f64) -> Option<f64> {
     let (&first, n) = (sorted.first()?, sorted.len());
     if n == 1 {
@@ -207,7 +292,7 @@ impl Walk<'_> {
             }
             if repeat {
                 tally.gaps.push(kth[1] - first);
-                tally.between_sum += f64::from(self.last[customer] - first) / (orders - 1) as f64;
+                *tally.between.entry(orders - 1).or_insert(0) += i64::from(self.last[customer] - first);
                 tally.between_count += 1;
             }
             for k in 1..=steps.min(orders.max(0) as usize) {
@@ -221,7 +306,8 @@ impl Walk<'_> {
     }
 }
 
-pub fn repeat(shared: &SharedTables, options: &RepeatOptions) -> Result<Vec<DataFrame>> {
+/// The tallies of one shard's customers per cohort slot, and the first slot's cohort index.
+fn cohort_tallies(shared: &SharedTables, options: &RepeatOptions) -> Result<(i32, Vec<Tally>)> {
     use rayon::prelude::*;
     let (facts, periods) = (&shared.customer_facts, &shared.customer_periods()?);
     let first = day_values(facts, "first_purchase_date")?;
@@ -259,22 +345,133 @@ pub fn repeat(shared: &SharedTables, options: &RepeatOptions) -> Result<Vec<Data
             cohorts.iter_mut().zip(part).for_each(|(total, part)| total.add(part));
         }
     }
-    let mut overall = Tally::new(options);
-    cohorts.iter().for_each(|cohort| overall.add(cohort));
-    // Rows: overall (cohort null, when there are customers), then each cohort with customers.
-    let mut rows: Vec<(Option<i32>, Tally)> = Vec::new();
-    if overall.customers > 0 {
-        rows.push((None, overall));
+    Ok((first_cohort, cohorts))
+}
+
+/// The partial of one shard's tallies: `[counts, gaps, between]`. `counts`: cohort (index),
+/// customers, repeat_customers, observed_<w> and repeated_<w> per window, at_<k> and next_<k>
+/// per step, between_count; `gaps`: cohort, gap (days), customers; `between`: cohort, repeats
+/// (purchases − 1), days (Σ last − first). Cohorts without customers are left out.
+fn partial_of(first_cohort: i32, tallies: Vec<Tally>, options: &RepeatOptions) -> Result<Partial> {
+    let kept: Vec<(i32, Tally)> = tallies
+        .into_iter()
+        .enumerate()
+        .filter(|(_, tally)| tally.customers > 0)
+        .map(|(slot, tally)| (first_cohort + slot as i32, tally))
+        .collect();
+    let each = |name: String, f: &dyn Fn(&Tally) -> i64| {
+        Column::new(name.into(), kept.iter().map(|(_, t)| f(t)).collect::<Vec<i64>>())
+    };
+    let mut counts = vec![
+        Column::new("cohort".into(), kept.iter().map(|(c, _)| *c).collect::<Vec<i32>>()),
+        each("customers".into(), &|t| t.customers),
+        each("repeat_customers".into(), &|t| t.repeat_customers),
+        each("between_count".into(), &|t| t.between_count),
+    ];
+    for w in 0..options.within_days.len() {
+        counts.push(each(format!("observed_{w}"), &|t| t.observed[w]));
+        counts.push(each(format!("repeated_{w}"), &|t| t.repeated[w]));
     }
-    rows.extend(
+    for k in 0..options.max_purchases as usize {
+        counts.push(each(format!("at_{k}"), &|t| t.at[k]));
+        counts.push(each(format!("next_{k}"), &|t| t.next[k]));
+    }
+    let (mut gap_cohort, mut gap, mut gap_count) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut between_cohort, mut repeats, mut days) = (Vec::new(), Vec::new(), Vec::new());
+    for (cohort, mut tally) in kept.iter().cloned() {
+        tally.gaps.sort_unstable();
+        for run in tally.gaps.chunk_by(|a, b| a == b) {
+            gap_cohort.push(cohort);
+            gap.push(run[0]);
+            gap_count.push(run.len() as i64);
+        }
+        for (&r, &d) in &tally.between {
+            between_cohort.push(cohort);
+            repeats.push(r);
+            days.push(d);
+        }
+    }
+    Ok(vec![
+        DataFrame::new_infer_height(counts)?,
+        DataFrame::new_infer_height(vec![
+            Column::new("cohort".into(), gap_cohort),
+            Column::new("gap".into(), gap),
+            Column::new("customers".into(), gap_count),
+        ])?,
+        DataFrame::new_infer_height(vec![
+            Column::new("cohort".into(), between_cohort),
+            Column::new("repeats".into(), repeats),
+            Column::new("days".into(), days),
+        ])?,
+    ])
+}
+
+/// The summary rows from the merged partial: overall (cohort null, when there are customers),
+/// then each cohort, their gaps as a histogram.
+fn merged_rows(merged: &Partial, options: &RepeatOptions) -> Result<Vec<(Option<i32>, Tally)>> {
+    let (counts, gaps, between) = (&merged[0], &merged[1], &merged[2]);
+    let ints = |frame: &DataFrame, name: &str| -> Result<Vec<i64>> {
+        Ok(frame
+            .column(name)?
+            .cast(&DataType::Int64)?
+            .i64()?
+            .into_no_null_iter()
+            .collect())
+    };
+    let cohorts: Vec<i64> = ints(counts, "cohort")?;
+    let mut rows: Vec<(Option<i32>, Tally)> = Vec::new();
+    for (row, &cohort) in cohorts.iter().enumerate() {
+        let value = |name: &str| -> Result<i64> { Ok(counts.column(name)?.i64()?.get(row).unwrap_or(0)) };
+        let mut tally = Tally::new(options);
+        tally.customers = value("customers")?;
+        tally.repeat_customers = value("repeat_customers")?;
+        tally.between_count = value("between_count")?;
+        for w in 0..options.within_days.len() {
+            tally.observed[w] = value(&format!("observed_{w}"))?;
+            tally.repeated[w] = value(&format!("repeated_{w}"))?;
+        }
+        for k in 0..options.max_purchases as usize {
+            tally.at[k] = value(&format!("at_{k}"))?;
+            tally.next[k] = value(&format!("next_{k}"))?;
+        }
+        rows.push((Some(cohort as i32), tally));
+    }
+    // Gaps and spans, sorted by (cohort, value) in the merge: each cohort's come together.
+    let slot = |cohort: i64| {
         cohorts
-            .into_iter()
-            .enumerate()
-            .filter(|(_, tally)| tally.customers > 0)
-            .map(|(slot, tally)| (Some(first_cohort + slot as i32), tally)),
+            .binary_search(&cohort)
+            .map_err(|_| anyhow::anyhow!("cohort {cohort} without counts"))
+    };
+    let (gap_cohorts, gap_values, gap_counts) = (ints(gaps, "cohort")?, ints(gaps, "gap")?, ints(gaps, "customers")?);
+    for ((&cohort, &gap), &count) in gap_cohorts.iter().zip(&gap_values).zip(&gap_counts) {
+        let tally = &mut rows[slot(cohort)?].1;
+        tally.gaps.push(gap as i32);
+        tally.gap_counts.push(count);
+    }
+    let (between_cohorts, repeats, days) = (
+        ints(between, "cohort")?,
+        ints(between, "repeats")?,
+        ints(between, "days")?,
     );
-    rows.par_iter_mut().for_each(|(_, tally)| tally.gaps.sort_unstable());
-    Ok(vec![summary(&rows, options)?, transitions(&rows, options)?])
+    for ((&cohort, &r), &d) in between_cohorts.iter().zip(&repeats).zip(&days) {
+        *rows[slot(cohort)?].1.between.entry(r).or_insert(0) += d;
+    }
+    // Overall: the cohorts' counts added, their histograms merged.
+    let mut overall = Tally::new(options);
+    let mut histogram = std::collections::BTreeMap::<i32, i64>::new();
+    for (_, tally) in &rows {
+        let mut plain = tally.clone();
+        plain.gaps.clear();
+        overall.add(&plain);
+        for (&gap, &count) in tally.gaps.iter().zip(&tally.gap_counts) {
+            *histogram.entry(gap).or_insert(0) += count;
+        }
+    }
+    (overall.gaps, overall.gap_counts) = histogram.into_iter().unzip();
+    if overall.customers > 0 {
+        rows.insert(0, (None, overall));
+    }
+    Ok(rows)
 }
 
 fn ratio(part: i64, whole: i64) -> Option<f64> {
@@ -304,16 +501,21 @@ fn summary(rows: &[(Option<i32>, Tally)], options: &RepeatOptions) -> Result<Dat
         }));
     }
     columns.extend([
-        float("days_to_second_median".into(), &|t| quantile(&t.gaps, 0.5)),
-        float("days_to_second_p25".into(), &|t| quantile(&t.gaps, 0.25)),
-        float("days_to_second_p75".into(), &|t| quantile(&t.gaps, 0.75)),
+        float("days_to_second_median".into(), &|t| {
+            histogram_quantile(&t.gaps, &t.gap_counts, 0.5)
+        }),
+        float("days_to_second_p25".into(), &|t| {
+            histogram_quantile(&t.gaps, &t.gap_counts, 0.25)
+        }),
+        float("days_to_second_p75".into(), &|t| {
+            histogram_quantile(&t.gaps, &t.gap_counts, 0.75)
+        }),
         float("days_to_second_mean".into(), &|t| {
-            let sum: i64 = t.gaps.iter().map(|&g| i64::from(g)).sum();
-            (!t.gaps.is_empty()).then(|| sum as f64 / t.gaps.len() as f64)
+            let n: i64 = t.gap_counts.iter().sum();
+            let sum: i64 = t.gaps.iter().zip(&t.gap_counts).map(|(&g, &c)| i64::from(g) * c).sum();
+            (n > 0).then(|| sum as f64 / n as f64)
         }),
-        float("mean_days_between_purchases".into(), &|t| {
-            (t.between_count > 0).then(|| t.between_sum / t.between_count as f64)
-        }),
+        float("mean_days_between_purchases".into(), &|t| t.mean_between()),
     ]);
     Ok(DataFrame::new_infer_height(columns)?)
 }
@@ -353,4 +555,41 @@ fn cohort_column(rows: &[(Option<i32>, Tally)], granularity: Granularity) -> Res
         .map(|(index, _)| index.map(|i| to_days(granularity.start_of(i))))
         .collect();
     Ok(Column::new("cohort".into(), dates).cast(&DataType::Date)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stages::shard::tests::{assert_shards_merge, random_orders, shared_of};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any split of the customers into shards merges to the whole's partial and tables.
+        #[test]
+        fn shards_merge_to_the_whole(orders in random_orders(), shards in 1usize..6, weekly: bool) {
+            let stage = RepeatOptions {
+                cohort_granularity: if weekly { Granularity::Week } else { Granularity::Month },
+                within_days: vec![30, 90],
+                max_purchases: 3,
+                min_observation_days: 60,
+            };
+            assert_shards_merge(&stage, &shared_of(&orders, 60), shards);
+        }
+
+        /// Quantiles of a histogram equal those of the values it counts.
+        #[test]
+        fn histogram_quantiles_are_the_quantiles_of_the_values(
+            mut values in proptest::collection::vec(0i32..40, 0..60),
+            q in 0.0f64..=1.0,
+        ) {
+            values.sort_unstable();
+            let (mut distinct, mut counts) = (Vec::new(), Vec::new());
+            for run in values.chunk_by(|a, b| a == b) {
+                distinct.push(run[0]);
+                counts.push(run.len() as i64);
+            }
+            proptest::prop_assert_eq!(histogram_quantile(&distinct, &counts, q), quantile(&values, q));
+        }
+    }
 }
