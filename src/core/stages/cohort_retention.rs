@@ -304,24 +304,22 @@ fn triangle(
     let cohorts = sizes.column("cohort")?.i32()?;
     let counts = sizes.column("cohort_customers")?.i64()?;
     // The cells of each (group, cohort) come together, in period order (merged sorted by keys):
-    // a group is the row of `sizes` with the same dimension values and cohort.
-    let group_of = |frame: &DataFrame| -> Result<Vec<Vec<AnyValue<'static>>>> {
-        let columns: Vec<&Column> = dimensions
+    // a group is the row of `sizes` with the same dimension values (text) and cohort.
+    let text_columns = |frame: &DataFrame| -> Result<Vec<StringChunked>> {
+        dimensions
             .iter()
-            .map(|d| frame.column(d.as_str()))
-            .chain([frame.column("cohort")])
-            .collect::<PolarsResult<_>>()?;
-        Ok((0..frame.height())
-            .map(|row| {
-                columns
-                    .iter()
-                    .map(|c| c.get(row).map(|v| v.into_static()))
-                    .collect::<PolarsResult<Vec<_>>>()
-            })
-            .collect::<PolarsResult<_>>()?)
+            .map(|d| Ok(frame.column(d.as_str())?.cast(&DataType::String)?.str()?.clone()))
+            .collect()
     };
-    let size_keys = group_of(sizes)?;
-    let cell_keys = group_of(cells)?;
+    let (size_text, cell_text) = (text_columns(sizes)?, text_columns(cells)?);
+    let cell_cohorts = cells.column("cohort")?.i32()?;
+    let same_group = |row: usize, cell: usize| -> bool {
+        cell_cohorts.get(cell) == cohorts.get(row)
+            && size_text
+                .iter()
+                .zip(&cell_text)
+                .all(|(size, cell_values)| size.get(row) == cell_values.get(cell))
+    };
     let cell_period = cells.column("period_index")?.i32()?;
     let cell_value = |name: &str| -> Result<Vec<i64>> { Ok(cells.column(name)?.i64()?.into_no_null_iter().collect()) };
     let (cell_active, cell_orders, cell_revenue, cell_last) = (
@@ -333,11 +331,11 @@ fn triangle(
     let mut table = Rows::default();
     let mut take: Vec<IdxSize> = Vec::new();
     let mut next_cell = 0;
-    for (row, key) in size_keys.iter().enumerate() {
+    for row in 0..sizes.height() {
         let (c, size) = (cohorts.get(row).unwrap_or(0), counts.get(row).unwrap_or(0));
         let n = (as_of_index - c).max(0) as usize + 1;
         let mut values = vec![[0i64; 4]; n];
-        while next_cell < cell_keys.len() && &cell_keys[next_cell] == key {
+        while next_cell < cells.height() && same_group(row, next_cell) {
             let p = cell_period.get(next_cell).unwrap_or(0) as usize;
             if p < n {
                 values[p] = [

@@ -6,6 +6,11 @@
 //! `active_days` ago), `at_risk` (≤ `churn_days` ago), `churned`. The state walk is plain Rust
 //! over each customer's sorted purchase days (one pass per customer, customers in parallel):
 //! O(purchase days + snapshots) per customer.
+//!
+//! Sharded: a shard's partial is its tallies per snapshot period (stage counts, start, end,
+//! retained, and customers churned for good from a period on), which add up; finalize lays out
+//! the snapshots from the first acquisition and counts the settled customers as churned in every
+//! later one. A customer's stage at as_of is per-customer: it needs its own days only.
 
 use anyhow::Result;
 use chrono::NaiveDate;
@@ -13,6 +18,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::options::TableReader;
@@ -95,10 +101,81 @@ pub fn report(reader: &TableReader, errors: Vec<(&'static str, String)>, diagnos
 }
 
 impl Stage for LifecycleOptions {
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        run_one_shard(self, inputs)
+    }
+}
+
+/// The tally columns of a partial, in `Tally` order: the five stages, then start, end,
+/// retained, settled.
+const TALLY_COLUMNS: [&str; 9] = [
+    "new",
+    "reactivated",
+    "active",
+    "at_risk",
+    "churned",
+    "start",
+    "end",
+    "retained",
+    "settled",
+];
+
+impl Sharded for LifecycleOptions {
+    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
         let shared = inputs.shared()?;
-        let result = lifecycle(shared, self)?;
-        Ok(vec![result.snapshots, result.customers])
+        let (windows, tallies, _) = walk_unsettled(shared, self, false)?;
+        let period = self.granularity.index_of(from_days(windows[0].0));
+        let mut columns = vec![Column::new(
+            "period".into(),
+            (period..period + windows.len() as i32).collect::<Vec<i32>>(),
+        )];
+        for (c, name) in TALLY_COLUMNS.iter().enumerate() {
+            let values: Vec<i64> = tallies.iter().map(|t| t.values()[c] as i64).collect();
+            columns.push(Column::new((*name).into(), values));
+        }
+        Ok(vec![DataFrame::new_infer_height(columns)?])
+    }
+
+    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+        Ok(vec![merge_sums(tables_at(&parts, 0)?, &["period"])?])
+    }
+
+    fn finalize(&self, merged: Partial, as_of: NaiveDate) -> Result<Finalized> {
+        let counts = &merged[0];
+        let periods: Vec<i32> = counts.column("period")?.i32()?.into_no_null_iter().collect();
+        // Snapshots from the first period with a customer (the shards' walks start at their own
+        // first acquisition: their leading periods count nothing).
+        let columns: Vec<Vec<i64>> = TALLY_COLUMNS
+            .iter()
+            .map(|name| Ok(counts.column(name)?.i64()?.into_no_null_iter().collect()))
+            .collect::<Result<_>>()?;
+        let first = (0..periods.len())
+            .find(|&row| columns.iter().any(|values| values[row] != 0))
+            .map(|row| periods[row])
+            .unwrap_or(self.granularity.index_of(as_of));
+        let windows = windows(self.granularity.start_of(first).min(as_of), as_of, self.granularity);
+        let mut tallies = vec![Tally::default(); windows.len()];
+        for (row, &period) in periods.iter().enumerate() {
+            if let Some(tally) = usize::try_from(period - first).ok().and_then(|w| tallies.get_mut(w)) {
+                let values: [u64; 9] = std::array::from_fn(|c| columns[c][row] as u64);
+                tally.add(&Tally::from_values(values));
+            }
+        }
+        settle(&mut tallies);
+        Ok(Finalized {
+            tables: vec![Some(snapshots(&windows, &tallies)?), None],
+            globals: Vec::new(),
+        })
+    }
+
+    fn customer_rows(&self, inputs: &StageInputs, _globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
+        let shared = inputs.shared()?;
+        let (_, _, stages) = walk_unsettled(shared, self, true)?;
+        Ok(vec![None, Some(customers_table(shared, &stages)?)])
     }
 }
 
@@ -115,6 +192,33 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// The counts in `TALLY_COLUMNS` order.
+    fn values(&self) -> [u64; 9] {
+        let [new, reactivated, active, at_risk, churned] = self.stages;
+        [
+            new,
+            reactivated,
+            active,
+            at_risk,
+            churned,
+            self.start,
+            self.end,
+            self.retained,
+            self.settled,
+        ]
+    }
+
+    fn from_values(values: [u64; 9]) -> Tally {
+        let [new, reactivated, active, at_risk, churned, start, end, retained, settled] = values;
+        Tally {
+            stages: [new, reactivated, active, at_risk, churned],
+            start,
+            end,
+            retained,
+            settled,
+        }
+    }
+
     fn add(&mut self, other: &Tally) {
         self.stages
             .iter_mut()
@@ -134,13 +238,6 @@ pub fn settle(tallies: &mut [Tally]) {
         settled += std::mem::take(&mut tally.settled);
         tally.stages[CHURNED] += settled;
     }
-}
-
-pub struct Lifecycle {
-    pub snapshots: DataFrame,
-    pub customers: DataFrame,
-    /// (snapshot date, crr) in order, crr `None` when nobody was un-churned at the start.
-    pub crr: Vec<(NaiveDate, Option<f64>)>,
 }
 
 /// Snapshot windows: (period start, snapshot date) from the first acquisition to as_of.
@@ -235,6 +332,22 @@ impl Walked {
 /// Walk every customer's purchase days (customer_periods rows with a purchase), customers in
 /// parallel chunks of fixed size.
 pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked> {
+    let (windows, mut tallies, stages) = walk_unsettled(shared, options, true)?;
+    settle(&mut tallies);
+    Ok(Walked {
+        windows,
+        tallies,
+        stages,
+    })
+}
+
+/// The walk's windows (from these customers' first acquisition to as_of), tallies before
+/// `settle`, and each customer's stage code at as_of (when `with_stages`).
+fn walk_unsettled(
+    shared: &SharedTables,
+    options: &LifecycleOptions,
+    with_stages: bool,
+) -> Result<(Vec<(i32, i32)>, Vec<Tally>, Vec<u8>)> {
     let periods = &shared.customer_periods()?;
     let keys = values::<UInt32Type>(periods, "customer_key")?;
     let dates = day_values(periods, "date")?;
@@ -265,7 +378,9 @@ pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
                 } else {
                     walk_customer(&days, &windows, options, &mut tallies)
                 };
-                stages.push(stage as u8);
+                if with_stages {
+                    stages.push(stage as u8);
+                }
             }
             (tallies, stages)
         })
@@ -279,29 +394,21 @@ pub fn walk(shared: &SharedTables, options: &LifecycleOptions) -> Result<Walked>
             .for_each(|(total, part)| total.add(part));
         stages.extend_from_slice(chunk_stages);
     }
-    settle(&mut tallies);
     tracing::debug!(
         "lifecycle: {customers} customers walked ({:?}, active {} d, churn {} d)",
         options.granularity,
         options.active_days,
         options.churn_days
     );
-    Ok(Walked {
-        windows,
-        tallies,
-        stages,
-    })
+    Ok((windows, tallies, stages))
 }
 
-/// Snapshots and per-customer stages from the shared tables.
-pub fn lifecycle(shared: &SharedTables, options: &LifecycleOptions) -> Result<Lifecycle> {
-    let walked = walk(shared, options)?;
-    let crr = walked.crr();
-    let Walked {
-        windows,
-        tallies,
-        stages,
-    } = &walked;
+/// The snapshots table of settled tallies.
+fn snapshots(windows: &[(i32, i32)], tallies: &[Tally]) -> Result<DataFrame> {
+    let crr: Vec<Option<f64>> = tallies
+        .iter()
+        .map(|t| (t.start > 0).then(|| t.retained as f64 / t.start as f64))
+        .collect();
     let count = |f: &dyn Fn(&Tally) -> u64| tallies.iter().map(|t| f(t) as i64).collect::<Vec<i64>>();
     let mut columns = vec![
         Column::new("snapshot_date".into(), windows.iter().map(|w| w.1).collect::<Vec<_>>()).cast(&DataType::Date)?,
@@ -315,17 +422,21 @@ pub fn lifecycle(shared: &SharedTables, options: &LifecycleOptions) -> Result<Li
         Column::new("end_customers".into(), count(&|t| t.end)),
         Column::new("new_customers".into(), count(&|t| t.stages[NEW])),
         Column::new("retained_customers".into(), count(&|t| t.retained)),
-        Column::new("crr".into(), crr.iter().map(|c| c.1).collect::<Vec<_>>()),
+        Column::new("crr".into(), crr.clone()),
         Column::new(
             "churn_rate".into(),
-            crr.iter().map(|c| c.1.map(|v| 1.0 - v)).collect::<Vec<_>>(),
+            crr.iter().map(|c| c.map(|v| 1.0 - v)).collect::<Vec<_>>(),
         ),
     ]);
-    let snapshots = DataFrame::new_infer_height(columns)?;
+    Ok(DataFrame::new_infer_height(columns)?)
+}
 
+/// Each customer's stage at as_of (codes in customer_key order) and days since the last
+/// purchase.
+fn customers_table(shared: &SharedTables, stages: &[u8]) -> Result<DataFrame> {
     let as_of_days = to_days(shared.as_of) as i64;
     let stage_codes = IdxCa::from_vec("".into(), stages.par_iter().map(|&s| IdxSize::from(s)).collect());
-    let customers_table = shared
+    Ok(shared
         .customer_facts
         .clone()
         .lazy()
@@ -338,12 +449,7 @@ pub fn lifecycle(shared: &SharedTables, options: &LifecycleOptions) -> Result<Li
             (lit(as_of_days) - col("last_purchase_date").cast(DataType::Int32).cast(DataType::Int64))
                 .alias("days_since_last_purchase"),
         ])
-        .collect()?;
-    Ok(Lifecycle {
-        snapshots,
-        customers: customers_table,
-        crr,
-    })
+        .collect()?)
 }
 
 #[cfg(test)]
@@ -511,6 +617,28 @@ mod tests {
                 settle(&mut all);
                 assert_eq!(all, expected);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+    use crate::core::stages::shard::tests::{assert_shards_merge, random_orders, shared_of};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any split of the customers into shards merges to the whole's tallies, snapshots and
+        /// per-customer stages.
+        #[test]
+        fn shards_merge_to_the_whole(orders in random_orders(), shards in 1usize..6, weekly: bool) {
+            let stage = LifecycleOptions {
+                granularity: if weekly { Granularity::Week } else { Granularity::Month },
+                active_days: 30,
+                churn_days: 90,
+            };
+            assert_shards_merge(&stage, &shared_of(&orders, 60), shards);
         }
     }
 }

@@ -95,8 +95,17 @@ pub fn tables_at(parts: &[Partial], index: usize) -> Result<Vec<DataFrame>> {
 
 /// Frames with the same columns as one: every other column summed per distinct `keys` (a null
 /// key is a value of its own), sorted by the keys (nulls last). Integer sums, so exact whatever
-/// the order of the frames.
-pub fn merge_sums(frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFrame> {
+/// the order of the frames. A partial has one row per key, so one frame is only sorted.
+pub fn merge_sums(mut frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFrame> {
+    if frames.len() == 1 {
+        let sorted = frames.pop().expect("one frame").sort(
+            keys.iter().copied(),
+            SortMultipleOptions::default()
+                .with_nulls_last(true)
+                .with_maintain_order(true),
+        )?;
+        return Ok(sorted);
+    }
     let first = frames.first().ok_or_else(|| anyhow::anyhow!("nothing to merge"))?;
     let sums: Vec<Expr> = first
         .get_column_names()
