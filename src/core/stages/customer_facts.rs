@@ -1,8 +1,10 @@
-//! `customer_facts`: the shared per-customer table, written as an output.
+//! `customer_facts`: the shared per-customer table, written as an output. Sharded: per customer
+//! only, each shard's rows.
 
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{run_one_shard, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 
 /// `kind = "customer_facts"` has no options of its own.
@@ -28,11 +30,53 @@ impl Stage for CustomerFactsOptions {
         false
     }
 
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>> {
+        run_one_shard(self, inputs)
+    }
+}
+
+/// Per customer only: no partial, each shard's rows.
+impl Sharded for CustomerFactsOptions {
+    fn partial(&self, _inputs: &StageInputs) -> anyhow::Result<Partial> {
+        Ok(Vec::new())
+    }
+
+    fn merge(&self, _parts: Vec<Partial>) -> anyhow::Result<Partial> {
+        Ok(Vec::new())
+    }
+
+    fn finalize(&self, _merged: Partial, _as_of: chrono::NaiveDate) -> anyhow::Result<Finalized> {
+        Ok(Finalized {
+            tables: vec![None],
+            globals: Vec::new(),
+        })
+    }
+
+    fn customer_rows(&self, inputs: &StageInputs, _globals: &Partial) -> anyhow::Result<Vec<Option<DataFrame>>> {
         let facts = inputs
             .shared()?
             .customer_facts
             .drop_many(["customer_key", "revenue_micros", "cost_micros"]);
-        Ok(vec![facts])
+        Ok(vec![Some(facts)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stages::shard::tests::{assert_shards_merge, random_orders, shared_of};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// The shards' rows are the whole's.
+        #[test]
+        fn shards_hold_the_whole_table(orders in random_orders(), shards in 1usize..6) {
+            assert_shards_merge(&CustomerFactsOptions {}, &shared_of(&orders, 60), shards);
+        }
     }
 }
