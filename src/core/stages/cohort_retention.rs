@@ -71,11 +71,11 @@ impl Stage for CohortRetentionOptions {
 }
 
 impl Sharded for CohortRetentionOptions {
-    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
+    fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
         cohort_cells(inputs.shared()?, self.granularity, &self.dimensions)
     }
 
-    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+    fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {
         let keys: Vec<&str> = self.dimensions.iter().map(String::as_str).chain(["cohort"]).collect();
         let cell_keys: Vec<&str> = keys.iter().copied().chain(["period_index"]).collect();
         Ok(vec![
@@ -84,7 +84,8 @@ impl Sharded for CohortRetentionOptions {
         ])
     }
 
-    fn finalize(&self, merged: Partial, as_of: chrono::NaiveDate) -> Result<Finalized> {
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let merged = super::shard::only_pass(merged)?;
         Ok(Finalized::tables(vec![triangle(
             &merged,
             self.granularity,

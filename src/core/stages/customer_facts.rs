@@ -41,15 +41,20 @@ impl Stage for CustomerFactsOptions {
 
 /// Per customer only: no partial, each shard's rows.
 impl Sharded for CustomerFactsOptions {
-    fn partial(&self, _inputs: &StageInputs) -> anyhow::Result<Partial> {
+    fn partial(&self, _inputs: &StageInputs, _earlier: &[Partial]) -> anyhow::Result<Partial> {
         Ok(Vec::new())
     }
 
-    fn merge(&self, _parts: Vec<Partial>) -> anyhow::Result<Partial> {
+    fn merge(&self, _pass: usize, _parts: Vec<Partial>) -> anyhow::Result<Partial> {
         Ok(Vec::new())
     }
 
-    fn finalize(&self, _merged: Partial, _as_of: chrono::NaiveDate) -> anyhow::Result<Finalized> {
+    fn finalize(
+        &self,
+        _merged: Vec<Partial>,
+        _whole: &StageInputs,
+        _as_of: chrono::NaiveDate,
+    ) -> anyhow::Result<Finalized> {
         Ok(Finalized {
             tables: vec![None],
             globals: Vec::new(),

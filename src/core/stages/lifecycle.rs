@@ -125,7 +125,7 @@ const TALLY_COLUMNS: [&str; 9] = [
 ];
 
 impl Sharded for LifecycleOptions {
-    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
+    fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
         let shared = inputs.shared()?;
         let (windows, tallies, _) = walk_unsettled(shared, self, false)?;
         let period = self.granularity.index_of(from_days(windows[0].0));
@@ -140,11 +140,12 @@ impl Sharded for LifecycleOptions {
         Ok(vec![DataFrame::new_infer_height(columns)?])
     }
 
-    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+    fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {
         Ok(vec![merge_sums(tables_at(&parts, 0)?, &["period"])?])
     }
 
-    fn finalize(&self, merged: Partial, as_of: NaiveDate) -> Result<Finalized> {
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, as_of: NaiveDate) -> Result<Finalized> {
+        let merged = super::shard::only_pass(merged)?;
         let counts = &merged[0];
         let periods: Vec<i32> = counts.column("period")?.i32()?.into_no_null_iter().collect();
         // Snapshots from the first period with a customer (the shards' walks start at their own

@@ -66,7 +66,7 @@ fn answers<'a>(inputs: &'a StageInputs) -> Result<&'a DataFrame> {
 /// partial is its answer counts per period index; they add up; finalize lays out the periods.
 /// Respondents are per-customer rows.
 impl Sharded for NpsOptions {
-    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
+    fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
         let index = self.granularity.index_expr(col("responded_on"));
         let counts = answers(inputs)?
             .clone()
@@ -82,11 +82,12 @@ impl Sharded for NpsOptions {
         Ok(vec![counts])
     }
 
-    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+    fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {
         Ok(vec![merge_sums(tables_at(&parts, 0)?, &["index"])?])
     }
 
-    fn finalize(&self, merged: Partial, as_of: chrono::NaiveDate) -> Result<Finalized> {
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let merged = super::shard::only_pass(merged)?;
         let counts = merged.into_iter().next().context("no answer counts")?;
         anyhow::ensure!(
             counts.height() > 0,

@@ -101,12 +101,12 @@ impl Stage for RepeatOptions {
 }
 
 impl Sharded for RepeatOptions {
-    fn partial(&self, inputs: &StageInputs) -> Result<Partial> {
+    fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
         let (first_cohort, tallies) = cohort_tallies(inputs.shared()?, self)?;
         partial_of(first_cohort, tallies, self)
     }
 
-    fn merge(&self, parts: Vec<Partial>) -> Result<Partial> {
+    fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {
         Ok(vec![
             merge_sums(tables_at(&parts, 0)?, &["cohort"])?,
             merge_sums(tables_at(&parts, 1)?, &["cohort", "gap"])?,
@@ -114,7 +114,8 @@ impl Sharded for RepeatOptions {
         ])
     }
 
-    fn finalize(&self, merged: Partial, _as_of: chrono::NaiveDate) -> Result<Finalized> {
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, _as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let merged = super::shard::only_pass(merged)?;
         let rows = merged_rows(&merged, self)?;
         Ok(Finalized::tables(vec![
             summary(&rows, self)?,

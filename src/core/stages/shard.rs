@@ -26,15 +26,24 @@ pub type Partial = Vec<DataFrame>;
 
 /// A stage kind's work over customer shards.
 pub trait Sharded: Send + Sync {
-    /// The partial of one shard's inputs.
-    fn partial(&self, inputs: &StageInputs) -> Result<Partial>;
+    /// Passes over the shards before finalize (default 1). A later pass's partials may use the
+    /// merged partials of the passes before, e.g. to select exact order statistics in two.
+    fn passes(&self) -> usize {
+        1
+    }
 
-    /// The partials of all shards as one.
-    fn merge(&self, parts: Vec<Partial>) -> Result<Partial>;
+    /// The partial of one shard's inputs in pass `earlier.len()`, `earlier` the merged partials
+    /// of the passes before.
+    fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial>;
 
-    /// The stage's aggregate tables from the merged partial of every shard, for a run as of
-    /// `as_of`, and the global values its per-customer tables need.
-    fn finalize(&self, merged: Partial, as_of: NaiveDate) -> Result<Finalized>;
+    /// The partials of all shards in `pass` as one.
+    fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial>;
+
+    /// The stage's aggregate tables from the merged partials of every pass, for a run as of
+    /// `as_of`, and the global values its per-customer tables need. `whole` holds what is not
+    /// split by customer: sources read whole (spend) and the upstream stages' aggregate
+    /// tables; it must not be read for customers.
+    fn finalize(&self, merged: Vec<Partial>, whole: &StageInputs, as_of: NaiveDate) -> Result<Finalized>;
 
     /// One shard's rows of the per-customer tables (`None` at the aggregate tables' places),
     /// from its inputs and the finalized globals. The whole table is the shards' rows.
@@ -63,8 +72,12 @@ impl Finalized {
 /// A sharded stage's tables over one shard holding every customer: the single-machine run.
 pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
     let as_of = inputs.shared()?.as_of;
-    let partial = stage.partial(inputs)?;
-    let finalized = stage.finalize(stage.merge(vec![partial])?, as_of)?;
+    let mut merged = Vec::new();
+    for pass in 0..stage.passes() {
+        let partial = stage.partial(inputs, &merged)?;
+        merged.push(stage.merge(pass, vec![partial])?);
+    }
+    let finalized = stage.finalize(merged, inputs, as_of)?;
     let mut rows = stage.customer_rows(inputs, &finalized.globals)?;
     rows.resize(finalized.tables.len(), None);
     finalized
@@ -78,6 +91,14 @@ pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<Da
                 .ok_or_else(|| anyhow::anyhow!("table {index} is neither aggregate nor per customer"))
         })
         .collect()
+}
+
+/// The merged partial of a one-pass kind.
+pub fn only_pass(merged: Vec<Partial>) -> Result<Partial> {
+    merged
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no merged partial"))
 }
 
 /// The `index`-th table of every partial, one frame each (for merging a kind's tables one by
@@ -247,28 +268,41 @@ pub mod tests {
         fn inputs<'a>(sources: &'a [(&'a str, SourceData)]) -> Vec<(&'a str, &'a SourceData)> {
             sources.iter().map(|(name, data)| (*name, data)).collect()
         }
-        let of = |sources: &[(&str, SourceData)]| {
+        let of = |sources: &[(&str, SourceData)], earlier: &[Partial]| {
             stage
-                .partial(&StageInputs {
-                    sources: inputs(sources),
-                    upstream: Vec::new(),
-                })
+                .partial(
+                    &StageInputs {
+                        sources: inputs(sources),
+                        upstream: Vec::new(),
+                    },
+                    earlier,
+                )
                 .unwrap()
         };
-        let whole_partial = stage.merge(vec![of(whole)]).unwrap();
-        let merged = stage.merge(shards.iter().map(|shard| of(shard)).collect()).unwrap();
         let count = shards.len();
-        assert_eq!(merged.len(), whole_partial.len());
-        for (a, b) in merged.iter().zip(&whole_partial) {
-            assert!(a.equals_missing(b), "{count} shards:\n{a}\nwhole:\n{b}");
+        let (mut whole_merged, mut merged) = (Vec::new(), Vec::new());
+        for pass in 0..stage.passes() {
+            let whole_partial = stage.merge(pass, vec![of(whole, &whole_merged)]).unwrap();
+            let parts = shards.iter().map(|shard| of(shard, &merged)).collect();
+            let pass_merged = stage.merge(pass, parts).unwrap();
+            assert_eq!(pass_merged.len(), whole_partial.len());
+            for (a, b) in pass_merged.iter().zip(&whole_partial) {
+                assert_frames_equal(a, b, &format!("{count} shards, pass {pass}"));
+            }
+            whole_merged.push(whole_partial);
+            merged.push(pass_merged);
         }
+        let context = StageInputs {
+            sources: inputs(whole),
+            upstream: Vec::new(),
+        };
         let (a, b) = (
-            stage.finalize(merged, as_of).unwrap(),
-            stage.finalize(whole_partial, as_of).unwrap(),
+            stage.finalize(merged, &context, as_of).unwrap(),
+            stage.finalize(whole_merged, &context, as_of).unwrap(),
         );
         for (a, b) in a.tables.iter().zip(&b.tables) {
             match (a, b) {
-                (Some(a), Some(b)) => assert!(a.equals_missing(b), "{count} shards:\n{a}\nwhole:\n{b}"),
+                (Some(a), Some(b)) => assert_frames_equal(a, b, &format!("{count} shards")),
                 (None, None) => {}
                 _ => panic!("a table is aggregate in one and per customer in the other"),
             }
@@ -297,7 +331,30 @@ pub mod tests {
             }
             let sorted = |frame: &DataFrame| frame.sort(["customer_id"], SortMultipleOptions::default()).unwrap();
             let (a, b) = (sorted(&together), sorted(whole_table));
-            assert!(a.equals_missing(&b), "{count} shards, table {index}:\n{a}\nwhole:\n{b}");
+            assert_frames_equal(&a, &b, &format!("{count} shards, table {index}"));
+        }
+    }
+
+    /// The same columns and rows: integers, text and dates exactly, doubles to 1e-12 relative
+    /// (a sum of doubles depends on the order of its terms).
+    pub fn assert_frames_equal(a: &DataFrame, b: &DataFrame, what: &str) {
+        assert_eq!(a.get_column_names(), b.get_column_names(), "{what}");
+        assert_eq!(a.height(), b.height(), "{what}:\n{a}\n{b}");
+        for (x, y) in a.columns().iter().zip(b.columns()) {
+            let equal = match x.dtype() {
+                DataType::Float64 | DataType::Float32 => {
+                    let (x, y) = (x.cast(&DataType::Float64).unwrap(), y.cast(&DataType::Float64).unwrap());
+                    let (x, y) = (x.f64().unwrap(), y.f64().unwrap());
+                    let close = x.iter().zip(y.iter()).all(|pair| match pair {
+                        (Some(u), Some(v)) => u == v || (u - v).abs() <= 1e-12 * u.abs().max(v.abs()),
+                        (None, None) => true,
+                        _ => false,
+                    });
+                    close
+                }
+                _ => x.as_materialized_series().equals_missing(y.as_materialized_series()),
+            };
+            assert!(equal, "{what}: column `{}` differs:\n{a}\n{b}", x.name());
         }
     }
 
