@@ -6,13 +6,16 @@
 //! product is annualised by the power 12 / n), capped at `max_lifespan_years`. With
 //! `lifecycle = "<stage>"` those CRRs are read from that lifecycle stage's snapshots (which must
 //! be monthly) instead of walking the customers again.
+//!
+//! Sharded: see `impl Sharded` below.
 
 use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::lifecycle::{walk, LifecycleOptions};
-use super::{Kind, Margin, OptionInput, Stage, StageInputs, ORDERS};
+use super::lifecycle::LifecycleOptions;
+use super::shard::{merge_sums, only_pass, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::{observed_margin_of, Kind, Margin, OptionInput, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
 use crate::core::period::Granularity;
@@ -167,15 +170,72 @@ impl Stage for ClvSimpleOptions {
         self.margin.source_columns()
     }
 
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let shared = inputs.shared()?;
-        let margin = self.margin.value(shared)?;
+        run_one_shard(self, inputs)
+    }
+}
+
+impl ClvSimpleOptions {
+    /// Whether the churn comes from walking the customers (no `lifespan_years`, no lifecycle
+    /// stage).
+    fn walks(&self) -> bool {
+        self.lifespan_years.is_none() && self.lifecycle.is_none()
+    }
+}
+
+/// Sharded: the globals are the lifespan (from the merged lifecycle tallies of the customers, a
+/// lifecycle stage's snapshots, or the option) and the margin (observed: from the customers'
+/// revenue and cost, integer sums); the table is per customer.
+impl Sharded for ClvSimpleOptions {
+    fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
+        let facts = &inputs.shared()?.customer_facts;
+        let total = |name: &str| -> Result<i64> {
+            Ok(match facts.column(name) {
+                Ok(column) => column.i64()?.sum().unwrap_or(0),
+                Err(_) => 0,
+            })
+        };
+        let mut partial = vec![df! {
+            "key" => [0i32],
+            "revenue_micros" => [total("revenue_micros")?],
+            "cost_micros" => [total("cost_micros")?],
+        }?];
+        if self.walks() {
+            partial.extend(self.lifecycle_options().partial(inputs, &[])?);
+        }
+        Ok(partial)
+    }
+
+    fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
+        let mut merged = vec![merge_sums(tables_at(&parts, 0)?, &["key"])?];
+        if self.walks() {
+            let tallies = parts
+                .into_iter()
+                .map(|part| part.into_iter().skip(1).collect())
+                .collect();
+            merged.extend(self.lifecycle_options().merge(pass, tallies)?);
+        }
+        Ok(merged)
+    }
+
+    fn finalize(&self, merged: Vec<Partial>, whole: &StageInputs, as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let mut merged = only_pass(merged)?;
+        let sums = merged.remove(0);
+        let total = |name: &str| -> Result<i128> { Ok(i128::from(sums.column(name)?.i64()?.get(0).unwrap_or(0))) };
+        let margin = match self.margin {
+            Margin::Fixed(margin) => margin,
+            Margin::Observed => observed_margin_of(total("revenue_micros")?, total("cost_micros")?)?,
+        };
         let lifespan = match self.lifespan_years {
             Some(years) => years,
             None => {
                 let crr: Vec<f64> = match &self.lifecycle {
                     Some(name) => {
-                        let (_, _, frames) = inputs
+                        let (_, _, frames) = whole
                             .upstream
                             .iter()
                             .find(|(stage, _, _)| stage == name)
@@ -183,8 +243,11 @@ impl Stage for ClvSimpleOptions {
                         snapshot_crr(name, frames)?
                     }
                     None => {
-                        let walked = walk(shared, &self.lifecycle_options())?;
-                        walked.crr().iter().filter_map(|(_, crr)| *crr).collect()
+                        let finalized = self.lifecycle_options().finalize(vec![merged], whole, as_of)?;
+                        let snapshots = finalized.tables[0]
+                            .as_ref()
+                            .ok_or_else(|| anyhow::anyhow!("lifecycle snapshots missing"))?;
+                        snapshots.column("crr")?.f64()?.iter().flatten().collect()
                     }
                 };
                 match annual_churn(&crr) {
@@ -193,6 +256,22 @@ impl Stage for ClvSimpleOptions {
                 }
             }
         };
+        Ok(Finalized {
+            tables: vec![None],
+            globals: vec![df! { "lifespan_years" => [lifespan], "margin" => [margin] }?],
+        })
+    }
+
+    fn customer_rows(&self, inputs: &StageInputs, globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
+        let shared = inputs.shared()?;
+        let global = |name: &str| -> Result<f64> {
+            globals[0]
+                .column(name)?
+                .f64()?
+                .get(0)
+                .ok_or_else(|| anyhow::anyhow!("no {name}"))
+        };
+        let (lifespan, margin) = (global("lifespan_years")?, global("margin")?);
         let tenure_years = (col("T").cast(DataType::Float64) / lit(365.25)).clip_min(lit(self.min_tenure_years));
         let table = shared
             .customer_facts
@@ -210,13 +289,30 @@ impl Stage for ClvSimpleOptions {
                 (col("aov") * col("purchases_per_year") * col("lifespan_years") * col("margin")).alias("simple_clv"),
             )
             .collect()?;
-        Ok(vec![table])
+        Ok(vec![Some(table)])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::stages::shard::tests::{assert_shards_merge, random_orders, shared_of};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Any split merges to the whole's lifespan (churn from the customers' walk) and margin,
+        /// and the shards' rows are the whole's.
+        #[test]
+        fn shards_merge_to_the_whole(orders in random_orders(), shards in 1usize..6, observed: bool, fixed_lifespan: bool) {
+            let stage = ClvSimpleOptions {
+                margin: if observed { Margin::Observed } else { Margin::Fixed(0.3) },
+                lifespan_years: fixed_lifespan.then_some(2.5),
+                ..ClvSimpleOptions::default()
+            };
+            assert_shards_merge(&stage, &shared_of(&orders, 60), shards);
+        }
+    }
 
     #[test]
     fn annual_churn_compounds_monthly_retention() {

@@ -261,7 +261,11 @@ pub fn observed_margin(facts: &DataFrame) -> anyhow::Result<f64> {
             .map_err(|_| anyhow::anyhow!("`margin = \"observed\"` needs the orders source to map a `cost` column"))?;
         Ok(column.i64()?.iter().map(|v| i128::from(v.unwrap_or(0))).sum())
     };
-    let (revenue, cost) = (sum("revenue_micros")?, sum("cost_micros")?);
+    observed_margin_of(sum("revenue_micros")?, sum("cost_micros")?)
+}
+
+/// (revenue − cost) / revenue from total micro-units.
+pub fn observed_margin_of(revenue: i128, cost: i128) -> anyhow::Result<f64> {
     anyhow::ensure!(
         revenue > 0,
         "`margin = \"observed\"`: the customers' total revenue is not positive, so no margin can be observed"
