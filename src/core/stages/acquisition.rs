@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, only_pass, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{InputKind, Kind, OptionInput, Stage, StageInputs};
 use crate::core::input::{SourceKind, SpendRows};
 use crate::core::money::micros_value;
@@ -69,28 +70,54 @@ impl Stage for AcquisitionOptions {
             .collect()
     }
 
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
         let shared = inputs.shared()?;
-        let (name, spend) = inputs
-            .sources
-            .iter()
-            .find_map(|(name, data)| Some((name, data.spend()?)))
-            .ok_or_else(|| anyhow::anyhow!("this stage needs a spend source"))?;
-        let has_cost = shared.customer_facts.column("cost_micros").is_ok();
-        if has_cost && self.margin.is_some() {
+        if shared.customer_facts.column("cost_micros").is_ok() && self.margin.is_some() {
             tracing::warn!(
                 "acquisition: `margin` is not used: the orders map `cost`, so contribution = revenue − cost"
             );
         }
-        let contribution = match has_cost {
-            true => Contribution::RevenueLessCost,
-            false => Contribution::Margin(self.margin.unwrap_or(1.0)),
-        };
+        run_one_shard(self, inputs)
+    }
+}
+
+/// Sharded: a shard's partial is its new customers, Σ LTV and contribution per period since
+/// the cohort, per (acquisition channel, cohort) — null channel: customers without one — and
+/// whether the orders map `cost`; all add up. Spend is not per customer: finalize reads it
+/// whole and lays out the rows.
+impl Sharded for AcquisitionOptions {
+    fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
+        let shared = inputs.shared()?;
+        let has_cost = shared.customer_facts.column("cost_micros").is_ok();
+        let contribution = self.contribution(has_cost);
         let ltv = match &self.ltv {
             Some(stage) => Some(customer_ltv(inputs, stage, shared, contribution)?),
             None => None,
         };
-        let channels = Channels::new(shared, spend)?;
+        shard_partial(shared, self.granularity, has_cost, ltv.as_deref())
+    }
+
+    fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {
+        Ok(vec![
+            merge_sums(tables_at(&parts, 0)?, &["acquisition_channel", "cohort"])?,
+            merge_sums(tables_at(&parts, 1)?, &["acquisition_channel", "cohort", "since"])?,
+            merge_sums(tables_at(&parts, 2)?, &["key"])?,
+        ])
+    }
+
+    fn finalize(&self, merged: Vec<Partial>, whole: &StageInputs, as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let merged = only_pass(merged)?;
+        let (name, spend) = whole
+            .sources
+            .iter()
+            .find_map(|(name, data)| Some((name, data.spend()?)))
+            .ok_or_else(|| anyhow::anyhow!("this stage needs a spend source"))?;
+        let has_cost = merged[2].column("with_cost")?.i64()?.get(0).unwrap_or(0) > 0;
+        let channels = Channels::new(&merged[0], spend)?;
         let unmatched = channels.unmatched_spend_channels();
         if !unmatched.is_empty() {
             tracing::warn!(
@@ -98,9 +125,107 @@ impl Stage for AcquisitionOptions {
                 unmatched.join(", ")
             );
         }
-        let cells = Cells::count(shared, spend, &channels, self.granularity, contribution, ltv.as_deref())?;
-        cells.tables(&channels, self.granularity)
+        let cells = Cells::of_merged(
+            &merged,
+            spend,
+            &channels,
+            self.granularity,
+            as_of,
+            self.contribution(has_cost),
+            self.ltv.is_some(),
+        )?;
+        Ok(Finalized::tables(cells.tables(&channels, self.granularity)?))
     }
+}
+
+impl AcquisitionOptions {
+    fn contribution(&self, has_cost: bool) -> Contribution {
+        match has_cost {
+            true => Contribution::RevenueLessCost,
+            false => Contribution::Margin(self.margin.unwrap_or(1.0)),
+        }
+    }
+}
+
+/// One shard's partial: `[customers, contribution, meta]`. `customers`: acquisition_channel
+/// (null: none), cohort (period index), new_customers, ltv_sum, ltv_customers; `contribution`:
+/// acquisition_channel, cohort, since (periods since the cohort), micros (revenue − cost, or
+/// revenue), non-zero only; `meta`: key, with_cost (1 when the orders map `cost`).
+fn shard_partial(
+    shared: &SharedTables,
+    granularity: Granularity,
+    has_cost: bool,
+    ltv: Option<&[f64]>,
+) -> Result<Partial> {
+    use std::collections::BTreeMap;
+    let facts = &shared.customer_facts;
+    let periods = shared.customer_periods()?;
+    let first_days = prepare::day_values(facts, "first_purchase_date")?;
+    let period_days = prepare::day_values(&periods, "date")?;
+    let as_of_day = to_days(shared.as_of);
+    // Every day looked up: first purchases and every order day (a refund may come before the
+    // first purchase).
+    let span = first_days
+        .iter()
+        .chain(period_days)
+        .fold((as_of_day, as_of_day), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+    let index = PeriodIndex::new(granularity, span.0, span.1);
+    let cohort: Vec<i32> = first_days.iter().map(|&d| index.of(d)).collect();
+    let (distinct, codes) = (&shared.acquisition.0, &shared.acquisition.1);
+    let names: Vec<Option<&str>> = distinct.str()?.iter().collect();
+    let channel = |customer: usize| names.get(codes[customer] as usize).copied().flatten();
+    // (channel, cohort) → (new customers, Σ ltv, customers with one)
+    let mut customers: BTreeMap<(Option<&str>, i32), (i64, f64, i64)> = BTreeMap::new();
+    for customer in 0..facts.height() {
+        let cell = customers.entry((channel(customer), cohort[customer])).or_default();
+        cell.0 += 1;
+        if let Some(value) = ltv.map(|values| values[customer]).filter(|v| v.is_finite()) {
+            cell.1 += value;
+            cell.2 += 1;
+        }
+    }
+    let keys = prepare::values::<UInt32Type>(&periods, "customer_key")?;
+    let revenue = prepare::values::<Int64Type>(&periods, "revenue_micros")?;
+    let cost = match periods.column("cost_micros") {
+        Ok(_) if has_cost => Some(prepare::values::<Int64Type>(&periods, "cost_micros")?),
+        _ => None,
+    };
+    let mut contribution: BTreeMap<(Option<&str>, i32, i32), i64> = BTreeMap::new();
+    for row in 0..keys.len() {
+        let customer = keys[row] as usize;
+        let since = index.of(period_days[row]) - cohort[customer];
+        if since < 0 {
+            continue;
+        }
+        let micros = revenue[row] - cost.map_or(0, |cost| cost[row]);
+        *contribution
+            .entry((channel(customer), cohort[customer], since))
+            .or_insert(0) += micros;
+    }
+    contribution.retain(|_, micros| *micros != 0);
+    let text = |values: Vec<Option<&str>>| Column::new("acquisition_channel".into(), values);
+    Ok(vec![
+        DataFrame::new_infer_height(vec![
+            text(customers.keys().map(|k| k.0).collect()),
+            Column::new("cohort".into(), customers.keys().map(|k| k.1).collect::<Vec<i32>>()),
+            Column::new(
+                "new_customers".into(),
+                customers.values().map(|v| v.0).collect::<Vec<i64>>(),
+            ),
+            Column::new("ltv_sum".into(), customers.values().map(|v| v.1).collect::<Vec<f64>>()),
+            Column::new(
+                "ltv_customers".into(),
+                customers.values().map(|v| v.2).collect::<Vec<i64>>(),
+            ),
+        ])?,
+        DataFrame::new_infer_height(vec![
+            text(contribution.keys().map(|k| k.0).collect()),
+            Column::new("cohort".into(), contribution.keys().map(|k| k.1).collect::<Vec<i32>>()),
+            Column::new("since".into(), contribution.keys().map(|k| k.2).collect::<Vec<i32>>()),
+            Column::new("micros".into(), contribution.values().copied().collect::<Vec<i64>>()),
+        ])?,
+        df! { "key" => [0i32], "with_cost" => [i64::from(has_cost)] }?,
+    ])
 }
 
 /// How an order's contribution is computed.
@@ -191,7 +316,8 @@ fn in_facts_order(facts: &DataFrame, table: &DataFrame, column: &str) -> Result<
 }
 
 /// The channels of the per-channel rows: every acquisition channel and every channel spend
-/// names, ascending; each customer's and each spend row's position among them (`None`: none).
+/// names, ascending; the position among them of each row of the merged customers partial and
+/// of each spend row (`None`: no channel).
 struct Channels {
     names: Vec<String>,
     of_customer: Vec<Option<u32>>,
@@ -201,9 +327,9 @@ struct Channels {
 }
 
 impl Channels {
-    fn new(shared: &SharedTables, spend: &SpendRows) -> Result<Channels> {
-        let (distinct, codes) = (&shared.acquisition.0, &shared.acquisition.1);
-        let acquisition: Vec<Option<&str>> = distinct.str()?.iter().collect();
+    /// From the merged customers partial (its channels) and the spend rows.
+    fn new(customers: &DataFrame, spend: &SpendRows) -> Result<Channels> {
+        let acquisition: Vec<Option<&str>> = customers.column("acquisition_channel")?.str()?.iter().collect();
         let spend_channels: Vec<Option<&str>> = spend.spend.column("channel")?.str()?.iter().collect();
         let mut names: Vec<String> = acquisition
             .iter()
@@ -216,14 +342,10 @@ impl Channels {
         let position = |name: Option<&str>| {
             name.map(|name| names.binary_search_by(|n| n.as_str().cmp(name)).expect("listed") as u32)
         };
-        let by_code: Vec<Option<u32>> = acquisition.iter().map(|&name| position(name)).collect();
-        let of_customer = codes
-            .iter()
-            .map(|&code| by_code.get(code as usize).copied().flatten())
-            .collect();
+        let of_customer: Vec<Option<u32>> = acquisition.iter().map(|&name| position(name)).collect();
         let of_spend = spend_channels.iter().map(|&name| position(name)).collect();
         let mut acquired = vec![false; names.len()];
-        for channel in by_code.iter().flatten() {
+        for channel in of_customer.iter().flatten() {
             acquired[*channel as usize] = true;
         }
         Ok(Channels {
@@ -261,31 +383,37 @@ struct Cells {
 }
 
 impl Cells {
-    fn count(
-        shared: &SharedTables,
+    /// The dense cells from the merged partial and the spend rows.
+    fn of_merged(
+        merged: &Partial,
         spend: &SpendRows,
         channels: &Channels,
         granularity: Granularity,
+        as_of: chrono::NaiveDate,
         kind: Contribution,
-        ltv: Option<&[f64]>,
+        with_ltv: bool,
     ) -> Result<Cells> {
-        let facts = &shared.customer_facts;
-        let periods = shared.customer_periods()?;
-        let first_days = prepare::day_values(facts, "first_purchase_date")?;
+        let (customers, contribution) = (&merged[0], &merged[1]);
         let spend_days = prepare::day_values(&spend.spend, "spent_on")?;
         let spend_micros = prepare::values::<Int64Type>(&spend.spend, "amount_micros")?;
-        let as_of_day = to_days(shared.as_of);
-        let span = first_days
+        let ints = |frame: &DataFrame, name: &str| -> Result<Vec<i64>> {
+            Ok(frame
+                .column(name)?
+                .cast(&DataType::Int64)?
+                .i64()?
+                .into_no_null_iter()
+                .collect())
+        };
+        let customer_cohorts = ints(customers, "cohort")?;
+        let last = granularity.index_of(as_of);
+        let spend_periods: Vec<i32> = spend_days
             .iter()
-            .chain(spend_days)
-            .fold((as_of_day, as_of_day), |(lo, hi), &d| (lo.min(d), hi.max(d)));
-        let index = PeriodIndex::new(granularity, span.0, span.1);
-        let last = granularity.index_of(shared.as_of);
-        let cohort: Vec<i32> = first_days.iter().map(|&d| index.of(d)).collect();
-        let first = cohort
+            .map(|&d| granularity.index_of(crate::core::period::from_days(d)))
+            .collect();
+        let first = customer_cohorts
             .iter()
-            .chain(&spend_days.iter().map(|&d| index.of(d)).collect::<Vec<_>>())
-            .copied()
+            .map(|&c| c as i32)
+            .chain(spend_periods.iter().copied())
             .min()
             .unwrap_or(last)
             .min(last);
@@ -298,50 +426,57 @@ impl Cells {
             last,
             new_customers: vec![0; cells],
             spend: vec![0; cells],
-            ltv: ltv.map(|_| (vec![0.0; cells], vec![0; cells])),
+            ltv: with_ltv.then(|| (vec![0.0; cells], vec![0; cells])),
             contribution: (0..cells)
                 .map(|c| vec![0; (last - (first + (c % cohorts) as i32)) as usize + 1])
                 .collect(),
             kind,
         };
-        for (row, &day) in spend_days.iter().enumerate() {
-            let period = index.of(day);
+        for (row, &period) in spend_periods.iter().enumerate() {
             counted.spend[cell(all, period)] += spend_micros[row];
             if let Some(channel) = channels.of_spend[row] {
                 counted.spend[cell(channel as usize, period)] += spend_micros[row];
             }
         }
-        let cells_of = |customer: usize| {
-            let own = channels.of_customer[customer].map(|channel| cell(channel as usize, cohort[customer]));
-            [Some(cell(all, cohort[customer])), own]
-        };
-        for customer in 0..facts.height() {
-            for at in cells_of(customer).into_iter().flatten() {
-                counted.new_customers[at] += 1;
-                if let (Some(values), Some((sums, known))) = (ltv, counted.ltv.as_mut()) {
-                    if values[customer].is_finite() {
-                        sums[at] += values[customer];
-                        known[at] += 1;
-                    }
+        let cells_of =
+            |channel: Option<u32>, cohort: i32| [Some(cell(all, cohort)), channel.map(|c| cell(c as usize, cohort))];
+        let (new, ltv_sum, ltv_customers) = (
+            ints(customers, "new_customers")?,
+            customers
+                .column("ltv_sum")?
+                .f64()?
+                .into_no_null_iter()
+                .collect::<Vec<f64>>(),
+            ints(customers, "ltv_customers")?,
+        );
+        for (row, &cohort) in customer_cohorts.iter().enumerate() {
+            for at in cells_of(channels.of_customer[row], cohort as i32).into_iter().flatten() {
+                counted.new_customers[at] += new[row];
+                if let Some((sums, known)) = counted.ltv.as_mut() {
+                    sums[at] += ltv_sum[row];
+                    known[at] += ltv_customers[row];
                 }
             }
         }
-        let keys = prepare::values::<UInt32Type>(&periods, "customer_key")?;
-        let period_days = prepare::day_values(&periods, "date")?;
-        let revenue = prepare::values::<Int64Type>(&periods, "revenue_micros")?;
-        let cost = match (kind, periods.column("cost_micros")) {
-            (Contribution::RevenueLessCost, Ok(_)) => Some(prepare::values::<Int64Type>(&periods, "cost_micros")?),
-            _ => None,
-        };
-        for row in 0..keys.len() {
-            let customer = keys[row] as usize;
-            let since = index.of(period_days[row]) - cohort[customer];
-            if since < 0 {
-                continue;
-            }
-            let micros = revenue[row] - cost.map_or(0, |cost| cost[row]);
-            for at in cells_of(customer).into_iter().flatten() {
-                counted.contribution[at][since as usize] += micros;
+        // Contribution rows carry their channel name: looked up among the channels.
+        let names: Vec<Option<&str>> = contribution.column("acquisition_channel")?.str()?.iter().collect();
+        let (cohort_of, since, micros) = (
+            ints(contribution, "cohort")?,
+            ints(contribution, "since")?,
+            ints(contribution, "micros")?,
+        );
+        for row in 0..contribution.height() {
+            let channel = names[row].map(|name| {
+                channels
+                    .names
+                    .binary_search_by(|n| n.as_str().cmp(name))
+                    .expect("a customer channel") as u32
+            });
+            let (cohort, since) = (cohort_of[row] as i32, since[row] as usize);
+            for at in cells_of(channel, cohort).into_iter().flatten() {
+                if let Some(slot) = counted.contribution[at].get_mut(since) {
+                    *slot += micros[row];
+                }
             }
         }
         Ok(counted)
@@ -497,5 +632,60 @@ impl Rows {
             Column::new("recovered_share".into(), self.recovered),
         ]);
         Ok(DataFrame::new_infer_height(columns)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::input::InputStats;
+    use crate::core::stages::shard::split;
+    use crate::core::stages::shard::tests::{assert_merge_equal, random_orders, shared_of};
+    use crate::core::stages::SourceData;
+
+    /// Spend rows: (day from 2023-01-01, channel: 0–2 as in `shared_of`, 3 unattributed, 4 a
+    /// channel nobody came through, amount in cents).
+    fn spend(rows: &[(i32, u8, i64)]) -> SourceData {
+        let start = to_days(chrono::NaiveDate::from_ymd_opt(2023, 1, 1).unwrap());
+        let names = ["app", "store", "web"];
+        let mut frame = df! {
+            "spent_on" => rows.iter().map(|r| start + r.0).collect::<Vec<i32>>(),
+            "channel" => rows.iter().map(|r| match r.1 { 4 => Some("tv"), c => names.get(usize::from(c)).copied() }).collect::<Vec<_>>(),
+            "amount_micros" => rows.iter().map(|r| r.2 * 10_000).collect::<Vec<i64>>(),
+        }
+        .unwrap();
+        let dates = frame.column("spent_on").unwrap().cast(&DataType::Date).unwrap();
+        frame.with_column(dates).unwrap();
+        SourceData::Spend(SpendRows {
+            spend: frame,
+            stats: InputStats::default(),
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Any split of the customers merges to the whole's cells and tables.
+        #[test]
+        fn shards_merge_to_the_whole(
+            orders in random_orders(),
+            rows in proptest::collection::vec((0i32..545, 0u8..5, -500i64..50_000), 0..40),
+            shards in 1usize..5,
+            weekly: bool,
+        ) {
+            let shared = shared_of(&orders, 60);
+            let whole = [("orders", SourceData::Orders(shared.clone())), ("spend", spend(&rows))];
+            let parts: Vec<Vec<(&str, SourceData)>> = split(&shared, shards)
+                .unwrap()
+                .into_iter()
+                .map(|tables| vec![("orders", SourceData::Orders(tables))])
+                .collect();
+            let stage = AcquisitionOptions {
+                granularity: if weekly { Granularity::Week } else { Granularity::Month },
+                margin: Some(0.4),
+                ltv: None,
+            };
+            assert_merge_equal(&stage, &whole, &parts, shared.as_of);
+        }
     }
 }
