@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::money::from_micros;
@@ -59,7 +60,18 @@ impl Stage for SegmentSummaryOptions {
         false
     }
 
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        run_one_shard(self, inputs)
+    }
+}
+
+impl SegmentSummaryOptions {
+    /// The customers of the inputs with their per-customer columns, and the metrics to report.
+    fn customer_table(&self, inputs: &StageInputs) -> Result<(DataFrame, Vec<String>)> {
         let shared = inputs.shared()?;
         let mut base = vec![
             col("customer_id"),
@@ -145,8 +157,21 @@ impl Stage for SegmentSummaryOptions {
         } else {
             self.metrics.clone()
         };
-        let mut summary = summarise(&table, &self.by, &metrics)?.lazy().with_columns([
-            (col("customers").cast(DataType::Float64) / lit(table.height().max(1) as f64)).alias("share"),
+        Ok((table, metrics))
+    }
+
+    /// The output columns from the per-group summary: shares, money in currency, sorted by `by`.
+    fn output(&self, summary: DataFrame) -> Result<DataFrame> {
+        let has_cost = summary.column("cost_micros").is_ok();
+        let has_nps = summary.column("respondents").is_ok();
+        let metrics: Vec<String> = summary
+            .get_column_names()
+            .iter()
+            .filter_map(|name| name.strip_prefix("mean_").map(str::to_string))
+            .collect();
+        let total: i64 = summary.column("customers")?.i64()?.sum().unwrap_or(0);
+        let mut summary = summary.lazy().with_columns([
+            (col("customers").cast(DataType::Float64) / lit(total.max(1) as f64)).alias("share"),
             from_micros(col("revenue_micros")).alias("revenue"),
             (col("revenue_micros").cast(DataType::Float64) / col("revenue_micros").sum().cast(DataType::Float64))
                 .alias("revenue_share"),
@@ -172,36 +197,115 @@ impl Stage for SegmentSummaryOptions {
             output.push(col(format!("median_{metric}").as_str()));
         }
         output.push(col("repeat_rate"));
-        if table.column("last_score").is_ok() {
+        if has_nps {
             output.extend([col("respondents"), col("nps")]);
         }
-        let summary = summary
+        Ok(summary
             .sort_by_exprs(by, SortMultipleOptions::default().with_nulls_last(true))
             .select(output)
-            .collect()?;
-        Ok(vec![summary])
+            .collect()?)
     }
 }
 
-/// Per group of equal `by` values (nulls a value of their own), in order of first appearance:
-/// the `by` values, customers, revenue_micros (sum), mean_<m> and median_<m> of each metric
-/// (its non-null values as floats; median the midpoint of the middle two, as polars'), and
+/// Sharded in two passes: pass 0 adds up counts and sums per group and a histogram of each
+/// metric's values (`bucket_of`); pass 1 collects the values in the buckets where each group's
+/// median falls, from which finalize selects it exactly.
+impl Sharded for SegmentSummaryOptions {
+    fn passes(&self) -> usize {
+        2
+    }
+
+    fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial> {
+        let (table, metrics) = self.customer_table(inputs)?;
+        match earlier.first() {
+            None => Ok(group_counts(&table, &self.by, &metrics)?.to_vec()),
+            Some(counts) => Ok(vec![median_candidates(&table, &self.by, &metrics, &counts[1])?]),
+        }
+    }
+
+    fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
+        let by: Vec<&str> = self.by.iter().map(String::as_str).collect();
+        let with = |more: &[&'static str]| -> Vec<&str> { by.iter().copied().chain(more.iter().copied()).collect() };
+        match pass {
+            0 => Ok(vec![
+                merge_sums(tables_at(&parts, 0)?, &by)?,
+                merge_sums(tables_at(&parts, 1)?, &with(&["metric", "bucket"]))?,
+            ]),
+            _ => {
+                let frames: Vec<LazyFrame> = tables_at(&parts, 0)?.into_iter().map(DataFrame::lazy).collect();
+                let keys: Vec<Expr> = with(&["metric", "bucket", "value"]).into_iter().map(col).collect();
+                let sorted = concat(frames, UnionArgs::default())?
+                    .sort_by_exprs(keys, SortMultipleOptions::default().with_nulls_last(true))
+                    .collect()?;
+                Ok(vec![sorted])
+            }
+        }
+    }
+
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, _as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let (counts, candidates) = (&merged[0], &merged[1][0]);
+        let summary = summary_of(&counts[0], &counts[1], candidates, &self.by)?;
+        Ok(Finalized::tables(vec![self.output(summary)?]))
+    }
+}
+
+/// The whole summary of one table (one shard holding every customer): both passes and the
+/// finalize step. Per group of equal `by` values (nulls a value of their own), sorted by them:
+/// the `by` values, customers, revenue_micros (sum), mean_<m> and median_<m> of each metric (its
+/// non-null values as floats; median the midpoint of the middle two, as polars'), and
 /// repeat_rate (the share of non-null `orders` of 2 or more).
-///
-/// Plain loops over group codes rather than polars' group_by: its mean and median gather each
-/// group's values per aggregation, and text keys are hashed row by row.
+#[cfg(test)]
 fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<DataFrame> {
+    let [groups, buckets] = group_counts(table, by, metrics)?;
+    let keys: Vec<&str> = by.iter().map(String::as_str).collect();
+    let groups = crate::core::stages::shard::merge_sums(vec![groups], &keys)?;
+    let candidates = median_candidates(table, by, metrics, &buckets)?;
+    summary_of(&groups, &buckets, &candidates, by)
+}
+
+/// A metric value's bucket in pass 0's histograms: the top 20 bits of an order-preserving
+/// transform of its bits (sign flipped for positives, all bits for negatives), so buckets are
+/// ranges of values in `f64::total_cmp` order, 256 per binade.
+fn bucket_of(value: f64) -> i64 {
+    let bits = value.to_bits();
+    let key = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+    (key >> 44) as i64
+}
+
+/// A group's key values as one text, to match groups across tables of the same columns.
+fn key_text(frame: &DataFrame, by: &[String], row: usize) -> Result<String> {
+    let mut text = String::new();
+    for name in by {
+        // The value's text (whatever way the column holds it), null apart from every text.
+        match frame.column(name.as_str())?.get(row)? {
+            AnyValue::Null => text.push('\u{0}'),
+            value => {
+                text.push('=');
+                text.push_str(&value.str_value());
+            }
+        }
+        text.push('\u{1f}');
+    }
+    Ok(text)
+}
+
+/// Pass 0 over one table: `[groups, buckets]`. `groups`: the `by` values, customers,
+/// revenue_micros, [cost_micros,] repeat (customers with ≥ 2 orders), known (customers with
+/// orders), [respondents, net (promoters − detractors),] and per metric `sum_<m>` (a
+/// compensated sum of its non-null values) and `count_<m>`; `buckets`: the `by` values, metric,
+/// bucket (`bucket_of`), values (how many fall in it).
+///
+/// Plain loops over group codes rather than polars' group_by: text keys are hashed row by row.
+fn group_counts(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<[DataFrame; 2]> {
     use rayon::prelude::*;
     let groups = Groups::of(table, by)?;
     let count = groups.first_rows.len();
     let first_rows = IdxCa::from_vec("".into(), groups.first_rows.clone());
-    let mut columns: Vec<Column> = table
-        .select(by.iter().map(String::as_str))?
-        .take(&first_rows)?
-        .into_columns();
+    let keys = table.select(by.iter().map(String::as_str))?.take(&first_rows)?;
+    let mut columns: Vec<Column> = keys.columns().to_vec();
     let mut customers = vec![0i64; count];
     let mut revenue = vec![0i64; count];
-    let (mut repeat, mut known) = (vec![0u64; count], vec![0u64; count]);
+    let (mut repeat, mut known) = (vec![0i64; count], vec![0i64; count]);
     let revenue_micros = table.column("revenue_micros")?.cast(&DataType::Int64)?;
     let orders = table.column("orders")?.cast(&DataType::Int64)?;
     let (revenue_micros, orders) = (revenue_micros.i64()?.rechunk(), orders.i64()?.rechunk());
@@ -212,7 +316,7 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
                 customers[group] += 1;
                 revenue[group] += revenue_micros;
                 known[group] += 1;
-                repeat[group] += u64::from(orders >= 2);
+                repeat[group] += i64::from(orders >= 2);
             }
         }
         _ => {
@@ -223,7 +327,7 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
                 revenue[group] += revenue_micros.unwrap_or(0);
                 if let Some(orders) = orders {
                     known[group] += 1;
-                    repeat[group] += u64::from(orders >= 2);
+                    repeat[group] += i64::from(orders >= 2);
                 }
             }
         }
@@ -237,49 +341,237 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
         }
         columns.push(crate::core::columns::owned_column("cost_micros", sums));
     }
-    let aggregated: Vec<MeansAndMedians> = metrics
+    columns.push(crate::core::columns::owned_column("repeat", repeat));
+    columns.push(crate::core::columns::owned_column("known", known));
+    if let Ok(scores) = table.column("last_score") {
+        let scores = scores.cast(&DataType::Int32)?;
+        let (mut respondents, mut net) = (vec![0i64; count], vec![0i64; count]);
+        for (&group, score) in groups.of_row.iter().zip(scores.i32()?.iter()) {
+            if let Some(score) = score {
+                respondents[group as usize] += 1;
+                net[group as usize] += i64::from(score >= 9) - i64::from(score <= 6);
+            }
+        }
+        columns.push(crate::core::columns::owned_column("respondents", respondents));
+        columns.push(crate::core::columns::owned_column("net", net));
+    }
+    // Per metric: compensated sums (Neumaier), counts, and the histogram.
+    type MetricCounts = (Vec<f64>, Vec<i64>, Vec<(u32, i64, i64)>);
+    let counted: Vec<MetricCounts> = metrics
         .par_iter()
-        .map(|metric| -> Result<_> {
+        .map(|metric| -> Result<MetricCounts> {
             let values = table.column(metric)?.cast(&DataType::Float64)?;
-            Ok(mean_and_median(values.f64()?, &groups.of_row, count))
+            let values = values.f64()?;
+            let mut sums = vec![(0.0f64, 0.0f64); count];
+            let mut sizes = vec![0i64; count];
+            let mut histogram: hashbrown::HashMap<(u32, i64), i64, foldhash::fast::FixedState> = Default::default();
+            for (&group, value) in groups.of_row.iter().zip(values.iter()) {
+                let Some(value) = value else { continue };
+                sizes[group as usize] += 1;
+                let (sum, compensation) = &mut sums[group as usize];
+                let total = *sum + value;
+                *compensation += if sum.abs() >= value.abs() {
+                    (*sum - total) + value
+                } else {
+                    (value - total) + *sum
+                };
+                *sum = total;
+                *histogram.entry((group, bucket_of(value))).or_insert(0) += 1;
+            }
+            let mut histogram: Vec<(u32, i64, i64)> = histogram.into_iter().map(|((g, b), n)| (g, b, n)).collect();
+            histogram.sort_unstable();
+            Ok((
+                sums.iter().map(|(sum, compensation)| sum + compensation).collect(),
+                sizes,
+                histogram,
+            ))
         })
         .collect::<Result<_>>()?;
-    for (metric, (means, medians)) in metrics.iter().zip(aggregated) {
+    let (mut bucket_rows, mut bucket_metric, mut bucket, mut bucket_values) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (metric, (sums, sizes, histogram)) in metrics.iter().zip(counted) {
+        columns.push(Series::new(format!("sum_{metric}").into(), sums).into_column());
+        columns.push(crate::core::columns::owned_column(&format!("count_{metric}"), sizes));
+        for (group, b, n) in histogram {
+            bucket_rows.push(group as IdxSize);
+            bucket_metric.push(metric.clone());
+            bucket.push(b);
+            bucket_values.push(n);
+        }
+    }
+    let mut buckets = keys.take(&IdxCa::from_vec("".into(), bucket_rows))?;
+    buckets.with_column(Column::new("metric".into(), bucket_metric))?;
+    buckets.with_column(Column::new("bucket".into(), bucket))?;
+    buckets.with_column(Column::new("values".into(), bucket_values))?;
+    Ok([DataFrame::new(count, columns)?, buckets])
+}
+
+/// Where each group's median falls, from the merged histograms: per (group key, metric), the
+/// values counted and the (bucket, position within it) of the lower and upper middle value
+/// (the same one when the count is odd).
+type Targets = std::collections::HashMap<(String, String), (i64, [(i64, i64); 2])>;
+
+fn median_targets(buckets: &DataFrame, by: &[String]) -> Result<Targets> {
+    let metric = buckets.column("metric")?.str()?;
+    let bucket = buckets.column("bucket")?.i64()?;
+    let values = buckets.column("values")?.i64()?;
+    // Rows of one (group, metric) come together, in bucket order (the merge sorts them).
+    let mut runs: Vec<((String, String), Vec<(i64, i64)>)> = Vec::new();
+    for row in 0..buckets.height() {
+        let key = (
+            key_text(buckets, by, row)?,
+            metric.get(row).unwrap_or_default().to_string(),
+        );
+        let entry = (bucket.get(row).unwrap_or(0), values.get(row).unwrap_or(0));
+        match runs.last_mut() {
+            Some((last, run)) if *last == key => run.push(entry),
+            _ => runs.push((key, vec![entry])),
+        }
+    }
+    let mut targets = Targets::new();
+    for (key, mut run) in runs {
+        run.sort_unstable();
+        let n: i64 = run.iter().map(|(_, count)| count).sum();
+        let find = |position: i64| -> (i64, i64) {
+            let mut before = 0;
+            for &(bucket, count) in &run {
+                if position < before + count {
+                    return (bucket, position - before);
+                }
+                before += count;
+            }
+            (run.last().map_or(0, |r| r.0), 0)
+        };
+        targets.insert(key, (n, [find((n - 1) / 2), find(n / 2)]));
+    }
+    Ok(targets)
+}
+
+/// Pass 1 over one table: its metric values in the buckets where their group's median falls
+/// (by `buckets`, the merged histograms): the `by` values, metric, bucket, value.
+fn median_candidates(table: &DataFrame, by: &[String], metrics: &[String], buckets: &DataFrame) -> Result<DataFrame> {
+    let targets = median_targets(buckets, by)?;
+    let groups = Groups::of(table, by)?;
+    let (mut rows, mut metric_of, mut bucket_of_row, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for metric in metrics {
+        // Each group's target buckets for this metric.
+        let wanted: Vec<Option<[i64; 2]>> = groups
+            .first_rows
+            .iter()
+            .map(|&row| -> Result<_> {
+                let key = (key_text(table, by, row as usize)?, metric.clone());
+                Ok(targets.get(&key).map(|(_, t)| [t[0].0, t[1].0]))
+            })
+            .collect::<Result<_>>()?;
+        let column = table.column(metric)?.cast(&DataType::Float64)?;
+        for (row, (&group, value)) in groups.of_row.iter().zip(column.f64()?.iter()).enumerate() {
+            let (Some(value), Some(wanted)) = (value, wanted[group as usize]) else {
+                continue;
+            };
+            let bucket = bucket_of(value);
+            if wanted.contains(&bucket) {
+                rows.push(row as IdxSize);
+                metric_of.push(metric.clone());
+                bucket_of_row.push(bucket);
+                values.push(value);
+            }
+        }
+    }
+    let mut candidates = table
+        .select(by.iter().map(String::as_str))?
+        .take(&IdxCa::from_vec("".into(), rows))?;
+    candidates.with_column(Column::new("metric".into(), metric_of))?;
+    candidates.with_column(Column::new("bucket".into(), bucket_of_row))?;
+    candidates.with_column(Column::new("value".into(), values))?;
+    Ok(candidates)
+}
+
+/// The per-group summary from the merged passes: the `by` values, customers, revenue_micros,
+/// [cost_micros,] mean_<m> and median_<m> per metric, repeat_rate[, respondents, nps], sorted
+/// by the `by` values (as the merge sorts).
+fn summary_of(groups: &DataFrame, buckets: &DataFrame, candidates: &DataFrame, by: &[String]) -> Result<DataFrame> {
+    let targets = median_targets(buckets, by)?;
+    // Candidates per (group key, metric, bucket), ascending.
+    let mut values: std::collections::HashMap<(String, String, i64), Vec<f64>> = Default::default();
+    let (metric, bucket, value) = (
+        candidates.column("metric")?.str()?,
+        candidates.column("bucket")?.i64()?,
+        candidates.column("value")?.f64()?,
+    );
+    for row in 0..candidates.height() {
+        let key = (
+            key_text(candidates, by, row)?,
+            metric.get(row).unwrap_or_default().to_string(),
+            bucket.get(row).unwrap_or(0),
+        );
+        values.entry(key).or_default().push(value.get(row).unwrap_or(f64::NAN));
+    }
+    values
+        .values_mut()
+        .for_each(|list| list.sort_unstable_by(f64::total_cmp));
+    let metrics: Vec<String> = groups
+        .get_column_names()
+        .iter()
+        .filter_map(|name| name.strip_prefix("sum_").map(str::to_string))
+        .collect();
+    let mut columns: Vec<Column> = by
+        .iter()
+        .map(|name| Ok(groups.column(name.as_str())?.clone()))
+        .collect::<Result<_>>()?;
+    for name in ["customers", "revenue_micros", "cost_micros"] {
+        if let Ok(column) = groups.column(name) {
+            columns.push(column.clone());
+        }
+    }
+    let keys: Vec<String> = (0..groups.height())
+        .map(|row| key_text(groups, by, row))
+        .collect::<Result<_>>()?;
+    for metric in &metrics {
+        let sums = groups.column(&format!("sum_{metric}"))?.f64()?;
+        let counts = groups.column(&format!("count_{metric}"))?.i64()?;
+        let (mut means, mut medians) = (Vec::new(), Vec::new());
+        for (row, key) in keys.iter().enumerate() {
+            let n = counts.get(row).unwrap_or(0);
+            means.push((n > 0).then(|| sums.get(row).unwrap_or(0.0) / n as f64));
+            let median = targets.get(&(key.clone(), metric.clone())).and_then(|&(n, middle)| {
+                let at = |(bucket, offset): (i64, i64)| {
+                    values
+                        .get(&(key.clone(), metric.clone(), bucket))
+                        .and_then(|list| list.get(offset as usize).copied())
+                };
+                let lower = at(middle[0])?;
+                if n % 2 == 1 {
+                    return Some(lower);
+                }
+                let upper = at(middle[1])?;
+                Some(if lower == upper {
+                    lower
+                } else {
+                    0.5 * (upper - lower) + lower
+                })
+            });
+            medians.push(median);
+        }
         columns.push(Series::new(format!("mean_{metric}").into(), means).into_column());
         columns.push(Series::new(format!("median_{metric}").into(), medians).into_column());
     }
-    let repeat_rate: Vec<Option<f64>> = repeat
-        .iter()
-        .zip(&known)
-        .map(|(&repeat, &known)| (known > 0).then(|| repeat as f64 / known as f64))
-        .collect();
-    columns.push(Series::new("repeat_rate".into(), repeat_rate).into_column());
-    if let Ok(scores) = table.column("last_score") {
-        columns.extend(nps_of_groups(scores, &groups.of_row, count)?);
+    let ratio = |part: &str, whole: &str, scale: f64| -> Result<Vec<Option<f64>>> {
+        let (part, whole) = (groups.column(part)?.i64()?, groups.column(whole)?.i64()?);
+        Ok(part
+            .iter()
+            .zip(whole.iter())
+            .map(|(p, w)| match (p, w) {
+                (Some(p), Some(w)) if w > 0 => Some(scale * p as f64 / w as f64),
+                _ => None,
+            })
+            .collect())
+    };
+    columns.push(Series::new("repeat_rate".into(), ratio("repeat", "known", 1.0)?).into_column());
+    if groups.column("respondents").is_ok() {
+        columns.push(groups.column("respondents")?.clone());
+        columns.push(Series::new("nps".into(), ratio("net", "respondents", 100.0)?).into_column());
     }
-    Ok(DataFrame::new(count, columns)?)
-}
-
-/// Per group, from the customers' last NPS scores (`nps` stage): respondents, and NPS =
-/// 100 × (promoters − detractors) / respondents (null without respondents).
-fn nps_of_groups(scores: &Column, of_row: &[u32], count: usize) -> Result<[Column; 2]> {
-    let scores = scores.cast(&DataType::Int32)?;
-    let (mut respondents, mut net) = (vec![0i64; count], vec![0i64; count]);
-    for (&group, score) in of_row.iter().zip(scores.i32()?.iter()) {
-        if let Some(score) = score {
-            respondents[group as usize] += 1;
-            net[group as usize] += i64::from(score >= 9) - i64::from(score <= 6);
-        }
-    }
-    let nps: Vec<Option<f64>> = respondents
-        .iter()
-        .zip(&net)
-        .map(|(&n, &net)| (n > 0).then(|| 100.0 * net as f64 / n as f64))
-        .collect();
-    Ok([
-        crate::core::columns::owned_column("respondents", respondents),
-        Series::new("nps".into(), nps).into_column(),
-    ])
+    Ok(DataFrame::new(groups.height(), columns)?)
 }
 
 /// Each row's group of equal key values and each group's first row; groups are numbered in
@@ -390,85 +682,6 @@ fn key_codes(column: &Column) -> Result<(Vec<u32>, u32)> {
     Ok((codes, distinct + 1))
 }
 
-/// Per group: the mean and the median of a metric, or none for a group without values.
-type MeansAndMedians = (Vec<Option<f64>>, Vec<Option<f64>>);
-
-/// Per group (of `groups`, `count` of them): the mean and the median of its non-null values,
-/// or none. Means are compensated sums (Neumaier) over the count; medians follow polars' linear
-/// quantile at 0.5: the middle value, or the lower middle plus half the step to the upper.
-fn mean_and_median(values: &Float64Chunked, groups: &[u32], count: usize) -> MeansAndMedians {
-    let values = values.rechunk();
-    // Each row's value (`None` for null), without a branch on validity when there are no nulls.
-    let each = || -> Box<dyn Iterator<Item = Option<f64>> + '_> {
-        match values.cont_slice() {
-            Ok(slice) => Box::new(slice.iter().map(|&v| Some(v))),
-            Err(_) => Box::new(values.iter()),
-        }
-    };
-    let mut sizes = vec![0usize; count];
-    let mut sums = vec![(0.0f64, 0.0f64); count];
-    for (&group, value) in groups.iter().zip(each()) {
-        if let Some(value) = value {
-            sizes[group as usize] += 1;
-            let (sum, compensation) = &mut sums[group as usize];
-            let total = *sum + value;
-            *compensation += if sum.abs() >= value.abs() {
-                (*sum - total) + value
-            } else {
-                (value - total) + *sum
-            };
-            *sum = total;
-        }
-    }
-    // Each group's values together (a counting sort by group), then the middle selected.
-    let mut starts: Vec<usize> = sizes
-        .iter()
-        .scan(0, |at, &size| {
-            let start = *at;
-            *at += size;
-            Some(start)
-        })
-        .collect();
-    let mut together = vec![0.0f64; sizes.iter().sum()];
-    for (&group, value) in groups.iter().zip(each()) {
-        if let Some(value) = value {
-            together[starts[group as usize]] = value;
-            starts[group as usize] += 1;
-        }
-    }
-    let mut means = Vec::with_capacity(count);
-    let mut medians = Vec::with_capacity(count);
-    let mut rest = together.as_mut_slice();
-    for (&size, &(sum, compensation)) in sizes.iter().zip(&sums) {
-        let (group, after) = std::mem::take(&mut rest).split_at_mut(size);
-        rest = after;
-        if size == 0 {
-            means.push(None);
-            medians.push(None);
-            continue;
-        }
-        means.push(Some((sum + compensation) / size as f64));
-        let middle = (size - 1) / 2;
-        let (_, &mut lower, above) = group.select_nth_unstable_by(middle, f64::total_cmp);
-        let median = if size % 2 == 1 {
-            lower
-        } else {
-            let upper = above
-                .iter()
-                .copied()
-                .min_by(f64::total_cmp)
-                .expect("an even group has a value above");
-            if lower == upper {
-                lower
-            } else {
-                0.5 * (upper - lower) + lower
-            }
-        };
-        medians.push(Some(median));
-    }
-    (means, medians)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,16 +781,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Any split of the customers merges, in both passes, to the whole's counts, histograms
+        /// and median candidates, and to the same summary (medians exact).
+        #[test]
+        fn shards_merge_to_the_whole(orders in crate::core::stages::shard::tests::random_orders(), shards in 1usize..6, by_cohort: bool) {
+            let stage = SegmentSummaryOptions {
+                by: vec![if by_cohort { "cohort" } else { "acquisition_channel" }.to_string()],
+                metrics: vec!["orders".to_string()],
+            };
+            let shared = crate::core::stages::shard::tests::shared_of(&orders, 60);
+            crate::core::stages::shard::tests::assert_shards_merge(&stage, &shared, shards);
+        }
+    }
+
     /// An even group's median is the midpoint of its middle two values, an odd one's the middle;
     /// a group of nulls has neither mean nor median.
     #[test]
     fn medians_and_means_by_hand() {
-        let values = Float64Chunked::new(
-            "".into(),
-            [Some(4.0), Some(1.0), None, Some(10.0), Some(2.0), Some(3.0), None],
-        );
-        let (means, medians) = mean_and_median(&values, &[0, 0, 1, 0, 2, 0, 1], 3);
-        assert_eq!(means, [Some(4.5), None, Some(2.0)]);
-        assert_eq!(medians, [Some(3.5), None, Some(2.0)]);
+        let table = df! {
+            "g" => [0i32, 0, 1, 0, 2, 0, 1],
+            "value" => [Some(4.0), Some(1.0), None, Some(10.0), Some(2.0), Some(3.0), None],
+            "orders" => [1i64; 7],
+            "revenue_micros" => [0i64; 7],
+        }
+        .unwrap();
+        let summary = summarise(&table, &["g".to_string()], &["value".to_string()]).unwrap();
+        let column = |name: &str| -> Vec<Option<f64>> { summary.column(name).unwrap().f64().unwrap().iter().collect() };
+        assert_eq!(column("mean_value"), [Some(4.5), None, Some(2.0)]);
+        assert_eq!(column("median_value"), [Some(3.5), None, Some(2.0)]);
     }
 }
