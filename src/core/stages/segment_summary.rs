@@ -216,11 +216,22 @@ impl Sharded for SegmentSummaryOptions {
     }
 
     fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial> {
+        let clock = std::time::Instant::now();
         let (table, metrics) = self.customer_table(inputs)?;
-        match earlier.first() {
-            None => Ok(group_counts(&table, &self.by, &metrics)?.to_vec()),
-            Some(counts) => Ok(vec![median_candidates(&table, &self.by, &metrics, &counts[1])?]),
-        }
+        tracing::debug!(
+            "segment_summary: customer table in {:.3} s",
+            clock.elapsed().as_secs_f64()
+        );
+        let partial = match earlier.first() {
+            None => group_counts(&table, &self.by, &metrics)?.to_vec(),
+            Some(counts) => vec![median_candidates(&table, &self.by, &metrics, &counts[1])?],
+        };
+        tracing::debug!(
+            "segment_summary: pass {} partial at {:.3} s",
+            earlier.len(),
+            clock.elapsed().as_secs_f64()
+        );
+        Ok(partial)
     }
 
     fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
@@ -364,7 +375,8 @@ fn group_counts(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<
             let values = values.f64()?;
             let mut sums = vec![(0.0f64, 0.0f64); count];
             let mut sizes = vec![0i64; count];
-            let mut histogram: hashbrown::HashMap<(u32, i64), i64, foldhash::fast::FixedState> = Default::default();
+            // (group, bucket) of each value as one sortable key: buckets have 20 bits.
+            let mut keyed: Vec<u64> = Vec::with_capacity(values.len() - values.null_count());
             for (&group, value) in groups.of_row.iter().zip(values.iter()) {
                 let Some(value) = value else { continue };
                 sizes[group as usize] += 1;
@@ -376,10 +388,13 @@ fn group_counts(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<
                     (value - total) + *sum
                 };
                 *sum = total;
-                *histogram.entry((group, bucket_of(value))).or_insert(0) += 1;
+                keyed.push((u64::from(group) << 20) | bucket_of(value) as u64);
             }
-            let mut histogram: Vec<(u32, i64, i64)> = histogram.into_iter().map(|((g, b), n)| (g, b, n)).collect();
-            histogram.sort_unstable();
+            keyed.sort_unstable();
+            let histogram: Vec<(u32, i64, i64)> = keyed
+                .chunk_by(|a, b| a == b)
+                .map(|run| ((run[0] >> 20) as u32, (run[0] & 0xF_FFFF) as i64, run.len() as i64))
+                .collect();
             Ok((
                 sums.iter().map(|(sum, compensation)| sum + compensation).collect(),
                 sizes,
@@ -412,24 +427,30 @@ fn group_counts(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<
 type Targets = std::collections::HashMap<(String, String), (i64, [(i64, i64); 2])>;
 
 fn median_targets(buckets: &DataFrame, by: &[String]) -> Result<Targets> {
+    // The rows of each (group, metric): where they start and how many (a polars group-by; the
+    // group's text is then made once per run, not once per bucket).
+    let mut keys: Vec<Expr> = by.iter().map(|name| col(name.as_str())).collect();
+    keys.push(col("metric"));
+    let runs = buckets
+        .clone()
+        .lazy()
+        .with_row_index("row", None)
+        .group_by_stable(keys)
+        .agg([col("row").first().alias("start"), len().alias("rows")])
+        .collect()?;
+    let starts = runs.column("start")?.cast(&DataType::Int64)?;
+    let lengths = runs.column("rows")?.cast(&DataType::Int64)?;
     let metric = buckets.column("metric")?.str()?;
-    let bucket = buckets.column("bucket")?.i64()?;
-    let values = buckets.column("values")?.i64()?;
-    // Rows of one (group, metric) come together, in bucket order (the merge sorts them).
-    let mut runs: Vec<((String, String), Vec<(i64, i64)>)> = Vec::new();
-    for row in 0..buckets.height() {
-        let key = (
-            key_text(buckets, by, row)?,
-            metric.get(row).unwrap_or_default().to_string(),
-        );
-        let entry = (bucket.get(row).unwrap_or(0), values.get(row).unwrap_or(0));
-        match runs.last_mut() {
-            Some((last, run)) if *last == key => run.push(entry),
-            _ => runs.push((key, vec![entry])),
-        }
-    }
+    let bucket: Vec<i64> = buckets.column("bucket")?.i64()?.into_no_null_iter().collect();
+    let values: Vec<i64> = buckets.column("values")?.i64()?.into_no_null_iter().collect();
     let mut targets = Targets::new();
-    for (key, mut run) in runs {
+    for (start, length) in starts
+        .i64()?
+        .into_no_null_iter()
+        .zip(lengths.i64()?.into_no_null_iter())
+    {
+        let (start, end) = (start as usize, (start + length) as usize);
+        let mut run: Vec<(i64, i64)> = (start..end).map(|row| (bucket[row], values[row])).collect();
         run.sort_unstable();
         let n: i64 = run.iter().map(|(_, count)| count).sum();
         let find = |position: i64| -> (i64, i64) {
@@ -442,6 +463,10 @@ fn median_targets(buckets: &DataFrame, by: &[String]) -> Result<Targets> {
             }
             (run.last().map_or(0, |r| r.0), 0)
         };
+        let key = (
+            key_text(buckets, by, start)?,
+            metric.get(start).unwrap_or_default().to_string(),
+        );
         targets.insert(key, (n, [find((n - 1) / 2), find(n / 2)]));
     }
     Ok(targets)
