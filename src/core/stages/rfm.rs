@@ -11,6 +11,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::money::from_micros;
@@ -267,10 +268,358 @@ impl Stage for Rfm {
         false
     }
 
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let shared = inputs.shared()?;
-        rfm(&shared.customer_facts, shared.as_of, &self.options, &self.rules)
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
     }
+
+    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
+        run_one_shard(self, inputs)
+    }
+}
+
+/// The three dimensions of customer_facts: (name, values, higher is better).
+struct Dimensions<'a> {
+    recency: Vec<i64>,
+    frequency: &'a [i64],
+    monetary: &'a [f64],
+    monetary_column: &'static str,
+}
+
+impl<'a> Dimensions<'a> {
+    fn of(facts: &'a DataFrame, as_of: chrono::NaiveDate, options: &RfmOptions) -> Result<Dimensions<'a>> {
+        use rayon::prelude::*;
+        let as_of_days = i64::from(crate::core::period::to_days(as_of));
+        let recency: Vec<i64> = day_values(facts, "last_purchase_date")?
+            .par_iter()
+            .map(|&day| as_of_days - i64::from(day))
+            .collect();
+        let monetary_column = match options.monetary {
+            Monetary::Total => "revenue",
+            Monetary::Average => "aov",
+        };
+        Ok(Dimensions {
+            recency,
+            frequency: values::<Int64Type>(facts, "orders")?,
+            monetary: values::<Float64Type>(facts, monetary_column)?,
+            monetary_column,
+        })
+    }
+
+    fn each(&self) -> [(&'static str, Values<'_>, bool); 3] {
+        [
+            ("recency", Values::Int(&self.recency), false),
+            ("frequency", Values::Int(self.frequency), true),
+            ("monetary", Values::Float(self.monetary), true),
+        ]
+    }
+}
+
+/// A customer's id as the tie-break of `ntile` (customer_key order is customer_id order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum IdKey {
+    Int(i64),
+    Text(String),
+}
+
+/// The customer ids of a table, read as tie-breaks.
+enum Ids<'a> {
+    Int(Vec<i64>),
+    Text(&'a StringChunked),
+}
+
+impl<'a> Ids<'a> {
+    fn of(column: &'a Column) -> Result<Ids<'a>> {
+        Ok(match column.dtype() {
+            DataType::String => Ids::Text(column.str()?),
+            _ => Ids::Int(column.cast(&DataType::Int64)?.i64()?.into_no_null_iter().collect()),
+        })
+    }
+
+    fn key(&self, row: usize) -> IdKey {
+        match self {
+            Ids::Int(ids) => IdKey::Int(ids[row]),
+            Ids::Text(ids) => IdKey::Text(ids.get(row).unwrap_or_default().to_string()),
+        }
+    }
+
+    /// The order of customer `row`'s id against `key`.
+    fn cmp(&self, row: usize, key: &IdKey) -> std::cmp::Ordering {
+        match (self, key) {
+            (Ids::Int(ids), IdKey::Int(key)) => ids[row].cmp(key),
+            (Ids::Text(ids), IdKey::Text(key)) => ids.get(row).unwrap_or_default().cmp(key.as_str()),
+            (Ids::Int(_), IdKey::Text(_)) => std::cmp::Ordering::Less,
+            (Ids::Text(_), IdKey::Int(_)) => std::cmp::Ordering::Greater,
+        }
+    }
+}
+
+/// A score bound: customers strictly better than it (by goodness, then id for `ntile`) get the
+/// next score.
+type Bound = (u64, Option<IdKey>);
+
+/// The histogram bucket of a goodness key (its top 20 bits).
+fn goodness_bucket(goodness: u64) -> u64 {
+    goodness >> 44
+}
+
+/// 0-based positions of the order statistics that bound the scores among `n` customers.
+fn bound_positions(bins: u32, n: usize) -> Vec<usize> {
+    let bins = bins as usize;
+    (2..=bins).map(|s| ((s - 1) * n).div_ceil(bins) - 1).collect()
+}
+
+/// Sharded. `rank_min` and `ntile` need the score bounds, order statistics of all customers'
+/// goodness, selected exactly in two passes: pass 0 adds up a histogram of goodness per
+/// dimension, pass 1 collects the keys in the buckets holding the bounds, and pass 2 (with the
+/// bounds known) adds up the thresholds and segments tallies. `thresholds` knows its bounds: one
+/// pass of tallies. Scores per customer use the bounds (globals).
+impl Sharded for Rfm {
+    fn passes(&self) -> usize {
+        if self.options.method == Method::Thresholds {
+            1
+        } else {
+            3
+        }
+    }
+
+    fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial> {
+        let shared = inputs.shared()?;
+        let facts = &shared.customer_facts;
+        let dimensions = Dimensions::of(facts, shared.as_of, &self.options)?;
+        let ntile = self.options.method == Method::Ntile;
+        match (earlier.len(), self.passes()) {
+            (0, 3) => {
+                let (mut names, mut buckets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+                for (name, values, higher) in dimensions.each() {
+                    let mut keys: Vec<u64> = (0..values.len())
+                        .map(|c| goodness_bucket(values.goodness(c, higher)))
+                        .collect();
+                    keys.sort_unstable();
+                    for run in keys.chunk_by(|a, b| a == b) {
+                        names.push(name);
+                        buckets.push(run[0]);
+                        counts.push(run.len() as i64);
+                    }
+                }
+                Ok(vec![
+                    df! { "dimension" => names, "bucket" => buckets, "customers" => counts }?,
+                ])
+            }
+            (1, 3) => {
+                let targets = bound_targets(&earlier[0][0], self.options.bins)?;
+                let (mut names, mut goodness, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+                for (name, values, higher) in dimensions.each() {
+                    let wanted: Vec<u64> = targets.iter().filter(|t| t.0 == name).map(|t| t.1).collect();
+                    for customer in 0..values.len() {
+                        let key = values.goodness(customer, higher);
+                        if wanted.contains(&goodness_bucket(key)) {
+                            names.push(name);
+                            goodness.push(key);
+                            rows.push(customer as IdxSize);
+                        }
+                    }
+                }
+                let mut candidates = df! { "dimension" => names, "goodness" => goodness }?;
+                let id_column = facts.column("customer_id")?.take(&IdxCa::from_vec("".into(), rows))?;
+                candidates.with_column(if ntile {
+                    id_column
+                } else {
+                    id_column.clear().extend_constant(AnyValue::Null, candidates.height())?
+                })?;
+                Ok(vec![candidates])
+            }
+            _ => {
+                let bounds = match self.passes() {
+                    3 => Some(bounds_of(&earlier[0][0], &earlier[1][0], &self.options)?),
+                    _ => None,
+                };
+                let scores = self.scores(facts, &dimensions, bounds.as_ref())?;
+                tallies(facts, &dimensions, &scores, &self.rules)
+            }
+        }
+    }
+
+    fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
+        match (pass, self.passes()) {
+            (0, 3) => Ok(vec![merge_sums(tables_at(&parts, 0)?, &["dimension", "bucket"])?]),
+            (1, 3) => {
+                let frames: Vec<LazyFrame> = tables_at(&parts, 0)?.into_iter().map(DataFrame::lazy).collect();
+                let sorted = concat(frames, UnionArgs::default())?
+                    .sort(
+                        ["dimension", "goodness", "customer_id"],
+                        SortMultipleOptions::default().with_nulls_last(true),
+                    )
+                    .collect()?;
+                Ok(vec![sorted])
+            }
+            _ => {
+                let frames: Vec<LazyFrame> = tables_at(&parts, 0)?.into_iter().map(DataFrame::lazy).collect();
+                let thresholds = concat(frames, UnionArgs::default())?
+                    .group_by([col("order"), col("dimension"), col("score")])
+                    .agg([col("min_value").min(), col("max_value").max(), col("customers").sum()])
+                    .sort(["order", "score"], SortMultipleOptions::default())
+                    .collect()?;
+                Ok(vec![
+                    thresholds,
+                    merge_sums(tables_at(&parts, 1)?, &["rule"])?,
+                    merge_sums(tables_at(&parts, 2)?, &["key"])?,
+                ])
+            }
+        }
+    }
+
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, _as_of: chrono::NaiveDate) -> Result<Finalized> {
+        let globals = match self.passes() {
+            3 => vec![bounds_frame(&bounds_of(&merged[0][0], &merged[1][0], &self.options)?)?],
+            _ => Vec::new(),
+        };
+        let last = merged.last().ok_or_else(|| anyhow::anyhow!("no merged partial"))?;
+        let (thresholds, segments) = tables_of_tallies(last, &self.rules)?;
+        Ok(Finalized {
+            tables: vec![None, Some(thresholds), Some(segments)],
+            globals,
+        })
+    }
+
+    fn customer_rows(&self, inputs: &StageInputs, globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
+        let shared = inputs.shared()?;
+        let facts = &shared.customer_facts;
+        let dimensions = Dimensions::of(facts, shared.as_of, &self.options)?;
+        let bounds = match globals.first() {
+            Some(frame) => Some(bounds_of_frame(frame)?),
+            None => None,
+        };
+        let scores = self.scores(facts, &dimensions, bounds.as_ref())?;
+        Ok(vec![
+            Some(customers_table(facts, dimensions, scores, &self.rules)?),
+            None,
+            None,
+        ])
+    }
+}
+
+impl Rfm {
+    /// Each dimension's scores (recency, frequency, monetary) with the bounds (none for
+    /// `thresholds`).
+    fn scores(
+        &self,
+        facts: &DataFrame,
+        dimensions: &Dimensions,
+        bounds: Option<&[Vec<Bound>; 3]>,
+    ) -> Result<[Vec<i32>; 3]> {
+        use rayon::prelude::*;
+        let ids = Ids::of(facts.column("customer_id")?)?;
+        let thresholds = self.options.thresholds.as_ref();
+        let each = dimensions.each();
+        let scores: Vec<Vec<i32>> = each
+            .par_iter()
+            .enumerate()
+            .map(|(d, (name, values, higher))| {
+                let cuts = thresholds.map(|t| match *name {
+                    "recency" => t.recency.as_slice(),
+                    "frequency" => t.frequency.as_slice(),
+                    _ => t.monetary.as_slice(),
+                });
+                values.scores_with(&self.options, cuts, *higher, bounds.map(|b| b[d].as_slice()), &ids)
+            })
+            .collect();
+        Ok(<[Vec<i32>; 3]>::try_from(scores).expect("three dimensions"))
+    }
+}
+
+/// The (dimension, bucket) pairs holding a bound, from pass 0's merged histogram, with the
+/// position within the bucket: (dimension, bucket, offset, bound index).
+fn bound_targets(histogram: &DataFrame, bins: u32) -> Result<Vec<(String, u64, i64, usize)>> {
+    let names = histogram.column("dimension")?.str()?;
+    let buckets = histogram.column("bucket")?.u64()?;
+    let counts = histogram.column("customers")?.i64()?;
+    let mut targets = Vec::new();
+    for name in ["recency", "frequency", "monetary"] {
+        let rows: Vec<(u64, i64)> = (0..histogram.height())
+            .filter(|&row| names.get(row) == Some(name))
+            .map(|row| (buckets.get(row).unwrap_or(0), counts.get(row).unwrap_or(0)))
+            .collect();
+        let n: i64 = rows.iter().map(|r| r.1).sum();
+        if n == 0 {
+            continue;
+        }
+        for (index, position) in bound_positions(bins, n as usize).into_iter().enumerate() {
+            let mut before = 0i64;
+            for &(bucket, count) in &rows {
+                if (position as i64) < before + count {
+                    targets.push((name.to_string(), bucket, position as i64 - before, index));
+                    break;
+                }
+                before += count;
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// The bounds per dimension from the merged histogram and candidates.
+fn bounds_of(histogram: &DataFrame, candidates: &DataFrame, options: &RfmOptions) -> Result<[Vec<Bound>; 3]> {
+    let targets = bound_targets(histogram, options.bins)?;
+    let names = candidates.column("dimension")?.str()?;
+    let goodness = candidates.column("goodness")?.u64()?;
+    let ids = candidates.column("customer_id")?;
+    let ntile = options.method == Method::Ntile;
+    let id_keys = if ntile { Some(Ids::of(ids)?) } else { None };
+    let mut bounds: [Vec<Bound>; 3] = Default::default();
+    for (d, name) in ["recency", "frequency", "monetary"].iter().enumerate() {
+        for (_, bucket, offset, _) in targets.iter().filter(|t| t.0 == *name) {
+            // The candidates of this bucket, in (goodness, id) order as merged.
+            let rows: Vec<usize> = (0..candidates.height())
+                .filter(|&row| names.get(row) == Some(*name) && goodness.get(row).map(goodness_bucket) == Some(*bucket))
+                .collect();
+            let row = *rows
+                .get(*offset as usize)
+                .ok_or_else(|| anyhow::anyhow!("rfm: a bound's bucket lost candidates"))?;
+            bounds[d].push((goodness.get(row).unwrap_or(0), id_keys.as_ref().map(|ids| ids.key(row))));
+        }
+    }
+    Ok(bounds)
+}
+
+/// The bounds as a table (globals): dimension, goodness, id (text or integer; null without).
+fn bounds_frame(bounds: &[Vec<Bound>; 3]) -> Result<DataFrame> {
+    let (mut names, mut goodness, mut ints, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, list) in ["recency", "frequency", "monetary"].iter().zip(bounds) {
+        for (key, id) in list {
+            names.push(*name);
+            goodness.push(*key);
+            ints.push(match id {
+                Some(IdKey::Int(id)) => Some(*id),
+                _ => None,
+            });
+            texts.push(match id {
+                Some(IdKey::Text(id)) => Some(id.clone()),
+                _ => None,
+            });
+        }
+    }
+    Ok(df! { "dimension" => names, "goodness" => goodness, "id_int" => ints, "id_text" => texts }?)
+}
+
+fn bounds_of_frame(frame: &DataFrame) -> Result<[Vec<Bound>; 3]> {
+    let names = frame.column("dimension")?.str()?;
+    let goodness = frame.column("goodness")?.u64()?;
+    let (ints, texts) = (frame.column("id_int")?.i64()?, frame.column("id_text")?.str()?);
+    let mut bounds: [Vec<Bound>; 3] = Default::default();
+    for row in 0..frame.height() {
+        let d = match names.get(row) {
+            Some("recency") => 0,
+            Some("frequency") => 1,
+            _ => 2,
+        };
+        let id = match (ints.get(row), texts.get(row)) {
+            (Some(id), _) => Some(IdKey::Int(id)),
+            (_, Some(id)) => Some(IdKey::Text(id.to_string())),
+            _ => None,
+        };
+        bounds[d].push((goodness.get(row).unwrap_or(0), id));
+    }
+    Ok(bounds)
 }
 
 /// One dimension's values in customer_key order.
@@ -317,16 +666,50 @@ impl Values<'_> {
 
     /// Score 1..=bins of every customer: `1 + ⌊bins·(r − 1)/n⌋` with r the smallest rank among
     /// equal values (`rank_min`) or the position in the strict order by value then
-    /// customer_key (`ntile`); for `thresholds`, 1 + the cut points reached.
+    /// customer_id (`ntile`); for `thresholds`, 1 + the cut points reached.
     ///
     /// No sort: the score is at least s exactly when r − 1 ≥ K = ⌈(s − 1)·n / bins⌉, i.e. when
     /// the customer is strictly better than the K-th worst (value for `rank_min`, (value,
-    /// customer) for `ntile`): bins − 1 order statistics, found by selection in linear time.
+    /// customer) for `ntile`): bins − 1 order statistics, the `bounds` (found by selection
+    /// here; by the shards' histograms in the stage).
+    #[cfg(test)]
     fn scores(&self, options: &RfmOptions, cuts: Option<&[f64]>, higher_is_better: bool) -> Vec<i32> {
+        let n = self.len();
+        let ids: Vec<i64> = (0..n as i64).collect();
+        let ids = Ids::Int(ids);
+        if options.method == Method::Thresholds || n == 0 {
+            return self.scores_with(options, cuts, higher_is_better, None, &ids);
+        }
+        let positions = bound_positions(options.bins, n);
+        let bounds: Vec<Bound> = if options.method == Method::Ntile {
+            let keyed: Vec<(u64, i64)> = (0..n).map(|c| (self.goodness(c, higher_is_better), c as i64)).collect();
+            order_statistics(keyed, &positions)
+                .into_iter()
+                .map(|(goodness, id)| (goodness, Some(IdKey::Int(id))))
+                .collect()
+        } else {
+            let keyed: Vec<u64> = (0..n).map(|c| self.goodness(c, higher_is_better)).collect();
+            order_statistics(keyed, &positions)
+                .into_iter()
+                .map(|g| (g, None))
+                .collect()
+        };
+        self.scores_with(options, cuts, higher_is_better, Some(&bounds), &ids)
+    }
+
+    /// Scores with the bounds known (`None` for `thresholds`, which uses its cut points).
+    fn scores_with(
+        &self,
+        options: &RfmOptions,
+        cuts: Option<&[f64]>,
+        higher_is_better: bool,
+        bounds: Option<&[Bound]>,
+        ids: &Ids,
+    ) -> Vec<i32> {
         use rayon::prelude::*;
         let n = self.len();
-        if options.method == Method::Thresholds {
-            let cuts = cuts.expect("thresholds were checked at config time");
+        let Some(bounds) = bounds.filter(|_| options.method != Method::Thresholds) else {
+            let cuts = cuts.unwrap_or_default();
             return (0..n)
                 .into_par_iter()
                 .map(|customer| {
@@ -338,40 +721,22 @@ impl Values<'_> {
                     1 + reached as i32
                 })
                 .collect();
-        }
-        let bins = options.bins as usize;
-        if n == 0 {
-            return Vec::new();
-        }
-        // 0-based positions K − 1 of the order statistics, ascending.
-        let positions: Vec<usize> = (2..=bins).map(|s| ((s - 1) * n).div_ceil(bins) - 1).collect();
-        // (goodness, customer) for `ntile`, compared whole; goodness alone for `rank_min`, half
-        // the memory (the three dimensions are scored at once).
-        let bounds: Vec<(u64, u32)> = if options.method == Method::Ntile {
-            let keyed: Vec<(u64, u32)> = (0..n)
-                .into_par_iter()
-                .map(|customer| (self.goodness(customer, higher_is_better), customer as u32))
-                .collect();
-            order_statistics(keyed, &positions)
-        } else {
-            let keyed: Vec<u64> = (0..n)
-                .into_par_iter()
-                .map(|customer| self.goodness(customer, higher_is_better))
-                .collect();
-            order_statistics(keyed, &positions)
-                .into_iter()
-                .map(|goodness| (goodness, 0))
-                .collect()
         };
-        let strict = options.method == Method::Ntile;
         (0..n)
             .into_par_iter()
             .map(|customer| {
-                let key = (
-                    self.goodness(customer, higher_is_better),
-                    if strict { customer as u32 } else { 0 },
-                );
-                1 + bounds.iter().filter(|&&bound| key > bound).count() as i32
+                let goodness = self.goodness(customer, higher_is_better);
+                let above = bounds
+                    .iter()
+                    .filter(|(bound, id)| match goodness.cmp(bound) {
+                        std::cmp::Ordering::Greater => true,
+                        std::cmp::Ordering::Less => false,
+                        std::cmp::Ordering::Equal => id
+                            .as_ref()
+                            .is_some_and(|id| ids.cmp(customer, id) == std::cmp::Ordering::Greater),
+                    })
+                    .count();
+                1 + above as i32
             })
             .collect()
     }
@@ -379,6 +744,7 @@ impl Values<'_> {
 
 /// The values at 0-based `positions` (ascending) of `keys` in ascending order, by successive
 /// selection (linear time, no sort).
+#[cfg(test)]
 fn order_statistics<T: Ord + Copy>(mut keys: Vec<T>, positions: &[usize]) -> Vec<T> {
     let mut found = Vec::with_capacity(positions.len());
     let mut base = 0;
@@ -390,85 +756,63 @@ fn order_statistics<T: Ord + Copy>(mut keys: Vec<T>, positions: &[usize]) -> Vec
     found
 }
 
-/// The three RFM tables from customer_facts.
-pub fn rfm(
-    facts: &DataFrame,
-    as_of: chrono::NaiveDate,
-    options: &RfmOptions,
-    rules: &[SegmentRule],
-) -> Result<Vec<DataFrame>> {
-    use rayon::prelude::*;
-    let as_of_days = i64::from(crate::core::period::to_days(as_of));
-    let recency: Vec<i64> = day_values(facts, "last_purchase_date")?
-        .par_iter()
-        .map(|&day| as_of_days - i64::from(day))
-        .collect();
-    let frequency = values::<Int64Type>(facts, "orders")?;
-    let monetary_column = match options.monetary {
-        Monetary::Total => "revenue",
-        Monetary::Average => "aov",
-    };
-    let monetary = values::<Float64Type>(facts, monetary_column)?;
-    let dimensions = [
-        ("recency", Values::Int(&recency), false),
-        ("frequency", Values::Int(frequency), true),
-        ("monetary", Values::Float(monetary), true),
-    ];
-    let thresholds = options.thresholds.as_ref();
-    let cuts = |dimension: &str| {
-        thresholds.map(|t| match dimension {
-            "recency" => t.recency.as_slice(),
-            "frequency" => t.frequency.as_slice(),
-            _ => t.monetary.as_slice(),
-        })
-    };
-    let clock = std::time::Instant::now();
-    let scores: Vec<Vec<i32>> = dimensions
-        .par_iter()
-        .map(|(dimension, values, higher)| values.scores(options, cuts(dimension), *higher))
-        .collect();
+/// The segment names in rule order, and the segment (index among them) and rfm_score text of
+/// each (r, f, m) cell (scores are 1..=9: the rules are matched 729 times, not per customer).
+struct Cells {
+    names: Vec<String>,
+    segment_of_cell: Vec<Option<IdxSize>>,
+    score_of_cell: Vec<String>,
+}
 
-    tracing::debug!("rfm: scores at {:.3} s", clock.elapsed().as_secs_f64());
-    // Segment and score text per (r, f, m) cell, looked up by cell (scores are 1..=9): the
-    // rules are matched 729 times, not once per customer.
-    let cell_of = |r: u32, f: u32, m: u32| ((r - 1) * 81 + (f - 1) * 9 + (m - 1)) as usize;
-    let mut names: Vec<String> = Vec::new();
-    for rule in rules {
-        if !names.contains(&rule.segment) {
-            names.push(rule.segment.clone());
-        }
-    }
-    let mut segment_of_cell: Vec<Option<IdxSize>> = vec![None; 729];
-    let mut score_of_cell: Vec<String> = vec![String::new(); 729];
-    for r in 1..=9 {
-        for f in 1..=9 {
-            for m in 1..=9 {
-                let cell = cell_of(r, f, m);
-                segment_of_cell[cell] = rules.iter().find(|rule| rule.matches(r, f, m)).map(|rule| {
-                    names
-                        .iter()
-                        .position(|name| *name == rule.segment)
-                        .expect("every rule's segment is named") as IdxSize
-                });
-                score_of_cell[cell] = format!("{r}{f}{m}");
+fn cell_of(r: u32, f: u32, m: u32) -> usize {
+    ((r - 1) * 81 + (f - 1) * 9 + (m - 1)) as usize
+}
+
+impl Cells {
+    fn of(rules: &[SegmentRule]) -> Cells {
+        let mut names: Vec<String> = Vec::new();
+        for rule in rules {
+            if !names.contains(&rule.segment) {
+                names.push(rule.segment.clone());
             }
         }
+        let mut segment_of_cell: Vec<Option<IdxSize>> = vec![None; 729];
+        let mut score_of_cell: Vec<String> = vec![String::new(); 729];
+        for r in 1..=9 {
+            for f in 1..=9 {
+                for m in 1..=9 {
+                    let cell = cell_of(r, f, m);
+                    segment_of_cell[cell] = rules.iter().find(|rule| rule.matches(r, f, m)).map(|rule| {
+                        names
+                            .iter()
+                            .position(|name| *name == rule.segment)
+                            .expect("every rule's segment is named") as IdxSize
+                    });
+                    score_of_cell[cell] = format!("{r}{f}{m}");
+                }
+            }
+        }
+        Cells {
+            names,
+            segment_of_cell,
+            score_of_cell,
+        }
     }
-    let cells: Vec<IdxSize> = (0..facts.height())
-        .into_par_iter()
-        .map(|c| cell_of(scores[0][c] as u32, scores[1][c] as u32, scores[2][c] as u32) as IdxSize)
-        .collect();
-    let segment_codes: IdxCa = cells
-        .iter()
-        .map(|&cell| segment_of_cell[cell as usize])
-        .collect_ca("".into());
-    let cells = IdxCa::from_vec("".into(), cells);
-    let names_series = Series::new("segment".into(), names.clone());
+}
 
-    let [r_score, f_score, m_score] = <[Vec<i32>; 3]>::try_from(scores).expect("three dimensions");
-    // Per dimension and score present: the smallest and largest value and the customers.
-    let mut rows: Vec<(&str, i32, f64, f64, i64)> = Vec::new();
-    for ((dimension, values, _), scores) in dimensions.iter().zip([&r_score, &f_score, &m_score]) {
+/// One shard's tallies with its scores: `[thresholds, segments, totals]`. `thresholds`: order
+/// (of the dimension), dimension, score, min_value, max_value, customers, for the scores
+/// present; `segments`: rule (index of the segment name), customers, revenue_micros, recency,
+/// frequency (sums) and monetary (a sum of doubles); `totals`: key, customers, revenue_micros.
+fn tallies(
+    facts: &DataFrame,
+    dimensions: &Dimensions,
+    scores: &[Vec<i32>; 3],
+    rules: &[SegmentRule],
+) -> Result<Partial> {
+    let (mut order, mut names, mut score_of, mut lows, mut highs, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (d, ((dimension, values, _), scores)) in dimensions.each().iter().zip(scores).enumerate() {
         let mut stats = [(f64::INFINITY, f64::NEG_INFINITY, 0i64); 10];
         for (customer, &score) in scores.iter().enumerate() {
             let value = values.at(customer);
@@ -476,64 +820,120 @@ pub fn rfm(
             (*low, *high, *count) = (low.min(value), high.max(value), *count + 1);
         }
         for (score, &(low, high, count)) in stats.iter().enumerate().filter(|(_, s)| s.2 > 0) {
-            rows.push((dimension, score as i32, low, high, count));
+            order.push(d as i32);
+            names.push(*dimension);
+            score_of.push(score as i32);
+            lows.push(low);
+            highs.push(high);
+            counts.push(count);
         }
     }
-    let thresholds_table = df!(
-        "dimension" => rows.iter().map(|row| row.0).collect::<Vec<_>>(),
-        "score" => rows.iter().map(|row| row.1).collect::<Vec<_>>(),
-        "min_value" => rows.iter().map(|row| row.2).collect::<Vec<_>>(),
-        "max_value" => rows.iter().map(|row| row.3).collect::<Vec<_>>(),
-        "customers" => rows.iter().map(|row| row.4).collect::<Vec<_>>(),
-    )?;
-
-    // Segments in rule order, every named segment present (zeros when empty).
+    let thresholds = df! {
+        "order" => order, "dimension" => names, "score" => score_of,
+        "min_value" => lows, "max_value" => highs, "customers" => counts,
+    }?;
+    let cells = Cells::of(rules);
     let revenue = values::<Int64Type>(facts, "revenue_micros")?;
-    let mut stats = vec![(0i64, 0i64, 0i64, 0i64, 0f64); names.len()];
+    let mut stats = vec![(0i64, 0i64, 0i64, 0i64, 0f64); cells.names.len()];
     let mut total_revenue = 0i64;
-    for (customer, code) in segment_codes.iter().enumerate() {
+    for customer in 0..facts.height() {
         total_revenue += revenue[customer];
-        if let Some(code) = code {
+        let cell = cell_of(
+            scores[0][customer] as u32,
+            scores[1][customer] as u32,
+            scores[2][customer] as u32,
+        );
+        if let Some(code) = cells.segment_of_cell[cell] {
             let (count, micros, days, orders, money) = &mut stats[code as usize];
             *count += 1;
             *micros += revenue[customer];
-            *days += recency[customer];
-            *orders += frequency[customer];
-            *money += monetary[customer];
+            *days += dimensions.recency[customer];
+            *orders += dimensions.frequency[customer];
+            *money += dimensions.monetary[customer];
         }
     }
-    let total_customers = (facts.height() as f64).max(1.0);
+    let segments = df! {
+        "rule" => (0..cells.names.len() as i32).collect::<Vec<_>>(),
+        "customers" => stats.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "revenue_micros" => stats.iter().map(|s| s.1).collect::<Vec<_>>(),
+        "recency" => stats.iter().map(|s| s.2).collect::<Vec<_>>(),
+        "frequency" => stats.iter().map(|s| s.3).collect::<Vec<_>>(),
+        "monetary" => stats.iter().map(|s| s.4).collect::<Vec<_>>(),
+    }?;
+    let totals = df! {
+        "key" => [0i32],
+        "customers" => [facts.height() as i64],
+        "revenue_micros" => [total_revenue],
+    }?;
+    Ok(vec![thresholds, segments, totals])
+}
+
+/// `_thresholds` and `_segments` from the merged tallies.
+fn tables_of_tallies(merged: &Partial, rules: &[SegmentRule]) -> Result<(DataFrame, DataFrame)> {
+    let thresholds = merged[0].select(["dimension", "score", "min_value", "max_value", "customers"])?;
+    let (segments, totals) = (&merged[1], &merged[2]);
+    let total = |name: &str| -> Result<i64> { Ok(totals.column(name)?.i64()?.get(0).unwrap_or(0)) };
+    let (total_customers, total_revenue) = ((total("customers")? as f64).max(1.0), total("revenue_micros")?);
+    let ints = |name: &str| -> Result<Vec<i64>> { Ok(segments.column(name)?.i64()?.into_no_null_iter().collect()) };
+    let (customers, revenue, recency, frequency) = (
+        ints("customers")?,
+        ints("revenue_micros")?,
+        ints("recency")?,
+        ints("frequency")?,
+    );
+    let monetary: Vec<f64> = segments.column("monetary")?.f64()?.into_no_null_iter().collect();
     let mean = |sum: f64, count: i64| (count > 0).then(|| sum / count as f64);
     let segments = df!(
-        "segment" => names,
-        "customers" => stats.iter().map(|s| s.0).collect::<Vec<_>>(),
-        "share" => stats.iter().map(|s| s.0 as f64 / total_customers).collect::<Vec<_>>(),
-        "revenue" => stats.iter().map(|s| s.1).collect::<Vec<_>>(),
-        "revenue_share" => stats.iter().map(|s| s.1 as f64 / total_revenue as f64).collect::<Vec<_>>(),
-        "mean_recency_days" => stats.iter().map(|s| mean(s.2 as f64, s.0)).collect::<Vec<_>>(),
-        "mean_frequency" => stats.iter().map(|s| mean(s.3 as f64, s.0)).collect::<Vec<_>>(),
-        "mean_monetary" => stats.iter().map(|s| mean(s.4, s.0)).collect::<Vec<_>>(),
+        "segment" => Cells::of(rules).names,
+        "customers" => customers.clone(),
+        "share" => customers.iter().map(|&c| c as f64 / total_customers).collect::<Vec<_>>(),
+        "revenue" => revenue.clone(),
+        "revenue_share" => revenue.iter().map(|&r| r as f64 / total_revenue as f64).collect::<Vec<_>>(),
+        "mean_recency_days" => recency.iter().zip(&customers).map(|(&s, &c)| mean(s as f64, c)).collect::<Vec<_>>(),
+        "mean_frequency" => frequency.iter().zip(&customers).map(|(&s, &c)| mean(s as f64, c)).collect::<Vec<_>>(),
+        "mean_monetary" => monetary.iter().zip(&customers).map(|(&s, &c)| mean(s, c)).collect::<Vec<_>>(),
     )?
     .lazy()
     .with_column(from_micros(col("revenue")))
     .collect()?;
-    // Last, so the columns are moved in, not copied (frequency and monetary are the facts'
-    // own columns).
-    let customers = DataFrame::new_infer_height(vec![
+    Ok((thresholds, segments))
+}
+
+/// `_customers` of one shard with its scores.
+fn customers_table(
+    facts: &DataFrame,
+    dimensions: Dimensions,
+    scores: [Vec<i32>; 3],
+    rules: &[SegmentRule],
+) -> Result<DataFrame> {
+    use rayon::prelude::*;
+    let cells_of = Cells::of(rules);
+    let cells: Vec<IdxSize> = (0..facts.height())
+        .into_par_iter()
+        .map(|c| cell_of(scores[0][c] as u32, scores[1][c] as u32, scores[2][c] as u32) as IdxSize)
+        .collect();
+    let segment_codes: IdxCa = cells
+        .iter()
+        .map(|&cell| cells_of.segment_of_cell[cell as usize])
+        .collect_ca("".into());
+    let cells = IdxCa::from_vec("".into(), cells);
+    let names_series = Series::new("segment".into(), cells_of.names.clone());
+    let [r_score, f_score, m_score] = scores;
+    let monetary_column = dimensions.monetary_column;
+    // The columns are moved in, not copied (frequency and monetary are the facts' own columns).
+    Ok(DataFrame::new_infer_height(vec![
         facts.column("customer_id")?.clone(),
-        crate::core::columns::owned_column("recency_days", recency),
+        crate::core::columns::owned_column("recency_days", dimensions.recency),
         facts.column("orders")?.clone().with_name("frequency".into()),
         facts.column(monetary_column)?.clone().with_name("monetary".into()),
         crate::core::columns::owned_column("r_score", r_score),
         crate::core::columns::owned_column("f_score", f_score),
         crate::core::columns::owned_column("m_score", m_score),
-        Series::new("rfm_score".into(), score_of_cell)
+        Series::new("rfm_score".into(), cells_of.score_of_cell)
             .take(&cells)?
             .into_column(),
         names_series.take(&segment_codes)?.into_column(),
-    ])?;
-    tracing::debug!("rfm: tables at {:.3} s", clock.elapsed().as_secs_f64());
-    Ok(vec![customers, thresholds_table, segments])
+    ])?)
 }
 
 #[cfg(test)]
@@ -557,6 +957,36 @@ mod tests {
                 (1.0 + (bins as f64 * (rank as f64 - 1.0) / n as f64).floor()) as i32
             })
             .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Any split of the customers merges, in each pass, to the whole's histograms, bound
+        /// candidates and tallies: the same bounds, tables and scores, for every method.
+        #[test]
+        fn shards_merge_to_the_whole(
+            orders in crate::core::stages::shard::tests::random_orders(),
+            shards in 1usize..6,
+            method in 0u8..3,
+            bins in 2u32..7,
+        ) {
+            let method = [Method::RankMin, Method::Ntile, Method::Thresholds][usize::from(method)];
+            let options = RfmOptions {
+                bins: if method == Method::Thresholds { 3 } else { bins },
+                method,
+                thresholds: (method == Method::Thresholds).then(|| Thresholds {
+                    recency: vec![30.0, 180.0],
+                    frequency: vec![2.0, 4.0],
+                    monetary: vec![100.0, 500.0],
+                }),
+                segments: Some(vec![SegmentRule { segment: "all".into(), r: None, f: None, m: None }]),
+                ..RfmOptions::default()
+            };
+            let stage = Rfm { rules: options.rules(), options };
+            let shared = crate::core::stages::shard::tests::shared_of(&orders, 60);
+            crate::core::stages::shard::tests::assert_shards_merge(&stage, &shared, shards);
+        }
     }
 
     #[test]
