@@ -357,9 +357,19 @@ impl<'a> Ids<'a> {
 /// next score.
 type Bound = (u64, Option<IdKey>);
 
-/// The histogram bucket of a goodness key (its top 20 bits).
-fn goodness_bucket(goodness: u64) -> u64 {
-    goodness >> 44
+/// The histogram bucket of a goodness key of a dimension: the key itself for the integer
+/// dimensions (recency and frequency take few distinct values), its top 20 bits for monetary.
+fn goodness_bucket(dimension: &str, goodness: u64) -> u64 {
+    if exact_buckets(dimension) {
+        goodness
+    } else {
+        goodness >> 44
+    }
+}
+
+/// Whether a dimension's histogram counts each value apart (so a bound is its bucket).
+fn exact_buckets(dimension: &str) -> bool {
+    dimension != "monetary"
 }
 
 /// 0-based positions of the order statistics that bound the scores among `n` customers.
@@ -383,22 +393,28 @@ impl Sharded for Rfm {
     }
 
     fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial> {
+        let clock = std::time::Instant::now();
         let shared = inputs.shared()?;
         let facts = &shared.customer_facts;
         let dimensions = Dimensions::of(facts, shared.as_of, &self.options)?;
         let ntile = self.options.method == Method::Ntile;
-        match (earlier.len(), self.passes()) {
+        let partial = match (earlier.len(), self.passes()) {
             (0, 3) => {
                 let (mut names, mut buckets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
                 for (name, values, higher) in dimensions.each() {
-                    let mut keys: Vec<u64> = (0..values.len())
-                        .map(|c| goodness_bucket(values.goodness(c, higher)))
-                        .collect();
-                    keys.sort_unstable();
-                    for run in keys.chunk_by(|a, b| a == b) {
+                    // Few distinct buckets: counted in a table, then listed in order.
+                    let mut counted: hashbrown::HashMap<u64, i64, foldhash::fast::FixedState> = Default::default();
+                    for customer in 0..values.len() {
+                        *counted
+                            .entry(goodness_bucket(name, values.goodness(customer, higher)))
+                            .or_insert(0) += 1;
+                    }
+                    let mut counted: Vec<(u64, i64)> = counted.into_iter().collect();
+                    counted.sort_unstable();
+                    for (bucket, count) in counted {
                         names.push(name);
-                        buckets.push(run[0]);
-                        counts.push(run.len() as i64);
+                        buckets.push(bucket);
+                        counts.push(count);
                     }
                 }
                 Ok(vec![
@@ -409,10 +425,14 @@ impl Sharded for Rfm {
                 let targets = bound_targets(&earlier[0][0], self.options.bins)?;
                 let (mut names, mut goodness, mut rows) = (Vec::new(), Vec::new(), Vec::new());
                 for (name, values, higher) in dimensions.each() {
+                    // A bound of `rank_min` on an exact histogram is its bucket: no candidates.
+                    if exact_buckets(name) && !ntile {
+                        continue;
+                    }
                     let wanted: Vec<u64> = targets.iter().filter(|t| t.0 == name).map(|t| t.1).collect();
                     for customer in 0..values.len() {
                         let key = values.goodness(customer, higher);
-                        if wanted.contains(&goodness_bucket(key)) {
+                        if wanted.contains(&goodness_bucket(name, key)) {
                             names.push(name);
                             goodness.push(key);
                             rows.push(customer as IdxSize);
@@ -436,7 +456,13 @@ impl Sharded for Rfm {
                 let scores = self.scores(facts, &dimensions, bounds.as_ref())?;
                 tallies(facts, &dimensions, &scores, &self.rules)
             }
-        }
+        }?;
+        tracing::debug!(
+            "rfm: pass {} partial in {:.3} s",
+            earlier.len(),
+            clock.elapsed().as_secs_f64()
+        );
+        Ok(partial)
     }
 
     fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
@@ -479,6 +505,29 @@ impl Sharded for Rfm {
             tables: vec![None, Some(thresholds), Some(segments)],
             globals,
         })
+    }
+
+    /// The scores of the last pass give the customer rows too (computed once).
+    fn rows_with_last_pass(&self) -> bool {
+        true
+    }
+
+    fn last_partial_with_rows(
+        &self,
+        inputs: &StageInputs,
+        earlier: &[Partial],
+    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+        let shared = inputs.shared()?;
+        let facts = &shared.customer_facts;
+        let dimensions = Dimensions::of(facts, shared.as_of, &self.options)?;
+        let bounds = match self.passes() {
+            3 => Some(bounds_of(&earlier[0][0], &earlier[1][0], &self.options)?),
+            _ => None,
+        };
+        let scores = self.scores(facts, &dimensions, bounds.as_ref())?;
+        let partial = tallies(facts, &dimensions, &scores, &self.rules)?;
+        let customers = customers_table(facts, dimensions, scores, &self.rules)?;
+        Ok((partial, vec![Some(customers), None, None]))
     }
 
     fn customer_rows(&self, inputs: &StageInputs, globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
@@ -562,18 +611,30 @@ fn bounds_of(histogram: &DataFrame, candidates: &DataFrame, options: &RfmOptions
     let targets = bound_targets(histogram, options.bins)?;
     let names = candidates.column("dimension")?.str()?;
     let goodness = candidates.column("goodness")?.u64()?;
-    let ids = candidates.column("customer_id")?;
     let ntile = options.method == Method::Ntile;
-    let id_keys = if ntile { Some(Ids::of(ids)?) } else { None };
+    let id_keys = if ntile {
+        Some(Ids::of(candidates.column("customer_id")?)?)
+    } else {
+        None
+    };
+    // The candidates of each (dimension, bucket), in (goodness, id) order as merged.
+    let mut rows_of: std::collections::HashMap<(&str, u64), Vec<usize>> = Default::default();
+    for row in 0..candidates.height() {
+        let (Some(name), Some(key)) = (names.get(row), goodness.get(row)) else {
+            continue;
+        };
+        rows_of.entry((name, goodness_bucket(name, key))).or_default().push(row);
+    }
     let mut bounds: [Vec<Bound>; 3] = Default::default();
     for (d, name) in ["recency", "frequency", "monetary"].iter().enumerate() {
         for (_, bucket, offset, _) in targets.iter().filter(|t| t.0 == *name) {
-            // The candidates of this bucket, in (goodness, id) order as merged.
-            let rows: Vec<usize> = (0..candidates.height())
-                .filter(|&row| names.get(row) == Some(*name) && goodness.get(row).map(goodness_bucket) == Some(*bucket))
-                .collect();
-            let row = *rows
-                .get(*offset as usize)
+            if exact_buckets(name) && !ntile {
+                bounds[d].push((*bucket, None));
+                continue;
+            }
+            let row = *rows_of
+                .get(&(*name, *bucket))
+                .and_then(|rows| rows.get(*offset as usize))
                 .ok_or_else(|| anyhow::anyhow!("rfm: a bound's bucket lost candidates"))?;
             bounds[d].push((goodness.get(row).unwrap_or(0), id_keys.as_ref().map(|ids| ids.key(row))));
         }

@@ -50,6 +50,35 @@ pub trait Sharded: Send + Sync {
     fn customer_rows(&self, _inputs: &StageInputs, _globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
         Ok(Vec::new())
     }
+
+    /// Whether the last pass already knows all the per-customer rows need (RFM's bounds come
+    /// from the passes before): its partial then comes with the shard's rows
+    /// (`last_partial_with_rows`) and `customer_rows` is not called, so they are computed once.
+    fn rows_with_last_pass(&self) -> bool {
+        false
+    }
+
+    /// The last pass's partial and the shard's per-customer rows, when `rows_with_last_pass`.
+    fn last_partial_with_rows(
+        &self,
+        inputs: &StageInputs,
+        earlier: &[Partial],
+    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+        Ok((self.partial(inputs, earlier)?, Vec::new()))
+    }
+}
+
+/// One shard's partial of `pass`, and its per-customer rows when the last pass gives them.
+fn partial_of_pass(
+    stage: &dyn Sharded,
+    inputs: &StageInputs,
+    earlier: &[Partial],
+) -> Result<(Partial, Option<Vec<Option<DataFrame>>>)> {
+    if stage.rows_with_last_pass() && earlier.len() + 1 == stage.passes() {
+        let (partial, rows) = stage.last_partial_with_rows(inputs, earlier)?;
+        return Ok((partial, Some(rows)));
+    }
+    Ok((stage.partial(inputs, earlier)?, None))
 }
 
 /// What finalize gives: the aggregate tables (`None` where a per-customer table goes), and the
@@ -73,12 +102,17 @@ impl Finalized {
 pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
     let as_of = inputs.shared()?.as_of;
     let mut merged = Vec::new();
+    let mut early_rows = None;
     for pass in 0..stage.passes() {
-        let partial = stage.partial(inputs, &merged)?;
+        let (partial, rows) = partial_of_pass(stage, inputs, &merged)?;
+        early_rows = early_rows.or(rows);
         merged.push(stage.merge(pass, vec![partial])?);
     }
     let finalized = stage.finalize(merged, inputs, as_of)?;
-    let mut rows = stage.customer_rows(inputs, &finalized.globals)?;
+    let mut rows = match early_rows {
+        Some(rows) => rows,
+        None => stage.customer_rows(inputs, &finalized.globals)?,
+    };
     rows.resize(finalized.tables.len(), None);
     finalized
         .tables
@@ -269,15 +303,16 @@ pub mod tests {
             sources.iter().map(|(name, data)| (*name, data)).collect()
         }
         let of = |sources: &[(&str, SourceData)], earlier: &[Partial]| {
-            stage
-                .partial(
-                    &StageInputs {
-                        sources: inputs(sources),
-                        upstream: Vec::new(),
-                    },
-                    earlier,
-                )
-                .unwrap()
+            partial_of_pass(
+                stage,
+                &StageInputs {
+                    sources: inputs(sources),
+                    upstream: Vec::new(),
+                },
+                earlier,
+            )
+            .unwrap()
+            .0
         };
         let count = shards.len();
         let (mut whole_merged, mut merged) = (Vec::new(), Vec::new());
@@ -296,6 +331,7 @@ pub mod tests {
             sources: inputs(whole),
             upstream: Vec::new(),
         };
+        let (merged_passes, whole_passes) = (merged.clone(), whole_merged.clone());
         let (a, b) = (
             stage.finalize(merged, &context, as_of).unwrap(),
             stage.finalize(whole_merged, &context, as_of).unwrap(),
@@ -307,23 +343,28 @@ pub mod tests {
                 _ => panic!("a table is aggregate in one and per customer in the other"),
             }
         }
-        let rows_of = |sources: &[(&str, SourceData)], globals: &Partial| {
-            stage
-                .customer_rows(
-                    &StageInputs {
-                        sources: inputs(sources),
-                        upstream: Vec::new(),
-                    },
-                    globals,
-                )
-                .unwrap()
+        // The shard's rows: from the last pass (given the merged passes before) or after finalize.
+        let rows_of = |sources: &[(&str, SourceData)], globals: &Partial, earlier: &[Partial]| {
+            let inputs = StageInputs {
+                sources: inputs(sources),
+                upstream: Vec::new(),
+            };
+            match stage.rows_with_last_pass() {
+                true => {
+                    stage
+                        .last_partial_with_rows(&inputs, &earlier[..earlier.len() - 1])
+                        .unwrap()
+                        .1
+                }
+                false => stage.customer_rows(&inputs, globals).unwrap(),
+            }
         };
-        let whole_rows = rows_of(whole, &b.globals);
+        let whole_rows = rows_of(whole, &b.globals, &whole_passes);
         for (index, whole_table) in whole_rows.iter().enumerate() {
             let Some(whole_table) = whole_table else { continue };
             let parts: Vec<DataFrame> = shards
                 .iter()
-                .filter_map(|shard| rows_of(shard, &a.globals)[index].clone())
+                .filter_map(|shard| rows_of(shard, &a.globals, &merged_passes)[index].clone())
                 .collect();
             let mut together = parts[0].clone();
             for part in &parts[1..] {
