@@ -150,7 +150,7 @@ impl AcquisitionOptions {
 /// One shard's partial: `[customers, contribution, meta]`. `customers`: acquisition_channel
 /// (null: none), cohort (period index), new_customers, ltv_sum, ltv_customers; `contribution`:
 /// acquisition_channel, cohort, since (periods since the cohort), micros (revenue − cost, or
-/// revenue), non-zero only; `meta`: key, with_cost (1 when the orders map `cost`).
+/// revenue), for every cell with an order (a zero sum included: shards' sums may cancel); `meta`: key, with_cost (1 when the orders map `cost`).
 fn shard_partial(
     shared: &SharedTables,
     granularity: Granularity,
@@ -202,7 +202,6 @@ fn shard_partial(
             .entry((channel(customer), cohort[customer], since))
             .or_insert(0) += micros;
     }
-    contribution.retain(|_, micros| *micros != 0);
     let text = |values: Vec<Option<&str>>| Column::new("acquisition_channel".into(), values);
     Ok(vec![
         DataFrame::new_infer_height(vec![
@@ -396,14 +395,7 @@ impl Cells {
         let (customers, contribution) = (&merged[0], &merged[1]);
         let spend_days = prepare::day_values(&spend.spend, "spent_on")?;
         let spend_micros = prepare::values::<Int64Type>(&spend.spend, "amount_micros")?;
-        let ints = |frame: &DataFrame, name: &str| -> Result<Vec<i64>> {
-            Ok(frame
-                .column(name)?
-                .cast(&DataType::Int64)?
-                .i64()?
-                .into_no_null_iter()
-                .collect())
-        };
+        let ints = super::shard::int_values;
         let customer_cohorts = ints(customers, "cohort")?;
         let last = granularity.index_of(as_of);
         let spend_periods: Vec<i32> = spend_days

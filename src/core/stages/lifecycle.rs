@@ -221,6 +221,13 @@ fn stage_at(days: &[i32], window: (i32, i32), options: &LifecycleOptions) -> usi
     if upto == 0 {
         return CHURNED;
     }
+    stage_in(days, seen, upto, window, options)
+}
+
+/// The stage in snapshot `window` of a customer whose purchase days before the period are
+/// `days[..seen]` and by its snapshot date `days[..upto]` (`upto` ≥ 1), in precedence order.
+fn stage_in(days: &[i32], seen: usize, upto: usize, window: (i32, i32), options: &LifecycleOptions) -> usize {
+    let (start, end) = window;
     let (first, last) = (days[0], days[upto - 1]);
     let (churn, active) = (options.churn_days as i32, options.active_days as i32);
     if first >= start {
@@ -318,8 +325,6 @@ pub fn windows(first: NaiveDate, as_of: NaiveDate, granularity: Granularity) -> 
 /// stays churned (not alive: no start, end or retained counts): the walk marks the next
 /// snapshot `settled` and stops, so a customer costs its active snapshots, not all of them.
 pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOptions, tallies: &mut [Tally]) -> usize {
-    let churn = options.churn_days as i32;
-    let active = options.active_days as i32;
     let first = days[0];
     let mut seen = 0usize; // purchase days on or before the previous snapshot
     let mut alive_before = false; // not churned at the end of the previous snapshot
@@ -327,23 +332,12 @@ pub fn walk_customer(days: &[i32], windows: &[(i32, i32)], options: &LifecycleOp
     // The snapshots before the first purchase count nothing: start at the first one after it.
     let from = windows.partition_point(|&(_, end)| end < first);
     for (w, window) in windows.iter().enumerate().skip(from) {
-        let (start, end) = *window;
+        let end = window.1;
         let mut upto = seen;
         while upto < days.len() && days[upto] <= end {
             upto += 1;
         }
-        let last = days[upto - 1];
-        stage = if first >= start {
-            NEW
-        } else if (seen.max(1)..upto).any(|i| days[i] - days[i - 1] > churn) {
-            REACTIVATED
-        } else if end - last <= active {
-            ACTIVE
-        } else if end - last <= churn {
-            AT_RISK
-        } else {
-            CHURNED
-        };
+        stage = stage_in(days, seen, upto, *window, options);
         let alive = stage != CHURNED;
         let tally = &mut tallies[w];
         tally.stages[stage] += 1;

@@ -411,14 +411,7 @@ fn partial_of(first_cohort: i32, tallies: Vec<Tally>, options: &RepeatOptions) -
 /// then each cohort, their gaps as a histogram.
 fn merged_rows(merged: &Partial, options: &RepeatOptions) -> Result<Vec<(Option<i32>, Tally)>> {
     let (counts, gaps, between) = (&merged[0], &merged[1], &merged[2]);
-    let ints = |frame: &DataFrame, name: &str| -> Result<Vec<i64>> {
-        Ok(frame
-            .column(name)?
-            .cast(&DataType::Int64)?
-            .i64()?
-            .into_no_null_iter()
-            .collect())
-    };
+    let ints = super::shard::int_values;
     let cohorts: Vec<i64> = ints(counts, "cohort")?;
     let mut rows: Vec<(Option<i32>, Tally)> = Vec::new();
     for (row, &cohort) in cohorts.iter().enumerate() {
