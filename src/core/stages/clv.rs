@@ -13,6 +13,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use super::shard::{int_values, merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::clv::{bgnbd, gamma_gamma};
 use crate::core::diagnostic::Diagnostics;
@@ -356,44 +357,364 @@ impl Stage for ClvOptions {
         }
     }
 
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let shared = inputs.shared()?;
-        let facts = &shared.customer_facts;
-        if facts.height() == 0 {
+        if inputs.shared()?.customer_facts.height() == 0 {
             bail!("no customers to fit");
         }
-        let started = std::time::Instant::now();
+        run_one_shard(self, inputs)
+    }
+}
+
+/// Positions of the tables in the merged partial of pass 0: the counts merged from the shards,
+/// then what `between` adds.
+const PATTERNS: usize = 0;
+const SPEND: usize = 1;
+const TOTALS: usize = 2;
+const CALIBRATION: usize = 3;
+const SCORES: usize = 4;
+const MODEL_ROWS: usize = 5;
+const PROBLEMS: usize = 6;
+const PARAMS: usize = 7;
+const CALIBRATION_SCORES: usize = 8;
+
+/// Sharded in two passes with the fits between them. Pass 0 merges the BG/NBD patterns as
+/// customers per (x, t_x, T) in whole days, the Gamma-Gamma (x, m) counts of repeat customers,
+/// the revenue and cost totals (observed margin) and, with a calibration, the calibration
+/// patterns. Between the passes (once): both fits, the scores of every pattern, the model rows
+/// and problems, and the calibration fit with its predictions per calibration pattern. Pass 1
+/// scores each customer by its pattern (the per-customer rows come with it), counts the null
+/// CLVs and adds up the holdout sums per frequency bucket. Finalize: the model table with the
+/// null count, the validation table, and the `on_model_failure` judgement.
+impl Sharded for ClvOptions {
+    fn passes(&self) -> usize {
+        2
+    }
+
+    fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial> {
+        match earlier.first() {
+            None => self.counts(inputs.shared()?),
+            Some(_) => Ok(self.last_partial_with_rows(inputs, earlier)?.0),
+        }
+    }
+
+    fn merge(&self, pass: usize, mut parts: Vec<Partial>) -> Result<Partial> {
+        // One shard's counts are sorted by their keys already (built from sorted keys).
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let pattern_keys = ["x", "t", "t_x"];
+        match pass {
+            0 => Ok(vec![
+                merge_sums(tables_at(&parts, PATTERNS)?, &pattern_keys)?,
+                merge_sums(tables_at(&parts, SPEND)?, &["x", "m"])?,
+                merge_sums(tables_at(&parts, TOTALS)?, &["key", "as_of"])?,
+                merge_sums(tables_at(&parts, CALIBRATION)?, &pattern_keys)?,
+            ]),
+            _ => Ok(vec![
+                merge_sums(tables_at(&parts, 0)?, &["key"])?,
+                merge_sums(tables_at(&parts, 1)?, &["bucket"])?,
+            ]),
+        }
+    }
+
+    fn between(&self, pass: usize, merged: &[Partial]) -> Result<Partial> {
+        match pass {
+            0 => self.fits(&merged[0]),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn finalize(&self, merged: Vec<Partial>, _whole: &StageInputs, as_of: NaiveDate) -> Result<Finalized> {
+        let (first, second) = (&merged[0], &merged[1]);
+        let customers = int_values(&second[0], "customers")?.first().copied().unwrap_or(0);
+        let nulls = int_values(&second[0], "null_clv")?.first().copied().unwrap_or(0);
+        let mut model = first[MODEL_ROWS].clone();
+        let clv_row = df! {
+            "model" => ["clv"],
+            "parameter" => ["customers_with_null_clv"],
+            "value" => [nulls as f64],
+            "std_error" => [None::<f64>],
+            "log_likelihood" => [None::<f64>],
+            "customers" => [customers],
+            "iterations" => [0i64],
+            "converged" => [nulls == 0],
+            "time_unit" => [self.time_unit.name()],
+        }?;
+        model.vstack_mut(&clv_row)?;
+        let calibration_rows = first[CALIBRATION_SCORES + 1].clone();
+        if calibration_rows.height() > 0 {
+            model.vstack_mut(&calibration_rows)?;
+        }
+        let mut tables = vec![None, Some(model)];
+        if let Some(end) = self.calibration() {
+            let holdout = (to_days(as_of) - to_days(end.resolve(as_of))) as f64 / self.time_unit.days();
+            tables.push(Some(validation_table(&second[1], holdout)?));
+        }
+        let mut problems: Vec<String> = first[PROBLEMS]
+            .column("problem")?
+            .str()?
+            .iter()
+            .flatten()
+            .map(str::to_string)
+            .collect();
+        let share = nulls as f64 / customers.max(1) as f64;
+        if share > self.max_null_clv_fraction {
+            problems.push(format!(
+                "{nulls} of {customers} customers ({:.2}%) have a null clv, more than max_null_clv_fraction = {}",
+                share * 100.0,
+                self.max_null_clv_fraction
+            ));
+        }
+        if !problems.is_empty() {
+            match self.on_model_failure {
+                OnModelFailure::Error => bail!(
+                    "the model is degenerate and was not published: {}; try a `penalizer` (e.g. 0.001) or a longer history, check the customer summary for outliers, or set `on_model_failure = \"warn\"` to publish it with warnings",
+                    problems.join("; ")
+                ),
+                OnModelFailure::Warn => {
+                    for problem in &problems {
+                        tracing::warn!("clv: {problem} (published: on_model_failure = \"warn\")");
+                    }
+                }
+            }
+        }
+        Ok(Finalized {
+            tables,
+            globals: Vec::new(),
+        })
+    }
+
+    /// The customers' scores need only the fits between the passes: they come with pass 1.
+    fn rows_with_last_pass(&self) -> bool {
+        true
+    }
+
+    fn last_partial_with_rows(
+        &self,
+        inputs: &StageInputs,
+        earlier: &[Partial],
+    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+        let shared = inputs.shared()?;
+        let fitted = &earlier[0];
+        let facts = &shared.customer_facts;
         let data = summary(facts)?;
-        tracing::debug!("clv: summary in {:.3} s", started.elapsed().as_secs_f64());
+        let values = self.customer_values(&data, fitted)?;
+        let nulls = values[4].iter().filter(|v| v.is_nan()).count() as i64;
+        let counts = df! { "key" => [0i32], "customers" => [data.x.len() as i64], "null_clv" => [nulls] }?;
+        let buckets = match self.calibration() {
+            Some(end) => holdout_buckets(shared, end.resolve(shared.as_of), self, &fitted[CALIBRATION_SCORES])?,
+            None => holdout_buckets_frame(&[Bucket::default(); 9])?,
+        };
+        let customers = self.customers_table(facts, &data, values)?;
+        let mut rows = vec![Some(customers), None];
+        if self.calibration().is_some() {
+            rows.push(None);
+        }
+        Ok((vec![counts, buckets], rows))
+    }
+}
+
+/// The monthly rate equivalent to an annual one: (1 + annual)^(1/12) − 1.
+fn monthly_discount(annual: f64) -> f64 {
+    (1.0 + annual).powf(1.0 / 12.0) - 1.0
+}
+
+/// A column of `values`, null where NaN (taken over when there is none, the usual case).
+fn nan_as_null(name: &str, values: Vec<f64>) -> Column {
+    if values.iter().any(|v| v.is_nan()) {
+        let values: Vec<Option<f64>> = values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
+        Column::new(name.into(), values)
+    } else {
+        crate::core::columns::owned_column(name, values)
+    }
+}
+
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+/// (x, t, t_x) in whole days → customers, sorted by the key (the order the patterns are
+/// fitted in).
+fn pattern_counts(x: &[u32], t_x_days: &[u32], t_days: &[u32]) -> Result<DataFrame> {
+    let (mut xs, mut ts, mut t_xs, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut push = |(x, t, t_x): (u32, u32, u32), count: usize| {
+        xs.push(i64::from(x));
+        ts.push(i64::from(t));
+        t_xs.push(i64::from(t_x));
+        counts.push(count as i64);
+    };
+    if let Some(mut keys) = packed_keys(x, t_days, t_x_days) {
+        // The usual case: one u64 per customer, radix-sorted.
+        radsort::sort(&mut keys);
+        for run in keys.chunk_by(|a, b| a == b) {
+            push(unpack(run[0]), run.len());
+        }
+    } else {
+        let mut keyed: Vec<(u32, u32, u32)> = (0..x.len()).map(|i| (x[i], t_days[i], t_x_days[i])).collect();
+        keyed.par_sort_unstable();
+        for run in keyed.chunk_by(|a, b| a == b) {
+            push(run[0], run.len());
+        }
+    }
+    Ok(df! { "x" => xs, "t" => ts, "t_x" => t_xs, "customers" => counts }?)
+}
+
+/// Each customer's (x, T, t_x) packed into a u64 in that order (22 + 21 + 21 bits), when they
+/// fit: sorting the keys sorts the patterns.
+fn packed_keys(x: &[u32], t_days: &[u32], t_x_days: &[u32]) -> Option<Vec<u64>> {
+    let fits = x.par_iter().all(|&x| x < 1 << 22)
+        && t_days.par_iter().all(|&t| t < 1 << 21)
+        && t_x_days.par_iter().all(|&t| t < 1 << 21);
+    fits.then(|| {
+        (0..x.len())
+            .into_par_iter()
+            .map(|i| pack((x[i], t_days[i], t_x_days[i])))
+            .collect()
+    })
+}
+
+fn pack((x, t, t_x): (u32, u32, u32)) -> u64 {
+    (u64::from(x) << 42) | (u64::from(t) << 21) | u64::from(t_x)
+}
+
+fn unpack(key: u64) -> (u32, u32, u32) {
+    (
+        (key >> 42) as u32,
+        ((key >> 21) & 0x1F_FFFF) as u32,
+        (key & 0x1F_FFFF) as u32,
+    )
+}
+
+/// BG/NBD patterns (in `unit_days`) from merged pattern counts.
+fn patterns_of(counts: &DataFrame, unit_days: f64) -> Result<bgnbd::Patterns> {
+    let (x, t, t_x, customers) = (
+        int_values(counts, "x")?,
+        int_values(counts, "t")?,
+        int_values(counts, "t_x")?,
+        int_values(counts, "customers")?,
+    );
+    Ok(bgnbd::Patterns {
+        x: x.iter().map(|&x| x as u32).collect(),
+        t_x: t_x.iter().map(|&d| d as f64 / unit_days).collect(),
+        t: t.iter().map(|&d| d as f64 / unit_days).collect(),
+        weight: customers.iter().map(|&c| c as f64).collect(),
+    })
+}
+
+/// Each customer's pattern index in merged `counts` (x, t, t_x in days).
+fn pattern_index(counts: &DataFrame, data: &Summary) -> Result<Vec<u32>> {
+    let (x, t, t_x) = (
+        int_values(counts, "x")?,
+        int_values(counts, "t")?,
+        int_values(counts, "t_x")?,
+    );
+    let key = |x: i64, t: i64, t_x: i64| ((x as u128) << 64) | ((t as u128) << 32) | t_x as u128;
+    let index: hashbrown::HashMap<u128, u32, foldhash::fast::FixedState> =
+        (0..x.len()).map(|i| (key(x[i], t[i], t_x[i]), i as u32)).collect();
+    (0..data.x.len())
+        .into_par_iter()
+        .map(|i| {
+            index
+                .get(&key(
+                    i64::from(data.x[i]),
+                    i64::from(data.t_days[i]),
+                    i64::from(data.t_x_days[i]),
+                ))
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("clv: a customer's pattern is missing from the merged patterns"))
+        })
+        .collect()
+}
+
+impl ClvOptions {
+    /// Pass 0 of one shard: `[patterns, spend, totals, calibration]`.
+    fn counts(&self, shared: &crate::core::prepare::SharedTables) -> Result<Partial> {
+        let facts = &shared.customer_facts;
+        let data = summary(facts)?;
+        let patterns = pattern_counts(&data.x, &data.t_x_days, &data.t_days)?;
+        let mut pairs: Vec<(u32, u64)> = (0..data.x.len())
+            .filter(|&i| data.x[i] > 0 && data.monetary[i] > 0.0)
+            .map(|i| (data.x[i], data.monetary[i].to_bits()))
+            .collect();
+        pairs.par_sort_unstable();
+        let (mut xs, mut ms, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+        for run in pairs.chunk_by(|a, b| a == b) {
+            xs.push(i64::from(run[0].0));
+            ms.push(f64::from_bits(run[0].1));
+            counts.push(run.len() as i64);
+        }
+        let spend = df! { "x" => xs, "m" => ms, "customers" => counts }?;
+        let total = |name: &str| -> Result<i64> {
+            Ok(match facts.column(name) {
+                Ok(column) => column.i64()?.sum().unwrap_or(0),
+                Err(_) => 0,
+            })
+        };
+        // as_of is the same in every shard: a key, so the merge keeps it.
+        let totals = df! {
+            "key" => [0i32],
+            "as_of" => [to_days(shared.as_of)],
+            "revenue_micros" => [total("revenue_micros")?],
+            "cost_micros" => [total("cost_micros")?],
+        }?;
+        let calibration = match self.calibration() {
+            Some(end) => {
+                let kept = calibration_summary(shared, end.resolve(shared.as_of))?;
+                let x: Vec<u32> = kept.iter().map(|c| c.x).collect();
+                let t_x: Vec<u32> = kept.iter().map(|c| c.t_x).collect();
+                let t: Vec<u32> = kept.iter().map(|c| c.t).collect();
+                pattern_counts(&x, &t_x, &t)?
+            }
+            None => pattern_counts(&[], &[], &[])?,
+        };
+        Ok(vec![patterns, spend, totals, calibration])
+    }
+
+    /// Between the passes: `[scores, model_rows, problems, params, calibration_scores,
+    /// calibration_rows]` from the merged pass-0 counts.
+    fn fits(&self, merged: &Partial) -> Result<Partial> {
         let clock = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!("clv: {what} at {:.3} s", clock.elapsed().as_secs_f64());
-        // The two models are independent: fit them side by side (each is parallel inside too,
-        // but both have sequential stretches).
-        let ((patterns, pattern_of, bgnbd_fit), (spend, spend_fit)) = rayon::join(
+        let unit = self.time_unit.days();
+        let patterns = patterns_of(&merged[PATTERNS], unit)?;
+        if patterns.x.is_empty() {
+            bail!("no customers to fit");
+        }
+        let spend = {
+            let (x, m, customers) = (
+                int_values(&merged[SPEND], "x")?,
+                merged[SPEND]
+                    .column("m")?
+                    .f64()?
+                    .into_no_null_iter()
+                    .collect::<Vec<f64>>(),
+                int_values(&merged[SPEND], "customers")?,
+            );
+            gamma_gamma::Spend {
+                x: x.iter().map(|&x| x as f64).collect(),
+                m,
+                weight: customers.iter().map(|&c| c as f64).collect(),
+            }
+        };
+        // The two models are independent: fit them side by side.
+        let (bgnbd_fit, spend_fit) = rayon::join(
             || {
-                let (patterns, pattern_of) =
-                    bgnbd::Patterns::compress_days(&data.x, &data.t_x_days, &data.t_days, self.time_unit.days());
-                lap("BG/NBD patterns");
-                let fit = patterns
+                patterns
                     .x
                     .iter()
                     .any(|&x| x > 0)
-                    .then(|| bgnbd::fit(&patterns, self.penalizer));
-                lap("BG/NBD fit");
-                (patterns, pattern_of, fit)
+                    .then(|| bgnbd::fit(&patterns, self.penalizer))
             },
-            || {
-                // Gamma-Gamma on repeat customers with positive spend, as distinct (x, m).
-                let spend = gamma_gamma::Spend::compress(&data.x, data.monetary);
-                let fit = gamma_gamma::fit(&spend, self.penalizer);
-                lap("Gamma-Gamma fit");
-                (spend, fit)
-            },
+            || gamma_gamma::fit(&spend, self.penalizer),
         );
         lap("BG/NBD and Gamma-Gamma fits");
         tracing::info!(
             "clv: fitted BG/NBD on {} customers in {} patterns, Gamma-Gamma on {} repeat customers in {} patterns",
-            data.x.len(),
+            patterns.customers(),
             patterns.len(),
             spend.customers(),
             spend.x.len()
@@ -484,36 +805,78 @@ impl Stage for ClvOptions {
                 true,
             );
         }
+        let scores = self.pattern_scores(&patterns, fit.as_ref().map(|fit| fit.params))?;
+        lap("scores per pattern");
+        let mut scores_frame = merged[PATTERNS].select(["x", "t", "t_x"])?;
+        for (name, values) in scores {
+            scores_frame.with_column(Column::new(name.into(), values))?;
+        }
+        let margin = match self.margin {
+            super::Margin::Fixed(margin) => margin,
+            super::Margin::Observed => {
+                let total = |name: &str| -> Result<i128> {
+                    Ok(i128::from(
+                        int_values(&merged[TOTALS], name)?.first().copied().unwrap_or(0),
+                    ))
+                };
+                super::observed_margin_of(total("revenue_micros")?, total("cost_micros")?)?
+            }
+        };
+        let params = df! {
+            "spend_p" => [spend_params.map(|p| p.p)],
+            "spend_q" => [spend_params.map(|p| p.q)],
+            "spend_v" => [spend_params.map(|p| p.v)],
+            "margin" => [margin],
+        }?;
+        let as_of = crate::core::period::from_days(
+            merged[TOTALS]
+                .column("as_of")?
+                .i32()?
+                .get(0)
+                .ok_or_else(|| anyhow::anyhow!("clv: no as_of"))?,
+        );
+        let (calibration_scores, calibration_rows) = match self.calibration() {
+            Some(end) => self.calibration_fit(&merged[CALIBRATION], end.resolve(as_of), as_of, &mut problems)?,
+            None => (
+                df! { "x" => Vec::<i64>::new(), "t" => Vec::<i64>::new(), "t_x" => Vec::<i64>::new(), "predicted" => Vec::<f64>::new() }?,
+                ModelRows::new().into_frame(self.time_unit)?,
+            ),
+        };
+        Ok(vec![
+            scores_frame,
+            rows.into_frame(self.time_unit)?,
+            df! { "problem" => problems }?,
+            params,
+            calibration_scores,
+            calibration_rows,
+        ])
+    }
 
-        // Scores per pattern, in parallel, then per customer.
+    /// Per pattern: p_alive, E[X(horizon) | alive], the discounted sum of its monthly increments
+    /// (CLV per unit of order value and P(alive)), and P(no purchase | alive); NaN for none.
+    fn pattern_scores(
+        &self,
+        patterns: &bgnbd::Patterns,
+        params: Option<bgnbd::Params>,
+    ) -> Result<Vec<(&'static str, Vec<f64>)>> {
+        let n = patterns.len();
+        let Some(params) = params else {
+            return Ok(vec![
+                ("p_alive", vec![1.0; n]),
+                ("expected_if_alive", vec![0.0; n]),
+                ("discounted_if_alive", vec![0.0; n]),
+                ("no_purchase_if_alive", vec![1.0; n]),
+            ]);
+        };
         let unit_months = DAYS_PER_MONTH / self.time_unit.days();
         let horizon = self.horizon_months as usize;
-        let Some(params) = fit.as_ref().map(|fit| fit.params) else {
-            let tables = self.finish(
-                facts,
-                &data,
-                vec![Score {
-                    p_alive: 1.0,
-                    expected_if_alive: Some(0.0),
-                    discounted_if_alive: Some(0.0),
-                    no_purchase_if_alive: 1.0,
-                }],
-                &vec![0; data.x.len()],
-                spend_params,
-                rows,
-                shared,
-                &mut problems,
-            )?;
-            return self.judge(tables, problems);
-        };
         // E[X(t)] = P(alive) · E[X(t) | alive], and the second factor depends on (x, T) only:
-        // compute it once per distinct pair and month, reduced to the horizon's total and the
-        // discounted sum of its monthly increments (CLV per unit of order value and P(alive)).
+        // compute it once per distinct pair and month.
         let monthly_factor = 1.0 / (1.0 + monthly_discount(self.annual_discount_rate));
         // Patterns come sorted by (x, T, t_x): the pairs are runs.
         let mut pairs: Vec<(u32, u64)> = Vec::new();
-        let mut pair_of = Vec::with_capacity(patterns.len());
-        for i in 0..patterns.len() {
+        let mut pair_of = Vec::with_capacity(n);
+        for i in 0..n {
             let pair = (patterns.x[i], patterns.t[i].to_bits());
             if pairs.last() != Some(&pair) {
                 pairs.push(pair);
@@ -538,110 +901,49 @@ impl Stage for ClvOptions {
                 (Some(previous), Some(discounted))
             })
             .collect();
-        lap(&format!("expectations for {} (x, T) pairs", pairs.len()));
-        let scored: Vec<Score> = (0..patterns.len())
+        let none = f64::NAN;
+        let scored: Vec<[f64; 4]> = (0..n)
             .into_par_iter()
             .map(|i| {
                 let (x, t) = (patterns.x[i], patterns.t[i]);
                 let (expected, discounted) = if_alive[pair_of[i]];
-                Score {
-                    p_alive: bgnbd::p_alive(&params, x, patterns.t_x[i], t),
-                    expected_if_alive: expected,
-                    discounted_if_alive: discounted,
-                    no_purchase_if_alive: bgnbd::no_purchase_if_alive(&params, horizon_units, x, t),
-                }
+                [
+                    bgnbd::p_alive(&params, x, patterns.t_x[i], t),
+                    expected.unwrap_or(none),
+                    discounted.unwrap_or(none),
+                    bgnbd::no_purchase_if_alive(&params, horizon_units, x, t),
+                ]
             })
             .collect();
-        lap("scores per pattern");
-        tracing::info!(
-            "clv: fit and scored {} customers in {:.3} s",
-            data.x.len(),
-            clock.elapsed().as_secs_f64()
+        let column = |k: usize| scored.iter().map(|s| s[k]).collect::<Vec<f64>>();
+        Ok(vec![
+            ("p_alive", column(0)),
+            ("expected_if_alive", column(1)),
+            ("discounted_if_alive", column(2)),
+            ("no_purchase_if_alive", column(3)),
+        ])
+    }
+
+    /// Each customer's p_alive, expected purchases, P(no purchase), expected order value and
+    /// CLV (NaN for none) from its pattern's scores and the fitted spend model.
+    fn customer_values(&self, data: &Summary, fitted: &Partial) -> Result<[Vec<f64>; 5]> {
+        let pattern_of = pattern_index(&fitted[PATTERNS], data)?;
+        let scores = &fitted[SCORES];
+        let score = |name: &str| -> Result<Vec<f64>> { Ok(scores.column(name)?.f64()?.into_no_null_iter().collect()) };
+        let (p_alive_of, expected_of, discounted_of, no_purchase_of) = (
+            score("p_alive")?,
+            score("expected_if_alive")?,
+            score("discounted_if_alive")?,
+            score("no_purchase_if_alive")?,
         );
-        let tables = self.finish(
-            facts,
-            &data,
-            scored,
-            &pattern_of,
-            spend_params,
-            rows,
-            shared,
-            &mut problems,
-        )?;
-        tracing::debug!("clv: tables built at {:.3} s", clock.elapsed().as_secs_f64());
-        self.judge(tables, problems)
-    }
-}
-
-impl ClvOptions {
-    /// Publish `tables`, or fail, by `on_model_failure`: `problems` of the fits, and more
-    /// customers with a null CLV than `max_null_clv_fraction` allows.
-    fn judge(&self, tables: Vec<DataFrame>, mut problems: Vec<String>) -> Result<Vec<DataFrame>> {
-        let clv = tables[0].column("clv")?;
-        let customers = clv.len().max(1);
-        let share = clv.null_count() as f64 / customers as f64;
-        if share > self.max_null_clv_fraction {
-            problems.push(format!(
-                "{} of {} customers ({:.2}%) have a null clv, more than max_null_clv_fraction = {}",
-                clv.null_count(),
-                clv.len(),
-                share * 100.0,
-                self.max_null_clv_fraction
-            ));
-        }
-        if problems.is_empty() {
-            return Ok(tables);
-        }
-        match self.on_model_failure {
-            OnModelFailure::Error => bail!(
-                "the model is degenerate and was not published: {}; try a `penalizer` (e.g. 0.001) or a longer history, check the customer summary for outliers, or set `on_model_failure = \"warn\"` to publish it with warnings",
-                problems.join("; ")
-            ),
-            OnModelFailure::Warn => {
-                for problem in &problems {
-                    tracing::warn!("clv: {problem} (published: on_model_failure = \"warn\")");
-                }
-                Ok(tables)
-            }
-        }
-    }
-}
-
-/// Scores shared by every customer of a pattern: E[X(horizon)] = p_alive · expected_if_alive,
-/// CLV = margin · E[order value] · p_alive · discounted_if_alive.
-struct Score {
-    p_alive: f64,
-    expected_if_alive: Option<f64>,
-    /// Σ over months m of (E[X(m) | alive] − E[X(m − 1) | alive]) / (1 + monthly rate)^m.
-    discounted_if_alive: Option<f64>,
-    /// P(no purchase over the horizon | alive): P(none) = 1 − p_alive + p_alive · this.
-    no_purchase_if_alive: f64,
-}
-
-/// The monthly rate equivalent to an annual one: (1 + annual)^(1/12) − 1.
-fn monthly_discount(annual: f64) -> f64 {
-    (1.0 + annual).powf(1.0 / 12.0) - 1.0
-}
-
-impl ClvOptions {
-    /// Per-customer table from per-pattern scores, the model table, and the validation.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        facts: &DataFrame,
-        data: &Summary,
-        scored: Vec<Score>,
-        pattern_of: &[u32],
-        spend_params: Option<gamma_gamma::Params>,
-        mut rows: ModelRows,
-        shared: &crate::core::prepare::SharedTables,
-        problems: &mut Vec<String>,
-    ) -> Result<Vec<DataFrame>> {
+        let params = &fitted[PARAMS];
+        let param = |name: &str| -> Result<Option<f64>> { Ok(params.column(name)?.f64()?.get(0)) };
+        let spend_params = match (param("spend_p")?, param("spend_q")?, param("spend_v")?) {
+            (Some(p), Some(q), Some(v)) => Some(gamma_gamma::Params { p, q, v }),
+            _ => None,
+        };
+        let margin = param("margin")?.unwrap_or(1.0);
         let n = data.x.len();
-        let margin = self.margin.value(shared)?;
-        // Per customer, in parallel: p_alive, expected purchases, P(no purchase), expected order
-        // value, CLV, straight into their columns (NaN for none: every value is finite), each
-        // thread a block of customers.
         let mut values: [Vec<f64>; 5] = std::array::from_fn(|_| vec![f64::NAN; n]);
         let [p_alive, expected, no_purchases, order_value, clv] = &mut values;
         const BLOCK: usize = 1 << 14;
@@ -655,45 +957,40 @@ impl ClvOptions {
             .for_each(|(block, ((((p_alive, expected), no_purchases), order_value), clv))| {
                 for j in 0..p_alive.len() {
                     let i = block * BLOCK + j;
-                    let score = &scored[pattern_of[i] as usize];
+                    let pattern = pattern_of[i] as usize;
+                    let (alive, expected_if_alive, discounted, no_purchase_if_alive) = (
+                        p_alive_of[pattern],
+                        finite(expected_of[pattern]),
+                        finite(discounted_of[pattern]),
+                        no_purchase_of[pattern],
+                    );
                     let value = spend_params
                         .and_then(|sp| {
                             gamma_gamma::expected_order_value(&sp, data.x[i] as f64, data.monetary[i].max(0.0))
                         })
                         .and_then(finite);
-                    let customer_clv = match (value, score.discounted_if_alive) {
-                        (Some(value), Some(discounted)) => finite(margin * value * score.p_alive * discounted),
+                    let customer_clv = match (value, discounted) {
+                        (Some(value), Some(discounted)) => finite(margin * value * alive * discounted),
                         _ => None,
                     };
                     let none = f64::NAN;
-                    p_alive[j] = finite(score.p_alive).unwrap_or(none);
-                    expected[j] = score
-                        .expected_if_alive
-                        .map(|e| score.p_alive * e)
-                        .and_then(finite)
-                        .unwrap_or(none);
-                    no_purchases[j] =
-                        finite(1.0 - score.p_alive + score.p_alive * score.no_purchase_if_alive).unwrap_or(none);
+                    p_alive[j] = finite(alive).unwrap_or(none);
+                    expected[j] = expected_if_alive.map(|e| alive * e).and_then(finite).unwrap_or(none);
+                    no_purchases[j] = finite(1.0 - alive + alive * no_purchase_if_alive).unwrap_or(none);
                     order_value[j] = value.unwrap_or(none);
                     clv[j] = customer_clv.unwrap_or(none);
                 }
             });
+        Ok(values)
+    }
+
+    /// `_customers` of one shard.
+    fn customers_table(&self, facts: &DataFrame, data: &Summary, values: [Vec<f64>; 5]) -> Result<DataFrame> {
         let [p_alive, expected, no_purchases, order_value, clv] = values;
-        let nulls = clv.iter().filter(|v| v.is_nan()).count();
-        rows.push(
-            "clv",
-            "customers_with_null_clv",
-            nulls as f64,
-            None,
-            None,
-            n as f64,
-            0,
-            nulls == 0,
-        );
         let in_unit = |days: &[u32]| -> Vec<f64> { days.iter().map(|&d| d as f64 / self.time_unit.days()).collect() };
         // The facts' own columns (the same values): the writer then compresses their pages
         // once for both tables.
-        let customers = DataFrame::new_infer_height(vec![
+        Ok(DataFrame::new_infer_height(vec![
             facts.column("customer_id")?.clone(),
             facts.column("frequency")?.clone(),
             // The unit is in the name: customer_facts has t_x and T in days.
@@ -706,44 +1003,68 @@ impl ClvOptions {
             nan_as_null("expected_order_value", order_value),
             nan_as_null("clv", clv),
             facts.column("revenue")?.clone().with_name("historic_clv".into()),
-        ])?;
-        let validation = match self.calibration() {
-            Some(end) => Some(validate(shared, end.resolve(shared.as_of), self, &mut rows, problems)?),
-            None => None,
-        };
-        let mut tables = vec![customers, rows.into_frame(self.time_unit)?];
-        tables.extend(validation);
-        Ok(tables)
+        ])?)
+    }
+
+    /// The calibration fit on the merged calibration patterns (`end` the calibration end): the
+    /// predicted holdout purchases per calibration pattern, and its model rows
+    /// (`bgnbd_calibration`).
+    fn calibration_fit(
+        &self,
+        counts: &DataFrame,
+        end: NaiveDate,
+        as_of: NaiveDate,
+        problems: &mut Vec<String>,
+    ) -> Result<(DataFrame, DataFrame)> {
+        if end >= as_of {
+            bail!("calibration_end {end} must be before as_of {as_of}");
+        }
+        let unit = self.time_unit.days();
+        let patterns = patterns_of(counts, unit)?;
+        if patterns.x.is_empty() {
+            bail!("no customer was acquired by calibration_end {end}");
+        }
+        if !patterns.x.iter().any(|&x| x > 0) {
+            bail!("no repeat purchase before calibration_end {end}: the calibration model cannot be fitted");
+        }
+        let fit = bgnbd::fit(&patterns, self.penalizer).context("calibration BG/NBD: no finite maximum")?;
+        problems.extend(model_problems(
+            "calibration BG/NBD",
+            &["r", "alpha", "a", "b"],
+            &fit.params.as_array(),
+            fit.std_errors.as_ref().map(|e| e.as_slice()),
+            fit.converged,
+        ));
+        let mut calibration_rows = ModelRows::new();
+        bgnbd_rows(&mut calibration_rows, &fit, patterns.customers());
+        calibration_rows.model = vec!["bgnbd_calibration"; calibration_rows.model.len()];
+        let holdout = (to_days(as_of) - to_days(end)) as f64 / unit;
+        // Once per pattern, then per customer by lookup.
+        let predicted: Vec<f64> = (0..patterns.x.len())
+            .into_par_iter()
+            .map(|p| {
+                bgnbd::expected_purchases(&fit.params, holdout, patterns.x[p], patterns.t_x[p], patterns.t[p])
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        let mut scores = counts.select(["x", "t", "t_x"])?;
+        scores.with_column(Column::new("predicted".into(), predicted))?;
+        Ok((scores, calibration_rows.into_frame(self.time_unit)?))
     }
 }
 
-/// A column of `values`, null where NaN (taken over when there is none, the usual case).
-fn nan_as_null(name: &str, values: Vec<f64>) -> Column {
-    if values.iter().any(|v| v.is_nan()) {
-        let values: Vec<Option<f64>> = values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect();
-        Column::new(name.into(), values)
-    } else {
-        crate::core::columns::owned_column(name, values)
-    }
+/// A customer acquired by the calibration end: its BTYD summary up to it (x, t_x, T in days)
+/// and its purchase days in the holdout.
+struct Calibrated {
+    x: u32,
+    t_x: u32,
+    t: u32,
+    holdout: u32,
 }
 
-fn finite(value: f64) -> Option<f64> {
-    value.is_finite().then_some(value)
-}
-
-/// Fit on purchase days up to `end`, predict repeat purchases in (end, as_of], compare.
-fn validate(
-    shared: &crate::core::prepare::SharedTables,
-    end: NaiveDate,
-    options: &ClvOptions,
-    rows: &mut ModelRows,
-    problems: &mut Vec<String>,
-) -> Result<DataFrame> {
-    if end >= shared.as_of {
-        bail!("calibration_end {end} must be before as_of {}", shared.as_of);
-    }
-    let (end_days, as_of_days) = (to_days(end), to_days(shared.as_of));
-    let unit = options.time_unit.days();
+/// The customers acquired by `end`, in customer_key order, from their purchase days.
+fn calibration_summary(shared: &crate::core::prepare::SharedTables, end: NaiveDate) -> Result<Vec<Calibrated>> {
+    let end_days = to_days(end);
     let periods = shared
         .customer_periods()?
         .lazy()
@@ -777,68 +1098,76 @@ fn validate(
             entry.3 += 1;
         }
     }
-    let kept: Vec<&(i32, i32, u32, u32)> = calibration.iter().filter(|c| c.0 != i32::MIN).collect();
-    if kept.is_empty() {
-        bail!("no customer was acquired by calibration_end {end}");
-    }
-    let x: Vec<u32> = kept.iter().map(|c| c.2 - 1).collect();
-    let t_x_days: Vec<u32> = kept.iter().map(|c| (c.1 - c.0) as u32).collect();
-    let t_days: Vec<u32> = kept.iter().map(|c| (end_days - c.0) as u32).collect();
-    let actual: Vec<f64> = kept.iter().map(|c| c.3 as f64).collect();
-    let (patterns, pattern_of) = bgnbd::Patterns::compress_days(&x, &t_x_days, &t_days, unit);
-    if !x.iter().any(|&x| x > 0) {
-        bail!("no repeat purchase before calibration_end {end}: the calibration model cannot be fitted");
-    }
-    let fit = bgnbd::fit(&patterns, options.penalizer).context("calibration BG/NBD: no finite maximum")?;
-    problems.extend(model_problems(
-        "calibration BG/NBD",
-        &["r", "alpha", "a", "b"],
-        &fit.params.as_array(),
-        fit.std_errors.as_ref().map(|e| e.as_slice()),
-        fit.converged,
-    ));
-    let mut calibration_rows = ModelRows::new();
-    bgnbd_rows(&mut calibration_rows, &fit, patterns.customers());
-    for k in 0..calibration_rows.model.len() {
-        rows.push(
-            "bgnbd_calibration",
-            &calibration_rows.parameter[k],
-            calibration_rows.value[k],
-            calibration_rows.std_error[k],
-            calibration_rows.log_likelihood[k],
-            calibration_rows.customers[k] as f64,
-            calibration_rows.iterations[k] as u64,
-            calibration_rows.converged[k],
-        );
-    }
-    let holdout = (as_of_days - end_days) as f64 / unit;
-    // Once per pattern, then per customer by lookup.
-    let by_pattern: Vec<f64> = (0..patterns.x.len())
-        .into_par_iter()
-        .map(|p| {
-            bgnbd::expected_purchases(&fit.params, holdout, patterns.x[p], patterns.t_x[p], patterns.t[p])
-                .unwrap_or(f64::NAN)
+    Ok(calibration
+        .into_iter()
+        .filter(|c| c.0 != i32::MIN)
+        .map(|c| Calibrated {
+            x: c.2 - 1,
+            t_x: (c.1 - c.0) as u32,
+            t: (end_days - c.0) as u32,
+            holdout: c.3,
         })
-        .collect();
-    // Sums per frequency bucket (0…6, 7+, then all) in customer order, one thread: the same
-    // bits for every thread count (a parallel group-by adds in an order that depends on it).
-    #[derive(Default, Clone, Copy)]
-    struct Bucket {
-        customers: i64,
-        predicted: f64,
-        actual: f64,
-        absolute_error: f64,
-        squared_error: f64,
-    }
+        .collect())
+}
+
+/// Holdout sums of one frequency bucket (0…6, 7+, then all).
+#[derive(Default, Clone, Copy)]
+struct Bucket {
+    customers: i64,
+    predicted: f64,
+    actual: f64,
+    absolute_error: f64,
+    squared_error: f64,
+}
+
+/// The nine buckets as a partial table: bucket, customers, predicted, actual, absolute_error,
+/// squared_error.
+fn holdout_buckets_frame(buckets: &[Bucket; 9]) -> Result<DataFrame> {
+    Ok(df! {
+        "bucket" => (0..9i32).collect::<Vec<_>>(),
+        "customers" => buckets.iter().map(|b| b.customers).collect::<Vec<_>>(),
+        "predicted" => buckets.iter().map(|b| b.predicted).collect::<Vec<_>>(),
+        "actual" => buckets.iter().map(|b| b.actual).collect::<Vec<_>>(),
+        "absolute_error" => buckets.iter().map(|b| b.absolute_error).collect::<Vec<_>>(),
+        "squared_error" => buckets.iter().map(|b| b.squared_error).collect::<Vec<_>>(),
+    }?)
+}
+
+/// One shard's holdout sums per calibration frequency bucket, from the predictions per
+/// calibration pattern. Sums in customer order, one thread: the same bits for every thread
+/// count.
+fn holdout_buckets(
+    shared: &crate::core::prepare::SharedTables,
+    end: NaiveDate,
+    options: &ClvOptions,
+    predictions: &DataFrame,
+) -> Result<DataFrame> {
+    let _ = options;
+    let kept = calibration_summary(shared, end)?;
+    let (x, t, t_x) = (
+        int_values(predictions, "x")?,
+        int_values(predictions, "t")?,
+        int_values(predictions, "t_x")?,
+    );
+    let predicted_of: Vec<f64> = predictions.column("predicted")?.f64()?.into_no_null_iter().collect();
+    let key = |x: i64, t: i64, t_x: i64| ((x as u128) << 64) | ((t as u128) << 32) | t_x as u128;
+    let index: std::collections::HashMap<u128, usize> = (0..x.len()).map(|i| (key(x[i], t[i], t_x[i]), i)).collect();
     let mut buckets = [Bucket::default(); 9];
-    for (i, &p) in pattern_of.iter().enumerate() {
-        let predicted = by_pattern[p as usize];
+    for customer in &kept {
+        let pattern = index
+            .get(&key(
+                i64::from(customer.x),
+                i64::from(customer.t),
+                i64::from(customer.t_x),
+            ))
+            .ok_or_else(|| anyhow::anyhow!("clv: a calibration pattern is missing"))?;
+        let predicted = predicted_of[*pattern];
         if !predicted.is_finite() {
             continue;
         }
-        let actual = actual[i];
+        let actual = f64::from(customer.holdout);
         let error = predicted - actual;
-        for bucket in [x[i].min(7) as usize, 8] {
+        for bucket in [customer.x.min(7) as usize, 8] {
             let sums = &mut buckets[bucket];
             sums.customers += 1;
             sums.predicted += predicted;
@@ -847,24 +1176,61 @@ fn validate(
             sums.squared_error += error * error;
         }
     }
-    let present: Vec<(usize, &Bucket)> = buckets.iter().enumerate().filter(|(_, b)| b.customers > 0).collect();
+    holdout_buckets_frame(&buckets)
+}
+
+/// `_validation` from the merged holdout sums.
+fn validation_table(buckets: &DataFrame, holdout: f64) -> Result<DataFrame> {
+    let customers = int_values(buckets, "customers")?;
+    let float = |name: &str| -> Result<Vec<f64>> { Ok(buckets.column(name)?.f64()?.into_no_null_iter().collect()) };
+    let (predicted, actual, absolute, squared) = (
+        float("predicted")?,
+        float("actual")?,
+        float("absolute_error")?,
+        float("squared_error")?,
+    );
+    let present: Vec<usize> = (0..customers.len()).filter(|&b| customers[b] > 0).collect();
     let label = |bucket: usize| match bucket {
         8 => "all".to_string(),
         7 => "7+".to_string(),
         b => b.to_string(),
     };
-    let n = |b: &Bucket| b.customers as f64;
+    let n = |b: usize| customers[b] as f64;
     Ok(df!(
-        "frequency_bucket" => present.iter().map(|(k, _)| label(*k)).collect::<Vec<_>>(),
-        "customers" => present.iter().map(|(_, b)| b.customers).collect::<Vec<_>>(),
-        "predicted_purchases" => present.iter().map(|(_, b)| b.predicted).collect::<Vec<_>>(),
-        "actual_purchases" => present.iter().map(|(_, b)| b.actual).collect::<Vec<_>>(),
-        "mae" => present.iter().map(|(_, b)| b.absolute_error / n(b)).collect::<Vec<_>>(),
-        "rmse" => present.iter().map(|(_, b)| (b.squared_error / n(b)).sqrt()).collect::<Vec<_>>(),
+        "frequency_bucket" => present.iter().map(|&b| label(b)).collect::<Vec<_>>(),
+        "customers" => present.iter().map(|&b| customers[b]).collect::<Vec<_>>(),
+        "predicted_purchases" => present.iter().map(|&b| predicted[b]).collect::<Vec<_>>(),
+        "actual_purchases" => present.iter().map(|&b| actual[b]).collect::<Vec<_>>(),
+        "mae" => present.iter().map(|&b| absolute[b] / n(b)).collect::<Vec<_>>(),
+        "rmse" => present.iter().map(|&b| (squared[b] / n(b)).sqrt()).collect::<Vec<_>>(),
         "ratio" => present
             .iter()
-            .map(|(_, b)| (b.actual > 0.0).then(|| b.predicted / b.actual))
+            .map(|&b| (actual[b] > 0.0).then(|| predicted[b] / actual[b]))
             .collect::<Vec<_>>(),
         "holdout_length" => vec![holdout; present.len()],
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stages::shard::tests::{assert_shards_merge, random_orders, shared_of};
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Any split of the customers merges to the whole's pattern counts, so both fits, the
+        /// scores, the null count, the holdout sums and every table are the whole's.
+        #[test]
+        fn shards_merge_to_the_whole(orders in random_orders(), shards in 1usize..5, holdout: bool, weekly: bool) {
+            let stage = ClvOptions {
+                time_unit: if weekly { TimeUnit::Week } else { TimeUnit::Day },
+                holdout_days: holdout.then_some(120),
+                on_model_failure: OnModelFailure::Warn,
+                max_null_clv_fraction: 1.0,
+                ..ClvOptions::default()
+            };
+            assert_shards_merge(&stage, &shared_of(&orders, 60), shards);
+        }
+    }
 }

@@ -39,6 +39,13 @@ pub trait Sharded: Send + Sync {
     /// The partials of all shards in `pass` as one.
     fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial>;
 
+    /// Tables computed once from the merged partials after `pass` (by the driver, not per
+    /// shard), added to the merged partial of that pass: what the next pass needs of all
+    /// customers, e.g. fitted models. None by default.
+    fn between(&self, _pass: usize, _merged: &[Partial]) -> Result<Partial> {
+        Ok(Vec::new())
+    }
+
     /// The stage's aggregate tables from the merged partials of every pass, for a run as of
     /// `as_of`, and the global values its per-customer tables need. `whole` holds what is not
     /// split by customer: sources read whole (spend) and the upstream stages' aggregate
@@ -107,6 +114,8 @@ pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<Da
         let (partial, rows) = partial_of_pass(stage, inputs, &merged)?;
         early_rows = early_rows.or(rows);
         merged.push(stage.merge(pass, vec![partial])?);
+        let extra = stage.between(pass, &merged)?;
+        merged[pass].extend(extra);
     }
     let finalized = stage.finalize(merged, inputs, as_of)?;
     let mut rows = match early_rows {
@@ -337,6 +346,19 @@ pub mod tests {
             }
             whole_merged.push(whole_partial);
             merged.push(pass_merged);
+            let (extra, whole_extra) = match (stage.between(pass, &merged), stage.between(pass, &whole_merged)) {
+                (Ok(extra), Ok(whole_extra)) => (extra, whole_extra),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "{count} shards");
+                    return;
+                }
+                (a, b) => panic!("{count} shards: {:?} but whole {:?}", a.err(), b.err()),
+            };
+            for (a, b) in extra.iter().zip(&whole_extra) {
+                assert_frames_equal(a, b, &format!("{count} shards, between pass {pass}"));
+            }
+            merged[pass].extend(extra);
+            whole_merged[pass].extend(whole_extra);
         }
         let context = StageInputs {
             sources: inputs(whole),
@@ -406,7 +428,9 @@ pub mod tests {
                     let (x, y) = (x.cast(&DataType::Float64).unwrap(), y.cast(&DataType::Float64).unwrap());
                     let (x, y) = (x.f64().unwrap(), y.f64().unwrap());
                     let close = x.iter().zip(y.iter()).all(|pair| match pair {
-                        (Some(u), Some(v)) => u == v || (u - v).abs() <= 1e-12 * u.abs().max(v.abs()),
+                        (Some(u), Some(v)) => {
+                            u == v || (u.is_nan() && v.is_nan()) || (u - v).abs() <= 1e-12 * u.abs().max(v.abs())
+                        }
                         (None, None) => true,
                         _ => false,
                     });
