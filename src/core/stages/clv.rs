@@ -396,7 +396,12 @@ impl Sharded for ClvOptions {
 
     fn partial(&self, inputs: &StageInputs, earlier: &[Partial]) -> Result<Partial> {
         match earlier.first() {
-            None => self.counts(inputs.shared()?),
+            None => {
+                let clock = std::time::Instant::now();
+                let counts = self.counts(inputs.shared()?);
+                tracing::debug!("clv: pass 0 counts in {:.3} s", clock.elapsed().as_secs_f64());
+                counts
+            }
             Some(_) => Ok(self.last_partial_with_rows(inputs, earlier)?.0),
         }
     }
@@ -498,11 +503,13 @@ impl Sharded for ClvOptions {
         inputs: &StageInputs,
         earlier: &[Partial],
     ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+        let clock = std::time::Instant::now();
         let shared = inputs.shared()?;
         let fitted = &earlier[0];
         let facts = &shared.customer_facts;
         let data = summary(facts)?;
         let values = self.customer_values(&data, fitted)?;
+        tracing::debug!("clv: pass 1 customer values in {:.3} s", clock.elapsed().as_secs_f64());
         let nulls = values[4].iter().filter(|v| v.is_nan()).count() as i64;
         let counts = df! { "key" => [0i32], "customers" => [data.x.len() as i64], "null_clv" => [nulls] }?;
         let buckets = match self.calibration() {
@@ -607,11 +614,29 @@ fn patterns_of(counts: &DataFrame, unit_days: f64) -> Result<bgnbd::Patterns> {
 
 /// Each customer's pattern index in merged `counts` (x, t, t_x in days).
 fn pattern_index(counts: &DataFrame, data: &Summary) -> Result<Vec<u32>> {
-    let (x, t, t_x) = (
-        int_values(counts, "x")?,
-        int_values(counts, "t")?,
-        int_values(counts, "t_x")?,
-    );
+    let (x, t, t_x) = (int_values(counts, "x")?, int_values(counts, "t")?, int_values(counts, "t_x")?);
+    let missing = || anyhow::anyhow!("clv: a customer's pattern is missing from the merged patterns");
+    if let Some(keys) = packed_keys(&data.x, &data.t_days, &data.t_x_days) {
+        // The merged patterns are sorted by (x, T, t_x), as their packed keys: the customers,
+        // radix-sorted by key, are walked beside them.
+        let global: Vec<u64> = (0..x.len())
+            .map(|i| pack((x[i] as u32, t[i] as u32, t_x[i] as u32)))
+            .collect();
+        let mut keyed: Vec<(u64, u32)> = keys.into_iter().zip(0u32..).collect();
+        radsort::sort_by_key(&mut keyed, |k| k.0);
+        let mut pattern_of = vec![0u32; keyed.len()];
+        let mut at = 0;
+        for (key, customer) in keyed {
+            while at < global.len() && global[at] < key {
+                at += 1;
+            }
+            if global.get(at) != Some(&key) {
+                return Err(missing());
+            }
+            pattern_of[customer as usize] = at as u32;
+        }
+        return Ok(pattern_of);
+    }
     let key = |x: i64, t: i64, t_x: i64| ((x as u128) << 64) | ((t as u128) << 32) | t_x as u128;
     let index: hashbrown::HashMap<u128, u32, foldhash::fast::FixedState> =
         (0..x.len()).map(|i| (key(x[i], t[i], t_x[i]), i as u32)).collect();
@@ -619,13 +644,9 @@ fn pattern_index(counts: &DataFrame, data: &Summary) -> Result<Vec<u32>> {
         .into_par_iter()
         .map(|i| {
             index
-                .get(&key(
-                    i64::from(data.x[i]),
-                    i64::from(data.t_days[i]),
-                    i64::from(data.t_x_days[i]),
-                ))
+                .get(&key(i64::from(data.x[i]), i64::from(data.t_days[i]), i64::from(data.t_x_days[i])))
                 .copied()
-                .ok_or_else(|| anyhow::anyhow!("clv: a customer's pattern is missing from the merged patterns"))
+                .ok_or_else(missing)
         })
         .collect()
 }
@@ -635,19 +656,27 @@ impl ClvOptions {
     fn counts(&self, shared: &crate::core::prepare::SharedTables) -> Result<Partial> {
         let facts = &shared.customer_facts;
         let data = summary(facts)?;
-        let patterns = pattern_counts(&data.x, &data.t_x_days, &data.t_days)?;
-        let mut pairs: Vec<(u32, u64)> = (0..data.x.len())
-            .filter(|&i| data.x[i] > 0 && data.monetary[i] > 0.0)
-            .map(|i| (data.x[i], data.monetary[i].to_bits()))
-            .collect();
-        pairs.par_sort_unstable();
-        let (mut xs, mut ms, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-        for run in pairs.chunk_by(|a, b| a == b) {
-            xs.push(i64::from(run[0].0));
-            ms.push(f64::from_bits(run[0].1));
-            counts.push(run.len() as i64);
-        }
-        let spend = df! { "x" => xs, "m" => ms, "customers" => counts }?;
+        // The two histograms side by side.
+        let (patterns, spend) = rayon::join(
+            || pattern_counts(&data.x, &data.t_x_days, &data.t_days),
+            || -> Result<DataFrame> {
+                let mut pairs: Vec<(u32, u64)> = (0..data.x.len())
+                    .into_par_iter()
+                    .filter(|&i| data.x[i] > 0 && data.monetary[i] > 0.0)
+                    .map(|i| (data.x[i], data.monetary[i].to_bits()))
+                    .collect();
+                // Positive doubles order as their bits do.
+                pairs.par_sort_unstable();
+                let (mut xs, mut ms, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+                for run in pairs.chunk_by(|a, b| a == b) {
+                    xs.push(i64::from(run[0].0));
+                    ms.push(f64::from_bits(run[0].1));
+                    counts.push(run.len() as i64);
+                }
+                Ok(df! { "x" => xs, "m" => ms, "customers" => counts }?)
+            },
+        );
+        let (patterns, spend) = (patterns?, spend?);
         let total = |name: &str| -> Result<i64> {
             Ok(match facts.column(name) {
                 Ok(column) => column.i64()?.sum().unwrap_or(0),
@@ -807,6 +836,7 @@ impl ClvOptions {
         }
         let scores = self.pattern_scores(&patterns, fit.as_ref().map(|fit| fit.params))?;
         lap("scores per pattern");
+        let _ = &lap;
         let mut scores_frame = merged[PATTERNS].select(["x", "t", "t_x"])?;
         for (name, values) in scores {
             scores_frame.with_column(Column::new(name.into(), values))?;

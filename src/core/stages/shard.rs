@@ -114,7 +114,9 @@ pub fn run_one_shard(stage: &dyn Sharded, inputs: &StageInputs) -> Result<Vec<Da
         let (partial, rows) = partial_of_pass(stage, inputs, &merged)?;
         early_rows = early_rows.or(rows);
         merged.push(stage.merge(pass, vec![partial])?);
+        let clock = std::time::Instant::now();
         let extra = stage.between(pass, &merged)?;
+        tracing::debug!("between pass {pass} in {:.3} s", clock.elapsed().as_secs_f64());
         merged[pass].extend(extra);
     }
     let finalized = stage.finalize(merged, inputs, as_of)?;
