@@ -614,7 +614,11 @@ fn patterns_of(counts: &DataFrame, unit_days: f64) -> Result<bgnbd::Patterns> {
 
 /// Each customer's pattern index in merged `counts` (x, t, t_x in days).
 fn pattern_index(counts: &DataFrame, data: &Summary) -> Result<Vec<u32>> {
-    let (x, t, t_x) = (int_values(counts, "x")?, int_values(counts, "t")?, int_values(counts, "t_x")?);
+    let (x, t, t_x) = (
+        int_values(counts, "x")?,
+        int_values(counts, "t")?,
+        int_values(counts, "t_x")?,
+    );
     let missing = || anyhow::anyhow!("clv: a customer's pattern is missing from the merged patterns");
     if let Some(keys) = packed_keys(&data.x, &data.t_days, &data.t_x_days) {
         // The merged patterns are sorted by (x, T, t_x), as their packed keys: the customers,
@@ -644,7 +648,11 @@ fn pattern_index(counts: &DataFrame, data: &Summary) -> Result<Vec<u32>> {
         .into_par_iter()
         .map(|i| {
             index
-                .get(&key(i64::from(data.x[i]), i64::from(data.t_days[i]), i64::from(data.t_x_days[i])))
+                .get(&key(
+                    i64::from(data.x[i]),
+                    i64::from(data.t_days[i]),
+                    i64::from(data.t_x_days[i]),
+                ))
                 .copied()
                 .ok_or_else(missing)
         })

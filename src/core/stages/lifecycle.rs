@@ -128,16 +128,23 @@ impl Sharded for LifecycleOptions {
     fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {
         let shared = inputs.shared()?;
         let (windows, tallies, _) = walk_unsettled(shared, self, false)?;
-        let period = self.granularity.index_of(from_days(windows[0].0));
-        let mut columns = vec![Column::new(
-            "period".into(),
-            (period..period + windows.len() as i32).collect::<Vec<i32>>(),
-        )];
-        for (c, name) in TALLY_COLUMNS.iter().enumerate() {
-            let values: Vec<i64> = tallies.iter().map(|t| t.values()[c] as i64).collect();
-            columns.push(Column::new((*name).into(), values));
-        }
-        Ok(vec![DataFrame::new_infer_height(columns)?])
+        tallies_partial(self.granularity, &windows, &tallies)
+    }
+
+    /// The walk gives each customer's stage at as_of too: the rows come with the one pass.
+    fn rows_with_last_pass(&self) -> bool {
+        true
+    }
+
+    fn last_partial_with_rows(
+        &self,
+        inputs: &StageInputs,
+        _earlier: &[Partial],
+    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+        let shared = inputs.shared()?;
+        let (windows, tallies, stages) = walk_unsettled(shared, self, true)?;
+        let partial = tallies_partial(self.granularity, &windows, &tallies)?;
+        Ok((partial, vec![None, Some(customers_table(shared, &stages)?)]))
     }
 
     fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {
@@ -172,56 +179,20 @@ impl Sharded for LifecycleOptions {
             globals: Vec::new(),
         })
     }
-
-    fn customer_rows(&self, inputs: &StageInputs, _globals: &Partial) -> Result<Vec<Option<DataFrame>>> {
-        let shared = inputs.shared()?;
-        Ok(vec![
-            None,
-            Some(customers_table(shared, &stages_at_as_of(shared, self)?)?),
-        ])
-    }
 }
 
-/// Each customer's stage at as_of (codes, customer_key order): the walk's last snapshot, from
-/// the customer's own purchase days (`stage_at`).
-fn stages_at_as_of(shared: &SharedTables, options: &LifecycleOptions) -> Result<Vec<u8>> {
-    let periods = &shared.customer_periods()?;
-    let keys = values::<UInt32Type>(periods, "customer_key")?;
-    let dates = day_values(periods, "date")?;
-    let purchases = values::<UInt32Type>(periods, "purchases")?;
-    let customers = shared.customer_facts.height();
-    let window = *windows(shared.as_of, shared.as_of, options.granularity)
-        .last()
-        .expect("the as_of period");
-    const CHUNK: usize = 1 << 16;
-    let chunks: Vec<Vec<u8>> = (0..customers.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|chunk| {
-            let range = chunk * CHUNK..((chunk + 1) * CHUNK).min(customers);
-            let mut stages = Vec::with_capacity(range.len());
-            let mut days = Vec::new();
-            for (_, rows) in customer_rows(keys, range) {
-                days.clear();
-                days.extend(rows.filter(|&r| purchases[r] > 0).map(|r| dates[r]));
-                stages.push(stage_at(&days, window, options) as u8);
-            }
-            stages
-        })
-        .collect();
-    Ok(chunks.concat())
-}
-
-/// A customer's stage in the snapshot `window` (period start, snapshot date) from its sorted
-/// purchase days: the walk's rules for that one snapshot (`walk_customer`), the days before the
-/// period being those seen at the previous snapshot.
-fn stage_at(days: &[i32], window: (i32, i32), options: &LifecycleOptions) -> usize {
-    let (start, end) = window;
-    let seen = days.partition_point(|&d| d < start);
-    let upto = days.partition_point(|&d| d <= end);
-    if upto == 0 {
-        return CHURNED;
+/// A shard's partial: its tallies per snapshot period (absolute index), unsettled.
+fn tallies_partial(granularity: Granularity, windows: &[(i32, i32)], tallies: &[Tally]) -> Result<Partial> {
+    let period = granularity.index_of(from_days(windows[0].0));
+    let mut columns = vec![Column::new(
+        "period".into(),
+        (period..period + windows.len() as i32).collect::<Vec<i32>>(),
+    )];
+    for (c, name) in TALLY_COLUMNS.iter().enumerate() {
+        let values: Vec<i64> = tallies.iter().map(|t| t.values()[c] as i64).collect();
+        columns.push(Column::new((*name).into(), values));
     }
-    stage_in(days, seen, upto, window, options)
+    Ok(vec![DataFrame::new_infer_height(columns)?])
 }
 
 /// The stage in snapshot `window` of a customer whose purchase days before the period are
@@ -679,18 +650,6 @@ mod shard_tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
-
-        /// The stage at as_of from a customer's own days is the walk's last snapshot.
-        #[test]
-        fn stage_at_as_of_is_the_walks(orders in random_orders(), weekly: bool) {
-            let options = LifecycleOptions {
-                granularity: if weekly { Granularity::Week } else { Granularity::Month },
-                active_days: 30,
-                churn_days: 90,
-            };
-            let shared = shared_of(&orders, 60);
-            proptest::prop_assert_eq!(stages_at_as_of(&shared, &options).unwrap(), walk(&shared, &options).unwrap().stages);
-        }
 
         /// Any split of the customers into shards merges to the whole's tallies, snapshots and
         /// per-customer stages.

@@ -372,6 +372,42 @@ fn exact_buckets(dimension: &str) -> bool {
     dimension != "monetary"
 }
 
+/// The histogram of a dimension's goodness buckets, ascending: (bucket, customers). Integer
+/// values spanning a small range are counted in an array, by value; others in a table.
+fn bucket_counts(values: &Values, name: &str, higher: bool) -> Vec<(u64, i64)> {
+    if let (Values::Int(ints), true) = (values, exact_buckets(name)) {
+        let (low, high) = ints
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        if ints.is_empty() {
+            return Vec::new();
+        }
+        if let Some(span) = high.checked_sub(low).filter(|span| *span < 1 << 20) {
+            let mut counts = vec![0i64; span as usize + 1];
+            for &value in *ints {
+                counts[(value - low) as usize] += 1;
+            }
+            let mut counted: Vec<(u64, i64)> = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &count)| count > 0)
+                .map(|(offset, &count)| (Values::Int(&[low + offset as i64]).goodness(0, higher), count))
+                .collect();
+            counted.sort_unstable();
+            return counted;
+        }
+    }
+    let mut counted: hashbrown::HashMap<u64, i64, foldhash::fast::FixedState> = Default::default();
+    for customer in 0..values.len() {
+        *counted
+            .entry(goodness_bucket(name, values.goodness(customer, higher)))
+            .or_insert(0) += 1;
+    }
+    let mut counted: Vec<(u64, i64)> = counted.into_iter().collect();
+    counted.sort_unstable();
+    counted
+}
+
 /// 0-based positions of the order statistics that bound the scores among `n` customers.
 fn bound_positions(bins: u32, n: usize) -> Vec<usize> {
     let bins = bins as usize;
@@ -402,15 +438,7 @@ impl Sharded for Rfm {
             (0, 3) => {
                 let (mut names, mut buckets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
                 for (name, values, higher) in dimensions.each() {
-                    // Few distinct buckets: counted in a table, then listed in order.
-                    let mut counted: hashbrown::HashMap<u64, i64, foldhash::fast::FixedState> = Default::default();
-                    for customer in 0..values.len() {
-                        *counted
-                            .entry(goodness_bucket(name, values.goodness(customer, higher)))
-                            .or_insert(0) += 1;
-                    }
-                    let mut counted: Vec<(u64, i64)> = counted.into_iter().collect();
-                    counted.sort_unstable();
+                    let counted = bucket_counts(&values, name, higher);
                     for (bucket, count) in counted {
                         names.push(name);
                         buckets.push(bucket);
@@ -478,6 +506,7 @@ impl Sharded for Rfm {
                     .collect()?;
                 Ok(vec![sorted])
             }
+            _ if parts.len() == 1 => Ok(parts.into_iter().next().expect("one part")),
             _ => {
                 let frames: Vec<LazyFrame> = tables_at(&parts, 0)?.into_iter().map(DataFrame::lazy).collect();
                 let thresholds = concat(frames, UnionArgs::default())?
@@ -524,9 +553,13 @@ impl Sharded for Rfm {
             3 => Some(bounds_of(&earlier[0][0], &earlier[1][0], &self.options)?),
             _ => None,
         };
+        let clock = std::time::Instant::now();
         let scores = self.scores(facts, &dimensions, bounds.as_ref())?;
+        tracing::debug!("rfm: scores in {:.3} s", clock.elapsed().as_secs_f64());
         let partial = tallies(facts, &dimensions, &scores, &self.rules)?;
+        tracing::debug!("rfm: tallies at {:.3} s", clock.elapsed().as_secs_f64());
         let customers = customers_table(facts, dimensions, scores, &self.rules)?;
+        tracing::debug!("rfm: customers at {:.3} s", clock.elapsed().as_secs_f64());
         Ok((partial, vec![Some(customers), None, None]))
     }
 
@@ -783,6 +816,17 @@ impl Values<'_> {
                 })
                 .collect();
         };
+        if bounds.iter().all(|(_, id)| id.is_none()) {
+            // `rank_min`: the goodness alone decides.
+            let bounds: Vec<u64> = bounds.iter().map(|(bound, _)| *bound).collect();
+            return (0..n)
+                .into_par_iter()
+                .map(|customer| {
+                    let goodness = self.goodness(customer, higher_is_better);
+                    1 + bounds.iter().filter(|&&bound| goodness > bound).count() as i32
+                })
+                .collect();
+        }
         (0..n)
             .into_par_iter()
             .map(|customer| {

@@ -242,6 +242,8 @@ impl Sharded for SegmentSummaryOptions {
                 merge_sums(tables_at(&parts, 0)?, &by)?,
                 merge_sums(tables_at(&parts, 1)?, &with(&["metric", "bucket"]))?,
             ]),
+            // The candidates' order does not matter: finalize sorts each bucket's values.
+            _ if parts.len() == 1 => Ok(parts.into_iter().next().expect("one part")),
             _ => {
                 let frames: Vec<LazyFrame> = tables_at(&parts, 0)?.into_iter().map(DataFrame::lazy).collect();
                 let keys: Vec<Expr> = with(&["metric", "bucket", "value"]).into_iter().map(col).collect();
@@ -390,11 +392,7 @@ fn group_counts(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<
                 *sum = total;
                 keyed.push((u64::from(group) << 20) | bucket_of(value) as u64);
             }
-            keyed.sort_unstable();
-            let histogram: Vec<(u32, i64, i64)> = keyed
-                .chunk_by(|a, b| a == b)
-                .map(|run| ((run[0] >> 20) as u32, (run[0] & 0xF_FFFF) as i64, run.len() as i64))
-                .collect();
+            let histogram = histogram_of(keyed, count);
             Ok((
                 sums.iter().map(|(sum, compensation)| sum + compensation).collect(),
                 sizes,
@@ -419,6 +417,34 @@ fn group_counts(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<
     buckets.with_column(Column::new("bucket".into(), bucket))?;
     buckets.with_column(Column::new("values".into(), bucket_values))?;
     Ok([DataFrame::new(count, columns)?, buckets])
+}
+
+/// (group, bucket, values) of keys `(group << 20) | bucket`, ascending. The buckets a metric
+/// spans are usually a few thousand: counted in an array per group over that span, no sort;
+/// sorted otherwise.
+fn histogram_of(mut keyed: Vec<u64>, groups: usize) -> Vec<(u32, i64, i64)> {
+    let bucket = |key: u64| key & 0xF_FFFF;
+    let (low, high) = keyed.iter().fold((u64::MAX, 0), |(lo, hi), &key| {
+        (lo.min(bucket(key)), hi.max(bucket(key)))
+    });
+    let span = high.saturating_sub(low) as usize + 1;
+    if !keyed.is_empty() && span * groups <= 1 << 22 {
+        let mut counts = vec![0i64; span * groups];
+        for &key in &keyed {
+            counts[(key >> 20) as usize * span + (bucket(key) - low) as usize] += 1;
+        }
+        return counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(at, &n)| ((at / span) as u32, (low as usize + at % span) as i64, n))
+            .collect();
+    }
+    radsort::sort(&mut keyed);
+    keyed
+        .chunk_by(|a, b| a == b)
+        .map(|run| ((run[0] >> 20) as u32, bucket(run[0]) as i64, run.len() as i64))
+        .collect()
 }
 
 /// Where each group's median falls, from the merged histograms: per (group key, metric), the
