@@ -380,6 +380,7 @@ const MODEL_ROWS: usize = 5;
 const PROBLEMS: usize = 6;
 const PARAMS: usize = 7;
 const CALIBRATION_SCORES: usize = 8;
+const CALIBRATION_ROWS: usize = 9;
 
 /// Sharded in two passes with the fits between them. Pass 0 merges the BG/NBD patterns as
 /// customers per (x, t_x, T) in whole days, the Gamma-Gamma (x, m) counts of repeat customers,
@@ -450,7 +451,7 @@ impl Sharded for ClvOptions {
             "time_unit" => [self.time_unit.name()],
         }?;
         model.vstack_mut(&clv_row)?;
-        let calibration_rows = first[CALIBRATION_SCORES + 1].clone();
+        let calibration_rows = first[CALIBRATION_ROWS].clone();
         if calibration_rows.height() > 0 {
             model.vstack_mut(&calibration_rows)?;
         }
