@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// Run independent stages one after another (for benchmarking the parallel runner).
     #[arg(long)]
     pub sequential: bool,
+    /// Compute every stage over N customer shards, as a scaled-out run does (the shards are
+    /// split in memory: memory is not bounded yet; for checking that sharded runs give the
+    /// same tables).
+    #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -63,6 +63,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 output_dir: args.output_dir,
                 threads: args.threads.map(usize::from),
                 sequential: args.sequential,
+                shards: args.shards.map(usize::from),
             };
             let manifest = pipeline::runner::run(&plan, &options)?;
             let tables: usize = manifest.stages.iter().map(|s| s.tables.len()).sum();

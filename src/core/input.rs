@@ -60,7 +60,7 @@ pub struct InputStats {
 
 /// The answers of a survey source up to as_of: `customer_id` (Int64 or text), `responded_ts`
 /// (Int64 µs, for ordering), `score` (Int32, 0–10), `responded_on` (local date).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SurveyAnswers {
     pub answers: DataFrame,
     pub stats: InputStats,
@@ -68,7 +68,7 @@ pub struct SurveyAnswers {
 
 /// The spend of a spend source up to as_of: `spent_on` (local date), `channel` (text, null when
 /// unattributed), `amount_micros` (Int64 micro-units; negative for a credit).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpendRows {
     pub spend: DataFrame,
     pub stats: InputStats,

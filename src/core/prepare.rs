@@ -44,15 +44,16 @@ pub struct SharedTables {
 }
 
 impl SharedTables {
+    /// Shared tables from their parts; `customer_periods` is `None` once released.
     pub fn new(
         customer_facts: DataFrame,
-        customer_periods: DataFrame,
+        customer_periods: Option<DataFrame>,
         acquisition: (Series, Vec<u32>),
         as_of: NaiveDate,
     ) -> SharedTables {
         SharedTables {
             customer_facts,
-            periods: std::sync::Arc::new(std::sync::Mutex::new(Some(customer_periods))),
+            periods: std::sync::Arc::new(std::sync::Mutex::new(customer_periods)),
             acquisition,
             as_of,
         }

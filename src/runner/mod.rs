@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub threads: Option<usize>,
     /// Run independent stages one after another instead of concurrently (benchmarks).
     pub sequential: bool,
+    /// Compute every stage over this many customer shards (`shard::run_in_shards`), split in
+    /// memory; `None`: one shard.
+    pub shards: Option<usize>,
 }
 
 /// Run the plan into its output directory's snapshots; on failure the previous outputs stay as

@@ -33,7 +33,8 @@ pub(super) fn run_stages(
         .build()
         .context("cannot start the stage thread pool")?;
     let (order, level_of) = start_order(plan, selected);
-    let runner = StageRun::new(plan, selected, sources, manifest, sink, level_of);
+    let mut runner = StageRun::new(plan, selected, sources, manifest, sink, level_of);
+    runner.shards = options.shards;
     let outputs = Mutex::new(BTreeMap::new());
     let run = |index: usize| runner.run(index, &outputs);
     let upstream = order
@@ -144,6 +145,8 @@ struct StageRun<'a> {
     key_values: Vec<(String, String)>,
     as_of_days: Option<i32>,
     progress: indicatif::ProgressBar,
+    /// Compute the stages over this many customer shards (`--shards`).
+    shards: Option<usize>,
 }
 
 impl<'a> StageRun<'a> {
@@ -176,6 +179,7 @@ impl<'a> StageRun<'a> {
             key_values: file_metadata(&plan.config, manifest),
             as_of_days: as_of(sources).map(crate::core::period::to_days),
             progress: crate::telemetry::progress_bar(selected.len() as u64, "stages"),
+            shards: None,
         };
         for (source, left) in &run.readers_left {
             if left.load(Ordering::Relaxed) == 0 {
@@ -206,7 +210,10 @@ impl<'a> StageRun<'a> {
         // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
         let frames = crate::catch_panics(|| {
             crate::telemetry::inject_fault(&stage_config.name);
-            stage.run(&inputs)
+            match (self.shards, stage.sharded()) {
+                (Some(shards), Some(sharded)) => crate::core::stages::shard::run_in_shards(sharded, &inputs, shards),
+                _ => stage.run(&inputs),
+            }
         });
         drop(inputs);
         drop(upstream);

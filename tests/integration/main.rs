@@ -21,4 +21,5 @@ mod properties;
 mod reference;
 mod repeat;
 mod rfm;
+mod shards;
 mod snapshots;

@@ -75,6 +75,115 @@ pub trait Sharded: Send + Sync {
     }
 }
 
+/// A stage's tables computed over `shards` customer shards, the way a scaled-out run computes
+/// them: the inputs split by customer (an orders source's shared tables and a survey's answers
+/// by the hash of the customer's id, upstream per-customer tables — those with `customer_id` —
+/// likewise; spend and aggregate tables whole), each pass's partials merged with the step
+/// between passes, finalized, and the shards' per-customer rows put together in customer_id
+/// order (the one-shard order). The shards are split in memory here; a bounded-memory run reads
+/// each from its spill file instead.
+pub fn run_in_shards(stage: &dyn Sharded, inputs: &StageInputs, shards: usize) -> Result<Vec<DataFrame>> {
+    use super::SourceData;
+    let shards = shards.max(1);
+    let as_of = inputs.shared()?.as_of;
+    // Each shard's sources and upstream tables, owned.
+    let mut sources: Vec<Vec<(&str, SourceData)>> = (0..shards).map(|_| Vec::new()).collect();
+    for (name, data) in &inputs.sources {
+        let parts: Vec<SourceData> = match data {
+            SourceData::Orders(shared) => split(shared, shards)?.into_iter().map(SourceData::Orders).collect(),
+            SourceData::Survey(answers) => {
+                let shard_of = shard_of_ids(answers.answers.column("customer_id")?, shards)?;
+                (0..shards as u32)
+                    .map(|shard| -> Result<SourceData> {
+                        let mask: BooleanChunked = shard_of.iter().map(|&s| s == shard).collect();
+                        let mut part = answers.clone();
+                        part.answers = answers.answers.filter(&mask)?;
+                        Ok(SourceData::Survey(part))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            SourceData::Spend(spend) => (0..shards).map(|_| SourceData::Spend(spend.clone())).collect(),
+        };
+        for (shard, part) in parts.into_iter().enumerate() {
+            sources[shard].push((*name, part));
+        }
+    }
+    let mut upstream: Vec<Vec<Vec<DataFrame>>> = (0..shards).map(|_| Vec::new()).collect();
+    for (_, _, frames) in &inputs.upstream {
+        let mut per_shard: Vec<Vec<DataFrame>> = (0..shards).map(|_| Vec::new()).collect();
+        for frame in frames.iter() {
+            match frame.column("customer_id") {
+                Ok(ids) => {
+                    let shard_of = shard_of_ids(ids, shards)?;
+                    for (shard, tables) in per_shard.iter_mut().enumerate() {
+                        let mask: BooleanChunked = shard_of.iter().map(|&s| s == shard as u32).collect();
+                        tables.push(frame.filter(&mask)?);
+                    }
+                }
+                Err(_) => per_shard.iter_mut().for_each(|tables| tables.push(frame.clone())),
+            }
+        }
+        for (shard, tables) in per_shard.into_iter().enumerate() {
+            upstream[shard].push(tables);
+        }
+    }
+    let shard_inputs: Vec<StageInputs> = (0..shards)
+        .map(|shard| StageInputs {
+            sources: sources[shard].iter().map(|(name, data)| (*name, data)).collect(),
+            upstream: inputs
+                .upstream
+                .iter()
+                .zip(&upstream[shard])
+                .map(|((name, kind, _), tables)| (*name, *kind, tables.as_slice()))
+                .collect(),
+        })
+        .collect();
+    let mut merged: Vec<Partial> = Vec::new();
+    let mut rows: Vec<Option<Vec<Option<DataFrame>>>> = vec![None; shards];
+    for pass in 0..stage.passes() {
+        let mut parts = Vec::with_capacity(shards);
+        for (shard, shard_input) in shard_inputs.iter().enumerate() {
+            let (partial, shard_rows) = partial_of_pass(stage, shard_input, &merged)?;
+            if shard_rows.is_some() {
+                rows[shard] = shard_rows;
+            }
+            parts.push(partial);
+        }
+        merged.push(stage.merge(pass, parts)?);
+        let extra = stage.between(pass, &merged)?;
+        merged[pass].extend(extra);
+    }
+    let finalized = stage.finalize(merged, inputs, as_of)?;
+    let mut shard_rows = Vec::with_capacity(shards);
+    for (shard, shard_input) in shard_inputs.iter().enumerate() {
+        shard_rows.push(match rows[shard].take() {
+            Some(rows) => rows,
+            None => stage.customer_rows(shard_input, &finalized.globals)?,
+        });
+    }
+    finalized
+        .tables
+        .into_iter()
+        .enumerate()
+        .map(|(index, table)| {
+            if let Some(table) = table {
+                return Ok(table);
+            }
+            let mut parts = shard_rows.iter().filter_map(|rows| rows.get(index).cloned().flatten());
+            let mut together = parts
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("table {index} is neither aggregate nor per customer"))?;
+            for part in parts {
+                together.vstack_mut(&part)?;
+            }
+            Ok(together.sort(
+                ["customer_id"],
+                SortMultipleOptions::default().with_maintain_order(true),
+            )?)
+        })
+        .collect()
+}
+
 /// One shard's partial of `pass`, and its per-customer rows when the last pass gives them.
 fn partial_of_pass(
     stage: &dyn Sharded,
@@ -238,12 +347,16 @@ pub fn shard_of_ids(ids: &Column, shards: usize) -> Result<Vec<u32>> {
 }
 
 /// The shared tables of each of `shards` customer shards (by `shard_of_ids`), each with its
-/// customers renumbered from 0 in the same order.
+/// customers renumbered from 0 in the same order. Released customer_periods (no stage left
+/// reads them) stay released in the shards.
 pub fn split(shared: &SharedTables, shards: usize) -> Result<Vec<SharedTables>> {
     let facts = &shared.customer_facts;
     let shard_of = shard_of_ids(facts.column("customer_id")?, shards)?;
-    let periods = shared.customer_periods()?;
-    let keys = crate::core::prepare::values::<UInt32Type>(&periods, "customer_key")?;
+    let periods = shared.customer_periods().ok();
+    let keys = match &periods {
+        Some(periods) => crate::core::prepare::values::<UInt32Type>(periods, "customer_key")?,
+        None => &[],
+    };
     let (distinct, codes) = &shared.acquisition;
     (0..shards as u32)
         .map(|shard| {
@@ -254,19 +367,25 @@ pub fn split(shared: &SharedTables, shards: usize) -> Result<Vec<SharedTables>> 
             for (key, &customer) in own.iter().enumerate() {
                 new_key[customer as usize] = key as u32;
             }
-            let rows: Vec<IdxSize> = (0..keys.len() as IdxSize)
-                .filter(|&row| new_key[keys[row as usize] as usize] != u32::MAX)
-                .collect();
             let mut shard_facts = facts.take(&IdxCa::from_vec("".into(), own.clone()))?;
             shard_facts.with_column(Column::new(
                 "customer_key".into(),
                 (0..own.len() as IdxSize).collect::<Vec<_>>(),
             ))?;
             shard_facts.rechunk_mut();
-            let mut shard_periods = periods.take(&IdxCa::from_vec("".into(), rows.clone()))?;
-            let renumbered: Vec<u32> = rows.iter().map(|&row| new_key[keys[row as usize] as usize]).collect();
-            shard_periods.with_column(Column::new("customer_key".into(), renumbered))?;
-            shard_periods.rechunk_mut();
+            let shard_periods = match &periods {
+                Some(periods) => {
+                    let rows: Vec<IdxSize> = (0..keys.len() as IdxSize)
+                        .filter(|&row| new_key[keys[row as usize] as usize] != u32::MAX)
+                        .collect();
+                    let mut shard_periods = periods.take(&IdxCa::from_vec("".into(), rows.clone()))?;
+                    let renumbered: Vec<u32> = rows.iter().map(|&row| new_key[keys[row as usize] as usize]).collect();
+                    shard_periods.with_column(Column::new("customer_key".into(), renumbered))?;
+                    shard_periods.rechunk_mut();
+                    Some(shard_periods)
+                }
+                None => None,
+            };
             let shard_codes: Vec<u32> = own.iter().map(|&c| codes[c as usize]).collect();
             Ok(SharedTables::new(
                 shard_facts,
