@@ -155,9 +155,18 @@ fn respondents(answers: &DataFrame, id_type: &DataType) -> Result<DataFrame> {
         .clone()
         .lazy()
         // Latest first; at one instant the lower score first.
+        // The local date last: answers at one instant fall on one date, but the order of the
+        // rows must not decide anything.
         .sort_by_exprs(
-            [col("customer_id"), col("responded_ts"), col("score")],
-            SortMultipleOptions::default().with_order_descending_multi([false, true, false]),
+            [
+                col("customer_id"),
+                col("responded_ts"),
+                col("score"),
+                col("responded_on"),
+            ],
+            SortMultipleOptions::default()
+                .with_order_descending_multi([false, true, false, true])
+                .with_maintain_order(true),
         )
         .group_by_stable([col("customer_id")])
         .agg([
@@ -191,7 +200,8 @@ mod tests {
         let start = to_days(chrono::NaiveDate::from_ymd_opt(2023, 1, 1).unwrap());
         let mut frame = df! {
             "customer_id" => answers.iter().map(|a| i64::from(a.0) * 7 + 1).collect::<Vec<i64>>(),
-            "responded_ts" => answers.iter().map(|a| i64::from(a.1 / 2)).collect::<Vec<i64>>(),
+            // Instants on the answer's day (as a zone would give them), ties within a day.
+            "responded_ts" => answers.iter().map(|a| i64::from(a.1) * 1_000 + i64::from(a.2 % 2)).collect::<Vec<i64>>(),
             "score" => answers.iter().map(|a| a.2).collect::<Vec<i32>>(),
             "responded_on" => answers.iter().map(|a| start + a.1).collect::<Vec<i32>>(),
         }
