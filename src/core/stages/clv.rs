@@ -514,7 +514,7 @@ impl Sharded for ClvOptions {
         let nulls = values[4].iter().filter(|v| v.is_nan()).count() as i64;
         let counts = df! { "key" => [0i32], "customers" => [data.x.len() as i64], "null_clv" => [nulls] }?;
         let buckets = match self.calibration() {
-            Some(end) => holdout_buckets(shared, end.resolve(shared.as_of), self, &fitted[CALIBRATION_SCORES])?,
+            Some(end) => holdout_buckets(shared, end.resolve(shared.as_of), &fitted[CALIBRATION_SCORES])?,
             None => holdout_buckets_frame(&[Bucket::default(); 9])?,
         };
         let customers = self.customers_table(facts, &data, values)?;
@@ -845,22 +845,11 @@ impl ClvOptions {
         }
         let scores = self.pattern_scores(&patterns, fit.as_ref().map(|fit| fit.params))?;
         lap("scores per pattern");
-        let _ = &lap;
         let mut scores_frame = merged[PATTERNS].select(["x", "t", "t_x"])?;
         for (name, values) in scores {
             scores_frame.with_column(Column::new(name.into(), values))?;
         }
-        let margin = match self.margin {
-            super::Margin::Fixed(margin) => margin,
-            super::Margin::Observed => {
-                let total = |name: &str| -> Result<i128> {
-                    Ok(i128::from(
-                        int_values(&merged[TOTALS], name)?.first().copied().unwrap_or(0),
-                    ))
-                };
-                super::observed_margin_of(total("revenue_micros")?, total("cost_micros")?)?
-            }
-        };
+        let margin = self.margin.of_totals(&merged[TOTALS])?;
         let params = df! {
             "spend_p" => [spend_params.map(|p| p.p)],
             "spend_q" => [spend_params.map(|p| p.q)],
@@ -1178,10 +1167,8 @@ fn holdout_buckets_frame(buckets: &[Bucket; 9]) -> Result<DataFrame> {
 fn holdout_buckets(
     shared: &crate::core::prepare::SharedTables,
     end: NaiveDate,
-    options: &ClvOptions,
     predictions: &DataFrame,
 ) -> Result<DataFrame> {
-    let _ = options;
     let kept = calibration_summary(shared, end)?;
     let (x, t, t_x) = (
         int_values(predictions, "x")?,

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::lifecycle::LifecycleOptions;
 use super::shard::{merge_sums, only_pass, run_one_shard, tables_at, Finalized, Partial, Sharded};
-use super::{observed_margin_of, Kind, Margin, OptionInput, Stage, StageInputs, ORDERS};
+use super::{Kind, Margin, OptionInput, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
 use crate::core::period::Granularity;
@@ -225,11 +225,7 @@ impl Sharded for ClvSimpleOptions {
     fn finalize(&self, merged: Vec<Partial>, whole: &StageInputs, as_of: chrono::NaiveDate) -> Result<Finalized> {
         let mut merged = only_pass(merged)?;
         let sums = merged.remove(0);
-        let total = |name: &str| -> Result<i128> { Ok(i128::from(sums.column(name)?.i64()?.get(0).unwrap_or(0))) };
-        let margin = match self.margin {
-            Margin::Fixed(margin) => margin,
-            Margin::Observed => observed_margin_of(total("revenue_micros")?, total("cost_micros")?)?,
-        };
+        let margin = self.margin.of_totals(&sums)?;
         let lifespan = match self.lifespan_years {
             Some(years) => years,
             None => {

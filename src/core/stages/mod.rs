@@ -244,33 +244,27 @@ impl Margin {
         }
     }
 
-    /// The margin as a number: observed from the customers' exact revenue and cost.
-    pub fn value(self, shared: &SharedTables) -> anyhow::Result<f64> {
+    /// The margin as a number: observed as (revenue − cost) / revenue from the customers'
+    /// total micro-units (a table of sharded partial sums with `revenue_micros` and
+    /// `cost_micros`, one row).
+    pub fn of_totals(self, totals: &DataFrame) -> anyhow::Result<f64> {
+        let total = |name: &str| -> anyhow::Result<i128> {
+            Ok(i128::from(
+                shard::int_values(totals, name)?.first().copied().unwrap_or(0),
+            ))
+        };
         match self {
             Margin::Fixed(margin) => Ok(margin),
-            Margin::Observed => observed_margin(&shared.customer_facts),
+            Margin::Observed => {
+                let (revenue, cost) = (total("revenue_micros")?, total("cost_micros")?);
+                anyhow::ensure!(
+                    revenue > 0,
+                    "`margin = \"observed\"`: the customers' total revenue is not positive, so no margin can be observed"
+                );
+                Ok((revenue - cost) as f64 / revenue as f64)
+            }
         }
     }
-}
-
-/// Σ (revenue − cost) / Σ revenue over all customers, from the exact micro-unit columns.
-pub fn observed_margin(facts: &DataFrame) -> anyhow::Result<f64> {
-    let sum = |name: &str| -> anyhow::Result<i128> {
-        let column = facts
-            .column(name)
-            .map_err(|_| anyhow::anyhow!("`margin = \"observed\"` needs the orders source to map a `cost` column"))?;
-        Ok(column.i64()?.iter().map(|v| i128::from(v.unwrap_or(0))).sum())
-    };
-    observed_margin_of(sum("revenue_micros")?, sum("cost_micros")?)
-}
-
-/// (revenue − cost) / revenue from total micro-units.
-pub fn observed_margin_of(revenue: i128, cost: i128) -> anyhow::Result<f64> {
-    anyhow::ensure!(
-        revenue > 0,
-        "`margin = \"observed\"`: the customers' total revenue is not positive, so no margin can be observed"
-    );
-    Ok((revenue - cost) as f64 / revenue as f64)
 }
 
 pub static KINDS: &[&Kind] = &[
@@ -328,17 +322,11 @@ mod tests {
     fn observed_margin_is_contribution_over_revenue_from_the_exact_sums() {
         use polars::prelude::*;
         // Revenue 100 + 50 − 10, cost 60 + 20 − 4: (140 − 76) / 140.
-        let facts = df! {
-            "revenue_micros" => [100_000_000i64, 50_000_000, -10_000_000],
-            "cost_micros" => [60_000_000i64, 20_000_000, -4_000_000],
-        }
-        .unwrap();
-        assert_eq!(observed_margin(&facts).unwrap(), 64.0 / 140.0);
-        let error = observed_margin(&facts.drop("cost_micros").unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("map a `cost` column"), "{error}");
+        let totals = df! { "revenue_micros" => [140_000_000i64], "cost_micros" => [76_000_000i64] }.unwrap();
+        assert_eq!(Margin::Observed.of_totals(&totals).unwrap(), 64.0 / 140.0);
+        assert_eq!(Margin::Fixed(0.3).of_totals(&totals).unwrap(), 0.3);
         let none = df! { "revenue_micros" => [0i64], "cost_micros" => [0i64] }.unwrap();
-        assert!(observed_margin(&none).unwrap_err().to_string().contains("not positive"));
+        let error = Margin::Observed.of_totals(&none).unwrap_err().to_string();
+        assert!(error.contains("not positive"), "{error}");
     }
 }
