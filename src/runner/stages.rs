@@ -210,9 +210,10 @@ impl<'a> StageRun<'a> {
         // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
         let frames = crate::catch_panics(|| {
             crate::telemetry::inject_fault(&stage_config.name);
-            match (self.shards, stage.sharded()) {
-                (Some(shards), Some(sharded)) => crate::core::stages::shard::run_in_shards(sharded, &inputs, shards),
-                _ => stage.run(&inputs),
+            let stage: &dyn crate::core::stages::shard::Sharded = &**stage;
+            match self.shards {
+                Some(shards) => crate::core::stages::shard::run_in_shards(stage, &inputs, shards),
+                None => crate::core::stages::shard::run_one_shard(stage, &inputs),
             }
         });
         drop(inputs);

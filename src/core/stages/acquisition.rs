@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, only_pass, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, only_pass, tables_at, Finalized, Partial, Sharded};
 use super::{InputKind, Kind, OptionInput, Stage, StageInputs};
 use crate::core::input::{SourceKind, SpendRows};
 use crate::core::money::micros_value;
@@ -69,20 +69,6 @@ impl Stage for AcquisitionOptions {
             })
             .collect()
     }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        let shared = inputs.shared()?;
-        if shared.customer_facts.column("cost_micros").is_ok() && self.margin.is_some() {
-            tracing::warn!(
-                "acquisition: `margin` is not used: the orders map `cost`, so contribution = revenue − cost"
-            );
-        }
-        run_one_shard(self, inputs)
-    }
 }
 
 /// Sharded: a shard's partial is its new customers, Σ LTV and contribution per period since
@@ -117,6 +103,11 @@ impl Sharded for AcquisitionOptions {
             .find_map(|(name, data)| Some((name, data.spend()?)))
             .ok_or_else(|| anyhow::anyhow!("this stage needs a spend source"))?;
         let has_cost = merged[2].column("with_cost")?.i64()?.get(0).unwrap_or(0) > 0;
+        if has_cost && self.margin.is_some() {
+            tracing::warn!(
+                "acquisition: `margin` is not used: the orders map `cost`, so contribution = revenue − cost"
+            );
+        }
         let channels = Channels::new(&merged[0], spend)?;
         let unmatched = channels.unmatched_spend_channels();
         if !unmatched.is_empty() {
@@ -271,8 +262,9 @@ fn customer_ltv(
         _ => (&frames[0], "clv"),
     };
     let facts = &shared.customer_facts;
-    let values = in_facts_order(facts, table, column)?;
-    let mut ltv: Vec<f64> = values.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+    let values = super::columns_in_customer_order(facts, table, &[column.to_string()])?.remove(0);
+    let values = values.cast(&DataType::Float64)?;
+    let mut ltv: Vec<f64> = values.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
     if kind.name == "clv" {
         let revenue = prepare::values::<Int64Type>(facts, "revenue_micros")?;
         let cost = match facts.column("cost_micros") {
@@ -285,33 +277,6 @@ fn customer_ltv(
         }
     }
     Ok(ltv)
-}
-
-/// `column` of a per-customer `table`, in the row order of `facts` (by customer_id).
-fn in_facts_order(facts: &DataFrame, table: &DataFrame, column: &str) -> Result<Float64Chunked> {
-    let ids = facts.column("customer_id")?;
-    let aligned = table.height() == facts.height()
-        && table
-            .column("customer_id")?
-            .as_materialized_series()
-            .equals_missing(ids.as_materialized_series());
-    let values = if aligned {
-        table.column(column)?.clone()
-    } else {
-        facts
-            .select(["customer_id"])?
-            .lazy()
-            .join(
-                table.clone().lazy().select([col("customer_id"), col(column)]),
-                [col("customer_id")],
-                [col("customer_id")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .collect()?
-            .column(column)?
-            .clone()
-    };
-    Ok(values.cast(&DataType::Float64)?.f64()?.rechunk().into_owned())
 }
 
 /// The channels of the per-channel rows: every acquisition channel and every channel spend

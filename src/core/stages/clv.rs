@@ -13,7 +13,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{int_values, merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{int_values, merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::clv::{bgnbd, gamma_gamma};
 use crate::core::diagnostic::Diagnostics;
@@ -356,17 +356,6 @@ impl Stage for ClvOptions {
             None => KIND.tables[..2].to_vec(),
         }
     }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        if inputs.shared()?.customer_facts.height() == 0 {
-            bail!("no customers to fit");
-        }
-        run_one_shard(self, inputs)
-    }
 }
 
 /// Positions of the tables in the merged partial of pass 0: the counts merged from the shards,
@@ -407,11 +396,7 @@ impl Sharded for ClvOptions {
         }
     }
 
-    fn merge(&self, pass: usize, mut parts: Vec<Partial>) -> Result<Partial> {
-        // One shard's counts are sorted by their keys already (built from sorted keys).
-        if parts.len() == 1 {
-            return Ok(parts.pop().expect("one part"));
-        }
+    fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
         let pattern_keys = ["x", "t", "t_x"];
         match pass {
             0 => Ok(vec![

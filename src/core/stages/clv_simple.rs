@@ -14,7 +14,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use super::lifecycle::LifecycleOptions;
-use super::shard::{merge_sums, only_pass, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, only_pass, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Margin, OptionInput, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
@@ -168,14 +168,6 @@ impl Stage for ClvSimpleOptions {
 
     fn source_columns(&self) -> Vec<(&'static str, &'static str)> {
         self.margin.source_columns()
-    }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
     }
 }
 

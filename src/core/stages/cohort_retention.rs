@@ -13,7 +13,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::period::{to_days, Granularity, PeriodIndex};
 use crate::core::prepare::{self, SharedTables};
@@ -60,15 +60,7 @@ pub static KIND: Kind = Kind {
     },
 };
 
-impl Stage for CohortRetentionOptions {
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
-    }
-}
+impl Stage for CohortRetentionOptions {}
 
 impl Sharded for CohortRetentionOptions {
     fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {

@@ -4,7 +4,7 @@
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{run_one_shard, Finalized, Partial, Sharded};
+use super::shard::{Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 
 /// `kind = "customer_facts"` has no options of its own.
@@ -28,14 +28,6 @@ pub static KIND: Kind = Kind {
 impl Stage for CustomerFactsOptions {
     fn reads_customer_periods(&self) -> bool {
         false
-    }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
     }
 }
 

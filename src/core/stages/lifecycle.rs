@@ -18,7 +18,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::options::TableReader;
@@ -100,15 +100,7 @@ pub fn report(reader: &TableReader, errors: Vec<(&'static str, String)>, diagnos
     ok
 }
 
-impl Stage for LifecycleOptions {
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
-    }
-}
+impl Stage for LifecycleOptions {}
 
 /// The tally columns of a partial, in `Tally` order: the five stages, then start, end,
 /// retained, settled.

@@ -144,14 +144,14 @@ pub struct OptionInput {
 /// A configured stage: typed options plus the function that computes its tables. A column a
 /// table takes unchanged from the shared tables (`customer_id`, revenue, …) should be that
 /// column (a clone shares its buffer), not a copy: the sink writes its data once per run.
-pub trait Stage: Send + Sync + Debug {
+///
+/// Its tables are computed over customer shards (`shard::Sharded`, the supertrait): a run
+/// calls `shard::run_one_shard`, a sharded run `shard::run_in_shards`.
+pub trait Stage: shard::Sharded + Debug {
     /// The table suffixes this configured stage writes, when options change them.
     fn tables(&self) -> Vec<&'static str> {
         Vec::new()
     }
-
-    /// Output tables in the order of `tables()` (by default `Kind::tables`).
-    fn run(&self, inputs: &StageInputs) -> anyhow::Result<Vec<DataFrame>>;
 
     /// Stages named by this stage's options (besides `input`) whose tables it reads; they come
     /// after the `input` stages in `StageInputs::upstream`.
@@ -176,11 +176,6 @@ pub trait Stage: Send + Sync + Debug {
     /// against the catalog before any data is read).
     fn customer_columns(&self) -> Vec<String> {
         Vec::new()
-    }
-
-    /// The kind's work split by customer shards (`shard::Sharded`), when it has been split.
-    fn sharded(&self) -> Option<&dyn shard::Sharded> {
-        None
     }
 
     /// Optional logical columns its orders source must map, each with the option that needs it
@@ -265,6 +260,41 @@ impl Margin {
             }
         }
     }
+}
+
+/// `columns` of a per-customer `table` in the row order of `customers`, matched by customer_id
+/// (null for a customer the table lacks). Per-customer tables come in customer_key order, like
+/// customer_facts: when the ids line up row for row, the columns are taken as they are.
+pub fn columns_in_customer_order(
+    customers: &DataFrame,
+    table: &DataFrame,
+    columns: &[String],
+) -> anyhow::Result<Vec<polars::prelude::Column>> {
+    use polars::prelude::*;
+    let ids = customers.column("customer_id")?;
+    let aligned = table.height() == customers.height()
+        && table
+            .column("customer_id")?
+            .as_materialized_series()
+            .equals_missing(ids.as_materialized_series());
+    if aligned {
+        return Ok(table.select(columns.iter().map(String::as_str))?.into_columns());
+    }
+    let mut wanted = vec![col("customer_id")];
+    wanted.extend(columns.iter().map(|name| col(name.as_str())));
+    let mut args = JoinArgs::new(JoinType::Left);
+    args.maintain_order = MaintainOrderJoin::Left;
+    let joined = customers
+        .select(["customer_id"])?
+        .lazy()
+        .join(
+            table.clone().lazy().select(wanted),
+            [col("customer_id")],
+            [col("customer_id")],
+            args,
+        )
+        .collect()?;
+    Ok(joined.select(columns.iter().map(String::as_str))?.into_columns())
 }
 
 pub static KINDS: &[&Kind] = &[

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::core::input::SourceKind;
 use crate::core::period::{to_days, Granularity};
@@ -42,14 +42,6 @@ pub static KIND: Kind = Kind {
 impl Stage for NpsOptions {
     fn reads_customer_periods(&self) -> bool {
         false
-    }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
     }
 }
 

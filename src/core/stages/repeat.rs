@@ -14,7 +14,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::options::TableReader;
@@ -90,15 +90,7 @@ fn parse(reader: &TableReader, common: &[&str], diagnostics: &mut Diagnostics) -
     super::lifecycle::report(reader, options.check(), diagnostics).then(|| Box::new(options) as Box<dyn Stage>)
 }
 
-impl Stage for RepeatOptions {
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
-    }
-}
+impl Stage for RepeatOptions {}
 
 impl Sharded for RepeatOptions {
     fn partial(&self, inputs: &StageInputs, _earlier: &[Partial]) -> Result<Partial> {

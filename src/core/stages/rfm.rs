@@ -11,7 +11,7 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::diagnostic::{Diagnostic, Diagnostics};
 use crate::core::money::from_micros;
@@ -266,14 +266,6 @@ struct Rfm {
 impl Stage for Rfm {
     fn reads_customer_periods(&self) -> bool {
         false
-    }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
     }
 }
 
@@ -742,14 +734,7 @@ impl Values<'_> {
     fn goodness(&self, customer: usize, higher_is_better: bool) -> u64 {
         let ascending = match self {
             Values::Int(values) => (values[customer] as u64) ^ (1 << 63),
-            Values::Float(values) => {
-                let bits = values[customer].to_bits();
-                if bits >> 63 == 1 {
-                    !bits
-                } else {
-                    bits | 1 << 63
-                }
-            }
+            Values::Float(values) => super::shard::order_key(values[customer]),
         };
         if higher_is_better {
             ascending

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{merge_sums, run_one_shard, tables_at, Finalized, Partial, Sharded};
+use super::shard::{merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{InputKind, Kind, Stage, StageInputs};
 use crate::core::diagnostic::Diagnostics;
 use crate::core::money::from_micros;
@@ -59,14 +59,6 @@ impl Stage for SegmentSummaryOptions {
     fn reads_customer_periods(&self) -> bool {
         false
     }
-
-    fn sharded(&self) -> Option<&dyn Sharded> {
-        Some(self)
-    }
-
-    fn run(&self, inputs: &StageInputs) -> Result<Vec<DataFrame>> {
-        run_one_shard(self, inputs)
-    }
 }
 
 impl SegmentSummaryOptions {
@@ -104,28 +96,8 @@ impl SegmentSummaryOptions {
                 .map(|name| name.to_string())
                 .filter(|name| !present.contains(name))
                 .collect();
-            // Per-customer tables come in customer_key order, like customer_facts: when the ids
-            // line up row for row, the columns are placed beside them instead of joined.
-            let aligned = upstream.height() == table.height()
-                && upstream
-                    .column("customer_id")?
-                    .as_materialized_series()
-                    .equals_missing(table.column("customer_id")?.as_materialized_series());
-            if aligned {
-                table.hstack_mut(upstream.select(&added)?.columns())?;
-                continue;
-            }
-            let mut columns = vec![col("customer_id")];
-            columns.extend(added.iter().map(|name| col(name.as_str())));
-            table = table
-                .lazy()
-                .join(
-                    upstream.clone().lazy().select(columns),
-                    [col("customer_id")],
-                    [col("customer_id")],
-                    JoinArgs::new(JoinType::Left),
-                )
-                .collect()?;
+            let columns = super::columns_in_customer_order(&table, upstream, &added)?;
+            table.hstack_mut(&columns)?;
         }
         let mut available: Vec<String> = table
             .get_column_names()
@@ -280,9 +252,7 @@ fn summarise(table: &DataFrame, by: &[String], metrics: &[String]) -> Result<Dat
 /// transform of its bits (sign flipped for positives, all bits for negatives), so buckets are
 /// ranges of values in `f64::total_cmp` order, 256 per binade.
 fn bucket_of(value: f64) -> i64 {
-    let bits = value.to_bits();
-    let key = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
-    (key >> 44) as i64
+    (super::shard::order_key(value) >> 44) as i64
 }
 
 /// A group's key values as one text, to match groups across tables of the same columns.

@@ -258,6 +258,17 @@ pub fn only_pass(merged: Vec<Partial>) -> Result<Partial> {
         .ok_or_else(|| anyhow::anyhow!("no merged partial"))
 }
 
+/// A double's bits as a u64 that orders as `f64::total_cmp` does (sign flipped for positives,
+/// all bits for negatives): the keys of exact order statistics over doubles.
+pub fn order_key(value: f64) -> u64 {
+    let bits = value.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
+}
+
 /// An integer column of a partial's table as i64 values (nulls as 0).
 pub fn int_values(frame: &DataFrame, name: &str) -> Result<Vec<i64>> {
     Ok(frame
