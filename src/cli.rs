@@ -86,11 +86,14 @@ pub struct RunArgs {
     /// Run independent stages one after another (for benchmarking the parallel runner).
     #[arg(long)]
     pub sequential: bool,
-    /// Compute every stage over N customer shards, as a scaled-out run does (the shards are
-    /// split in memory: memory is not bounded yet; for checking that sharded runs give the
-    /// same tables).
-    #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Bound memory: spill the input to disk in N customer shards (beside the outputs, removed
+    /// after the run) and compute the shards one after another. 1: one piece.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub shards: Option<u16>,
+    /// Bound memory to about SIZE (e.g. 12GiB, 800MiB): picks --shards from the input's size
+    /// (overrides `memory_limit` under `[pipeline]`).
+    #[arg(long, value_name = "SIZE", value_parser = crate::core::config::parse_size, conflicts_with = "shards")]
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -64,6 +64,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 threads: args.threads.map(usize::from),
                 sequential: args.sequential,
                 shards: args.shards.map(usize::from),
+                memory_limit: args.memory_limit,
             };
             let manifest = pipeline::runner::run(&plan, &options)?;
             let tables: usize = manifest.stages.iter().map(|s| s.tables.len()).sum();

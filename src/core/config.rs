@@ -34,6 +34,40 @@ pub struct PipelineSettings {
     pub keep_runs: usize,
     /// Fail when the newest order is more than this many days before as_of.
     pub max_data_age_days: Option<u32>,
+    /// Bytes a run may use: past what the input needs in one piece, it runs in customer shards
+    /// spilled to disk (`memory_limit = "12GiB"`; `--memory-limit` overrides it).
+    pub memory_limit: Option<u64>,
+}
+
+/// A size such as `12GiB`, `800MB`, `1.5G` or `1048576` (bytes): K, M, G and T count in 1024s
+/// with or without `i` and `B`, as memory is counted; a bare number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write it as e.g. `12GiB`, `800MB` or `1.5G`"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches('B')
+        .trim_end_matches('I')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}`; use KiB, MiB, GiB or TiB")),
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    if !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("`{text}` is not a usable size"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Logical column → column in the file.
@@ -419,6 +453,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "lock_wait_seconds",
     "keep_runs",
     "max_data_age_days",
+    "memory_limit",
 ];
 const SOURCE_KEYS: &[&str] = &[
     "kind",
@@ -528,6 +563,7 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
         lock_wait_seconds: 0.0,
         keep_runs: 7,
         max_data_age_days: None,
+        memory_limit: None,
     };
     let Some(item) = item else { return settings };
     let Some(table) = item.as_table_like() else {
@@ -572,6 +608,15 @@ fn parse_pipeline(item: Option<&Item>, dir: &Path, diagnostics: &mut Diagnostics
     }
     if let Some(seconds) = in_range(&reader, "lock_wait_seconds", 0.0..=86_400.0, diagnostics) {
         settings.lock_wait_seconds = seconds;
+    }
+    if let Some(text) = reader.get::<String>("memory_limit", diagnostics) {
+        match parse_size(&text) {
+            Ok(bytes) => settings.memory_limit = Some(bytes),
+            Err(message) => diagnostics.error(
+                format!("key `memory_limit` of `[pipeline]` is invalid: {message}"),
+                reader.value_span("memory_limit"),
+            ),
+        }
     }
     settings
 }

@@ -37,7 +37,7 @@ use polars::prelude::*;
 
 /// Reason codes the fold computes per line (`line_reasons`) are `0..REASONS`; 0 is usable.
 pub const REASONS: usize = 9;
-const EXCLUDED_BY_INCLUDE: u8 = 1;
+pub const EXCLUDED_BY_INCLUDE: u8 = 1;
 const NULL_CUSTOMER_ID: u8 = 2;
 const NULL_ORDER_ID: u8 = 3;
 const NULL_ORDERED_AT: u8 = 4;

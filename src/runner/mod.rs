@@ -4,6 +4,7 @@
 //! succeeded, with the manifest.
 
 mod schedule;
+mod sharded;
 mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,9 +34,12 @@ pub struct RunOptions {
     pub threads: Option<usize>,
     /// Run independent stages one after another instead of concurrently (benchmarks).
     pub sequential: bool,
-    /// Compute every stage over this many customer shards (`shard::run_in_shards`), split in
-    /// memory; `None`: one shard.
+    /// Run in this many customer shards with bounded memory (`sharded.rs`): the input spilled to
+    /// disk by shard, the shards read one after another. `None`: from `memory_limit`, else one.
     pub shards: Option<usize>,
+    /// Pick the shards from the input's size so the run stays within this many bytes
+    /// (`--memory-limit`; overrides `[pipeline] memory_limit`).
+    pub memory_limit: Option<u64>,
 }
 
 /// Run the plan into its output directory's snapshots; on failure the previous outputs stay as
@@ -132,6 +136,9 @@ fn execute(
     manifest: &mut Manifest,
     sink: &mut dyn Sink,
 ) -> Result<()> {
+    if let Some(shards) = shard_count(plan, options, selected)? {
+        return sharded::execute(plan, options, selected, manifest, sink, shards);
+    }
     let prepare_start = Instant::now();
     let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
     let sources = read_sources(plan, selected, as_of, manifest)?;
@@ -177,28 +184,72 @@ fn read_sources(
         );
         let data = match source_config.kind {
             SourceKind::Orders => SourceData::Orders(read_orders(plan, source_config, as_of, manifest)?),
-            SourceKind::Survey => {
-                let as_of = stages::as_of(&sources).context("a survey is read with an orders source")?;
-                let answers = with_rejected(
-                    manifest,
-                    source::read_survey(source_config, &plan.config.pipeline, as_of),
-                )?;
-                manifest.inputs.push(answers.stats.clone());
-                SourceData::Survey(answers)
-            }
-            SourceKind::Spend => {
-                let as_of = stages::as_of(&sources).context("spend is read with an orders source")?;
-                let spend = with_rejected(
-                    manifest,
-                    source::read_spend(source_config, &plan.config.pipeline, as_of),
-                )?;
-                manifest.inputs.push(spend.stats.clone());
-                SourceData::Spend(spend)
+            _ => {
+                let as_of = stages::as_of(&sources).context("a survey or spend is read with an orders source")?;
+                read_other_source(plan, source_config, as_of, manifest)?
             }
         };
         sources.insert(name, data);
     }
     Ok(sources)
+}
+
+/// A survey or spend source, read whole up to the run's `as_of`.
+fn read_other_source(
+    plan: &Plan,
+    source_config: &SourceConfig,
+    as_of: chrono::NaiveDate,
+    manifest: &mut Manifest,
+) -> Result<SourceData> {
+    Ok(match source_config.kind {
+        SourceKind::Survey => {
+            let answers = with_rejected(
+                manifest,
+                source::read_survey(source_config, &plan.config.pipeline, as_of),
+            )?;
+            manifest.inputs.push(answers.stats.clone());
+            SourceData::Survey(answers)
+        }
+        SourceKind::Spend => {
+            let spend = with_rejected(
+                manifest,
+                source::read_spend(source_config, &plan.config.pipeline, as_of),
+            )?;
+            manifest.inputs.push(spend.stats.clone());
+            SourceData::Spend(spend)
+        }
+        SourceKind::Orders => anyhow::bail!("orders source `{}` is not read whole here", source_config.name),
+    })
+}
+
+/// The customer shards of a bounded-memory run (`None`: a whole run): `--shards`, else from the
+/// memory limit (`--memory-limit`, else `[pipeline] memory_limit`) and the size of the orders
+/// sources' input (`sharded::shards_for`).
+fn shard_count(plan: &Plan, options: &RunOptions, selected: &BTreeSet<usize>) -> Result<Option<usize>> {
+    if let Some(shards) = options.shards {
+        return Ok((shards > 1).then_some(shards));
+    }
+    let Some(limit) = options.memory_limit.or(plan.config.pipeline.memory_limit) else {
+        return Ok(None);
+    };
+    let lines: u64 = plan
+        .sources_needed(selected)
+        .iter()
+        .map(|name| &plan.config.sources[name])
+        .filter(|source| source.kind == SourceKind::Orders)
+        .map(source::estimated_lines)
+        .sum();
+    let shards = sharded::shards_for(lines, limit);
+    tracing::info!(
+        "memory limit {:.1} GiB, about {} order lines: {}",
+        limit as f64 / (1u64 << 30) as f64,
+        source::thousands(lines),
+        match shards {
+            Some(shards) => format!("{shards} customer shards"),
+            None => "one piece".to_string(),
+        }
+    );
+    Ok(shards)
 }
 
 /// `read`, with the accounting of a source whose data was rejected recorded in the manifest.

@@ -33,8 +33,7 @@ pub(super) fn run_stages(
         .build()
         .context("cannot start the stage thread pool")?;
     let (order, level_of) = start_order(plan, selected);
-    let mut runner = StageRun::new(plan, selected, sources, manifest, sink, level_of);
-    runner.shards = options.shards;
+    let runner = StageRun::new(plan, selected, sources, manifest, sink, level_of);
     let outputs = Mutex::new(BTreeMap::new());
     let run = |index: usize| runner.run(index, &outputs);
     let upstream = order
@@ -78,7 +77,7 @@ pub(super) fn as_of(sources: &BTreeMap<String, SourceData>) -> Option<chrono::Na
 /// one, the stages that read customer_periods first, so the periods are released as early as
 /// they can be; then those more selected stages wait for (directly or not), so the stages after
 /// them can start; then config order.
-fn start_order(plan: &Plan, selected: &BTreeSet<usize>) -> (Vec<usize>, BTreeMap<usize, usize>) {
+pub(super) fn start_order(plan: &Plan, selected: &BTreeSet<usize>) -> (Vec<usize>, BTreeMap<usize, usize>) {
     let waiting = waiting_for(plan, selected);
     let mut level_of = BTreeMap::new();
     let mut order = Vec::new();
@@ -120,7 +119,7 @@ fn reads_periods(config: &Config, index: usize) -> bool {
 }
 
 /// The stages `index` reads.
-fn upstream_of(plan: &Plan, index: usize) -> Vec<usize> {
+pub(super) fn upstream_of(plan: &Plan, index: usize) -> Vec<usize> {
     plan.inputs[index]
         .iter()
         .filter_map(|input| match input {
@@ -145,8 +144,6 @@ struct StageRun<'a> {
     key_values: Vec<(String, String)>,
     as_of_days: Option<i32>,
     progress: indicatif::ProgressBar,
-    /// Compute the stages over this many customer shards (`--shards`).
-    shards: Option<usize>,
 }
 
 impl<'a> StageRun<'a> {
@@ -179,7 +176,6 @@ impl<'a> StageRun<'a> {
             key_values: file_metadata(&plan.config, manifest),
             as_of_days: as_of(sources).map(crate::core::period::to_days),
             progress: crate::telemetry::progress_bar(selected.len() as u64, "stages"),
-            shards: None,
         };
         for (source, left) in &run.readers_left {
             if left.load(Ordering::Relaxed) == 0 {
@@ -210,11 +206,7 @@ impl<'a> StageRun<'a> {
         // A panic inside a stage (polars or ours) becomes this stage's error, not a crash.
         let frames = crate::catch_panics(|| {
             crate::telemetry::inject_fault(&stage_config.name);
-            let stage: &dyn crate::core::stages::shard::Sharded = &**stage;
-            match self.shards {
-                Some(shards) => crate::core::stages::shard::run_in_shards(stage, &inputs, shards),
-                None => crate::core::stages::shard::run_one_shard(stage, &inputs),
-            }
+            crate::core::stages::shard::run_one_shard(&**stage, &inputs)
         });
         drop(inputs);
         drop(upstream);
@@ -247,16 +239,7 @@ impl<'a> StageRun<'a> {
     /// and its input stages' frames.
     fn inputs<'b>(&'b self, index: usize, upstream: &'b [(usize, Arc<Vec<DataFrame>>)]) -> StageInputs<'b> {
         let stages = &self.plan.config.stages;
-        let mut names: Vec<String> = self.plan.inputs[index]
-            .iter()
-            .filter_map(|input| match input {
-                Input::Source(name) => Some(name.clone()),
-                Input::Stage(_) => None,
-            })
-            .collect();
-        if names.is_empty() {
-            names.extend(self.plan.source_of(index));
-        }
+        let names = source_names(self.plan, index);
         StageInputs {
             sources: names
                 .iter()
@@ -272,30 +255,20 @@ impl<'a> StageRun<'a> {
 
     /// Stage `frames` (the stage's tables, in order) in the sink, each with the `as_of` column.
     fn stage_tables(&self, index: usize, frames: &mut [DataFrame]) -> Result<Vec<TableReport>> {
-        let stage_config = &self.plan.config.stages[index];
-        let suffixes = match stage_config.stage.as_ref().map(|stage| stage.tables()) {
-            Some(custom) if !custom.is_empty() => custom,
-            _ => stage_config.kind.tables.to_vec(),
-        };
         let mut reports = Vec::new();
-        for ((frame, table), suffix) in frames.iter_mut().zip(&stage_config.tables).zip(suffixes) {
-            let metadata = TableMetadata {
-                kind: stage_config.kind.name,
-                suffix,
-                key_values: self.key_values.clone(),
-            };
+        for (frame, (table, metadata)) in frames
+            .iter_mut()
+            .zip(tables_of(&self.plan.config, index, &self.key_values))
+        {
             // The column is written, not kept for the stages that read this one.
-            if let Some(days) = self.as_of_days {
-                let value = Scalar::new(DataType::Date, AnyValue::Date(days));
-                frame.with_column(Column::new_scalar("as_of".into(), value, frame.height()))?;
-            }
-            let rows = self.sink.stage(table, frame, &metadata);
+            add_as_of(frame, self.as_of_days)?;
+            let rows = self.sink.stage(&table, frame, &metadata);
             if self.as_of_days.is_some() {
                 frame.drop_in_place("as_of").ok();
             }
             reports.push(TableReport {
-                table: table.clone(),
                 path: format!("{table}.parquet"),
+                table,
                 rows: rows?,
             });
         }
@@ -327,8 +300,59 @@ impl<'a> StageRun<'a> {
     }
 }
 
+/// The sources stage `index` reads: those in its `input`, or for a stage over other stages, the
+/// orders source they came from.
+pub(super) fn source_names(plan: &Plan, index: usize) -> Vec<String> {
+    let mut names: Vec<String> = plan.inputs[index]
+        .iter()
+        .filter_map(|input| match input {
+            Input::Source(name) => Some(name.clone()),
+            Input::Stage(_) => None,
+        })
+        .collect();
+    if names.is_empty() {
+        names.extend(plan.source_of(index));
+    }
+    names
+}
+
+/// Each table of stage `index`, in order: its name and what its file says about it.
+pub(super) fn tables_of(
+    config: &Config,
+    index: usize,
+    key_values: &[(String, String)],
+) -> Vec<(String, TableMetadata)> {
+    let stage_config = &config.stages[index];
+    let suffixes = match stage_config.stage.as_ref().map(|stage| stage.tables()) {
+        Some(custom) if !custom.is_empty() => custom,
+        _ => stage_config.kind.tables.to_vec(),
+    };
+    stage_config
+        .tables
+        .iter()
+        .zip(suffixes)
+        .map(|(table, suffix)| {
+            let metadata = TableMetadata {
+                kind: stage_config.kind.name,
+                suffix,
+                key_values: key_values.to_vec(),
+            };
+            (table.clone(), metadata)
+        })
+        .collect()
+}
+
+/// The run's date as the table's `as_of` column (when the run has one).
+pub(super) fn add_as_of(frame: &mut DataFrame, as_of_days: Option<i32>) -> Result<()> {
+    if let Some(days) = as_of_days {
+        let value = Scalar::new(DataType::Date, AnyValue::Date(days));
+        frame.with_column(Column::new_scalar("as_of".into(), value, frame.height()))?;
+    }
+    Ok(())
+}
+
 /// What every table's file says about the run.
-fn file_metadata(config: &Config, manifest: &Manifest) -> Vec<(String, String)> {
+pub(super) fn file_metadata(config: &Config, manifest: &Manifest) -> Vec<(String, String)> {
     let mut key_values = vec![
         ("as_of".to_string(), manifest.as_of.clone().unwrap_or_default()),
         ("timezone".to_string(), config.pipeline.timezone.clone()),

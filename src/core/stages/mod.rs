@@ -146,7 +146,8 @@ pub struct OptionInput {
 /// column (a clone shares its buffer), not a copy: the sink writes its data once per run.
 ///
 /// Its tables are computed over customer shards (`shard::Sharded`, the supertrait): a run
-/// calls `shard::run_one_shard`, a sharded run `shard::run_in_shards`.
+/// calls `shard::run_one_shard`; a sharded run takes the steps shard by shard
+/// (`runner::sharded`).
 pub trait Stage: shard::Sharded + Debug {
     /// The table suffixes this configured stage writes, when options change them.
     fn tables(&self) -> Vec<&'static str> {

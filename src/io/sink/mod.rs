@@ -17,7 +17,7 @@ use polars::prelude::DataFrame;
 use crate::core::manifest::Manifest;
 
 pub use memory::MemorySink;
-pub use parquet::{write_table, SharedPages};
+pub use parquet::{write_table, write_table_parts, SharedPages};
 pub use snapshot::{latest_snapshot, snapshots, SnapshotSink, LAST_RUN, LATEST, LOCK, MANIFEST, RUNS};
 
 /// What a table says about itself where it is written: the stage kind and table suffix whose
@@ -44,6 +44,36 @@ pub trait Sink: Sync {
 
     /// Write table `name` where readers cannot see it yet; returns its rows.
     fn stage(&self, name: &str, frame: &mut DataFrame, metadata: &TableMetadata) -> Result<usize>;
+
+    /// Write table `name` from its parts, in order (a sharded run's per-customer rows, shard by
+    /// shard), where readers cannot see it yet; returns its rows. By default the parts are put
+    /// together and staged as one frame; a sink that can should write them one by one.
+    fn stage_parts(
+        &self,
+        name: &str,
+        parts: &mut dyn Iterator<Item = Result<DataFrame>>,
+        metadata: &TableMetadata,
+    ) -> Result<usize> {
+        let mut all: Option<DataFrame> = None;
+        for part in parts {
+            let part = part?;
+            match &mut all {
+                Some(all) => {
+                    all.vstack_mut(&part)?;
+                }
+                None => all = Some(part),
+            }
+        }
+        let mut all = all.ok_or_else(|| anyhow::anyhow!("table `{name}` has no part"))?;
+        self.stage(name, &mut all, metadata)
+    }
+
+    /// A folder for this run's temporary files (a sharded run's spill files), beside the
+    /// outputs; the run removes it, and `start` removes those a killed run left. `None`: a
+    /// folder in the system's temporary directory.
+    fn scratch_dir(&self, _run_id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 
     /// Keep `tables` (names) of the last publication that this run did not rebuild (a
     /// `--select` run), recording each in `manifest.carried_over`.

@@ -52,6 +52,47 @@ pub fn write_table(path: &Path, frame: &mut DataFrame, metadata: &TableMetadata,
         .with_context(|| format!("cannot fsync `{}`", path.display()))
 }
 
+/// Write a table from its `parts` (same columns, in order) to `path` one part at a time, and
+/// fsync it; returns its rows. Each part is one or more row groups.
+pub fn write_table_parts(
+    path: &Path,
+    parts: &mut dyn Iterator<Item = Result<DataFrame>>,
+    metadata: &TableMetadata,
+) -> Result<usize> {
+    let writing = || format!("cannot write `{}`", path.display());
+    let file = File::create(path).with_context(|| format!("cannot create `{}`", path.display()))?;
+    let mut writer = None;
+    let mut rows = 0;
+    for part in parts {
+        let part = part?;
+        if writer.is_none() {
+            writer = Some(
+                // Unbuffered: the writer writes whole pages.
+                ParquetWriter::new(file.try_clone()?)
+                    .with_compression(ParquetCompression::Zstd(Some(
+                        polars_utils::compression::ZstdLevel::try_new(1)?,
+                    )))
+                    .with_statistics(StatisticsOptions::default())
+                    .with_key_value_metadata(Some(key_value_metadata(&part, metadata)))
+                    .batched(part.schema())
+                    .map_err(anyhow::Error::from)
+                    .with_context(writing)?,
+            );
+        }
+        let writer = writer.as_mut().expect("created above");
+        writer
+            .write_batch(&part)
+            .map_err(anyhow::Error::from)
+            .with_context(writing)?;
+        rows += part.height();
+    }
+    let writer = writer.ok_or_else(|| anyhow::anyhow!("no part to write"))?;
+    writer.finish().map_err(anyhow::Error::from).with_context(writing)?;
+    file.sync_all()
+        .with_context(|| format!("cannot fsync `{}`", path.display()))?;
+    Ok(rows)
+}
+
 /// The file's key-value metadata: the Arrow schema with a `description` on every field the
 /// catalog knows (readers such as pyarrow and arrow-rs take field metadata from it), then
 /// `metadata.key_values`.

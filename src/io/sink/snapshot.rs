@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::DataFrame;
 use serde::Serialize;
 
-use super::{write_table, SharedPages, Sink, TableMetadata};
+use super::{write_table, write_table_parts, SharedPages, Sink, TableMetadata};
 use crate::core::manifest::{CarriedTable, Manifest};
 
 pub const MANIFEST: &str = "_manifest.json";
@@ -27,6 +27,7 @@ pub const LATEST: &str = "latest";
 pub const RUNS: &str = "runs";
 const STAGING_PREFIX: &str = ".tmp-";
 const STAGING_DIR_PREFIX: &str = ".staging-";
+const SCRATCH_DIR_PREFIX: &str = ".spill-";
 
 /// Tables as Parquet files in snapshot folders under `root` (see the module's description).
 pub struct SnapshotSink {
@@ -100,6 +101,44 @@ impl Sink for SnapshotSink {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(staged);
         Ok(rows)
+    }
+
+    fn stage_parts(
+        &self,
+        name: &str,
+        parts: &mut dyn Iterator<Item = Result<DataFrame>>,
+        metadata: &TableMetadata,
+    ) -> Result<usize> {
+        let snapshot = self.snapshot.as_ref().context("the sink was not started")?;
+        let target = snapshot.dir.join(format!("{name}.parquet"));
+        let temp = snapshot
+            .dir
+            .join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
+        let start = std::time::Instant::now();
+        let rows = match write_table_parts(&temp, parts, metadata) {
+            Ok(rows) => rows,
+            Err(error) => {
+                fs::remove_file(&temp).ok();
+                return Err(error.context(format!("cannot write table `{name}`")));
+            }
+        };
+        tracing::debug!(
+            "table `{name}`: {rows} rows written in parts in {:.3} s",
+            start.elapsed().as_secs_f64()
+        );
+        self.staged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(StagedTable {
+                name: name.to_string(),
+                temp,
+                target,
+            });
+        Ok(rows)
+    }
+
+    fn scratch_dir(&self, run_id: &str) -> Option<PathBuf> {
+        Some(self.root.join(RUNS).join(format!("{SCRATCH_DIR_PREFIX}{run_id}")))
     }
 
     fn carry_over(&mut self, tables: &BTreeSet<String>, manifest: &mut Manifest) -> Result<()> {
@@ -399,7 +438,7 @@ pub fn discard(staged: &[StagedTable]) {
 }
 
 /// Remove what a killed run left behind (only with the lock held): temporary files in the
-/// output directory and staging folders of snapshots never published.
+/// output directory, staging folders of snapshots never published and spill folders.
 pub fn clean_stale_temps(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -411,7 +450,8 @@ pub fn clean_stale_temps(dir: &Path) {
     }
     if let Ok(entries) = fs::read_dir(dir.join(RUNS)) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(STAGING_DIR_PREFIX) {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(STAGING_DIR_PREFIX) || name.starts_with(SCRATCH_DIR_PREFIX) {
                 fs::remove_dir_all(entry.path()).ok();
             }
         }

@@ -202,3 +202,24 @@ pub(super) fn total_rows(source: &SourceConfig, files: &[PathBuf]) -> Option<u64
         .ok()?;
     counted.column("len").ok()?.u64().ok()?.get(0)
 }
+
+/// About how many lines an orders source holds, before it is read: Parquet's row counts, or a
+/// CSV's bytes at `CSV_BYTES_PER_LINE` (0 when its files cannot be resolved: the read reports
+/// why).
+pub fn estimated_lines(source: &SourceConfig) -> u64 {
+    let Ok(files) = resolve_files(source) else { return 0 };
+    match source.format {
+        SourceFormat::Parquet => total_rows(source, &files).unwrap_or(0),
+        SourceFormat::Csv => {
+            let bytes: u64 = files
+                .iter()
+                .filter_map(|file| std::fs::metadata(file).ok())
+                .map(|metadata| metadata.len())
+                .sum();
+            bytes / CSV_BYTES_PER_LINE
+        }
+    }
+}
+
+/// A typical order line's bytes in a CSV export (ids, a timestamp, an amount, a channel).
+const CSV_BYTES_PER_LINE: u64 = 60;

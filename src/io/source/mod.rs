@@ -24,13 +24,16 @@ mod dates;
 mod files;
 mod mapped;
 mod spend;
+mod spill;
 mod survey;
 
 use csv::*;
 use dates::*;
+pub use files::estimated_lines;
 use files::*;
 use mapped::*;
 pub use spend::{check_spend, read_spend};
+pub use spill::{read_order_shard, spill_orders, SpilledOrders};
 pub use survey::{check_survey, read_survey};
 
 /// Reasons that count as rejected (against `max_rejected_fraction`).
@@ -384,29 +387,10 @@ pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
 /// The one pass over order lines: lines → orders, with accounting. Fails (exit 1) when more
 /// lines are rejected than `max_rejected_fraction` allows or when nothing is left.
 pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<SourceOrders> {
-    let schema = check_schema(source)?;
-    crate::telemetry::inject_fault(&source.name);
-    let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
-    if let Ok(mut scans) = SCANS.lock() {
-        *scans.entry(source.path.clone()).or_insert(0) += 1;
-    }
-    let first_after_as_of = match fixed_as_of {
-        Some(date) => Some(as_of_boundary(date, &schema.ordered_at, source, settings)?),
-        None => None,
-    };
-    let expected_lines = total_rows(source, &schema.files);
-    let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines)?;
-    let mut fold = OrderFold::new(
-        &schema.order_id,
-        &schema.customer_id,
-        rayon::current_num_threads(),
-        source.columns.line.is_some(),
-    );
-    fold.expected_lines = expected_lines;
-    fold.first_after_as_of = first_after_as_of;
-    fold.has_cost = source.columns.cost.is_some();
-    let mut fold = fold_lines(source, lines, fold)?;
-    if let Some(total) = expected_lines.filter(|_| filter_in_scan) {
+    let scan = LineScan::start(source, settings, as_of)?;
+    let fold = scan.fold(source, rayon::current_num_threads());
+    let mut fold = fold_lines(source, scan.lines.clone(), fold)?;
+    if let Some(total) = scan.expected_lines.filter(|_| scan.filter_in_scan) {
         fold.count_unseen_as_excluded(total);
     }
     tracing::debug!(
@@ -415,39 +399,165 @@ pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: As
         fold.busy.as_secs_f64(),
         crate::telemetry::memory()
     );
-    let currencies = std::mem::take(&mut fold.currencies);
-    let folded = fold
-        .finish(&schema.customer_id, schema.has_channel)
-        .map_err(anyhow::Error::from)
-        .context("building orders")?;
-    tracing::debug!("orders numbered: {}", crate::telemetry::memory());
-    let mut stats = line_stats(source, &schema.files, &folded.lines_by_reason, folded.duplicate_lines);
-    let orders = usable_orders(source, settings, &schema, folded.orders, &mut stats)?;
-    check_rejections(source, settings, &schema, &orders, &stats)?;
-    if source.columns.currency.is_some() {
-        stats.currency = single_currency(source, currencies, &stats)?;
-    }
-    let newest = from_days(
-        orders
-            .column("date")?
-            .cast(&DataType::Int32)?
-            .i32()?
-            .max()
-            .expect("orders are not empty"),
-    );
-    stats.newest_order_date = Some(newest.to_string());
-    let as_of = fixed_as_of.unwrap_or(newest);
-    check_freshness(source, settings, newest, as_of).map_err(|message| DataRejected {
-        message,
-        stats: stats.clone(),
-    })?;
+    let mut totals = LineTotals::default();
+    let part = totals.add(source, settings, &scan.schema, fold)?;
+    let (stats, as_of) = totals.check(source, settings, &scan)?;
     Ok(SourceOrders {
-        orders,
-        customer_ids: folded.customer_ids,
-        channels: folded.channels,
+        orders: part.orders,
+        customer_ids: part.customer_ids,
+        channels: part.channels,
         stats,
         as_of,
     })
+}
+
+/// A scan of a source's order lines, ready to fold: the checked schema, the as_of it is read
+/// for, and the lazy lines (`lines_plan`).
+pub(crate) struct LineScan {
+    pub schema: SourceSchema,
+    /// The as_of date when it does not depend on the data.
+    pub fixed_as_of: Option<NaiveDate>,
+    /// The first instant (µs) after a fixed as_of.
+    pub first_after_as_of: Option<i64>,
+    /// Lines the files hold (their metadata), when known.
+    pub expected_lines: Option<u64>,
+    pub lines: LazyFrame,
+    /// Whether include/exclude run in the scan (unseen lines are then the excluded ones).
+    pub filter_in_scan: bool,
+}
+
+impl LineScan {
+    /// Check the source's schema and plan its scan for a run as of `as_of`.
+    pub fn start(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<LineScan> {
+        let schema = check_schema(source)?;
+        crate::telemetry::inject_fault(&source.name);
+        let fixed_as_of = fixed_as_of(as_of, &settings.timezone)?;
+        if let Ok(mut scans) = SCANS.lock() {
+            *scans.entry(source.path.clone()).or_insert(0) += 1;
+        }
+        let first_after_as_of = match fixed_as_of {
+            Some(date) => Some(as_of_boundary(date, &schema.ordered_at, source, settings)?),
+            None => None,
+        };
+        let expected_lines = total_rows(source, &schema.files);
+        let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines)?;
+        Ok(LineScan {
+            schema,
+            fixed_as_of,
+            first_after_as_of,
+            expected_lines,
+            lines,
+            filter_in_scan,
+        })
+    }
+
+    /// An empty fold for these lines, in `shards` shards folded in parallel.
+    pub fn fold(&self, source: &SourceConfig, shards: usize) -> OrderFold {
+        let mut fold = OrderFold::new(
+            &self.schema.order_id,
+            &self.schema.customer_id,
+            shards,
+            source.columns.line.is_some(),
+        );
+        fold.expected_lines = self.expected_lines;
+        fold.first_after_as_of = self.first_after_as_of;
+        fold.has_cost = source.columns.cost.is_some();
+        fold
+    }
+}
+
+/// The usable orders of one fold, with their customers and channels.
+pub(crate) struct FoldedPart {
+    /// `id`, `date`, `ordered_ts`, `revenue`[, `channel`][, `cost`] (`usable_orders`).
+    pub orders: DataFrame,
+    pub customer_ids: Series,
+    pub channels: Option<Series>,
+}
+
+/// The accounting of one or more folds of a source's lines (a sharded run folds its lines in
+/// parts), checked together once every part is folded.
+#[derive(Default)]
+pub(crate) struct LineTotals {
+    lines_by_reason: [u64; crate::core::orders::REASONS],
+    duplicates: u64,
+    several_customers: u64,
+    no_local_time: u64,
+    orders: u64,
+    currencies: BTreeMap<Option<String>, u64>,
+    /// The newest usable order's local date (days).
+    newest: Option<i32>,
+    /// Lines left out by a filter in the scan, uncounted by the folds.
+    pub unseen_excluded: u64,
+}
+
+impl LineTotals {
+    /// Finish `fold` into its usable orders, adding its accounting.
+    pub fn add(
+        &mut self,
+        source: &SourceConfig,
+        settings: &PipelineSettings,
+        schema: &SourceSchema,
+        mut fold: OrderFold,
+    ) -> Result<FoldedPart> {
+        for (currency, lines) in std::mem::take(&mut fold.currencies) {
+            *self.currencies.entry(currency).or_insert(0) += lines;
+        }
+        let folded = fold
+            .finish(&schema.customer_id, schema.has_channel)
+            .map_err(anyhow::Error::from)
+            .context("building orders")?;
+        tracing::debug!("orders numbered: {}", crate::telemetry::memory());
+        for (total, count) in self.lines_by_reason.iter_mut().zip(folded.lines_by_reason) {
+            *total += count;
+        }
+        self.duplicates += folded.duplicate_lines;
+        let (orders, several_customers, no_local_time) = usable_orders(source, settings, schema, folded.orders)?;
+        self.several_customers += several_customers;
+        self.no_local_time += no_local_time;
+        self.orders += orders.height() as u64;
+        let newest = orders.column("date")?.cast(&DataType::Int32)?.i32()?.max();
+        self.newest = self.newest.max(newest);
+        Ok(FoldedPart {
+            orders,
+            customer_ids: folded.customer_ids,
+            channels: folded.channels,
+        })
+    }
+
+    /// The source's accounting and the run's as_of, once every part is added; fails (exit 1)
+    /// when more lines were rejected than `max_rejected_fraction` allows, when no order is
+    /// left, on several currencies, or on stale data (`max_data_age_days`).
+    pub fn check(
+        self,
+        source: &SourceConfig,
+        settings: &PipelineSettings,
+        scan: &LineScan,
+    ) -> Result<(InputStats, NaiveDate)> {
+        let mut lines_by_reason = self.lines_by_reason;
+        lines_by_reason[usize::from(crate::core::orders::EXCLUDED_BY_INCLUDE)] += self.unseen_excluded;
+        let mut stats = line_stats(source, &scan.schema.files, &lines_by_reason, self.duplicates);
+        stats
+            .rows_rejected
+            .insert("order_with_several_customers".into(), self.several_customers);
+        *stats.rows_rejected.entry("null_ordered_at".into()).or_insert(0) += self.no_local_time;
+        stats.rows_rejected_total = REJECTED
+            .iter()
+            .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
+            .sum();
+        stats.orders = self.orders;
+        check_rejections(source, settings, &scan.schema, self.orders, &stats)?;
+        if source.columns.currency.is_some() {
+            stats.currency = single_currency(source, self.currencies, &stats)?;
+        }
+        let newest = from_days(self.newest.expect("orders are not empty"));
+        stats.newest_order_date = Some(newest.to_string());
+        let as_of = scan.fixed_as_of.unwrap_or(newest);
+        check_freshness(source, settings, newest, as_of).map_err(|message| DataRejected {
+            message,
+            stats: stats.clone(),
+        })?;
+        Ok((stats, as_of))
+    }
 }
 
 /// The lazy scan of the mapped columns as the fold reads them (keys as text or Int64, the
@@ -529,26 +639,47 @@ fn lines_plan(source: &SourceConfig, schema: &SourceSchema, expected_lines: Opti
 /// Stream `lines` through `fold` with polars' streaming engine, showing progress.
 fn fold_lines(source: &SourceConfig, lines: LazyFrame, fold: OrderFold) -> Result<OrderFold> {
     let expected = fold.expected_lines;
-    let fold = Arc::new(Mutex::new(Some(fold)));
-    let progress = crate::telemetry::progress_bar(expected.unwrap_or(0), "lines");
+    // With `line` mapped the batches come in file order, so the copy of a repeated line that
+    // counts is the first in the files.
+    for_each_batch(
+        source,
+        lines,
+        source.columns.line.is_some(),
+        expected,
+        "lines",
+        fold,
+        |fold, batch| fold.add(batch).map_err(anyhow::Error::from),
+    )
+}
+
+/// Stream `lines` with polars' streaming engine into `state` with `add`, batch by batch (in file
+/// order when `ordered`), showing progress against `expected` lines; returns the state.
+fn for_each_batch<S: Send + 'static>(
+    source: &SourceConfig,
+    lines: LazyFrame,
+    ordered: bool,
+    expected: Option<u64>,
+    what: &'static str,
+    state: S,
+    add: fn(&mut S, DataFrame) -> Result<()>,
+) -> Result<S> {
+    let state = Arc::new(Mutex::new(Some(state)));
+    let progress = crate::telemetry::progress_bar(expected.unwrap_or(0), what);
     let sink = {
-        let fold = Arc::clone(&fold);
+        let state = Arc::clone(&state);
         let progress = progress.clone();
         PlanCallback::new(move |batch: DataFrame| {
-            let mut fold = fold
+            let mut state = state
                 .lock()
-                .map_err(|_| polars_err!(ComputeError: "order fold poisoned"))?;
+                .map_err(|_| polars_err!(ComputeError: "the line stream's state is poisoned"))?;
             progress.inc(batch.height() as u64);
-            fold.as_mut()
-                .expect("the fold is taken only after the scan")
-                .add(batch)?;
+            let state = state.as_mut().expect("the state is taken only after the scan");
+            add(state, batch).map_err(|error| polars_err!(ComputeError: "{error:#}"))?;
             Ok(false)
         })
     };
-    // With `line` mapped the batches come in file order, so the copy of a repeated line that
-    // counts is the first in the files.
     lines
-        .sink_batches(sink, source.columns.line.is_some(), None)
+        .sink_batches(sink, ordered, None)
         .and_then(|plan| plan.collect_with_engine(Engine::Streaming))
         .map_err(anyhow::Error::from)
         .with_context(|| {
@@ -566,12 +697,12 @@ fn fold_lines(source: &SourceConfig, lines: LazyFrame, fold: OrderFold) -> Resul
             )
         })?;
     progress.finish_and_clear();
-    let fold = fold
+    let state = state
         .lock()
         .ok()
-        .and_then(|mut fold| fold.take())
-        .expect("the scan has finished with the fold");
-    Ok(fold)
+        .and_then(|mut state| state.take())
+        .expect("the scan has finished with the state");
+    Ok(state)
 }
 
 /// An absolute path as text, so a manifest read anywhere names the files.
@@ -609,13 +740,13 @@ fn line_stats(source: &SourceConfig, files: &[PathBuf], lines_by_reason: &[u64],
 /// The folded orders with their local dates, less those rejected whole: an order_id whose lines
 /// name two customers, and one whose first local time does not exist (a DST gap for naive
 /// times). Their lines are counted in `stats`.
+/// Returns the orders and the lines of those two kinds of rejected orders.
 fn usable_orders(
     source: &SourceConfig,
     settings: &PipelineSettings,
     schema: &SourceSchema,
     orders: DataFrame,
-    stats: &mut InputStats,
-) -> Result<DataFrame> {
+) -> Result<(DataFrame, u64, u64)> {
     let mut keep = vec![col("id"), col("date"), col("ordered_ts"), col("revenue")];
     if schema.has_channel {
         keep.push(col("channel"));
@@ -635,15 +766,7 @@ fn usable_orders(
         Ok(frame.column("lines")?.u64()?.get(0).unwrap_or(0))
     };
     let several_customers = rejected_lines(col("several_customers"))?;
-    stats
-        .rows_rejected
-        .insert("order_with_several_customers".into(), several_customers);
     let no_local_time = rejected_lines(col("date").is_null().and(col("several_customers").not()))?;
-    *stats.rows_rejected.entry("null_ordered_at".into()).or_insert(0) += no_local_time;
-    stats.rows_rejected_total = REJECTED
-        .iter()
-        .map(|r| stats.rows_rejected.get(*r).copied().unwrap_or(0))
-        .sum();
     // Every order has a line, so no rejected lines means no rejected order.
     let orders = if several_customers == 0 && no_local_time == 0 {
         // The usual case: no copy, the columns stay in one chunk each.
@@ -655,9 +778,8 @@ fn usable_orders(
             .select(keep)
             .collect()?
     };
-    stats.orders = orders.height() as u64;
     tracing::debug!("orders filtered: {}", crate::telemetry::memory());
-    Ok(orders)
+    Ok((orders, several_customers, no_local_time))
 }
 
 /// The run stops when no order is left, or when more lines were rejected than
@@ -666,7 +788,7 @@ fn check_rejections(
     source: &SourceConfig,
     settings: &PipelineSettings,
     schema: &SourceSchema,
-    orders: &DataFrame,
+    orders: u64,
     stats: &InputStats,
 ) -> Result<()> {
     let rejected = |message: String| -> Result<()> {
@@ -676,7 +798,7 @@ fn check_rejections(
         }
         .into())
     };
-    if orders.height() == 0 {
+    if orders == 0 {
         let mut message = format!(
             "source `{}`: no orders left: {} rows read, {} excluded by include/exclude, {}, {} after as_of",
             source.name,
