@@ -50,6 +50,9 @@ pub(super) fn shards_for(lines: u64, limit: u64) -> Option<usize> {
     Some(((lines * BYTES_PER_LINE).div_ceil(room) as usize).clamp(2, 4096))
 }
 
+/// Partials a stage's pass holds before they are merged into one.
+const MERGE_AT: usize = 4;
+
 /// A folder of spill files, removed with everything in it when dropped.
 pub(super) struct Scratch {
     pub dir: PathBuf,
@@ -510,8 +513,16 @@ impl<'a> Sweeps<'a> {
         })?;
         drop(inputs);
         let (partial, rows) = rows;
-        if let Some(partial) = partial {
-            self.states[position].parts.push(partial);
+        if let (Some(partial), Step::Pass(pass)) = (partial, step) {
+            // Merged as they come (merges are associative), so the driver holds a few partials,
+            // not one per shard.
+            let state = &mut self.states[position];
+            state.parts.push(partial);
+            if state.parts.len() >= MERGE_AT {
+                let parts = std::mem::take(&mut state.parts);
+                let stage = state.stage;
+                state.parts = vec![crate::catch_panics(|| stage.merge(pass, parts))?];
+            }
         }
         if let Some(rows) = rows {
             let spilled = self.states[position]
@@ -568,6 +579,14 @@ impl<'a> Sweeps<'a> {
                 Step::Rows => self.states[position].rows_done = true,
                 Step::Wait => {}
             }
+            if steps[position] != Step::Wait {
+                tracing::debug!(
+                    "stage `{}`: {:?} merged: {}",
+                    self.plan.config.stages[index].name,
+                    steps[position],
+                    crate::telemetry::memory()
+                );
+            }
             self.states[position].busy += clock.elapsed();
         }
         Ok(())
@@ -581,6 +600,7 @@ impl<'a> Sweeps<'a> {
         let stage = state.stage;
         let parts = std::mem::take(&mut state.parts);
         let merged = crate::catch_panics(|| stage.merge(pass, parts))?;
+        tracing::debug!("pass {pass} merged: {}", crate::telemetry::memory());
         state.merged.push(merged);
         let extra = crate::catch_panics(|| stage.between(pass, &state.merged))?;
         state.merged[pass].extend(extra);
@@ -665,6 +685,7 @@ impl<'a> Sweeps<'a> {
                     rows,
                 });
             }
+            tracing::debug!("stage `{}` staged: {}", stage_config.name, crate::telemetry::memory());
             let report = StageReport {
                 stage: stage_config.name.clone(),
                 kind: stage_config.kind.name.to_string(),

@@ -353,7 +353,7 @@ pub fn temporary_files(root: &Path) -> Vec<String> {
     found.extend(
         names(&root.join("runs"))
             .into_iter()
-            .filter(|n| n.starts_with(".staging-")),
+            .filter(|n| n.starts_with(".staging-") || n.starts_with(".spill-")),
     );
     found
 }

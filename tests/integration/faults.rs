@@ -61,8 +61,13 @@ kind = "lifecycle"
 }
 
 fn spawn_run(config: &Path) -> Child {
+    spawn_run_with(config, &[])
+}
+
+fn spawn_run_with(config: &Path, more: &[&str]) -> Child {
     Command::new(binary())
         .args(["run", config.to_str().unwrap(), "--log", "warn"])
+        .args(more)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -152,6 +157,76 @@ fn kill_at_many_moments_leaves_complete_tables_and_an_honest_manifest() {
     assert!(names.len() <= 7, "{names:?}");
     let latest = std::fs::read_link(workspace.out()).unwrap();
     assert!(latest.ends_with(names.iter().max_by_key(|n| n.split_once('_').unwrap().1).unwrap()));
+}
+
+/// What a sharded run killed now has in its spill folder: lines of order shards (the spill
+/// and fold passes), or per-customer rows (the sweeps over the customer shards).
+fn spill_phase(root: &Path) -> Option<&'static str> {
+    let spill = std::fs::read_dir(root.join("runs"))
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(".spill-"))?
+        .path();
+    let mut names: Vec<String> = Vec::new();
+    for entry in walk(&spill) {
+        names.push(entry.file_name().unwrap().to_string_lossy().to_string());
+    }
+    if names.iter().any(|n| n.starts_with("rows-")) {
+        Some("sweeps")
+    } else if names.iter().any(|n| n.starts_with("lines-") || n.starts_with("orders-")) {
+        Some("spill")
+    } else {
+        None
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// kill -9 in either pass of a bounded-memory run (spilling the input, sweeping the shards)
+/// leaves the previous snapshot; the next run removes the spill folder and publishes.
+#[test]
+fn kill_during_a_sharded_run_leaves_the_previous_snapshot_and_no_spill_files() {
+    let (workspace, config) = sizeable(150_000);
+    let config_text = config.to_str().unwrap();
+    run_ok(&["run", config_text, "--shards", "4"]);
+    let reference = snapshot(&workspace.out());
+    let started = Instant::now();
+    run_ok(&["run", config_text, "--shards", "4"]);
+    let full_run = started.elapsed();
+    assert!(temporary_files(&workspace.root()).is_empty());
+    let mut phases = std::collections::BTreeSet::new();
+    let kills = 12;
+    for k in 0..kills {
+        let mut child = spawn_run_with(&config, &["--shards", "4"]);
+        let delay = full_run.mul_f64((k as f64 + 0.5) / kills as f64);
+        std::thread::sleep(delay);
+        child.kill().ok();
+        child.wait().unwrap();
+        phases.extend(spill_phase(&workspace.root()));
+        assert_eq!(snapshot(&workspace.out()), reference, "kill {k} after {delay:?}");
+        assert_eq!(manifest(&workspace.out())["status"], "succeeded");
+    }
+    assert_eq!(
+        phases.into_iter().collect::<Vec<_>>(),
+        ["spill", "sweeps"],
+        "kills landed in both passes"
+    );
+    run_ok(&["run", config_text, "--shards", "4"]);
+    assert_eq!(snapshot(&workspace.out()), reference);
+    let leftovers = temporary_files(&workspace.root());
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(last_run(&workspace.root())["status"], "succeeded");
 }
 
 #[test]

@@ -440,7 +440,7 @@ impl LineScan {
             None => None,
         };
         let expected_lines = total_rows(source, &schema.files);
-        let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines)?;
+        let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines, None)?;
         Ok(LineScan {
             schema,
             fixed_as_of,
@@ -449,6 +449,12 @@ impl LineScan {
             lines,
             filter_in_scan,
         })
+    }
+
+    /// The lines `offset..offset + len` of the files (before any filter), planned as `lines`.
+    pub fn lines_slice(&self, source: &SourceConfig, offset: u64, len: u64) -> Result<LazyFrame> {
+        let slice = (offset as i64, len.min(IdxSize::MAX as u64) as IdxSize);
+        Ok(lines_plan(source, &self.schema, self.expected_lines, Some(slice))?.0)
     }
 
     /// An empty fold for these lines, in `shards` shards folded in parallel.
@@ -563,7 +569,12 @@ impl LineTotals {
 /// The lazy scan of the mapped columns as the fold reads them (keys as text or Int64, the
 /// instant in µs, amounts as Float64 units or exact text/decimals, the optional columns), and
 /// whether the include/exclude filters run in the scan.
-fn lines_plan(source: &SourceConfig, schema: &SourceSchema, expected_lines: Option<u64>) -> Result<(LazyFrame, bool)> {
+fn lines_plan(
+    source: &SourceConfig,
+    schema: &SourceSchema,
+    expected_lines: Option<u64>,
+    slice: Option<(i64, IdxSize)>,
+) -> Result<(LazyFrame, bool)> {
     let column_type = |logical: &str| {
         source
             .columns
@@ -626,6 +637,9 @@ fn lines_plan(source: &SourceConfig, schema: &SourceSchema, expected_lines: Opti
     // excluded. Otherwise each line carries its `include` flag to the fold.
     let filter_in_scan = has_filters && expected_lines.is_some();
     let mut lines = scan(source, &schema.files)?;
+    if let Some((offset, len)) = slice {
+        lines = lines.slice(offset, len);
+    }
     if filter_in_scan {
         lines = lines.filter(filters);
     } else if has_filters {

@@ -143,99 +143,134 @@ impl IdSample {
     }
 }
 
-/// Rows a spill file's writer buffers per shard before writing them as a row group.
-const BUFFERED_ROWS: usize = 1 << 16;
+/// Lines of a Parquet input read by one scan in the spill pass.
+const SLICE_LINES: u64 = 1 << 22;
 
-/// Spill files of one kind, one per shard, written batch by batch.
+/// Rows all of a pass's spill writers buffer together before writing (each shard's share
+/// becomes a row group, of at least `MIN_BUFFERED_ROWS`).
+const BUFFERED_ROWS: usize = 1 << 20;
+const MIN_BUFFERED_ROWS: usize = 1 << 12;
+
+/// Lines an order shard holds at most (its fold's memory): the spill pass writes at least
+/// `lines / ORDER_SHARD_LINES` order shards, however few customer shards.
+const ORDER_SHARD_LINES: u64 = 1 << 22;
+
+/// Spill files of one kind, one per shard, written batch by batch; the shards' parts are cut
+/// and written in parallel.
 struct ShardFiles {
-    paths: Vec<PathBuf>,
-    writers: Vec<Option<polars::io::parquet::write::BatchedWriter<File>>>,
-    buffers: Vec<Vec<DataFrame>>,
-    buffered: Vec<usize>,
+    files: Vec<ShardFile>,
+}
+
+/// One shard's spill file: its rows buffered until `flush_at`, then written as a row group.
+struct ShardFile {
+    path: PathBuf,
+    flush_at: usize,
+    writer: Option<polars::io::parquet::write::BatchedWriter<File>>,
+    buffer: Vec<DataFrame>,
+    buffered: usize,
 }
 
 impl ShardFiles {
     fn new(dir: &Path, prefix: &str, shards: usize) -> ShardFiles {
+        let flush_at = (BUFFERED_ROWS / shards.max(1)).max(MIN_BUFFERED_ROWS);
         ShardFiles {
-            paths: (0..shards)
-                .map(|shard| dir.join(format!("{prefix}-{shard:04}.parquet")))
+            files: (0..shards)
+                .map(|shard| ShardFile {
+                    path: dir.join(format!("{prefix}-{shard:04}.parquet")),
+                    flush_at,
+                    writer: None,
+                    buffer: Vec::new(),
+                    buffered: 0,
+                })
                 .collect(),
-            writers: (0..shards).map(|_| None).collect(),
-            buffers: vec![Vec::new(); shards],
-            buffered: vec![0; shards],
         }
+    }
+
+    fn len(&self) -> usize {
+        self.files.len()
     }
 
     /// Add `frame`'s rows to the shards `shard_of` names (one per row).
     fn add(&mut self, frame: &DataFrame, shard_of: &[u32]) -> Result<()> {
-        let shards = self.paths.len();
-        let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); shards];
+        use rayon::prelude::*;
+        let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); self.files.len()];
         for (row, &shard) in shard_of.iter().enumerate() {
             rows[shard as usize].push(row as IdxSize);
         }
-        for (shard, rows) in rows.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
+        self.files
+            .par_iter_mut()
+            .zip(rows)
+            .try_for_each(|(file, rows)| file.add(frame, rows))
+    }
+
+    /// Every file finished: the shards' paths (`None` for a shard with no row) and the bytes
+    /// written.
+    fn finish(self) -> Result<(Vec<Option<PathBuf>>, u64)> {
+        let mut bytes = 0;
+        let mut paths = Vec::new();
+        for mut file in self.files {
+            file.flush()?;
+            match file.writer.take() {
+                Some(writer) => {
+                    writer.finish()?;
+                    bytes += std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
+                    paths.push(Some(file.path));
+                }
+                None => paths.push(None),
             }
-            let part = if rows.len() == frame.height() {
-                frame.clone()
-            } else {
-                frame.take(&IdxCa::from_vec("".into(), rows))?
-            };
-            self.buffered[shard] += part.height();
-            self.buffers[shard].push(part);
-            if self.buffered[shard] >= BUFFERED_ROWS {
-                self.flush(shard)?;
-            }
+        }
+        Ok((paths, bytes))
+    }
+}
+
+impl ShardFile {
+    /// Add the `rows` of `frame`.
+    fn add(&mut self, frame: &DataFrame, rows: Vec<IdxSize>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let part = if rows.len() == frame.height() {
+            frame.clone()
+        } else {
+            frame.take(&IdxCa::from_vec("".into(), rows))?
+        };
+        self.buffered += part.height();
+        self.buffer.push(part);
+        if self.buffered >= self.flush_at {
+            self.flush()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self, shard: usize) -> Result<()> {
-        let mut parts = std::mem::take(&mut self.buffers[shard]).into_iter();
-        self.buffered[shard] = 0;
+    fn flush(&mut self) -> Result<()> {
+        let mut parts = std::mem::take(&mut self.buffer).into_iter();
+        self.buffered = 0;
         let Some(mut frame) = parts.next() else {
             return Ok(());
         };
         for part in parts {
             frame.vstack_mut(&part)?;
         }
-        let path = &self.paths[shard];
-        if self.writers[shard].is_none() {
+        // One row group per flush.
+        frame.rechunk_mut();
+        let path = &self.path;
+        if self.writer.is_none() {
             let file = File::create(path).with_context(|| format!("cannot create spill file `{}`", path.display()))?;
             let writer = ParquetWriter::new(file)
                 .with_compression(ParquetCompression::Zstd(Some(
                     polars_utils::compression::ZstdLevel::try_new(1)?,
                 )))
                 .with_statistics(StatisticsOptions::empty())
+                .set_parallel(false)
                 .batched(frame.schema())?;
-            self.writers[shard] = Some(writer);
+            self.writer = Some(writer);
         }
-        let writer = self.writers[shard].as_mut().expect("created above");
+        let writer = self.writer.as_mut().expect("created above");
         writer
             .write_batch(&frame)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot write spill file `{}`", path.display()))?;
         Ok(())
-    }
-
-    /// Every file finished: the shards' paths (`None` for a shard with no row) and the bytes
-    /// written.
-    fn finish(mut self) -> Result<(Vec<Option<PathBuf>>, u64)> {
-        let mut bytes = 0;
-        let mut paths = Vec::new();
-        for shard in 0..self.paths.len() {
-            self.flush(shard)?;
-            match self.writers[shard].take() {
-                Some(writer) => {
-                    writer.finish()?;
-                    bytes += std::fs::metadata(&self.paths[shard]).map(|m| m.len()).unwrap_or(0);
-                    paths.push(Some(self.paths[shard].clone()));
-                }
-                None => paths.push(None),
-            }
-        }
-        Ok((paths, bytes))
     }
 }
 
@@ -255,23 +290,43 @@ pub fn spill_orders(
     let ordered = source.columns.line.is_some();
 
     // Pass 1: lines by order shard.
-    let spilling = (ShardFiles::new(dir, "lines", shards), 0u64);
-    let (lines, seen) = for_each_batch(
-        source,
-        scan.lines.clone(),
-        ordered,
-        scan.expected_lines,
-        "lines spilled",
-        spilling,
-        |(lines, seen), batch| {
-            *seen += batch.height() as u64;
-            let shard_of = shard_of_ids(batch.column("order_id")?, lines.paths.len())?;
-            lines.add(&batch, &shard_of)
-        },
-    )?;
+    // Parquet files are read in slices of `SLICE_LINES`: the pages of a file polars maps stay
+    // resident until its scan ends, so one scan of a large file would hold all of it.
+    let slices: Vec<Option<(u64, u64)>> = match scan.expected_lines {
+        Some(total) if total > SLICE_LINES => (0..total.div_ceil(SLICE_LINES))
+            .map(|slice| Some((slice * SLICE_LINES, SLICE_LINES)))
+            .collect(),
+        _ => vec![None],
+    };
+    let order_shards = match scan.expected_lines {
+        Some(lines) => shards.max(lines.div_ceil(ORDER_SHARD_LINES) as usize),
+        None => shards,
+    };
+    let mut spilling = (ShardFiles::new(dir, "lines", order_shards), 0u64);
+    for slice in slices {
+        let lines = match slice {
+            Some((offset, len)) => scan.lines_slice(source, offset, len)?,
+            None => scan.lines.clone(),
+        };
+        spilling = for_each_batch(
+            source,
+            lines,
+            ordered,
+            slice.map(|(_, len)| len),
+            "lines spilled",
+            spilling,
+            |(lines, seen), batch| {
+                *seen += batch.height() as u64;
+                let shard_of = shard_of_ids(batch.column("order_id")?, lines.len())?;
+                lines.add(&batch, &shard_of)
+            },
+        )?;
+    }
+    let (lines, seen) = spilling;
     let (line_files, mut spill_bytes) = lines.finish()?;
+    tracing::debug!("lines spilled: {}", crate::telemetry::memory());
     tracing::info!(
-        "source `{}`: {} lines spilled into {shards} order shards ({:.1} MB)",
+        "source `{}`: {} lines spilled into {order_shards} order shards ({:.1} MB)",
         source.name,
         super::thousands(seen),
         spill_bytes as f64 / 1e6
@@ -285,7 +340,7 @@ pub fn spill_orders(
     let mut orders = ShardFiles::new(dir, "orders", shards);
     let mut schema = None;
     let mut sample = IdSample { kept: Vec::new() };
-    let progress = crate::telemetry::progress_bar(shards as u64, "order shards folded");
+    let progress = crate::telemetry::progress_bar(order_shards as u64, "order shards folded");
     for file in line_files.iter().flatten() {
         let lines = LazyFrame::scan_parquet(
             PlRefPath::new(file.to_string_lossy().as_ref()),
@@ -357,12 +412,30 @@ fn with_customer_values(orders: DataFrame, customer_ids: &Series, channels: Opti
 /// customers numbered from 0 in id order, channels coded in name order.
 pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceOrders> {
     let path = &spilled.files[shard];
+    // The first read numbers the shard's customers and channels and keeps the numbered orders
+    // beside the spilled ones, so later reads (one per sweep) only read them back.
+    let numbered = path.with_extension("numbered.parquet");
+    let (customers, channels) = (
+        path.with_extension("customers.parquet"),
+        path.with_extension("channels.parquet"),
+    );
+    if numbered.exists() {
+        let orders = read_spill(&numbered)?;
+        let customer_ids = read_spill(&customers)?.column("customer_id")?.as_materialized_series().clone();
+        let channels = match orders.column("channel") {
+            Ok(_) => Some(read_spill(&channels)?.column("channel")?.as_materialized_series().clone()),
+            Err(_) => None,
+        };
+        return Ok(SourceOrders {
+            orders,
+            customer_ids,
+            channels,
+            stats: spilled.stats.clone(),
+            as_of: spilled.as_of,
+        });
+    }
     let frame = if path.extension().is_some_and(|e| e == "parquet") {
-        let file = File::open(path).with_context(|| format!("cannot open spill file `{}`", path.display()))?;
-        ParquetReader::new(file)
-            .finish()
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot read spill file `{}`", path.display()))?
+        read_spill(path)?
     } else {
         DataFrame::empty_with_schema(&spilled.schema)
     };
@@ -372,7 +445,7 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
     for name in ["date", "ordered_ts", "revenue"] {
         columns.push(frame.column(name)?.clone());
     }
-    let channels = match frame.column("channel") {
+    let channel_names = match frame.column("channel") {
         Ok(channel) => {
             let (names, codes) = dense_codes(channel.as_materialized_series())?;
             columns.push(crate::core::columns::owned_column("channel", codes));
@@ -383,13 +456,42 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
     if let Ok(cost) = frame.column("cost") {
         columns.push(cost.clone());
     }
+    let mut orders = DataFrame::new(frame.height(), columns)?;
+    drop(frame);
+    write_spill(&numbered, &mut orders)?;
+    write_spill(&customers, &mut DataFrame::new(customer_ids.len(), vec![customer_ids.clone().with_name("customer_id".into()).into_column()])?)?;
+    if let Some(names) = &channel_names {
+        write_spill(&channels, &mut DataFrame::new(names.len(), vec![names.clone().with_name("channel".into()).into_column()])?)?;
+    }
     Ok(SourceOrders {
-        orders: DataFrame::new(frame.height(), columns)?,
+        orders,
         customer_ids,
-        channels,
+        channels: channel_names,
         stats: spilled.stats.clone(),
         as_of: spilled.as_of,
     })
+}
+
+/// Read a whole spill file.
+fn read_spill(path: &Path) -> Result<DataFrame> {
+    let file = File::open(path).with_context(|| format!("cannot open spill file `{}`", path.display()))?;
+    ParquetReader::new(file)
+        .finish()
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot read spill file `{}`", path.display()))
+}
+
+/// Write a whole spill file (zstd, fast).
+fn write_spill(path: &Path, frame: &mut DataFrame) -> Result<u64> {
+    let file = File::create(path).with_context(|| format!("cannot create spill file `{}`", path.display()))?;
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(Some(
+            polars_utils::compression::ZstdLevel::try_new(1)?,
+        )))
+        .with_statistics(StatisticsOptions::empty())
+        .finish(frame)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot write spill file `{}`", path.display()))
 }
 
 /// The distinct non-null values of `values` in ascending order (as polars sorts them: numbers
