@@ -32,6 +32,14 @@ pub struct CarriedTable {
     pub as_of: Option<String>,
 }
 
+/// How a bounded-memory run went (`--shards`, `--memory-limit`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardedRun {
+    pub shards: usize,
+    pub sweeps: usize,
+    pub spill_bytes: u64,
+}
+
 /// A snapshot's `_manifest.json`, and `OUT/_last_run.json` for every run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
@@ -56,6 +64,10 @@ pub struct Manifest {
     pub selected_stages: Vec<String>,
     pub inputs: Vec<InputStats>,
     pub prepare_seconds: f64,
+    /// A bounded-memory run's customer shards and the bytes it spilled (input and per-customer
+    /// rows); absent for a run in one piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardedRun>,
     pub stages: Vec<StageReport>,
     /// Tables of the previous snapshot a `--select` run carried over without rebuilding them.
     pub carried_over: Vec<CarriedTable>,

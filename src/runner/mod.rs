@@ -118,6 +118,7 @@ fn new_manifest(plan: &Plan, selected: &BTreeSet<usize>, output: &Path) -> Manif
         selected_stages: selected.iter().map(|&i| config.stages[i].name.clone()).collect(),
         inputs: Vec::new(),
         prepare_seconds: 0.0,
+        shards: None,
         stages: Vec::new(),
         carried_over: Vec::new(),
         warnings: Vec::new(),

@@ -100,6 +100,11 @@ pub(super) fn execute(
     manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
     let mut sweeps = Sweeps::new(plan, selected, &spilled, &whole, shards, &scratch.dir, manifest, &*sink);
     manifest.stages = sweeps.run()?;
+    manifest.shards = Some(crate::core::manifest::ShardedRun {
+        shards,
+        sweeps: sweeps.sweeps,
+        spill_bytes: spill_bytes + sweeps.row_bytes,
+    });
     tracing::info!(
         "{shards} shards: {} sweeps, {:.1} MB spilled (input) and {:.1} MB (per-customer rows)",
         sweeps.sweeps,

@@ -173,7 +173,10 @@ fn spill_phase(root: &Path) -> Option<&'static str> {
     }
     if names.iter().any(|n| n.starts_with("rows-")) {
         Some("sweeps")
-    } else if names.iter().any(|n| n.starts_with("lines-") || n.starts_with("orders-")) {
+    } else if names
+        .iter()
+        .any(|n| n.starts_with("lines-") || n.starts_with("orders-"))
+    {
         Some("spill")
     } else {
         None

@@ -213,8 +213,7 @@ pub fn merge_sums(mut frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFrame
                 .with_nulls_last(true)
                 .with_maintain_order(true),
         )
-        .collect_with_engine(Engine::Streaming)?
-        .unwrap_single();
+        .collect()?;
     // Sums keep each column's type (a sum of Int64 is Int64; of UInt32, UInt32 widened back).
     let columns: Vec<Column> = schema
         .iter_names()

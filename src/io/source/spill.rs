@@ -421,9 +421,17 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
     );
     if numbered.exists() {
         let orders = read_spill(&numbered)?;
-        let customer_ids = read_spill(&customers)?.column("customer_id")?.as_materialized_series().clone();
+        let customer_ids = read_spill(&customers)?
+            .column("customer_id")?
+            .as_materialized_series()
+            .clone();
         let channels = match orders.column("channel") {
-            Ok(_) => Some(read_spill(&channels)?.column("channel")?.as_materialized_series().clone()),
+            Ok(_) => Some(
+                read_spill(&channels)?
+                    .column("channel")?
+                    .as_materialized_series()
+                    .clone(),
+            ),
             Err(_) => None,
         };
         return Ok(SourceOrders {
@@ -459,9 +467,21 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
     let mut orders = DataFrame::new(frame.height(), columns)?;
     drop(frame);
     write_spill(&numbered, &mut orders)?;
-    write_spill(&customers, &mut DataFrame::new(customer_ids.len(), vec![customer_ids.clone().with_name("customer_id".into()).into_column()])?)?;
+    write_spill(
+        &customers,
+        &mut DataFrame::new(
+            customer_ids.len(),
+            vec![customer_ids.clone().with_name("customer_id".into()).into_column()],
+        )?,
+    )?;
     if let Some(names) = &channel_names {
-        write_spill(&channels, &mut DataFrame::new(names.len(), vec![names.clone().with_name("channel".into()).into_column()])?)?;
+        write_spill(
+            &channels,
+            &mut DataFrame::new(
+                names.len(),
+                vec![names.clone().with_name("channel".into()).into_column()],
+            )?,
+        )?;
     }
     Ok(SourceOrders {
         orders,
