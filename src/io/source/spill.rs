@@ -561,7 +561,7 @@ mod tests {
         let text = Series::new("c".into(), [Some("b"), None, Some("a"), Some("b"), Some("c")]);
         let (names, codes) = dense_codes(&text).unwrap();
         assert_eq!(
-            names.str().unwrap().into_no_null_iter().collect::<Vec<_>>(),
+            names.str().unwrap().iter().flatten().collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
         assert_eq!(codes, [1, NO_CHANNEL, 0, 1, 2]);
