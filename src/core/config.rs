@@ -338,6 +338,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_count_in_1024s() {
+        assert_eq!(parse_size("12GiB"), Ok(12 << 30));
+        assert_eq!(parse_size("800MB"), Ok(800 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size(" 4096 "), Ok(4096));
+        assert_eq!(parse_size("2 kib"), Ok(2048));
+        assert!(parse_size("lots").unwrap_err().contains("12GiB"));
+        assert!(parse_size("3 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
     fn paths_resolve_against_the_config_folder() {
         assert_eq!(resolve_path(Path::new("pipelines"), "../out"), PathBuf::from("out"));
         assert_eq!(

@@ -35,18 +35,17 @@ use crate::io::source::{self, SpilledOrders};
 /// pools, the binary): measured at 10M and 50M lines with every stage (docs/performance.md).
 const BYTES_PER_LINE: u64 = 36;
 const BASE_BYTES: u64 = 300 << 20;
-/// Peak bytes of a sharded run besides its shard's share (the spill writers, the aggregate
-/// tables, the shard's per-customer rows being written).
-const SHARDED_BASE_BYTES: u64 = 400 << 20;
-
 /// The shards for about `lines` order lines within `limit` bytes: `None` when one piece fits,
-/// else enough that a shard's share fits beside what a sharded run needs anyway (at least 2).
+/// else enough that a shard's share of a whole run's memory takes half the limit (at least 2).
+/// The other half is for what does not shrink with the shards: the spill pass (about 500 MB),
+/// and merged partials that grow with the customers, such as clv's pattern counts (at 50M
+/// lines, 8 shards peak at 0.47× a whole run, 4 at 0.58×: docs/scale-out.md).
 pub(super) fn shards_for(lines: u64, limit: u64) -> Option<usize> {
     let whole = BASE_BYTES + lines * BYTES_PER_LINE;
     if whole <= limit {
         return None;
     }
-    let room = limit.saturating_sub(SHARDED_BASE_BYTES).max(64 << 20);
+    let room = (limit / 2).max(64 << 20);
     Some(((lines * BYTES_PER_LINE).div_ceil(room) as usize).clamp(2, 4096))
 }
 
@@ -730,4 +729,21 @@ fn read_rows(path: &Path) -> Result<DataFrame> {
         .finish()
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot read spill file `{}`", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One piece while it fits; past it, a shard's share takes half the limit.
+    #[test]
+    fn shards_follow_the_input_and_the_limit() {
+        let gib = 1u64 << 30;
+        assert_eq!(shards_for(10_000_000, 12 * gib), None);
+        // 300 MB + 36 B × 50M = 2.1 GB > 1 GiB: 1.8 GB of lines in 512 MiB shares.
+        assert_eq!(shards_for(50_000_000, gib), Some(4));
+        // 1,000M lines in 12 GiB: 36 GB in 6 GiB shares.
+        assert_eq!(shards_for(1_000_000_000, 12 * gib), Some(6));
+        assert_eq!(shards_for(1_000, 1_024), Some(2));
+    }
 }
