@@ -55,6 +55,16 @@ pub fn memory() -> String {
 }
 
 /// A bar on stderr counting `what` (hidden when stderr is not a terminal, as in scheduled runs).
+/// Give freed memory back to the kernel: the page-keeping allocator's free ranges and
+/// mimalloc's (a bounded-memory run, between shards). Without the allocator, nothing to do.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", feature = "page-allocator"))]
+    {
+        let released = crate::tuning::alloc::release_free();
+        tracing::trace!("released {} MB of freed memory", released >> 20);
+    }
+}
+
 /// Bytes the page-keeping allocator holds free (0 without it).
 fn free_list_bytes() -> usize {
     #[cfg(all(target_os = "linux", feature = "page-allocator"))]

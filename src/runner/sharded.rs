@@ -419,6 +419,8 @@ impl<'a> Sweeps<'a> {
                 self.states[position].busy += clock.elapsed();
             }
             progress.inc(1);
+            drop(sources);
+            crate::telemetry::release_freed_memory();
             tracing::debug!("sweep {sweep}, shard {shard} done: {}", crate::telemetry::memory());
         }
         progress.finish_and_clear();
@@ -584,6 +586,7 @@ impl<'a> Sweeps<'a> {
                 Step::Wait => {}
             }
             if steps[position] != Step::Wait {
+                crate::telemetry::release_freed_memory();
                 tracing::debug!(
                     "stage `{}`: {:?} merged: {}",
                     self.plan.config.stages[index].name,

@@ -68,6 +68,26 @@ pub fn free_bytes() -> usize {
     free.ranges[..free.count].iter().map(|range| range.len).sum()
 }
 
+/// Hand the pages of every free range back to the kernel (`MADV_DONTNEED`: the ranges stay on
+/// the list, and a block that takes one later faults fresh pages), and ask mimalloc to do the
+/// same with what it holds free. A bounded-memory run calls it between shards, so what one
+/// shard freed is not kept past it; returns the bytes released from the list.
+pub fn release_free() -> usize {
+    let released = {
+        let free = lock();
+        let mut released = 0;
+        for range in &free.ranges[..free.count] {
+            // SAFETY: a free range is mapped memory no block uses; DONTNEED only drops its pages.
+            unsafe { libc::madvise(range.start as *mut libc::c_void, range.len, libc::MADV_DONTNEED) };
+            released += range.len;
+        }
+        released
+    };
+    // SAFETY: mi_collect only returns free memory mimalloc holds; `force` includes other threads'.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    released
+}
+
 /// Whether a block is this allocator's: big, and on a system whose pages are 4 KiB (elsewhere,
 /// such as 16 or 64 KiB-page aarch64, every block is mimalloc's: `PAGE` arithmetic would be
 /// wrong there). The page size is read once; it never changes while the process runs, so a

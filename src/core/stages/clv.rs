@@ -13,7 +13,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::shard::{int_values, merge_sums, tables_at, Finalized, Partial, Sharded};
+use super::shard::{int_values, merge_sorted_sums, merge_sums, tables_at, Finalized, Partial, Sharded};
 use super::{Kind, Stage, StageInputs, ORDERS};
 use crate::core::clv::{bgnbd, gamma_gamma};
 use crate::core::diagnostic::Diagnostics;
@@ -399,11 +399,12 @@ impl Sharded for ClvOptions {
     fn merge(&self, pass: usize, parts: Vec<Partial>) -> Result<Partial> {
         let pattern_keys = ["x", "t", "t_x"];
         match pass {
+            // The pattern and spend counts are built sorted by their keys.
             0 => Ok(vec![
-                merge_sums(tables_at(&parts, PATTERNS)?, &pattern_keys)?,
-                merge_sums(tables_at(&parts, SPEND)?, &["x", "m"])?,
+                merge_sorted_sums(tables_at(&parts, PATTERNS)?, &pattern_keys)?,
+                merge_sorted_sums(tables_at(&parts, SPEND)?, &["x", "m"])?,
                 merge_sums(tables_at(&parts, TOTALS)?, &["key", "as_of"])?,
-                merge_sums(tables_at(&parts, CALIBRATION)?, &pattern_keys)?,
+                merge_sorted_sums(tables_at(&parts, CALIBRATION)?, &pattern_keys)?,
             ]),
             _ => Ok(vec![
                 merge_sums(tables_at(&parts, 0)?, &["key"])?,

@@ -225,6 +225,102 @@ pub fn merge_sums(mut frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFrame
     Ok(DataFrame::new(merged.height(), columns)?)
 }
 
+/// `merge_sums` for frames each sorted by `keys` (ascending, one row per key, no null key), as
+/// clv's pattern and spend counts are built: a linear merge, two frames at a time, instead of a
+/// group-by over their concatenation. Those tables hold nearly a row per customer, and the
+/// group-by's hash tables and row encodings were the peak of a sharded run at 50M lines
+/// (docs/scale-out.md). Frames that are not sorted go to `merge_sums`.
+pub fn merge_sorted_sums(frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFrame> {
+    let mut frames = frames.into_iter();
+    let mut merged = frames.next().ok_or_else(|| anyhow::anyhow!("nothing to merge"))?;
+    for next in frames {
+        merged = match merge_two_sorted(&merged, &next, keys)? {
+            Some(both) => both,
+            None => merge_sums(vec![merged, next], keys)?,
+        };
+    }
+    Ok(merged)
+}
+
+/// Each key column as u64s that order as the values do (integers with the sign bit flipped,
+/// doubles by `order_key`), or `None` when a key is null.
+fn ordered_keys(frame: &DataFrame, keys: &[&str]) -> Result<Option<Vec<Vec<u64>>>> {
+    let mut all = Vec::with_capacity(keys.len());
+    for key in keys {
+        let column = frame.column(key)?;
+        if column.null_count() > 0 {
+            return Ok(None);
+        }
+        let values: Vec<u64> = match column.dtype() {
+            DataType::Float64 | DataType::Float32 => column
+                .cast(&DataType::Float64)?
+                .f64()?
+                .iter()
+                .map(|v| order_key(v.unwrap_or_default()))
+                .collect(),
+            _ => column
+                .cast(&DataType::Int64)?
+                .i64()?
+                .iter()
+                .map(|v| (v.unwrap_or_default() as u64) ^ (1 << 63))
+                .collect(),
+        };
+        all.push(values);
+    }
+    Ok(Some(all))
+}
+
+/// Two frames sorted by `keys` merged by walking both; `None` when either is not sorted.
+fn merge_two_sorted(a: &DataFrame, b: &DataFrame, keys: &[&str]) -> Result<Option<DataFrame>> {
+    use std::cmp::Ordering;
+    let (Some(ka), Some(kb)) = (ordered_keys(a, keys)?, ordered_keys(b, keys)?) else {
+        return Ok(None);
+    };
+    let compare = |x: &[Vec<u64>], i: usize, y: &[Vec<u64>], j: usize| -> Ordering {
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| x[i].cmp(&y[j]))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    };
+    let sorted = |k: &[Vec<u64>], n: usize| (1..n).all(|i| compare(k, i - 1, k, i) == Ordering::Less);
+    if !sorted(&ka, a.height()) || !sorted(&kb, b.height()) {
+        return Ok(None);
+    }
+    let (mut from_a, mut from_b): (Vec<Option<IdxSize>>, Vec<Option<IdxSize>>) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.height() || j < b.height() {
+        let order = match (i < a.height(), j < b.height()) {
+            (true, true) => compare(&ka, i, &kb, j),
+            (true, false) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        from_a.push((order != Ordering::Greater).then_some(i as IdxSize));
+        from_b.push((order != Ordering::Less).then_some(j as IdxSize));
+        i += usize::from(order != Ordering::Greater);
+        j += usize::from(order != Ordering::Less);
+    }
+    let in_a: BooleanChunked = from_a.iter().map(|row| row.is_some()).collect();
+    let (from_a, from_b): (IdxCa, IdxCa) = (from_a.into_iter().collect(), from_b.into_iter().collect());
+    let (taken_a, taken_b) = (a.take(&from_a)?, b.take(&from_b)?);
+    let columns = a
+        .get_column_names()
+        .iter()
+        .map(|name| -> Result<Column> {
+            let (x, y) = (taken_a.column(name)?, taken_b.column(name)?);
+            let dtype = x.dtype().clone();
+            let column = if keys.contains(&name.as_str()) {
+                x.zip_with(&in_a, y)?
+            } else {
+                let zero = |c: &Column| c.fill_null(FillNullStrategy::Zero);
+                (&zero(x)? + &zero(y)?)?
+            };
+            Ok(column.cast(&dtype)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(DataFrame::new(from_a.len(), columns)?))
+}
+
 /// The shard of a customer id among `shards`: a fixed hash of the id's value (integers by
 /// value, text by bytes), so every reader of the data puts a customer in the same shard.
 pub fn shard_of_ids(ids: &Column, shards: usize) -> Result<Vec<u32>> {
@@ -515,5 +611,46 @@ pub mod tests {
         assert_eq!(keys, [Some("x"), Some("y"), None]);
         let sums: Vec<Option<i64>> = merged.column("n").unwrap().i64().unwrap().iter().collect();
         assert_eq!(sums, [Some(21), Some(3), Some(12)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Sorted partials merged by walking them equal the group-by merge, whatever the split
+        /// and the order of the merges; a partial out of order falls back to it.
+        #[test]
+        fn sorted_merges_equal_the_group_by(
+            rows in proptest::collection::vec((0i64..4, -2i64..3, 0u8..5, 1i64..9), 0..60),
+            parts in 1usize..5,
+            shuffled: bool,
+        ) {
+            use std::collections::BTreeMap;
+            let mut split: Vec<BTreeMap<(i64, u64), (i64, f64)>> = vec![BTreeMap::new(); parts];
+            for (i, &(x, t, m, n)) in rows.iter().enumerate() {
+                let m = f64::from(m) * 0.25 + 0.5;
+                let cell = split[i % parts].entry((x * 10 + t, order_key(m))).or_insert((0, 0.0));
+                cell.0 += n;
+                cell.1 += m * n as f64;
+            }
+            let frames: Vec<DataFrame> = split
+                .iter()
+                .map(|part| {
+                    let mut rows: Vec<_> = part.iter().collect();
+                    if shuffled {
+                        rows.reverse();
+                    }
+                    df! {
+                        "k" => rows.iter().map(|((k, _), _)| *k).collect::<Vec<i64>>(),
+                        "m" => rows.iter().map(|((_, m), _)| f64::from_bits(if m >> 63 == 1 { m & !(1 << 63) } else { !m })).collect::<Vec<f64>>(),
+                        "n" => rows.iter().map(|(_, (n, _))| *n).collect::<Vec<i64>>(),
+                        "s" => rows.iter().map(|(_, (_, s))| *s).collect::<Vec<f64>>(),
+                    }
+                    .unwrap()
+                })
+                .collect();
+            let walked = merge_sorted_sums(frames.clone(), &["k", "m"]).unwrap();
+            let grouped = merge_sums(frames, &["k", "m"]).unwrap();
+            assert_frames_equal(&walked, &grouped, "sorted merge");
+        }
     }
 }

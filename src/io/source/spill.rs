@@ -324,6 +324,7 @@ pub fn spill_orders(
     }
     let (lines, seen) = spilling;
     let (line_files, mut spill_bytes) = lines.finish()?;
+    crate::telemetry::release_freed_memory();
     tracing::debug!("lines spilled: {}", crate::telemetry::memory());
     tracing::info!(
         "source `{}`: {} lines spilled into {order_shards} order shards ({:.1} MB)",
@@ -351,6 +352,7 @@ pub fn spill_orders(
         let fold = fold_lines(source, lines, fold)?;
         let part = totals.add(source, settings, &scan.schema, fold)?;
         std::fs::remove_file(file).ok();
+        crate::telemetry::release_freed_memory();
         sample.add(&part.customer_ids)?;
         let frame = with_customer_values(part.orders, &part.customer_ids, part.channels.as_ref())?;
         let shard_of = shard_of_ids(frame.column("customer_id")?, shards)?;
