@@ -50,7 +50,7 @@ pub(super) fn shards_for(lines: u64, limit: u64) -> Option<usize> {
 }
 
 /// Partials a stage's pass holds before they are merged into one.
-const MERGE_AT: usize = 4;
+const MERGE_AT: usize = 2;
 
 /// A folder of spill files, removed with everything in it when dropped.
 pub(super) struct Scratch {

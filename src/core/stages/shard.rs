@@ -242,83 +242,132 @@ pub fn merge_sorted_sums(frames: Vec<DataFrame>, keys: &[&str]) -> Result<DataFr
     Ok(merged)
 }
 
-/// Each key column as u64s that order as the values do (integers with the sign bit flipped,
-/// doubles by `order_key`), or `None` when a key is null.
-fn ordered_keys(frame: &DataFrame, keys: &[&str]) -> Result<Option<Vec<Vec<u64>>>> {
-    let mut all = Vec::with_capacity(keys.len());
-    for key in keys {
-        let column = frame.column(key)?;
-        if column.null_count() > 0 {
-            return Ok(None);
-        }
-        let values: Vec<u64> = match column.dtype() {
-            DataType::Float64 | DataType::Float32 => column
-                .cast(&DataType::Float64)?
-                .f64()?
-                .iter()
-                .map(|v| order_key(v.unwrap_or_default()))
-                .collect(),
-            _ => column
-                .cast(&DataType::Int64)?
-                .i64()?
-                .iter()
-                .map(|v| (v.unwrap_or_default() as u64) ^ (1 << 63))
-                .collect(),
-        };
-        all.push(values);
-    }
-    Ok(Some(all))
+/// A column's values as one slice (Int64 or Float64, one chunk, no nulls): what a merge of
+/// sorted counts reads without copying.
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    Int(&'a [i64]),
+    Float(&'a [f64]),
 }
 
-/// Two frames sorted by `keys` merged by walking both; `None` when either is not sorted.
+impl<'a> Values<'a> {
+    fn of(column: &'a Column) -> Option<Values<'a>> {
+        if column.null_count() > 0 {
+            return None;
+        }
+        match column.dtype() {
+            DataType::Int64 => column.i64().ok()?.cont_slice().ok().map(Values::Int),
+            DataType::Float64 => column.f64().ok()?.cont_slice().ok().map(Values::Float),
+            _ => None,
+        }
+    }
+
+    /// Doubles compare as `f64::total_cmp` (as `order_key` orders them).
+    fn compare(self, i: usize, other: Values, j: usize) -> std::cmp::Ordering {
+        match (self, other) {
+            (Values::Int(a), Values::Int(b)) => a[i].cmp(&b[j]),
+            (Values::Float(a), Values::Float(b)) => a[i].total_cmp(&b[j]),
+            _ => std::cmp::Ordering::Equal,
+        }
+    }
+}
+
+/// Two frames sorted by `keys` merged by walking both, their other columns added where a key is
+/// in both; `None` when a column is not a one-chunk Int64 or Float64 without nulls, the two
+/// differ, or either frame is not sorted (the caller then groups).
 fn merge_two_sorted(a: &DataFrame, b: &DataFrame, keys: &[&str]) -> Result<Option<DataFrame>> {
     use std::cmp::Ordering;
-    let (Some(ka), Some(kb)) = (ordered_keys(a, keys)?, ordered_keys(b, keys)?) else {
-        return Ok(None);
-    };
-    let compare = |x: &[Vec<u64>], i: usize, y: &[Vec<u64>], j: usize| -> Ordering {
-        x.iter()
-            .zip(y)
-            .map(|(x, y)| x[i].cmp(&y[j]))
+    let (mut a, mut b) = (a.clone(), b.clone());
+    a.rechunk_mut();
+    b.rechunk_mut();
+    let names: Vec<String> = a.get_column_names().iter().map(|n| n.to_string()).collect();
+    let mut columns = Vec::with_capacity(names.len());
+    for name in &names {
+        let (Some(x), Some(y)) = (Values::of(a.column(name)?), Values::of(b.column(name)?)) else {
+            return Ok(None);
+        };
+        if std::mem::discriminant(&x) != std::mem::discriminant(&y) {
+            return Ok(None);
+        }
+        columns.push((keys.contains(&name.as_str()), x, y));
+    }
+    let key_columns: Vec<(Values, Values)> = columns.iter().filter(|c| c.0).map(|c| (c.1, c.2)).collect();
+    let compare = |i: usize, j: usize| {
+        key_columns
+            .iter()
+            .map(|(x, y)| x.compare(i, *y, j))
             .find(|o| o.is_ne())
             .unwrap_or(Ordering::Equal)
     };
-    let sorted = |k: &[Vec<u64>], n: usize| (1..n).all(|i| compare(k, i - 1, k, i) == Ordering::Less);
-    if !sorted(&ka, a.height()) || !sorted(&kb, b.height()) {
+    let ascending = |side: usize, n: usize| {
+        (1..n).all(|i| {
+            key_columns
+                .iter()
+                .map(|&(x, y)| if side == 0 { x } else { y })
+                .map(|values| values.compare(i - 1, values, i))
+                .find(|o| o.is_ne())
+                == Some(Ordering::Less)
+        })
+    };
+    if !ascending(0, a.height()) || !ascending(1, b.height()) {
         return Ok(None);
     }
-    let (mut from_a, mut from_b): (Vec<Option<IdxSize>>, Vec<Option<IdxSize>>) = (Vec::new(), Vec::new());
+    // Each output row: its row in `a` and in `b` (`u32::MAX`: none).
+    const NONE: u32 = u32::MAX;
+    let mut picks: Vec<(u32, u32)> = Vec::with_capacity(a.height().max(b.height()));
     let (mut i, mut j) = (0, 0);
     while i < a.height() || j < b.height() {
         let order = match (i < a.height(), j < b.height()) {
-            (true, true) => compare(&ka, i, &kb, j),
+            (true, true) => compare(i, j),
             (true, false) => Ordering::Less,
             _ => Ordering::Greater,
         };
-        from_a.push((order != Ordering::Greater).then_some(i as IdxSize));
-        from_b.push((order != Ordering::Less).then_some(j as IdxSize));
+        let from_a = if order != Ordering::Greater { i as u32 } else { NONE };
+        let from_b = if order != Ordering::Less { j as u32 } else { NONE };
+        picks.push((from_a, from_b));
         i += usize::from(order != Ordering::Greater);
         j += usize::from(order != Ordering::Less);
     }
-    let in_a: BooleanChunked = from_a.iter().map(|row| row.is_some()).collect();
-    let (from_a, from_b): (IdxCa, IdxCa) = (from_a.into_iter().collect(), from_b.into_iter().collect());
-    let (taken_a, taken_b) = (a.take(&from_a)?, b.take(&from_b)?);
-    let columns = a
-        .get_column_names()
+    let merged = names
         .iter()
-        .map(|name| -> Result<Column> {
-            let (x, y) = (taken_a.column(name)?, taken_b.column(name)?);
-            let dtype = x.dtype().clone();
-            let column = if keys.contains(&name.as_str()) {
-                x.zip_with(&in_a, y)?
-            } else {
-                let zero = |c: &Column| c.fill_null(FillNullStrategy::Zero);
-                (&zero(x)? + &zero(y)?)?
-            };
-            Ok(column.cast(&dtype)?)
+        .zip(&columns)
+        .map(|(name, &(key, x, y))| -> Column {
+            let pick = |(p, q): (u32, u32)| (p != NONE).then_some(p as usize).ok_or(q as usize);
+            match (x, y) {
+                (Values::Int(x), Values::Int(y)) => {
+                    let values: Vec<i64> = picks
+                        .iter()
+                        .map(|&(p, q)| match (key, pick((p, q))) {
+                            (true, Ok(p)) => x[p],
+                            (true, Err(q)) => y[q],
+                            (false, _) => {
+                                (if p != NONE { x[p as usize] } else { 0 })
+                                    + (if q != NONE { y[q as usize] } else { 0 })
+                            }
+                        })
+                        .collect();
+                    Column::new(name.as_str().into(), values)
+                }
+                (Values::Float(x), Values::Float(y)) => {
+                    let values: Vec<f64> = picks
+                        .iter()
+                        .map(|&(p, q)| match (key, pick((p, q))) {
+                            (true, Ok(p)) => x[p],
+                            (true, Err(q)) => y[q],
+                            (false, _) => match (p != NONE, q != NONE) {
+                                (true, true) => x[p as usize] + y[q as usize],
+                                (true, false) => x[p as usize],
+                                _ => y[q as usize],
+                            },
+                        })
+                        .collect();
+                    Column::new(name.as_str().into(), values)
+                }
+                _ => unreachable!("checked above"),
+            }
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Some(DataFrame::new(from_a.len(), columns)?))
+        .collect();
+    Ok(Some(DataFrame::new(picks.len(), merged)?))
 }
 
 /// The shard of a customer id among `shards`: a fixed hash of the id's value (integers by
