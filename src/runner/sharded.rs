@@ -39,7 +39,7 @@ const BASE_BYTES: u64 = 300 << 20;
 /// else enough that a shard's share of a whole run's memory takes half the limit (at least 2).
 /// The other half is for what does not shrink with the shards: the spill pass (about 500 MB),
 /// and merged partials that grow with the customers, such as clv's pattern counts (at 50M
-/// lines, 8 shards peak at 0.47× a whole run, 4 at 0.58×: docs/scale-out.md).
+/// lines, 8 shards peak at a third of a whole run: docs/scale-out.md).
 pub(super) fn shards_for(lines: u64, limit: u64) -> Option<usize> {
     let whole = BASE_BYTES + lines * BYTES_PER_LINE;
     if whole <= limit {
