@@ -55,12 +55,40 @@ fn shards_give_the_one_shard_tables_on_the_sample_data() {
     let root = tempfile::tempdir().unwrap();
     let whole = root.path().join("whole");
     run_into(&config, &whole, None);
+    let expected = manifest(&whole.join("latest"));
     for shards in [1, 2, 7, 16] {
         let out = root.path().join(format!("shards-{shards}"));
         run_into(&config, &out, Some(shards));
         let tables = assert_same_tables(&whole.join("latest"), &out.join("latest"), &format!("{shards} shards"));
         assert_eq!(tables, 20);
+        // Every input's accounting (orders, survey, spend) is the whole run's.
+        let sharded = manifest(&out.join("latest"));
+        for index in 0..3 {
+            let strip = |m: &serde_json::Value| {
+                let mut input = m["inputs"][index].clone();
+                input.as_object_mut().unwrap().remove("scans");
+                input
+            };
+            assert_eq!(strip(&sharded), strip(&expected), "{shards} shards, input {index}");
+        }
     }
+    // A sharded `--select` run rebuilds the selected stages and carries the others over.
+    let out = root.path().join("shards-16");
+    let select = pipeline(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--shards",
+        "3",
+        "--select",
+        "rfm",
+    ]);
+    assert!(select.status.success(), "{}", stderr(&select));
+    let published = manifest(&out.join("latest"));
+    assert_eq!(published["selected_stages"], serde_json::json!(["rfm"]));
+    assert_eq!(published["carried_over"].as_array().unwrap().len(), 17);
+    assert_same_tables(&whole.join("latest"), &out.join("latest"), "select");
 }
 
 /// Generated lines (another seed, text-free integer ids) with a survey and spend, through
