@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 
-use super::stages::{add_as_of, file_metadata, source_names, start_order, tables_of, upstream_of};
+use super::stages::{add_as_of, file_metadata, source_names, stage_inputs, start_order, tables_of, upstream_of};
 use crate::core::config::{AsOf, SourceKind};
 use crate::core::manifest::{Manifest, StageReport, TableReport};
 use crate::core::plan::Plan;
 use crate::core::prepare::shared_tables;
 use crate::core::stages::shard::{partial_of_pass, shard_of_ids, Partial, Sharded};
-use crate::core::stages::{SourceData, StageInputs};
+use crate::core::stages::SourceData;
 use crate::io::sink::Sink;
 use crate::io::source::{self, SpilledOrders};
 
@@ -492,19 +492,8 @@ impl<'a> Sweeps<'a> {
         let index = self.states[position].index;
         let upstream = self.upstream_frames(position, Some(shard))?;
         let stages = &self.plan.config.stages;
-        let names = source_names(self.plan, index);
-        let inputs = StageInputs {
-            sources: names
-                .iter()
-                .filter_map(|name| sources.get_key_value(name))
-                .map(|(name, data)| (name.as_str(), data))
-                .collect(),
-            upstream: upstream_of(self.plan, index)
-                .into_iter()
-                .zip(&upstream)
-                .map(|(dep, frames)| (stages[dep].name.as_str(), stages[dep].kind, frames.as_slice()))
-                .collect(),
-        };
+        let frames: Vec<&[DataFrame]> = upstream.iter().map(Vec::as_slice).collect();
+        let inputs = stage_inputs(self.plan, index, sources, &frames);
         let state = &self.states[position];
         let rows = crate::catch_panics(|| {
             crate::telemetry::inject_fault(&stages[index].name);
@@ -616,26 +605,14 @@ impl<'a> Sweeps<'a> {
         }
         let index = state.index;
         let merged = std::mem::take(&mut state.merged);
-        let stages = &self.plan.config.stages;
-        let names = source_names(self.plan, index);
         let source = self.plan.source_of(index);
         let as_of = source
             .as_ref()
             .and_then(|name| self.spilled.get(name))
             .map(|spilled| spilled.as_of)
             .context("a stage reads an orders source")?;
-        let whole = StageInputs {
-            sources: names
-                .iter()
-                .filter_map(|name| self.whole.get_key_value(name))
-                .map(|(name, data)| (name.as_str(), data))
-                .collect(),
-            upstream: upstream_of(self.plan, index)
-                .into_iter()
-                .zip(&upstream)
-                .map(|(dep, frames)| (stages[dep].name.as_str(), stages[dep].kind, frames.as_slice()))
-                .collect(),
-        };
+        let frames: Vec<&[DataFrame]> = upstream.iter().map(Vec::as_slice).collect();
+        let whole = stage_inputs(self.plan, index, self.whole, &frames);
         Ok(Some(crate::catch_panics(|| stage.finalize(merged, &whole, as_of))?))
     }
 

@@ -238,19 +238,8 @@ impl<'a> StageRun<'a> {
     /// The stage's sources (for a stage over other stages, the orders source they came from)
     /// and its input stages' frames.
     fn inputs<'b>(&'b self, index: usize, upstream: &'b [(usize, Arc<Vec<DataFrame>>)]) -> StageInputs<'b> {
-        let stages = &self.plan.config.stages;
-        let names = source_names(self.plan, index);
-        StageInputs {
-            sources: names
-                .iter()
-                .filter_map(|name| self.sources.get_key_value(name))
-                .map(|(name, data)| (name.as_str(), data))
-                .collect(),
-            upstream: upstream
-                .iter()
-                .map(|(dep, frames)| (stages[*dep].name.as_str(), stages[*dep].kind, frames.as_slice()))
-                .collect(),
-        }
+        let frames: Vec<&[DataFrame]> = upstream.iter().map(|(_, frames)| frames.as_slice()).collect();
+        stage_inputs(self.plan, index, self.sources, &frames)
     }
 
     /// Stage `frames` (the stage's tables, in order) in the sink, each with the `as_of` column.
@@ -298,6 +287,31 @@ impl<'a> StageRun<'a> {
             );
         }
     }
+}
+
+/// Stage `index`'s inputs: those of `sources` it reads (`source_names`), and `upstream`, the
+/// frames of the stages it reads in `upstream_of` order.
+pub(super) fn stage_inputs<'b>(
+    plan: &'b Plan,
+    index: usize,
+    sources: &'b BTreeMap<String, SourceData>,
+    upstream: &[&'b [DataFrame]],
+) -> StageInputs<'b> {
+    let stages = &plan.config.stages;
+    let mut inputs = StageInputs {
+        sources: Vec::new(),
+        upstream: upstream_of(plan, index)
+            .into_iter()
+            .zip(upstream)
+            .map(|(dep, frames)| (stages[dep].name.as_str(), stages[dep].kind, *frames))
+            .collect(),
+    };
+    for name in source_names(plan, index) {
+        if let Some((name, data)) = sources.get_key_value(&name) {
+            inputs.sources.push((name.as_str(), data));
+        }
+    }
+    inputs
 }
 
 /// The sources stage `index` reads: those in its `input`, or for a stage over other stages, the

@@ -55,6 +55,28 @@ impl SnapshotSink {
         }
     }
 
+    /// Where table `name` is written while staged (hidden from readers) and where it is
+    /// published.
+    fn staging_paths(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let snapshot = self.snapshot.as_ref().context("the sink was not started")?;
+        let temp = snapshot
+            .dir
+            .join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
+        Ok((temp, snapshot.dir.join(format!("{name}.parquet"))))
+    }
+
+    fn push_staged(&self, name: &str, temp: PathBuf, target: PathBuf) {
+        // A panic while staging may have poisoned the lock: the entries are whole.
+        self.staged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(StagedTable {
+                name: name.to_string(),
+                temp,
+                target,
+            });
+    }
+
     fn staged(&mut self) -> Vec<StagedTable> {
         // A panic while staging may have poisoned the lock: the entries are whole.
         std::mem::take(self.staged.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()))
@@ -75,11 +97,7 @@ impl Sink for SnapshotSink {
     }
 
     fn stage(&self, name: &str, frame: &mut DataFrame, metadata: &TableMetadata) -> Result<usize> {
-        let snapshot = self.snapshot.as_ref().context("the sink was not started")?;
-        let target = snapshot.dir.join(format!("{name}.parquet"));
-        let temp = snapshot
-            .dir
-            .join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
+        let (temp, target) = self.staging_paths(name)?;
         let start = std::time::Instant::now();
         if let Err(error) = write_table(&temp, frame, metadata, &self.shared) {
             fs::remove_file(&temp).ok();
@@ -90,17 +108,8 @@ impl Sink for SnapshotSink {
             frame.height(),
             start.elapsed().as_secs_f64()
         );
-        let rows = frame.height();
-        let staged = StagedTable {
-            name: name.to_string(),
-            temp,
-            target,
-        };
-        self.staged
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(staged);
-        Ok(rows)
+        self.push_staged(name, temp, target);
+        Ok(frame.height())
     }
 
     fn stage_parts(
@@ -109,11 +118,7 @@ impl Sink for SnapshotSink {
         parts: &mut dyn Iterator<Item = Result<DataFrame>>,
         metadata: &TableMetadata,
     ) -> Result<usize> {
-        let snapshot = self.snapshot.as_ref().context("the sink was not started")?;
-        let target = snapshot.dir.join(format!("{name}.parquet"));
-        let temp = snapshot
-            .dir
-            .join(format!("{STAGING_PREFIX}{}-{name}.parquet", std::process::id()));
+        let (temp, target) = self.staging_paths(name)?;
         let start = std::time::Instant::now();
         let rows = match write_table_parts(&temp, parts, metadata) {
             Ok(rows) => rows,
@@ -126,14 +131,7 @@ impl Sink for SnapshotSink {
             "table `{name}`: {rows} rows written in parts in {:.3} s",
             start.elapsed().as_secs_f64()
         );
-        self.staged
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(StagedTable {
-                name: name.to_string(),
-                temp,
-                target,
-            });
+        self.push_staged(name, temp, target);
         Ok(rows)
     }
 
