@@ -92,6 +92,31 @@ pub(super) fn execute(
         .scratch_dir(&manifest.run_id)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pipeline-spill-{}", manifest.run_id)));
     let scratch = Scratch::create(dir)?;
+    let result = execute_in(plan, options, selected, manifest, sink, shards, &scratch, prepare_start);
+    result.map_err(|error| {
+        // Disk full while spilling: say where the spill goes and what it needs.
+        if format!("{error:#}").contains("No space left on device") {
+            error.context(format!(
+                "the disk holding the spill folder `{}` is full: a sharded run needs free space beside the outputs of about 1.6 times the input's size (docs/scale-out.md); free some, or set `output_dir` on a larger disk",
+                scratch.dir.display()
+            ))
+        } else {
+            error
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_in(
+    plan: &Plan,
+    options: &super::RunOptions,
+    selected: &BTreeSet<usize>,
+    manifest: &mut Manifest,
+    sink: &mut dyn Sink,
+    shards: usize,
+    scratch: &Scratch,
+    prepare_start: Instant,
+) -> Result<()> {
     let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
     let (spilled, whole) = read_sources(plan, selected, as_of, manifest, shards, &scratch.dir)?;
     let spill_bytes: u64 = spilled.values().map(|s| s.spill_bytes).sum();
@@ -116,7 +141,6 @@ pub(super) fn execute(
             stats.scans = source::scans_started(source_config);
         }
     }
-    drop(scratch);
     Ok(())
 }
 
