@@ -988,12 +988,6 @@ impl OrderFold {
         result
     }
 
-    /// The lines of a source of `total` lines that were not folded were left out by the scan's
-    /// include filter: count them as excluded.
-    pub fn count_unseen_as_excluded(&mut self, total: u64) {
-        self.lines_by_reason[usize::from(EXCLUDED_BY_INCLUDE)] += total.saturating_sub(self.lines_seen);
-    }
-
     /// Before the first batch after `reserve_after` lines: room in each shard for the orders
     /// its runs per line so far project over `expected_lines` (once).
     fn reserve_once(&mut self) {

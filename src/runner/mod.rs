@@ -151,13 +151,18 @@ fn execute(
         .collect();
     sink.share_columns_of(&facts);
     manifest.stages = stages::run_stages(plan, options, selected, &sources, manifest, &*sink)?;
+    record_scans(plan, manifest);
+    Ok(())
+}
+
+/// Each orders source's scans of its lines into the manifest (one, unless something rescanned).
+fn record_scans(plan: &Plan, manifest: &mut Manifest) {
     for stats in &mut manifest.inputs {
         let config = plan.config.sources.get(&stats.source);
         if let Some(source_config) = config.filter(|source| source.kind == SourceKind::Orders) {
             stats.scans = source::scans_started(source_config);
         }
     }
-    Ok(())
 }
 
 /// Read each source the selected stages need, once; each source's accounting goes into the

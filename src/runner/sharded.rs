@@ -69,6 +69,19 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// `error` of the run, with where the spill goes and what it needs when the disk filled.
+    fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        if !format!("{error:#}").contains("No space left on device") {
+            return error;
+        }
+        error.context(format!(
+            "the disk holding the spill folder `{}` is full: a sharded run needs free space beside the outputs of about 1.6 times the input's size (docs/scale-out.md); free some, or set `output_dir` on a larger disk",
+            self.dir.display()
+        ))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
@@ -92,56 +105,29 @@ pub(super) fn execute(
         .scratch_dir(&manifest.run_id)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pipeline-spill-{}", manifest.run_id)));
     let scratch = Scratch::create(dir)?;
-    let result = execute_in(plan, options, selected, manifest, sink, shards, &scratch, prepare_start);
-    result.map_err(|error| {
-        // Disk full while spilling: say where the spill goes and what it needs.
-        if format!("{error:#}").contains("No space left on device") {
-            error.context(format!(
-                "the disk holding the spill folder `{}` is full: a sharded run needs free space beside the outputs of about 1.6 times the input's size (docs/scale-out.md); free some, or set `output_dir` on a larger disk",
-                scratch.dir.display()
-            ))
-        } else {
-            error
-        }
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn execute_in(
-    plan: &Plan,
-    options: &super::RunOptions,
-    selected: &BTreeSet<usize>,
-    manifest: &mut Manifest,
-    sink: &mut dyn Sink,
-    shards: usize,
-    scratch: &Scratch,
-    prepare_start: Instant,
-) -> Result<()> {
-    let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
-    let (spilled, whole) = read_sources(plan, selected, as_of, manifest, shards, &scratch.dir)?;
-    let spill_bytes: u64 = spilled.values().map(|s| s.spill_bytes).sum();
-    manifest.as_of = spilled.values().map(|s| s.as_of).max().map(|d| d.to_string());
-    manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
-    let mut sweeps = Sweeps::new(plan, selected, &spilled, &whole, shards, &scratch.dir, manifest, &*sink);
-    manifest.stages = sweeps.run()?;
-    manifest.shards = Some(crate::core::manifest::ShardedRun {
-        shards,
-        sweeps: sweeps.sweeps,
-        spill_bytes: spill_bytes + sweeps.row_bytes,
-    });
-    tracing::info!(
-        "{shards} shards: {} sweeps, {:.1} MB spilled (input) and {:.1} MB (per-customer rows)",
-        sweeps.sweeps,
-        spill_bytes as f64 / 1e6,
-        sweeps.row_bytes as f64 / 1e6
-    );
-    for stats in &mut manifest.inputs {
-        let config = plan.config.sources.get(&stats.source);
-        if let Some(source_config) = config.filter(|source| source.kind == SourceKind::Orders) {
-            stats.scans = source::scans_started(source_config);
-        }
-    }
-    Ok(())
+    let mut run = || -> Result<()> {
+        let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
+        let (spilled, whole) = read_sources(plan, selected, as_of, manifest, shards, &scratch.dir)?;
+        let spill_bytes: u64 = spilled.values().map(|s| s.spill_bytes).sum();
+        manifest.as_of = spilled.values().map(|s| s.as_of).max().map(|d| d.to_string());
+        manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
+        let mut sweeps = Sweeps::new(plan, selected, &spilled, &whole, shards, &scratch.dir, manifest, &*sink);
+        manifest.stages = sweeps.run()?;
+        manifest.shards = Some(crate::core::manifest::ShardedRun {
+            shards,
+            sweeps: sweeps.sweeps,
+            spill_bytes: spill_bytes + sweeps.row_bytes,
+        });
+        tracing::info!(
+            "{shards} shards: {} sweeps, {:.1} MB spilled (input) and {:.1} MB (per-customer rows)",
+            sweeps.sweeps,
+            spill_bytes as f64 / 1e6,
+            sweeps.row_bytes as f64 / 1e6
+        );
+        super::record_scans(plan, manifest);
+        Ok(())
+    };
+    run().map_err(|error| scratch.explain(error))
 }
 
 /// The needed orders sources spilled into shards, and the other sources read whole.
@@ -246,7 +232,7 @@ impl StageState<'_> {
     fn rows_of<'p>(&self, table: usize, files: impl Iterator<Item = &'p PathBuf>) -> Result<DataFrame> {
         let mut all: Option<DataFrame> = None;
         for file in files {
-            let part = read_rows(file)?;
+            let part = source::read_spill(file)?;
             match &mut all {
                 Some(all) => {
                     all.vstack_mut(&part)?;
@@ -562,7 +548,7 @@ impl<'a> Sweeps<'a> {
                     let path = self
                         .dir
                         .join(format!("rows-{index}-{table}-{shard:04}-{range:04}.parquet"));
-                    self.row_bytes += write_rows(&path, &mut part)?;
+                    self.row_bytes += source::write_spill(&path, &mut part)?;
                     *file = Some(path);
                 }
                 let state = &mut self.states[position];
@@ -713,26 +699,6 @@ impl<'a> Sweeps<'a> {
         }
         Ok(())
     }
-}
-
-/// Write one shard's per-customer rows to a spill file; its bytes.
-fn write_rows(path: &Path, frame: &mut DataFrame) -> Result<u64> {
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create spill file `{}`", path.display()))?;
-    ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Zstd(Some(
-            polars_utils::compression::ZstdLevel::try_new(1)?,
-        )))
-        .finish(frame)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot write spill file `{}`", path.display()))
-}
-
-fn read_rows(path: &Path) -> Result<DataFrame> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open spill file `{}`", path.display()))?;
-    ParquetReader::new(file)
-        .finish()
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot read spill file `{}`", path.display()))
 }
 
 #[cfg(test)]

@@ -392,7 +392,12 @@ impl Sharded for ClvOptions {
                 tracing::debug!("clv: pass 0 counts in {:.3} s", clock.elapsed().as_secs_f64());
                 counts
             }
-            Some(_) => Ok(self.last_partial_with_rows(inputs, earlier)?.0),
+            Some(_) => {
+                let (partial, _) = self
+                    .last_partial_with_rows(inputs, earlier)?
+                    .context("clv's last pass gives its rows")?;
+                Ok(partial)
+            }
         }
     }
 
@@ -481,15 +486,11 @@ impl Sharded for ClvOptions {
     }
 
     /// The customers' scores need only the fits between the passes: they come with pass 1.
-    fn rows_with_last_pass(&self) -> bool {
-        true
-    }
-
     fn last_partial_with_rows(
         &self,
         inputs: &StageInputs,
         earlier: &[Partial],
-    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+    ) -> Result<Option<(Partial, Vec<Option<DataFrame>>)>> {
         let clock = std::time::Instant::now();
         let shared = inputs.shared()?;
         let fitted = &earlier[0];
@@ -508,7 +509,7 @@ impl Sharded for ClvOptions {
         if self.calibration().is_some() {
             rows.push(None);
         }
-        Ok((vec![counts, buckets], rows))
+        Ok(Some((vec![counts, buckets], rows)))
     }
 }
 

@@ -124,19 +124,15 @@ impl Sharded for LifecycleOptions {
     }
 
     /// The walk gives each customer's stage at as_of too: the rows come with the one pass.
-    fn rows_with_last_pass(&self) -> bool {
-        true
-    }
-
     fn last_partial_with_rows(
         &self,
         inputs: &StageInputs,
         _earlier: &[Partial],
-    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+    ) -> Result<Option<(Partial, Vec<Option<DataFrame>>)>> {
         let shared = inputs.shared()?;
         let (windows, tallies, stages) = walk_unsettled(shared, self, true)?;
         let partial = tallies_partial(self.granularity, &windows, &tallies)?;
-        Ok((partial, vec![None, Some(customers_table(shared, &stages)?)]))
+        Ok(Some((partial, vec![None, Some(customers_table(shared, &stages)?)])))
     }
 
     fn merge(&self, _pass: usize, parts: Vec<Partial>) -> Result<Partial> {

@@ -529,15 +529,11 @@ impl Sharded for Rfm {
     }
 
     /// The scores of the last pass give the customer rows too (computed once).
-    fn rows_with_last_pass(&self) -> bool {
-        true
-    }
-
     fn last_partial_with_rows(
         &self,
         inputs: &StageInputs,
         earlier: &[Partial],
-    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
+    ) -> Result<Option<(Partial, Vec<Option<DataFrame>>)>> {
         let shared = inputs.shared()?;
         let facts = &shared.customer_facts;
         let dimensions = Dimensions::of(facts, shared.as_of, &self.options)?;
@@ -552,7 +548,7 @@ impl Sharded for Rfm {
         tracing::debug!("rfm: tallies at {:.3} s", clock.elapsed().as_secs_f64());
         let customers = customers_table(facts, dimensions, scores, &self.rules)?;
         tracing::debug!("rfm: customers at {:.3} s", clock.elapsed().as_secs_f64());
-        Ok((partial, vec![Some(customers), None, None]))
+        Ok(Some((partial, vec![Some(customers), None, None])))
     }
 
     fn customer_rows(&self, inputs: &StageInputs, globals: &Partial) -> Result<Vec<Option<DataFrame>>> {

@@ -58,20 +58,16 @@ pub trait Sharded: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// Whether the last pass already knows all the per-customer rows need (RFM's bounds come
-    /// from the passes before): its partial then comes with the shard's rows
-    /// (`last_partial_with_rows`) and `customer_rows` is not called, so they are computed once.
-    fn rows_with_last_pass(&self) -> bool {
-        false
-    }
-
-    /// The last pass's partial and the shard's per-customer rows, when `rows_with_last_pass`.
+    /// The last pass's partial with the shard's per-customer rows, for a kind whose last pass
+    /// already knows all they need (RFM's bounds come from the passes before): `customer_rows`
+    /// is then not called, so the rows are computed once. `None` (the default): the last pass
+    /// is `partial`, and the rows come after finalize.
     fn last_partial_with_rows(
         &self,
-        inputs: &StageInputs,
-        earlier: &[Partial],
-    ) -> Result<(Partial, Vec<Option<DataFrame>>)> {
-        Ok((self.partial(inputs, earlier)?, Vec::new()))
+        _inputs: &StageInputs,
+        _earlier: &[Partial],
+    ) -> Result<Option<(Partial, Vec<Option<DataFrame>>)>> {
+        Ok(None)
     }
 }
 
@@ -81,9 +77,10 @@ pub fn partial_of_pass(
     inputs: &StageInputs,
     earlier: &[Partial],
 ) -> Result<(Partial, Option<Vec<Option<DataFrame>>>)> {
-    if stage.rows_with_last_pass() && earlier.len() + 1 == stage.passes() {
-        let (partial, rows) = stage.last_partial_with_rows(inputs, earlier)?;
-        return Ok((partial, Some(rows)));
+    if earlier.len() + 1 == stage.passes() {
+        if let Some((partial, rows)) = stage.last_partial_with_rows(inputs, earlier)? {
+            return Ok((partial, Some(rows)));
+        }
     }
     Ok((stage.partial(inputs, earlier)?, None))
 }
@@ -557,14 +554,12 @@ pub mod tests {
                 sources: inputs(sources),
                 upstream: Vec::new(),
             };
-            match stage.rows_with_last_pass() {
-                true => {
-                    stage
-                        .last_partial_with_rows(&inputs, &earlier[..earlier.len() - 1])
-                        .unwrap()
-                        .1
-                }
-                false => stage.customer_rows(&inputs, globals).unwrap(),
+            match stage
+                .last_partial_with_rows(&inputs, &earlier[..earlier.len() - 1])
+                .unwrap()
+            {
+                Some((_, rows)) => rows,
+                None => stage.customer_rows(&inputs, globals).unwrap(),
             }
         };
         let whole_rows = rows_of(whole, &b.globals, &whole_passes);

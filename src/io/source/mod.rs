@@ -33,7 +33,7 @@ pub use files::estimated_lines;
 use files::*;
 use mapped::*;
 pub use spend::{check_spend, read_spend};
-pub use spill::{read_order_shard, spill_orders, SpilledOrders};
+pub use spill::{read_order_shard, read_spill, spill_orders, write_spill, SpilledOrders};
 pub use survey::{check_survey, read_survey};
 
 /// Reasons that count as rejected (against `max_rejected_fraction`).
@@ -389,10 +389,7 @@ pub fn fixed_as_of(as_of: AsOf, timezone: &str) -> Result<Option<NaiveDate>> {
 pub fn scan_orders(source: &SourceConfig, settings: &PipelineSettings, as_of: AsOf) -> Result<SourceOrders> {
     let scan = LineScan::start(source, settings, as_of)?;
     let fold = scan.fold(source, rayon::current_num_threads());
-    let mut fold = fold_lines(source, scan.lines.clone(), fold)?;
-    if let Some(total) = scan.expected_lines.filter(|_| scan.filter_in_scan) {
-        fold.count_unseen_as_excluded(total);
-    }
+    let fold = fold_lines(source, scan.lines.clone(), fold)?;
     tracing::debug!(
         "order fold: {} batches, {:.3} s busy, {}",
         fold.batches,
@@ -492,8 +489,6 @@ pub(crate) struct LineTotals {
     currencies: BTreeMap<Option<String>, u64>,
     /// The newest usable order's local date (days).
     newest: Option<i32>,
-    /// Lines left out by a filter in the scan, uncounted by the folds.
-    pub unseen_excluded: u64,
 }
 
 impl LineTotals {
@@ -540,7 +535,11 @@ impl LineTotals {
         scan: &LineScan,
     ) -> Result<(InputStats, NaiveDate)> {
         let mut lines_by_reason = self.lines_by_reason;
-        lines_by_reason[usize::from(crate::core::orders::EXCLUDED_BY_INCLUDE)] += self.unseen_excluded;
+        // The lines the folds did not see were left out by a filter in the scan.
+        if let Some(total) = scan.expected_lines.filter(|_| scan.filter_in_scan) {
+            let folded: u64 = lines_by_reason.iter().sum();
+            lines_by_reason[usize::from(crate::core::orders::EXCLUDED_BY_INCLUDE)] += total.saturating_sub(folded);
+        }
         let mut stats = line_stats(source, &scan.schema.files, &lines_by_reason, self.duplicates);
         stats
             .rows_rejected

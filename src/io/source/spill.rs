@@ -29,8 +29,10 @@ use crate::core::stages::shard::shard_of_ids;
 /// An orders source spilled into customer shards.
 #[derive(Debug)]
 pub struct SpilledOrders {
-    /// Each customer shard's orders file (absent when the shard has no order).
-    pub files: Vec<PathBuf>,
+    /// Each customer shard's orders file (`None` when the shard has no order).
+    pub files: Vec<Option<PathBuf>>,
+    /// The folder of the files, where a shard's numbered orders are kept after its first read.
+    pub dir: PathBuf,
     /// The orders files' columns: `customer_id` (the source's type), `date`, `ordered_ts`,
     /// `revenue`[, `channel` (text)][, `cost`].
     pub schema: Schema,
@@ -335,9 +337,6 @@ pub fn spill_orders(
 
     // Pass 2: each order shard folded, its orders by customer shard.
     let mut totals = LineTotals::default();
-    if let Some(total) = scan.expected_lines.filter(|_| scan.filter_in_scan) {
-        totals.unseen_excluded = total.saturating_sub(seen);
-    }
     let mut orders = ShardFiles::new(dir, "orders", shards);
     let mut schema = None;
     let mut sample = IdSample { kept: Vec::new() };
@@ -374,11 +373,8 @@ pub fn spill_orders(
         spill_bytes as f64 / 1e6
     );
     Ok(SpilledOrders {
-        files: order_files
-            .into_iter()
-            .enumerate()
-            .map(|(shard, path)| path.unwrap_or_else(|| dir.join(format!("orders-{shard:04}.absent"))))
-            .collect(),
+        files: order_files,
+        dir: dir.to_path_buf(),
         schema,
         stats,
         as_of,
@@ -413,14 +409,10 @@ fn with_customer_values(orders: DataFrame, customer_ids: &Series, channels: Opti
 /// The orders of customer shard `shard`, as a whole run's scan gives them for these customers:
 /// customers numbered from 0 in id order, channels coded in name order.
 pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceOrders> {
-    let path = &spilled.files[shard];
     // The first read numbers the shard's customers and channels and keeps the numbered orders
     // beside the spilled ones, so later reads (one per sweep) only read them back.
-    let numbered = path.with_extension("numbered.parquet");
-    let (customers, channels) = (
-        path.with_extension("customers.parquet"),
-        path.with_extension("channels.parquet"),
-    );
+    let kept = |what: &str| spilled.dir.join(format!("orders-{shard:04}.{what}.parquet"));
+    let (numbered, customers, channels) = (kept("numbered"), kept("customers"), kept("channels"));
     if numbered.exists() {
         let orders = read_spill(&numbered)?;
         let customer_ids = read_spill(&customers)?
@@ -444,10 +436,9 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
             as_of: spilled.as_of,
         });
     }
-    let frame = if path.extension().is_some_and(|e| e == "parquet") {
-        read_spill(path)?
-    } else {
-        DataFrame::empty_with_schema(&spilled.schema)
+    let frame = match &spilled.files[shard] {
+        Some(path) => read_spill(path)?,
+        None => DataFrame::empty_with_schema(&spilled.schema),
     };
     let ids = frame.column("customer_id")?.as_materialized_series();
     let (customer_ids, codes) = dense_codes(ids)?;
@@ -495,7 +486,7 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
 }
 
 /// Read a whole spill file.
-fn read_spill(path: &Path) -> Result<DataFrame> {
+pub fn read_spill(path: &Path) -> Result<DataFrame> {
     let file = File::open(path).with_context(|| format!("cannot open spill file `{}`", path.display()))?;
     ParquetReader::new(file)
         .finish()
@@ -503,8 +494,8 @@ fn read_spill(path: &Path) -> Result<DataFrame> {
         .with_context(|| format!("cannot read spill file `{}`", path.display()))
 }
 
-/// Write a whole spill file (zstd, fast).
-fn write_spill(path: &Path, frame: &mut DataFrame) -> Result<u64> {
+/// Write a whole spill file (zstd, fast); its bytes.
+pub fn write_spill(path: &Path, frame: &mut DataFrame) -> Result<u64> {
     let file = File::create(path).with_context(|| format!("cannot create spill file `{}`", path.display()))?;
     ParquetWriter::new(file)
         .with_compression(ParquetCompression::Zstd(Some(
