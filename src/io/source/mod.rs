@@ -24,6 +24,7 @@ mod dates;
 mod files;
 mod mapped;
 mod spend;
+mod part;
 mod spill;
 mod survey;
 
@@ -32,8 +33,9 @@ use dates::*;
 pub use files::estimated_lines;
 use files::*;
 use mapped::*;
+pub(crate) use part::{fold_line_part, LineMapper, LinePart};
 pub use spend::{check_spend, read_spend};
-pub use spill::{read_order_shard, read_spill, spill_orders, write_spill, SpilledOrders};
+pub use spill::{cuts_of, number_orders, range_of, sample_ids, read_order_shard, read_spill, spill_orders, write_spill, NumberedOrders, SpilledOrders};
 pub use survey::{check_survey, read_survey};
 
 /// Reasons that count as rejected (against `max_rejected_fraction`).
@@ -437,7 +439,7 @@ impl LineScan {
             None => None,
         };
         let expected_lines = total_rows(source, &schema.files);
-        let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines, None)?;
+        let (lines, filter_in_scan) = lines_plan(source, &schema, expected_lines, None, None)?;
         Ok(LineScan {
             schema,
             fixed_as_of,
@@ -451,7 +453,7 @@ impl LineScan {
     /// The lines `offset..offset + len` of the files (before any filter), planned as `lines`.
     pub fn lines_slice(&self, source: &SourceConfig, offset: u64, len: u64) -> Result<LazyFrame> {
         let slice = (offset as i64, len.min(IdxSize::MAX as u64) as IdxSize);
-        Ok(lines_plan(source, &self.schema, self.expected_lines, Some(slice))?.0)
+        Ok(lines_plan(source, &self.schema, self.expected_lines, Some(slice), None)?.0)
     }
 
     /// An empty fold for these lines, in `shards` shards folded in parallel.
@@ -525,6 +527,62 @@ impl LineTotals {
         })
     }
 
+    /// Add another part's accounting (`add` run elsewhere, e.g. in a Spark task).
+    pub fn merge(&mut self, other: LineTotals) {
+        for (total, count) in self.lines_by_reason.iter_mut().zip(other.lines_by_reason) {
+            *total += count;
+        }
+        self.duplicates += other.duplicates;
+        self.several_customers += other.several_customers;
+        self.no_local_time += other.no_local_time;
+        self.orders += other.orders;
+        for (currency, lines) in other.currencies {
+            *self.currencies.entry(currency).or_insert(0) += lines;
+        }
+        self.newest = self.newest.max(other.newest);
+    }
+
+    /// As JSON, for a part folded in another process.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "lines_by_reason": self.lines_by_reason.to_vec(),
+            "duplicates": self.duplicates,
+            "several_customers": self.several_customers,
+            "no_local_time": self.no_local_time,
+            "orders": self.orders,
+            "currencies": self.currencies.iter().collect::<Vec<_>>(),
+            "newest": self.newest,
+        })
+        .to_string()
+    }
+
+    /// Read back `to_json`.
+    pub fn from_json(text: &str) -> Result<LineTotals> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            lines_by_reason: Vec<u64>,
+            duplicates: u64,
+            several_customers: u64,
+            no_local_time: u64,
+            orders: u64,
+            currencies: Vec<(Option<String>, u64)>,
+            newest: Option<i32>,
+        }
+        let wire: Wire = serde_json::from_str(text).context("reading a part's line accounting")?;
+        let mut lines_by_reason = [0; crate::core::orders::REASONS];
+        anyhow::ensure!(wire.lines_by_reason.len() == lines_by_reason.len(), "a part's line accounting has {} reasons, not {}", wire.lines_by_reason.len(), lines_by_reason.len());
+        lines_by_reason.copy_from_slice(&wire.lines_by_reason);
+        Ok(LineTotals {
+            lines_by_reason,
+            duplicates: wire.duplicates,
+            several_customers: wire.several_customers,
+            no_local_time: wire.no_local_time,
+            orders: wire.orders,
+            currencies: wire.currencies.into_iter().collect(),
+            newest: wire.newest,
+        })
+    }
+
     /// The source's accounting and the run's as_of, once every part is added; fails (exit 1)
     /// when more lines were rejected than `max_rejected_fraction` allows, when no order is
     /// left, on several currencies, or on stale data (`max_data_age_days`).
@@ -573,6 +631,7 @@ fn lines_plan(
     schema: &SourceSchema,
     expected_lines: Option<u64>,
     slice: Option<(i64, IdxSize)>,
+    input: Option<LazyFrame>,
 ) -> Result<(LazyFrame, bool)> {
     let column_type = |logical: &str| {
         source
@@ -635,7 +694,10 @@ fn lines_plan(
     // decodes the other columns of included lines only, and the fold counts the rest as
     // excluded. Otherwise each line carries its `include` flag to the fold.
     let filter_in_scan = has_filters && expected_lines.is_some();
-    let mut lines = scan(source, &schema.files)?;
+    let mut lines = match input {
+        Some(lines) => lines,
+        None => scan(source, &schema.files)?,
+    };
     if let Some((offset, len)) = slice {
         lines = lines.slice(offset, len);
     }

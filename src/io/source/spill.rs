@@ -51,30 +51,36 @@ impl SpilledOrders {
     /// sorted, come before the next range's, so per-customer tables are written in customer_id
     /// order, a range at a time.
     pub fn range_of(&self, ids: &Column) -> Result<Vec<u32>> {
-        let ids = ids.as_materialized_series();
-        Ok(match ids.dtype() {
-            DataType::String => {
-                let cuts: Vec<&str> = self.cuts.str()?.iter().flatten().collect();
-                ids.str()?
-                    .iter()
-                    .map(|id| cuts.partition_point(|cut| *cut <= id.unwrap_or_default()) as u32)
-                    .collect()
-            }
-            _ => {
-                let cuts: Vec<i64> = self.cuts.cast(&DataType::Int64)?.i64()?.iter().flatten().collect();
-                ids.cast(&DataType::Int64)?
-                    .i64()?
-                    .iter()
-                    .map(|id| cuts.partition_point(|cut| *cut <= id.unwrap_or_default()) as u32)
-                    .collect()
-            }
-        })
+        range_of(&self.cuts, ids)
     }
 
     /// How many id ranges `range_of` puts customers in.
     pub fn ranges(&self) -> usize {
         self.cuts.len() + 1
     }
+}
+
+/// The id range of each of `ids` (customer_id values) between `cuts` (ascending): range `r`
+/// holds the ids from cut `r − 1` up to, not including, cut `r`.
+pub fn range_of(cuts: &Series, ids: &Column) -> Result<Vec<u32>> {
+    let ids = ids.as_materialized_series();
+    Ok(match ids.dtype() {
+        DataType::String => {
+            let cuts: Vec<&str> = cuts.str()?.iter().flatten().collect();
+            ids.str()?
+                .iter()
+                .map(|id| cuts.partition_point(|cut| *cut <= id.unwrap_or_default()) as u32)
+                .collect()
+        }
+        _ => {
+            let cuts: Vec<i64> = cuts.cast(&DataType::Int64)?.i64()?.iter().flatten().collect();
+            ids.cast(&DataType::Int64)?
+                .i64()?
+                .iter()
+                .map(|id| cuts.partition_point(|cut| *cut <= id.unwrap_or_default()) as u32)
+                .collect()
+        }
+    })
 }
 
 /// Customers sampled for the id ranges: the `SAMPLED` with the smallest hashes of their id (a
@@ -143,6 +149,27 @@ impl IdSample {
         // Equal cuts make empty ranges: harmless, but one is enough.
         Ok(cuts.unique_stable()?)
     }
+}
+
+/// One part's bottom-k sample of its distinct customer ids (`ids`): the parts' samples together
+/// give the cut points of the id ranges (`cuts_of`), as the sample of all would.
+pub fn sample_ids(ids: &Series) -> Result<Series> {
+    let mut sample = IdSample { kept: Vec::new() };
+    sample.add(ids)?;
+    let mut values = Series::new_empty("customer_id".into(), ids.dtype());
+    for (_, id) in &sample.kept {
+        values.append(id)?;
+    }
+    Ok(values)
+}
+
+/// The cut points of `ranges` customer id ranges from the parts' samples (`sample_ids`).
+pub fn cuts_of(samples: &[Series], ranges: usize, dtype: &DataType) -> Result<Series> {
+    let mut sample = IdSample { kept: Vec::new() };
+    for part in samples {
+        sample.add(part)?;
+    }
+    sample.cuts(ranges, dtype)
 }
 
 /// Lines of a Parquet input read by one scan in the spill pass.
@@ -385,7 +412,7 @@ pub fn spill_orders(
 
 /// Folded orders with their customer's id and their channel's name in place of the fold's
 /// numbers (which mean nothing outside it).
-fn with_customer_values(orders: DataFrame, customer_ids: &Series, channels: Option<&Series>) -> Result<DataFrame> {
+pub(super) fn with_customer_values(orders: DataFrame, customer_ids: &Series, channels: Option<&Series>) -> Result<DataFrame> {
     let ids = orders.column("id")?.u32()?;
     let mut columns = vec![customer_ids.take(ids)?.with_name("customer_id".into()).into_column()];
     for name in ["date", "ordered_ts", "revenue"] {
@@ -440,25 +467,11 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
         Some(path) => read_spill(path)?,
         None => DataFrame::empty_with_schema(&spilled.schema),
     };
-    let ids = frame.column("customer_id")?.as_materialized_series();
-    let (customer_ids, codes) = dense_codes(ids)?;
-    let mut columns = vec![crate::core::columns::owned_column("id", codes)];
-    for name in ["date", "ordered_ts", "revenue"] {
-        columns.push(frame.column(name)?.clone());
-    }
-    let channel_names = match frame.column("channel") {
-        Ok(channel) => {
-            let (names, codes) = dense_codes(channel.as_materialized_series())?;
-            columns.push(crate::core::columns::owned_column("channel", codes));
-            Some(names)
-        }
-        Err(_) => None,
-    };
-    if let Ok(cost) = frame.column("cost") {
-        columns.push(cost.clone());
-    }
-    let mut orders = DataFrame::new(frame.height(), columns)?;
-    drop(frame);
+    let NumberedOrders {
+        mut orders,
+        customer_ids,
+        channels: channel_names,
+    } = number_orders(frame)?;
     write_spill(&numbered, &mut orders)?;
     write_spill(
         &customers,
@@ -482,6 +495,43 @@ pub fn read_order_shard(spilled: &SpilledOrders, shard: usize) -> Result<SourceO
         channels: channel_names,
         stats: spilled.stats.clone(),
         as_of: spilled.as_of,
+    })
+}
+
+/// Orders with customer ids and channel names (a customer shard's, as spilled), numbered as a
+/// whole run's scan numbers them: customers from 0 in id order, channels in name order.
+pub struct NumberedOrders {
+    /// `id`, `date`, `ordered_ts`, `revenue`[, `channel` (code)][, `cost`].
+    pub orders: DataFrame,
+    pub customer_ids: Series,
+    pub channels: Option<Series>,
+}
+
+/// Number the orders of `frame` (`customer_id`, `date`, `ordered_ts`, `revenue`[, `channel`]
+/// [, `cost`]): see `NumberedOrders`.
+pub fn number_orders(frame: DataFrame) -> Result<NumberedOrders> {
+    let ids = frame.column("customer_id")?.as_materialized_series();
+    let (customer_ids, codes) = dense_codes(ids)?;
+    let mut columns = vec![crate::core::columns::owned_column("id", codes)];
+    for name in ["date", "ordered_ts", "revenue"] {
+        columns.push(frame.column(name)?.clone());
+    }
+    let channel_names = match frame.column("channel") {
+        Ok(channel) => {
+            let (names, codes) = dense_codes(channel.as_materialized_series())?;
+            columns.push(crate::core::columns::owned_column("channel", codes));
+            Some(names)
+        }
+        Err(_) => None,
+    };
+    if let Ok(cost) = frame.column("cost") {
+        columns.push(cost.clone());
+    }
+    let orders = DataFrame::new(frame.height(), columns)?;
+    Ok(NumberedOrders {
+        orders,
+        customer_ids,
+        channels: channel_names,
     })
 }
 

@@ -15,21 +15,24 @@
 //! next run removes one a killed run left.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 
-use super::stages::{add_as_of, file_metadata, source_names, stage_inputs, start_order, tables_of, upstream_of};
-use crate::core::config::{AsOf, SourceKind};
+mod local;
+pub(crate) mod shard;
+
+use super::stages::{add_as_of, file_metadata, stage_inputs, start_order, tables_of, upstream_of};
+use crate::core::config::{AsOf, PipelineSettings, SourceConfig, SourceKind};
+use crate::core::input::InputStats;
 use crate::core::manifest::{Manifest, StageReport, TableReport};
 use crate::core::plan::Plan;
-use crate::core::prepare::shared_tables;
-use crate::core::stages::shard::{partial_of_pass, shard_of_ids, Partial, Sharded};
+use crate::core::stages::shard::{Partial, Sharded};
 use crate::core::stages::SourceData;
 use crate::io::sink::Sink;
-use crate::io::source::{self, SpilledOrders};
+use shard::{ShardPartial, SourceShards, StageWork, Step, SweepWork};
 
 /// Peak bytes of a whole run per order line, and what it needs besides (the allocator, polars'
 /// pools, the binary): measured at 10M and 50M lines with every stage (docs/performance.md).
@@ -90,8 +93,46 @@ impl Drop for Scratch {
     }
 }
 
-/// Read the sources and run the selected stages in `shards` customer shards, staging their
-/// tables in `sink`; the manifest gets the inputs' accounting and the stages' reports.
+/// Where a sharded run's shards live and where their steps run: on this machine
+/// (`local::LocalShards`), or in a Spark job's tasks (`runner::spark`). The driver (`Sweeps`)
+/// decides each sweep's steps, merges the partials and finalizes; the executor reads the
+/// shards, runs the steps (`shard::run_shard`) and keeps the per-customer rows.
+pub(crate) trait Executor {
+    /// Split orders source `source_config` into `shards` customer shards: its accounting (as
+    /// one scan's; a rejection is a `DataRejected` error), the shards and the bytes spilled.
+    fn split_orders(
+        &mut self,
+        source_config: &SourceConfig,
+        settings: &PipelineSettings,
+        as_of: AsOf,
+        shards: usize,
+    ) -> Result<(InputStats, SourceShards, u64)>;
+
+    /// `work` on every shard; each shard's partials handed to `take` as they come. `whole`: the
+    /// sources read whole by the driver (surveys, spend).
+    fn sweep(
+        &mut self,
+        plan: &Plan,
+        work: &SweepWork,
+        whole: &BTreeMap<String, SourceData>,
+        take: &mut dyn FnMut(ShardPartial) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Stage `stage`'s per-customer table `table`, an id range at a time in range order (rows
+    /// unsorted within a range; at least one frame, with the table's columns).
+    fn table_ranges<'s>(
+        &'s mut self,
+        stage: usize,
+        table: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<DataFrame>> + 's>>;
+
+    /// Bytes of per-customer rows kept so far.
+    fn spill_bytes(&self) -> u64;
+}
+
+/// Read the sources and run the selected stages in `shards` customer shards on this machine,
+/// staging their tables in `sink`; the manifest gets the inputs' accounting and the stages'
+/// reports.
 pub(super) fn execute(
     plan: &Plan,
     options: &super::RunOptions,
@@ -100,46 +141,61 @@ pub(super) fn execute(
     sink: &mut dyn Sink,
     shards: usize,
 ) -> Result<()> {
-    let prepare_start = Instant::now();
     let dir = sink
         .scratch_dir(&manifest.run_id)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pipeline-spill-{}", manifest.run_id)));
     let scratch = Scratch::create(dir)?;
-    let mut run = || -> Result<()> {
-        let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
-        let (spilled, whole) = read_sources(plan, selected, as_of, manifest, shards, &scratch.dir)?;
-        let spill_bytes: u64 = spilled.values().map(|s| s.spill_bytes).sum();
-        manifest.as_of = spilled.values().map(|s| s.as_of).max().map(|d| d.to_string());
-        manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
-        let mut sweeps = Sweeps::new(plan, selected, &spilled, &whole, shards, &scratch.dir, manifest, &*sink);
-        manifest.stages = sweeps.run()?;
-        manifest.shards = Some(crate::core::manifest::ShardedRun {
-            shards,
-            sweeps: sweeps.sweeps,
-            spill_bytes: spill_bytes + sweeps.row_bytes,
-        });
-        tracing::info!(
-            "{shards} shards: {} sweeps, {:.1} MB spilled (input) and {:.1} MB (per-customer rows)",
-            sweeps.sweeps,
-            spill_bytes as f64 / 1e6,
-            sweeps.row_bytes as f64 / 1e6
-        );
-        super::record_scans(plan, manifest);
-        Ok(())
-    };
-    run().map_err(|error| scratch.explain(error))
+    let mut executor = local::LocalShards::new(&scratch.dir);
+    execute_with(plan, options, selected, manifest, sink, shards, &mut executor)
+        .map_err(|error| scratch.explain(error))
 }
 
-/// The needed orders sources spilled into shards, and the other sources read whole.
+/// A sharded run with `executor`'s shards.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn execute_with(
+    plan: &Plan,
+    options: &super::RunOptions,
+    selected: &BTreeSet<usize>,
+    manifest: &mut Manifest,
+    sink: &mut dyn Sink,
+    shards: usize,
+    executor: &mut dyn Executor,
+) -> Result<()> {
+    let prepare_start = Instant::now();
+    let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
+    let (sources, whole, spill_bytes) = read_sources(plan, selected, as_of, manifest, shards, executor)?;
+    manifest.as_of = sources.values().map(|s| s.as_of).max().map(|d| d.to_string());
+    manifest.prepare_seconds = prepare_start.elapsed().as_secs_f64();
+    let mut sweeps = Sweeps::new(plan, selected, &sources, &whole, shards, manifest, &*sink, executor);
+    manifest.stages = sweeps.run()?;
+    let row_bytes = sweeps.executor.spill_bytes();
+    manifest.shards = Some(crate::core::manifest::ShardedRun {
+        shards,
+        sweeps: sweeps.sweeps,
+        spill_bytes: spill_bytes + row_bytes,
+    });
+    tracing::info!(
+        "{shards} shards: {} sweeps, {:.1} MB spilled (input) and {:.1} MB (per-customer rows)",
+        sweeps.sweeps,
+        spill_bytes as f64 / 1e6,
+        row_bytes as f64 / 1e6
+    );
+    super::record_scans(plan, manifest);
+    Ok(())
+}
+
+/// The needed orders sources split into shards, the other sources read whole, and the bytes
+/// spilled.
 fn read_sources(
     plan: &Plan,
     selected: &BTreeSet<usize>,
     as_of: AsOf,
     manifest: &mut Manifest,
     shards: usize,
-    dir: &Path,
-) -> Result<(BTreeMap<String, SpilledOrders>, BTreeMap<String, SourceData>)> {
-    let mut spilled = BTreeMap::new();
+    executor: &mut dyn Executor,
+) -> Result<(BTreeMap<String, SourceShards>, BTreeMap<String, SourceData>, u64)> {
+    let mut sources = BTreeMap::new();
+    let mut spill_bytes = 0;
     let needed: Vec<_> = plan
         .sources_needed(selected)
         .iter()
@@ -151,20 +207,15 @@ fn read_sources(
             "reading orders source `{name}` ({}) into {shards} shards",
             source_config.path.display()
         );
-        let orders = super::with_rejected(
+        let (stats, split, bytes) = super::with_rejected(
             manifest,
-            source::spill_orders(
-                source_config,
-                &plan.config.pipeline,
-                as_of,
-                shards,
-                &dir.join(format!("source-{name}")),
-            ),
+            executor.split_orders(source_config, &plan.config.pipeline, as_of, shards),
         )?;
-        manifest.inputs.push(orders.stats.clone());
-        spilled.insert(name.clone(), orders);
+        manifest.inputs.push(stats);
+        spill_bytes += bytes;
+        sources.insert(name.clone(), split);
     }
-    let run_as_of = spilled
+    let run_as_of = sources
         .values()
         .map(|s| s.as_of)
         .max()
@@ -174,15 +225,7 @@ fn read_sources(
         let data = super::read_other_source(plan, source_config, run_as_of, manifest)?;
         whole.insert(source_config.name.clone(), data);
     }
-    Ok((spilled, whole))
-}
-
-/// What a stage does in a sweep.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Step {
-    Wait,
-    Pass(usize),
-    Rows,
+    Ok((sources, whole, spill_bytes))
 }
 
 /// One selected stage's progress through the sweeps.
@@ -193,59 +236,19 @@ struct StageState<'a> {
     upstream: Vec<usize>,
     /// Merged partials of the passes done.
     merged: Vec<Partial>,
-    /// This sweep's partials, one per shard with data.
+    /// This sweep's partials, merged as they come.
     parts: Vec<Partial>,
+    /// Whether this sweep's pass also gave the per-customer rows.
+    rows_given: bool,
     /// Its finalized tables: aggregate ones, `None` at a per-customer table.
     tables: Option<Vec<Option<DataFrame>>>,
     globals: Partial,
     rows_done: bool,
-    /// Per-customer rows in spill files: per table, per shard, per customer id range.
-    row_files: BTreeMap<usize, Vec<Vec<Option<PathBuf>>>>,
-    /// Per per-customer table, its columns with no row.
-    row_schemas: BTreeMap<usize, DataFrame>,
-    /// The orders source its customers come from (id ranges).
-    source: Option<String>,
     busy: Duration,
     staged: bool,
 }
 
 impl StageState<'_> {
-    /// Shard `shard`'s rows of per-customer table `table`, in customer_id order.
-    fn shard_rows(&self, table: usize, shard: usize) -> Result<DataFrame> {
-        let files = self.row_files.get(&table).and_then(|shards| shards.get(shard));
-        self.rows_of(table, files.into_iter().flatten().flatten())
-    }
-
-    /// Every shard's rows of per-customer table `table` in customer id range `range`.
-    fn range_rows(&self, table: usize, range: usize) -> Result<DataFrame> {
-        let shards = self.row_files.get(&table).map(Vec::as_slice).unwrap_or_default();
-        self.rows_of(
-            table,
-            shards
-                .iter()
-                .filter_map(|ranges| ranges.get(range).cloned().flatten())
-                .collect::<Vec<_>>()
-                .iter(),
-        )
-    }
-
-    fn rows_of<'p>(&self, table: usize, files: impl Iterator<Item = &'p PathBuf>) -> Result<DataFrame> {
-        let mut all: Option<DataFrame> = None;
-        for file in files {
-            let part = source::read_spill(file)?;
-            match &mut all {
-                Some(all) => {
-                    all.vstack_mut(&part)?;
-                }
-                None => all = Some(part),
-            }
-        }
-        match all {
-            Some(all) => Ok(all),
-            None => Ok(self.row_schemas.get(&table).cloned().unwrap_or_default()),
-        }
-    }
-
     fn finalized(&self) -> bool {
         self.tables.is_some()
     }
@@ -258,19 +261,16 @@ impl StageState<'_> {
 /// The stages of one sharded run, swept over its shards until all are complete.
 struct Sweeps<'a> {
     plan: &'a Plan,
-    spilled: &'a BTreeMap<String, SpilledOrders>,
+    sources: &'a BTreeMap<String, SourceShards>,
     whole: &'a BTreeMap<String, SourceData>,
-    /// Each survey source's answers per shard.
-    survey_parts: BTreeMap<String, Vec<crate::core::input::SurveyAnswers>>,
     shards: usize,
-    dir: &'a Path,
     sink: &'a dyn Sink,
+    executor: &'a mut dyn Executor,
     states: Vec<StageState<'a>>,
     level_of: BTreeMap<usize, usize>,
     key_values: Vec<(String, String)>,
     as_of_days: Option<i32>,
     sweeps: usize,
-    row_bytes: u64,
     reports: Vec<(usize, StageReport)>,
 }
 
@@ -279,12 +279,12 @@ impl<'a> Sweeps<'a> {
     fn new(
         plan: &'a Plan,
         selected: &BTreeSet<usize>,
-        spilled: &'a BTreeMap<String, SpilledOrders>,
+        sources: &'a BTreeMap<String, SourceShards>,
         whole: &'a BTreeMap<String, SourceData>,
         shards: usize,
-        dir: &'a Path,
         manifest: &Manifest,
         sink: &'a dyn Sink,
+        executor: &'a mut dyn Executor,
     ) -> Sweeps<'a> {
         let (order, level_of) = start_order(plan, selected);
         let states = order
@@ -301,24 +301,21 @@ impl<'a> Sweeps<'a> {
                     .collect(),
                 merged: Vec::new(),
                 parts: Vec::new(),
+                rows_given: false,
                 tables: None,
                 globals: Vec::new(),
                 rows_done: false,
-                row_files: BTreeMap::new(),
-                row_schemas: BTreeMap::new(),
-                source: plan.source_of(index),
                 busy: Duration::ZERO,
                 staged: false,
             })
             .collect();
         Sweeps {
             plan,
-            spilled,
+            sources,
             whole,
-            survey_parts: BTreeMap::new(),
             shards,
-            dir,
             sink,
+            executor,
             states,
             level_of,
             key_values: file_metadata(&plan.config, manifest),
@@ -328,7 +325,6 @@ impl<'a> Sweeps<'a> {
                 .and_then(|d| d.parse().ok())
                 .map(crate::core::period::to_days),
             sweeps: 0,
-            row_bytes: 0,
             reports: Vec::new(),
         }
     }
@@ -336,7 +332,6 @@ impl<'a> Sweeps<'a> {
     /// Sweep until every stage is complete and staged; the reports by level, in config order
     /// within one.
     fn run(&mut self) -> Result<Vec<StageReport>> {
-        self.split_surveys()?;
         let progress = crate::telemetry::progress_bar(self.states.len() as u64, "stages");
         while self.states.iter().any(|state| !state.staged) {
             let steps = self.steps();
@@ -353,24 +348,6 @@ impl<'a> Sweeps<'a> {
         let mut reports = std::mem::take(&mut self.reports);
         reports.sort_by_key(|(index, report)| (report.level, *index));
         Ok(reports.into_iter().map(|(_, report)| report).collect())
-    }
-
-    /// Each survey's answers split by the shard of their customer_id.
-    fn split_surveys(&mut self) -> Result<()> {
-        for (name, data) in self.whole {
-            let Some(answers) = data.survey() else { continue };
-            let shard_of = shard_of_ids(answers.answers.column("customer_id")?, self.shards)?;
-            let parts = (0..self.shards as u32)
-                .map(|shard| -> Result<_> {
-                    let mask: BooleanChunked = shard_of.iter().map(|&s| s == shard).collect();
-                    let mut part = answers.clone();
-                    part.answers = answers.answers.filter(&mask)?;
-                    Ok(part)
-                })
-                .collect::<Result<_>>()?;
-            self.survey_parts.insert(name.clone(), parts);
-        }
-        Ok(())
     }
 
     /// What each stage does in the next sweep: a pass when every stage it reads is finalized
@@ -401,160 +378,79 @@ impl<'a> Sweeps<'a> {
         steps
     }
 
-    /// One read of every shard, each stage taking its step on it.
-    fn sweep(&mut self, steps: &[Step]) -> Result<()> {
-        let sweep = self.sweeps;
-        self.sweeps += 1;
-        let active: Vec<String> = self
-            .states
-            .iter()
-            .zip(steps)
-            .filter(|(_, step)| **step != Step::Wait)
-            .map(|(state, step)| format!("{} {step:?}", self.plan.config.stages[state.index].name))
-            .collect();
-        tracing::info!("sweep {sweep} over {} shards: {}", self.shards, active.join(", "));
-        let progress = crate::telemetry::progress_bar(self.shards as u64, "shards");
-        for shard in 0..self.shards {
-            let sources = self.shard_sources(shard, steps)?;
-            for position in 0..self.states.len() {
-                let step = steps[position];
-                if step == Step::Wait {
-                    continue;
-                }
-                let clock = Instant::now();
-                let index = self.states[position].index;
-                let stage_name = &self.plan.config.stages[index].name;
-                self.step(position, step, shard, &sources)
-                    .with_context(|| format!("stage `{stage_name}` ({})", self.plan.config.stages[index].kind.name))?;
-                self.states[position].busy += clock.elapsed();
-            }
-            progress.inc(1);
-            drop(sources);
-            crate::telemetry::release_freed_memory();
-            tracing::debug!("sweep {sweep}, shard {shard} done: {}", crate::telemetry::memory());
-        }
-        progress.finish_and_clear();
-        Ok(())
-    }
-
-    /// Shard `shard`'s sources: each orders source's shared tables, built from its spill file,
-    /// each survey's answers of its customers, spend whole.
-    fn shard_sources(&self, shard: usize, steps: &[Step]) -> Result<BTreeMap<String, SourceData>> {
-        let mut needed = BTreeSet::new();
-        for (state, step) in self.states.iter().zip(steps) {
-            if *step != Step::Wait {
-                needed.extend(source_names(self.plan, state.index));
-            }
-        }
-        let mut sources = BTreeMap::new();
-        for name in needed {
-            let data = if let Some(spilled) = self.spilled.get(&name) {
-                let orders = source::read_order_shard(spilled, shard)?;
-                SourceData::Orders(shared_tables(orders).with_context(|| format!("source `{name}`, shard {shard}"))?)
-            } else if let Some(parts) = self.survey_parts.get(&name) {
-                SourceData::Survey(parts[shard].clone())
-            } else {
-                match self.whole.get(&name) {
-                    Some(SourceData::Spend(spend)) => SourceData::Spend(spend.clone()),
-                    _ => continue,
-                }
-            };
-            sources.insert(name, data);
-        }
-        Ok(sources)
-    }
-
-    /// The upstream frames of stage `position` for `shard` (`None`: the aggregate tables only,
-    /// with empty frames at the per-customer ones, for finalize).
-    fn upstream_frames(&self, position: usize, shard: Option<usize>) -> Result<Vec<Vec<DataFrame>>> {
-        let state = &self.states[position];
-        let mut all = Vec::new();
-        for dep in upstream_of(self.plan, state.index) {
-            let Some(dep_state) = self.states.iter().find(|s| s.index == dep) else {
-                all.push(Vec::new());
+    /// What every shard is sent for this sweep.
+    fn work(&self, steps: &[Step]) -> SweepWork {
+        let mut upstream = BTreeMap::new();
+        let mut stages = Vec::new();
+        for (position, (state, step)) in self.states.iter().zip(steps).enumerate() {
+            if *step == Step::Wait {
                 continue;
-            };
-            let tables = dep_state
-                .tables
-                .as_ref()
-                .context("an upstream stage is finalized first")?;
-            let mut frames = Vec::with_capacity(tables.len());
-            for (table, frame) in tables.iter().enumerate() {
-                frames.push(match (frame, shard) {
-                    (Some(frame), _) => frame.clone(),
-                    (None, Some(shard)) => dep_state.shard_rows(table, shard)?,
-                    (None, None) => DataFrame::empty(),
-                });
             }
-            all.push(frames);
+            for dep in &state.upstream {
+                if let Some(tables) = self.states.iter().find(|s| s.index == *dep).and_then(|s| s.tables.clone()) {
+                    upstream.insert(*dep, tables);
+                }
+            }
+            stages.push(StageWork {
+                position,
+                index: state.index,
+                step: *step,
+                merged: match step {
+                    Step::Pass(_) => state.merged.clone(),
+                    _ => Vec::new(),
+                },
+                globals: match step {
+                    Step::Rows => state.globals.clone(),
+                    _ => Vec::new(),
+                },
+            });
         }
-        Ok(all)
+        SweepWork {
+            sweep: self.sweeps,
+            shards: self.shards,
+            sources: self.sources.clone(),
+            stages,
+            upstream,
+        }
     }
 
-    /// Stage `position`'s step on `shard`.
-    fn step(
-        &mut self,
-        position: usize,
-        step: Step,
-        shard: usize,
-        sources: &BTreeMap<String, SourceData>,
-    ) -> Result<()> {
-        let index = self.states[position].index;
-        let upstream = self.upstream_frames(position, Some(shard))?;
+    /// Every shard read once, each stage taking its step on it; the partials merged as they
+    /// come (merges are associative), so the driver holds a few, not one per shard.
+    fn sweep(&mut self, steps: &[Step]) -> Result<()> {
+        let work = self.work(steps);
+        self.sweeps += 1;
+        let active: Vec<String> = work
+            .stages
+            .iter()
+            .map(|stage| format!("{} {:?}", self.plan.config.stages[stage.index].name, stage.step))
+            .collect();
+        tracing::info!("sweep {} over {} shards: {}", work.sweep, self.shards, active.join(", "));
+        let states = &mut self.states;
         let stages = &self.plan.config.stages;
-        let frames: Vec<&[DataFrame]> = upstream.iter().map(Vec::as_slice).collect();
-        let inputs = stage_inputs(self.plan, index, sources, &frames);
-        let state = &self.states[position];
-        let rows = crate::catch_panics(|| {
-            crate::telemetry::inject_fault(&stages[index].name);
-            match step {
-                Step::Pass(_) => {
-                    let (partial, rows) = partial_of_pass(state.stage, &inputs, &state.merged)?;
-                    Ok((Some(partial), rows))
-                }
-                Step::Rows => Ok((None, Some(state.stage.customer_rows(&inputs, &state.globals)?))),
-                Step::Wait => Ok((None, None)),
-            }
-        })?;
-        drop(inputs);
-        let (partial, rows) = rows;
-        if let (Some(partial), Step::Pass(pass)) = (partial, step) {
-            // Merged as they come (merges are associative), so the driver holds a few partials,
-            // not one per shard.
-            let state = &mut self.states[position];
-            state.parts.push(partial);
+        let mut take = |shard_partial: ShardPartial| -> Result<()> {
+            let state = &mut states[shard_partial.position];
+            let Step::Pass(pass) = steps[shard_partial.position] else {
+                bail!("a partial of a stage that took no pass");
+            };
+            let clock = Instant::now();
+            state.rows_given |= shard_partial.with_rows;
+            state.parts.push(shard_partial.partial);
             if state.parts.len() >= MERGE_AT {
                 let parts = std::mem::take(&mut state.parts);
                 let stage = state.stage;
-                state.parts = vec![crate::catch_panics(|| stage.merge(pass, parts))?];
+                let merged = crate::catch_panics(|| stage.merge(pass, parts));
+                let stage_config = &stages[state.index];
+                state.parts = vec![merged.with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?];
             }
-        }
-        if let Some(rows) = rows {
-            let spilled = self.states[position]
-                .source
-                .as_ref()
-                .and_then(|name| self.spilled.get(name));
-            let spilled = spilled.context("per-customer rows come from an orders source")?;
-            for (table, frame) in rows.into_iter().enumerate() {
-                let Some(frame) = frame else { continue };
-                let ranges = spilled.range_of(frame.column("customer_id")?)?;
-                let mut files = vec![None; spilled.ranges()];
-                for (range, file) in files.iter_mut().enumerate() {
-                    let mask: BooleanChunked = ranges.iter().map(|&r| r as usize == range).collect();
-                    let mut part = frame.filter(&mask)?;
-                    if part.height() == 0 {
-                        continue;
-                    }
-                    let path = self
-                        .dir
-                        .join(format!("rows-{index}-{table}-{shard:04}-{range:04}.parquet"));
-                    self.row_bytes += source::write_spill(&path, &mut part)?;
-                    *file = Some(path);
-                }
-                let state = &mut self.states[position];
-                state.row_schemas.entry(table).or_insert_with(|| frame.clear());
-                state.row_files.entry(table).or_default().push(files);
-            }
+            state.busy += clock.elapsed();
+            Ok(())
+        };
+        let clock = Instant::now();
+        self.executor.sweep(self.plan, &work, self.whole, &mut take)?;
+        // The shards' own time is shared among the stages that took a step.
+        let share = clock.elapsed() / work.stages.len().max(1) as u32;
+        for stage in &work.stages {
+            self.states[stage.position].busy += share;
         }
         Ok(())
     }
@@ -575,8 +471,8 @@ impl<'a> Sweeps<'a> {
                     let state = &mut self.states[position];
                     if let Some(finalized) = finalized {
                         let per_customer = finalized.tables.iter().any(Option::is_none);
-                        // Rows given with the last pass are written; otherwise they take a sweep.
-                        state.rows_done = !per_customer || !state.row_files.is_empty();
+                        // Rows given with the last pass are kept; otherwise they take a sweep.
+                        state.rows_done = !per_customer || state.rows_given;
                         state.tables = Some(finalized.tables);
                         state.globals = finalized.globals;
                     }
@@ -598,10 +494,29 @@ impl<'a> Sweeps<'a> {
         Ok(())
     }
 
+    /// The aggregate tables of the stages stage `position` reads, with empty frames at the
+    /// per-customer ones (for finalize).
+    fn upstream_aggregates(&self, position: usize) -> Result<Vec<Vec<DataFrame>>> {
+        let state = &self.states[position];
+        let mut all = Vec::new();
+        for dep in upstream_of(self.plan, state.index) {
+            let Some(dep_state) = self.states.iter().find(|s| s.index == dep) else {
+                all.push(Vec::new());
+                continue;
+            };
+            let tables = dep_state
+                .tables
+                .as_ref()
+                .context("an upstream stage is finalized first")?;
+            all.push(tables.iter().map(|frame| frame.clone().unwrap_or_default()).collect());
+        }
+        Ok(all)
+    }
+
     /// The merge of pass `pass` of stage `position`, the step after it, and finalize after the
     /// last pass.
     fn finish_pass(&mut self, position: usize, pass: usize) -> Result<Option<crate::core::stages::shard::Finalized>> {
-        let upstream = self.upstream_frames(position, None)?;
+        let upstream = self.upstream_aggregates(position)?;
         let state = &mut self.states[position];
         let stage = state.stage;
         let parts = std::mem::take(&mut state.parts);
@@ -618,8 +533,8 @@ impl<'a> Sweeps<'a> {
         let source = self.plan.source_of(index);
         let as_of = source
             .as_ref()
-            .and_then(|name| self.spilled.get(name))
-            .map(|spilled| spilled.as_of)
+            .and_then(|name| self.sources.get(name))
+            .map(|source| source.as_of)
             .context("a stage reads an orders source")?;
         let frames: Vec<&[DataFrame]> = upstream.iter().map(Vec::as_slice).collect();
         let whole = stage_inputs(self.plan, index, self.whole, &frames);
@@ -636,7 +551,7 @@ impl<'a> Sweeps<'a> {
             let clock = Instant::now();
             let index = state.index;
             let stage_config = &self.plan.config.stages[index];
-            let tables = state.tables.as_ref().expect("complete");
+            let tables = state.tables.clone().expect("complete");
             let mut reports = Vec::new();
             for (table, (name, metadata)) in tables_of(&self.plan.config, index, &self.key_values)
                 .into_iter()
@@ -648,26 +563,17 @@ impl<'a> Sweeps<'a> {
                         self.sink.stage(&name, &mut frame, &metadata)
                     }
                     None => {
-                        let ranges = state
-                            .row_files
-                            .get(&table)
-                            .and_then(|shards| shards.first())
-                            .map_or(0, Vec::len);
                         let as_of_days = self.as_of_days;
-                        let mut parts = (0..ranges.max(1)).filter_map(|range| {
-                            let part = state.range_rows(table, range).and_then(|frame| {
+                        let ranges = self.executor.table_ranges(index, table)?;
+                        let mut parts = ranges.map(|part| {
+                            part.and_then(|frame| {
                                 let mut frame = frame.sort(
                                     ["customer_id"],
                                     SortMultipleOptions::default().with_maintain_order(true),
                                 )?;
                                 add_as_of(&mut frame, as_of_days)?;
                                 Ok(frame)
-                            });
-                            // Empty ranges are left out, unless the table is empty.
-                            match part {
-                                Ok(frame) if frame.height() == 0 && range + 1 < ranges => None,
-                                part => Some(part),
-                            }
+                            })
                         });
                         self.sink.stage_parts(&name, &mut parts, &metadata)
                     }
@@ -680,6 +586,7 @@ impl<'a> Sweeps<'a> {
                 });
             }
             tracing::debug!("stage `{}` staged: {}", stage_config.name, crate::telemetry::memory());
+            let state = &self.states[position];
             let report = StageReport {
                 stage: stage_config.name.clone(),
                 kind: stage_config.kind.name.to_string(),
