@@ -5,6 +5,7 @@
 
 mod schedule;
 mod sharded;
+pub mod spark;
 mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +46,14 @@ pub struct RunOptions {
 /// Run the plan into its output directory's snapshots; on failure the previous outputs stay as
 /// they were and `_last_run.json` says why.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
+    run_with(plan, options, &execute)
+}
+
+/// How a run reads its sources and stages its tables (`execute`, or the Spark job's).
+type Execute<'e> = dyn Fn(&Plan, &RunOptions, &BTreeSet<usize>, &mut Manifest, &mut dyn Sink) -> Result<()> + 'e;
+
+/// `run`, reading and staging with `execute`.
+fn run_with(plan: &Plan, options: &RunOptions, execute: &Execute) -> Result<Manifest> {
     let settings = &plan.config.pipeline;
     let output_dir = options
         .output_dir
@@ -53,11 +62,21 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<Manifest> {
     let output_dir = std::path::absolute(&output_dir).unwrap_or(output_dir);
     let wait = std::time::Duration::from_secs_f64(settings.lock_wait_seconds);
     let mut sink = SnapshotSink::new(&output_dir, wait, settings.keep_runs);
-    run_into(plan, options, &output_dir, &mut sink)
+    run_into_with(plan, options, &output_dir, &mut sink, execute)
 }
 
 /// Run the plan into `sink` (`output` names it in the manifest).
 pub fn run_into(plan: &Plan, options: &RunOptions, output: &Path, sink: &mut dyn Sink) -> Result<Manifest> {
+    run_into_with(plan, options, output, sink, &execute)
+}
+
+fn run_into_with(
+    plan: &Plan,
+    options: &RunOptions,
+    output: &Path,
+    sink: &mut dyn Sink,
+    execute: &Execute,
+) -> Result<Manifest> {
     let started = Instant::now();
     let selected = plan.select(&options.select).map_err(UsageError::Usage)?;
     check_as_of_option(plan, options, &selected)?;

@@ -33,7 +33,7 @@ use dates::*;
 pub use files::estimated_lines;
 use files::*;
 use mapped::*;
-pub(crate) use part::{fold_line_part, LineMapper, LinePart};
+pub(crate) use part::{fold_line_part, LineMapper};
 pub use spend::{check_spend, read_spend};
 pub use spill::{cuts_of, number_orders, range_of, sample_ids, read_order_shard, read_spill, spill_orders, write_spill, NumberedOrders, SpilledOrders};
 pub use survey::{check_survey, read_survey};

@@ -61,7 +61,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    fn create(dir: PathBuf) -> Result<Scratch> {
+    pub(super) fn create(dir: PathBuf) -> Result<Scratch> {
         std::fs::create_dir_all(&dir).with_context(|| {
             format!(
                 "cannot create the spill folder `{}` (a sharded run spills its input beside the outputs)",
@@ -74,7 +74,7 @@ impl Scratch {
 
 impl Scratch {
     /// `error` of the run, with where the spill goes and what it needs when the disk filled.
-    fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+    pub(super) fn explain(&self, error: anyhow::Error) -> anyhow::Error {
         if !format!("{error:#}").contains("No space left on device") {
             return error;
         }
