@@ -23,3 +23,4 @@ mod repeat;
 mod rfm;
 mod shards;
 mod snapshots;
+mod spark;

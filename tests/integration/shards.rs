@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-fn run_into(config: &Path, out: &Path, shards: Option<usize>) {
+pub fn run_into(config: &Path, out: &Path, shards: Option<usize>) {
     let mut args = vec![
         "run".to_string(),
         config.display().to_string(),
@@ -23,7 +23,7 @@ fn run_into(config: &Path, out: &Path, shards: Option<usize>) {
 }
 
 /// Every table of `expected` has its equal in `actual`.
-fn assert_same_tables(expected: &Path, actual: &Path, what: &str) -> usize {
+pub fn assert_same_tables(expected: &Path, actual: &Path, what: &str) -> usize {
     let mut compared = 0;
     for entry in std::fs::read_dir(expected).unwrap() {
         let path = entry.unwrap().path();
@@ -140,33 +140,37 @@ fn shards_give_the_one_shard_tables_on_generated_data() {
 /// mapped), an order whose lines name two customers, a null customer, lines filtered out, a
 /// line after as_of, a decimal-text amount, zoned times. Many shards for few customers: most
 /// shards are empty.
-fn messy(workspace: &Workspace) -> PathBuf {
+pub fn messy(workspace: &Workspace) -> PathBuf {
     let mut csv = String::from("order_id,line,customer_id,created_at,amount,status,channel\n");
-    let rows = [
-        "o1,1,C-ana,2024-01-05T10:00:00+01:00,10.50,completed,web",
-        "o1,2,C-ana,2024-01-05T10:00:00+01:00,4.25,completed,web",
-        "o1,2,C-ana,2024-01-05T10:00:00+01:00,4.25,completed,web",
-        "o2,1,C-ana,2024-03-01T09:00:00+01:00,20.00,completed,web",
-        "o3,1,C-bo,2024-01-20T23:30:00+00:00,7.00,completed,store",
-        "o3,2,C-cy,2024-01-20T23:30:00+00:00,8.00,completed,store",
-        "o4,1,C-bo,2024-02-10T12:00:00+01:00,15.00,completed,store",
-        "o5,1,C-bo,2024-02-11T12:00:00+01:00,-15.00,refunded,store",
-        "o6,1,,2024-02-12T12:00:00+01:00,3.00,completed,web",
-        "o7,1,C-dee,2024-02-13T12:00:00+01:00,99.99,cancelled,web",
-        "o8,1,C-dee,2024-04-02T12:00:00+01:00,12.34,completed,",
-        "o9,1,C-eve,2024-05-01T08:00:00+02:00,5.00,completed,partner",
-        "o10,1,C-eve,2024-05-20T08:00:00+02:00,6.00,completed,partner",
-        "o11,1,C-fay,2024-06-01T08:00:00+02:00,30.00,completed,web",
-        "o12,1,C-fay,2024-07-15T08:00:00+02:00,1.00,completed,web",
-    ];
-    for row in rows {
+    for row in MESSY_ROWS {
         csv.push_str(row);
         csv.push('\n');
     }
     workspace.write("lines.csv", &csv);
-    workspace.write(
-        "messy.toml",
-        r#"[pipeline]
+    workspace.write("messy.toml", MESSY_CONFIG)
+}
+
+/// The messy export's lines, as CSV rows.
+pub const MESSY_ROWS: [&str; 15] = [
+    "o1,1,C-ana,2024-01-05T10:00:00+01:00,10.50,completed,web",
+    "o1,2,C-ana,2024-01-05T10:00:00+01:00,4.25,completed,web",
+    "o1,2,C-ana,2024-01-05T10:00:00+01:00,4.25,completed,web",
+    "o2,1,C-ana,2024-03-01T09:00:00+01:00,20.00,completed,web",
+    "o3,1,C-bo,2024-01-20T23:30:00+00:00,7.00,completed,store",
+    "o3,2,C-cy,2024-01-20T23:30:00+00:00,8.00,completed,store",
+    "o4,1,C-bo,2024-02-10T12:00:00+01:00,15.00,completed,store",
+    "o5,1,C-bo,2024-02-11T12:00:00+01:00,-15.00,refunded,store",
+    "o6,1,,2024-02-12T12:00:00+01:00,3.00,completed,web",
+    "o7,1,C-dee,2024-02-13T12:00:00+01:00,99.99,cancelled,web",
+    "o8,1,C-dee,2024-04-02T12:00:00+01:00,12.34,completed,",
+    "o9,1,C-eve,2024-05-01T08:00:00+02:00,5.00,completed,partner",
+    "o10,1,C-eve,2024-05-20T08:00:00+02:00,6.00,completed,partner",
+    "o11,1,C-fay,2024-06-01T08:00:00+02:00,30.00,completed,web",
+    "o12,1,C-fay,2024-07-15T08:00:00+02:00,1.00,completed,web",
+];
+
+/// The messy export's config (orders at `lines.csv`).
+pub const MESSY_CONFIG: &str = r#"[pipeline]
 as_of = "2024-06-30"
 timezone = "Europe/Berlin"
 max_rejected_fraction = 0.5
@@ -201,12 +205,10 @@ lifecycle = "lifecycle"
 kind = "segment_summary"
 input = ["rfm", "clv_simple"]
 by = ["segment"]
-"#,
-    )
-}
+"#;
 
 /// The accounting a manifest gives of its orders source.
-fn accounting(manifest: &serde_json::Value) -> serde_json::Value {
+pub fn accounting(manifest: &serde_json::Value) -> serde_json::Value {
     let mut input = manifest["inputs"][0].clone();
     for volatile in ["scans", "path", "files"] {
         input.as_object_mut().unwrap().remove(volatile);

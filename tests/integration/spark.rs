@@ -1,0 +1,196 @@
+//! The Spark job (`spark/pipeline_spark.py`) in local mode gives the one-machine run's tables.
+//!
+//! It needs the environment `spark/setup.sh` makes: `PIPELINE_SPARK_VENV`, or the repo's
+//! `.spark-venv` (`.ci/run` makes it). Without one, the tests say SKIPPED (outside CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use polars::prelude::*;
+
+use crate::common::*;
+use crate::shards::{accounting, assert_same_tables, run_into, MESSY_CONFIG, MESSY_ROWS};
+
+/// The Spark environment, when there is one with the module.
+fn spark_venv() -> Option<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var_os("PIPELINE_SPARK_VENV").map(PathBuf::from),
+        Some(repo.join(".spark-venv")),
+    ];
+    candidates.into_iter().flatten().find(|venv| {
+        venv.join("bin/spark-submit").is_file()
+            && Command::new(venv.join("bin/python"))
+                .args(["-c", "import pipeline_native, pyspark"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// `spark-submit --master local[2] spark/pipeline_spark.py CONFIG --output-dir OUT [args]`.
+fn spark_run(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("spark/pipeline_spark.py");
+    let python = venv.join("bin/python");
+    Command::new(venv.join("bin/spark-submit"))
+        .args(["--master", "local[2]"])
+        .arg(&script)
+        .arg(config)
+        .arg("--output-dir")
+        .arg(out)
+        .args(["--log", "warn"])
+        .args(args)
+        .env("PYSPARK_PYTHON", &python)
+        .env("PYSPARK_DRIVER_PYTHON", &python)
+        .output()
+        .expect("spark-submit starts")
+}
+
+/// What the job printed: spark-submit passes the Python driver's stderr on to its stdout.
+fn printed(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), stderr(output))
+}
+
+fn spark_ok(venv: &Path, config: &Path, out: &Path, args: &[&str]) {
+    let output = spark_run(venv, config, out, args);
+    assert!(
+        output.status.success(),
+        "the Spark job failed ({:?}): {}",
+        output.status.code(),
+        printed(&output)
+    );
+}
+
+/// The retail pipeline on the sample data (20 tables: every stage kind, with survey and spend):
+/// every table and every input's accounting equal the one-machine run's, and the scratch
+/// folder is gone.
+#[test]
+fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
+    let Some(venv) = spark_venv() else {
+        eprintln!("SKIPPED: no Spark environment (spark/setup.sh .spark-venv, or PIPELINE_SPARK_VENV)");
+        return;
+    };
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
+    let root = tempfile::tempdir().unwrap();
+    let whole = root.path().join("whole");
+    run_into(&config, &whole, None);
+    let spark = root.path().join("spark");
+    spark_ok(&venv, &config, &spark, &["--shards", "3"]);
+    let tables = assert_same_tables(&whole.join("latest"), &spark.join("latest"), "Spark");
+    assert_eq!(tables, 20);
+    let (expected, published) = (manifest(&whole.join("latest")), manifest(&spark.join("latest")));
+    assert_eq!(published["status"], "succeeded");
+    assert_eq!(published["shards"]["shards"], 3);
+    assert_eq!(published["shards"]["sweeps"], 5);
+    for index in 0..3 {
+        let strip = |m: &serde_json::Value| {
+            let mut input = m["inputs"][index].clone();
+            input.as_object_mut().unwrap().remove("scans");
+            input
+        };
+        assert_eq!(strip(&published), strip(&expected), "input {index}");
+    }
+    let leftovers = temporary_files(&spark);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The messy export as a Spark/Hive directory of Parquet parts (`country=…` folders, a
+/// `_SUCCESS` marker): text ids, zoned timestamps, Decimal(12, 2) amounts, a refund, a repeated
+/// line, an order naming two customers, a null customer, a line filtered out and one after
+/// as_of. Spark reads the directory; the accounting is the hand count, the tables the one-machine
+/// run's. A CSV source is refused with a clear message (exit 1), a broken config exits 2.
+#[test]
+fn the_spark_job_reads_a_hive_directory_of_a_messy_export() {
+    let Some(venv) = spark_venv() else {
+        eprintln!("SKIPPED: no Spark environment (spark/setup.sh .spark-venv, or PIPELINE_SPARK_VENV)");
+        return;
+    };
+    let workspace = Workspace::new();
+    let mut rows: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+    for (at, row) in MESSY_ROWS.iter().enumerate() {
+        rows[at % 2].push(row);
+    }
+    for (part, rows) in rows.iter().enumerate() {
+        let mut frame = messy_frame(rows);
+        let country = ["DE", "FR"][part];
+        write_parquet(
+            &mut frame,
+            &workspace.path(&format!("lines/country={country}/part-0000{part}.parquet")),
+        );
+    }
+    workspace.write("lines/_SUCCESS", "");
+    let config = workspace.write(
+        "messy.toml",
+        &MESSY_CONFIG
+            .replace("path = \"lines.csv\"\nformat = \"csv\"", "path = \"lines\"")
+            .replace("[sources.orders.csv]\ntext_ids = true\n", ""),
+    );
+    let whole = workspace.path("whole");
+    run_into(&config, &whole, None);
+    let expected = accounting(&manifest(&whole.join("latest")));
+    assert_eq!(expected["rows_read"], 15);
+    assert_eq!(expected["rows_excluded_by_include"], 1);
+    assert_eq!(expected["duplicate_lines"], 1);
+    assert_eq!(expected["rows_rejected"]["null_customer_id"], 1);
+    assert_eq!(expected["rows_rejected"]["order_with_several_customers"], 2);
+    assert_eq!(expected["rows_ignored_after_as_of"], 1);
+    assert_eq!(expected["orders"], 8);
+
+    let spark = workspace.path("spark");
+    spark_ok(&venv, &config, &spark, &["--shards", "4"]);
+    assert_eq!(accounting(&manifest(&spark.join("latest"))), expected);
+    assert_eq!(assert_same_tables(&whole.join("latest"), &spark.join("latest"), "Spark"), 11);
+    let facts = read_table(&spark.join("latest/customer_facts.parquet"));
+    assert_eq!(facts.text("customer_id"), ["C-ana", "C-bo", "C-dee", "C-eve", "C-fay"]);
+    assert_eq!(facts.float("revenue"), [34.75, 0.0, 12.34, 11.0, 30.0]);
+
+    // The CSV export is for one machine: refused before any Spark work, naming the source.
+    let csv = workspace.write("messy-csv.toml", MESSY_CONFIG);
+    let mut text = String::from("order_id,line,customer_id,created_at,amount,status,channel\n");
+    for row in MESSY_ROWS {
+        text.push_str(row);
+        text.push('\n');
+    }
+    workspace.write("lines.csv", &text);
+    let output = spark_run(&venv, &csv, &workspace.path("csv-out"), &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    let message = printed(&output);
+    assert!(
+        message.contains("source `orders` is CSV") && message.contains("pipeline run"),
+        "{message}"
+    );
+    let broken = workspace.write("broken.toml", "[pipeline]\nas_of = \"yesterday-ish\"\n");
+    let output = spark_run(&venv, &broken, &workspace.path("broken-out"), &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", printed(&output));
+    assert!(printed(&output).contains("as_of"), "{}", printed(&output));
+}
+
+/// The messy rows as typed Parquet columns: text ids, zoned UTC timestamps, Decimal(12, 2).
+fn messy_frame(rows: &[&str]) -> DataFrame {
+    let fields: Vec<Vec<&str>> = rows.iter().map(|row| row.split(',').collect()).collect();
+    let text = |at: usize| -> Vec<Option<&str>> {
+        fields.iter().map(|f| Some(f[at]).filter(|v| !v.is_empty())).collect()
+    };
+    let micros: Vec<i64> = fields
+        .iter()
+        .map(|f| chrono::DateTime::parse_from_rfc3339(f[3]).unwrap().timestamp_micros())
+        .collect();
+    let cents: Vec<i128> = fields
+        .iter()
+        .map(|f| (f[4].parse::<f64>().unwrap() * 100.0).round() as i128)
+        .collect();
+    DataFrame::new_infer_height(vec![
+        Column::new("order_id".into(), text(0)),
+        Column::new("line".into(), fields.iter().map(|f| f[1].parse::<i32>().unwrap()).collect::<Vec<_>>()),
+        Column::new("customer_id".into(), text(2)),
+        Column::new("created_at".into(), micros)
+            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
+            .unwrap(),
+        Int128Chunked::from_vec("amount".into(), cents)
+            .into_decimal_unchecked(12, 2)
+            .into_series()
+            .into_column(),
+        Column::new("status".into(), text(5)),
+        Column::new("channel".into(), text(6)),
+    ])
+    .unwrap()
+}
