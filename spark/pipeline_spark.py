@@ -18,6 +18,7 @@ read (in local mode, any local path; on a cluster, a shared mount). The exit cod
 import argparse
 import os
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,11 +59,23 @@ def as_blob(row):
 class SparkBackend:
     """The Spark side of the driver: each method is one step of src/runner/spark/mod.rs."""
 
-    def __init__(self, spark):
+    def __init__(self, spark, verbose):
         self.spark = spark
+        self.verbose = verbose
         self.orders = []  # per orders source, its orders blobs by customer shard
         self.rows = []  # per sweep, the per-customer rows it gave
         self.sweeps = 0
+
+    def report(self, step, started, name=None, extra=""):
+        """One line per step (at --log info): its time and the bytes it kept in the scratch folder."""
+        if not self.verbose:
+            return
+        kept = ""
+        if name:
+            folder = os.path.join(self.scratch, name)
+            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+            kept = f", {size / 1e6:.1f} MB kept"
+        print(f"spark step {step}: {time.time() - started:.1f} s{kept}{extra}", file=sys.stderr, flush=True)
 
     def start(self, scratch, job):
         self.scratch = scratch
@@ -77,12 +90,15 @@ class SparkBackend:
         return self.spark.read.parquet(self.location(name))
 
     def split_orders(self, source, path, columns):
+        started = time.time()
         job = self.job
         lines = self.spark.read.parquet(path).select(*[f"`{column}`" for column in columns])
+        shuffled = self.spark.sparkContext.accumulator(0)
 
         def map_lines(batches):
             for batch in batches:
                 blobs = native.map_lines(job, source, parquet_bytes(batch))
+                shuffled.add(sum(len(blob[5]) for blob in blobs))
                 if blobs:
                     yield from blob_table(blobs).to_batches()
 
@@ -94,6 +110,7 @@ class SparkBackend:
         orders = blobs.filter("kind = 'orders'")
         self.orders.append(orders)
         kept = orders.selectExpr("coalesce(sum(length(payload)), 0) as bytes").first()["bytes"]
+        self.report(f"orders `{source}`", started, f"orders-{source}", f", lines shuffled {shuffled.value / 1e6:.1f} MB")
         return [as_blob(row) for row in blobs.filter("shard < 0").collect()], int(kept)
 
     def inputs(self):
@@ -104,6 +121,7 @@ class SparkBackend:
         return union
 
     def sweep(self, work):
+        started = time.time()
         job = self.job
         shared = self.spark.sparkContext.broadcast(bytes(work))
 
@@ -113,16 +131,34 @@ class SparkBackend:
 
         out = self.inputs().groupBy("shard").applyInArrow(sweep_shard, BLOB_SCHEMA)
         blobs = self.keep(out, f"sweep-{self.sweeps}")
+        self.report(f"sweep {self.sweeps}", started, f"sweep-{self.sweeps}", f", work {len(work) / 1e6:.1f} MB")
         self.sweeps += 1
         self.rows.append(blobs.filter("kind = 'rows'"))
         return (as_blob(row) for row in blobs.filter("kind = 'partial'").toLocalIterator())
 
-    def table_rows(self, stage, table):
+    def all_rows(self, stage, table):
         rows = self.rows[0]
         for frame in self.rows[1:]:
             rows = rows.unionByName(frame)
-        rows = rows.filter(f"name = '{stage}' and tab = {table}").orderBy("part")
+        return rows.filter(f"name = '{stage}' and tab = {table}")
+
+    def table_rows(self, stage, table):
+        rows = self.all_rows(stage, table).orderBy("part")
         return (as_blob(row) for row in rows.toLocalIterator())
+
+    def write_parts(self, stage, table, spec):
+        started = time.time()
+        job = self.job
+
+        def write_part(ranges):
+            part = ranges.column("part")[0].as_py()
+            rows = native.write_part(job, spec, part, ranges.column("payload").to_pylist())
+            return pa.table({"rows": pa.array([rows], pa.int64())})
+
+        ranges = self.all_rows(stage, table).filter("part >= 0").groupBy("part")
+        rows = sum(row["rows"] for row in ranges.applyInArrow(write_part, "rows long").collect())
+        self.report(f"table of stage {stage}, {table}", started, extra=f", {rows} rows")
+        return int(rows)
 
 
 def main():
@@ -151,7 +187,7 @@ def main():
     try:
         code = native.run(
             os.path.abspath(args.config),
-            SparkBackend(spark),
+            SparkBackend(spark, args.log in ("info", "debug", "trace")),
             output_dir=os.path.abspath(args.output_dir) if args.output_dir else None,
             shards=args.shards,
             parallelism=spark.sparkContext.defaultParallelism,

@@ -9,7 +9,7 @@
 # PIPELINE_SPARK_PROFILE=dev builds the module without optimisation (CI: it shares the test
 # build's compiled dependencies); the default is release.
 set -euo pipefail
-venv=${1:?usage: spark/setup.sh VENV_DIR}
+venv=$(realpath -m "${1:?usage: spark/setup.sh VENV_DIR}")
 here=$(cd "$(dirname "$0")" && pwd)
 profile=${PIPELINE_SPARK_PROFILE:-release}
 

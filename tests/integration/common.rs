@@ -240,9 +240,25 @@ pub struct Table {
 }
 
 pub fn read_table(path: &Path) -> Table {
-    let file = File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    // A file, or a folder of parts read in name order (the Spark job's per-customer tables).
+    let files = if path.is_dir() {
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|part| part.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        parts.sort();
+        assert!(!parts.is_empty(), "no part in {}", path.display());
+        parts
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    for file in files {
+        let file = File::open(&file).unwrap_or_else(|e| panic!("cannot open {}: {e}", file.display()));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        batches.extend(reader.map(|b| b.unwrap()));
+    }
     let schema = batches
         .first()
         .map(|b| b.schema())

@@ -89,8 +89,27 @@ fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
         };
         assert_eq!(strip(&published), strip(&expected), "input {index}");
     }
+    // Per-customer tables are folders of parts the executors wrote, one per customer id range
+    // (in customer_id order, as compared above); aggregate tables are files.
+    let facts = spark.join("latest/customer_facts.parquet");
+    let parts = std::fs::read_dir(&facts).unwrap().count();
+    assert!(parts >= 2, "{parts} parts in {}", facts.display());
+    assert!(spark.join("latest/cohorts.parquet").is_file());
     let leftovers = temporary_files(&spark);
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A later `--select` run on one machine carries the folders over.
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        spark.to_str().unwrap(),
+        "--select",
+        "rfm",
+        "--log",
+        "warn",
+    ]);
+    assert_eq!(manifest(&spark.join("latest"))["carried_over"].as_array().unwrap().len(), 17);
+    assert_eq!(assert_same_tables(&whole.join("latest"), &spark.join("latest"), "carried over"), 20);
 }
 
 /// The messy export as a Spark/Hive directory of Parquet parts (`country=…` folders, a

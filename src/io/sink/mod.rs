@@ -68,6 +68,14 @@ pub trait Sink: Sync {
         self.stage(name, &mut all, metadata)
     }
 
+    /// A folder where other processes write table `name` as parts (`part-00000.parquet`, …, in
+    /// order: the Spark job's executors), created empty where readers cannot see it yet; it is
+    /// published with the run's other tables. `None`: this sink takes tables from this
+    /// process only (`stage`, `stage_parts`).
+    fn parts_dir(&self, _name: &str) -> Result<Option<std::path::PathBuf>> {
+        Ok(None)
+    }
+
     /// A folder for this run's temporary files (a sharded run's spill files), beside the
     /// outputs; the run removes it, and `start` removes those a killed run left. `None`: a
     /// folder in the system's temporary directory.

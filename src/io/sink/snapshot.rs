@@ -135,6 +135,14 @@ impl Sink for SnapshotSink {
         Ok(rows)
     }
 
+    fn parts_dir(&self, name: &str) -> Result<Option<PathBuf>> {
+        // Inside the snapshot's staging folder, which is published whole.
+        let snapshot = self.snapshot.as_ref().context("the sink was not started")?;
+        let dir = snapshot.dir.join(format!("{name}.parquet"));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        Ok(Some(dir))
+    }
+
     fn scratch_dir(&self, run_id: &str) -> Option<PathBuf> {
         Some(self.root.join(RUNS).join(format!("{SCRATCH_DIR_PREFIX}{run_id}")))
     }
@@ -149,8 +157,9 @@ impl Sink for SnapshotSink {
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
         for table in tables {
+            // A file, or a folder of parts (the Spark job's per-customer tables).
             let file = previous.join(format!("{table}.parquet"));
-            if !file.is_file() {
+            if !file.exists() {
                 continue;
             }
             snapshot.carry_over(&file)?;
@@ -239,12 +248,7 @@ impl Snapshot {
     /// links are not possible).
     pub fn carry_over(&self, file: &Path) -> Result<()> {
         let name = file.file_name().context("a table file has a name")?;
-        let target = self.dir.join(name);
-        if fs::hard_link(file, &target).is_err() {
-            fs::copy(file, &target)
-                .with_context(|| format!("cannot copy `{}` into the new snapshot", file.display()))?;
-        }
-        Ok(())
+        link_or_copy(file, &self.dir.join(name))
     }
 
     /// Write `manifest` into the snapshot, move it to `runs/<as_of>_<run id>`, point `latest` at
@@ -407,6 +411,23 @@ pub struct StagedTable {
     pub name: String,
     pub temp: PathBuf,
     pub target: PathBuf,
+}
+
+/// `from` at `to` unchanged: a file hard-linked (copied where links are not possible), a folder
+/// made anew with its files so.
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if from.is_dir() {
+        fs::create_dir_all(to).with_context(|| format!("cannot create `{}`", to.display()))?;
+        for entry in fs::read_dir(from).with_context(|| format!("cannot read `{}`", from.display()))? {
+            let entry = entry?;
+            link_or_copy(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        return Ok(());
+    }
+    if fs::hard_link(from, to).is_err() {
+        fs::copy(from, to).with_context(|| format!("cannot copy `{}` into the new snapshot", from.display()))?;
+    }
+    Ok(())
 }
 
 /// Rename staged tables into place, then fsync the directory.

@@ -128,6 +128,19 @@ pub(crate) trait Executor {
 
     /// Bytes of per-customer rows kept so far.
     fn spill_bytes(&self) -> u64;
+
+    /// Whether it writes per-customer tables itself, as parts into a folder of the sink
+    /// (`write_parts`), instead of handing their rows to the driver (`table_ranges`).
+    fn writes_parts(&self) -> bool {
+        false
+    }
+
+    /// Write stage `stage`'s per-customer table `table` into `dir` as one part per customer id
+    /// range (`part-00000.parquet`, …), each sorted by customer_id, with the `as_of` column and
+    /// the file metadata `key_values`; its rows.
+    fn write_parts(&mut self, _stage: usize, _table: usize, _dir: &std::path::Path, _key_values: &[(String, String)], _as_of_days: Option<i32>) -> Result<usize> {
+        bail!("this executor hands per-customer rows to the driver")
+    }
 }
 
 /// Read the sources and run the selected stages in `shards` customer shards on this machine,
@@ -562,21 +575,13 @@ impl<'a> Sweeps<'a> {
                         add_as_of(&mut frame, self.as_of_days)?;
                         self.sink.stage(&name, &mut frame, &metadata)
                     }
-                    None => {
-                        let as_of_days = self.as_of_days;
-                        let ranges = self.executor.table_ranges(index, table)?;
-                        let mut parts = ranges.map(|part| {
-                            part.and_then(|frame| {
-                                let mut frame = frame.sort(
-                                    ["customer_id"],
-                                    SortMultipleOptions::default().with_maintain_order(true),
-                                )?;
-                                add_as_of(&mut frame, as_of_days)?;
-                                Ok(frame)
-                            })
-                        });
-                        self.sink.stage_parts(&name, &mut parts, &metadata)
-                    }
+                    None if self.executor.writes_parts() => match self.sink.parts_dir(&name)? {
+                        Some(dir) => self
+                            .executor
+                            .write_parts(index, table, &dir, &self.key_values, self.as_of_days),
+                        None => self.stage_rows(index, table, &name, &metadata),
+                    },
+                    None => self.stage_rows(index, table, &name, &metadata),
                 }
                 .with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
                 reports.push(TableReport {
@@ -606,6 +611,22 @@ impl<'a> Sweeps<'a> {
         }
         Ok(())
     }
+
+    /// Stage stage `index`'s per-customer table `table` through the sink, an id range at a
+    /// time, each range sorted by customer_id: the table in customer_id order.
+    fn stage_rows(&mut self, index: usize, table: usize, name: &str, metadata: &crate::io::sink::TableMetadata) -> Result<usize> {
+        let as_of_days = self.as_of_days;
+        let ranges = self.executor.table_ranges(index, table)?;
+        let mut parts = ranges.map(|part| part.and_then(|frame| published_part(frame, as_of_days)));
+        self.sink.stage_parts(name, &mut parts, metadata)
+    }
+}
+
+/// One id range of a per-customer table as published: sorted by customer_id, with `as_of`.
+pub(super) fn published_part(frame: DataFrame, as_of_days: Option<i32>) -> Result<DataFrame> {
+    let mut frame = frame.sort(["customer_id"], SortMultipleOptions::default().with_maintain_order(true))?;
+    add_as_of(&mut frame, as_of_days)?;
+    Ok(frame)
 }
 
 #[cfg(test)]

@@ -104,6 +104,20 @@ pub trait Backend {
     fn sweep(&mut self, work: Vec<u8>) -> Result<Box<dyn Iterator<Item = Result<Blob>>>>;
     /// Stage `stage`'s rows of per-customer table `table`, ordered by range (`part`).
     fn table_rows(&mut self, stage: usize, table: usize) -> Result<Box<dyn Iterator<Item = Result<Blob>>>>;
+    /// Write stage `stage`'s per-customer table `table`, a task per id range (`write_part`, told
+    /// `spec`); its rows.
+    fn write_parts(&mut self, stage: usize, table: usize, spec: &str) -> Result<u64>;
+}
+
+/// What a task writing a per-customer table's part is told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartSpec {
+    /// The table's folder (in the snapshot's staging folder).
+    pub dir: PathBuf,
+    pub stage: usize,
+    pub table: usize,
+    pub key_values: Vec<(String, String)>,
+    pub as_of_days: Option<i32>,
 }
 
 /// Run the config at `config` through `backend`'s Spark jobs, published as the one-machine run
@@ -144,9 +158,11 @@ pub fn run(
         };
         let mut backend = backend.borrow_mut();
         backend.start(&scratch.dir, &serde_json::to_string(&job)?)?;
+
         tracing::info!("Spark job: {shards} customer shards, about {} lines", source::thousands(lines));
         let mut executor = SparkShards {
             backend: &mut **backend,
+            job: job.clone(),
             row_bytes: 0,
         };
         execute_with(plan, options, selected, manifest, sink, shards, &mut executor).map_err(|e| scratch.explain(e))
@@ -156,6 +172,7 @@ pub fn run(
 /// The driver's view of the shards Spark keeps.
 struct SparkShards<'b> {
     backend: &'b mut dyn Backend,
+    job: Job,
     row_bytes: u64,
 }
 
@@ -227,6 +244,81 @@ impl Executor for SparkShards<'_> {
     fn spill_bytes(&self) -> u64 {
         self.row_bytes
     }
+
+    fn writes_parts(&self) -> bool {
+        true
+    }
+
+    fn write_parts(
+        &mut self,
+        stage: usize,
+        table: usize,
+        dir: &Path,
+        key_values: &[(String, String)],
+        as_of_days: Option<i32>,
+    ) -> Result<usize> {
+        let spec = PartSpec {
+            dir: dir.to_path_buf(),
+            stage,
+            table,
+            key_values: key_values.to_vec(),
+            as_of_days,
+        };
+        let rows = self.backend.write_parts(stage, table, &serde_json::to_string(&spec)?)? as usize;
+        if rows == 0 {
+            // No row: the table's columns, as one empty part.
+            let columns = self
+                .table_ranges(stage, table)?
+                .next()
+                .context("a per-customer table has its columns")??;
+            write_part_file(&*plan_of(&self.job)?, &spec, 0, columns)?;
+        }
+        // What a task killed while writing left (its temporary file) is not published.
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read `{}`", dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+                std::fs::remove_file(&path).ok();
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Task of the publication: one id range's rows of a per-customer table (the payloads of its
+/// blobs) written as part `part` of the table's folder; its rows.
+pub fn write_part(job: &Job, spec: &str, part: usize, payloads: &[&[u8]]) -> Result<usize> {
+    let spec: PartSpec = serde_json::from_str(spec).context("reading a part's description")?;
+    let plan = plan_of(job)?;
+    let mut all: Option<DataFrame> = None;
+    for payload in payloads {
+        let frame = bytes_table(payload)?;
+        match &mut all {
+            Some(all) => {
+                all.vstack_mut(&frame)?;
+            }
+            None => all = Some(frame),
+        }
+    }
+    write_part_file(&plan, &spec, part, all.context("a part with no rows")?)
+}
+
+/// `frame` sorted by customer_id with `as_of`, at `part-<part>.parquet` in the table's folder
+/// (written under a temporary name, then renamed: a retried task leaves one whole part).
+fn write_part_file(plan: &Plan, spec: &PartSpec, part: usize, frame: DataFrame) -> Result<usize> {
+    let (name, metadata) = super::stages::tables_of(&plan.config, spec.stage, &spec.key_values)
+        .into_iter()
+        .nth(spec.table)
+        .context("a part of a table the stage has")?;
+    let mut frame = super::sharded::published_part(frame, spec.as_of_days)?;
+    let target = spec.dir.join(format!("part-{part:05}.parquet"));
+    let temp = spec
+        .dir
+        .join(format!(".part-{part:05}.parquet.{}.tmp", std::process::id()));
+    crate::io::sink::write_table(&temp, &mut frame, &metadata, &crate::io::sink::SharedPages::default())
+        .with_context(|| format!("writing part {part} of table `{name}`"))?;
+    std::fs::rename(&temp, &target).with_context(|| format!("cannot move `{}` into place", temp.display()))?;
+    Ok(frame.height())
 }
 
 /// Rows blobs ordered by range, as one frame per range (the table's columns alone when it has

@@ -134,6 +134,11 @@ impl Backend for PyBackend {
     fn table_rows(&mut self, stage: usize, table: usize) -> Result<Box<dyn Iterator<Item = Result<Blob>>>> {
         self.blobs("table_rows", |py| (stage, table).into_pyobject(py))
     }
+
+    fn write_parts(&mut self, stage: usize, table: usize, spec: &str) -> Result<u64> {
+        let rows = self.call("write_parts", |py| (stage, table, spec.to_string()).into_pyobject(py))?;
+        Python::attach(|py| rows.bind(py).extract().map_err(|e| rust_error(py, e)))
+    }
 }
 
 /// Run a config as a Spark job (the driver's side): `backend` runs the Spark jobs. Returns the
@@ -216,11 +221,21 @@ fn sweep_shard<'py>(
     Ok(out.into_iter().map(|blob| to_py(py, blob)).collect())
 }
 
+/// Task: one id range of a per-customer table (its rows' payloads) written as a part; its rows.
+#[pyfunction]
+fn write_part(py: Python<'_>, job: &str, spec: &str, part: usize, payloads: Vec<Bound<'_, PyBytes>>) -> PyResult<usize> {
+    let job = job_of(job)?;
+    let payloads: Vec<&[u8]> = payloads.iter().map(|payload| payload.as_bytes()).collect();
+    py.detach(|| crate::catch_panics(|| super::write_part(&job, spec, part, &payloads)))
+        .map_err(py_error)
+}
+
 #[pymodule]
 fn pipeline_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(run, module)?)?;
     module.add_function(wrap_pyfunction!(map_lines, module)?)?;
     module.add_function(wrap_pyfunction!(fold_orders, module)?)?;
     module.add_function(wrap_pyfunction!(sweep_shard, module)?)?;
+    module.add_function(wrap_pyfunction!(write_part, module)?)?;
     Ok(())
 }
