@@ -23,7 +23,7 @@ measure_tree() { # name, log, command...
   while kill -0 "$pid" 2>/dev/null; do
     # MB of all processes, the Spark driver's Python, its Python workers together, the JVM.
     now=$(ps -o rss=,args= -s "$pid" 2>/dev/null | awk '
-      { t += $1 } / pipeline_spark.py / && !/java/ { d += $1 } /pyspark[.](daemon|worker)/ { w += $1 } /java/ { j += $1 }
+      { t += $1 } /pipeline_spark[.]py/ && !/java/ { d += $1 } /pyspark[.](daemon|worker)/ { w += $1 } /java/ { j += $1 }
       END { printf "%.0f %.0f %.0f %.0f", t / 1024, d / 1024, w / 1024, j / 1024 }')
     peaks=$(echo "$peaks $now" | awk '{ for (i = 1; i <= 4; i++) printf "%d ", ($i > $(i + 4) ? $i : $(i + 4)) }')
     sleep 0.2

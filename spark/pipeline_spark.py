@@ -16,6 +16,7 @@ read (in local mode, any local path; on a cluster, a shared mount). The exit cod
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -157,7 +158,7 @@ class SparkBackend:
 
         ranges = self.all_rows(stage, table).filter("part >= 0").groupBy("part")
         rows = sum(row["rows"] for row in ranges.applyInArrow(write_part, "rows long").collect())
-        self.report(f"table of stage {stage}, {table}", started, extra=f", {rows} rows")
+        self.report(f"table {os.path.basename(json.loads(spec)['dir'])}", started, extra=f", {rows} rows")
         return int(rows)
 
 

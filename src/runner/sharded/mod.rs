@@ -52,8 +52,6 @@ pub(super) fn shards_for(lines: u64, limit: u64) -> Option<usize> {
     Some(((lines * BYTES_PER_LINE).div_ceil(room) as usize).clamp(2, 4096))
 }
 
-/// Partials a stage's pass holds before they are merged into one.
-const MERGE_AT: usize = 2;
 
 /// A folder of spill files, removed with everything in it when dropped.
 pub(super) struct Scratch {
@@ -249,8 +247,10 @@ struct StageState<'a> {
     upstream: Vec<usize>,
     /// Merged partials of the passes done.
     merged: Vec<Partial>,
-    /// This sweep's partials, merged as they come.
-    parts: Vec<Partial>,
+    /// This sweep's partials, merged as they come: each with how many shards' partials it
+    /// holds, a power of two, merged with one of its size (a binary counter), so a partial is
+    /// merged about log₂(shards) times, not once per shard, and few are held.
+    parts: Vec<(usize, Partial)>,
     /// Whether this sweep's pass also gave the per-customer rows.
     rows_given: bool,
     /// Its finalized tables: aggregate ones, `None` at a per-customer table.
@@ -447,13 +447,18 @@ impl<'a> Sweeps<'a> {
             };
             let clock = Instant::now();
             state.rows_given |= shard_partial.with_rows;
-            state.parts.push(shard_partial.partial);
-            if state.parts.len() >= MERGE_AT {
-                let parts = std::mem::take(&mut state.parts);
+            state.parts.push((1, shard_partial.partial));
+            while let [.., (a, _), (b, _)] = state.parts.as_slice() {
+                if a != b {
+                    break;
+                }
+                let (size, second) = state.parts.pop().expect("two");
+                let (_, first) = state.parts.pop().expect("two");
                 let stage = state.stage;
-                let merged = crate::catch_panics(|| stage.merge(pass, parts));
+                let merged = crate::catch_panics(|| stage.merge(pass, vec![first, second]));
                 let stage_config = &stages[state.index];
-                state.parts = vec![merged.with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?];
+                let merged = merged.with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
+                state.parts.push((2 * size, merged));
             }
             state.busy += clock.elapsed();
             Ok(())
@@ -532,7 +537,7 @@ impl<'a> Sweeps<'a> {
         let upstream = self.upstream_aggregates(position)?;
         let state = &mut self.states[position];
         let stage = state.stage;
-        let parts = std::mem::take(&mut state.parts);
+        let parts = std::mem::take(&mut state.parts).into_iter().map(|(_, part)| part).collect();
         let merged = crate::catch_panics(|| stage.merge(pass, parts))?;
         tracing::debug!("pass {pass} merged: {}", crate::telemetry::memory());
         state.merged.push(merged);

@@ -377,6 +377,22 @@ impl Iterator for Ranges<'_> {
     }
 }
 
+/// A sweep's work decoded once per process: Spark's Python workers run many tasks of a sweep,
+/// and the work holds clv's merged pattern counts, which grow with the customers.
+static WORK: Mutex<Option<(u64, Arc<SweepWork>)>> = Mutex::new(None);
+
+fn decoded(bytes: &[u8]) -> Result<Arc<SweepWork>> {
+    use std::hash::BuildHasher;
+    let key = foldhash::fast::FixedState::with_seed(0x5EED).hash_one(bytes);
+    let mut cached = WORK.lock().map_err(|_| anyhow::anyhow!("the work cache is poisoned"))?;
+    if let Some((_, work)) = cached.as_ref().filter(|(at, _)| *at == key) {
+        return Ok(Arc::clone(work));
+    }
+    let work = Arc::new(SweepWork::decode(bytes)?);
+    *cached = Some((key, Arc::clone(&work)));
+    Ok(work)
+}
+
 /// Tasks load the plan and map lines once per process.
 static PLANS: Mutex<Option<HashMap<PathBuf, Arc<Plan>>>> = Mutex::new(None);
 static MAPPERS: Mutex<Option<HashMap<(PathBuf, String), Arc<LineMapper>>>> = Mutex::new(None);
@@ -480,7 +496,7 @@ pub fn fold_orders(job: &Job, source: &str, lines: &[&[u8]]) -> Result<Vec<Blob>
 /// the rows earlier sweeps gave for its customers): its partials and its new rows.
 pub fn sweep_shard(job: &Job, work: &[u8], shard: usize, blobs: Vec<Blob>) -> Result<Vec<Blob>> {
     let plan = plan_of(job)?;
-    let work = SweepWork::decode(work)?;
+    let work = decoded(work)?;
     let mut data = SparkShard {
         plan: &plan,
         work: &work,
