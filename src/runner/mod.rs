@@ -257,13 +257,7 @@ fn shard_count(plan: &Plan, options: &RunOptions, selected: &BTreeSet<usize>) ->
     let Some(limit) = options.memory_limit.or(plan.config.pipeline.memory_limit) else {
         return Ok(None);
     };
-    let lines: u64 = plan
-        .sources_needed(selected)
-        .iter()
-        .map(|name| &plan.config.sources[name])
-        .filter(|source| source.kind == SourceKind::Orders)
-        .map(source::estimated_lines)
-        .sum();
+    let lines = orders_lines(plan, selected);
     let shards = sharded::shards_for(lines, limit);
     tracing::info!(
         "memory limit {:.1} GiB, about {} order lines: {}",
@@ -275,6 +269,17 @@ fn shard_count(plan: &Plan, options: &RunOptions, selected: &BTreeSet<usize>) ->
         }
     );
     Ok(shards)
+}
+
+/// About how many order lines the orders sources the selected stages read hold (Parquet row
+/// counts, a CSV's bytes).
+fn orders_lines(plan: &Plan, selected: &BTreeSet<usize>) -> u64 {
+    plan.sources_needed(selected)
+        .iter()
+        .map(|name| &plan.config.sources[name])
+        .filter(|source| source.kind == SourceKind::Orders)
+        .map(source::estimated_lines)
+        .sum()
 }
 
 /// `read`, with the accounting of a source whose data was rejected recorded in the manifest.

@@ -138,13 +138,7 @@ pub fn run(
     let backend = std::cell::RefCell::new(backend);
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     super::run_with(&plan, &options, &|plan, options, selected, manifest, sink| {
-        let lines: u64 = plan
-            .sources_needed(selected)
-            .iter()
-            .map(|name| &plan.config.sources[name])
-            .filter(|source| source.kind == SourceKind::Orders)
-            .map(source::estimated_lines)
-            .sum();
+        let lines = super::orders_lines(plan, selected);
         let shards = shards
             .unwrap_or_else(|| parallelism.max(lines.div_ceil(LINES_PER_SHARD) as usize))
             .max(1);
@@ -290,17 +284,8 @@ impl Executor for SparkShards<'_> {
 pub fn write_part(job: &Job, spec: &str, part: usize, payloads: &[&[u8]]) -> Result<usize> {
     let spec: PartSpec = serde_json::from_str(spec).context("reading a part's description")?;
     let plan = plan_of(job)?;
-    let mut all: Option<DataFrame> = None;
-    for payload in payloads {
-        let frame = bytes_table(payload)?;
-        match &mut all {
-            Some(all) => {
-                all.vstack_mut(&frame)?;
-            }
-            None => all = Some(frame),
-        }
-    }
-    write_part_file(&plan, &spec, part, all.context("a part with no rows")?)
+    let rows = stacked(payloads.iter().copied())?.context("a part with no rows")?;
+    write_part_file(&plan, &spec, part, rows)
 }
 
 /// `frame` sorted by customer_id with `as_of`, at `part-<part>.parquet` in the table's folder
@@ -441,6 +426,21 @@ pub fn map_lines(job: &Job, source: &str, batch: DataFrame) -> Result<Vec<Blob>>
     })
 }
 
+/// The tables of `payloads` (Parquet bytes) one under the other; `None` when there is none.
+fn stacked<'p>(payloads: impl Iterator<Item = &'p [u8]>) -> Result<Option<DataFrame>> {
+    let mut all: Option<DataFrame> = None;
+    for payload in payloads {
+        let frame = bytes_table(payload)?;
+        match &mut all {
+            Some(all) => {
+                all.vstack_mut(&frame)?;
+            }
+            None => all = Some(frame),
+        }
+    }
+    Ok(all)
+}
+
 /// Each shard's rows of `frame` (`shard_of` per row) through `blob`, for shards with rows.
 fn split_by(
     frame: &DataFrame,
@@ -467,17 +467,7 @@ fn split_by(
 pub fn fold_orders(job: &Job, source: &str, lines: &[&[u8]]) -> Result<Vec<Blob>> {
     let plan = plan_of(job)?;
     let source_config = source_of(&plan, source)?;
-    let mut all: Option<DataFrame> = None;
-    for part in lines {
-        let frame = bytes_table(part)?;
-        match &mut all {
-            Some(all) => {
-                all.vstack_mut(&frame)?;
-            }
-            None => all = Some(frame),
-        }
-    }
-    let mut lines = all.context("an order shard with no lines")?;
+    let mut lines = stacked(lines.iter().copied())?.context("an order shard with no lines")?;
     lines.rechunk_mut();
     let part = source::fold_line_part(source_config, &plan.config.pipeline, plan.config.pipeline.as_of, lines)
         .with_context(|| format!("source `{source}`: folding an order shard"))?;
@@ -548,17 +538,7 @@ struct SparkShard<'a> {
 impl SparkShard<'_> {
     /// The frames of the blobs `wanted` picks, as one (or `None` when there is none).
     fn frames(&self, wanted: impl Fn(&Blob) -> bool) -> Result<Option<DataFrame>> {
-        let mut all: Option<DataFrame> = None;
-        for blob in self.blobs.iter().filter(|blob| wanted(blob)) {
-            let frame = bytes_table(&blob.payload)?;
-            match &mut all {
-                Some(all) => {
-                    all.vstack_mut(&frame)?;
-                }
-                None => all = Some(frame),
-            }
-        }
-        Ok(all)
+        stacked(self.blobs.iter().filter(|blob| wanted(blob)).map(|blob| blob.payload.as_slice()))
     }
 }
 
