@@ -52,6 +52,13 @@ def blob_rows(table):
     return list(zip(*(table.column(name).to_pylist() for name in BLOB_COLUMNS)))
 
 
+def concise(error):
+    """A failed Spark job's error as the task's own message: a task's error from the module is a
+    RuntimeError inside Spark's Java trace. Anything else stays whole."""
+    lines = [line for line in str(error).splitlines() if line.startswith("RuntimeError: ")]
+    return RuntimeError(lines[-1][len("RuntimeError: "):]) if lines else error
+
+
 def as_blob(row):
     """A Spark row of BLOB_SCHEMA as a blob (binary comes back as bytearray)."""
     return (row.shard, row.kind, row.name, row.tab, row.part, bytes(row.payload))
@@ -87,7 +94,10 @@ class SparkBackend:
 
     def keep(self, frame, name):
         """Write a step's blobs into the scratch folder and read them back: each task runs once."""
-        frame.write.mode("overwrite").parquet(self.location(name))
+        try:
+            frame.write.mode("overwrite").parquet(self.location(name))
+        except Exception as error:
+            raise concise(error) from None
         return self.spark.read.parquet(self.location(name))
 
     def split_orders(self, source, path, columns):
@@ -157,7 +167,10 @@ class SparkBackend:
             return pa.table({"rows": pa.array([rows], pa.int64())})
 
         ranges = self.all_rows(stage, table).filter("part >= 0").groupBy("part")
-        rows = sum(row["rows"] for row in ranges.applyInArrow(write_part, "rows long").collect())
+        try:
+            rows = sum(row["rows"] for row in ranges.applyInArrow(write_part, "rows long").collect())
+        except Exception as error:
+            raise concise(error) from None
         self.report(f"table {os.path.basename(json.loads(spec)['dir'])}", started, extra=f", {rows} rows")
         return int(rows)
 
@@ -178,13 +191,21 @@ def main():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName("pipeline")
-    builder = builder.config("spark.sql.session.timeZone", "UTC")
-    builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", "262144")
-    builder = builder.config("spark.ui.showConsoleProgress", "false")
-    builder = builder.config("spark.log.level", "ERROR")
+    from pyspark import SparkConf
+
+    # The job reads timestamps as instants (UTC); the rest are defaults spark-submit's --conf
+    # overrides. A task's error is reported by the job itself, so Spark's own log is quiet.
+    given = SparkConf()
+    builder = SparkSession.builder.appName("pipeline").config("spark.sql.session.timeZone", "UTC")
+    defaults = {
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "262144",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "FATAL",
+    }
+    for key, value in defaults.items():
+        if not given.contains(key):
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
     try:
         code = native.run(
             os.path.abspath(args.config),

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use chrono::NaiveDate;
 use polars::prelude::*;
 
 use crate::common::*;
@@ -169,6 +170,29 @@ fn the_spark_job_reads_a_hive_directory_of_a_messy_export() {
     let message = printed(&output);
     assert!(
         message.contains("source `orders` is CSV") && message.contains("pipeline run"),
+        "{message}"
+    );
+    // A task's error (an order id past i64, which Spark reads as a decimal) fails the run
+    // (exit 1) with the task's own message, not Spark's trace.
+    let mut huge = DataFrame::new_infer_height(vec![
+        Column::new("order_id".into(), [1u64, (1 << 63) + 5]),
+        Column::new("customer_id".into(), [10i64, 11]),
+        Column::new("ordered_at".into(), [NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(); 2]),
+        Column::new("amount".into(), [1.5f64, 2.5]),
+    ])
+    .unwrap();
+    write_parquet(&mut huge, &workspace.path("huge.parquet"));
+    let huge_config = workspace.write(
+        "huge.toml",
+        "[pipeline]\nas_of = \"2024-06-30\"\n[sources.orders]\npath = \"huge.parquet\"\n[stages.customer_facts]\nkind = \"customer_facts\"\n",
+    );
+    let output = spark_run(&venv, &huge_config, &workspace.path("huge-out"), &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    let message = printed(&output);
+    assert!(
+        message.contains("error: the Spark job's `split_orders`: source `orders`: mapping a batch of lines")
+            && message.contains("'order_id'")
+            && !message.contains("at org.apache.spark"),
         "{message}"
     );
     let broken = workspace.write("broken.toml", "[pipeline]\nas_of = \"yesterday-ish\"\n");

@@ -53,8 +53,13 @@ struct PyBackend {
     object: Py<PyAny>,
 }
 
-/// Python's exception as an error, with its traceback when there is one.
+/// Python's exception as an error: a `RuntimeError` (the module's and the job's own errors) by
+/// its message, anything else (a bug in the job) with its traceback.
 fn rust_error(py: Python<'_>, error: PyErr) -> anyhow::Error {
+    if error.is_instance_of::<PyRuntimeError>(py) {
+        let message = error.value(py).to_string();
+        return anyhow::anyhow!("{message}");
+    }
     let traceback = error
         .traceback(py)
         .and_then(|traceback| traceback.format().ok())
