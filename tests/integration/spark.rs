@@ -98,7 +98,27 @@ fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
     assert!(spark.join("latest/cohorts.parquet").is_file());
     let leftovers = temporary_files(&spark);
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // A later `--select` run on one machine carries the folders over.
+
+    // A kill -9 of the whole job (JVM, Python driver and workers) in its second sweep leaves
+    // the published snapshot as it was.
+    let published_run = published["run_id"].clone();
+    let killed = spark_child(&venv, &config, &spark, &["--shards", "3"]);
+    let runs = spark.join("runs");
+    let in_sweeps = || {
+        std::fs::read_dir(&runs).unwrap().flatten().any(|entry| {
+            entry.file_name().to_string_lossy().starts_with(".spill-") && entry.path().join("sweep-1").exists()
+        })
+    };
+    let started = std::time::Instant::now();
+    while !in_sweeps() {
+        assert!(started.elapsed().as_secs() < 300, "the job never reached its second sweep");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    kill_group(killed);
+    assert_eq!(manifest(&spark.join("latest"))["run_id"], published_run);
+    assert!(!temporary_files(&spark).is_empty(), "the killed job left its scratch folder");
+    // A later `--select` run on one machine removes what the killed job left and carries the
+    // part folders over.
     run_ok(&[
         "run",
         config.to_str().unwrap(),
@@ -111,6 +131,41 @@ fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
     ]);
     assert_eq!(manifest(&spark.join("latest"))["carried_over"].as_array().unwrap().len(), 17);
     assert_eq!(assert_same_tables(&whole.join("latest"), &spark.join("latest"), "carried over"), 20);
+    let leftovers = temporary_files(&spark);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The job started in its own process group (so all of Spark can be killed at once).
+fn spark_child(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let python = venv.join("bin/python");
+    Command::new(venv.join("bin/spark-submit"))
+        .args(["--master", "local[2]"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("spark/pipeline_spark.py"))
+        .arg(config)
+        .arg("--output-dir")
+        .arg(out)
+        .args(["--log", "warn"])
+        .args(args)
+        .env("PYSPARK_PYTHON", &python)
+        .env("PYSPARK_DRIVER_PYTHON", &python)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spark-submit starts")
+}
+
+/// kill -9 of a child's whole process group, waited for.
+fn kill_group(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-9", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap();
+    // The group's other processes (the Python driver and workers) go with it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
 }
 
 /// The messy export as a Spark/Hive directory of Parquet parts (`country=…` folders, a
