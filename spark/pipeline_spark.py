@@ -54,9 +54,18 @@ def blob_rows(table):
 
 def concise(error):
     """A failed Spark job's error as the task's own message: a task's error from the module is a
-    RuntimeError inside Spark's Java trace. Anything else stays whole."""
-    lines = [line for line in str(error).splitlines() if line.startswith("RuntimeError: ")]
-    return RuntimeError(lines[-1][len("RuntimeError: "):]) if lines else error
+    RuntimeError inside Spark's Java trace (its message may span lines, up to the trace's next
+    part). Anything else stays whole."""
+    lines = str(error).splitlines()
+    starts = [at for at, line in enumerate(lines) if line.startswith("RuntimeError: ")]
+    if not starts:
+        return error
+    message = [lines[starts[-1]][len("RuntimeError: "):]]
+    for line in lines[starts[-1] + 1:]:
+        if not line.strip() or line.startswith(("\tat ", "JVM stacktrace", "Traceback")):
+            break
+        message.append(line)
+    return RuntimeError("\n".join(message))
 
 
 def as_blob(row):
@@ -74,20 +83,32 @@ class SparkBackend:
         self.rows = []  # per sweep, the per-customer rows it gave
         self.sweeps = 0
 
+    def kept_bytes(self, name):
+        """Bytes of a step's blobs in the scratch folder."""
+        folder = os.path.join(self.scratch, name)
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+
     def report(self, step, started, name=None, extra=""):
         """One line per step (at --log info): its time and the bytes it kept in the scratch folder."""
         if not self.verbose:
             return
-        kept = ""
-        if name:
-            folder = os.path.join(self.scratch, name)
-            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
-            kept = f", {size / 1e6:.1f} MB kept"
+        kept = f", {self.kept_bytes(name) / 1e6:.1f} MB kept" if name else ""
         print(f"spark step {step}: {time.time() - started:.1f} s{kept}{extra}", file=sys.stderr, flush=True)
 
     def start(self, scratch, job):
         self.scratch = scratch
         self.job = job
+        # One marker per customer shard, so every shard runs its step in every sweep, also one
+        # with no order (a survey's answers from people who never bought).
+        shards = json.loads(job)["shards"]
+        self.markers = self.spark.range(shards).selectExpr(
+            "cast(id as int) as shard",
+            "'shard' as kind",
+            "'' as name",
+            "0 as tab",
+            "0 as part",
+            "cast('' as binary) as payload",
+        )
 
     def location(self, name):
         return "file://" + os.path.join(self.scratch, name)
@@ -125,7 +146,7 @@ class SparkBackend:
         return [as_blob(row) for row in blobs.filter("shard < 0").collect()], int(kept)
 
     def inputs(self):
-        frames = self.orders + self.rows
+        frames = [self.markers] + self.orders + self.rows
         union = frames[0]
         for frame in frames[1:]:
             union = union.unionByName(frame)
@@ -141,11 +162,13 @@ class SparkBackend:
             return blob_table(native.sweep_shard(job, shared.value, shard, blob_rows(table)))
 
         out = self.inputs().groupBy("shard").applyInArrow(sweep_shard, BLOB_SCHEMA)
-        blobs = self.keep(out, f"sweep-{self.sweeps}")
-        self.report(f"sweep {self.sweeps}", started, f"sweep-{self.sweeps}", f", work {len(work) / 1e6:.1f} MB")
+        name = f"sweep-{self.sweeps}"
+        blobs = self.keep(out, name)
+        self.report(f"sweep {self.sweeps}", started, name, f", work {len(work) / 1e6:.1f} MB")
         self.sweeps += 1
         self.rows.append(blobs.filter("kind = 'rows'"))
-        return (as_blob(row) for row in blobs.filter("kind = 'partial'").toLocalIterator())
+        partials = (as_blob(row) for row in blobs.filter("kind = 'partial'").toLocalIterator())
+        return self.kept_bytes(name), partials
 
     def all_rows(self, stage, table):
         rows = self.rows[0]
@@ -191,21 +214,14 @@ def main():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    from pyspark import SparkConf
-
-    # The job reads timestamps as instants (UTC); the rest are defaults spark-submit's --conf
-    # overrides. A task's error is reported by the job itself, so Spark's own log is quiet.
-    given = SparkConf()
-    builder = SparkSession.builder.appName("pipeline").config("spark.sql.session.timeZone", "UTC")
-    defaults = {
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "262144",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.log.level": "FATAL",
-    }
-    for key, value in defaults.items():
-        if not given.contains(key):
-            builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    # The job reads timestamps as instants (UTC). The rest are defaults that spark-submit's
+    # --conf overrides: a task's error is reported by the job itself, so Spark's log is quiet.
+    spark = SparkSession.builder.appName("pipeline").config("spark.sql.session.timeZone", "UTC").getOrCreate()
+    given = spark.sparkContext.getConf()
+    if not given.contains("spark.sql.execution.arrow.maxRecordsPerBatch"):
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "262144")
+    if not given.contains("spark.log.level"):
+        spark.sparkContext.setLogLevel("FATAL")
     try:
         code = native.run(
             os.path.abspath(args.config),

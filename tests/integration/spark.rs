@@ -111,12 +111,18 @@ fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
     };
     let started = std::time::Instant::now();
     while !in_sweeps() {
-        assert!(started.elapsed().as_secs() < 300, "the job never reached its second sweep");
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "the job never reached its second sweep"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     kill_group(killed);
     assert_eq!(manifest(&spark.join("latest"))["run_id"], published_run);
-    assert!(!temporary_files(&spark).is_empty(), "the killed job left its scratch folder");
+    assert!(
+        !temporary_files(&spark).is_empty(),
+        "the killed job left its scratch folder"
+    );
     // A later `--select` run on one machine removes what the killed job left and carries the
     // part folders over.
     run_ok(&[
@@ -129,8 +135,17 @@ fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
         "--log",
         "warn",
     ]);
-    assert_eq!(manifest(&spark.join("latest"))["carried_over"].as_array().unwrap().len(), 17);
-    assert_eq!(assert_same_tables(&whole.join("latest"), &spark.join("latest"), "carried over"), 20);
+    assert_eq!(
+        manifest(&spark.join("latest"))["carried_over"]
+            .as_array()
+            .unwrap()
+            .len(),
+        17
+    );
+    assert_eq!(
+        assert_same_tables(&whole.join("latest"), &spark.join("latest"), "carried over"),
+        20
+    );
     let leftovers = temporary_files(&spark);
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -193,11 +208,26 @@ fn the_spark_job_reads_a_hive_directory_of_a_messy_export() {
         );
     }
     workspace.write("lines/_SUCCESS", "");
+    // Survey answers from two customers and from 20 people who never bought: with 16 shards for
+    // 5 customers, most answers fall in shards with no order, which must run their step too.
+    let mut survey = String::from("customer_id,responded_at,score\n");
+    survey.push_str("C-ana,2024-02-01T10:00:00+01:00,9\nC-bo,2024-03-01T10:00:00+01:00,3\n");
+    for prospect in 0..20 {
+        survey.push_str(&format!(
+            "P-{prospect},2024-0{}-15T10:00:00+01:00,{}\n",
+            1 + prospect % 6,
+            prospect % 11
+        ));
+    }
+    workspace.write("survey.csv", &survey);
     let config = workspace.write(
         "messy.toml",
-        &MESSY_CONFIG
-            .replace("path = \"lines.csv\"\nformat = \"csv\"", "path = \"lines\"")
-            .replace("[sources.orders.csv]\ntext_ids = true\n", ""),
+        &format!(
+            "{}[sources.survey]\nkind = \"survey\"\npath = \"survey.csv\"\nformat = \"csv\"\n[stages.nps]\nkind = \"nps\"\ninput = [\"orders\", \"survey\"]\n",
+            MESSY_CONFIG
+                .replace("path = \"lines.csv\"\nformat = \"csv\"", "path = \"lines\"")
+                .replace("[sources.orders.csv]\ntext_ids = true\n", "")
+        ),
     );
     let whole = workspace.path("whole");
     run_into(&config, &whole, None);
@@ -205,9 +235,20 @@ fn the_spark_job_reads_a_hive_directory_of_a_messy_export() {
     assert_messy_accounting(&expected);
 
     let spark = workspace.path("spark");
-    spark_ok(&venv, &config, &spark, &["--shards", "4"]);
+    spark_ok(&venv, &config, &spark, &["--shards", "16"]);
     assert_eq!(accounting(&manifest(&spark.join("latest"))), expected);
-    assert_eq!(assert_same_tables(&whole.join("latest"), &spark.join("latest"), "Spark"), 11);
+    assert_eq!(
+        assert_same_tables(&whole.join("latest"), &spark.join("latest"), "Spark"),
+        13
+    );
+    // Every answer counts: 22 answers, 2 from customers.
+    let periods = read_table(&spark.join("latest/nps_periods.parquet"));
+    assert_eq!(
+        periods.int("responses").iter().sum::<i64>(),
+        22,
+        "{:?}",
+        periods.columns
+    );
     let facts = read_table(&spark.join("latest/customer_facts.parquet"));
     assert_eq!(facts.text("customer_id"), ["C-ana", "C-bo", "C-dee", "C-eve", "C-fay"]);
     assert_eq!(facts.float("revenue"), [34.75, 0.0, 12.34, 11.0, 30.0]);
@@ -259,9 +300,8 @@ fn the_spark_job_reads_a_hive_directory_of_a_messy_export() {
 /// The messy rows as typed Parquet columns: text ids, zoned UTC timestamps, Decimal(12, 2).
 fn messy_frame(rows: &[&str]) -> DataFrame {
     let fields: Vec<Vec<&str>> = rows.iter().map(|row| row.split(',').collect()).collect();
-    let text = |at: usize| -> Vec<Option<&str>> {
-        fields.iter().map(|f| Some(f[at]).filter(|v| !v.is_empty())).collect()
-    };
+    let text =
+        |at: usize| -> Vec<Option<&str>> { fields.iter().map(|f| Some(f[at]).filter(|v| !v.is_empty())).collect() };
     let micros: Vec<i64> = fields
         .iter()
         .map(|f| chrono::DateTime::parse_from_rfc3339(f[3]).unwrap().timestamp_micros())
@@ -272,7 +312,10 @@ fn messy_frame(rows: &[&str]) -> DataFrame {
         .collect();
     DataFrame::new_infer_height(vec![
         Column::new("order_id".into(), text(0)),
-        Column::new("line".into(), fields.iter().map(|f| f[1].parse::<i32>().unwrap()).collect::<Vec<_>>()),
+        Column::new(
+            "line".into(),
+            fields.iter().map(|f| f[1].parse::<i32>().unwrap()).collect::<Vec<_>>(),
+        ),
         Column::new("customer_id".into(), text(2)),
         Column::new("created_at".into(), micros)
             .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))

@@ -23,8 +23,8 @@ mod csv;
 mod dates;
 mod files;
 mod mapped;
-mod spend;
 mod part;
+mod spend;
 mod spill;
 mod survey;
 
@@ -35,7 +35,10 @@ use files::*;
 use mapped::*;
 pub(crate) use part::{fold_line_part, LineMapper};
 pub use spend::{check_spend, read_spend};
-pub use spill::{cuts_of, number_orders, range_of, sample_ids, read_order_shard, read_spill, spill_orders, write_spill, NumberedOrders, SpilledOrders};
+pub use spill::{
+    cuts_of, number_orders, range_of, read_order_shard, read_spill, sample_ids, spill_orders, write_spill,
+    NumberedOrders, SpilledOrders,
+};
 pub use survey::{check_survey, read_survey};
 
 /// Reasons that count as rejected (against `max_rejected_fraction`).
@@ -570,7 +573,12 @@ impl LineTotals {
         }
         let wire: Wire = serde_json::from_str(text).context("reading a part's line accounting")?;
         let mut lines_by_reason = [0; crate::core::orders::REASONS];
-        anyhow::ensure!(wire.lines_by_reason.len() == lines_by_reason.len(), "a part's line accounting has {} reasons, not {}", wire.lines_by_reason.len(), lines_by_reason.len());
+        anyhow::ensure!(
+            wire.lines_by_reason.len() == lines_by_reason.len(),
+            "a part's line accounting has {} reasons, not {}",
+            wire.lines_by_reason.len(),
+            lines_by_reason.len()
+        );
         lines_by_reason.copy_from_slice(&wire.lines_by_reason);
         Ok(LineTotals {
             lines_by_reason,

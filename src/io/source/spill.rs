@@ -412,7 +412,11 @@ pub fn spill_orders(
 
 /// Folded orders with their customer's id and their channel's name in place of the fold's
 /// numbers (which mean nothing outside it).
-pub(super) fn with_customer_values(orders: DataFrame, customer_ids: &Series, channels: Option<&Series>) -> Result<DataFrame> {
+pub(super) fn with_customer_values(
+    orders: DataFrame,
+    customer_ids: &Series,
+    channels: Option<&Series>,
+) -> Result<DataFrame> {
     let ids = orders.column("id")?.u32()?;
     let mut columns = vec![customer_ids.take(ids)?.with_name("customer_id".into()).into_column()];
     for name in ["date", "ordered_ts", "revenue"] {

@@ -18,6 +18,9 @@ use crate::core::stages::shard::shard_of_ids;
 use crate::core::stages::SourceData;
 use crate::io::source::{self, SpilledOrders};
 
+/// Per shard, the files of its rows per id range (`None`: no row in the range).
+type RowFiles = BTreeMap<usize, Vec<Option<PathBuf>>>;
+
 /// The shards in spill files under `dir`.
 pub(super) struct LocalShards {
     dir: PathBuf,
@@ -25,7 +28,7 @@ pub(super) struct LocalShards {
     /// Each survey source's answers per shard.
     survey_parts: BTreeMap<String, Vec<SurveyAnswers>>,
     /// Per (stage, per-customer table): per shard, the files of its rows per id range.
-    row_files: BTreeMap<(usize, usize), BTreeMap<usize, Vec<Option<PathBuf>>>>,
+    row_files: BTreeMap<(usize, usize), RowFiles>,
     /// Per (stage, per-customer table), its columns with no row.
     row_schemas: BTreeMap<(usize, usize), DataFrame>,
     row_bytes: u64,
@@ -84,7 +87,13 @@ impl LocalShards {
 
     /// Write `frame`, shard `shard`'s rows of `(stage, table)` (of the customers of orders
     /// source `source`), in a file per id range.
-    fn write_rows(&mut self, source: Option<String>, (stage, table): (usize, usize), shard: usize, frame: DataFrame) -> Result<()> {
+    fn write_rows(
+        &mut self,
+        source: Option<String>,
+        (stage, table): (usize, usize),
+        shard: usize,
+        frame: DataFrame,
+    ) -> Result<()> {
         let spilled = source
             .and_then(|name| self.spilled.get(&name))
             .context("per-customer rows come from an orders source")?;
@@ -198,7 +207,11 @@ impl Executor for LocalShards {
             }
             progress.inc(1);
             crate::telemetry::release_freed_memory();
-            tracing::debug!("sweep {}, shard {shard} done: {}", work.sweep, crate::telemetry::memory());
+            tracing::debug!(
+                "sweep {}, shard {shard} done: {}",
+                work.sweep,
+                crate::telemetry::memory()
+            );
         }
         progress.finish_and_clear();
         Ok(())

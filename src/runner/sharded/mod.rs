@@ -52,7 +52,6 @@ pub(super) fn shards_for(lines: u64, limit: u64) -> Option<usize> {
     Some(((lines * BYTES_PER_LINE).div_ceil(room) as usize).clamp(2, 4096))
 }
 
-
 /// A folder of spill files, removed with everything in it when dropped.
 pub(super) struct Scratch {
     pub dir: PathBuf,
@@ -136,7 +135,14 @@ pub(crate) trait Executor {
     /// Write stage `stage`'s per-customer table `table` into `dir` as one part per customer id
     /// range (`part-00000.parquet`, …), each sorted by customer_id, with the `as_of` column and
     /// the file metadata `key_values`; its rows.
-    fn write_parts(&mut self, _stage: usize, _table: usize, _dir: &std::path::Path, _key_values: &[(String, String)], _as_of_days: Option<i32>) -> Result<usize> {
+    fn write_parts(
+        &mut self,
+        _stage: usize,
+        _table: usize,
+        _dir: &std::path::Path,
+        _key_values: &[(String, String)],
+        _as_of_days: Option<i32>,
+    ) -> Result<usize> {
         bail!("this executor hands per-customer rows to the driver")
     }
 }
@@ -157,8 +163,7 @@ pub(super) fn execute(
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pipeline-spill-{}", manifest.run_id)));
     let scratch = Scratch::create(dir)?;
     let mut executor = local::LocalShards::new(&scratch.dir);
-    execute_with(plan, options, selected, manifest, sink, shards, &mut executor)
-        .map_err(|error| scratch.explain(error))
+    execute_with(plan, options, selected, manifest, sink, shards, &mut executor).map_err(|error| scratch.explain(error))
 }
 
 /// A sharded run with `executor`'s shards.
@@ -400,7 +405,12 @@ impl<'a> Sweeps<'a> {
                 continue;
             }
             for dep in &state.upstream {
-                if let Some(tables) = self.states.iter().find(|s| s.index == *dep).and_then(|s| s.tables.clone()) {
+                if let Some(tables) = self
+                    .states
+                    .iter()
+                    .find(|s| s.index == *dep)
+                    .and_then(|s| s.tables.clone())
+                {
                     upstream.insert(*dep, tables);
                 }
             }
@@ -437,7 +447,12 @@ impl<'a> Sweeps<'a> {
             .iter()
             .map(|stage| format!("{} {:?}", self.plan.config.stages[stage.index].name, stage.step))
             .collect();
-        tracing::info!("sweep {} over {} shards: {}", work.sweep, self.shards, active.join(", "));
+        tracing::info!(
+            "sweep {} over {} shards: {}",
+            work.sweep,
+            self.shards,
+            active.join(", ")
+        );
         let states = &mut self.states;
         let stages = &self.plan.config.stages;
         let mut take = |shard_partial: ShardPartial| -> Result<()> {
@@ -457,7 +472,8 @@ impl<'a> Sweeps<'a> {
                 let stage = state.stage;
                 let merged = crate::catch_panics(|| stage.merge(pass, vec![first, second]));
                 let stage_config = &stages[state.index];
-                let merged = merged.with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
+                let merged =
+                    merged.with_context(|| format!("stage `{}` ({})", stage_config.name, stage_config.kind.name))?;
                 state.parts.push((2 * size, merged));
             }
             state.busy += clock.elapsed();
@@ -537,7 +553,10 @@ impl<'a> Sweeps<'a> {
         let upstream = self.upstream_aggregates(position)?;
         let state = &mut self.states[position];
         let stage = state.stage;
-        let parts = std::mem::take(&mut state.parts).into_iter().map(|(_, part)| part).collect();
+        let parts = std::mem::take(&mut state.parts)
+            .into_iter()
+            .map(|(_, part)| part)
+            .collect();
         let merged = crate::catch_panics(|| stage.merge(pass, parts))?;
         tracing::debug!("pass {pass} merged: {}", crate::telemetry::memory());
         state.merged.push(merged);
@@ -619,7 +638,13 @@ impl<'a> Sweeps<'a> {
 
     /// Stage stage `index`'s per-customer table `table` through the sink, an id range at a
     /// time, each range sorted by customer_id: the table in customer_id order.
-    fn stage_rows(&mut self, index: usize, table: usize, name: &str, metadata: &crate::io::sink::TableMetadata) -> Result<usize> {
+    fn stage_rows(
+        &mut self,
+        index: usize,
+        table: usize,
+        name: &str,
+        metadata: &crate::io::sink::TableMetadata,
+    ) -> Result<usize> {
         let as_of_days = self.as_of_days;
         let ranges = self.executor.table_ranges(index, table)?;
         let mut parts = ranges.map(|part| part.and_then(|frame| published_part(frame, as_of_days)));
@@ -629,7 +654,10 @@ impl<'a> Sweeps<'a> {
 
 /// One id range of a per-customer table as published: sorted by customer_id, with `as_of`.
 pub(super) fn published_part(frame: DataFrame, as_of_days: Option<i32>) -> Result<DataFrame> {
-    let mut frame = frame.sort(["customer_id"], SortMultipleOptions::default().with_maintain_order(true))?;
+    let mut frame = frame.sort(
+        ["customer_id"],
+        SortMultipleOptions::default().with_maintain_order(true),
+    )?;
     add_as_of(&mut frame, as_of_days)?;
     Ok(frame)
 }

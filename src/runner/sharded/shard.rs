@@ -386,7 +386,10 @@ mod tests {
         let source = &back.sources["orders"];
         assert_eq!(source.as_of, NaiveDate::from_ymd_opt(2025, 1, 31).unwrap());
         assert_eq!(source.schema.schema(), frame.schema());
-        assert_eq!(source.cuts.str().unwrap().iter().flatten().collect::<Vec<_>>(), ["c10", "c55"]);
+        assert_eq!(
+            source.cuts.str().unwrap().iter().flatten().collect::<Vec<_>>(),
+            ["c10", "c55"]
+        );
         let stage = &back.stages[0];
         assert_eq!((stage.position, stage.index, stage.step), (2, 5, Step::Pass(1)));
         assert!(stage.merged[0][0].equals_missing(&frame));

@@ -30,8 +30,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::sharded::shard::{
-    bytes_table, decode_tables, encode_tables, run_shard, table_bytes, ShardData, ShardPartial, SourceShards,
-    SweepWork,
+    bytes_table, decode_tables, encode_tables, run_shard, table_bytes, ShardData, ShardPartial, SourceShards, SweepWork,
 };
 use super::sharded::{execute_with, Executor, Scratch};
 use super::RunOptions;
@@ -47,12 +46,22 @@ use crate::io::source::{self, LineMapper, LineScan, LineTotals};
 /// Lines per customer shard the job aims at when no shard count is given.
 const LINES_PER_SHARD: u64 = 4 << 20;
 
-/// What every task is told: the config (a path the driver and the executors both read) and the
-/// number of shards.
+/// What every task is told: the config (a path the driver and the executors both read, checked
+/// by its hash), the number of shards, and the run's as_of as the driver resolved it (`None`: the
+/// last order's date), so a task never resolves `today` by its own clock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     pub config: PathBuf,
+    pub config_hash: String,
     pub shards: usize,
+    pub as_of: Option<chrono::NaiveDate>,
+}
+
+impl Job {
+    /// The as_of the lines are read for.
+    fn as_of(&self) -> AsOf {
+        self.as_of.map_or(AsOf::LastOrder, AsOf::Date)
+    }
 }
 
 impl Job {
@@ -92,6 +101,9 @@ impl Blob {
     }
 }
 
+/// Blobs from the Spark job, pulled one at a time.
+pub type Blobs = Box<dyn Iterator<Item = Result<Blob>>>;
+
 /// The Spark side of the driver: runs each step as Spark jobs (`spark/pipeline_spark.py`).
 pub trait Backend {
     /// The scratch folder for the run's blobs, and the job every task is given (JSON).
@@ -100,10 +112,11 @@ pub trait Backend {
     /// fold them (`map_lines`, `fold_orders`); keep the orders and return the blobs for the
     /// driver (totals, samples, schemas), and the bytes of orders kept.
     fn split_orders(&mut self, source: &str, path: &Path, columns: &[String]) -> Result<(Vec<Blob>, u64)>;
-    /// Run `work` on every customer shard (`sweep_shard`): keep the rows, return the partials.
-    fn sweep(&mut self, work: Vec<u8>) -> Result<Box<dyn Iterator<Item = Result<Blob>>>>;
+    /// Run `work` on every customer shard (`sweep_shard`): keep the rows, return the bytes kept
+    /// and the partials.
+    fn sweep(&mut self, work: Vec<u8>) -> Result<(u64, Blobs)>;
     /// Stage `stage`'s rows of per-customer table `table`, ordered by range (`part`).
-    fn table_rows(&mut self, stage: usize, table: usize) -> Result<Box<dyn Iterator<Item = Result<Blob>>>>;
+    fn table_rows(&mut self, stage: usize, table: usize) -> Result<Blobs>;
     /// Write stage `stage`'s per-customer table `table`, a task per id range (`write_part`, told
     /// `spec`); its rows.
     fn write_parts(&mut self, stage: usize, table: usize, spec: &str) -> Result<u64>;
@@ -146,19 +159,30 @@ pub fn run(
             .scratch_dir(&manifest.run_id)
             .context("the Spark job publishes into an output folder")?;
         let scratch = Scratch::create(dir)?;
+        let as_of = options.as_of.unwrap_or(plan.config.pipeline.as_of);
         let job = Job {
             config: config.clone(),
+            config_hash: plan.config.hash.clone(),
             shards,
+            as_of: source::fixed_as_of(as_of, &plan.config.pipeline.timezone)?,
         };
         let mut backend = backend.borrow_mut();
         backend.start(&scratch.dir, &serde_json::to_string(&job)?)?;
 
-        tracing::info!("Spark job: {shards} customer shards, about {} lines", source::thousands(lines));
+        tracing::info!(
+            "Spark job: {shards} customer shards, about {} lines",
+            source::thousands(lines)
+        );
         let mut executor = SparkShards {
             backend: &mut **backend,
             job: job.clone(),
             row_bytes: 0,
         };
+        let options = RunOptions {
+            as_of: Some(job.as_of()),
+            ..options.clone()
+        };
+        let options = &options;
         execute_with(plan, options, selected, manifest, sink, shards, &mut executor).map_err(|e| scratch.explain(e))
     })
 }
@@ -186,10 +210,18 @@ impl Executor for SparkShards<'_> {
         let mut samples = Vec::new();
         let mut schema = None;
         for blob in blobs {
+            let what = || format!("source `{}`: the `{}` of an order shard", source_config.name, blob.kind);
             match blob.kind.as_str() {
-                "totals" => totals.merge(LineTotals::from_json(std::str::from_utf8(&blob.payload)?)?),
-                "sample" => samples.push(bytes_table(&blob.payload)?.column("customer_id")?.as_materialized_series().clone()),
-                "schema" => schema = Some(bytes_table(&blob.payload)?),
+                "totals" => {
+                    let text = std::str::from_utf8(&blob.payload).map_err(anyhow::Error::from);
+                    totals.merge(text.and_then(LineTotals::from_json).with_context(what)?);
+                }
+                "sample" => samples.push(
+                    bytes_table(&blob.payload)
+                        .and_then(|frame| Ok(frame.column("customer_id")?.as_materialized_series().clone()))
+                        .with_context(what)?,
+                ),
+                "schema" => schema = Some(bytes_table(&blob.payload).with_context(what)?),
                 other => bail!("the Spark job returned a `{other}` blob for the driver"),
             }
         }
@@ -209,14 +241,39 @@ impl Executor for SparkShards<'_> {
         _whole: &BTreeMap<String, SourceData>,
         take: &mut dyn FnMut(ShardPartial) -> Result<()>,
     ) -> Result<()> {
-        for blob in self.backend.sweep(work.encode()?)? {
+        let (kept, partials) = self.backend.sweep(work.encode()?)?;
+        self.row_bytes += kept;
+        // Every shard gives a partial for every stage taking a pass (a lost one would be a
+        // silently smaller table).
+        let mut given: BTreeMap<usize, BTreeSet<i32>> = BTreeMap::new();
+        for blob in partials {
             let blob = blob?;
-            let ((), tables): ((), _) = decode_tables(&blob.payload)?;
+            let position: usize = blob
+                .name
+                .parse()
+                .map_err(|_| anyhow::anyhow!("a partial names no stage"))?;
+            given.entry(position).or_default().insert(blob.shard);
+            let ((), tables): ((), _) = decode_tables(&blob.payload).context("a shard's partial")?;
             take(ShardPartial {
-                position: blob.name.parse::<usize>().map_err(anyhow::Error::from).context("a partial names its stage's place")?,
+                position,
                 partial: tables.into_iter().map(|(_, frame)| frame).collect(),
                 with_rows: blob.part == 1,
             })?;
+        }
+        for stage in work
+            .stages
+            .iter()
+            .filter(|stage| matches!(stage.step, super::sharded::shard::Step::Pass(_)))
+        {
+            let shards = given.get(&stage.position).map_or(0, BTreeSet::len);
+            if shards != work.shards {
+                bail!(
+                    "sweep {}: {shards} of {} shards gave a partial of stage {} (a Spark task's output was lost)",
+                    work.sweep,
+                    work.shards,
+                    stage.index
+                );
+            }
         }
         Ok(())
     }
@@ -231,7 +288,6 @@ impl Executor for SparkShards<'_> {
             blobs: blobs.peekable(),
             columns: None,
             given: false,
-            bytes: &mut self.row_bytes,
         }))
     }
 
@@ -270,11 +326,17 @@ impl Executor for SparkShards<'_> {
         // What a task killed while writing left (its temporary file) is not published.
         for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read `{}`", dir.display()))? {
             let path = entry?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if !(name.starts_with("part-") && name.ends_with(".parquet")) {
                 std::fs::remove_file(&path).ok();
             }
         }
+        std::fs::File::open(dir)
+            .and_then(|folder| folder.sync_all())
+            .with_context(|| format!("cannot sync `{}`", dir.display()))?;
         Ok(rows)
     }
 }
@@ -297,25 +359,31 @@ fn write_part_file(plan: &Plan, spec: &PartSpec, part: usize, frame: DataFrame) 
         .context("a part of a table the stage has")?;
     let mut frame = super::sharded::published_part(frame, spec.as_of_days)?;
     let target = spec.dir.join(format!("part-{part:05}.parquet"));
+    // Unique per attempt: a retried or speculative task on another host may share the pid.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let temp = spec
         .dir
-        .join(format!(".part-{part:05}.parquet.{}.tmp", std::process::id()));
+        .join(format!(".part-{part:05}.parquet.{}-{nanos}.tmp", std::process::id()));
     crate::io::sink::write_table(&temp, &mut frame, &metadata, &crate::io::sink::SharedPages::default())
         .with_context(|| format!("writing part {part} of table `{name}`"))?;
+    std::fs::File::open(&temp)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("cannot sync `{}`", temp.display()))?;
     std::fs::rename(&temp, &target).with_context(|| format!("cannot move `{}` into place", temp.display()))?;
     Ok(frame.height())
 }
 
 /// Rows blobs ordered by range, as one frame per range (the table's columns alone when it has
 /// no row).
-struct Ranges<'s> {
-    blobs: std::iter::Peekable<Box<dyn Iterator<Item = Result<Blob>>>>,
+struct Ranges {
+    blobs: std::iter::Peekable<Blobs>,
     columns: Option<DataFrame>,
     given: bool,
-    bytes: &'s mut u64,
 }
 
-impl Iterator for Ranges<'_> {
+impl Iterator for Ranges {
     type Item = Result<DataFrame>;
 
     fn next(&mut self) -> Option<Result<DataFrame>> {
@@ -330,7 +398,6 @@ impl Iterator for Ranges<'_> {
                 break;
             }
             let blob = self.blobs.next().expect("peeked").expect("peeked ok");
-            *self.bytes += blob.payload.len() as u64;
             let frame = match bytes_table(&blob.payload) {
                 Ok(frame) => frame,
                 Err(error) => return Some(Err(error)),
@@ -380,15 +447,24 @@ fn decoded(bytes: &[u8]) -> Result<Arc<SweepWork>> {
 
 /// Tasks load the plan and map lines once per process.
 static PLANS: Mutex<Option<HashMap<PathBuf, Arc<Plan>>>> = Mutex::new(None);
-static MAPPERS: Mutex<Option<HashMap<(PathBuf, String), Arc<LineMapper>>>> = Mutex::new(None);
+type Mappers = HashMap<(PathBuf, String), Arc<LineMapper>>;
+static MAPPERS: Mutex<Option<Mappers>> = Mutex::new(None);
 
 fn plan_of(job: &Job) -> Result<Arc<Plan>> {
-    let mut plans = PLANS.lock().map_err(|_| anyhow::anyhow!("the plan cache is poisoned"))?;
+    let mut plans = PLANS
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the plan cache is poisoned"))?;
     let plans = plans.get_or_insert_with(HashMap::new);
     if let Some(plan) = plans.get(&job.config) {
         return Ok(Arc::clone(plan));
     }
     let plan = Arc::new(crate::load_plan(&job.config)?);
+    if plan.config.hash != job.config_hash {
+        bail!(
+            "the config `{}` changed since the job started (or reads differently here: check the environment variables it uses on the executors); run the job again",
+            job.config.display()
+        );
+    }
     plans.insert(job.config.clone(), Arc::clone(&plan));
     Ok(plan)
 }
@@ -404,7 +480,9 @@ fn source_of<'p>(plan: &'p Plan, name: &str) -> Result<&'p SourceConfig> {
 /// lines as Parquet bytes) per shard with lines.
 pub fn map_lines(job: &Job, source: &str, batch: DataFrame) -> Result<Vec<Blob>> {
     let mapper = {
-        let mut mappers = MAPPERS.lock().map_err(|_| anyhow::anyhow!("the mapper cache is poisoned"))?;
+        let mut mappers = MAPPERS
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the mapper cache is poisoned"))?;
         let mappers = mappers.get_or_insert_with(HashMap::new);
         let key = (job.config.clone(), source.to_string());
         match mappers.get(&key) {
@@ -469,16 +547,37 @@ pub fn fold_orders(job: &Job, source: &str, lines: &[&[u8]]) -> Result<Vec<Blob>
     let source_config = source_of(&plan, source)?;
     let mut lines = stacked(lines.iter().copied())?.context("an order shard with no lines")?;
     lines.rechunk_mut();
-    let part = source::fold_line_part(source_config, &plan.config.pipeline, plan.config.pipeline.as_of, lines)
+    let part = source::fold_line_part(source_config, &plan.config.pipeline, job.as_of(), lines)
         .with_context(|| format!("source `{source}`: folding an order shard"))?;
     let shard_of = shard_of_ids(part.orders.column("customer_id")?, job.shards)?;
     let mut blobs = split_by(&part.orders, &shard_of, job.shards, |shard, mut orders| {
-        Ok(Blob::new(shard as i32, "orders", source, 0, 0, table_bytes(&mut orders)?))
+        Ok(Blob::new(
+            shard as i32,
+            "orders",
+            source,
+            0,
+            0,
+            table_bytes(&mut orders)?,
+        ))
     })?;
-    blobs.push(Blob::new(-1, "totals", source, 0, 0, part.totals.to_json().into_bytes()));
+    blobs.push(Blob::new(
+        -1,
+        "totals",
+        source,
+        0,
+        0,
+        part.totals.to_json().into_bytes(),
+    ));
     let mut sample = part.sample.with_name("customer_id".into()).into_frame();
     blobs.push(Blob::new(-1, "sample", source, 0, 0, table_bytes(&mut sample)?));
-    blobs.push(Blob::new(-1, "schema", source, 0, 0, table_bytes(&mut part.orders.clear())?));
+    blobs.push(Blob::new(
+        -1,
+        "schema",
+        source,
+        0,
+        0,
+        table_bytes(&mut part.orders.clear())?,
+    ));
     Ok(blobs)
 }
 
@@ -520,9 +619,23 @@ pub fn sweep_shard(job: &Job, work: &[u8], shard: usize, blobs: Vec<Blob>) -> Re
         let ranges = source::range_of(cuts, frame.column("customer_id")?)?;
         let name = stage.to_string();
         blobs.extend(split_by(&frame, &ranges, cuts.len() + 1, |range, mut rows| {
-            Ok(Blob::new(shard as i32, "rows", name.clone(), table as i32, range as i32, table_bytes(&mut rows)?))
+            Ok(Blob::new(
+                shard as i32,
+                "rows",
+                name.clone(),
+                table as i32,
+                range as i32,
+                table_bytes(&mut rows)?,
+            ))
         })?);
-        blobs.push(Blob::new(shard as i32, "rows", name, table as i32, -1, table_bytes(&mut frame.clear())?));
+        blobs.push(Blob::new(
+            shard as i32,
+            "rows",
+            name,
+            table as i32,
+            -1,
+            table_bytes(&mut frame.clear())?,
+        ));
     }
     Ok(blobs)
 }
@@ -538,7 +651,12 @@ struct SparkShard<'a> {
 impl SparkShard<'_> {
     /// The frames of the blobs `wanted` picks, as one (or `None` when there is none).
     fn frames(&self, wanted: impl Fn(&Blob) -> bool) -> Result<Option<DataFrame>> {
-        stacked(self.blobs.iter().filter(|blob| wanted(blob)).map(|blob| blob.payload.as_slice()))
+        stacked(
+            self.blobs
+                .iter()
+                .filter(|blob| wanted(blob))
+                .map(|blob| blob.payload.as_slice()),
+        )
     }
 }
 

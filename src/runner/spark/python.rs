@@ -10,7 +10,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::{Backend, Blob, Job};
+use super::{Backend, Blob, Blobs, Job};
 
 /// A blob as Python sees it: (shard, kind, name, table, part, payload).
 type PyBlob<'py> = (i32, String, String, i32, i32, Bound<'py, PyBytes>);
@@ -27,8 +27,9 @@ fn to_py<'py>(py: Python<'py>, blob: Blob) -> PyBlob<'py> {
 }
 
 fn from_py(value: &Bound<'_, PyAny>) -> Result<Blob> {
-    let (shard, kind, name, table, part, payload): (i32, String, String, i32, i32, Bound<'_, PyBytes>) =
-        value.extract().map_err(|e| anyhow::anyhow!("a blob from Python: {e}"))?;
+    let (shard, kind, name, table, part, payload): (i32, String, String, i32, i32, Bound<'_, PyBytes>) = value
+        .extract()
+        .map_err(|e| anyhow::anyhow!("a blob from Python: {e}"))?;
     Ok(Blob {
         shard,
         kind,
@@ -88,7 +89,11 @@ impl Iterator for PyBlobs {
 }
 
 impl PyBackend {
-    fn call(&self, method: &str, args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>>) -> Result<Py<PyAny>> {
+    fn call(
+        &self,
+        method: &str,
+        args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>>,
+    ) -> Result<Py<PyAny>> {
         Python::attach(|py| {
             let args = args(py).map_err(|e| rust_error(py, e))?;
             self.object
@@ -100,7 +105,11 @@ impl PyBackend {
         })
     }
 
-    fn blobs(&self, method: &str, args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>>) -> Result<Box<dyn Iterator<Item = Result<Blob>>>> {
+    fn blobs(
+        &self,
+        method: &str,
+        args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>>,
+    ) -> Result<Blobs> {
         let result = self.call(method, args)?;
         let iterator = Python::attach(|py| {
             result
@@ -132,11 +141,17 @@ impl Backend for PyBackend {
         })
     }
 
-    fn sweep(&mut self, work: Vec<u8>) -> Result<Box<dyn Iterator<Item = Result<Blob>>>> {
-        self.blobs("sweep", |py| (PyBytes::new(py, &work),).into_pyobject(py))
+    fn sweep(&mut self, work: Vec<u8>) -> Result<(u64, Blobs)> {
+        let result = self.call("sweep", |py| (PyBytes::new(py, &work),).into_pyobject(py))?;
+        let (kept, iterator) = Python::attach(|py| -> Result<(u64, Py<PyAny>)> {
+            let (kept, partials): (u64, Bound<'_, PyAny>) = result.bind(py).extract().map_err(|e| rust_error(py, e))?;
+            let iterator = partials.try_iter().map_err(|e| rust_error(py, e))?;
+            Ok((kept, iterator.into_any().unbind()))
+        })?;
+        Ok((kept, Box::new(PyBlobs { iterator })))
     }
 
-    fn table_rows(&mut self, stage: usize, table: usize) -> Result<Box<dyn Iterator<Item = Result<Blob>>>> {
+    fn table_rows(&mut self, stage: usize, table: usize) -> Result<Blobs> {
         self.blobs("table_rows", |py| (stage, table).into_pyobject(py))
     }
 
@@ -159,11 +174,13 @@ fn run(
     parallelism: usize,
     log: &str,
 ) -> i32 {
-    let _ = py;
     crate::logging::init(log, crate::logging::LogFormat::Text);
     crate::install_panic_hook();
     let mut backend = PyBackend { object: backend };
-    match crate::catch_panics(|| super::run(&config, output_dir, shards, parallelism, &mut backend)) {
+    // Without the GIL: the backend takes it for each call into Python.
+    let result =
+        py.detach(|| crate::catch_panics(|| super::run(&config, output_dir, shards, parallelism, &mut backend)));
+    match result {
         Ok(manifest) => {
             let tables: usize = manifest.stages.iter().map(|s| s.tables.len()).sum();
             eprintln!(
@@ -192,8 +209,10 @@ fn map_lines<'py>(py: Python<'py>, job: &str, source: &str, batch: &[u8]) -> PyR
     let job = job_of(job)?;
     let blobs = py
         .detach(|| {
-            let batch = super::bytes_table(batch)?;
-            super::map_lines(&job, source, batch)
+            crate::catch_panics(|| {
+                let batch = super::bytes_table(batch)?;
+                super::map_lines(&job, source, batch)
+            })
         })
         .map_err(py_error)?;
     Ok(blobs.into_iter().map(|blob| to_py(py, blob)).collect())
@@ -202,10 +221,17 @@ fn map_lines<'py>(py: Python<'py>, job: &str, source: &str, batch: &[u8]) -> PyR
 /// Task: an order shard's lines (their payloads) folded: orders blobs by customer shard and the
 /// driver's blobs.
 #[pyfunction]
-fn fold_orders<'py>(py: Python<'py>, job: &str, source: &str, lines: Vec<Bound<'py, PyBytes>>) -> PyResult<Vec<PyBlob<'py>>> {
+fn fold_orders<'py>(
+    py: Python<'py>,
+    job: &str,
+    source: &str,
+    lines: Vec<Bound<'py, PyBytes>>,
+) -> PyResult<Vec<PyBlob<'py>>> {
     let job = job_of(job)?;
     let parts: Vec<&[u8]> = lines.iter().map(|part| part.as_bytes()).collect();
-    let blobs = py.detach(|| super::fold_orders(&job, source, &parts)).map_err(py_error)?;
+    let blobs = py
+        .detach(|| crate::catch_panics(|| super::fold_orders(&job, source, &parts)))
+        .map_err(py_error)?;
     Ok(blobs.into_iter().map(|blob| to_py(py, blob)).collect())
 }
 
@@ -228,7 +254,13 @@ fn sweep_shard<'py>(
 
 /// Task: one id range of a per-customer table (its rows' payloads) written as a part; its rows.
 #[pyfunction]
-fn write_part(py: Python<'_>, job: &str, spec: &str, part: usize, payloads: Vec<Bound<'_, PyBytes>>) -> PyResult<usize> {
+fn write_part(
+    py: Python<'_>,
+    job: &str,
+    spec: &str,
+    part: usize,
+    payloads: Vec<Bound<'_, PyBytes>>,
+) -> PyResult<usize> {
     let job = job_of(job)?;
     let payloads: Vec<&[u8]> = payloads.iter().map(|payload| payload.as_bytes()).collect();
     py.detach(|| crate::catch_panics(|| super::write_part(&job, spec, part, &payloads)))
