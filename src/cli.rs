@@ -56,6 +56,14 @@ pub enum Command {
     },
     /// Write synthetic order lines (deterministic by seed) for demos and benchmarks.
     GenerateSample(GenerateArgs),
+    /// Write `report.html`, one self-contained page of charts of a published snapshot.
+    Report {
+        /// An output folder (its `latest` snapshot) or a snapshot folder.
+        out: PathBuf,
+        /// Write the page here instead of `report.html` in the snapshot.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -7,6 +7,7 @@ pub mod core;
 pub mod generate;
 pub mod io;
 pub mod logging;
+pub mod report;
 pub mod runner;
 pub mod telemetry;
 pub mod tuning;

@@ -98,5 +98,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             eprintln!("{summary}");
             Ok(())
         }
+        Command::Report { out, output } => {
+            let path = pipeline::report::write_report(&out, output.as_deref())?;
+            eprintln!("wrote {}", path.display());
+            Ok(())
+        }
     }
 }

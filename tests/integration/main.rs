@@ -20,6 +20,7 @@ mod outputs;
 mod properties;
 mod reference;
 mod repeat;
+mod report;
 mod rfm;
 mod shards;
 mod snapshots;

@@ -1,0 +1,231 @@
+//! `pipeline report OUT`: the page's numbers are the tables' (read back here with arrow-rs), it
+//! is self-contained and small, and it leaves out what the config did not compute.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// The data block of a report: tiles and each chart's ECharts option.
+fn report_data(page: &str) -> serde_json::Value {
+    let start = page
+        .find(r#"<script id="report-data" type="application/json">"#)
+        .expect("the data block");
+    let body = &page[start..];
+    let body = &body[body.find('>').unwrap() + 1..];
+    let end = body.find("</script>").unwrap();
+    serde_json::from_str(&body[..end]).expect("the data block is JSON")
+}
+
+fn tile(data: &serde_json::Value, key: &str) -> f64 {
+    data["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|tile| tile["key"] == key)
+        .unwrap_or_else(|| panic!("no tile `{key}`"))["value"]
+        .as_f64()
+        .unwrap()
+}
+
+fn chart<'a>(data: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    &data["charts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|chart| chart["id"] == id)
+        .unwrap_or_else(|| panic!("no chart `{id}`"))["option"]
+}
+
+#[test]
+fn the_report_shows_the_tables_numbers() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let out_text = out.to_str().unwrap();
+    for _ in 0..2 {
+        run_ok(&[
+            "run",
+            config.to_str().unwrap(),
+            "--output-dir",
+            out_text,
+            "--log",
+            "warn",
+        ]);
+    }
+    run_ok(&["report", out_text]);
+    let latest = out.join("latest");
+    let page = std::fs::read_to_string(latest.join("report.html")).unwrap();
+    assert!(page.len() < 3 << 20, "{} bytes", page.len());
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "the page fetches nothing"
+    );
+    assert!(page.contains("as of 2024-12-31"));
+    let data = report_data(&page);
+
+    // Tiles.
+    let facts = read_table(&latest.join("customer_facts.parquet"));
+    assert_eq!(tile(&data, "customers"), facts.rows as f64);
+    let snapshots = read_table(&latest.join("lifecycle_snapshots.parquet"));
+    let last = snapshots.rows - 1; // as_of 2024-12-31 ends December: complete
+    let at = |column: &str| snapshots.float(column)[last];
+    assert_eq!(
+        tile(&data, "active_customers"),
+        at("new") + at("reactivated") + at("active")
+    );
+    assert_close(tile(&data, "crr"), at("crr"), "crr");
+    assert_close(tile(&data, "churn"), at("churn_rate"), "churn");
+    let summary = read_table(&latest.join("repeat_summary.parquet"));
+    let repeat = summary.float("repeat_customers").iter().sum::<f64>() / summary.float("customers").iter().sum::<f64>();
+    assert_close(tile(&data, "repeat_rate"), repeat, "repeat rate");
+    let clv: Vec<f64> = read_table(&latest.join("clv_customers.parquet"))
+        .float("clv")
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .collect();
+    let total: f64 = clv.iter().sum();
+    assert_close(tile(&data, "clv_total"), total, "total clv");
+    assert_close(tile(&data, "clv_mean"), total / clv.len() as f64, "mean clv");
+    let acquisition = read_table(&latest.join("acquisition.parquet"));
+    let all: Vec<bool> = acquisition.text("all_channels").iter().map(|v| v == "true").collect();
+    let sum = |column: &str| -> f64 {
+        acquisition
+            .float(column)
+            .iter()
+            .zip(&all)
+            .filter(|(_, a)| **a)
+            .map(|(v, _)| v)
+            .sum()
+    };
+    assert_close(tile(&data, "cac"), sum("spend") / sum("new_customers"), "cac");
+    let periods = read_table(&out.join("latest/nps_periods.parquet"));
+    assert_close(tile(&data, "nps"), *periods.float("nps").last().unwrap(), "nps");
+    // Two identical runs: every tile has its previous value, the same.
+    for tile in data["tiles"].as_array().unwrap() {
+        assert_eq!(tile["previous"], tile["value"], "{tile}");
+    }
+
+    // Cohort heatmap: each cell is Σ active / Σ cohort customers over the channels.
+    let cohorts = read_table(&latest.join("cohorts.parquet"));
+    let heat = chart(&data, "cohort-heatmap");
+    let labels: Vec<String> = heat["yAxis"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let cells = heat["series"][0]["data"].as_array().unwrap();
+    let (cohort, index) = (cohorts.text("cohort"), cohorts.int("period_index"));
+    let (size, active) = (cohorts.float("cohort_customers"), cohorts.float("active_customers"));
+    for cell in cells.iter().step_by(97) {
+        let (period, row) = (cell[0].as_i64().unwrap(), cell[1].as_u64().unwrap() as usize);
+        let rows: Vec<usize> = (0..cohorts.rows)
+            .filter(|&r| cohort[r] == labels[row] && index[r] == period)
+            .collect();
+        let (a, s): (f64, f64) = (
+            rows.iter().map(|&r| active[r]).sum(),
+            rows.iter().map(|&r| size[r]).sum(),
+        );
+        assert!(
+            (cell[2].as_f64().unwrap() - (1000.0 * a / s).round() / 10.0).abs() < 1e-9,
+            "{cell}"
+        );
+        assert_eq!((cell[3].as_f64().unwrap(), cell[4].as_f64().unwrap()), (a, s));
+    }
+    assert_eq!(cells.len(), {
+        let mut keys: Vec<(String, i64)> = (0..cohorts.rows).map(|r| (cohort[r].clone(), index[r])).collect();
+        keys.sort();
+        keys.dedup();
+        keys.len()
+    });
+
+    // Lifecycle stages: the table's columns as they are.
+    let stages = chart(&data, "lifecycle-stages");
+    let series = stages["series"].as_array().unwrap();
+    let active_series: Vec<f64> = series.iter().find(|s| s["name"] == "active").unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(active_series, snapshots.float("active"));
+
+    // RFM: shares in %.
+    let segments = read_table(&latest.join("rfm_segments.parquet"));
+    let rfm = chart(&data, "rfm-segments");
+    let shares: Vec<f64> = rfm["series"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let expected: Vec<f64> = segments
+        .float("share")
+        .iter()
+        .map(|v| (v * 10000.0).round() / 100.0)
+        .collect();
+    assert_eq!(shares, expected);
+
+    // CLV histogram: every customer with a positive clv in one bin.
+    let histogram = chart(&data, "clv-distribution");
+    let counts: u64 = histogram["series"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, clv.iter().filter(|v| **v > 0.0).count() as u64);
+    assert!(histogram["title"]["subtext"].as_str().unwrap().contains("top 10 %"));
+    for id in ["cohort-curves", "cohort-revenue", "nps-periods"] {
+        assert!(
+            chart(&data, id)["series"].as_array().is_some_and(|s| !s.is_empty()),
+            "{id}"
+        );
+        assert_eq!(chart(&data, id)["aria"]["enabled"], true);
+    }
+}
+
+/// A config without lifecycle, clv, acquisition or nps stages: their tiles and sections are
+/// left out. A folder without a snapshot is an error naming it (exit 1).
+#[test]
+fn the_report_leaves_out_what_was_not_computed() {
+    let workspace = Workspace::with_tiny();
+    let config = workspace.config(
+        "",
+        "[stages.customer_facts]\nkind = \"customer_facts\"\n[stages.rfm]\nkind = \"rfm\"\n",
+    );
+    run_ok(&["run", config.to_str().unwrap()]);
+    let report = workspace.path("report.html");
+    run_ok(&[
+        "report",
+        workspace.root().to_str().unwrap(),
+        "--output",
+        report.to_str().unwrap(),
+    ]);
+    let page = std::fs::read_to_string(&report).unwrap();
+    let data = report_data(&page);
+    let keys: Vec<&str> = data["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["customers"]);
+    let charts: Vec<&str> = data["charts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(charts, ["rfm-segments"]);
+    assert!(!page.contains("id=\"lifecycle\""));
+
+    let empty = tempfile::tempdir().unwrap();
+    let output = pipeline(&["report", empty.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("has no published snapshot"),
+        "{}",
+        stderr(&output)
+    );
+}
