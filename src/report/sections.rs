@@ -33,12 +33,21 @@ pub struct Chart {
     pub option: Value,
 }
 
+/// A table shown as it is (a segment summary, fitted parameters).
+#[derive(Debug, Clone, Serialize)]
+pub struct Grid {
+    pub caption: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
 /// A part of the page, for one stage kind.
 #[derive(Debug, Clone, Serialize)]
 pub struct Section {
     pub id: &'static str,
     pub title: &'static str,
     pub charts: Vec<Chart>,
+    pub grids: Vec<Grid>,
 }
 
 /// The headline tiles of `snapshot`, each where its table exists.
@@ -205,11 +214,37 @@ pub fn sections(snapshot: &Snapshot) -> Result<Vec<Section>> {
     if let Some((name, segments)) = snapshot.table("rfm", "segments")? {
         sections.push(rfm_section(&name, &segments, &as_of)?);
     }
+    if let Some((name, summary)) = snapshot.table("repeat", "summary")? {
+        let transitions = snapshot.table("repeat", "transitions")?;
+        sections.push(repeat_section(&name, &summary, transitions.as_ref(), &as_of)?);
+    }
     if let Some((name, clv)) = snapshot.table("clv", "customers")? {
-        sections.push(clv_section(&name, &clv, &as_of, &money)?);
+        let mut section = clv_section(&name, &clv, &as_of, &money)?;
+        if let Some((model_name, model)) = snapshot.table("clv", "model")? {
+            section.charts.extend(alive_matrix(&model_name, &model, &clv, &as_of)?);
+            section.grids.push(grid(
+                format!("Fitted parameters (`{model_name}`, as of {as_of})"),
+                &model,
+                &["model", "parameter", "value", "std_error", "customers", "converged"],
+            )?);
+        }
+        if let Some((validation_name, validation)) = snapshot.table("clv", "validation")? {
+            section.charts.push(calibration(&validation_name, &validation, &as_of)?);
+        }
+        sections.push(section);
+    }
+    if let Some((name, acquisition)) = snapshot.table("acquisition", "")? {
+        let payback = snapshot.table("acquisition", "payback")?;
+        sections.push(acquisition_section(&name, &acquisition, payback.as_ref(), &as_of, &money)?);
     }
     if let Some((name, periods)) = snapshot.table("nps", "periods")? {
-        sections.push(nps_section(&name, &periods, &as_of)?);
+        let mut section = nps_section(&name, &periods, &as_of)?;
+        if let Some((summary_name, summary)) = snapshot.tables("segment_summary")?.into_iter().find(|(_, t)| {
+            t.column("nps").is_ok() && t.column("segment").is_ok()
+        }) {
+            section.charts.push(nps_by_segment(&summary_name, &summary, &as_of)?);
+        }
+        sections.push(section);
     }
     Ok(sections)
 }
@@ -284,7 +319,7 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
             "xAxis": { "type": "category", "name": "period index", "nameLocation": "center", "nameGap": 28,
                        "data": (0..=periods).collect::<Vec<_>>() },
             "yAxis": { "type": "category", "data": labels, "inverse": true },
-            "visualMap": { "min": 0, "max": 100, "calculable": true, "orient": "horizontal", "left": "center",
+            "visualMap": { "min": 0, "max": 100, "dimension": 2, "calculable": true, "orient": "horizontal", "left": "center",
                            "bottom": 0, "itemHeight": 120, "text": ["100 %", "0 %"] },
             "series": [{ "type": "heatmap", "name": "retention %", "data": heat,
                          "encode": { "x": 0, "y": 1, "value": 2 } }],
@@ -330,6 +365,7 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
     Ok(Section {
         id: "cohorts",
         title: "Cohort retention",
+        grids: Vec::new(),
         charts: vec![
             chart(
                 "cohort-heatmap",
@@ -404,6 +440,7 @@ fn lifecycle_section(name: &str, snapshots: &polars::prelude::DataFrame, as_of: 
     Ok(Section {
         id: "lifecycle",
         title: "Lifecycle",
+        grids: Vec::new(),
         charts: vec![chart(
             "lifecycle-stages",
             "Lifecycle stages",
@@ -448,40 +485,43 @@ fn rfm_section(name: &str, segments: &polars::prelude::DataFrame, as_of: &str) -
             "Each RFM segment's share of the customers and of the revenue".into(),
             bars,
         )],
+        grids: vec![grid(
+            format!("Segment summary (`{name}`, as of {as_of})"),
+            segments,
+            &["segment", "customers", "share", "revenue", "revenue_share", "mean_recency_days", "mean_frequency", "mean_monetary"],
+        )?],
     })
 }
 
-/// Histogram bins of CLV on a log scale: powers of ten split in five.
+/// Histogram bins of CLV on a log scale: below 1 in one bin, then powers of ten split in five.
+/// The labels, the counts, and the customers at or below 0 (not shown on a log scale).
 fn clv_bins(values: &[f64]) -> (Vec<String>, Vec<u64>, u64) {
-    let positive: Vec<f64> = values.iter().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
-    let not_positive = values.iter().filter(|v| v.is_finite() && **v <= 0.0).count() as u64;
-    if positive.is_empty() {
-        return (Vec::new(), Vec::new(), not_positive);
-    }
     let steps = 5.0;
-    let low = positive
-        .iter()
-        .map(|v| (v.log10() * steps).floor() as i64)
-        .min()
-        .unwrap_or(0);
-    let high = positive
-        .iter()
-        .map(|v| (v.log10() * steps).floor() as i64)
-        .max()
-        .unwrap_or(0);
-    let mut counts = vec![0u64; (high - low + 1) as usize];
-    for value in &positive {
-        counts[((value.log10() * steps).floor() as i64 - low) as usize] += 1;
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let not_positive = finite.iter().filter(|v| **v <= 0.0).count() as u64;
+    let below_one = finite.iter().filter(|v| **v > 0.0 && **v < 1.0).count() as u64;
+    let bin_of = |value: f64| (value.log10() * steps).floor() as i64;
+    let high = finite.iter().filter(|v| **v >= 1.0).map(|v| bin_of(*v)).max();
+    let mut labels = Vec::new();
+    let mut counts = Vec::new();
+    if below_one > 0 {
+        labels.push("< 1".to_string());
+        counts.push(below_one);
     }
-    let labels = (low..=high)
-        .map(|bin| {
+    if let Some(high) = high {
+        let start = counts.len();
+        counts.extend(std::iter::repeat_n(0, (high + 1) as usize));
+        for value in finite.iter().filter(|v| **v >= 1.0) {
+            counts[start + bin_of(*value) as usize] += 1;
+        }
+        labels.extend((0..=high).map(|bin| {
             format!(
                 "{}–{}",
                 short(10f64.powf(bin as f64 / steps)),
                 short(10f64.powf((bin + 1) as f64 / steps))
             )
-        })
-        .collect();
+        }));
+    }
     (labels, counts, not_positive)
 }
 
@@ -517,6 +557,7 @@ fn clv_section(name: &str, clv: &polars::prelude::DataFrame, as_of: &str, money:
             format!("Customers per range of predicted lifetime value, in {money}, on a log scale"),
             histogram,
         )],
+        grids: Vec::new(),
     })
 }
 
@@ -549,7 +590,365 @@ fn nps_section(name: &str, periods: &polars::prelude::DataFrame, as_of: &str) ->
             "The Net Promoter Score of each period".into(),
             line,
         )],
+        grids: Vec::new(),
     })
+}
+
+/// `columns` of `frame` as text rows: numbers with up to 4 significant decimals, shares as %.
+fn grid(caption: String, frame: &polars::prelude::DataFrame, columns: &[&str]) -> Result<Grid> {
+    let present: Vec<&str> = columns.iter().copied().filter(|c| frame.column(c).is_ok()).collect();
+    let mut cells: Vec<Vec<String>> = vec![Vec::new(); frame.height()];
+    for column in &present {
+        let dtype = frame.column(column)?.dtype().clone();
+        let values: Vec<String> = if dtype.is_float() {
+            floats(frame, column)?
+                .into_iter()
+                .map(|v| match (v.is_finite(), column.ends_with("share")) {
+                    (false, _) => String::new(),
+                    (true, true) => format!("{:.1} %", 100.0 * v),
+                    (true, false) => format!("{}", round(v, 4)),
+                })
+                .collect()
+        } else {
+            texts(frame, column)?.into_iter().map(Option::unwrap_or_default).collect()
+        };
+        for (row, value) in values.into_iter().enumerate() {
+            cells[row].push(value);
+        }
+    }
+    Ok(Grid {
+        caption,
+        columns: present.iter().map(|c| c.to_string()).collect(),
+        rows: cells,
+    })
+}
+
+fn repeat_section(
+    name: &str,
+    summary: &polars::prelude::DataFrame,
+    transitions: Option<&(String, polars::prelude::DataFrame)>,
+    as_of: &str,
+) -> Result<Section> {
+    let cohorts = texts(summary, "cohort")?;
+    let rows: Vec<usize> = (0..cohorts.len()).filter(|&row| cohorts[row].is_some()).collect();
+    let labels: Vec<String> = rows.iter().map(|&row| cohorts[row].clone().unwrap_or_default()).collect();
+    // The windows the stage was configured with: `repeat_rate_<N>d` columns.
+    let mut windows: Vec<(u32, String)> = summary
+        .get_column_names()
+        .iter()
+        .filter_map(|column| {
+            let days = column.strip_prefix("repeat_rate_")?.strip_suffix('d')?.parse().ok()?;
+            Some((days, column.to_string()))
+        })
+        .collect();
+    windows.sort();
+    let series: Vec<Value> = windows
+        .iter()
+        .map(|(days, column)| -> Result<Value> {
+            let values = floats(summary, column)?;
+            let data: Vec<Value> = rows
+                .iter()
+                .map(|&row| if values[row].is_finite() { json!(round(100.0 * values[row], 2)) } else { Value::Null })
+                .collect();
+            Ok(json!({ "type": "line", "name": format!("within {days} days"), "data": data, "connectNulls": false }))
+        })
+        .collect::<Result<_>>()?;
+    let by_cohort = option(
+        "Repeat rate by cohort",
+        format!("as of {as_of} · `{name}` · % of a cohort's customers with a second purchase within N days (cohorts observed that long)"),
+        json!({
+            "grid": { "top": 70, "left": 50, "right": 20, "bottom": 70 },
+            "legend": { "bottom": 0 },
+            "tooltip": { "trigger": "axis" },
+            "xAxis": { "type": "category", "data": labels },
+            "yAxis": { "type": "value", "name": "%", "max": 100 },
+            "series": series,
+        }),
+    );
+    let mut charts = vec![chart(
+        "repeat-by-cohort",
+        "Repeat rate by cohort",
+        "Share of each cohort's customers who bought again within each window".into(),
+        by_cohort,
+    )];
+    if let Some((transitions_name, transitions)) = transitions {
+        let cohort = texts(transitions, "cohort")?;
+        let (k, probability) = (floats(transitions, "k")?, floats(transitions, "probability")?);
+        let overall: Vec<usize> = (0..cohort.len()).filter(|&row| cohort[row].is_none()).collect();
+        let ladder = option(
+            "Repeat ladder",
+            format!("as of {as_of} · `{transitions_name}` · P(k+1 | k): % of customers with k purchases who made another"),
+            json!({
+                "grid": { "top": 70, "left": 50, "right": 20, "bottom": 50 },
+                "tooltip": { "trigger": "axis" },
+                "xAxis": { "type": "category", "name": "k", "data": overall.iter().map(|&row| k[row] as i64).collect::<Vec<_>>() },
+                "yAxis": { "type": "value", "name": "%", "max": 100 },
+                "series": [{ "type": "bar", "name": "P(k+1 | k)",
+                             "data": overall.iter().map(|&row| round(100.0 * probability[row], 2)).collect::<Vec<_>>() }],
+            }),
+        );
+        charts.push(chart(
+            "repeat-ladder",
+            "Repeat ladder",
+            "Probability of a next purchase after the k-th, all cohorts".into(),
+            ladder,
+        ));
+    }
+    Ok(Section {
+        id: "repeat",
+        title: "Repeat purchases",
+        charts,
+        grids: Vec::new(),
+    })
+}
+
+/// BG/NBD's probability that a customer is alive, P(alive | x, t_x, T), for the fitted (r, α, a,
+/// b): 1 / (1 + [x > 0] · a / (b + x − 1) · ((α + T) / (α + t_x))^(r + x)).
+fn p_alive(params: [f64; 4], x: f64, t_x: f64, big_t: f64) -> f64 {
+    let [r, alpha, a, b] = params;
+    if x == 0.0 {
+        return 1.0;
+    }
+    1.0 / (1.0 + a / (b + x - 1.0) * ((alpha + big_t) / (alpha + t_x)).powf(r + x))
+}
+
+/// The P(alive) matrix by frequency × recency for a customer of the longest tenure, from the
+/// fitted BG/NBD parameters (as `lifetimes`' plot_probability_alive_matrix draws it).
+fn alive_matrix(
+    name: &str,
+    model: &polars::prelude::DataFrame,
+    clv: &polars::prelude::DataFrame,
+    as_of: &str,
+) -> Result<Option<Chart>> {
+    let (models, parameters, values) = (texts(model, "model")?, texts(model, "parameter")?, floats(model, "value")?);
+    let unit = texts(model, "time_unit")?.first().cloned().flatten().unwrap_or_else(|| "week".into());
+    let find = |wanted: &str| {
+        (0..models.len())
+            .find(|&row| models[row].as_deref() == Some("bgnbd") && parameters[row].as_deref() == Some(wanted))
+            .map(|row| values[row])
+    };
+    let (Some(r), Some(alpha), Some(a), Some(b)) = (find("r"), find("alpha"), find("a"), find("b")) else {
+        return Ok(None);
+    };
+    let tenure_column = clv.get_column_names().into_iter().find(|c| c.starts_with("T_")).map(|c| c.to_string());
+    let Some(tenure_column) = tenure_column else { return Ok(None) };
+    let big_t = floats(clv, &tenure_column)?.into_iter().filter(|v| v.is_finite()).fold(0.0, f64::max).ceil();
+    let max_frequency = floats(clv, "frequency")?.into_iter().filter(|v| v.is_finite()).fold(0.0, f64::max).min(40.0);
+    let steps = 40.0_f64.min(big_t.max(1.0));
+    let mut cells = Vec::new();
+    for x in 0..=(max_frequency as i64) {
+        for step in 0..=(steps as i64) {
+            let t_x = big_t * step as f64 / steps;
+            cells.push(json!([step, x, round(p_alive([r, alpha, a, b], x as f64, t_x, big_t), 4)]));
+        }
+    }
+    let recency: Vec<String> = (0..=(steps as i64)).map(|step| format!("{:.0}", big_t * step as f64 / steps)).collect();
+    let matrix = option(
+        "P(alive) by frequency and recency",
+        format!("as of {as_of} · `{name}` (BG/NBD) · a customer of {big_t:.0} {unit}s' tenure"),
+        json!({
+            "grid": { "top": 70, "left": 60, "right": 20, "bottom": 80 },
+            "xAxis": { "type": "category", "data": recency, "name": format!("recency ({unit}s, age at last purchase)"), "nameLocation": "center", "nameGap": 28 },
+            "yAxis": { "type": "category", "data": (0..=(max_frequency as i64)).collect::<Vec<_>>(), "name": "frequency (repeat purchases)" },
+            "visualMap": { "min": 0, "max": 1, "dimension": 2, "calculable": true, "orient": "horizontal", "left": "center", "bottom": 0, "itemHeight": 120 },
+            "series": [{ "type": "heatmap", "name": "P(alive)", "data": cells }],
+        }),
+    );
+    Ok(Some(chart(
+        "clv-alive-matrix",
+        "P(alive) by frequency and recency",
+        "Probability a customer is still active given their repeat purchases and recency, from the fitted BG/NBD model".into(),
+        matrix,
+    )))
+}
+
+/// Holdout calibration: predicted against actual purchases per frequency bucket.
+fn calibration(name: &str, validation: &polars::prelude::DataFrame, as_of: &str) -> Result<Chart> {
+    let buckets = texts(validation, "frequency_bucket")?;
+    let rows: Vec<usize> = (0..buckets.len()).filter(|&row| buckets[row].as_deref() != Some("all")).collect();
+    let (customers, predicted, actual) = (
+        floats(validation, "customers")?,
+        floats(validation, "predicted_purchases")?,
+        floats(validation, "actual_purchases")?,
+    );
+    let per_customer = |values: &[f64]| -> Vec<f64> { rows.iter().map(|&row| round(values[row] / customers[row], 4)).collect() };
+    let bars = option(
+        "Holdout calibration",
+        format!("as of {as_of} · `{name}` · purchases per customer in the holdout, by calibration frequency"),
+        json!({
+            "grid": { "top": 70, "left": 50, "right": 20, "bottom": 70 },
+            "legend": { "bottom": 0 },
+            "tooltip": { "trigger": "axis" },
+            "xAxis": { "type": "category", "name": "frequency in calibration", "nameLocation": "center", "nameGap": 28,
+                       "data": rows.iter().map(|&row| buckets[row].clone().unwrap_or_default()).collect::<Vec<_>>() },
+            "yAxis": { "type": "value", "name": "purchases per customer" },
+            "series": [
+                { "type": "bar", "name": "predicted", "data": per_customer(&predicted) },
+                { "type": "bar", "name": "actual", "data": per_customer(&actual) },
+            ],
+        }),
+    );
+    Ok(chart(
+        "clv-calibration",
+        "Holdout calibration",
+        "Purchases predicted by the model fitted before the holdout, against those made in it, per frequency bucket".into(),
+        bars,
+    ))
+}
+
+/// Per acquisition channel (`all` for every channel): Σ over cohorts of `column` × new customers
+/// and of new customers, from the acquisition table.
+fn by_channel(acquisition: &polars::prelude::DataFrame) -> Result<BTreeMap<String, (f64, f64, f64)>> {
+    let channels = texts(acquisition, "acquisition_channel")?;
+    let all = texts(acquisition, "all_channels")?;
+    let (new, spend, ltv) = (
+        floats(acquisition, "new_customers")?,
+        floats(acquisition, "spend")?,
+        floats(acquisition, "ltv_per_customer")?,
+    );
+    let mut totals: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+    for row in 0..new.len() {
+        let key = match (all[row].as_deref(), &channels[row]) {
+            (Some("true"), _) => "all".to_string(),
+            (_, Some(channel)) => channel.clone(),
+            _ => continue,
+        };
+        let entry = totals.entry(key).or_default();
+        entry.0 += new[row];
+        if spend[row].is_finite() {
+            entry.1 += spend[row];
+        }
+        if ltv[row].is_finite() {
+            entry.2 += ltv[row] * new[row];
+        }
+    }
+    Ok(totals)
+}
+
+fn acquisition_section(
+    name: &str,
+    acquisition: &polars::prelude::DataFrame,
+    payback: Option<&(String, polars::prelude::DataFrame)>,
+    as_of: &str,
+    money: &str,
+) -> Result<Section> {
+    let totals = by_channel(acquisition)?;
+    let spent: Vec<(&String, f64)> = totals
+        .iter()
+        .filter(|(_, (new, spend, _))| *new > 0.0 && *spend > 0.0)
+        .map(|(channel, (new, spend, ltv))| (channel, (ltv / new) / (spend / new)))
+        .collect();
+    let ratio = option(
+        "LTV:CAC by channel",
+        format!("as of {as_of} · `{name}` · mean LTV per customer / CAC, all cohorts (channels with spend)"),
+        json!({
+            "grid": { "top": 70, "left": 50, "right": 20, "bottom": 40 },
+            "tooltip": { "trigger": "axis" },
+            "xAxis": { "type": "category", "data": spent.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>() },
+            "yAxis": { "type": "value", "name": "LTV:CAC" },
+            "series": [{ "type": "bar", "name": "LTV:CAC", "data": spent.iter().map(|(_, v)| round(*v, 3)).collect::<Vec<_>>() }],
+        }),
+    );
+    let mut charts = vec![chart(
+        "ltv-to-cac",
+        "LTV:CAC by channel",
+        "Lifetime value per acquired customer over the cost of acquiring one, per channel".into(),
+        ratio,
+    )];
+    if let Some((payback_name, payback)) = payback {
+        // Per channel and period index: Σ cumulative contribution × new customers / Σ CAC × new
+        // customers, over the cohorts with spend.
+        let channels = texts(payback, "acquisition_channel")?;
+        let (all, cohorts) = (texts(payback, "all_channels")?, texts(payback, "cohort")?);
+        let (index, contribution, cac) = (
+            floats(payback, "period_index")?,
+            floats(payback, "cumulative_contribution_per_customer")?,
+            floats(payback, "cac")?,
+        );
+        let mut new_of: BTreeMap<(String, String), f64> = BTreeMap::new();
+        let (a_channels, a_all, a_cohorts, a_new) = (
+            texts(acquisition, "acquisition_channel")?,
+            texts(acquisition, "all_channels")?,
+            texts(acquisition, "cohort")?,
+            floats(acquisition, "new_customers")?,
+        );
+        let key = |all: &Option<String>, channel: &Option<String>| match (all.as_deref(), channel) {
+            (Some("true"), _) => Some("all".to_string()),
+            (_, Some(channel)) => Some(channel.clone()),
+            _ => None,
+        };
+        for row in 0..a_new.len() {
+            if let Some(channel) = key(&a_all[row], &a_channels[row]) {
+                new_of.insert((channel, a_cohorts[row].clone().unwrap_or_default()), a_new[row]);
+            }
+        }
+        let mut curves: BTreeMap<String, BTreeMap<i64, (f64, f64)>> = BTreeMap::new();
+        for row in 0..index.len() {
+            let Some(channel) = key(&all[row], &channels[row]) else { continue };
+            let new = new_of.get(&(channel.clone(), cohorts[row].clone().unwrap_or_default())).copied().unwrap_or(0.0);
+            if !(cac[row].is_finite() && cac[row] > 0.0 && contribution[row].is_finite()) {
+                continue;
+            }
+            let cell = curves.entry(channel).or_default().entry(index[row] as i64).or_default();
+            cell.0 += contribution[row] * new;
+            cell.1 += cac[row] * new;
+        }
+        let series: Vec<Value> = curves
+            .iter()
+            .map(|(channel, points)| {
+                let data: Vec<Value> = points
+                    .iter()
+                    .filter(|(_, (_, cost))| *cost > 0.0)
+                    .map(|(index, (recovered, cost))| json!([index, round(100.0 * recovered / cost, 2)]))
+                    .collect();
+                json!({ "type": "line", "name": channel, "data": data, "showSymbol": false })
+            })
+            .collect();
+        let curves = option(
+            "Payback",
+            format!("as of {as_of} · `{payback_name}` · contribution to date per customer as % of CAC ({money}), cohorts with spend"),
+            json!({
+                "grid": { "top": 70, "left": 50, "right": 20, "bottom": 70 },
+                "legend": { "bottom": 0, "type": "scroll" },
+                "tooltip": { "trigger": "axis" },
+                "xAxis": { "type": "value", "name": "period index", "nameLocation": "center", "nameGap": 28, "minInterval": 1 },
+                "yAxis": { "type": "value", "name": "% of CAC recovered" },
+                "series": series,
+            }),
+        );
+        charts.push(chart(
+            "payback-curves",
+            "Payback",
+            "Share of the acquisition cost recovered by contribution, per period since acquisition and channel".into(),
+            curves,
+        ));
+    }
+    Ok(Section {
+        id: "acquisition",
+        title: "Unit economics",
+        charts,
+        grids: Vec::new(),
+    })
+}
+
+fn nps_by_segment(name: &str, summary: &polars::prelude::DataFrame, as_of: &str) -> Result<Chart> {
+    let labels: Vec<String> = texts(summary, "segment")?.into_iter().map(Option::unwrap_or_default).collect();
+    let nps: Vec<Value> = floats(summary, "nps")?
+        .into_iter()
+        .map(|v| if v.is_finite() { json!(round(v, 2)) } else { Value::Null })
+        .collect();
+    let bars = option(
+        "NPS by segment",
+        format!("as of {as_of} · `{name}` · the last answer of each respondent, −100 to 100"),
+        json!({
+            "grid": { "top": 70, "left": 130, "right": 20, "bottom": 40 },
+            "tooltip": { "trigger": "axis" },
+            "yAxis": { "type": "category", "data": labels, "inverse": true },
+            "xAxis": { "type": "value", "min": -100, "max": 100 },
+            "series": [{ "type": "bar", "name": "NPS", "data": nps }],
+        }),
+    );
+    Ok(chart("nps-by-segment", "NPS by segment", "The Net Promoter Score of each segment's respondents".into(), bars))
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
@@ -579,12 +978,14 @@ mod tests {
 
     #[test]
     fn clv_bins_split_powers_of_ten_in_five() {
-        let (labels, counts, not_positive) = clv_bins(&[1.0, 1.5, 10.0, 99.0, -3.0, 0.0, f64::NAN]);
+        let (labels, counts, not_positive) = clv_bins(&[1e-9, 0.5, 1.0, 1.5, 10.0, 99.0, -3.0, 0.0, f64::NAN]);
         assert_eq!(not_positive, 2);
-        assert_eq!(counts.iter().sum::<u64>(), 4);
-        // 1 and 1.5 share the first fifth of [1, 10); 10 starts [10, 100); 99 ends it.
-        assert_eq!(counts.first(), Some(&2));
+        assert_eq!(counts.iter().sum::<u64>(), 6);
+        // Below 1 in one bin; 1 and 1.5 share the first fifth of [1, 10); 10 starts [10, 100)
+        // (bin 5); 99 ends it (bin 9).
         assert_eq!(labels.len(), counts.len());
-        assert_eq!(labels[0], "1.0–1.6");
+        assert_eq!((labels[0].as_str(), counts[0]), ("< 1", 2));
+        assert_eq!((labels[1].as_str(), counts[1]), ("1.0–1.6", 2));
+        assert_eq!((counts[6], counts[10], counts.len()), (1, 1, 11));
     }
 }

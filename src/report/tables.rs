@@ -50,6 +50,20 @@ impl Snapshot {
             .find_map(|input| input["currency"].as_str().map(str::to_string))
     }
 
+    /// Every table of the stages of `kind` with a single table, by name.
+    pub fn tables(&self, kind: &str) -> Result<Vec<(String, DataFrame)>> {
+        let mut found = Vec::new();
+        for (_, tables) in self.stages.iter().filter(|(stage_kind, _)| stage_kind == kind) {
+            if let Some(name) = tables.get("") {
+                let path = self.dir.join(format!("{name}.parquet"));
+                if path.exists() {
+                    found.push((name.clone(), read_table(&path)?));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The first stage of `kind` with table `suffix`: its name and its rows (a file, or a folder
     /// of parts read in name order). `None` when no stage of that kind wrote it.
     pub fn table(&self, kind: &str, suffix: &str) -> Result<Option<(String, DataFrame)>> {

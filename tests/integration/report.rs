@@ -176,7 +176,57 @@ fn the_report_shows_the_tables_numbers() {
         .sum();
     assert_eq!(counts, clv.iter().filter(|v| **v > 0.0).count() as u64);
     assert!(histogram["title"]["subtext"].as_str().unwrap().contains("top 10 %"));
-    for id in ["cohort-curves", "cohort-revenue", "nps-periods"] {
+    // Repeat ladder: P(k+1 | k) of all cohorts, in %.
+    let transitions = read_table(&latest.join("repeat_transitions.parquet"));
+    let overall: Vec<usize> = (0..transitions.rows).filter(|&r| transitions.text("cohort")[r].is_empty()).collect();
+    let ladder: Vec<f64> = chart(&data, "repeat-ladder")["series"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let expected: Vec<f64> = overall.iter().map(|&r| (transitions.float("probability")[r] * 10000.0).round() / 100.0).collect();
+    assert_eq!(ladder, expected);
+
+    // Holdout calibration: purchases per customer per bucket, predicted and actual.
+    let validation = read_table(&latest.join("clv_validation.parquet"));
+    let calibration = chart(&data, "clv-calibration");
+    let buckets: Vec<&str> = calibration["xAxis"]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(buckets, ["0", "1", "2", "3", "4", "5", "6", "7+"]);
+    let actual = calibration["series"][1]["data"][2].as_f64().unwrap();
+    let expected = validation.float("actual_purchases")[2] / validation.float("customers")[2];
+    assert_close(actual, (expected * 1e4).round() / 1e4, "actual, bucket 2");
+
+    // P(alive): BG/NBD's formula at the fitted parameters; 1 for a customer with no repeat.
+    let model = read_table(&latest.join("clv_model.parquet"));
+    let parameter = |name: &str| {
+        let row = (0..model.rows)
+            .find(|&r| model.text("model")[r] == "bgnbd" && model.text("parameter")[r] == name)
+            .unwrap();
+        model.float("value")[row]
+    };
+    let (r, alpha, a, b) = (parameter("r"), parameter("alpha"), parameter("a"), parameter("b"));
+    let alive = chart(&data, "clv-alive-matrix");
+    let tenure = read_table(&latest.join("clv_customers.parquet")).float("T_weeks").iter().cloned().fold(0.0, f64::max).ceil();
+    let recency: Vec<f64> = alive["xAxis"]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect();
+    for cell in alive["series"][0]["data"].as_array().unwrap().iter().step_by(53) {
+        let (step, x, p) = (cell[0].as_u64().unwrap() as usize, cell[1].as_f64().unwrap(), cell[2].as_f64().unwrap());
+        let t_x = tenure * step as f64 / (recency.len() - 1) as f64;
+        let expected = if x == 0.0 { 1.0 } else { 1.0 / (1.0 + a / (b + x - 1.0) * ((alpha + tenure) / (alpha + t_x)).powf(r + x)) };
+        assert!((p - expected).abs() < 1e-4, "{cell}: {expected}");
+    }
+
+    // LTV:CAC by channel, and NPS by segment, from their tables.
+    let ratio = chart(&data, "ltv-to-cac");
+    let channels: Vec<&str> = ratio["xAxis"]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let all_at = channels.iter().position(|c| *c == "all").unwrap();
+    let ltv: f64 = {
+        let (ltv, new) = (acquisition.float("ltv_per_customer"), acquisition.float("new_customers"));
+        (0..acquisition.rows).filter(|&r| all[r] && ltv[r].is_finite()).map(|r| ltv[r] * new[r]).sum::<f64>() / sum("new_customers")
+    };
+    assert_close(ratio["series"][0]["data"][all_at].as_f64().unwrap(), ((ltv / tile(&data, "cac")) * 1000.0).round() / 1000.0, "ltv:cac");
+    let by_segment = read_table(&latest.join("nps_by_segment.parquet"));
+    let bars = chart(&data, "nps-by-segment");
+    assert_close(bars["series"][0]["data"][0].as_f64().unwrap(), (by_segment.float("nps")[0] * 100.0).round() / 100.0, "nps of the first segment");
+    assert!(page.contains("<caption>Segment summary (`rfm_segments`"));
+    assert!(page.contains("<caption>Fitted parameters (`clv_model`"));
+
+    for id in ["cohort-curves", "cohort-revenue", "nps-periods", "repeat-by-cohort", "payback-curves"] {
         assert!(
             chart(&data, id)["series"].as_array().is_some_and(|s| !s.is_empty()),
             "{id}"
