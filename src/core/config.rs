@@ -331,6 +331,9 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// In file order.
     pub stages: Vec<StageConfig>,
+    /// Whether a run publishes `report.html` with its tables (`[report]`, `enabled = true` by
+    /// default when the section is there).
+    pub report: bool,
 }
 
 #[cfg(test)]
@@ -455,7 +458,8 @@ mod tests {
     }
 }
 
-const TOP_KEYS: &[&str] = &["pipeline", "sources", "stages"];
+const TOP_KEYS: &[&str] = &["pipeline", "sources", "stages", "report"];
+const REPORT_KEYS: &[&str] = &["enabled"];
 const PIPELINE_KEYS: &[&str] = &[
     "name",
     "as_of",
@@ -530,6 +534,7 @@ fn parse_document(path: &Path, source: &str, document: &ImDocument<String>, diag
     if document.get("stages").is_none() {
         diagnostics.error("the config has no `[stages.NAME]` table: nothing to run", None);
     }
+    let report = parse_report(document.get("report"), diagnostics);
     Config {
         path: path.to_path_buf(),
         dir,
@@ -537,7 +542,20 @@ fn parse_document(path: &Path, source: &str, document: &ImDocument<String>, diag
         pipeline,
         sources,
         stages: stage_configs,
+        report,
     }
+}
+
+/// `[report]`: whether a run publishes `report.html` (the section there, `enabled` not false).
+fn parse_report(item: Option<&Item>, diagnostics: &mut Diagnostics) -> bool {
+    let Some(item) = item else { return false };
+    let Some(table) = item.as_table_like() else {
+        diagnostics.error("`report` must be a table, e.g. `[report]`", item_span(item));
+        return false;
+    };
+    let reader = TableReader::new(table, "`[report]`", item_span(item));
+    reader.check_keys(REPORT_KEYS, diagnostics);
+    reader.get::<bool>("enabled", diagnostics).unwrap_or(true)
 }
 
 /// The named sub-tables of `[sources]` or `[stages]`, in file order.

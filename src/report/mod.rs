@@ -21,7 +21,16 @@ const ECHARTS: &str = include_str!("../../vendor/echarts/echarts.min.js");
 /// The report of the snapshot at `dir`, with each tile's change against `previous` (an earlier
 /// snapshot folder) when given.
 pub fn render(dir: &Path, previous: Option<&Path>) -> Result<String> {
-    let snapshot = Snapshot::open(dir)?;
+    render_snapshot(Snapshot::open(dir)?, previous)
+}
+
+/// The report of the tables at `dir` as `manifest` lists them: a run's, just before they are
+/// published (`[report]`).
+pub fn render_staged(dir: &Path, manifest: &serde_json::Value, previous: Option<&Path>) -> Result<String> {
+    render_snapshot(Snapshot::with_manifest(dir, manifest.clone()), previous)
+}
+
+fn render_snapshot(snapshot: Snapshot, previous: Option<&Path>) -> Result<String> {
     let mut tiles = sections::tiles(&snapshot)?;
     let mut previous_as_of = None;
     if let Some(previous) = previous.map(Snapshot::open).transpose()? {

@@ -263,7 +263,10 @@ fn option(title: &str, subtitle: String, rest: Value) -> Value {
     option
 }
 
-fn chart(id: &str, title: &str, description: String, option: Value) -> Chart {
+/// A chart; its accessible description (ECharts' `aria` label, read by screen readers) is its
+/// title and description.
+fn chart(id: &str, title: &str, description: String, mut option: Value) -> Chart {
+    option["aria"] = json!({ "enabled": true, "label": { "description": format!("{title}: {description}") } });
     Chart {
         id: id.to_string(),
         title: title.to_string(),

@@ -28,12 +28,17 @@ impl Snapshot {
         })?;
         let manifest: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("`{}` is not JSON", path.display()))?;
+        Ok(Snapshot::with_manifest(dir, manifest))
+    }
+
+    /// The tables at `dir` as `manifest` lists them (a snapshot about to be published).
+    pub fn with_manifest(dir: &Path, manifest: serde_json::Value) -> Snapshot {
         let stages = stage_tables(&manifest);
-        Ok(Snapshot {
+        Snapshot {
             dir: dir.to_path_buf(),
             manifest,
             stages,
-        })
+        }
     }
 
     /// The run's as_of date, as the manifest gives it.

@@ -338,7 +338,14 @@ fn publish(
     manifest.status = "succeeded".into();
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     manifest.duration_seconds = started.elapsed().as_secs_f64();
-    sink.publish(manifest)
+    if !config.report {
+        return sink.publish(manifest);
+    }
+    // `[report]`: the page of the tables as published, in the snapshot with them.
+    sink.publish_with_files(manifest, &|dir, previous, manifest| {
+        let page = crate::report::render_staged(dir, manifest, previous).context("writing `report.html` (`[report]`)")?;
+        Ok(vec![("report.html".to_string(), page)])
+    })
 }
 
 #[cfg(test)]

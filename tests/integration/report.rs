@@ -235,6 +235,42 @@ fn the_report_shows_the_tables_numbers() {
     }
 }
 
+/// `[report]` (the retail pipeline has it) publishes `report.html` with the tables: the same page
+/// `pipeline report OUT` makes of the snapshot. `enabled = false` leaves it out; a bad value is
+/// a config error (exit 2).
+#[test]
+fn a_run_with_a_report_section_publishes_the_page() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let out_text = out.to_str().unwrap();
+    for _ in 0..2 {
+        run_ok(&["run", config.to_str().unwrap(), "--output-dir", out_text, "--log", "warn"]);
+    }
+    let published = std::fs::read_to_string(out.join("latest/report.html")).unwrap();
+    let copy = root.path().join("again.html");
+    run_ok(&["report", out_text, "--output", copy.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), published);
+    assert_eq!(report_data(&published)["tiles"][0]["previous"], 5821.0);
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let dir = config.parent().unwrap();
+    let off = dir.join(format!("report-off-{}.toml", std::process::id()));
+    std::fs::write(&off, text.replace("[report]\n", "[report]\nenabled = false\n")).unwrap();
+    let bad = dir.join(format!("report-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, text.replace("[report]\n", "[report]\nenabled = \"yes\"\ncharts = 3\n")).unwrap();
+    let elsewhere = root.path().join("off");
+    let result = pipeline(&["run", off.to_str().unwrap(), "--output-dir", elsewhere.to_str().unwrap(), "--log", "warn"]);
+    let broken = pipeline(&["run", bad.to_str().unwrap(), "--output-dir", elsewhere.to_str().unwrap()]);
+    std::fs::remove_file(&off).ok();
+    std::fs::remove_file(&bad).ok();
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(!elsewhere.join("latest/report.html").exists());
+    assert_eq!(broken.status.code(), Some(2));
+    let message = stderr(&broken);
+    assert!(message.contains("enabled") && message.contains("charts"), "{message}");
+}
+
 /// A config without lifecycle, clv, acquisition or nps stages: their tiles and sections are
 /// left out. A folder without a snapshot is an error naming it (exit 1).
 #[test]
@@ -278,4 +314,121 @@ fn the_report_leaves_out_what_was_not_computed() {
         "{}",
         stderr(&output)
     );
+}
+
+/// Headless Chromium: `PIPELINE_CHROMIUM`, or `chromium` on the PATH (`.ci/run` installs
+/// Debian's).
+fn chromium() -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var_os("PIPELINE_CHROMIUM").map(std::path::PathBuf::from),
+        Some("chromium".into()),
+    ];
+    candidates.into_iter().flatten().find(|browser| {
+        std::process::Command::new(browser)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The report in an iframe `width` pixels wide (headless Chromium's window is at least 500
+/// wide), as Chromium leaves it after its scripts ran: per chart its id, its SVG's width and its
+/// marks (`id width marks`), then `page <scroll width>`; and what the page wrote to the console.
+/// With `screenshot`, a picture of it instead.
+fn render(browser: &Path, page: &Path, width: u32, screenshot: Option<&Path>) -> (Vec<String>, Vec<String>) {
+    let harness = page.with_file_name(format!("harness-{width}.html"));
+    std::fs::write(
+        &harness,
+        format!(
+            r#"<!doctype html><html><body style="margin:0">
+<iframe id="report" src="report.html" style="width:{width}px;height:5400px;border:0"></iframe>
+<pre id="found"></pre>
+<script>
+var frame = document.getElementById("report");
+frame.addEventListener("load", function () {{ setTimeout(function () {{
+  var doc = frame.contentDocument, rows = [];
+  doc.querySelectorAll(".chart").forEach(function (chart) {{
+    var svg = chart.querySelector("svg");
+    rows.push(chart.id + " " + (svg ? svg.getAttribute("width") : 0) + " " + (svg ? svg.querySelectorAll("path, rect").length : 0));
+  }});
+  rows.push("page " + doc.documentElement.scrollWidth);
+  document.getElementById("found").textContent = rows.join("\n");
+}}, 300); }});
+</script></body></html>"#
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(browser);
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--allow-file-access-from-files",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=8000",
+        &format!("--window-size={},5600", width.max(500)),
+    ]);
+    match screenshot {
+        Some(path) => command.arg(format!("--screenshot={}", path.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let output = command.arg(format!("file://{}", harness.display())).output().expect("chromium runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let console = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    let dom = String::from_utf8_lossy(&output.stdout).to_string();
+    let found = dom
+        .split("<pre id=\"found\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (found, console)
+}
+
+/// The report of the retail pipeline in a real browser: every chart drew an SVG with marks, at
+/// 1280 and at 390 pixels wide (none wider than the page, the page no wider than the window),
+/// the console is silent, and screenshots are kept (`target/tmp/report-1280.png`, `-390.png`).
+#[test]
+fn every_chart_renders_in_a_browser() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no Chromium (apt-get install chromium, or PIPELINE_CHROMIUM)");
+        return;
+    };
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    run_ok(&["run", config.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--log", "warn"]);
+    run_ok(&["report", out.to_str().unwrap()]);
+    let page = std::fs::canonicalize(out.join("latest/report.html")).unwrap();
+    let data = report_data(&std::fs::read_to_string(&page).unwrap());
+    let ids: Vec<String> = data["charts"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 14, "{ids:?}");
+    for width in [1280u32, 390] {
+        let (found, console) = render(&browser, &page, width, None);
+        assert!(console.is_empty(), "the console at {width} px: {console:#?}");
+        assert_eq!(found.len(), ids.len() + 1, "{found:#?}");
+        for (id, row) in ids.iter().zip(&found) {
+            let fields: Vec<&str> = row.split(' ').collect();
+            assert_eq!(fields[0], id);
+            let (svg_width, marks): (f64, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+            assert!(svg_width > 100.0 && svg_width <= width as f64, "`{id}` is {svg_width} px wide at {width} px");
+            assert!(marks > 3, "`{id}` drew {marks} marks at {width} px");
+        }
+        let page_width: u32 = found.last().unwrap().trim_start_matches("page ").parse().unwrap();
+        assert!(page_width <= width, "the page is {page_width} px wide in {width} px");
+    }
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for width in [1280u32, 390] {
+        let shot = shots.join(format!("report-{width}.png"));
+        render(&browser, &page, width, Some(&shot));
+        assert!(std::fs::metadata(&shot).unwrap().len() > 50_000, "{}", shot.display());
+    }
 }

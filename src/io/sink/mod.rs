@@ -30,6 +30,9 @@ pub struct TableMetadata {
     pub key_values: Vec<(String, String)>,
 }
 
+/// Makes files from a snapshot folder of tables, the previous snapshot and the manifest.
+pub type FileMaker = dyn Fn(&std::path::Path, Option<&std::path::Path>, &serde_json::Value) -> Result<Vec<(String, String)>>;
+
 /// A target for one run's tables. The runner calls `start` once, `stage` for each table (from
 /// several threads), then `carry_over` and `publish` when every stage succeeded, or `fail`.
 pub trait Sink: Sync {
@@ -66,6 +69,14 @@ pub trait Sink: Sync {
         }
         let mut all = all.ok_or_else(|| anyhow::anyhow!("table `{name}` has no part"))?;
         self.stage(name, &mut all, metadata)
+    }
+
+    /// `publish`, with files made from the staged tables just before they become visible (the
+    /// report), published with them: `make(snapshot folder, the previous snapshot, manifest)`
+    /// gives each file's name and contents. A sink without folders publishes without them.
+    fn publish_with_files(&mut self, manifest: &mut Manifest, make: &FileMaker) -> Result<()> {
+        let _ = make;
+        self.publish(manifest)
     }
 
     /// A folder where other processes write table `name` as parts (`part-00000.parquet`, …, in

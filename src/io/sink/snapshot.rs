@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::DataFrame;
 use serde::Serialize;
 
-use super::{write_table, write_table_parts, SharedPages, Sink, TableMetadata};
+use super::{FileMaker, write_table, write_table_parts, SharedPages, Sink, TableMetadata};
 use crate::core::manifest::{CarriedTable, Manifest};
 
 pub const MANIFEST: &str = "_manifest.json";
@@ -175,11 +175,23 @@ impl Sink for SnapshotSink {
     }
 
     fn publish(&mut self, manifest: &mut Manifest) -> Result<()> {
+        self.publish_with_files(manifest, &|_, _, _| Ok(Vec::new()))
+    }
+
+    fn publish_with_files(&mut self, manifest: &mut Manifest, make: &FileMaker) -> Result<()> {
         let snapshot = self.snapshot.take().context("the sink was not started")?;
         let staged = self.staged();
         if let Err(error) = publish(&snapshot.dir, &staged) {
             discard(&staged);
             return Err(error);
+        }
+        // Files made from the tables in place (the report), inside the snapshot's staging
+        // folder: published with the tables, or not at all.
+        let previous = latest_snapshot(&self.root);
+        let manifest_value = serde_json::to_value(&*manifest)?;
+        for (name, contents) in make(&snapshot.dir, previous.as_deref(), &manifest_value)? {
+            let path = snapshot.dir.join(&name);
+            fs::write(&path, contents).with_context(|| format!("cannot write `{}`", path.display()))?;
         }
         let as_of = manifest.as_of.clone().unwrap_or_else(|| "none".into());
         manifest.snapshot = Some(snapshot.final_dir(&as_of).display().to_string());
