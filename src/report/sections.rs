@@ -24,12 +24,13 @@ pub struct Tile {
     pub previous: Option<f64>,
 }
 
-/// One chart: its element id, accessible title and ECharts option.
+/// One chart: its element id, accessible title, height in pixels and ECharts option.
 #[derive(Debug, Clone, Serialize)]
 pub struct Chart {
     pub id: String,
     pub title: String,
     pub description: String,
+    pub height: u32,
     pub option: Value,
 }
 
@@ -235,13 +236,21 @@ pub fn sections(snapshot: &Snapshot) -> Result<Vec<Section>> {
     }
     if let Some((name, acquisition)) = snapshot.table("acquisition", "")? {
         let payback = snapshot.table("acquisition", "payback")?;
-        sections.push(acquisition_section(&name, &acquisition, payback.as_ref(), &as_of, &money)?);
+        sections.push(acquisition_section(
+            &name,
+            &acquisition,
+            payback.as_ref(),
+            &as_of,
+            &money,
+        )?);
     }
     if let Some((name, periods)) = snapshot.table("nps", "periods")? {
         let mut section = nps_section(&name, &periods, &as_of)?;
-        if let Some((summary_name, summary)) = snapshot.tables("segment_summary")?.into_iter().find(|(_, t)| {
-            t.column("nps").is_ok() && t.column("segment").is_ok()
-        }) {
+        if let Some((summary_name, summary)) = snapshot
+            .tables("segment_summary")?
+            .into_iter()
+            .find(|(_, t)| t.column("nps").is_ok() && t.column("segment").is_ok())
+        {
             section.charts.push(nps_by_segment(&summary_name, &summary, &as_of)?);
         }
         sections.push(section);
@@ -271,6 +280,7 @@ fn chart(id: &str, title: &str, description: String, mut option: Value) -> Chart
         id: id.to_string(),
         title: title.to_string(),
         description,
+        height: 420,
         option,
     }
 }
@@ -318,14 +328,15 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
         "Cohort retention",
         subtitle,
         json!({
-            "grid": { "top": 70, "left": 80, "right": 20, "bottom": 60 },
+            "grid": { "top": 70, "left": 80, "right": 20, "bottom": 95 },
             "xAxis": { "type": "category", "name": "period index", "nameLocation": "center", "nameGap": 28,
                        "data": (0..=periods).collect::<Vec<_>>() },
             "yAxis": { "type": "category", "data": labels, "inverse": true },
             "visualMap": { "min": 0, "max": 100, "dimension": 2, "calculable": true, "orient": "horizontal", "left": "center",
                            "bottom": 0, "itemHeight": 120, "text": ["100 %", "0 %"] },
             "series": [{ "type": "heatmap", "name": "retention %", "data": heat,
-                         "encode": { "x": 0, "y": 1, "value": 2 } }],
+                         "dimensions": ["period index", "cohort", "retention %", "active customers", "cohort customers"],
+                         "encode": { "x": 0, "y": 1, "value": 2, "tooltip": [2, 3, 4] } }],
         }),
     );
     // Curves and cumulative revenue for the six newest cohorts with more than one period.
@@ -365,20 +376,23 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
     curves["series"] = Value::Array(curve(&retention));
     let mut revenue = axes(money);
     revenue["series"] = Value::Array(curve(&cumulative));
+    let mut heatmap = chart(
+        "cohort-heatmap",
+        "Cohort retention",
+        format!(
+            "Share of each cohort's customers active per period since acquisition ({} cohorts)",
+            labels.len()
+        ),
+        heatmap,
+    );
+    // A row per cohort that can be read: 14 px each.
+    heatmap.height = heatmap.height.max(150 + 14 * labels.len() as u32);
     Ok(Section {
         id: "cohorts",
         title: "Cohort retention",
         grids: Vec::new(),
         charts: vec![
-            chart(
-                "cohort-heatmap",
-                "Cohort retention",
-                format!(
-                    "Share of each cohort's customers active per period since acquisition ({} cohorts)",
-                    labels.len()
-                ),
-                heatmap,
-            ),
+            heatmap,
             chart(
                 "cohort-curves",
                 "Retention curves of recent cohorts",
@@ -491,7 +505,16 @@ fn rfm_section(name: &str, segments: &polars::prelude::DataFrame, as_of: &str) -
         grids: vec![grid(
             format!("Segment summary (`{name}`, as of {as_of})"),
             segments,
-            &["segment", "customers", "share", "revenue", "revenue_share", "mean_recency_days", "mean_frequency", "mean_monetary"],
+            &[
+                "segment",
+                "customers",
+                "share",
+                "revenue",
+                "revenue_share",
+                "mean_recency_days",
+                "mean_frequency",
+                "mean_monetary",
+            ],
         )?],
     })
 }
@@ -613,7 +636,10 @@ fn grid(caption: String, frame: &polars::prelude::DataFrame, columns: &[&str]) -
                 })
                 .collect()
         } else {
-            texts(frame, column)?.into_iter().map(Option::unwrap_or_default).collect()
+            texts(frame, column)?
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect()
         };
         for (row, value) in values.into_iter().enumerate() {
             cells[row].push(value);
@@ -634,7 +660,10 @@ fn repeat_section(
 ) -> Result<Section> {
     let cohorts = texts(summary, "cohort")?;
     let rows: Vec<usize> = (0..cohorts.len()).filter(|&row| cohorts[row].is_some()).collect();
-    let labels: Vec<String> = rows.iter().map(|&row| cohorts[row].clone().unwrap_or_default()).collect();
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|&row| cohorts[row].clone().unwrap_or_default())
+        .collect();
     // The windows the stage was configured with: `repeat_rate_<N>d` columns.
     let mut windows: Vec<(u32, String)> = summary
         .get_column_names()
@@ -651,7 +680,13 @@ fn repeat_section(
             let values = floats(summary, column)?;
             let data: Vec<Value> = rows
                 .iter()
-                .map(|&row| if values[row].is_finite() { json!(round(100.0 * values[row], 2)) } else { Value::Null })
+                .map(|&row| {
+                    if values[row].is_finite() {
+                        json!(round(100.0 * values[row], 2))
+                    } else {
+                        Value::Null
+                    }
+                })
                 .collect();
             Ok(json!({ "type": "line", "name": format!("within {days} days"), "data": data, "connectNulls": false }))
         })
@@ -680,7 +715,9 @@ fn repeat_section(
         let overall: Vec<usize> = (0..cohort.len()).filter(|&row| cohort[row].is_none()).collect();
         let ladder = option(
             "Repeat ladder",
-            format!("as of {as_of} · `{transitions_name}` · P(k+1 | k): % of customers with k purchases who made another"),
+            format!(
+                "as of {as_of} · `{transitions_name}` · P(k+1 | k): % of customers with k purchases who made another"
+            ),
             json!({
                 "grid": { "top": 70, "left": 50, "right": 20, "bottom": 50 },
                 "tooltip": { "trigger": "axis" },
@@ -723,8 +760,16 @@ fn alive_matrix(
     clv: &polars::prelude::DataFrame,
     as_of: &str,
 ) -> Result<Option<Chart>> {
-    let (models, parameters, values) = (texts(model, "model")?, texts(model, "parameter")?, floats(model, "value")?);
-    let unit = texts(model, "time_unit")?.first().cloned().flatten().unwrap_or_else(|| "week".into());
+    let (models, parameters, values) = (
+        texts(model, "model")?,
+        texts(model, "parameter")?,
+        floats(model, "value")?,
+    );
+    let unit = texts(model, "time_unit")?
+        .first()
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| "week".into());
     let find = |wanted: &str| {
         (0..models.len())
             .find(|&row| models[row].as_deref() == Some("bgnbd") && parameters[row].as_deref() == Some(wanted))
@@ -733,19 +778,39 @@ fn alive_matrix(
     let (Some(r), Some(alpha), Some(a), Some(b)) = (find("r"), find("alpha"), find("a"), find("b")) else {
         return Ok(None);
     };
-    let tenure_column = clv.get_column_names().into_iter().find(|c| c.starts_with("T_")).map(|c| c.to_string());
-    let Some(tenure_column) = tenure_column else { return Ok(None) };
-    let big_t = floats(clv, &tenure_column)?.into_iter().filter(|v| v.is_finite()).fold(0.0, f64::max).ceil();
-    let max_frequency = floats(clv, "frequency")?.into_iter().filter(|v| v.is_finite()).fold(0.0, f64::max).min(40.0);
+    let tenure_column = clv
+        .get_column_names()
+        .into_iter()
+        .find(|c| c.starts_with("T_"))
+        .map(|c| c.to_string());
+    let Some(tenure_column) = tenure_column else {
+        return Ok(None);
+    };
+    let big_t = floats(clv, &tenure_column)?
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .ceil();
+    let max_frequency = floats(clv, "frequency")?
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .min(40.0);
     let steps = 40.0_f64.min(big_t.max(1.0));
     let mut cells = Vec::new();
     for x in 0..=(max_frequency as i64) {
         for step in 0..=(steps as i64) {
             let t_x = big_t * step as f64 / steps;
-            cells.push(json!([step, x, round(p_alive([r, alpha, a, b], x as f64, t_x, big_t), 4)]));
+            cells.push(json!([
+                step,
+                x,
+                round(p_alive([r, alpha, a, b], x as f64, t_x, big_t), 4)
+            ]));
         }
     }
-    let recency: Vec<String> = (0..=(steps as i64)).map(|step| format!("{:.0}", big_t * step as f64 / steps)).collect();
+    let recency: Vec<String> = (0..=(steps as i64))
+        .map(|step| format!("{:.0}", big_t * step as f64 / steps))
+        .collect();
     let matrix = option(
         "P(alive) by frequency and recency",
         format!("as of {as_of} · `{name}` (BG/NBD) · a customer of {big_t:.0} {unit}s' tenure"),
@@ -760,7 +825,8 @@ fn alive_matrix(
     Ok(Some(chart(
         "clv-alive-matrix",
         "P(alive) by frequency and recency",
-        "Probability a customer is still active given their repeat purchases and recency, from the fitted BG/NBD model".into(),
+        "Probability a customer is still active given their repeat purchases and recency, from the fitted BG/NBD model"
+            .into(),
         matrix,
     )))
 }
@@ -768,13 +834,16 @@ fn alive_matrix(
 /// Holdout calibration: predicted against actual purchases per frequency bucket.
 fn calibration(name: &str, validation: &polars::prelude::DataFrame, as_of: &str) -> Result<Chart> {
     let buckets = texts(validation, "frequency_bucket")?;
-    let rows: Vec<usize> = (0..buckets.len()).filter(|&row| buckets[row].as_deref() != Some("all")).collect();
+    let rows: Vec<usize> = (0..buckets.len())
+        .filter(|&row| buckets[row].as_deref() != Some("all"))
+        .collect();
     let (customers, predicted, actual) = (
         floats(validation, "customers")?,
         floats(validation, "predicted_purchases")?,
         floats(validation, "actual_purchases")?,
     );
-    let per_customer = |values: &[f64]| -> Vec<f64> { rows.iter().map(|&row| round(values[row] / customers[row], 4)).collect() };
+    let per_customer =
+        |values: &[f64]| -> Vec<f64> { rows.iter().map(|&row| round(values[row] / customers[row], 4)).collect() };
     let bars = option(
         "Holdout calibration",
         format!("as of {as_of} · `{name}` · purchases per customer in the holdout, by calibration frequency"),
@@ -794,7 +863,8 @@ fn calibration(name: &str, validation: &polars::prelude::DataFrame, as_of: &str)
     Ok(chart(
         "clv-calibration",
         "Holdout calibration",
-        "Purchases predicted by the model fitted before the holdout, against those made in it, per frequency bucket".into(),
+        "Purchases predicted by the model fitted before the holdout, against those made in it, per frequency bucket"
+            .into(),
         bars,
     ))
 }
@@ -887,8 +957,13 @@ fn acquisition_section(
         }
         let mut curves: BTreeMap<String, BTreeMap<i64, (f64, f64)>> = BTreeMap::new();
         for row in 0..index.len() {
-            let Some(channel) = key(&all[row], &channels[row]) else { continue };
-            let new = new_of.get(&(channel.clone(), cohorts[row].clone().unwrap_or_default())).copied().unwrap_or(0.0);
+            let Some(channel) = key(&all[row], &channels[row]) else {
+                continue;
+            };
+            let new = new_of
+                .get(&(channel.clone(), cohorts[row].clone().unwrap_or_default()))
+                .copied()
+                .unwrap_or(0.0);
             if !(cac[row].is_finite() && cac[row] > 0.0 && contribution[row].is_finite()) {
                 continue;
             }
@@ -935,7 +1010,10 @@ fn acquisition_section(
 }
 
 fn nps_by_segment(name: &str, summary: &polars::prelude::DataFrame, as_of: &str) -> Result<Chart> {
-    let labels: Vec<String> = texts(summary, "segment")?.into_iter().map(Option::unwrap_or_default).collect();
+    let labels: Vec<String> = texts(summary, "segment")?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     let nps: Vec<Value> = floats(summary, "nps")?
         .into_iter()
         .map(|v| if v.is_finite() { json!(round(v, 2)) } else { Value::Null })
@@ -951,7 +1029,12 @@ fn nps_by_segment(name: &str, summary: &polars::prelude::DataFrame, as_of: &str)
             "series": [{ "type": "bar", "name": "NPS", "data": nps }],
         }),
     );
-    Ok(chart("nps-by-segment", "NPS by segment", "The Net Promoter Score of each segment's respondents".into(), bars))
+    Ok(chart(
+        "nps-by-segment",
+        "NPS by segment",
+        "The Net Promoter Score of each segment's respondents".into(),
+        bars,
+    ))
 }
 
 fn round(value: f64, decimals: i32) -> f64 {

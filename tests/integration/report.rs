@@ -139,6 +139,23 @@ fn the_report_shows_the_tables_numbers() {
         keys.len()
     });
 
+    // Cumulative revenue per customer of the newest cohort with two periods: Σ revenue to date /
+    // Σ cohort customers over the channels.
+    let revenue_chart = chart(&data, "cohort-revenue");
+    let newest = revenue_chart["series"].as_array().unwrap().last().unwrap();
+    let label = newest["name"].as_str().unwrap();
+    let revenue = cohorts.float("revenue");
+    let point = &newest["data"][1];
+    let rows: Vec<usize> = (0..cohorts.rows).filter(|&r| cohort[r] == label).collect();
+    let to_date: f64 = rows.iter().filter(|&&r| index[r] <= 1).map(|&r| revenue[r]).sum();
+    let customers: f64 = rows.iter().filter(|&&r| index[r] == 0).map(|&r| size[r]).sum();
+    assert_eq!(point[0], 1);
+    assert_close(
+        point[1].as_f64().unwrap(),
+        ((to_date / customers) * 1e4).round() / 1e4,
+        "cumulative revenue",
+    );
+
     // Lifecycle stages: the table's columns as they are.
     let stages = chart(&data, "lifecycle-stages");
     let series = stages["series"].as_array().unwrap();
@@ -178,15 +195,30 @@ fn the_report_shows_the_tables_numbers() {
     assert!(histogram["title"]["subtext"].as_str().unwrap().contains("top 10 %"));
     // Repeat ladder: P(k+1 | k) of all cohorts, in %.
     let transitions = read_table(&latest.join("repeat_transitions.parquet"));
-    let overall: Vec<usize> = (0..transitions.rows).filter(|&r| transitions.text("cohort")[r].is_empty()).collect();
-    let ladder: Vec<f64> = chart(&data, "repeat-ladder")["series"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let expected: Vec<f64> = overall.iter().map(|&r| (transitions.float("probability")[r] * 10000.0).round() / 100.0).collect();
+    let overall: Vec<usize> = (0..transitions.rows)
+        .filter(|&r| transitions.text("cohort")[r].is_empty())
+        .collect();
+    let ladder: Vec<f64> = chart(&data, "repeat-ladder")["series"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let expected: Vec<f64> = overall
+        .iter()
+        .map(|&r| (transitions.float("probability")[r] * 10000.0).round() / 100.0)
+        .collect();
     assert_eq!(ladder, expected);
 
     // Holdout calibration: purchases per customer per bucket, predicted and actual.
     let validation = read_table(&latest.join("clv_validation.parquet"));
     let calibration = chart(&data, "clv-calibration");
-    let buckets: Vec<&str> = calibration["xAxis"]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let buckets: Vec<&str> = calibration["xAxis"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(buckets, ["0", "1", "2", "3", "4", "5", "6", "7+"]);
     let actual = calibration["series"][1]["data"][2].as_f64().unwrap();
     let expected = validation.float("actual_purchases")[2] / validation.float("customers")[2];
@@ -202,31 +234,75 @@ fn the_report_shows_the_tables_numbers() {
     };
     let (r, alpha, a, b) = (parameter("r"), parameter("alpha"), parameter("a"), parameter("b"));
     let alive = chart(&data, "clv-alive-matrix");
-    let tenure = read_table(&latest.join("clv_customers.parquet")).float("T_weeks").iter().cloned().fold(0.0, f64::max).ceil();
-    let recency: Vec<f64> = alive["xAxis"]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect();
+    let tenure = read_table(&latest.join("clv_customers.parquet"))
+        .float("T_weeks")
+        .iter()
+        .cloned()
+        .fold(0.0, f64::max)
+        .ceil();
+    let recency: Vec<f64> = alive["xAxis"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
     for cell in alive["series"][0]["data"].as_array().unwrap().iter().step_by(53) {
-        let (step, x, p) = (cell[0].as_u64().unwrap() as usize, cell[1].as_f64().unwrap(), cell[2].as_f64().unwrap());
+        let (step, x, p) = (
+            cell[0].as_u64().unwrap() as usize,
+            cell[1].as_f64().unwrap(),
+            cell[2].as_f64().unwrap(),
+        );
         let t_x = tenure * step as f64 / (recency.len() - 1) as f64;
-        let expected = if x == 0.0 { 1.0 } else { 1.0 / (1.0 + a / (b + x - 1.0) * ((alpha + tenure) / (alpha + t_x)).powf(r + x)) };
+        let expected = if x == 0.0 {
+            1.0
+        } else {
+            1.0 / (1.0 + a / (b + x - 1.0) * ((alpha + tenure) / (alpha + t_x)).powf(r + x))
+        };
         assert!((p - expected).abs() < 1e-4, "{cell}: {expected}");
     }
 
     // LTV:CAC by channel, and NPS by segment, from their tables.
     let ratio = chart(&data, "ltv-to-cac");
-    let channels: Vec<&str> = ratio["xAxis"]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let channels: Vec<&str> = ratio["xAxis"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     let all_at = channels.iter().position(|c| *c == "all").unwrap();
     let ltv: f64 = {
-        let (ltv, new) = (acquisition.float("ltv_per_customer"), acquisition.float("new_customers"));
-        (0..acquisition.rows).filter(|&r| all[r] && ltv[r].is_finite()).map(|r| ltv[r] * new[r]).sum::<f64>() / sum("new_customers")
+        let (ltv, new) = (
+            acquisition.float("ltv_per_customer"),
+            acquisition.float("new_customers"),
+        );
+        (0..acquisition.rows)
+            .filter(|&r| all[r] && ltv[r].is_finite())
+            .map(|r| ltv[r] * new[r])
+            .sum::<f64>()
+            / sum("new_customers")
     };
-    assert_close(ratio["series"][0]["data"][all_at].as_f64().unwrap(), ((ltv / tile(&data, "cac")) * 1000.0).round() / 1000.0, "ltv:cac");
+    assert_close(
+        ratio["series"][0]["data"][all_at].as_f64().unwrap(),
+        ((ltv / tile(&data, "cac")) * 1000.0).round() / 1000.0,
+        "ltv:cac",
+    );
     let by_segment = read_table(&latest.join("nps_by_segment.parquet"));
     let bars = chart(&data, "nps-by-segment");
-    assert_close(bars["series"][0]["data"][0].as_f64().unwrap(), (by_segment.float("nps")[0] * 100.0).round() / 100.0, "nps of the first segment");
+    assert_close(
+        bars["series"][0]["data"][0].as_f64().unwrap(),
+        (by_segment.float("nps")[0] * 100.0).round() / 100.0,
+        "nps of the first segment",
+    );
     assert!(page.contains("<caption>Segment summary (`rfm_segments`"));
     assert!(page.contains("<caption>Fitted parameters (`clv_model`"));
 
-    for id in ["cohort-curves", "cohort-revenue", "nps-periods", "repeat-by-cohort", "payback-curves"] {
+    for id in [
+        "cohort-curves",
+        "cohort-revenue",
+        "nps-periods",
+        "repeat-by-cohort",
+        "payback-curves",
+    ] {
         assert!(
             chart(&data, id)["series"].as_array().is_some_and(|s| !s.is_empty()),
             "{id}"
@@ -245,7 +321,14 @@ fn a_run_with_a_report_section_publishes_the_page() {
     let out = root.path().join("out");
     let out_text = out.to_str().unwrap();
     for _ in 0..2 {
-        run_ok(&["run", config.to_str().unwrap(), "--output-dir", out_text, "--log", "warn"]);
+        run_ok(&[
+            "run",
+            config.to_str().unwrap(),
+            "--output-dir",
+            out_text,
+            "--log",
+            "warn",
+        ]);
     }
     let published = std::fs::read_to_string(out.join("latest/report.html")).unwrap();
     let copy = root.path().join("again.html");
@@ -258,10 +341,26 @@ fn a_run_with_a_report_section_publishes_the_page() {
     let off = dir.join(format!("report-off-{}.toml", std::process::id()));
     std::fs::write(&off, text.replace("[report]\n", "[report]\nenabled = false\n")).unwrap();
     let bad = dir.join(format!("report-bad-{}.toml", std::process::id()));
-    std::fs::write(&bad, text.replace("[report]\n", "[report]\nenabled = \"yes\"\ncharts = 3\n")).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("[report]\n", "[report]\nenabled = \"yes\"\ncharts = 3\n"),
+    )
+    .unwrap();
     let elsewhere = root.path().join("off");
-    let result = pipeline(&["run", off.to_str().unwrap(), "--output-dir", elsewhere.to_str().unwrap(), "--log", "warn"]);
-    let broken = pipeline(&["run", bad.to_str().unwrap(), "--output-dir", elsewhere.to_str().unwrap()]);
+    let result = pipeline(&[
+        "run",
+        off.to_str().unwrap(),
+        "--output-dir",
+        elsewhere.to_str().unwrap(),
+        "--log",
+        "warn",
+    ]);
+    let broken = pipeline(&[
+        "run",
+        bad.to_str().unwrap(),
+        "--output-dir",
+        elsewhere.to_str().unwrap(),
+    ]);
     std::fs::remove_file(&off).ok();
     std::fs::remove_file(&bad).ok();
     assert!(result.status.success(), "{}", stderr(&result));
@@ -374,7 +473,10 @@ frame.addEventListener("load", function () {{ setTimeout(function () {{
         Some(path) => command.arg(format!("--screenshot={}", path.display())),
         None => command.arg("--dump-dom"),
     };
-    let output = command.arg(format!("file://{}", harness.display())).output().expect("chromium runs");
+    let output = command
+        .arg(format!("file://{}", harness.display()))
+        .output()
+        .expect("chromium runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let console = String::from_utf8_lossy(&output.stderr)
         .lines()
@@ -405,11 +507,23 @@ fn every_chart_renders_in_a_browser() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("out");
-    run_ok(&["run", config.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--log", "warn"]);
+    run_ok(&[
+        "run",
+        config.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--log",
+        "warn",
+    ]);
     run_ok(&["report", out.to_str().unwrap()]);
     let page = std::fs::canonicalize(out.join("latest/report.html")).unwrap();
     let data = report_data(&std::fs::read_to_string(&page).unwrap());
-    let ids: Vec<String> = data["charts"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = data["charts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 14, "{ids:?}");
     for width in [1280u32, 390] {
         let (found, console) = render(&browser, &page, width, None);
@@ -419,7 +533,10 @@ fn every_chart_renders_in_a_browser() {
             let fields: Vec<&str> = row.split(' ').collect();
             assert_eq!(fields[0], id);
             let (svg_width, marks): (f64, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
-            assert!(svg_width > 100.0 && svg_width <= width as f64, "`{id}` is {svg_width} px wide at {width} px");
+            assert!(
+                svg_width > 100.0 && svg_width <= width as f64,
+                "`{id}` is {svg_width} px wide at {width} px"
+            );
             assert!(marks > 3, "`{id}` drew {marks} marks at {width} px");
         }
         let page_width: u32 = found.last().unwrap().trim_start_matches("page ").parse().unwrap();

@@ -31,7 +31,8 @@ pub struct TableMetadata {
 }
 
 /// Makes files from a snapshot folder of tables, the previous snapshot and the manifest.
-pub type FileMaker = dyn Fn(&std::path::Path, Option<&std::path::Path>, &serde_json::Value) -> Result<Vec<(String, String)>>;
+pub type FileMaker =
+    dyn Fn(&std::path::Path, Option<&std::path::Path>, &serde_json::Value) -> Result<Vec<(String, String)>>;
 
 /// A target for one run's tables. The runner calls `start` once, `stage` for each table (from
 /// several threads), then `carry_over` and `publish` when every stage succeeded, or `fail`.

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::DataFrame;
 use serde::Serialize;
 
-use super::{FileMaker, write_table, write_table_parts, SharedPages, Sink, TableMetadata};
+use super::{write_table, write_table_parts, FileMaker, SharedPages, Sink, TableMetadata};
 use crate::core::manifest::{CarriedTable, Manifest};
 
 pub const MANIFEST: &str = "_manifest.json";
