@@ -36,22 +36,29 @@ fn chart<'a>(data: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no chart `{id}`"))["option"]
 }
 
-#[test]
-fn the_report_shows_the_tables_numbers() {
+/// The retail pipeline run `times` into a temporary output folder: (the folder's owner, the
+/// output folder, the config).
+fn retail_runs(times: usize) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("out");
-    let out_text = out.to_str().unwrap();
-    for _ in 0..2 {
+    for _ in 0..times {
         run_ok(&[
             "run",
             config.to_str().unwrap(),
             "--output-dir",
-            out_text,
+            out.to_str().unwrap(),
             "--log",
             "warn",
         ]);
     }
+    (root, out, config)
+}
+
+#[test]
+fn the_report_shows_the_tables_numbers() {
+    let (_root, out, _) = retail_runs(2);
+    let out_text = out.to_str().unwrap();
     run_ok(&["report", out_text]);
     let latest = out.join("latest");
     let page = std::fs::read_to_string(latest.join("report.html")).unwrap();
@@ -316,20 +323,8 @@ fn the_report_shows_the_tables_numbers() {
 /// a config error (exit 2).
 #[test]
 fn a_run_with_a_report_section_publishes_the_page() {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
-    let root = tempfile::tempdir().unwrap();
-    let out = root.path().join("out");
+    let (root, out, config) = retail_runs(2);
     let out_text = out.to_str().unwrap();
-    for _ in 0..2 {
-        run_ok(&[
-            "run",
-            config.to_str().unwrap(),
-            "--output-dir",
-            out_text,
-            "--log",
-            "warn",
-        ]);
-    }
     let published = std::fs::read_to_string(out.join("latest/report.html")).unwrap();
     let copy = root.path().join("again.html");
     run_ok(&["report", out_text, "--output", copy.to_str().unwrap()]);
@@ -504,17 +499,7 @@ fn every_chart_renders_in_a_browser() {
         eprintln!("SKIPPED: no Chromium (apt-get install chromium, or PIPELINE_CHROMIUM)");
         return;
     };
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/retail.toml");
-    let root = tempfile::tempdir().unwrap();
-    let out = root.path().join("out");
-    run_ok(&[
-        "run",
-        config.to_str().unwrap(),
-        "--output-dir",
-        out.to_str().unwrap(),
-        "--log",
-        "warn",
-    ]);
+    let (_root, out, _) = retail_runs(1);
     run_ok(&["report", out.to_str().unwrap()]);
     let page = std::fs::canonicalize(out.join("latest/report.html")).unwrap();
     let data = report_data(&std::fs::read_to_string(&page).unwrap());
