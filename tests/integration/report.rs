@@ -36,6 +36,27 @@ fn chart<'a>(data: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no chart `{id}`"))["option"]
 }
 
+/// A chart's options with every `data` array replaced by its length.
+fn chart_shape(chart: &serde_json::Value) -> serde_json::Value {
+    fn strip(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => serde_json::Value::Object(
+                map.iter()
+                    .map(|(key, value)| match (key.as_str(), value) {
+                        ("data", serde_json::Value::Array(items)) => {
+                            (key.clone(), serde_json::json!(format!("{} items", items.len())))
+                        }
+                        _ => (key.clone(), strip(value)),
+                    })
+                    .collect(),
+            ),
+            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::json!({ "id": chart["id"], "title": chart["title"], "height": chart["height"], "option": strip(&chart["option"]) })
+}
+
 /// The retail pipeline run `times` into a temporary output folder: (the folder's owner, the
 /// output folder, the config).
 fn retail_runs(times: usize) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -302,6 +323,11 @@ fn the_report_shows_the_tables_numbers() {
     );
     assert!(page.contains("<caption>Segment summary (`rfm_segments`"));
     assert!(page.contains("<caption>Fitted parameters (`clv_model`"));
+
+    // Every chart's options without their data: titles, subtitles (as_of, table, units), axes,
+    // series and scales, as reviewed.
+    let shapes: Vec<serde_json::Value> = data["charts"].as_array().unwrap().iter().map(chart_shape).collect();
+    insta::assert_json_snapshot!("report_chart_options", shapes);
 
     for id in [
         "cohort-curves",
