@@ -33,12 +33,21 @@ pub fn render_staged(dir: &Path, manifest: &serde_json::Value, previous: Option<
 fn render_snapshot(snapshot: Snapshot, previous: Option<&Path>) -> Result<String> {
     let mut tiles = sections::tiles(&snapshot)?;
     let mut previous_as_of = None;
-    if let Some(previous) = previous.map(Snapshot::open).transpose()? {
-        let before = sections::tiles(&previous)?;
-        for tile in &mut tiles {
-            tile.previous = before.iter().find(|b| b.key == tile.key).map(|b| b.value);
+    // The previous snapshot's figures are a comparison, not the report: one that cannot be read
+    // (an older layout, a damaged file) leaves the changes out, with a warning.
+    let before =
+        previous.map(|dir| Snapshot::open(dir).and_then(|earlier| Ok((sections::tiles(&earlier)?, earlier.as_of()))));
+    match before {
+        Some(Ok((before, as_of))) => {
+            for tile in &mut tiles {
+                tile.previous = before.iter().find(|b| b.key == tile.key).map(|b| b.value);
+            }
+            previous_as_of = Some(as_of);
         }
-        previous_as_of = Some(previous.as_of());
+        Some(Err(error)) => {
+            tracing::warn!("report: no changes against the previous snapshot, which cannot be read: {error:#}")
+        }
+        None => {}
     }
     let sections = sections::sections(&snapshot)?;
     let currency = snapshot.currency();
@@ -143,7 +152,7 @@ fn value_text(value: f64, unit: &str, currency: Option<&str>) -> String {
             currency.map(|c| format!(" {c}")).unwrap_or_default()
         ),
         "ratio" => format!("{value:.2}"),
-        _ => format!("{value:.1}"),
+        _ => format!("{value:.1}").replace('-', "−"),
     }
 }
 

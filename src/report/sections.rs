@@ -30,6 +30,8 @@ pub struct Chart {
     pub id: String,
     pub title: String,
     pub description: String,
+    /// The table, units and notes, under the chart (they wrap there; the chart keeps its as_of).
+    pub details: String,
     pub height: u32,
     pub option: Value,
 }
@@ -66,7 +68,7 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
             });
         }
     };
-    if let Some((name, facts)) = snapshot.table("customer_facts", "")? {
+    if let Some((name, facts)) = snapshot.table_with("customer_facts", "", &|column| column == "customer_id")? {
         tile(
             "customers",
             "Customers",
@@ -76,7 +78,8 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
         );
     }
     if let Some((name, snapshots)) = snapshot.table("lifecycle", "snapshots")? {
-        if let Some(row) = last_complete_snapshot(&texts(&snapshots, "snapshot_date")?) {
+        let starts = texts(&snapshots, "period_start")?;
+        if let Some(row) = last_complete_snapshot(&starts, &texts(&snapshots, "snapshot_date")?) {
             let at = |column: &str| floats(&snapshots, column).map(|values| values[row]);
             let date = texts(&snapshots, "snapshot_date")?[row].clone().unwrap_or_default();
             tile(
@@ -103,8 +106,17 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
         }
     }
     if let Some((name, summary)) = snapshot.table("repeat", "summary")? {
-        let customers: f64 = floats(&summary, "customers")?.iter().sum();
-        let repeat: f64 = floats(&summary, "repeat_customers")?.iter().sum();
+        // The overall row (no cohort) when there is one, else the cohorts added up.
+        let cohorts = texts(&summary, "cohort")?;
+        let overall = cohorts.iter().position(Option::is_none);
+        let pick = |column: &str| -> Result<f64> {
+            let values = floats(&summary, column)?;
+            Ok(match overall {
+                Some(row) => values[row],
+                None => values.iter().sum(),
+            })
+        };
+        let (customers, repeat) = (pick("customers")?, pick("repeat_customers")?);
         tile(
             "repeat_rate",
             "Repeat rate",
@@ -113,23 +125,26 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
             format!("customers with a second purchase / customers, all cohorts (`{name}`)"),
         );
     }
-    if let Some((name, clv)) = snapshot.table("clv", "customers")? {
+    if let Some((name, clv)) = snapshot.table_with("clv", "customers", &|column| column == "clv")? {
         let values: Vec<f64> = floats(&clv, "clv")?.into_iter().filter(|v| v.is_finite()).collect();
         let total: f64 = values.iter().sum();
-        tile(
-            "clv_mean",
-            "Mean CLV",
-            total / values.len() as f64,
-            "money",
-            format!("mean of clv (`{name}`)"),
-        );
-        tile(
-            "clv_total",
-            "Total CLV",
-            total,
-            "money",
-            format!("sum of clv (`{name}`)"),
-        );
+        // No tile from no value (every clv null).
+        if !values.is_empty() {
+            tile(
+                "clv_mean",
+                "Mean CLV",
+                total / values.len() as f64,
+                "money",
+                format!("mean of clv (`{name}`)"),
+            );
+            tile(
+                "clv_total",
+                "Total CLV",
+                total,
+                "money",
+                format!("sum of clv (`{name}`)"),
+            );
+        }
     }
     if let Some((name, acquisition)) = snapshot.table("acquisition", "")? {
         let all = texts(&acquisition, "all_channels")?;
@@ -151,16 +166,19 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
             "money",
             format!("spend / new customers, all cohorts and channels (`{name}`)"),
         );
-        let ltv: f64 = ltv
+        // Weighted by the new customers of the cohorts with an LTV.
+        let with_ltv: Vec<(f64, f64)> = ltv
             .iter()
             .zip(&new)
             .filter(|(v, _)| v.is_finite())
-            .map(|(v, n)| v * n)
-            .sum();
+            .map(|(v, n)| (*v, *n))
+            .collect();
+        let ltv_customers: f64 = with_ltv.iter().map(|(_, n)| n).sum();
+        let ltv: f64 = with_ltv.iter().map(|(v, n)| v * n).sum::<f64>() / ltv_customers;
         tile(
             "ltv_to_cac",
             "LTV:CAC",
-            ltv / customers / cac,
+            ltv / cac,
             "ratio",
             format!("mean ltv_per_customer / CAC, all cohorts and channels (`{name}`)"),
         );
@@ -181,77 +199,95 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
     Ok(tiles)
 }
 
-/// The last lifecycle snapshot of a whole period: the last one unless it is as_of inside its
-/// period (the day after it does not start the next period, by the gap between periods).
-fn last_complete_snapshot(dates: &[Option<String>]) -> Option<usize> {
-    use chrono::{Datelike, NaiveDate};
-    let parse = |row: usize| dates.get(row)?.as_deref()?.parse::<NaiveDate>().ok();
+/// The last lifecycle snapshot of a whole period: the last one when its date ends its period,
+/// else the one before (the last snapshot is as_of, which may fall inside its period). The
+/// period's length comes from the gap between the last two period starts (a day, a week, a
+/// month, a quarter or a year); with one snapshot, or another gap, none is known complete.
+fn last_complete_snapshot(starts: &[Option<String>], dates: &[Option<String>]) -> Option<usize> {
+    use chrono::{Datelike, Months, NaiveDate};
+    let parse = |list: &[Option<String>], row: usize| list.get(row)?.as_deref()?.parse::<NaiveDate>().ok();
     let last = dates.len().checked_sub(1)?;
-    let (Some(end), Some(before)) = (parse(last), last.checked_sub(1).and_then(parse)) else {
-        return Some(last);
+    let before = last.checked_sub(1)?;
+    let (start, previous_start, date) = (parse(starts, last)?, parse(starts, before)?, parse(dates, last)?);
+    let next_start = match (start - previous_start).num_days() {
+        1 => start.succ_opt()?,
+        7 => start + chrono::Duration::days(7),
+        28..=31 => start.with_day(1)? + Months::new(1),
+        89..=92 => start.with_day(1)? + Months::new(3),
+        365 | 366 => start.with_day(1)?.with_month(1)? + Months::new(12),
+        _ => return Some(before),
     };
-    let next = end.succ_opt()?;
-    let gap = (end - before).num_days();
-    let starts_period = match gap {
-        7 => next.weekday() == chrono::Weekday::Mon,
-        28..=31 => next.day() == 1,
-        89..=92 => next.day() == 1 && (next.month() - 1) % 3 == 0,
-        _ => next.ordinal() == 1,
-    };
-    Some(if starts_period { last } else { last.saturating_sub(1) })
+    Some(if next_start.pred_opt()? == date { last } else { before })
 }
 
 /// Every section the snapshot has tables for.
 pub fn sections(snapshot: &Snapshot) -> Result<Vec<Section>> {
-    let as_of = snapshot.as_of();
+    let run_as_of = snapshot.as_of();
+    // A table carried over from an earlier run says its own as_of.
+    let as_of = |frame: &polars::prelude::DataFrame| -> String {
+        texts(frame, "as_of")
+            .ok()
+            .and_then(|dates| dates.into_iter().next().flatten())
+            .unwrap_or_else(|| run_as_of.clone())
+    };
     let money = snapshot.currency().unwrap_or_else(|| "currency units".into());
     let mut sections = Vec::new();
     if let Some((name, cohorts)) = snapshot.table("cohort_retention", "")? {
-        sections.push(cohort_section(&name, &cohorts, &as_of, &money)?);
+        sections.push(cohort_section(&name, &cohorts, &as_of(&cohorts), &money)?);
     }
     if let Some((name, snapshots)) = snapshot.table("lifecycle", "snapshots")? {
-        sections.push(lifecycle_section(&name, &snapshots, &as_of)?);
+        sections.push(lifecycle_section(&name, &snapshots, &as_of(&snapshots))?);
     }
     if let Some((name, segments)) = snapshot.table("rfm", "segments")? {
-        sections.push(rfm_section(&name, &segments, &as_of)?);
+        sections.push(rfm_section(&name, &segments, &as_of(&segments))?);
     }
     if let Some((name, summary)) = snapshot.table("repeat", "summary")? {
         let transitions = snapshot.table("repeat", "transitions")?;
-        sections.push(repeat_section(&name, &summary, transitions.as_ref(), &as_of)?);
+        sections.push(repeat_section(&name, &summary, transitions.as_ref(), &as_of(&summary))?);
     }
-    if let Some((name, clv)) = snapshot.table("clv", "customers")? {
-        let mut section = clv_section(&name, &clv, &as_of, &money)?;
+    if let Some((name, clv)) = snapshot.table_with("clv", "customers", &|column| {
+        matches!(column, "clv" | "frequency" | "as_of") || column.starts_with("T_")
+    })? {
+        let clv_as_of = as_of(&clv);
+        let mut section = clv_section(&name, &clv, &clv_as_of, &money)?;
         if let Some((model_name, model)) = snapshot.table("clv", "model")? {
-            section.charts.extend(alive_matrix(&model_name, &model, &clv, &as_of)?);
+            section
+                .charts
+                .extend(alive_matrix(&model_name, &model, &clv, &clv_as_of)?);
             section.grids.push(grid(
-                format!("Fitted parameters (`{model_name}`, as of {as_of})"),
+                format!("Fitted parameters (`{model_name}`, as of {clv_as_of})"),
                 &model,
                 &["model", "parameter", "value", "std_error", "customers", "converged"],
             )?);
         }
         if let Some((validation_name, validation)) = snapshot.table("clv", "validation")? {
-            section.charts.push(calibration(&validation_name, &validation, &as_of)?);
+            section
+                .charts
+                .push(calibration(&validation_name, &validation, &clv_as_of)?);
         }
         sections.push(section);
     }
     if let Some((name, acquisition)) = snapshot.table("acquisition", "")? {
         let payback = snapshot.table("acquisition", "payback")?;
+        let acquisition_as_of = as_of(&acquisition);
         sections.push(acquisition_section(
             &name,
             &acquisition,
             payback.as_ref(),
-            &as_of,
+            &acquisition_as_of,
             &money,
         )?);
     }
     if let Some((name, periods)) = snapshot.table("nps", "periods")? {
-        let mut section = nps_section(&name, &periods, &as_of)?;
+        let mut section = nps_section(&name, &periods, &as_of(&periods))?;
         if let Some((summary_name, summary)) = snapshot
             .tables("segment_summary")?
             .into_iter()
             .find(|(_, t)| t.column("nps").is_ok() && t.column("segment").is_ok())
         {
-            section.charts.push(nps_by_segment(&summary_name, &summary, &as_of)?);
+            section
+                .charts
+                .push(nps_by_segment(&summary_name, &summary, &as_of(&summary))?);
         }
         sections.push(section);
     }
@@ -276,10 +312,15 @@ fn option(title: &str, subtitle: String, rest: Value) -> Value {
 /// title and description.
 fn chart(id: &str, title: &str, description: String, mut option: Value) -> Chart {
     option["aria"] = json!({ "enabled": true, "label": { "description": format!("{title}: {description}") } });
+    // The subtitle's first part (the as_of) stays on the chart, the rest goes under it.
+    let subtitle = option["title"]["subtext"].as_str().unwrap_or_default().to_string();
+    let (as_of, details) = subtitle.split_once(" · ").unwrap_or((subtitle.as_str(), ""));
+    option["title"]["subtext"] = json!(as_of);
     Chart {
         id: id.to_string(),
         title: title.to_string(),
         description,
+        details: details.replace('`', ""),
         height: 420,
         option,
     }
@@ -291,13 +332,18 @@ type CohortCells = BTreeMap<String, BTreeMap<i64, (f64, f64, f64)>>;
 
 fn cohort_cells(cohorts: &polars::prelude::DataFrame) -> Result<CohortCells> {
     let (cohort, index) = (texts(cohorts, "cohort")?, floats(cohorts, "period_index")?);
+    // A period still running at as_of would look like a drop: only complete ones are drawn.
+    let complete = match cohorts.column("period_complete") {
+        Ok(_) => texts(cohorts, "period_complete")?,
+        Err(_) => vec![Some("true".to_string()); cohort.len()],
+    };
     let (size, active, revenue) = (
         floats(cohorts, "cohort_customers")?,
         floats(cohorts, "active_customers")?,
         floats(cohorts, "revenue")?,
     );
     let mut cells: CohortCells = BTreeMap::new();
-    for row in 0..cohort.len() {
+    for row in (0..cohort.len()).filter(|&row| complete[row].as_deref() == Some("true")) {
         let cell = cells
             .entry(cohort[row].clone().unwrap_or_default())
             .or_default()
@@ -323,7 +369,16 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
             }
         }
     }
-    let subtitle = format!("as of {as_of} · `{name}` · % of the cohort's customers active in each period");
+    // The scale runs to the highest retention after the first period (which is always 100 %).
+    let highest = heat
+        .iter()
+        .filter(|cell| cell[0].as_i64() > Some(0))
+        .filter_map(|cell| cell[2].as_f64())
+        .fold(0.0, f64::max);
+    let scale_max = ((highest / 5.0).ceil() * 5.0).clamp(5.0, 100.0);
+    let subtitle = format!(
+        "as of {as_of} · `{name}` · % of the cohort's customers active in each complete period; the colours run to {scale_max:.0} %"
+    );
     let heatmap = option(
         "Cohort retention",
         subtitle,
@@ -332,8 +387,8 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
             "xAxis": { "type": "category", "name": "period index", "nameLocation": "center", "nameGap": 28,
                        "data": (0..=periods).collect::<Vec<_>>() },
             "yAxis": { "type": "category", "data": labels, "inverse": true },
-            "visualMap": { "min": 0, "max": 100, "dimension": 2, "calculable": true, "orient": "horizontal", "left": "center",
-                           "bottom": 0, "itemHeight": 120, "text": ["100 %", "0 %"] },
+            "visualMap": { "min": 0, "max": scale_max, "dimension": 2, "calculable": true, "orient": "horizontal", "left": "center",
+                           "bottom": 0, "itemHeight": 120, "text": [format!("{scale_max:.0} %"), "0 %"] },
             "series": [{ "type": "heatmap", "name": "retention %", "data": heat,
                          "dimensions": ["period index", "cohort", "retention %", "active customers", "cohort customers"],
                          "encode": { "x": 0, "y": 1, "value": 2, "tooltip": [2, 3, 4] } }],
@@ -387,12 +442,10 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
     );
     // A row per cohort that can be read: 14 px each.
     heatmap.height = heatmap.height.max(150 + 14 * labels.len() as u32);
-    Ok(Section {
-        id: "cohorts",
-        title: "Cohort retention",
-        grids: Vec::new(),
-        charts: vec![
-            heatmap,
+    let mut charts = vec![heatmap];
+    // Curves need a cohort seen for two periods or more.
+    if !recent.is_empty() {
+        charts.extend([
             chart(
                 "cohort-curves",
                 "Retention curves of recent cohorts",
@@ -413,7 +466,13 @@ fn cohort_section(name: &str, cohorts: &polars::prelude::DataFrame, as_of: &str,
                     revenue,
                 ),
             ),
-        ],
+        ]);
+    }
+    Ok(Section {
+        id: "cohorts",
+        title: "Cohort retention",
+        grids: Vec::new(),
+        charts,
     })
 }
 
@@ -558,12 +617,20 @@ fn clv_section(name: &str, clv: &polars::prelude::DataFrame, as_of: &str, money:
     sorted.sort_by(|a, b| b.total_cmp(a));
     let total: f64 = sorted.iter().sum();
     let top = sorted.iter().take(sorted.len().div_ceil(10)).sum::<f64>() / total;
+    let top = if total > 0.0 {
+        format!(" · top 10 % of customers hold {:.1} % of the value", 100.0 * top)
+    } else {
+        String::new()
+    };
     let histogram = option(
         "CLV distribution",
         format!(
-            "as of {as_of} · `{name}` · customers per CLV range in {money} (log scale) · top 10 % hold {:.1} % of the value{}",
-            100.0 * top,
-            if not_positive > 0 { format!(" · {not_positive} at or below 0 not shown") } else { String::new() }
+            "as of {as_of} · `{name}` · customers per CLV range in {money} (log scale){top}{}",
+            if not_positive > 0 {
+                format!(" · {not_positive} at or below 0 not shown")
+            } else {
+                String::new()
+            }
         ),
         json!({
             "grid": { "top": 80, "left": 60, "right": 20, "bottom": 80 },
@@ -1055,11 +1122,44 @@ mod tests {
     #[test]
     fn the_last_snapshot_counts_only_when_it_ends_its_period() {
         let dates = |list: &[&str]| list.iter().map(|d| Some(d.to_string())).collect::<Vec<_>>();
-        assert_eq!(last_complete_snapshot(&dates(&["2024-11-30", "2024-12-31"])), Some(1));
-        assert_eq!(last_complete_snapshot(&dates(&["2024-11-30", "2024-12-15"])), Some(0));
-        assert_eq!(last_complete_snapshot(&dates(&["2024-12-22", "2024-12-29"])), Some(1));
-        assert_eq!(last_complete_snapshot(&dates(&["2024-12-22", "2024-12-27"])), Some(0));
-        assert_eq!(last_complete_snapshot(&dates(&["2024-09-30", "2024-12-31"])), Some(1));
+        let months = dates(&["2024-11-01", "2024-12-01"]);
+        assert_eq!(
+            last_complete_snapshot(&months, &dates(&["2024-11-30", "2024-12-31"])),
+            Some(1)
+        );
+        assert_eq!(
+            last_complete_snapshot(&months, &dates(&["2024-11-30", "2024-12-07"])),
+            Some(0)
+        );
+        let weeks = dates(&["2024-12-16", "2024-12-23"]);
+        assert_eq!(
+            last_complete_snapshot(&weeks, &dates(&["2024-12-22", "2024-12-29"])),
+            Some(1)
+        );
+        assert_eq!(
+            last_complete_snapshot(&weeks, &dates(&["2024-12-22", "2024-12-27"])),
+            Some(0)
+        );
+        // A quarter ending at as_of, and one that as_of cuts (October alone is not Q4).
+        let quarters = dates(&["2024-07-01", "2024-10-01"]);
+        assert_eq!(
+            last_complete_snapshot(&quarters, &dates(&["2024-09-30", "2024-12-31"])),
+            Some(1)
+        );
+        assert_eq!(
+            last_complete_snapshot(&quarters, &dates(&["2024-09-30", "2024-10-31"])),
+            Some(0)
+        );
+        let days = dates(&["2024-12-30", "2024-12-31"]);
+        assert_eq!(
+            last_complete_snapshot(&days, &dates(&["2024-12-30", "2024-12-31"])),
+            Some(1)
+        );
+        // One snapshot: its period's length is unknown.
+        assert_eq!(
+            last_complete_snapshot(&dates(&["2024-12-01"]), &dates(&["2024-12-31"])),
+            None
+        );
     }
 
     #[test]

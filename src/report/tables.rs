@@ -62,7 +62,7 @@ impl Snapshot {
             if let Some(name) = tables.get("") {
                 let path = self.dir.join(format!("{name}.parquet"));
                 if path.exists() {
-                    found.push((name.clone(), read_table(&path)?));
+                    found.push((name.clone(), read_table(&path, &|_| true)?));
                 }
             }
         }
@@ -72,6 +72,16 @@ impl Snapshot {
     /// The first stage of `kind` with table `suffix`: its name and its rows (a file, or a folder
     /// of parts read in name order). `None` when no stage of that kind wrote it.
     pub fn table(&self, kind: &str, suffix: &str) -> Result<Option<(String, DataFrame)>> {
+        self.table_with(kind, suffix, &|_| true)
+    }
+
+    /// `table` with only the columns `keep` picks (per-customer tables are large).
+    pub fn table_with(
+        &self,
+        kind: &str,
+        suffix: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<(String, DataFrame)>> {
         let Some(name) = self
             .stages
             .iter()
@@ -84,7 +94,7 @@ impl Snapshot {
         if !path.exists() {
             return Ok(None);
         }
-        Ok(Some((name.clone(), read_table(&path)?)))
+        Ok(Some((name.clone(), read_table(&path, keep)?)))
     }
 }
 
@@ -120,11 +130,22 @@ fn stage_tables(manifest: &serde_json::Value) -> Vec<(String, BTreeMap<&'static 
     stages
 }
 
-/// A table's rows: a Parquet file, or a folder of parts (the Spark job's) one under the other.
-pub fn read_table(path: &Path) -> Result<DataFrame> {
+/// A table's rows, the columns `keep` picks: a Parquet file, or a folder of parts (the Spark
+/// job's) one under the other.
+pub fn read_table(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<DataFrame> {
     let read = |file: &Path| -> Result<DataFrame> {
-        let handle = std::fs::File::open(file).with_context(|| format!("cannot open `{}`", file.display()))?;
-        ParquetReader::new(handle)
+        let open = || std::fs::File::open(file).with_context(|| format!("cannot open `{}`", file.display()));
+        let schema = ParquetReader::new(open()?)
+            .schema()
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot read `{}`", file.display()))?;
+        let columns: Vec<String> = schema
+            .iter_names()
+            .map(|name| name.to_string())
+            .filter(|name| keep(name))
+            .collect();
+        ParquetReader::new(open()?)
+            .with_columns(Some(columns))
             .finish()
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot read `{}`", file.display()))

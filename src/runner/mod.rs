@@ -343,8 +343,8 @@ fn publish(
     }
     // `[report]`: the page of the tables as published, in the snapshot with them.
     sink.publish_with_files(manifest, &|dir, previous, manifest| {
-        let page =
-            crate::report::render_staged(dir, manifest, previous).context("writing `report.html` (`[report]`)")?;
+        let page = crate::catch_panics(|| crate::report::render_staged(dir, manifest, previous))
+            .context("writing `report.html` (`[report]`)")?;
         Ok(vec![("report.html".to_string(), page)])
     })
 }

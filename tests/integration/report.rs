@@ -54,7 +54,13 @@ fn chart_shape(chart: &serde_json::Value) -> serde_json::Value {
             other => other.clone(),
         }
     }
-    serde_json::json!({ "id": chart["id"], "title": chart["title"], "height": chart["height"], "option": strip(&chart["option"]) })
+    serde_json::json!({
+        "id": chart["id"],
+        "title": chart["title"],
+        "details": chart["details"],
+        "height": chart["height"],
+        "option": strip(&chart["option"]),
+    })
 }
 
 /// The retail pipeline run `times` into a temporary output folder: (the folder's owner, the
@@ -220,7 +226,18 @@ fn the_report_shows_the_tables_numbers() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(counts, clv.iter().filter(|v| **v > 0.0).count() as u64);
-    assert!(histogram["title"]["subtext"].as_str().unwrap().contains("top 10 %"));
+    let details = data["charts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "clv-distribution")
+        .unwrap()["details"]
+        .clone();
+    assert!(
+        details.as_str().unwrap().contains("top 10 % of customers hold"),
+        "{details}"
+    );
+    assert_eq!(histogram["title"]["subtext"], "as of 2024-12-31");
     // Repeat ladder: P(k+1 | k) of all cohorts, in %.
     let transitions = read_table(&latest.join("repeat_transitions.parquet"));
     let overall: Vec<usize> = (0..transitions.rows)
@@ -323,6 +340,79 @@ fn the_report_shows_the_tables_numbers() {
     );
     assert!(page.contains("<caption>Segment summary (`rfm_segments`"));
     assert!(page.contains("<caption>Fitted parameters (`clv_model`"));
+
+    // Repeat rate within 30 days by cohort, in % (null where a cohort was not observed 30 days).
+    let by_cohort = chart(&data, "repeat-by-cohort");
+    assert_eq!(by_cohort["series"][0]["name"], "within 30 days");
+    let rates = summary.text("repeat_rate_30d");
+    let with_cohort: Vec<usize> = (0..summary.rows)
+        .filter(|&r| !summary.text("cohort")[r].is_empty())
+        .collect();
+    assert_eq!(
+        by_cohort["series"][0]["data"].as_array().unwrap().len(),
+        with_cohort.len()
+    );
+    for (at, &row) in with_cohort.iter().enumerate() {
+        let shown = &by_cohort["series"][0]["data"][at];
+        if rates[row].is_empty() {
+            assert!(shown.is_null(), "{shown}");
+        } else {
+            // Shown to two decimals of a percent.
+            let expected = 100.0 * summary.float("repeat_rate_30d")[row];
+            assert!(
+                (shown.as_f64().unwrap() - expected).abs() <= 0.005 + 1e-9,
+                "{shown} vs {expected}"
+            );
+        }
+    }
+
+    // NPS per period as the table has it.
+    let nps_line: Vec<f64> = chart(&data, "nps-periods")["series"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let expected: Vec<f64> = periods
+        .float("nps")
+        .iter()
+        .map(|v| (v * 100.0).round() / 100.0)
+        .collect();
+    assert_eq!(nps_line, expected);
+
+    // Payback of all channels at period 0: Σ contribution × new customers / Σ CAC × new
+    // customers over the cohorts with spend.
+    let payback = read_table(&latest.join("acquisition_payback.parquet"));
+    let new_of = |cohort: &str| -> f64 {
+        (0..acquisition.rows)
+            .find(|&r| all[r] && acquisition.text("cohort")[r] == cohort)
+            .map_or(0.0, |r| acquisition.float("new_customers")[r])
+    };
+    let (mut recovered, mut cost) = (0.0, 0.0);
+    for row in 0..payback.rows {
+        let cac = payback.float("cac")[row];
+        let contribution = payback.float("cumulative_contribution_per_customer")[row];
+        let first_period = payback.int("period_index")[row] == 0;
+        if payback.text("all_channels")[row] == "true" && first_period && cac > 0.0 && contribution.is_finite() {
+            let new = new_of(&payback.text("cohort")[row]);
+            recovered += contribution * new;
+            cost += cac * new;
+        }
+    }
+    let curves = chart(&data, "payback-curves");
+    let all_curve = curves["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "all")
+        .unwrap();
+    assert_eq!(all_curve["data"][0][0], 0);
+    let expected = (10000.0 * recovered / cost).round() / 100.0;
+    assert_close(
+        all_curve["data"][0][1].as_f64().unwrap(),
+        expected,
+        "payback at period 0",
+    );
 
     // Every chart's options without their data: titles, subtitles (as_of, table, units), axes,
     // series and scales, as reviewed.
@@ -439,16 +529,18 @@ fn the_report_leaves_out_what_was_not_computed() {
 /// Headless Chromium: `PIPELINE_CHROMIUM`, or `chromium` on the PATH (`.ci/run` installs
 /// Debian's).
 fn chromium() -> Option<std::path::PathBuf> {
-    let candidates = [
-        std::env::var_os("PIPELINE_CHROMIUM").map(std::path::PathBuf::from),
-        Some("chromium".into()),
-    ];
-    candidates.into_iter().flatten().find(|browser| {
+    let works = |browser: &Path| {
         std::process::Command::new(browser)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
-    })
+    };
+    // Named (as `.ci/run` does), it must work: a broken one fails the test, never skips it.
+    if let Some(named) = std::env::var_os("PIPELINE_CHROMIUM").map(std::path::PathBuf::from) {
+        assert!(works(&named), "PIPELINE_CHROMIUM=`{}` does not run", named.display());
+        return Some(named);
+    }
+    Some(std::path::PathBuf::from("chromium")).filter(|browser| works(browser))
 }
 
 /// The report in an iframe `width` pixels wide (headless Chromium's window is at least 500
@@ -461,7 +553,7 @@ fn render(browser: &Path, page: &Path, width: u32, screenshot: Option<&Path>) ->
         &harness,
         format!(
             r#"<!doctype html><html><body style="margin:0">
-<iframe id="report" src="report.html" style="width:{width}px;height:5400px;border:0"></iframe>
+<iframe id="report" src="report.html" style="width:{width}px;height:9000px;border:0"></iframe>
 <pre id="found"></pre>
 <script>
 var frame = document.getElementById("report");
@@ -488,7 +580,7 @@ frame.addEventListener("load", function () {{ setTimeout(function () {{
         "--enable-logging=stderr",
         "--v=0",
         "--virtual-time-budget=8000",
-        &format!("--window-size={},5600", width.max(500)),
+        &format!("--window-size={},9200", width.max(500)),
     ]);
     match screenshot {
         Some(path) => command.arg(format!("--screenshot={}", path.display())),
