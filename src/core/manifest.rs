@@ -30,6 +30,11 @@ pub struct CarriedTable {
     /// The run that built it, and the as_of it was built for.
     pub from_run_id: Option<String>,
     pub as_of: Option<String>,
+    /// The stage that writes it, the stage's kind and the table's suffix in the kind's tables
+    /// (what the report finds tables by).
+    pub stage: Option<String>,
+    pub kind: Option<String>,
+    pub suffix: Option<String>,
 }
 
 /// How a bounded-memory run went (`--shards`, `--memory-limit`).

@@ -98,8 +98,7 @@ impl Snapshot {
     }
 }
 
-/// Every stage's kind and tables: the manifest's stages and, for a `--select` run, those of the
-/// config it names (its carried-over tables), matched to the kind's table suffixes.
+/// Every stage's kind and tables by suffix: the manifest's stages, then its carried-over tables.
 fn stage_tables(manifest: &serde_json::Value) -> Vec<(String, BTreeMap<&'static str, String>)> {
     let suffixes = |kind: &str| {
         crate::core::stages::KINDS
@@ -118,9 +117,30 @@ fn stage_tables(manifest: &serde_json::Value) -> Vec<(String, BTreeMap<&'static 
             .filter_map(|table| table["table"].as_str().map(str::to_string));
         stages.push((kind.clone(), suffixes(&kind).iter().copied().zip(tables).collect()));
     }
-    let carried = manifest["carried_over"].as_array().map_or(0, Vec::len);
+    // A `--select` run's carried-over tables: by the stage, kind and suffix the manifest gives;
+    // a manifest from before those were recorded, by the config it names.
+    let mut carried: BTreeMap<String, (String, BTreeMap<&'static str, String>)> = BTreeMap::new();
+    let mut unknown = false;
+    for table in manifest["carried_over"].as_array().into_iter().flatten() {
+        let text = |key: &str| table[key].as_str().map(str::to_string);
+        let (Some(name), Some(stage), Some(kind), Some(suffix)) =
+            (text("table"), text("stage"), text("kind"), text("suffix"))
+        else {
+            unknown = true;
+            continue;
+        };
+        let Some(&suffix) = suffixes(&kind).iter().find(|known| **known == suffix) else {
+            continue;
+        };
+        carried
+            .entry(stage)
+            .or_insert_with(|| (kind, BTreeMap::new()))
+            .1
+            .insert(suffix, name);
+    }
+    stages.extend(carried.into_values());
     let config = manifest["config_path"].as_str().map(PathBuf::from);
-    if let (true, Some(Ok(plan))) = (carried > 0, config.map(|path| crate::load_plan(&path))) {
+    if let (true, Some(Ok(plan))) = (unknown, config.map(|path| crate::load_plan(&path))) {
         for stage in &plan.config.stages {
             let kind = stage.kind.name.to_string();
             let tables = stage.tables.iter().cloned();

@@ -334,6 +334,18 @@ fn publish(
         .flat_map(|index| config.stages[index].tables.iter().cloned())
         .collect();
     sink.carry_over(&others, manifest)?;
+    // Each carried table's stage, kind and suffix, for readers of the manifest (the report).
+    let key_values = Vec::new();
+    for carried in &mut manifest.carried_over {
+        for index in (0..config.stages.len()).filter(|index| !selected.contains(index)) {
+            let tables = stages::tables_of(config, index, &key_values);
+            if let Some((_, metadata)) = tables.iter().find(|(name, _)| *name == carried.table) {
+                carried.stage = Some(config.stages[index].name.clone());
+                carried.kind = Some(metadata.kind.to_string());
+                carried.suffix = Some(metadata.suffix.to_string());
+            }
+        }
+    }
     manifest.warnings = crate::logging::take_warnings();
     manifest.status = "succeeded".into();
     manifest.finished_at = chrono::Utc::now().to_rfc3339();

@@ -47,6 +47,9 @@ impl Sink for MemorySink {
                     path: name.clone(),
                     from_run_id: previous.map(|m| m.run_id.clone()),
                     as_of: previous.and_then(|m| m.as_of.clone()),
+                    stage: None,
+                    kind: None,
+                    suffix: None,
                 });
             }
         }

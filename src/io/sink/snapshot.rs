@@ -169,6 +169,9 @@ impl Sink for SnapshotSink {
                 path: format!("{table}.parquet"),
                 from_run_id,
                 as_of,
+                stage: None,
+                kind: None,
+                suffix: None,
             });
         }
         Ok(())
