@@ -39,8 +39,14 @@ fn render_snapshot(snapshot: Snapshot, previous: Option<&Path>) -> Result<String
         previous.map(|dir| Snapshot::open(dir).and_then(|earlier| Ok((sections::tiles(&earlier)?, earlier.as_of()))));
     match before {
         Some(Ok((before, as_of))) => {
+            let run_as_of = snapshot.as_of();
             for tile in &mut tiles {
-                tile.previous = before.iter().find(|b| b.key == tile.key).map(|b| b.value);
+                // A tile of a carried-over table compared with that same table says nothing.
+                let same_table = |b: &Tile| tile.as_of != run_as_of && b.as_of == tile.as_of;
+                tile.previous = before
+                    .iter()
+                    .find(|b| b.key == tile.key && !same_table(b))
+                    .map(|b| b.value);
             }
             previous_as_of = Some(as_of);
         }
@@ -60,9 +66,14 @@ fn render_snapshot(snapshot: Snapshot, previous: Option<&Path>) -> Result<String
                 Some(before) if tile.value < before => "down",
                 _ => "",
             };
+            // A tile from a table carried over from an earlier run says its as_of.
+            let label = match tile.as_of == snapshot.as_of() {
+                true => tile.label.to_string(),
+                false => format!("{} (as of {})", tile.label, tile.as_of),
+            };
             json!({
                 "key": tile.key,
-                "label": tile.label,
+                "label": label,
                 "text": value_text(tile.value, tile.unit, currency.as_deref()),
                 "note": tile.note,
                 "change": change,

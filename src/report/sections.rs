@@ -22,6 +22,9 @@ pub struct Tile {
     pub note: String,
     /// The same figure in the previous snapshot, when one is kept.
     pub previous: Option<f64>,
+    /// The as_of of the table it comes from (an earlier one for a table carried over by a
+    /// `--select` run).
+    pub as_of: String,
 }
 
 /// One chart: its element id, accessible title, height in pixels and ECharts option.
@@ -56,6 +59,9 @@ pub struct Section {
 /// The headline tiles of `snapshot`, each where its table exists.
 pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
     let mut tiles = Vec::new();
+    // The as_of of the table the next tiles come from.
+    let source_as_of = std::cell::RefCell::new(snapshot.as_of());
+    let from = |frame: &polars::prelude::DataFrame| *source_as_of.borrow_mut() = table_as_of(frame, &snapshot.as_of());
     let mut tile = |key, label, value: f64, unit, note: String| {
         if value.is_finite() {
             tiles.push(Tile {
@@ -65,10 +71,14 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
                 unit,
                 note,
                 previous: None,
+                as_of: source_as_of.borrow().clone(),
             });
         }
     };
-    if let Some((name, facts)) = snapshot.table_with("customer_facts", "", &|column| column == "customer_id")? {
+    if let Some((name, facts)) = snapshot.table_with("customer_facts", "", &|column| {
+        matches!(column, "customer_id" | "as_of")
+    })? {
+        from(&facts);
         tile(
             "customers",
             "Customers",
@@ -78,6 +88,7 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
         );
     }
     if let Some((name, snapshots)) = snapshot.table("lifecycle", "snapshots")? {
+        from(&snapshots);
         let starts = texts(&snapshots, "period_start")?;
         if let Some(row) = last_complete_snapshot(&starts, &texts(&snapshots, "snapshot_date")?) {
             let at = |column: &str| floats(&snapshots, column).map(|values| values[row]);
@@ -106,6 +117,7 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
         }
     }
     if let Some((name, summary)) = snapshot.table("repeat", "summary")? {
+        from(&summary);
         // The overall row (no cohort) when there is one, else the cohorts added up.
         let cohorts = texts(&summary, "cohort")?;
         let overall = cohorts.iter().position(Option::is_none);
@@ -125,7 +137,8 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
             format!("customers with a second purchase / customers, all cohorts (`{name}`)"),
         );
     }
-    if let Some((name, clv)) = snapshot.table_with("clv", "customers", &|column| column == "clv")? {
+    if let Some((name, clv)) = snapshot.table_with("clv", "customers", &|column| matches!(column, "clv" | "as_of"))? {
+        from(&clv);
         let values: Vec<f64> = floats(&clv, "clv")?.into_iter().filter(|v| v.is_finite()).collect();
         let total: f64 = values.iter().sum();
         // No tile from no value (every clv null).
@@ -147,6 +160,7 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
         }
     }
     if let Some((name, acquisition)) = snapshot.table("acquisition", "")? {
+        from(&acquisition);
         let all = texts(&acquisition, "all_channels")?;
         let pick = |column: &str| -> Result<Vec<f64>> {
             Ok(floats(&acquisition, column)?
@@ -166,26 +180,24 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
             "money",
             format!("spend / new customers, all cohorts and channels (`{name}`)"),
         );
-        // Weighted by the new customers of the cohorts with an LTV.
-        let with_ltv: Vec<(f64, f64)> = ltv
-            .iter()
-            .zip(&new)
-            .filter(|(v, _)| v.is_finite())
-            .map(|(v, n)| (*v, *n))
-            .collect();
-        let ltv_customers: f64 = with_ltv.iter().map(|(_, n)| n).sum();
-        let ltv: f64 = with_ltv.iter().map(|(v, n)| v * n).sum::<f64>() / ltv_customers;
+        // Over the cohorts with an LTV: Σ LTV × new customers / Σ spend (as the chart's bars).
+        let (value, spent) = ltv_and_spend(&ltv, &new, &spend);
         tile(
             "ltv_to_cac",
             "LTV:CAC",
-            ltv / cac,
+            if spent > 0.0 { value / spent } else { f64::NAN },
             "ratio",
-            format!("mean ltv_per_customer / CAC, all cohorts and channels (`{name}`)"),
+            format!("Σ ltv_per_customer × new customers / Σ spend, cohorts with an LTV, all channels (`{name}`)"),
         );
     }
     if let Some((name, periods)) = snapshot.table("nps", "periods")? {
+        from(&periods);
         let (nps, responses) = (floats(&periods, "nps")?, floats(&periods, "responses")?);
-        if let Some(row) = (0..nps.len()).rev().find(|&row| responses[row] > 0.0) {
+        // The last complete period with answers (as for CRR: as_of may cut the last one short).
+        let starts = texts(&periods, "period_start")?;
+        let cut = last_period_cut(&starts, &table_as_of(&periods, &snapshot.as_of()));
+        let rows = nps.len() - usize::from(cut && !nps.is_empty());
+        if let Some(row) = (0..rows).rev().find(|&row| responses[row] > 0.0) {
             let start = texts(&periods, "period_start")?[row].clone().unwrap_or_default();
             tile(
                 "nps",
@@ -199,37 +211,64 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
     Ok(tiles)
 }
 
+/// The start of the period after the one starting at `start`, the period's length known from
+/// the gap since `previous_start` (a day, a week, a month, a quarter or a year; `None` for
+/// another gap).
+fn next_period_start(start: chrono::NaiveDate, previous_start: chrono::NaiveDate) -> Option<chrono::NaiveDate> {
+    use chrono::{Datelike, Months};
+    match (start - previous_start).num_days() {
+        1 => start.succ_opt(),
+        7 => Some(start + chrono::Duration::days(7)),
+        28..=31 => Some(start.with_day(1)? + Months::new(1)),
+        89..=92 => Some(start.with_day(1)? + Months::new(3)),
+        365 | 366 => Some(start.with_day(1)?.with_month(1)? + Months::new(12)),
+        _ => None,
+    }
+}
+
+fn date_at(list: &[Option<String>], row: usize) -> Option<chrono::NaiveDate> {
+    list.get(row)?.as_deref()?.parse().ok()
+}
+
 /// The last lifecycle snapshot of a whole period: the last one when its date ends its period,
-/// else the one before (the last snapshot is as_of, which may fall inside its period). The
-/// period's length comes from the gap between the last two period starts (a day, a week, a
-/// month, a quarter or a year); with one snapshot, or another gap, none is known complete.
+/// else the one before (the last snapshot is as_of, which may fall inside its period). With
+/// one snapshot none is known complete; with a gap of another length, the one before.
 fn last_complete_snapshot(starts: &[Option<String>], dates: &[Option<String>]) -> Option<usize> {
-    use chrono::{Datelike, Months, NaiveDate};
-    let parse = |list: &[Option<String>], row: usize| list.get(row)?.as_deref()?.parse::<NaiveDate>().ok();
     let last = dates.len().checked_sub(1)?;
     let before = last.checked_sub(1)?;
-    let (start, previous_start, date) = (parse(starts, last)?, parse(starts, before)?, parse(dates, last)?);
-    let next_start = match (start - previous_start).num_days() {
-        1 => start.succ_opt()?,
-        7 => start + chrono::Duration::days(7),
-        28..=31 => start.with_day(1)? + Months::new(1),
-        89..=92 => start.with_day(1)? + Months::new(3),
-        365 | 366 => start.with_day(1)?.with_month(1)? + Months::new(12),
-        _ => return Some(before),
+    let (start, previous_start, date) = (date_at(starts, last)?, date_at(starts, before)?, date_at(dates, last)?);
+    let Some(next_start) = next_period_start(start, previous_start) else {
+        return Some(before);
     };
     Some(if next_start.pred_opt()? == date { last } else { before })
+}
+
+/// Whether `as_of` cuts the last of the periods starting at `starts` short (it ends after
+/// as_of). A period of unknown length counts as cut.
+fn last_period_cut(starts: &[Option<String>], as_of: &str) -> bool {
+    let (Some(last), Ok(as_of)) = (starts.len().checked_sub(1), as_of.parse::<chrono::NaiveDate>()) else {
+        return false;
+    };
+    let ends = last
+        .checked_sub(1)
+        .and_then(|before| next_period_start(date_at(starts, last)?, date_at(starts, before)?))
+        .and_then(|next| next.pred_opt());
+    ends.is_none_or(|end| end > as_of)
+}
+
+/// A table's as_of (its `as_of` column), or `fallback`.
+fn table_as_of(frame: &polars::prelude::DataFrame, fallback: &str) -> String {
+    texts(frame, "as_of")
+        .ok()
+        .and_then(|dates| dates.into_iter().next().flatten())
+        .unwrap_or_else(|| fallback.to_string())
 }
 
 /// Every section the snapshot has tables for.
 pub fn sections(snapshot: &Snapshot) -> Result<Vec<Section>> {
     let run_as_of = snapshot.as_of();
     // A table carried over from an earlier run says its own as_of.
-    let as_of = |frame: &polars::prelude::DataFrame| -> String {
-        texts(frame, "as_of")
-            .ok()
-            .and_then(|dates| dates.into_iter().next().flatten())
-            .unwrap_or_else(|| run_as_of.clone())
-    };
+    let as_of = |frame: &polars::prelude::DataFrame| table_as_of(frame, &run_as_of);
     let money = snapshot.currency().unwrap_or_else(|| "currency units".into());
     let mut sections = Vec::new();
     if let Some((name, cohorts)) = snapshot.table("cohort_retention", "")? {
@@ -882,7 +921,7 @@ fn alive_matrix(
         "P(alive) by frequency and recency",
         format!("as of {as_of} · `{name}` (BG/NBD) · a customer of {big_t:.0} {unit}s' tenure"),
         json!({
-            "grid": { "top": 70, "left": 60, "right": 20, "bottom": 80 },
+            "grid": { "top": 70, "left": 60, "right": 20, "bottom": 105 },
             "xAxis": { "type": "category", "data": recency, "name": format!("recency ({unit}s, age at last purchase)"), "nameLocation": "center", "nameGap": 28 },
             "yAxis": { "type": "category", "data": (0..=(max_frequency as i64)).collect::<Vec<_>>(), "name": "frequency (repeat purchases)" },
             "visualMap": { "min": 0, "max": 1, "dimension": 2, "calculable": true, "orient": "horizontal", "left": "center", "bottom": 0, "itemHeight": 120 },
@@ -938,6 +977,17 @@ fn calibration(name: &str, validation: &polars::prelude::DataFrame, as_of: &str)
 
 /// Per acquisition channel (`all` for every channel): Σ over cohorts of `column` × new customers
 /// and of new customers, from the acquisition table.
+/// Σ LTV × new customers and Σ spend over the cohorts with an LTV.
+fn ltv_and_spend(ltv: &[f64], new: &[f64], spend: &[f64]) -> (f64, f64) {
+    let rows = (0..ltv.len()).filter(|&row| ltv[row].is_finite());
+    rows.fold((0.0, 0.0), |(value, spent), row| {
+        (
+            value + ltv[row] * new[row],
+            spent + if spend[row].is_finite() { spend[row] } else { 0.0 },
+        )
+    })
+}
+
 fn by_channel(acquisition: &polars::prelude::DataFrame) -> Result<BTreeMap<String, (f64, f64, f64)>> {
     let channels = texts(acquisition, "acquisition_channel")?;
     let all = texts(acquisition, "all_channels")?;
@@ -953,14 +1003,14 @@ fn by_channel(acquisition: &polars::prelude::DataFrame) -> Result<BTreeMap<Strin
             (_, Some(channel)) => channel.clone(),
             _ => continue,
         };
+        // LTV:CAC counts the cohorts with an LTV only (spend and value alike).
+        if !ltv[row].is_finite() {
+            continue;
+        }
         let entry = totals.entry(key).or_default();
         entry.0 += new[row];
-        if spend[row].is_finite() {
-            entry.1 += spend[row];
-        }
-        if ltv[row].is_finite() {
-            entry.2 += ltv[row] * new[row];
-        }
+        entry.1 += if spend[row].is_finite() { spend[row] } else { 0.0 };
+        entry.2 += ltv[row] * new[row];
     }
     Ok(totals)
 }
@@ -980,7 +1030,7 @@ fn acquisition_section(
         .collect();
     let ratio = option(
         "LTV:CAC by channel",
-        format!("as of {as_of} · `{name}` · mean LTV per customer / CAC, all cohorts (channels with spend)"),
+        format!("as of {as_of} · `{name}` · Σ LTV × new customers / Σ spend over the cohorts with an LTV (channels with spend)"),
         json!({
             "grid": { "top": 70, "left": 50, "right": 20, "bottom": 40 },
             "tooltip": { "trigger": "axis" },
@@ -989,12 +1039,16 @@ fn acquisition_section(
             "series": [{ "type": "bar", "name": "LTV:CAC", "data": spent.iter().map(|(_, v)| round(*v, 3)).collect::<Vec<_>>() }],
         }),
     );
-    let mut charts = vec![chart(
-        "ltv-to-cac",
-        "LTV:CAC by channel",
-        "Lifetime value per acquired customer over the cost of acquiring one, per channel".into(),
-        ratio,
-    )];
+    let mut charts = Vec::new();
+    // Without an LTV (no `ltv` stage given), there is no ratio to draw.
+    if !spent.is_empty() {
+        charts.push(chart(
+            "ltv-to-cac",
+            "LTV:CAC by channel",
+            "Lifetime value per acquired customer over the cost of acquiring one, per channel".into(),
+            ratio,
+        ));
+    }
     if let Some((payback_name, payback)) = payback {
         // Per channel and period index: Σ cumulative contribution × new customers / Σ CAC × new
         // customers, over the cohorts with spend.

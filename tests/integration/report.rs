@@ -110,7 +110,11 @@ fn the_report_shows_the_tables_numbers() {
     assert_close(tile(&data, "crr"), at("crr"), "crr");
     assert_close(tile(&data, "churn"), at("churn_rate"), "churn");
     let summary = read_table(&latest.join("repeat_summary.parquet"));
-    let repeat = summary.float("repeat_customers").iter().sum::<f64>() / summary.float("customers").iter().sum::<f64>();
+    // The overall row (no cohort).
+    let overall_row = (0..summary.rows)
+        .find(|&r| summary.text("cohort")[r].is_empty())
+        .unwrap();
+    let repeat = summary.float("repeat_customer_rate")[overall_row];
     assert_close(tile(&data, "repeat_rate"), repeat, "repeat rate");
     let clv: Vec<f64> = read_table(&latest.join("clv_customers.parquet"))
         .float("clv")
@@ -345,23 +349,13 @@ fn the_report_shows_the_tables_numbers() {
         .map(|v| v.as_str().unwrap())
         .collect();
     let all_at = channels.iter().position(|c| *c == "all").unwrap();
-    let ltv: f64 = {
-        let (ltv, new) = (
-            acquisition.float("ltv_per_customer"),
-            acquisition.float("new_customers"),
-        );
-        (0..acquisition.rows)
-            .filter(|&r| all[r] && ltv[r].is_finite())
-            .map(|r| ltv[r] * new[r])
-            .sum::<f64>()
-            / sum("new_customers")
-    };
+    // The tile is the bar of all channels.
     assert_close(
         ratio["series"][0]["data"][all_at].as_f64().unwrap(),
-        ((ltv / tile(&data, "cac")) * 1000.0).round() / 1000.0,
+        (tile(&data, "ltv_to_cac") * 1000.0).round() / 1000.0,
         "ltv:cac",
     );
-    // Every channel's LTV:CAC: Σ ltv × new customers / Σ spend over its cohorts.
+    // Every channel's LTV:CAC: Σ ltv × new customers / Σ spend over its cohorts with an LTV.
     let channel_of = acquisition.text("acquisition_channel");
     for (at, channel) in channels.iter().enumerate() {
         let rows: Vec<usize> = (0..acquisition.rows)
@@ -383,9 +377,12 @@ fn the_report_shows_the_tables_numbers() {
             .filter(|&&r| ltv[r].is_finite())
             .map(|&r| ltv[r] * new[r])
             .sum();
-        let spent: f64 = rows.iter().filter(|&&r| spend[r].is_finite()).map(|&r| spend[r]).sum();
-        let customers: f64 = rows.iter().map(|&r| new[r]).sum();
-        let expected = ((value / customers) / (spent / customers) * 1000.0).round() / 1000.0;
+        let spent: f64 = rows
+            .iter()
+            .filter(|&&r| ltv[r].is_finite() && spend[r].is_finite())
+            .map(|&r| spend[r])
+            .sum();
+        let expected = (value / spent * 1000.0).round() / 1000.0;
         assert_close(
             ratio["series"][0]["data"][at].as_f64().unwrap(),
             expected,
@@ -534,6 +531,16 @@ fn a_run_with_a_report_section_publishes_the_page() {
     assert_eq!(chart(&data, "rfm-segments")["title"]["subtext"], "as of 2024-10-31");
     assert_eq!(chart(&data, "cohort-heatmap")["title"]["subtext"], "as of 2024-12-31");
     assert_eq!(chart(&data, "clv-distribution")["title"]["subtext"], "as of 2024-12-31");
+    // A carried table's tile says its as_of and has no change against itself.
+    let customers = data["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "customers")
+        .unwrap();
+    assert_eq!(customers["as_of"], "2024-12-31");
+    assert!(customers["previous"].is_null(), "{customers}");
+    assert!(page.contains("Customers (as of 2024-12-31)"));
 
     let text = std::fs::read_to_string(&config).unwrap();
     let dir = config.parent().unwrap();
@@ -781,4 +788,27 @@ fn the_lifecycle_tiles_are_of_the_last_complete_period() {
         tile(&data, "active_customers"),
         at("new") + at("reactivated") + at("active")
     );
+    // Monthly cohorts as of mid-November: November is no complete period, so its cohort and the
+    // cells of that month are left out of the heatmap.
+    let heat = chart(&data, "cohort-heatmap");
+    let labels: Vec<&str> = heat["yAxis"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(labels.last(), Some(&"2024-10-01"));
+    let october = labels.len() - 1;
+    let cells = heat["series"][0]["data"].as_array().unwrap();
+    assert_eq!(
+        cells.iter().filter(|c| c[1] == october).count(),
+        1,
+        "October's cohort has only its first month"
+    );
+    // NPS of the last complete month, October.
+    let periods = read_table(&out.join("latest/nps_periods.parquet"));
+    let row = (0..periods.rows)
+        .find(|&r| periods.text("period_start")[r] == "2024-10-01")
+        .unwrap();
+    assert_close(tile(&data, "nps"), periods.float("nps")[row], "nps of October");
 }

@@ -74,7 +74,8 @@ pub trait Sink: Sync {
 
     /// `publish`, with files made from the staged tables just before they become visible (the
     /// report), published with them: `make(snapshot folder, the previous snapshot, manifest)`
-    /// gives each file's name and contents. A sink without folders publishes without them.
+    /// gives each file's name and contents. When `make` fails, the tables are published without
+    /// the files and the manifest warns. A sink without folders publishes without them.
     fn publish_with_files(&mut self, manifest: &mut Manifest, make: &FileMaker) -> Result<()> {
         let _ = make;
         self.publish(manifest)

@@ -192,9 +192,19 @@ impl Sink for SnapshotSink {
         // folder: published with the tables, or not at all.
         let previous = latest_snapshot(&self.root);
         let manifest_value = serde_json::to_value(&*manifest)?;
-        for (name, contents) in make(&snapshot.dir, previous.as_deref(), &manifest_value)? {
-            let path = snapshot.dir.join(&name);
-            fs::write(&path, contents).with_context(|| format!("cannot write `{}`", path.display()))?;
+        // A file that cannot be made is left out with a warning: the tables are the run's output.
+        match make(&snapshot.dir, previous.as_deref(), &manifest_value) {
+            Ok(files) => {
+                for (name, contents) in files {
+                    let path = snapshot.dir.join(&name);
+                    fs::write(&path, contents).with_context(|| format!("cannot write `{}`", path.display()))?;
+                }
+            }
+            Err(error) => {
+                let warning = format!("published without it: {error:#}");
+                tracing::warn!("{warning}");
+                manifest.warnings.push(warning);
+            }
         }
         let as_of = manifest.as_of.clone().unwrap_or_else(|| "none".into());
         manifest.snapshot = Some(snapshot.final_dir(&as_of).display().to_string());
