@@ -10,6 +10,27 @@ where
     Series::from_vec(name.into(), values).into_column()
 }
 
+/// `frames` one under the other (a table read or built in parts); `None` when there is none.
+/// The first error stops the reading.
+pub fn stack_frames<E>(
+    frames: impl IntoIterator<Item = Result<polars::prelude::DataFrame, E>>,
+) -> Result<Option<polars::prelude::DataFrame>, E>
+where
+    E: From<polars::prelude::PolarsError>,
+{
+    let mut all: Option<polars::prelude::DataFrame> = None;
+    for frame in frames {
+        let frame = frame?;
+        match &mut all {
+            Some(all) => {
+                all.vstack_mut_owned(frame)?;
+            }
+            None => all = Some(frame),
+        }
+    }
+    Ok(all)
+}
+
 /// The distinct texts of `arrays` (the chunks of one column) in order of first appearance, and
 /// each row's position among them (`u32::MAX` for null); none past `most` distinct texts. A row
 /// is looked up by its view first: equal views hold equal text (within an array, whose buffers

@@ -170,7 +170,7 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
                 .map(|(value, _)| value)
                 .collect())
         };
-        let (spend, new, ltv) = (pick("spend")?, pick("new_customers")?, pick("ltv_per_customer")?);
+        let (spend, new) = (pick("spend")?, pick("new_customers")?);
         let customers: f64 = new.iter().sum();
         let cac = spend.iter().sum::<f64>() / customers;
         tile(
@@ -180,12 +180,12 @@ pub fn tiles(snapshot: &Snapshot) -> Result<Vec<Tile>> {
             "money",
             format!("spend / new customers, all cohorts and channels (`{name}`)"),
         );
-        // Over the cohorts with an LTV: Σ LTV × new customers / Σ spend (as the chart's bars).
-        let (value, spent) = ltv_and_spend(&ltv, &new, &spend);
+        // The chart's bar of all channels.
+        let ratio = ltv_to_cac(&acquisition)?.get("all").copied().unwrap_or(f64::NAN);
         tile(
             "ltv_to_cac",
             "LTV:CAC",
-            if spent > 0.0 { value / spent } else { f64::NAN },
+            ratio,
             "ratio",
             format!("Σ ltv_per_customer × new customers / Σ spend, cohorts with an LTV, all channels (`{name}`)"),
         );
@@ -977,18 +977,19 @@ fn calibration(name: &str, validation: &polars::prelude::DataFrame, as_of: &str)
 
 /// Per acquisition channel (`all` for every channel): Σ over cohorts of `column` × new customers
 /// and of new customers, from the acquisition table.
-/// Σ LTV × new customers and Σ spend over the cohorts with an LTV.
-fn ltv_and_spend(ltv: &[f64], new: &[f64], spend: &[f64]) -> (f64, f64) {
-    let rows = (0..ltv.len()).filter(|&row| ltv[row].is_finite());
-    rows.fold((0.0, 0.0), |(value, spent), row| {
-        (
-            value + ltv[row] * new[row],
-            spent + if spend[row].is_finite() { spend[row] } else { 0.0 },
-        )
-    })
+/// A row's channel in the acquisition tables: `all` for the all-channels rows, `None` for a
+/// customer without a channel (counted in `all` only).
+fn channel_key(all: &Option<String>, channel: &Option<String>) -> Option<String> {
+    match (all.as_deref(), channel) {
+        (Some("true"), _) => Some("all".to_string()),
+        (_, Some(channel)) => Some(channel.clone()),
+        _ => None,
+    }
 }
 
-fn by_channel(acquisition: &polars::prelude::DataFrame) -> Result<BTreeMap<String, (f64, f64, f64)>> {
+/// LTV:CAC per channel (`all` for every channel): Σ LTV × new customers / Σ spend over the
+/// cohorts with an LTV; channels without spend left out.
+fn ltv_to_cac(acquisition: &polars::prelude::DataFrame) -> Result<BTreeMap<String, f64>> {
     let channels = texts(acquisition, "acquisition_channel")?;
     let all = texts(acquisition, "all_channels")?;
     let (new, spend, ltv) = (
@@ -996,23 +997,20 @@ fn by_channel(acquisition: &polars::prelude::DataFrame) -> Result<BTreeMap<Strin
         floats(acquisition, "spend")?,
         floats(acquisition, "ltv_per_customer")?,
     );
-    let mut totals: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
-    for row in 0..new.len() {
-        let key = match (all[row].as_deref(), &channels[row]) {
-            (Some("true"), _) => "all".to_string(),
-            (_, Some(channel)) => channel.clone(),
-            _ => continue,
-        };
-        // LTV:CAC counts the cohorts with an LTV only (spend and value alike).
-        if !ltv[row].is_finite() {
+    let mut totals: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for row in (0..new.len()).filter(|&row| ltv[row].is_finite()) {
+        let Some(key) = channel_key(&all[row], &channels[row]) else {
             continue;
-        }
+        };
         let entry = totals.entry(key).or_default();
-        entry.0 += new[row];
+        entry.0 += ltv[row] * new[row];
         entry.1 += if spend[row].is_finite() { spend[row] } else { 0.0 };
-        entry.2 += ltv[row] * new[row];
     }
-    Ok(totals)
+    Ok(totals
+        .into_iter()
+        .filter(|(_, (_, spent))| *spent > 0.0)
+        .map(|(channel, (value, spent))| (channel, value / spent))
+        .collect())
 }
 
 fn acquisition_section(
@@ -1022,12 +1020,8 @@ fn acquisition_section(
     as_of: &str,
     money: &str,
 ) -> Result<Section> {
-    let totals = by_channel(acquisition)?;
-    let spent: Vec<(&String, f64)> = totals
-        .iter()
-        .filter(|(_, (new, spend, _))| *new > 0.0 && *spend > 0.0)
-        .map(|(channel, (new, spend, ltv))| (channel, (ltv / new) / (spend / new)))
-        .collect();
+    let ratios = ltv_to_cac(acquisition)?;
+    let spent: Vec<(&String, f64)> = ratios.iter().map(|(channel, ratio)| (channel, *ratio)).collect();
     let ratio = option(
         "LTV:CAC by channel",
         format!("as of {as_of} · `{name}` · Σ LTV × new customers / Σ spend over the cohorts with an LTV (channels with spend)"),
@@ -1066,11 +1060,7 @@ fn acquisition_section(
             texts(acquisition, "cohort")?,
             floats(acquisition, "new_customers")?,
         );
-        let key = |all: &Option<String>, channel: &Option<String>| match (all.as_deref(), channel) {
-            (Some("true"), _) => Some("all".to_string()),
-            (_, Some(channel)) => Some(channel.clone()),
-            _ => None,
-        };
+        let key = channel_key;
         for row in 0..a_new.len() {
             if let Some(channel) = key(&a_all[row], &a_channels[row]) {
                 new_of.insert((channel, a_cohorts[row].clone().unwrap_or_default()), a_new[row]);

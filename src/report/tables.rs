@@ -179,17 +179,8 @@ pub fn read_table(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<DataFrame>
         .filter(|part| part.extension().is_some_and(|e| e == "parquet"))
         .collect();
     parts.sort();
-    let mut all: Option<DataFrame> = None;
-    for part in parts {
-        let frame = read(&part)?;
-        match &mut all {
-            Some(all) => {
-                all.vstack_mut(&frame)?;
-            }
-            None => all = Some(frame),
-        }
-    }
-    all.with_context(|| format!("`{}` holds no part", path.display()))
+    crate::core::columns::stack_frames(parts.iter().map(|part| read(part)))?
+        .with_context(|| format!("`{}` holds no part", path.display()))
 }
 
 /// A column as doubles (nulls as NaN).

@@ -329,21 +329,23 @@ fn publish(
     started: Instant,
 ) -> Result<()> {
     let config = &plan.config;
-    let others: BTreeSet<String> = (0..config.stages.len())
-        .filter(|index| !selected.contains(index))
-        .flat_map(|index| config.stages[index].tables.iter().cloned())
-        .collect();
-    sink.carry_over(&others, manifest)?;
-    // Each carried table's stage, kind and suffix, for readers of the manifest (the report).
-    let key_values = Vec::new();
+    // The tables of the stages this run did not run, each with its stage, kind and suffix (for
+    // readers of the manifest: the report).
+    let mut others: BTreeMap<String, (String, &'static str, &'static str)> = BTreeMap::new();
+    for index in (0..config.stages.len()).filter(|index| !selected.contains(index)) {
+        for (table, metadata) in stages::tables_of(config, index, &[]) {
+            others.insert(
+                table,
+                (config.stages[index].name.clone(), metadata.kind, metadata.suffix),
+            );
+        }
+    }
+    sink.carry_over(&others.keys().cloned().collect(), manifest)?;
     for carried in &mut manifest.carried_over {
-        for index in (0..config.stages.len()).filter(|index| !selected.contains(index)) {
-            let tables = stages::tables_of(config, index, &key_values);
-            if let Some((_, metadata)) = tables.iter().find(|(name, _)| *name == carried.table) {
-                carried.stage = Some(config.stages[index].name.clone());
-                carried.kind = Some(metadata.kind.to_string());
-                carried.suffix = Some(metadata.suffix.to_string());
-            }
+        if let Some((stage, kind, suffix)) = others.get(&carried.table) {
+            carried.stage = Some(stage.clone());
+            carried.kind = Some(kind.to_string());
+            carried.suffix = Some(suffix.to_string());
         }
     }
     manifest.warnings = crate::logging::take_warnings();

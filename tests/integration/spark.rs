@@ -29,10 +29,11 @@ fn spark_venv() -> Option<PathBuf> {
 }
 
 /// `spark-submit --master local[2] spark/pipeline_spark.py CONFIG --output-dir OUT [args]`.
-fn spark_run(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> Output {
+fn spark_command(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> Command {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("spark/pipeline_spark.py");
     let python = venv.join("bin/python");
-    Command::new(venv.join("bin/spark-submit"))
+    let mut command = Command::new(venv.join("bin/spark-submit"));
+    command
         .args(["--master", "local[2]"])
         .arg(&script)
         .arg(config)
@@ -41,7 +42,12 @@ fn spark_run(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> Output {
         .args(["--log", "warn"])
         .args(args)
         .env("PYSPARK_PYTHON", &python)
-        .env("PYSPARK_DRIVER_PYTHON", &python)
+        .env("PYSPARK_DRIVER_PYTHON", &python);
+    command
+}
+
+fn spark_run(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> Output {
+    spark_command(venv, config, out, args)
         .output()
         .expect("spark-submit starts")
 }
@@ -153,17 +159,7 @@ fn the_spark_job_gives_the_one_machine_tables_on_the_sample_data() {
 /// The job started in its own process group (so all of Spark can be killed at once).
 fn spark_child(venv: &Path, config: &Path, out: &Path, args: &[&str]) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    let python = venv.join("bin/python");
-    Command::new(venv.join("bin/spark-submit"))
-        .args(["--master", "local[2]"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("spark/pipeline_spark.py"))
-        .arg(config)
-        .arg("--output-dir")
-        .arg(out)
-        .args(["--log", "warn"])
-        .args(args)
-        .env("PYSPARK_PYTHON", &python)
-        .env("PYSPARK_DRIVER_PYTHON", &python)
+    spark_command(venv, config, out, args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0)

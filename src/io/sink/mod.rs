@@ -58,16 +58,7 @@ pub trait Sink: Sync {
         parts: &mut dyn Iterator<Item = Result<DataFrame>>,
         metadata: &TableMetadata,
     ) -> Result<usize> {
-        let mut all: Option<DataFrame> = None;
-        for part in parts {
-            let part = part?;
-            match &mut all {
-                Some(all) => {
-                    all.vstack_mut(&part)?;
-                }
-                None => all = Some(part),
-            }
-        }
+        let all = crate::core::columns::stack_frames(parts)?;
         let mut all = all.ok_or_else(|| anyhow::anyhow!("table `{name}` has no part"))?;
         self.stage(name, &mut all, metadata)
     }

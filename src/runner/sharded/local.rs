@@ -10,6 +10,7 @@ use polars::prelude::*;
 
 use super::shard::{run_shard, ShardData, ShardPartial, SourceShards, SweepWork};
 use super::Executor;
+use crate::core::columns::stack_frames;
 use crate::core::config::{AsOf, PipelineSettings, SourceConfig};
 use crate::core::input::{InputStats, SurveyAnswers};
 use crate::core::plan::Plan;
@@ -69,17 +70,7 @@ impl LocalShards {
 
     /// Shard `shard`'s rows of `(stage, table)` from `files` (each range's file, if any).
     fn rows_of<'p>(&self, key: (usize, usize), files: impl Iterator<Item = &'p PathBuf>) -> Result<DataFrame> {
-        let mut all: Option<DataFrame> = None;
-        for file in files {
-            let part = source::read_spill(file)?;
-            match &mut all {
-                Some(all) => {
-                    all.vstack_mut(&part)?;
-                }
-                None => all = Some(part),
-            }
-        }
-        match all {
+        match stack_frames(files.map(|file| source::read_spill(file)))? {
             Some(all) => Ok(all),
             None => Ok(self.row_schemas.get(&key).cloned().unwrap_or_default()),
         }

@@ -506,17 +506,7 @@ pub fn map_lines(job: &Job, source: &str, batch: DataFrame) -> Result<Vec<Blob>>
 
 /// The tables of `payloads` (Parquet bytes) one under the other; `None` when there is none.
 fn stacked<'p>(payloads: impl Iterator<Item = &'p [u8]>) -> Result<Option<DataFrame>> {
-    let mut all: Option<DataFrame> = None;
-    for payload in payloads {
-        let frame = bytes_table(payload)?;
-        match &mut all {
-            Some(all) => {
-                all.vstack_mut(&frame)?;
-            }
-            None => all = Some(frame),
-        }
-    }
-    Ok(all)
+    crate::core::columns::stack_frames(payloads.map(bytes_table))
 }
 
 /// Each shard's rows of `frame` (`shard_of` per row) through `blob`, for shards with rows.
